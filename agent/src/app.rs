@@ -1,0 +1,236 @@
+//! Wiring: from the validated configuration to a running agent, and shutdown.
+//!
+//! Start-up order matters: open the spool and index, run recovery (temp files
+//! removed, un-indexed objects indexed), then bind the listeners. Nothing is
+//! accepted before recovery is complete.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacs_mirror_config::{Config, Role, is_loopback_host};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::commit::Committer;
+use crate::index::{Index, IndexError};
+use crate::recovery::{self, RecoveryError, RecoveryReport};
+use crate::scp::access::AePolicy;
+use crate::scp::store::{Ingest, IngestCounters};
+use crate::scp::{AeSettings, ListenerSettings, Scp, ScpError};
+use crate::spool::{Spool, SpoolError, SpoolLimits};
+
+/// How long shutdown waits for in-flight stores before giving up.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Errors starting or running the agent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// Spool could not be opened.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// Index could not be opened.
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    /// Recovery failed.
+    #[error("start-up recovery: {0}")]
+    Recovery(#[from] RecoveryError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Scp(#[from] ScpError),
+    /// A hostname did not resolve.
+    #[error("cannot resolve {host}:{port}: {message}")]
+    Resolve {
+        host: String,
+        port: u16,
+        message: String,
+    },
+    /// A task panicked.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Where the agent keeps its data.
+#[derive(Debug, Clone)]
+pub struct DataDirs {
+    /// Spool root.
+    pub spool: PathBuf,
+    /// sled index directory.
+    pub index: PathBuf,
+}
+
+impl DataDirs {
+    /// The layout under `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        DataDirs {
+            spool: data_dir.join("spool"),
+            index: data_dir.join("index"),
+        }
+    }
+}
+
+/// Spool limits from the configuration.
+pub fn spool_limits(config: &Config) -> SpoolLimits {
+    SpoolLimits {
+        max_bytes: config.spool.max_bytes,
+        min_free_bytes: config.spool.min_free_bytes,
+        max_object_bytes: config.spool.max_object_bytes,
+    }
+}
+
+/// Names of the configured targets (each gets outbox rows).
+pub fn target_names(config: &Config) -> Vec<String> {
+    config.targets.iter().map(|t| t.name().to_string()).collect()
+}
+
+/// Open spool and index and run recovery (also used by `reindex`).
+pub fn open_store(
+    config: &Config,
+    verify_all: bool,
+) -> Result<(Arc<Spool>, Index, RecoveryReport), AppError> {
+    let dirs = DataDirs::new(&config.device.data_dir);
+    let spool = Arc::new(Spool::open(&dirs.spool, spool_limits(config))?);
+    let index = Index::open(&dirs.index)?;
+    let report = recovery::recover(&spool, &index, &target_names(config), verify_all)?;
+    spool.set_used_bytes(index.spool_bytes()?);
+    Ok((spool, index, report))
+}
+
+/// The listener settings from the configuration: one per local connection
+/// used by an acceptor AE.
+pub async fn listener_settings(config: &Config) -> Result<Vec<ListenerSettings>, AppError> {
+    let mut out: Vec<(String, ListenerSettings)> = Vec::new();
+    for ae in config.acceptor_aes() {
+        let policy = AePolicy {
+            ae_title: ae.ae_title.trim().to_string(),
+            accept_any_calling_ae: ae.accept_any_calling_ae,
+            allowed: ae
+                .allowed_calling_aes
+                .iter()
+                .filter_map(|title| config.remote_ae(title))
+                .map(|(_, r)| (r.ae_title.trim().to_string(), r.source_addresses.clone()))
+                .collect(),
+        };
+        let scp_caps: Vec<_> = ae
+            .transfer_capabilities
+            .iter()
+            .filter(|tc| tc.role == Role::Scp)
+            .collect();
+        let (sop_classes, transfer_syntaxes) = if scp_caps.is_empty() {
+            (None, None)
+        } else {
+            let classes: HashSet<String> = scp_caps.iter().map(|tc| tc.sop_class.clone()).collect();
+            let any_ts = scp_caps.iter().any(|tc| tc.transfer_syntaxes.is_empty());
+            let tss = (!any_ts).then(|| {
+                scp_caps
+                    .iter()
+                    .flat_map(|tc| tc.transfer_syntaxes.iter().cloned())
+                    .collect()
+            });
+            (Some(classes), tss)
+        };
+        let settings = AeSettings {
+            policy,
+            sop_classes,
+            transfer_syntaxes,
+        };
+        for conn_name in &ae.network_connections {
+            let Some(conn) = config.connection(conn_name).filter(|c| c.installed) else {
+                continue;
+            };
+            if ae.accept_any_calling_ae && !is_loopback_host(&conn.hostname) {
+                tracing::warn!(
+                    ae_title = %ae.ae_title,
+                    listener = %format!("{}:{}", conn.hostname, conn.port),
+                    "accept_any_calling_ae = true on a listener reachable from the network: any system that can reach this port can store here"
+                );
+            }
+            if let Some((_, l)) = out.iter_mut().find(|(n, _)| n == conn_name) {
+                l.aes.push(settings.clone());
+                continue;
+            }
+            let bind = resolve(&conn.hostname, conn.port).await?;
+            out.push((
+                conn_name.clone(),
+                ListenerSettings {
+                    bind,
+                    aes: vec![settings.clone()],
+                    max_associations: ae.max_associations as usize,
+                    max_pdu_bytes: ae.max_pdu_bytes,
+                    artim_timeout: Duration::from_secs(ae.artim_timeout_secs),
+                    idle_timeout: Duration::from_secs(ae.idle_timeout_secs),
+                },
+            ));
+        }
+    }
+    Ok(out.into_iter().map(|(_, l)| l).collect())
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, AppError> {
+    let err = |message: String| AppError::Resolve {
+        host: host.to_string(),
+        port,
+        message,
+    };
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address".into()))
+}
+
+/// Run the agent until `shutdown` is cancelled; then let in-flight stores
+/// finish (up to [`EXIT_DEADLINE`]).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let cfg = config.clone();
+    let (spool, index, report) = tokio::task::spawn_blocking(move || open_store(&cfg, false))
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))??;
+    tracing::info!(
+        data_dir = %config.device.data_dir.display(),
+        temp_files_removed = report.temp_files_removed,
+        objects = report.objects_seen,
+        reindexed = report.reindexed,
+        quarantined = report.quarantined.len(),
+        spool_bytes = spool.used_bytes(),
+        "start-up recovery done"
+    );
+    for (path, reason) in &report.quarantined {
+        tracing::error!(path = %path.display(), %reason, "spool file quarantined: needs an operator");
+    }
+    let committer = Committer::start(index.clone(), target_names(&config));
+    let ingest = Arc::new(Ingest {
+        spool,
+        committer,
+        counters: IngestCounters::default(),
+    });
+    let tracker = TaskTracker::new();
+    let mut listeners = Vec::new();
+    for settings in listener_settings(&config).await? {
+        let titles: Vec<_> = settings.aes.iter().map(|a| a.policy.ae_title.clone()).collect();
+        let scp = Scp::bind(settings, ingest.clone()).await?;
+        let addr = scp.local_addr().map_err(|e| AppError::Internal(e.to_string()))?;
+        tracing::info!(%addr, ae_titles = ?titles, "listening");
+        listeners.push(tracker.spawn(scp.run(shutdown.clone(), tracker.clone())));
+    }
+    tracing::info!(device = %config.device.name, "pacs-mirror ready");
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: no new associations; finishing in-flight stores");
+    tracker.close();
+    if tokio::time::timeout(EXIT_DEADLINE, tracker.wait()).await.is_err() {
+        tracing::warn!("in-flight associations did not finish within {:?}; exiting (unacknowledged stores are not lost: the sender keeps them)", EXIT_DEADLINE);
+    }
+    let c = &ingest.counters;
+    tracing::info!(
+        stored = c.stored.load(std::sync::atomic::Ordering::Relaxed),
+        duplicates = c.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        conflicts = c.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+        failed = c.failed.load(std::sync::atomic::Ordering::Relaxed),
+        "stopped"
+    );
+    index.flush()?;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The key-value engine behind the index, as a small trait.
+//!
+//! Invariants every engine must keep (checked by `kv_conformance` below):
+//! - `apply` is atomic: after a crash either every operation of a batch is
+//!   visible or none is.
+//! - after `flush` returns `Ok`, every batch applied before the call survives a
+//!   crash (process kill or power loss).
+//! - `scan_prefix` yields keys in ascending byte order.
+//!
+//! sled keeps writes in memory and fsyncs its log every 500 ms in the
+//! background; nothing is durable until `flush` returns. The group committer
+//! (`crate::commit`) is the only caller of `flush` on the ingest path.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Errors of the key-value engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// The engine reported an error (I/O, corruption).
+    #[error("index engine: {0}")]
+    Engine(String),
+    /// The database is held by another process (a running agent).
+    #[error("the index at {path} is in use by another process (is the agent running?)")]
+    Locked { path: String },
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or replace a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Vec<u8>),
+}
+
+/// Key-value pairs from a scan.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The engine interface.
+pub trait Kv: Send + Sync {
+    /// Read a key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// All pairs whose key starts with `prefix`, ascending.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, KvError>;
+    /// Visit pairs whose key starts with `prefix`, ascending, until `f` returns false.
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError>;
+    /// Apply a batch atomically (not yet durable).
+    fn apply(&self, ops: Vec<Op>) -> Result<(), KvError>;
+    /// Make everything applied so far durable.
+    fn flush(&self) -> Result<(), KvError>;
+}
+
+/// The production engine: one sled tree.
+pub struct SledKv {
+    db: sled::Db,
+}
+
+impl SledKv {
+    /// Open (or create) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, KvError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    KvError::Locked {
+                        path: dir.display().to_string(),
+                    }
+                }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => KvError::Locked {
+                    path: dir.display().to_string(),
+                },
+                e => KvError::Engine(e.to_string()),
+            })?;
+        Ok(SledKv { db })
+    }
+}
+
+fn engine(e: sled::Error) -> KvError {
+    KvError::Engine(e.to_string())
+}
+
+impl Kv for SledKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.db.get(key).map_err(engine)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, KvError> {
+        let mut out = Vec::new();
+        self.for_each_prefix(prefix, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError> {
+        for item in self.db.scan_prefix(prefix) {
+            let (k, v) = item.map_err(engine)?;
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<(), KvError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => batch.insert(k, v),
+                Op::Delete(k) => batch.remove(k),
+            }
+        }
+        self.db.apply_batch(batch).map_err(engine)
+    }
+
+    fn flush(&self) -> Result<(), KvError> {
+        self.db.flush().map(|_| ()).map_err(engine)
+    }
+}
+
+/// An in-memory engine for unit tests; `flush` is a no-op.
+#[derive(Default)]
+pub struct MemKv {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemKv {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        // A poisoned lock only means another test thread panicked; the map is
+        // still consistent because every mutation is a single call.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Kv for MemKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.lock().get(key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, KvError> {
+        Ok(self
+            .lock()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError> {
+        for (k, v) in self.scan_prefix(prefix)? {
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<(), KvError> {
+        let mut map = self.lock();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    map.insert(k, v);
+                }
+                Op::Delete(k) => {
+                    map.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), KvError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv_conformance(kv: &dyn Kv) {
+        kv.apply(vec![
+            Op::Put(b"a/2".to_vec(), b"two".to_vec()),
+            Op::Put(b"a/1".to_vec(), b"one".to_vec()),
+            Op::Put(b"b/1".to_vec(), b"other".to_vec()),
+            Op::Put(b"a".to_vec(), b"not under a/".to_vec()),
+        ])
+        .unwrap();
+        kv.flush().unwrap();
+        assert_eq!(kv.get(b"a/1").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(kv.get(b"zz").unwrap(), None);
+        let keys: Vec<_> = kv
+            .scan_prefix(b"a/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"a/1".to_vec(), b"a/2".to_vec()]);
+        kv.apply(vec![
+            Op::Delete(b"a/1".to_vec()),
+            Op::Put(b"a/2".to_vec(), b"TWO".to_vec()),
+        ])
+        .unwrap();
+        assert_eq!(kv.get(b"a/1").unwrap(), None);
+        assert_eq!(kv.get(b"a/2").unwrap().as_deref(), Some(&b"TWO"[..]));
+        let mut seen = 0;
+        kv.for_each_prefix(b"", &mut |_, _| {
+            seen += 1;
+            seen < 2
+        })
+        .unwrap();
+        assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn mem_conforms() {
+        kv_conformance(&MemKv::default());
+    }
+
+    #[test]
+    fn sled_conforms_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let kv = SledKv::open(dir.path()).unwrap();
+            kv_conformance(&kv);
+            kv.flush().unwrap();
+        }
+        let kv = SledKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"a/2").unwrap().as_deref(), Some(&b"TWO"[..]));
+    }
+}

@@ -1,0 +1,434 @@
+//! The index: what the spool holds, by SOP instance, study and series, plus the
+//! per-target outbox rows.
+//!
+//! # Key layout (one ordered key space, table = first two bytes)
+//! ```text
+//! o/<blake3:32>                                   -> ObjectRecord   (spool file ↔ instance)
+//! i/<sop uid>\0<blake3:32>                        -> InstanceRecord (one row per version)
+//! h/<study>\0<series>\0<sop uid>\0<blake3:32>     -> ""             (study → series → instances)
+//! c/<sop uid>\0<blake3:32>                        -> ConflictRecord (same UID, other bytes)
+//! q/<target>\0<next attempt ms:u64 BE>\0<blake3>  -> OutboxRecord   (per-target queue)
+//! m/<name>                                        -> counters and markers
+//! ```
+//! UIDs never contain NUL (they are checked before they get here), so `\0`
+//! delimits components and a prefix scan of `i/<uid>\0` finds exactly the
+//! versions of that UID.
+//!
+//! # Invariants
+//! - Every row of one received object is written by one atomic batch
+//!   ([`Kv::apply`]); the batch is durable only after [`Kv::flush`], which the
+//!   group committer calls before any C-STORE-RSP Success is sent.
+//! - A row is never written for an object whose spool file is not durable
+//!   (the committer fsyncs the spool directory first).
+//! - Rows are never removed by ingest; a second version of a SOP instance adds
+//!   rows and a conflict record, it does not replace the first.
+//!
+//! # Crash behaviour
+//! A crash loses at most the batches applied since the last flush; none of
+//! those was acknowledged. Their spool files are found by startup recovery and
+//! indexed again. The whole index can be rebuilt from the spool
+//! (`pacs-mirror reindex`), because each spool file carries its UIDs, the
+//! calling AE, source address and receive time.
+
+pub mod kv;
+pub mod records;
+
+use std::sync::Arc;
+
+pub use kv::{Kv, KvError, MemKv, Op, SledKv};
+pub use records::{ConflictRecord, InstanceRecord, ObjectRecord, OutboxRecord, RecordError};
+
+/// Index errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// The engine failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A stored record does not decode.
+    #[error("index key {key}: {source}")]
+    Record {
+        key: String,
+        #[source]
+        source: RecordError,
+    },
+    /// A hash string that is not 64 hex digits.
+    #[error("not a blake3 hex digest: {0:?}")]
+    BadHash(String),
+}
+
+/// A blake3 digest.
+pub type Hash = [u8; 32];
+
+/// Hex of a digest.
+pub fn hash_hex(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parse a hex digest.
+pub fn parse_hash(s: &str) -> Result<Hash, IndexError> {
+    let bad = || IndexError::BadHash(s.to_string());
+    if s.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// What committing a received object did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// A new object (and a new version of its SOP instance).
+    New,
+    /// The same bytes were already indexed for this SOP instance: nothing written.
+    Duplicate,
+    /// A new version of a SOP instance already held with other bytes; both kept.
+    Conflict {
+        /// blake3 of the versions held before.
+        other_versions: Vec<String>,
+    },
+}
+
+/// Counts over the whole index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Instance versions (rows of `index dump`).
+    pub instances: u64,
+    /// Distinct objects (spool files).
+    pub objects: u64,
+    /// Bytes of all spool files.
+    pub bytes: u64,
+    /// SOP instances received with differing contents.
+    pub conflicts: u64,
+    /// Studies.
+    pub studies: u64,
+    /// Series.
+    pub series: u64,
+    /// Outbox rows per target.
+    pub outbox: std::collections::BTreeMap<String, u64>,
+}
+
+const OBJ: &[u8] = b"o/";
+const INST: &[u8] = b"i/";
+const HIER: &[u8] = b"h/";
+const CONFLICT: &[u8] = b"c/";
+const OUTBOX: &[u8] = b"q/";
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 1 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The typed index over a [`Kv`] engine.
+#[derive(Clone)]
+pub struct Index {
+    kv: Arc<dyn Kv>,
+}
+
+impl Index {
+    /// Wrap an engine.
+    pub fn new(kv: Arc<dyn Kv>) -> Self {
+        Index { kv }
+    }
+
+    /// Open the sled index in `dir`.
+    pub fn open(dir: &std::path::Path) -> Result<Self, IndexError> {
+        Ok(Index::new(Arc::new(SledKv::open(dir)?)))
+    }
+
+    /// Make all applied batches durable.
+    pub fn flush(&self) -> Result<(), IndexError> {
+        Ok(self.kv.flush()?)
+    }
+
+    /// The object record of a spool file, if indexed.
+    pub fn object(&self, hash: &Hash) -> Result<Option<ObjectRecord>, IndexError> {
+        let k = key(&[OBJ, hash]);
+        self.kv
+            .get(&k)?
+            .map(|v| decode_at(&k, &v))
+            .transpose()
+    }
+
+    /// Every version held of a SOP instance.
+    pub fn versions(&self, sop_instance_uid: &str) -> Result<Vec<InstanceRecord>, IndexError> {
+        let mut prefix = key(&[INST, sop_instance_uid.as_bytes()]);
+        prefix.push(0);
+        self.kv
+            .scan_prefix(&prefix)?
+            .iter()
+            .map(|(k, v)| decode_at(k, v))
+            .collect()
+    }
+
+    /// Index a received object, atomically (not yet durable: call
+    /// [`Index::flush`]). `targets` get an outbox row each when the object is
+    /// new.
+    pub fn commit_instance(
+        &self,
+        rec: &InstanceRecord,
+        hash: &Hash,
+        targets: &[String],
+        now_ms: u64,
+    ) -> Result<CommitOutcome, IndexError> {
+        let held = self.versions(&rec.sop_instance_uid)?;
+        let hex = hash_hex(hash);
+        if held.iter().any(|r| r.blake3 == hex) {
+            return Ok(CommitOutcome::Duplicate);
+        }
+        let sop = rec.sop_instance_uid.as_bytes();
+        let mut ops = vec![
+            Op::Put(
+                key(&[INST, sop, hash]),
+                records::encode(rec),
+            ),
+            Op::Put(
+                key(&[
+                    HIER,
+                    rec.study_instance_uid.as_bytes(),
+                    rec.series_instance_uid.as_bytes(),
+                    sop,
+                    hash,
+                ]),
+                Vec::new(),
+            ),
+        ];
+        // The object row may exist already when the same bytes were indexed
+        // under another SOP instance UID (impossible for well-formed DICOM,
+        // as the UID is inside the bytes) — then it is kept as it is.
+        let obj_key = key(&[OBJ, hash]);
+        let new_object = self.kv.get(&obj_key)?.is_none();
+        if new_object {
+            ops.push(Op::Put(
+                obj_key,
+                records::encode(&ObjectRecord {
+                    sop_instance_uid: rec.sop_instance_uid.clone(),
+                    dataset_bytes: rec.dataset_bytes,
+                    file_bytes: rec.file_bytes,
+                }),
+            ));
+            for target in targets {
+                ops.push(Op::Put(
+                    outbox_key(target, now_ms, hash),
+                    records::encode(&OutboxRecord {
+                        enqueued_at_ms: now_ms,
+                        attempts: 0,
+                        last_error: None,
+                    }),
+                ));
+            }
+        }
+        let outcome = if held.is_empty() {
+            CommitOutcome::New
+        } else {
+            let other_versions: Vec<String> = held.into_iter().map(|r| r.blake3).collect();
+            ops.push(Op::Put(
+                key(&[CONFLICT, sop, hash]),
+                records::encode(&ConflictRecord {
+                    sop_instance_uid: rec.sop_instance_uid.clone(),
+                    blake3: hex,
+                    other_versions: other_versions.clone(),
+                    detected_at_ms: now_ms,
+                    calling_ae: rec.calling_ae.clone(),
+                }),
+            ));
+            CommitOutcome::Conflict { other_versions }
+        };
+        self.kv.apply(ops)?;
+        Ok(outcome)
+    }
+
+    /// Visit every instance record (ascending by SOP Instance UID).
+    pub fn for_each_instance(
+        &self,
+        f: &mut dyn FnMut(InstanceRecord),
+    ) -> Result<(), IndexError> {
+        let mut err = None;
+        self.kv.for_each_prefix(INST, &mut |k, v| match decode_at(k, v) {
+            Ok(r) => {
+                f(r);
+                true
+            }
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        })?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Visit every object record with its hash.
+    pub fn for_each_object(
+        &self,
+        f: &mut dyn FnMut(Hash, ObjectRecord),
+    ) -> Result<(), IndexError> {
+        let mut err = None;
+        self.kv.for_each_prefix(OBJ, &mut |k, v| {
+            let Ok(hash) = <Hash>::try_from(&k[OBJ.len()..]) else {
+                err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into()));
+                return false;
+            };
+            match decode_at(k, v) {
+                Ok(r) => {
+                    f(hash, r);
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Total bytes of the spool files the index knows.
+    pub fn spool_bytes(&self) -> Result<u64, IndexError> {
+        let mut total = 0;
+        self.for_each_object(&mut |_, r| total += r.file_bytes)?;
+        Ok(total)
+    }
+
+    /// Counts over the whole index.
+    pub fn stats(&self) -> Result<Stats, IndexError> {
+        let mut s = Stats::default();
+        self.for_each_object(&mut |_, r| {
+            s.objects += 1;
+            s.bytes += r.file_bytes;
+        })?;
+        self.kv.for_each_prefix(INST, &mut |_, _| {
+            s.instances += 1;
+            true
+        })?;
+        let mut conflict_uids = std::collections::BTreeSet::new();
+        self.kv.for_each_prefix(CONFLICT, &mut |k, _| {
+            if let Some(end) = k.iter().skip(CONFLICT.len()).position(|b| *b == 0) {
+                conflict_uids.insert(k[CONFLICT.len()..CONFLICT.len() + end].to_vec());
+            }
+            true
+        })?;
+        s.conflicts = conflict_uids.len() as u64;
+        let (mut last_study, mut last_series) = (Vec::new(), Vec::new());
+        self.kv.for_each_prefix(HIER, &mut |k, _| {
+            let mut parts = k[HIER.len()..].splitn(3, |b| *b == 0);
+            let study = parts.next().unwrap_or_default();
+            let series = parts.next().unwrap_or_default();
+            if study != last_study.as_slice() {
+                s.studies += 1;
+                last_study = study.to_vec();
+                last_series.clear();
+            }
+            if series != last_series.as_slice() {
+                s.series += 1;
+                last_series = series.to_vec();
+            }
+            true
+        })?;
+        self.kv.for_each_prefix(OUTBOX, &mut |k, _| {
+            let rest = &k[OUTBOX.len()..];
+            let name = rest.split(|b| *b == 0).next().unwrap_or_default();
+            *s.outbox
+                .entry(String::from_utf8_lossy(name).into_owned())
+                .or_default() += 1;
+            true
+        })?;
+        Ok(s)
+    }
+}
+
+fn outbox_key(target: &str, next_attempt_ms: u64, hash: &Hash) -> Vec<u8> {
+    let mut k = key(&[OUTBOX, target.as_bytes(), &next_attempt_ms.to_be_bytes()]);
+    k.push(0);
+    k.extend_from_slice(hash);
+    k
+}
+
+fn decode_at<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, IndexError> {
+    records::decode(v).map_err(|source| IndexError::Record {
+        key: String::from_utf8_lossy(k).into_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(uid: &str, hash: &Hash) -> InstanceRecord {
+        InstanceRecord {
+            sop_instance_uid: uid.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            blake3: hash_hex(hash),
+            dataset_bytes: 100,
+            file_bytes: 400,
+            patient_id: "P".into(),
+            study_instance_uid: "1.2.9".into(),
+            series_instance_uid: format!("1.2.9.{}", hash[0]),
+            calling_ae: "SCU".into(),
+            source_ip: "127.0.0.1".into(),
+            received_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn new_duplicate_conflict() {
+        let idx = Index::new(Arc::new(MemKv::default()));
+        let targets = vec!["mirror".to_string(), "backup".to_string()];
+        let (h1, h2) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(
+            idx.commit_instance(&rec("1.2.3", &h1), &h1, &targets, 10)
+                .unwrap(),
+            CommitOutcome::New
+        );
+        assert_eq!(
+            idx.commit_instance(&rec("1.2.3", &h1), &h1, &targets, 11)
+                .unwrap(),
+            CommitOutcome::Duplicate
+        );
+        assert_eq!(
+            idx.commit_instance(&rec("1.2.3", &h2), &h2, &targets, 12)
+                .unwrap(),
+            CommitOutcome::Conflict {
+                other_versions: vec![hash_hex(&h1)]
+            }
+        );
+        // a UID that is a prefix of another is not confused with it
+        let h3 = [3u8; 32];
+        assert_eq!(
+            idx.commit_instance(&rec("1.2.34", &h3), &h3, &targets, 13)
+                .unwrap(),
+            CommitOutcome::New
+        );
+        let versions = idx.versions("1.2.3").unwrap();
+        assert_eq!(versions.len(), 2);
+        let s = idx.stats().unwrap();
+        assert_eq!(s.instances, 3);
+        assert_eq!(s.objects, 3);
+        assert_eq!(s.bytes, 1200);
+        assert_eq!(s.conflicts, 1);
+        assert_eq!(s.studies, 1);
+        assert_eq!(s.series, 3);
+        assert_eq!(s.outbox.get("mirror"), Some(&3));
+        assert_eq!(s.outbox.get("backup"), Some(&3));
+        assert_eq!(idx.object(&h2).unwrap().unwrap().file_bytes, 400);
+    }
+
+    #[test]
+    fn hash_hex_round_trip() {
+        let h = *blake3::hash(b"x").as_bytes();
+        assert_eq!(parse_hash(&hash_hex(&h)).unwrap(), h);
+        assert!(parse_hash("zz").is_err());
+        assert!(parse_hash(&"g".repeat(64)).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! pacs-mirror agent: the Storage SCP, the durable spool and the index.
+//!
+//! # Layout
+//! - [`dimse`]: typed DIMSE command sets and statuses (dicom-ul has none).
+//! - [`scp`]: listeners, access control, the association loop, the C-STORE path.
+//! - [`spool`]: content-addressed Part-10 files; durability by fsync + link + dir fsync.
+//! - [`index`]: the sled index behind a small KV trait; versioned records.
+//! - [`commit`]: the group committer (one index flush for many stores).
+//! - [`part10`]: the file meta header we write; parsing received headers.
+//! - [`recovery`]: start-up recovery and `reindex` from the spool.
+//! - [`echo`]: C-ECHO SCU with an operator-facing diagnosis.
+//! - [`app`]: wiring from the validated configuration; run and shutdown.
+//!
+//! # Delivery invariant
+//! A C-STORE is answered Success (0x0000) only after its file is fsynced and
+//! linked into the spool, the spool directory is fsynced, and its index rows
+//! are flushed. Every failure is answered with a failure status; nothing
+//! already acknowledged is ever removed or overwritten by ingest.
+//!
+//! # Error policy
+//! Library code returns typed `thiserror` enums, one per module, carrying the
+//! context an operator needs (path, UID, peer). Only the binary's `main` uses
+//! `anyhow`. Errors on the C-STORE path become DIMSE statuses (see
+//! [`scp::store`]); they never panic and never end the association unless the
+//! peer broke the protocol.
+
+pub mod app;
+pub mod commit;
+pub mod dimse;
+pub mod echo;
+pub mod index;
+pub mod part10;
+pub mod recovery;
+pub mod scp;
+pub mod spool;
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

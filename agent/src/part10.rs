@@ -1,0 +1,225 @@
+//! Part-10 files: the file meta header we write in front of the data set
+//! bytes, and reading the identifying attributes back from a received object.
+//!
+//! The data set bytes are never decoded into memory and re-encoded: they go to
+//! disk exactly as they arrived. Only the attributes up to Pixel Data are
+//! parsed, from the file, to check and index the object.
+
+use std::path::Path;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
+use serde::{Deserialize, Serialize};
+
+/// Implementation Class UID of pacs-mirror (a UUID-derived 2.25 UID).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.10786319485681046702925272269099423959";
+/// Implementation Version Name (SH, at most 16 characters).
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PACS_MIRROR_", env!("CARGO_PKG_VERSION_MAJOR"), env!("CARGO_PKG_VERSION_MINOR"));
+/// Private Information Creator UID of the receipt record in (0002,0102).
+pub const RECEIPT_CREATOR_UID: &str = "2.25.10786319485681046702925272269099423959.1";
+
+/// Where an object came from, kept in the file meta group as Private
+/// Information (0002,0102) so that the index can be rebuilt from the spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The peer's IP address.
+    pub source_ip: String,
+    /// Unix time of receipt, milliseconds.
+    pub received_at_ms: u64,
+}
+
+/// Errors reading or writing Part-10 structures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Part10Error {
+    /// The meta group could not be built (bad UID…).
+    #[error("cannot build the file meta group: {0}")]
+    Meta(String),
+    /// The data set could not be parsed far enough.
+    #[error("data set cannot be parsed: {0}")]
+    Parse(String),
+    /// A required attribute is missing or empty.
+    #[error("data set has no {0}")]
+    Missing(&'static str),
+}
+
+/// Build `preamble + "DICM" + file meta group` for a received object.
+pub fn file_header(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax_uid: &str,
+    calling_ae: &str,
+    receipt: &Receipt,
+) -> Result<Vec<u8>, Part10Error> {
+    let mut ae: String = calling_ae.trim().chars().take(16).collect();
+    if ae.is_empty() {
+        ae = "UNKNOWN".into();
+    }
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class_uid)
+        .media_storage_sop_instance_uid(sop_instance_uid)
+        .transfer_syntax(transfer_syntax_uid)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+        .source_application_entity_title(ae)
+        .private_information_creator_uid(RECEIPT_CREATOR_UID)
+        .private_information(receipt_bytes(receipt))
+        .build()
+        .map_err(|e| Part10Error::Meta(e.to_string()))?;
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out)
+        .map_err(|e| Part10Error::Meta(e.to_string()))?;
+    Ok(out)
+}
+
+/// JSON of the receipt, padded with a space to even length (OB values are
+/// even; trailing white space is valid JSON).
+fn receipt_bytes(receipt: &Receipt) -> Vec<u8> {
+    let mut v = serde_json::to_vec(receipt).unwrap_or_default();
+    if v.len() % 2 == 1 {
+        v.push(b' ');
+    }
+    v
+}
+
+/// The identifying attributes of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectHeader {
+    /// From the file meta group.
+    pub transfer_syntax_uid: String,
+    /// (0002,0016), the calling AE that sent it.
+    pub source_ae: String,
+    /// (0002,0102) decoded, when written by pacs-mirror.
+    pub receipt: Option<Receipt>,
+    /// (0008,0016)
+    pub sop_class_uid: String,
+    /// (0008,0018)
+    pub sop_instance_uid: String,
+    /// (0020,000D)
+    pub study_instance_uid: String,
+    /// (0020,000E)
+    pub series_instance_uid: String,
+    /// (0010,0020), may be empty.
+    pub patient_id: String,
+    /// Bytes of preamble + DICM + meta group (where the data set starts).
+    pub dataset_offset: u64,
+}
+
+fn trimmed(s: &str) -> String {
+    s.trim_end_matches(['\0', ' ']).trim_start().to_string()
+}
+
+/// Parse a Part-10 file up to (not including) Pixel Data.
+pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| Part10Error::Parse(e.to_string()))?;
+    let meta = obj.meta();
+    let get = |tag, name: &'static str| -> Result<String, Part10Error> {
+        let v = obj
+            .get(tag)
+            .map(|e| e.to_str().map(|s| trimmed(&s)))
+            .transpose()
+            .map_err(|e| Part10Error::Parse(format!("{name}: {e}")))?
+            .unwrap_or_default();
+        Ok(v)
+    };
+    let required = |tag, name: &'static str| -> Result<String, Part10Error> {
+        let v = get(tag, name)?;
+        if v.is_empty() {
+            Err(Part10Error::Missing(name))
+        } else {
+            Ok(v)
+        }
+    };
+    let receipt = meta
+        .private_information
+        .as_deref()
+        .filter(|_| {
+            meta.private_information_creator_uid()
+                .map(|u| u.trim_end_matches(['\0', ' ']))
+                == Some(RECEIPT_CREATOR_UID)
+        })
+        .and_then(|b| serde_json::from_slice(b.trim_ascii_end().strip_suffix(b"\0").unwrap_or(b.trim_ascii_end())).ok());
+    Ok(ObjectHeader {
+        transfer_syntax_uid: trimmed(meta.transfer_syntax()),
+        source_ae: meta
+            .source_application_entity_title()
+            .map(trimmed)
+            .unwrap_or_default(),
+        receipt,
+        sop_class_uid: required(tags::SOP_CLASS_UID, "SOP Class UID (0008,0016)")?,
+        sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?,
+        study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?,
+        series_instance_uid: required(
+            tags::SERIES_INSTANCE_UID,
+            "Series Instance UID (0020,000E)",
+        )?,
+        patient_id: get(tags::PATIENT_ID, "Patient ID (0010,0020)")?,
+        dataset_offset: 132 + 12 + u64::from(meta.information_group_length),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_object::InMemDicomObject;
+
+    /// Write our header + an explicit-VR-LE data set, read it back.
+    #[test]
+    fn header_round_trip_and_dataset_offset() {
+        let ts = "1.2.840.10008.1.2.1";
+        let mut ds = InMemDicomObject::new_empty();
+        for (tag, vr, v) in [
+            (tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
+            (tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4"),
+            (tags::PATIENT_ID, VR::LO, "PID1"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
+        ] {
+            ds.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        }
+        let mut body = Vec::new();
+        ds.write_dataset_with_ts(
+            &mut body,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        let receipt = Receipt {
+            source_ip: "127.0.0.1".into(),
+            received_at_ms: 42,
+        };
+        let mut file =
+            file_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", ts, "SENDER", &receipt).unwrap();
+        let header_len = file.len() as u64;
+        file.extend_from_slice(&body);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.dcm");
+        std::fs::write(&p, &file).unwrap();
+        let h = read_header(&p).unwrap();
+        assert_eq!(h.dataset_offset, header_len);
+        assert_eq!(h.sop_instance_uid, "1.2.3.4");
+        assert_eq!(h.study_instance_uid, "1.2.3");
+        assert_eq!(h.patient_id, "PID1");
+        assert_eq!(h.transfer_syntax_uid, ts);
+        assert_eq!(h.source_ae, "SENDER");
+        assert_eq!(h.receipt, Some(receipt));
+    }
+
+    #[test]
+    fn garbage_is_a_parse_error() {
+        let receipt = Receipt {
+            source_ip: "::1".into(),
+            received_at_ms: 1,
+        };
+        let mut file = file_header("1.2.3", "1.2.3.4", "1.2.840.10008.1.2", "A", &receipt).unwrap();
+        file.extend_from_slice(&[0xFF; 7]);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.dcm");
+        std::fs::write(&p, &file).unwrap();
+        assert!(read_header(&p).is_err());
+    }
+}

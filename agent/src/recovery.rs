@@ -1,0 +1,139 @@
+//! Start-up recovery and `reindex`: make the index agree with the spool.
+//!
+//! The spool is the source of truth: every object file carries its UIDs, the
+//! calling AE (0002,0016), and the source address and receive time (0002,0102).
+//! Recovery (every start) removes temp files and indexes object files the
+//! index does not know (crash between link and index flush). `reindex` does
+//! the same for every file, into an empty index, and verifies each file's
+//! hash on the way. A file whose contents do not match its name, or that
+//! cannot be parsed, is moved to `quarantine/` and reported, never deleted.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crate::index::{Hash, Index, InstanceRecord, hash_hex};
+use crate::part10;
+use crate::spool::{Spool, SpoolError};
+
+/// What recovery did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryReport {
+    /// Temp files removed.
+    pub temp_files_removed: usize,
+    /// Object files found in the spool.
+    pub objects_seen: usize,
+    /// Object files that were not indexed and now are.
+    pub reindexed: usize,
+    /// Files moved to quarantine (path after the move, reason).
+    pub quarantined: Vec<(PathBuf, String)>,
+}
+
+/// Recovery errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// Spool I/O.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// Index failure.
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+}
+
+/// Start-up recovery. With `verify_all`, every object is re-hashed and
+/// re-indexed (used by `reindex` on an empty index).
+pub fn recover(
+    spool: &Spool,
+    index: &Index,
+    targets: &[String],
+    verify_all: bool,
+) -> Result<RecoveryReport, RecoveryError> {
+    let mut report = RecoveryReport {
+        temp_files_removed: spool.remove_temp_files()?,
+        ..Default::default()
+    };
+    let (objects, odd) = spool.list_objects()?;
+    for p in odd {
+        let q = spool.quarantine(&p)?;
+        report
+            .quarantined
+            .push((q, "file name is not a blake3 address".into()));
+    }
+    report.objects_seen = objects.len();
+    for (hash, path) in objects {
+        if !verify_all && index.object(&hash)?.is_some() {
+            continue;
+        }
+        match record_from_file(&path, &hash) {
+            Ok(rec) => {
+                index.commit_instance(&rec, &hash, targets, crate::unix_ms())?;
+                report.reindexed += 1;
+            }
+            Err(reason) => {
+                tracing::error!(path = %path.display(), %reason, "spool file quarantined");
+                let q = spool.quarantine(&path)?;
+                report.quarantined.push((q, reason));
+            }
+        }
+    }
+    index.flush()?;
+    Ok(report)
+}
+
+/// Rebuild an index record from a spool file, checking its hash.
+pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, String> {
+    let header = part10::read_header(path).map_err(|e| e.to_string())?;
+    let (hash, dataset_bytes, file_bytes) = hash_dataset(path, header.dataset_offset)
+        .map_err(|e| format!("read: {e}"))?;
+    if &hash != expected {
+        return Err(format!(
+            "contents hash to {}, not to the name {}",
+            hash_hex(&hash),
+            hash_hex(expected)
+        ));
+    }
+    let modified_ms = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(InstanceRecord {
+        sop_instance_uid: header.sop_instance_uid,
+        sop_class_uid: header.sop_class_uid,
+        transfer_syntax_uid: header.transfer_syntax_uid,
+        blake3: hash_hex(&hash),
+        dataset_bytes,
+        file_bytes,
+        patient_id: header.patient_id,
+        study_instance_uid: header.study_instance_uid,
+        series_instance_uid: header.series_instance_uid,
+        calling_ae: header.source_ae,
+        source_ip: header
+            .receipt
+            .as_ref()
+            .map(|r| r.source_ip.clone())
+            .unwrap_or_default(),
+        received_at_ms: header.receipt.map_or(modified_ms, |r| r.received_at_ms),
+    })
+}
+
+/// blake3 of the bytes from `offset` to the end, with the lengths.
+pub fn hash_dataset(path: &Path, offset: u64) -> std::io::Result<(Hash, u64, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let file_bytes = f.metadata()?.len();
+    f.seek(SeekFrom::Start(offset))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok((
+        *hasher.finalize().as_bytes(),
+        file_bytes.saturating_sub(offset),
+        file_bytes,
+    ))
+}

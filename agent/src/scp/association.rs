@@ -1,0 +1,339 @@
+//! One accepted association: the DIMSE message loop.
+//!
+//! PDVs are reassembled here (dicom-ul's `PDataReader` mixes command and data
+//! fragments): command fragments are collected up to a bound and decoded; data
+//! fragments are handed to the [`IncomingStore`] one by one, never collected.
+//! Any protocol violation (data without a command, a context that was not
+//! accepted, a command in the middle of a data set, an undecodable command)
+//! aborts the association; an in-flight store is then discarded.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_ul::association::AsyncServerAssociation;
+use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::Pdu;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{Failure, IncomingStore, Ingest, Origin};
+use crate::dimse::{self, CStoreRq, CommandField, CommandSet, Status};
+use crate::index::CommitOutcome;
+
+/// What an association needs from the listener.
+pub struct AssociationContext {
+    /// The store path.
+    pub ingest: Arc<Ingest>,
+    /// SOP classes each local AE accepts (None: every standard storage class).
+    pub accepted_classes: std::collections::HashMap<String, Option<HashSet<String>>>,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+}
+
+enum End {
+    /// The peer released (we answered) or closed.
+    Done,
+    /// We abort (protocol violation, timeout, shutdown).
+    Abort(String),
+}
+
+enum Inbound {
+    /// No message in progress.
+    Idle,
+    /// Collecting a command set's fragments.
+    Command { pc_id: u8, bytes: Vec<u8> },
+    /// Receiving a C-STORE's data set.
+    Store(IncomingStore),
+    /// Draining the data set of a request we refused (not a C-STORE).
+    Discard { pc_id: u8 },
+}
+
+/// Serve one association until release, abort, idle timeout or shutdown.
+/// The caller instruments it with a span naming the peer and calling AE.
+pub async fn serve(
+    mut assoc: AsyncServerAssociation<TcpStream>,
+    ctx: Arc<AssociationContext>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+    let called_ae = assoc.called_ae_title().trim().to_string();
+    tracing::debug!(called_ae = %called_ae, contexts = assoc.presentation_contexts().len(), "association accepted");
+    let origin = Origin {
+        calling_ae: calling_ae.clone(),
+        peer_ip: peer.ip(),
+    };
+    let mut inbound = Inbound::Idle;
+    let end = loop {
+        let idle = matches!(inbound, Inbound::Idle);
+        let pdu = tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if idle => break End::Abort("agent shutting down".into()),
+            r = tokio::time::timeout(ctx.idle_timeout, assoc.receive()) => r,
+        };
+        let pdu = match pdu {
+            Err(_) => {
+                break End::Abort(format!(
+                    "no PDU for {} s (idle timeout)",
+                    ctx.idle_timeout.as_secs()
+                ));
+            }
+            Ok(Err(dicom_ul::association::Error::ConnectionClosed { .. })) => {
+                if !matches!(inbound, Inbound::Idle) {
+                    tracing::warn!("peer closed the connection in the middle of a message");
+                }
+                break End::Done;
+            }
+            Ok(Err(e)) => break End::Abort(format!("receive failed: {e}")),
+            Ok(Ok(pdu)) => pdu,
+        };
+        match pdu {
+            Pdu::PData { data } => {
+                let mut violation = None;
+                for pdv in data {
+                    if let Err(v) =
+                        on_pdv(&mut assoc, &ctx, &origin, &called_ae, &mut inbound, pdv).await
+                    {
+                        violation = Some(v);
+                        break;
+                    }
+                }
+                if let Some(v) = violation {
+                    break End::Abort(v);
+                }
+            }
+            Pdu::ReleaseRQ => {
+                if !matches!(inbound, Inbound::Idle) {
+                    tracing::warn!("release requested in the middle of a message");
+                }
+                if let Err(e) = assoc.send(&Pdu::ReleaseRP).await {
+                    tracing::debug!(error = %e, "sending A-RELEASE-RP failed");
+                }
+                break End::Done;
+            }
+            Pdu::AbortRQ { source } => {
+                tracing::info!(?source, "peer aborted the association");
+                break End::Done;
+            }
+            other => {
+                break End::Abort(format!("unexpected PDU: {}", other.short_description()));
+            }
+        }
+    };
+    if let Inbound::Store(store) = inbound {
+        tracing::warn!(
+            sop_instance_uid = %store.rq.sop_instance_uid,
+            "association ended during a C-STORE; the partial object is discarded (never acknowledged)"
+        );
+        store.abandon().await;
+    }
+    match end {
+        End::Done => tracing::debug!("association ended"),
+        End::Abort(reason) => {
+            tracing::warn!(%reason, "aborting association");
+            let _ = assoc.abort().await;
+        }
+    }
+}
+
+/// Handle one PDV. `Err` is a protocol violation (abort).
+async fn on_pdv(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    ctx: &AssociationContext,
+    origin: &Origin,
+    called_ae: &str,
+    inbound: &mut Inbound,
+    pdv: PDataValue,
+) -> Result<(), String> {
+    let pc_id = pdv.presentation_context_id;
+    let (abstract_syntax, transfer_syntax) = assoc
+        .presentation_contexts()
+        .iter()
+        .find(|pc| pc.id == pc_id && pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            )
+        })
+        .ok_or_else(|| format!("PDV on presentation context {pc_id}, which was not accepted"))?;
+    match pdv.value_type {
+        PDataValueType::Command => {
+            let bytes = match std::mem::replace(inbound, Inbound::Idle) {
+                Inbound::Idle => pdv.data,
+                Inbound::Command { pc_id: id, mut bytes } if id == pc_id => {
+                    bytes.extend_from_slice(&pdv.data);
+                    bytes
+                }
+                Inbound::Command { .. } => {
+                    return Err("command fragments on two presentation contexts".into());
+                }
+                Inbound::Store(store) => {
+                    store.abandon().await;
+                    return Err("command received in the middle of a data set".into());
+                }
+                Inbound::Discard { .. } => {
+                    return Err("command received in the middle of a data set".into());
+                }
+            };
+            if bytes.len() > dimse::MAX_COMMAND_SET_BYTES {
+                return Err(format!("command set larger than {} bytes", dimse::MAX_COMMAND_SET_BYTES));
+            }
+            if !pdv.is_last {
+                *inbound = Inbound::Command { pc_id, bytes };
+                return Ok(());
+            }
+            let cmd = CommandSet::decode(&bytes).map_err(|e| e.to_string())?;
+            *inbound = on_command(assoc, ctx, origin, called_ae, pc_id, &abstract_syntax, &transfer_syntax, &cmd)
+                .await?;
+            Ok(())
+        }
+        PDataValueType::Data => match inbound {
+            Inbound::Store(store) if store.pc_id == pc_id => {
+                store.data(pdv.data).await;
+                if pdv.is_last
+                    && let Inbound::Store(store) = std::mem::replace(inbound, Inbound::Idle)
+                {
+                    let (rq, pc, result) = store.finish().await;
+                    respond_store(assoc, &rq, pc, result).await?;
+                }
+                Ok(())
+            }
+            Inbound::Discard { pc_id: id } if *id == pc_id => {
+                if pdv.is_last {
+                    *inbound = Inbound::Idle;
+                }
+                Ok(())
+            }
+            _ => Err("data PDV without a matching command".into()),
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn on_command(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    ctx: &AssociationContext,
+    origin: &Origin,
+    called_ae: &str,
+    pc_id: u8,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    cmd: &CommandSet,
+) -> Result<Inbound, String> {
+    let field = cmd.command_field().map_err(|e| e.to_string())?;
+    let has_data = cmd.has_data_set().map_err(|e| e.to_string())?;
+    match field {
+        CommandField::CEchoRq => {
+            let rsp = dimse::response_to(cmd, Status::Success).map_err(|e| e.to_string())?;
+            send_command(assoc, pc_id, &rsp).await?;
+            tracing::debug!("C-ECHO answered");
+            Ok(Inbound::Idle)
+        }
+        CommandField::CStoreRq => {
+            let rq = CStoreRq::from_command(cmd).map_err(|e| e.to_string())?;
+            if !has_data {
+                return Err("C-STORE-RQ without a data set".into());
+            }
+            let refusal = sop_class_refusal(ctx, called_ae, abstract_syntax, &rq);
+            Ok(Inbound::Store(IncomingStore::begin(
+                ctx.ingest.clone(),
+                rq,
+                pc_id,
+                transfer_syntax,
+                origin.clone(),
+                refusal,
+            )))
+        }
+        CommandField::CCancelRq => Ok(Inbound::Idle),
+        other => {
+            tracing::warn!(command = format!("0x{:04X}", other.code()), "refusing a service this agent does not offer");
+            let rsp = dimse::response_to(cmd, Status::UnrecognizedOperation).map_err(|e| e.to_string())?;
+            send_command(assoc, pc_id, &rsp).await?;
+            Ok(if has_data {
+                Inbound::Discard { pc_id }
+            } else {
+                Inbound::Idle
+            })
+        }
+    }
+}
+
+fn sop_class_refusal(
+    ctx: &AssociationContext,
+    called_ae: &str,
+    abstract_syntax: &str,
+    rq: &CStoreRq,
+) -> Option<Failure> {
+    if rq.sop_class_uid != abstract_syntax {
+        return Some(Failure {
+            status: Status::SopClassNotSupported,
+            comment: format!(
+                "SOP class {} differs from the presentation context's {abstract_syntax}",
+                rq.sop_class_uid
+            ),
+        });
+    }
+    let accepted = match ctx.accepted_classes.get(called_ae) {
+        Some(Some(set)) => set.contains(&rq.sop_class_uid),
+        Some(None) => super::sop_classes::storage_sop_class_name(&rq.sop_class_uid).is_some(),
+        None => false,
+    };
+    (!accepted).then(|| Failure {
+        status: Status::SopClassNotSupported,
+        comment: format!("SOP class {} is not accepted by {called_ae}", rq.sop_class_uid),
+    })
+}
+
+async fn respond_store(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    rq: &CStoreRq,
+    pc_id: u8,
+    result: Result<CommitOutcome, Failure>,
+) -> Result<(), String> {
+    let rsp = match &result {
+        Ok(outcome) => {
+            match outcome {
+                CommitOutcome::New => tracing::debug!(sop_instance_uid = %rq.sop_instance_uid, "stored"),
+                CommitOutcome::Duplicate => tracing::info!(sop_instance_uid = %rq.sop_instance_uid, "identical re-send: already stored"),
+                CommitOutcome::Conflict { other_versions } => tracing::warn!(
+                    sop_instance_uid = %rq.sop_instance_uid,
+                    versions = other_versions.len() + 1,
+                    "SOP instance received again with different contents: both versions kept"
+                ),
+            }
+            dimse::c_store_rsp(rq, Status::Success, None)
+        }
+        Err(f) => {
+            tracing::warn!(
+                sop_instance_uid = %rq.sop_instance_uid,
+                status = %f.status,
+                reason = %f.comment,
+                "C-STORE refused"
+            );
+            dimse::c_store_rsp(rq, f.status, Some(&f.comment))
+        }
+    };
+    send_command(assoc, pc_id, &rsp).await
+}
+
+async fn send_command(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    pc_id: u8,
+    cmd: &CommandSet,
+) -> Result<(), String> {
+    let pdu = Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc_id,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: cmd.encode(),
+        }],
+    };
+    assoc
+        .send(&pdu)
+        .await
+        .map_err(|e| format!("sending a response failed: {e}"))
+}

@@ -1,0 +1,259 @@
+//! The Storage SCP: TCP listeners, association admission, and the per-
+//! association tasks.
+//!
+//! Skeleton after mini-redis: the listener owns a semaphore of
+//! `max_associations` permits; each accepted connection gets TCP_NODELAY and
+//! its own task. A-ASSOCIATE-RQ must arrive within the ARTIM timeout. Over the
+//! limit, the request is read and answered with A-ASSOCIATE-RJ (transient,
+//! local limit exceeded). On shutdown the listener stops accepting and every
+//! association finishes the store it is receiving, then is aborted.
+
+pub mod access;
+pub mod association;
+pub mod sop_classes;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_ul::association::server::DefaultNegotiation;
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJSource,
+};
+use dicom_ul::{Pdu, ServerAssociationOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use access::{AePolicy, PeerAccess};
+use association::AssociationContext;
+use store::Ingest;
+
+/// One local AE served by a listener.
+#[derive(Debug, Clone)]
+pub struct AeSettings {
+    /// Access policy (AE title, allow-list).
+    pub policy: AePolicy,
+    /// SOP classes accepted; None = every standard storage SOP class.
+    pub sop_classes: Option<HashSet<String>>,
+    /// Transfer syntaxes accepted; None = every one the registry knows.
+    pub transfer_syntaxes: Option<Vec<String>>,
+}
+
+/// One listening socket and the AEs on it.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// The AEs (told apart by the called AE title).
+    pub aes: Vec<AeSettings>,
+    /// Concurrent associations.
+    pub max_associations: usize,
+    /// Largest PDU we receive.
+    pub max_pdu_bytes: u32,
+    /// Time allowed for the A-ASSOCIATE-RQ.
+    pub artim_timeout: Duration,
+    /// Association closed after this long without a PDU.
+    pub idle_timeout: Duration,
+}
+
+/// SCP errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScpError {
+    /// The socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Options = ServerAssociationOptions<'static, PeerAccess, DefaultNegotiation>;
+
+/// A bound listener, ready to serve.
+pub struct Scp {
+    listener: TcpListener,
+    settings: ListenerSettings,
+    options: Options,
+    context: Arc<AssociationContext>,
+    policies: access::Policies,
+}
+
+impl Scp {
+    /// Bind the socket and prepare the association options.
+    pub async fn bind(settings: ListenerSettings, ingest: Arc<Ingest>) -> Result<Self, ScpError> {
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .map_err(|source| ScpError::Bind {
+                addr: settings.bind,
+                source,
+            })?;
+        let policies: access::Policies = Arc::new(settings.aes.iter().map(|a| a.policy.clone()).collect());
+        let mut options = ServerAssociationOptions::new()
+            .ae_access_control(PeerAccess {
+                policies: policies.clone(),
+                peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            })
+            .ae_title(settings.aes.first().map(|a| a.policy.ae_title.clone()).unwrap_or_default())
+            .max_pdu_length(settings.max_pdu_bytes)
+            .strict(true)
+            .with_abstract_syntax(crate::dimse::VERIFICATION_SOP_CLASS);
+        let mut classes: Vec<String> = Vec::new();
+        let mut any_ts = false;
+        let mut tss: Vec<String> = Vec::new();
+        for ae in &settings.aes {
+            match &ae.sop_classes {
+                None => classes.extend(sop_classes::STORAGE_SOP_CLASSES.iter().map(|(u, _)| u.to_string())),
+                Some(set) => classes.extend(set.iter().cloned()),
+            }
+            match &ae.transfer_syntaxes {
+                None => any_ts = true,
+                Some(list) => tss.extend(list.iter().cloned()),
+            }
+        }
+        classes.sort();
+        classes.dedup();
+        for c in classes {
+            options = options.with_abstract_syntax(c);
+        }
+        if !any_ts {
+            tss.sort();
+            tss.dedup();
+            for ts in tss {
+                options = options.with_transfer_syntax(ts);
+            }
+        }
+        let context = Arc::new(AssociationContext {
+            ingest,
+            accepted_classes: settings
+                .aes
+                .iter()
+                .map(|a| (a.policy.ae_title.clone(), a.sop_classes.clone()))
+                .collect::<HashMap<_, _>>(),
+            idle_timeout: settings.idle_timeout,
+        });
+        Ok(Scp {
+            listener,
+            settings,
+            options,
+            context,
+            policies,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accept associations until `shutdown`; association tasks go to `tracker`.
+    pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
+        let permits = Arc::new(Semaphore::new(self.settings.max_associations));
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.listener.accept() => r,
+            };
+            let (sock, peer) = match accepted {
+                Ok(x) => {
+                    backoff = Duration::from_millis(10);
+                    x
+                }
+                Err(e) => {
+                    // EMFILE and friends: wait, do not spin.
+                    tracing::error!(error = %e, "accept failed; retrying in {:?}", backoff);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if let Err(e) = sock.set_nodelay(true) {
+                tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
+            let artim = self.settings.artim_timeout;
+            match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let options = self.options.clone().ae_access_control(PeerAccess {
+                        policies: self.policies.clone(),
+                        peer: peer.ip(),
+                    });
+                    let context = self.context.clone();
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(async move {
+                        admit(sock, peer, options, context, artim, shutdown).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, limit = self.settings.max_associations, "too many associations: rejecting (transient)");
+                    let max_pdu = self.settings.max_pdu_bytes;
+                    tracker.spawn(reject_busy(sock, artim, max_pdu));
+                }
+            }
+        }
+        tracing::info!(addr = %self.settings.bind, "listener closed");
+    }
+}
+
+async fn admit(
+    sock: TcpStream,
+    peer: SocketAddr,
+    options: Options,
+    context: Arc<AssociationContext>,
+    artim: Duration,
+    shutdown: CancellationToken,
+) {
+    let established = match tokio::time::timeout(artim, options.establish_async(sock)).await {
+        Err(_) => {
+            tracing::warn!(%peer, "no A-ASSOCIATE-RQ within {} s (ARTIM): connection closed", artim.as_secs());
+            return;
+        }
+        Ok(Err(dicom_ul::association::Error::Rejected { association_rj, .. })) => {
+            tracing::warn!(%peer, reason = ?association_rj.source, "association rejected");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "association could not be established");
+            return;
+        }
+        Ok(Ok(a)) => a,
+    };
+    let span = tracing::info_span!("association", %peer, calling_ae = %dicom_ul::association::Association::peer_ae_title(&established).trim());
+    association::serve(established, context, peer, shutdown)
+        .instrument(span)
+        .await;
+}
+
+/// Over the association limit: read the request (within ARTIM), answer
+/// A-ASSOCIATE-RJ transient "local limit exceeded", close.
+async fn reject_busy(mut sock: TcpStream, artim: Duration, max_pdu: u32) {
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    let read = tokio::time::timeout(
+        artim,
+        dicom_ul::association::read_pdu_from_wire_async(&mut sock, &mut buf, max_pdu, true),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(Pdu::AssociationRQ(_)))) {
+        return;
+    }
+    let rj = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    });
+    let mut out = Vec::new();
+    if dicom_ul::write_pdu(&mut out, &rj).is_ok() {
+        let _ = sock.write_all(&out).await;
+        let _ = sock.shutdown().await;
+    }
+}

@@ -1,0 +1,418 @@
+//! The spool: received objects as Part-10 files, addressed by content.
+//!
+//! # Layout
+//! ```text
+//! <data_dir>/spool/
+//!   tmp/<random>.part                  objects being received (never valid)
+//!   objects/<hh>/<blake3 hex>.dcm      durable objects; hh = first two hex digits
+//!   quarantine/<name>                  files recovery could not account for
+//! ```
+//! `<blake3 hex>` is the blake3 of the data set bytes (everything after the
+//! File Meta Information group), exactly as received. A spool file is
+//! `128 zero bytes + "DICM" + file meta group + data set bytes`. No path is ever
+//! built from a UID or any other value received from the network.
+//!
+//! # Invariants
+//! 1. A file under `objects/` is complete and fsynced before its name appears
+//!    there: the bytes are written to `tmp/`, fsynced, then hard-linked into
+//!    `objects/` (link fails if the name exists: an existing durable copy is
+//!    never overwritten) and the temp name removed.
+//! 2. The `objects/<hh>` directory is fsynced (by the group committer) before
+//!    the object is indexed, and the index is flushed before Success is sent.
+//! 3. Files under `objects/` are never modified; the spool never deletes them
+//!    on the ingest path.
+//! 4. Quota: the bytes of indexed objects plus the bytes being received stay
+//!    under `max_bytes`, and the filesystem keeps `min_free_bytes` free;
+//!    otherwise the store is refused (A700) and its temp file removed.
+//!
+//! # Crash behaviour
+//! A crash can leave: temp files (removed at start-up; never acknowledged), and
+//! objects linked into `objects/` but not indexed (indexed again at start-up by
+//! recovery; never acknowledged either, but keeping them loses nothing).
+
+mod writer;
+
+pub use writer::{ObjectWriter, WrittenObject};
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::index::{Hash, hash_hex};
+
+/// Spool errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// An I/O operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The spool quota would be exceeded.
+    #[error("spool quota of {max_bytes} bytes reached ({used_bytes} bytes used)")]
+    QuotaExceeded { max_bytes: u64, used_bytes: u64 },
+    /// The filesystem's free space would fall under the watermark.
+    #[error("only {free_bytes} bytes free on the spool filesystem (keeping {min_free_bytes})")]
+    DiskFull { free_bytes: u64, min_free_bytes: u64 },
+    /// The object is larger than the configured maximum.
+    #[error("object larger than the {max_object_bytes}-byte limit")]
+    ObjectTooLarge { max_object_bytes: u64 },
+}
+
+impl SpoolError {
+    /// Whether this failure is a lack of space (answered with A700).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            SpoolError::QuotaExceeded { .. } | SpoolError::DiskFull { .. } => true,
+            SpoolError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                )
+            }
+            SpoolError::ObjectTooLarge { .. } => false,
+        }
+    }
+}
+
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Space limits of the spool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpoolLimits {
+    /// Quota on spooled bytes.
+    pub max_bytes: Option<u64>,
+    /// Free space to keep on the filesystem.
+    pub min_free_bytes: u64,
+    /// Largest object accepted.
+    pub max_object_bytes: Option<u64>,
+}
+
+/// Result of linking a received object into `objects/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The object's path.
+    pub path: PathBuf,
+    /// The directory holding it (to fsync before indexing).
+    pub dir: PathBuf,
+    /// False when a file with these contents was already there.
+    pub created: bool,
+}
+
+/// The spool directory.
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+    limits: SpoolLimits,
+    /// Bytes of objects installed (indexed or being indexed).
+    used_bytes: AtomicU64,
+    /// Bytes of objects being received.
+    reserved_bytes: AtomicU64,
+}
+
+impl Spool {
+    /// Open or create the spool under `root`, with all fan-out directories
+    /// created and made durable up front (no mkdir on the store path).
+    pub fn open(root: &Path, limits: SpoolLimits) -> Result<Self, SpoolError> {
+        let objects = root.join("objects");
+        for dir in [root.to_path_buf(), root.join("tmp"), root.join("quarantine"), objects.clone()] {
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        }
+        for b in 0..=255u8 {
+            let d = objects.join(format!("{b:02x}"));
+            if !d.is_dir() {
+                fs::create_dir(&d).map_err(io_err("create", &d))?;
+            }
+        }
+        sync_dir(&objects)?;
+        sync_dir(root)?;
+        if let Some(parent) = root.parent() {
+            // best effort: the data dir itself may be the mount point
+            let _ = sync_dir(parent);
+        }
+        Ok(Spool {
+            root: root.to_path_buf(),
+            limits,
+            used_bytes: AtomicU64::new(0),
+            reserved_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// The spool root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The temp directory.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// The path of an object.
+    pub fn object_path(&self, hash: &Hash) -> PathBuf {
+        let hex = hash_hex(hash);
+        self.root
+            .join("objects")
+            .join(&hex[..2])
+            .join(format!("{hex}.dcm"))
+    }
+
+    /// Set the bytes already held (from the index, at start-up).
+    pub fn set_used_bytes(&self, bytes: u64) {
+        self.used_bytes.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Bytes held.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Reserve room for `additional` bytes of an object being received, whose
+    /// size so far (before this chunk) is `so_far`. On error nothing is reserved.
+    pub fn reserve(&self, so_far: u64, additional: u64) -> Result<(), SpoolError> {
+        if let Some(max) = self.limits.max_object_bytes
+            && so_far + additional > max
+        {
+            return Err(SpoolError::ObjectTooLarge {
+                max_object_bytes: max,
+            });
+        }
+        let reserved = self.reserved_bytes.fetch_add(additional, Ordering::SeqCst) + additional;
+        if let Some(max) = self.limits.max_bytes {
+            let used = self.used_bytes() + reserved;
+            if used > max {
+                self.release(additional);
+                return Err(SpoolError::QuotaExceeded {
+                    max_bytes: max,
+                    used_bytes: used - additional,
+                });
+            }
+        }
+        if self.limits.min_free_bytes > 0 || additional > 0 {
+            let free = free_bytes(&self.root)?;
+            if free < additional.saturating_add(self.limits.min_free_bytes) {
+                self.release(additional);
+                return Err(SpoolError::DiskFull {
+                    free_bytes: free,
+                    min_free_bytes: self.limits.min_free_bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Give back a reservation.
+    pub fn release(&self, bytes: u64) {
+        // saturating: a reservation is only released by its owner, but a bug
+        // here must not wrap the counter and refuse every later store.
+        let _ = self
+            .reserved_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                Some(r.saturating_sub(bytes))
+            });
+    }
+
+    /// Turn a reservation into held bytes (object installed).
+    pub fn commit_reservation(&self, reserved: u64, file_bytes: u64) {
+        self.release(reserved);
+        self.used_bytes.fetch_add(file_bytes, Ordering::SeqCst);
+    }
+
+    /// Begin receiving an object: a new temp file.
+    pub fn begin(&self) -> Result<(File, PathBuf), SpoolError> {
+        let tmp = self.tmp_dir();
+        loop {
+            let name = format!("{:016x}.part", rand::random::<u64>());
+            let path = tmp.join(name);
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(f) => return Ok((f, path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("create", &path)(e)),
+            }
+        }
+    }
+
+    /// Link a complete, fsynced temp file into `objects/` under its hash and
+    /// remove the temp name. Never replaces an existing object.
+    pub fn install(&self, temp: &Path, hash: &Hash) -> Result<Installed, SpoolError> {
+        let path = self.object_path(hash);
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        let created = match fs::hard_link(temp, &path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io_err("link", &path)(e)),
+        };
+        fs::remove_file(temp).map_err(io_err("remove", temp))?;
+        Ok(Installed { path, dir, created })
+    }
+
+    /// Remove every temp file (start-up recovery). Returns how many.
+    pub fn remove_temp_files(&self) -> Result<usize, SpoolError> {
+        let tmp = self.tmp_dir();
+        let mut n = 0;
+        for entry in fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
+            let entry = entry.map_err(io_err("list", &tmp))?;
+            let p = entry.path();
+            fs::remove_file(&p).map_err(io_err("remove", &p))?;
+            n += 1;
+        }
+        if n > 0 {
+            sync_dir(&tmp)?;
+        }
+        Ok(n)
+    }
+
+    /// Every object file: (hash from its name, path). Files whose name is not
+    /// a hash are returned in the second list.
+    pub fn list_objects(&self) -> Result<(Vec<(Hash, PathBuf)>, Vec<PathBuf>), SpoolError> {
+        let objects = self.root.join("objects");
+        let (mut good, mut odd) = (Vec::new(), Vec::new());
+        for b in 0..=255u8 {
+            let d = objects.join(format!("{b:02x}"));
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("list", &d)(e)),
+            };
+            for entry in rd {
+                let p = entry.map_err(io_err("list", &d))?.path();
+                let hash = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".dcm"))
+                    .and_then(|h| crate::index::parse_hash(h).ok());
+                match hash {
+                    Some(h) if self.object_path(&h) == p => good.push((h, p)),
+                    _ => odd.push(p),
+                }
+            }
+        }
+        Ok((good, odd))
+    }
+
+    /// Move a file that cannot be accounted for into `quarantine/`.
+    pub fn quarantine(&self, path: &Path) -> Result<PathBuf, SpoolError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unnamed".into());
+        let dest = self
+            .root
+            .join("quarantine")
+            .join(format!("{:08x}-{name}", rand::random::<u32>()));
+        fs::rename(path, &dest).map_err(io_err("quarantine", path))?;
+        Ok(dest)
+    }
+}
+
+/// fsync a directory so that the names in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync dir", dir))
+}
+
+/// Free bytes for unprivileged users on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Result<u64, SpoolError> {
+    let st = rustix::fs::statvfs(path).map_err(|e| SpoolError::Io {
+        op: "statvfs",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn spool(limits: SpoolLimits) -> (tempfile::TempDir, Spool) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(&d.path().join("spool"), limits).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn install_never_overwrites() {
+        let (_d, s) = spool(SpoolLimits::default());
+        let hash = [7u8; 32];
+        let (mut f, p) = s.begin().unwrap();
+        f.write_all(b"first").unwrap();
+        let first = s.install(&p, &hash).unwrap();
+        assert!(first.created);
+        assert!(first.path.ends_with(format!("objects/07/{}.dcm", hash_hex(&hash))));
+        let (mut f, p2) = s.begin().unwrap();
+        f.write_all(b"second").unwrap();
+        let second = s.install(&p2, &hash).unwrap();
+        assert!(!second.created);
+        assert_eq!(fs::read(&first.path).unwrap(), b"first");
+        assert!(!p.exists() && !p2.exists());
+        let (objs, odd) = s.list_objects().unwrap();
+        assert_eq!(objs, vec![(hash, first.path)]);
+        assert!(odd.is_empty());
+    }
+
+    #[test]
+    fn quota_refuses_and_releases() {
+        let (_d, s) = spool(SpoolLimits {
+            max_bytes: Some(1000),
+            min_free_bytes: 0,
+            max_object_bytes: Some(800),
+        });
+        s.reserve(0, 600).unwrap();
+        assert!(matches!(
+            s.reserve(0, 500),
+            Err(SpoolError::QuotaExceeded { .. })
+        ));
+        assert!(matches!(
+            s.reserve(600, 300),
+            Err(SpoolError::ObjectTooLarge { .. })
+        ));
+        s.commit_reservation(600, 650);
+        assert_eq!(s.used_bytes(), 650);
+        assert!(s.reserve(0, 400).is_err());
+        s.reserve(0, 300).unwrap();
+        s.release(300);
+        s.reserve(0, 350).unwrap();
+    }
+
+    #[test]
+    fn disk_watermark_refuses() {
+        let (_d, s) = spool(SpoolLimits {
+            max_bytes: None,
+            min_free_bytes: u64::MAX / 2,
+            max_object_bytes: None,
+        });
+        let err = s.reserve(0, 1).unwrap_err();
+        assert!(err.is_out_of_space(), "{err}");
+    }
+
+    #[test]
+    fn temp_files_are_removed_and_odd_files_reported() {
+        let (_d, s) = spool(SpoolLimits::default());
+        let (_f, p) = s.begin().unwrap();
+        assert_eq!(s.remove_temp_files().unwrap(), 1);
+        assert!(!p.exists());
+        let stray = s.root().join("objects/ab/not-a-hash.dcm");
+        fs::write(&stray, b"x").unwrap();
+        let (_, odd) = s.list_objects().unwrap();
+        assert_eq!(odd, vec![stray.clone()]);
+        let q = s.quarantine(&stray).unwrap();
+        assert!(q.exists() && !stray.exists());
+    }
+}

@@ -1,0 +1,163 @@
+//! Writing one received object into a temp file, hashing the data set bytes
+//! as they pass. Blocking I/O: run it on a blocking thread.
+//!
+//! Drop without [`ObjectWriter::finish`] removes the temp file, so an
+//! abandoned or failed store never leaves a partial file behind (and a crash
+//! leaves only a temp file, which start-up recovery removes).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{SpoolError, io_err};
+use crate::index::Hash;
+
+/// A temp file being written.
+#[derive(Debug)]
+pub struct ObjectWriter {
+    file: Option<File>,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    header_bytes: u64,
+    dataset_bytes: u64,
+}
+
+/// A complete, fsynced temp file.
+#[derive(Debug)]
+pub struct WrittenObject {
+    /// The temp file (still in `tmp/`); removed on drop unless installed.
+    pub temp: TempGuard,
+    /// blake3 of the data set bytes.
+    pub hash: Hash,
+    /// Bytes of the file meta header (preamble + DICM + group 0002).
+    pub header_bytes: u64,
+    /// Bytes of the data set.
+    pub dataset_bytes: u64,
+}
+
+impl WrittenObject {
+    /// Total file length.
+    pub fn file_bytes(&self) -> u64 {
+        self.header_bytes + self.dataset_bytes
+    }
+}
+
+/// Removes a temp file on drop unless [`TempGuard::keep`] was called.
+#[derive(Debug)]
+pub struct TempGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempGuard {
+    /// The temp path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The file has been moved or linked away: do not remove it.
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl ObjectWriter {
+    /// Start with the file meta header (not hashed: the address is the data set's).
+    pub fn new(mut file: File, path: PathBuf, header: &[u8]) -> Result<Self, SpoolError> {
+        if let Err(e) = file.write_all(header) {
+            let _ = fs::remove_file(&path);
+            return Err(io_err("write", &path)(e));
+        }
+        Ok(ObjectWriter {
+            file: Some(file),
+            path,
+            hasher: blake3::Hasher::new(),
+            header_bytes: header.len() as u64,
+            dataset_bytes: 0,
+        })
+    }
+
+    /// Append data set bytes.
+    pub fn write_chunk(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        file.write_all(data).map_err(io_err("write", &self.path))?;
+        self.hasher.update(data);
+        self.dataset_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Data set bytes so far.
+    pub fn dataset_bytes(&self) -> u64 {
+        self.dataset_bytes
+    }
+
+    /// The temp file path (readable while writing, e.g. to parse the header).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// fsync the file data and return the finished object.
+    pub fn finish(mut self) -> Result<WrittenObject, SpoolError> {
+        let file = self.file.take();
+        let temp = TempGuard {
+            path: std::mem::take(&mut self.path),
+            armed: true,
+        };
+        if let Some(file) = file {
+            // sync_data also makes the file length durable (what is needed to
+            // read it back); name durability is the directory fsync's job.
+            file.sync_data().map_err(io_err("fsync", temp.path()))?;
+        }
+        Ok(WrittenObject {
+            hash: *self.hasher.finalize().as_bytes(),
+            header_bytes: self.header_bytes,
+            dataset_bytes: self.dataset_bytes,
+            temp,
+        })
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            self.file = None;
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_dataset_only_and_cleans_up() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.part");
+        let f = File::create(&p).unwrap();
+        let mut w = ObjectWriter::new(f, p.clone(), b"HEADER").unwrap();
+        w.write_chunk(b"abc").unwrap();
+        w.write_chunk(b"def").unwrap();
+        let done = w.finish().unwrap();
+        assert_eq!(done.hash, *blake3::hash(b"abcdef").as_bytes());
+        assert_eq!(done.file_bytes(), 12);
+        assert_eq!(fs::read(&p).unwrap(), b"HEADERabcdef");
+        drop(done);
+        assert!(!p.exists(), "an uninstalled temp file is removed on drop");
+
+        let p2 = d.path().join("b.part");
+        let mut w = ObjectWriter::new(File::create(&p2).unwrap(), p2.clone(), b"H").unwrap();
+        w.write_chunk(b"x").unwrap();
+        drop(w);
+        assert!(!p2.exists(), "an abandoned writer removes its temp file");
+    }
+}

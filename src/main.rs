@@ -1,0 +1,350 @@
+//! `pacs-mirror`: the command line. Thin: parse arguments, load and validate
+//! the configuration, call into the library crates. The only place that uses
+//! `anyhow`.
+
+mod synth;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use pacs_mirror_agent::{app, echo, index::Index, spool::Spool};
+use pacs_mirror_config::{Config, ConfigError, Finding, Severity, validate_ae_title};
+use tokio_util::sync::CancellationToken;
+
+/// Mirrored PACS replication and backup agent: a DICOM Storage SCP that
+/// answers Success only once an object is durable, then replicates it.
+#[derive(Parser, Debug)]
+#[command(name = "pacs-mirror", version, about, long_about = None)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent (Storage SCP) in the foreground until SIGTERM or Ctrl-C.
+    /// Without --config it runs on the embedded default: AE PACS_MIRROR on
+    /// 127.0.0.1:11112, data under ./pacs-mirror-data.
+    Run {
+        /// Configuration file (TOML); see `pacs-mirror config example`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// C-ECHO a DICOM peer and say what is wrong if it fails.
+    Echo {
+        /// The peer, as AE@HOST:PORT (e.g. MIRROR@10.0.0.7:104).
+        target: String,
+        /// Our (calling) AE title.
+        #[arg(long, default_value = "PACS_MIRROR")]
+        calling_ae: String,
+        /// Seconds to wait for the connection and each answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
+    /// Rebuild the index from the spool (agent stopped). The old index is
+    /// kept beside it as index.old-<time>.
+    Reindex {
+        /// Configuration file; default: the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Read the index (agent stopped: the index is single-process).
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Write synthetic CT studies (Part-10 files) for tests and link checks.
+    Synth(synth::SynthArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a configuration file; print every finding; exit 1 on errors.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print a commented example configuration.
+    Example,
+    /// Print the embedded default configuration.
+    Default,
+}
+
+#[derive(Subcommand, Debug)]
+enum IndexCommand {
+    /// One JSON object per stored instance version, with its spool path.
+    Dump {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Counts: instances, objects, bytes, conflicts, studies, series, outbox rows.
+    Stats {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = load(config.as_deref())?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(watch_signals(shutdown.clone()));
+            app::run(config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file }) => Ok(config_check(&file)),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", Config::EXAMPLE_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", Config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo {
+            target,
+            calling_ae,
+            timeout_secs,
+        } => run_echo(&target, &calling_ae, timeout_secs).await,
+        Command::Reindex { config } => {
+            let config = load(config.as_deref())?;
+            reindex(&config)
+        }
+        Command::Index(IndexCommand::Dump { config }) => {
+            let config = load(config.as_deref())?;
+            index_dump(&config)
+        }
+        Command::Index(IndexCommand::Stats { config }) => {
+            let config = load(config.as_deref())?;
+            let index = open_index(&config)?;
+            println!("{}", serde_json::to_string_pretty(&index.stats()?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Synth(args) => {
+            synth::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The configuration from a file (validated; warnings logged), or the
+/// embedded default.
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        tracing::info!("no --config given: running on the embedded default (`pacs-mirror config default` prints it)");
+        return Ok(Config::embedded_default());
+    };
+    match Config::load_validated(path) {
+        Ok((config, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(config)
+        }
+        Err(e) => bail!("{}", describe_config_error(&e)),
+    }
+}
+
+fn describe_config_error(e: &ConfigError) -> String {
+    match e {
+        ConfigError::Invalid { findings } => {
+            let mut s = format!("the configuration has {} problem(s):", count_errors(findings));
+            for f in findings {
+                s.push_str(&format!("\n  {f}"));
+            }
+            s
+        }
+        other => other.to_string(),
+    }
+}
+
+fn count_errors(findings: &[Finding]) -> usize {
+    findings.iter().filter(|f| f.severity == Severity::Error).count()
+}
+
+fn config_check(file: &Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = config.validate();
+    for f in &findings {
+        println!("{f}");
+    }
+    let errors = count_errors(&findings);
+    let warnings = findings.len() - errors;
+    if errors > 0 {
+        println!("{}: {errors} error(s), {warnings} warning(s)", file.display());
+        ExitCode::FAILURE
+    } else {
+        println!("{}: valid ({warnings} warning(s))", file.display());
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run_echo(target: &str, calling_ae: &str, timeout_secs: u64) -> anyhow::Result<ExitCode> {
+    let (ae, rest) = target
+        .split_once('@')
+        .context("the peer must be written AE@HOST:PORT, e.g. MIRROR@10.0.0.7:104")?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .context("the peer must be written AE@HOST:PORT (port missing)")?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{port:?} is not a TCP port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    for (what, title) in [("called AE title", ae), ("calling AE title", calling_ae)] {
+        if let Err(e) = validate_ae_title(title) {
+            bail!("{what} {title:?}: {e}");
+        }
+    }
+    match echo::echo(calling_ae, ae, host, port, Duration::from_secs(timeout_secs)).await {
+        Ok(ok) => {
+            println!(
+                "C-ECHO {target}: Success in {} ms (peer max PDU {} bytes)",
+                ok.elapsed.as_millis(),
+                ok.peer_max_pdu
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("C-ECHO {target}: FAILED: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn open_index(config: &Config) -> anyhow::Result<Index> {
+    let dirs = app::DataDirs::new(&config.device.data_dir);
+    if !dirs.index.exists() {
+        bail!(
+            "no index at {} (nothing received yet, or wrong --config)",
+            dirs.index.display()
+        );
+    }
+    Index::open(&dirs.index).with_context(|| format!("opening the index at {}", dirs.index.display()))
+}
+
+fn index_dump(config: &Config) -> anyhow::Result<ExitCode> {
+    let index = open_index(config)?;
+    let dirs = app::DataDirs::new(&config.device.data_dir);
+    let spool = Spool::open(&dirs.spool, app::spool_limits(config))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failure = None;
+    index.for_each_instance(&mut |rec| {
+        if failure.is_some() {
+            return;
+        }
+        let path = pacs_mirror_agent::index::parse_hash(&rec.blake3)
+            .map(|h| spool.object_path(&h))
+            .map(|p| std::path::absolute(&p).unwrap_or(p));
+        let mut v = match serde_json::to_value(&rec) {
+            Ok(v) => v,
+            Err(e) => {
+                failure = Some(anyhow::Error::from(e));
+                return;
+            }
+        };
+        if let (Some(obj), Ok(p)) = (v.as_object_mut(), path) {
+            obj.insert("path".into(), p.display().to_string().into());
+        }
+        use std::io::Write;
+        if let Err(e) = writeln!(out, "{v}") {
+            failure = Some(e.into());
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn reindex(config: &Config) -> anyhow::Result<ExitCode> {
+    let dirs = app::DataDirs::new(&config.device.data_dir);
+    if dirs.index.exists() {
+        let aside = dirs
+            .index
+            .with_file_name(format!("index.old-{}", pacs_mirror_agent::unix_ms()));
+        std::fs::rename(&dirs.index, &aside).with_context(|| {
+            format!(
+                "moving the old index aside (is the agent running?) {}",
+                dirs.index.display()
+            )
+        })?;
+        eprintln!("old index kept at {}", aside.display());
+    }
+    let (_spool, index, report) = app::open_store(config, true)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let stats = index.stats()?;
+    println!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(if report.quarantined.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+    shutdown.cancel();
+}
