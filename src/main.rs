@@ -2,8 +2,6 @@
 //! the configuration, call into the library crates. The only place that uses
 //! `anyhow`.
 
-mod synth;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,8 +64,6 @@ enum Command {
     /// Read the index (agent stopped: the index is single-process).
     #[command(subcommand)]
     Index(IndexCommand),
-    /// Write synthetic CT studies (Part-10 files) for tests and link checks.
-    Synth(synth::SynthArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,7 +96,10 @@ enum IndexCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -165,10 +164,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&index.stats()?)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Synth(args) => {
-            synth::run(&args)?;
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }
 
@@ -176,7 +171,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 /// embedded default.
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     let Some(path) = path else {
-        tracing::info!("no --config given: running on the embedded default (`pacs-mirror config default` prints it)");
+        tracing::info!(
+            "no --config given: running on the embedded default (`pacs-mirror config default` prints it)"
+        );
         return Ok(Config::embedded_default());
     };
     match Config::load_validated(path) {
@@ -193,7 +190,10 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
 fn describe_config_error(e: &ConfigError) -> String {
     match e {
         ConfigError::Invalid { findings } => {
-            let mut s = format!("the configuration has {} problem(s):", count_errors(findings));
+            let mut s = format!(
+                "the configuration has {} problem(s):",
+                count_errors(findings)
+            );
             for f in findings {
                 s.push_str(&format!("\n  {f}"));
             }
@@ -204,7 +204,10 @@ fn describe_config_error(e: &ConfigError) -> String {
 }
 
 fn count_errors(findings: &[Finding]) -> usize {
-    findings.iter().filter(|f| f.severity == Severity::Error).count()
+    findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count()
 }
 
 fn config_check(file: &Path) -> ExitCode {
@@ -222,7 +225,10 @@ fn config_check(file: &Path) -> ExitCode {
     let errors = count_errors(&findings);
     let warnings = findings.len() - errors;
     if errors > 0 {
-        println!("{}: {errors} error(s), {warnings} warning(s)", file.display());
+        println!(
+            "{}: {errors} error(s), {warnings} warning(s)",
+            file.display()
+        );
         ExitCode::FAILURE
     } else {
         println!("{}: valid ({warnings} warning(s))", file.display());
@@ -246,7 +252,15 @@ async fn run_echo(target: &str, calling_ae: &str, timeout_secs: u64) -> anyhow::
             bail!("{what} {title:?}: {e}");
         }
     }
-    match echo::echo(calling_ae, ae, host, port, Duration::from_secs(timeout_secs)).await {
+    match echo::echo(
+        calling_ae,
+        ae,
+        host,
+        port,
+        Duration::from_secs(timeout_secs),
+    )
+    .await
+    {
         Ok(ok) => {
             println!(
                 "C-ECHO {target}: Success in {} ms (peer max PDU {} bytes)",
@@ -270,7 +284,8 @@ fn open_index(config: &Config) -> anyhow::Result<Index> {
             dirs.index.display()
         );
     }
-    Index::open(&dirs.index).with_context(|| format!("opening the index at {}", dirs.index.display()))
+    Index::open(&dirs.index)
+        .with_context(|| format!("opening the index at {}", dirs.index.display()))
 }
 
 fn index_dump(config: &Config) -> anyhow::Result<ExitCode> {

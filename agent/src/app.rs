@@ -83,7 +83,11 @@ pub fn spool_limits(config: &Config) -> SpoolLimits {
 
 /// Names of the configured targets (each gets outbox rows).
 pub fn target_names(config: &Config) -> Vec<String> {
-    config.targets.iter().map(|t| t.name().to_string()).collect()
+    config
+        .targets
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect()
 }
 
 /// Open spool and index and run recovery (also used by `reindex`).
@@ -201,7 +205,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     for (path, reason) in &report.quarantined {
         tracing::error!(path = %path.display(), %reason, "spool file quarantined: needs an operator");
     }
-    let committer = Committer::start(index.clone(), target_names(&config));
+    let committer = Committer::start(spool.clone(), index.clone(), target_names(&config));
     let ingest = Arc::new(Ingest {
         spool,
         committer,
@@ -210,9 +214,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let tracker = TaskTracker::new();
     let mut listeners = Vec::new();
     for settings in listener_settings(&config).await? {
-        let titles: Vec<_> = settings.aes.iter().map(|a| a.policy.ae_title.clone()).collect();
+        let titles: Vec<_> = settings
+            .aes
+            .iter()
+            .map(|a| a.policy.ae_title.clone())
+            .collect();
         let scp = Scp::bind(settings, ingest.clone()).await?;
-        let addr = scp.local_addr().map_err(|e| AppError::Internal(e.to_string()))?;
+        let addr = scp
+            .local_addr()
+            .map_err(|e| AppError::Internal(e.to_string()))?;
         tracing::info!(%addr, ae_titles = ?titles, "listening");
         listeners.push(tracker.spawn(scp.run(shutdown.clone(), tracker.clone())));
     }
@@ -220,8 +230,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     shutdown.cancelled().await;
     tracing::info!("shutting down: no new associations; finishing in-flight stores");
     tracker.close();
-    if tokio::time::timeout(EXIT_DEADLINE, tracker.wait()).await.is_err() {
-        tracing::warn!("in-flight associations did not finish within {:?}; exiting (unacknowledged stores are not lost: the sender keeps them)", EXIT_DEADLINE);
+    if tokio::time::timeout(EXIT_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "in-flight associations did not finish within {:?}; exiting (unacknowledged stores are not lost: the sender keeps them)",
+            EXIT_DEADLINE
+        );
     }
     let c = &ingest.counters;
     tracing::info!(

@@ -1,44 +1,112 @@
-//! The group committer: makes received objects durable in the index, many at a
-//! time, so that concurrent associations share one directory fsync per
-//! directory and one index flush.
+//! The group committer: makes received objects durable — spool file and index
+//! rows — many at a time, so that concurrent associations share device
+//! flushes instead of paying three each.
+//!
+//! # What one batch does, in this order
+//! 1. fsync the data of every temp file of the batch (their writeback was
+//!    started as the chunks arrived, so these mostly wait on one journal
+//!    commit);
+//! 2. check each object's header against its C-STORE command (parsing the
+//!    file if the header was not already parsed from the first chunk);
+//! 3. rename each into `objects/` with `RENAME_NOREPLACE` (never replacing a
+//!    durable object: identical contents leave the temp file to be removed);
+//! 4. fsync each distinct `objects/<hh>` directory once;
+//! 5. apply each object's index rows as one atomic batch, one object after the
+//!    other (so duplicate and conflict detection sees every earlier object,
+//!    even within the batch);
+//! 6. flush the index (one fsync), then answer every job.
 //!
 //! # Invariants
-//! - A job's reply is `Ok` only after, in this order: the spool directory
-//!   holding its file was fsynced, its index rows were applied in one atomic
-//!   batch, and the index was flushed (fsync) after that batch.
-//! - Jobs are indexed one after another by a single thread, so duplicate and
-//!   conflict detection sees every earlier job, even within one batch.
-//! - If the directory fsync fails the job is not indexed; if the flush fails
-//!   every job of the batch is answered with an error (the rows may become
-//!   durable later, which is harmless: the files are durable and nothing was
-//!   acknowledged).
+//! - A job is answered `Ok` only after steps 1–6 all succeeded for it: its file
+//!   data, its name, and its index rows are durable. No name appears under
+//!   `objects/` before its data is durable; no index row is written before its
+//!   file's name is durable.
+//! - A failed step fails only the jobs it concerns (their temp files are
+//!   removed), except the index flush, which fails every job of the batch.
+//!   Rows applied but not flushed may become durable later: harmless, their
+//!   files are durable, and nothing was acknowledged.
 //!
 //! # Crash behaviour
-//! A crash before the flush returns loses the batch's rows, none of which was
-//! acknowledged; their files are re-indexed by start-up recovery.
+//! Before step 3: only temp files exist (removed at start-up). Between 3 and 6:
+//! files under `objects/` without index rows (indexed at start-up by recovery,
+//! after re-hashing). Nothing acknowledged is lost in any case.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-use crate::index::{CommitOutcome, Hash, Index, InstanceRecord};
-use crate::spool::sync_dir;
+use crate::dimse;
+use crate::index::{CommitOutcome, Index, InstanceRecord, hash_hex};
+use crate::part10::{self, ObjectHeader};
+use crate::spool::{ObjectWriter, Spool, SpoolError, sync_dir};
 
-/// Largest number of jobs committed by one flush.
-const MAX_BATCH: usize = 1024;
+/// Largest number of objects committed by one flush.
+const MAX_BATCH: usize = 256;
 
-/// A commit failure (answered with A700).
+/// A received object waiting to be made durable.
+#[derive(Debug)]
+pub struct Pending {
+    /// The temp file, complete but not yet fsynced.
+    pub writer: ObjectWriter,
+    /// The header, when it could be parsed from the first chunk.
+    pub header: Option<ObjectHeader>,
+    /// The C-STORE's Affected SOP Class UID.
+    pub command_sop_class: String,
+    /// The C-STORE's Affected SOP Instance UID.
+    pub command_sop_instance: String,
+    /// The negotiated transfer syntax.
+    pub transfer_syntax: String,
+    /// Calling AE title.
+    pub calling_ae: String,
+    /// Peer address.
+    pub source_ip: String,
+    /// Receive time (Unix ms), as written in the file meta.
+    pub received_at_ms: u64,
+}
+
+/// A committed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// What the index did.
+    pub outcome: CommitOutcome,
+    /// False when identical contents were already in the spool.
+    pub created: bool,
+    /// The spool file's length.
+    pub file_bytes: u64,
+    /// The SOP Instance UID.
+    pub sop_instance_uid: String,
+}
+
+/// Why an object was not committed.
 #[derive(Debug, thiserror::Error)]
-#[error("index commit failed: {0}")]
-pub struct CommitError(pub String);
+#[non_exhaustive]
+pub enum CommitError {
+    /// The data set cannot be parsed far enough to read its UIDs.
+    #[error("{0}")]
+    Unparseable(String),
+    /// Command and data set disagree.
+    #[error("{0}")]
+    UidMismatch(String),
+    /// A UID in the data set is unusable.
+    #[error("{0}")]
+    InvalidUid(String),
+    /// Spool I/O (fsync, rename…).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The index failed.
+    #[error("index: {0}")]
+    Index(String),
+    /// The committer is gone.
+    #[error("index committer stopped")]
+    Stopped,
+}
 
 struct Job {
-    record: InstanceRecord,
-    hash: Hash,
-    dir: Option<PathBuf>,
-    reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
+    pending: Pending,
+    reply: oneshot::Sender<Result<Committed, CommitError>>,
 }
 
 /// Handle to the committer thread. Cloning shares the thread; it stops when
@@ -49,149 +117,270 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Start the committer thread over `index`; new objects get an outbox row
-    /// for each of `targets`.
-    pub fn start(index: Index, targets: Vec<String>) -> Self {
+    /// Start the committer thread; new objects get an outbox row for each of
+    /// `targets`.
+    pub fn start(spool: Arc<Spool>, index: Index, targets: Vec<String>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new()
             .name("pacs-mirror-commit".into())
-            .spawn(move || run(index, targets, rx));
+            .spawn(move || run(&spool, &index, &targets, &rx));
         if let Err(e) = spawned {
-            // Without the thread every commit fails with "committer stopped":
-            // stores are refused, never falsely acknowledged.
-            tracing::error!(error = %e, "cannot start the index committer thread");
+            // Without the thread every commit fails with Stopped: stores are
+            // refused, never falsely acknowledged.
+            tracing::error!(error = %e, "cannot start the committer thread");
         }
         Committer { tx }
     }
 
-    /// Commit one object: fsync `dir` (when the file was newly linked there),
-    /// index `record`, flush. Returns once durable.
-    pub async fn commit(
-        &self,
-        record: InstanceRecord,
-        hash: Hash,
-        dir: Option<PathBuf>,
-    ) -> Result<CommitOutcome, CommitError> {
+    /// Make one received object durable. Returns once file and index rows are
+    /// durable, or with the reason it was not stored (its temp file removed).
+    pub async fn commit(&self, pending: Pending) -> Result<Committed, CommitError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job {
-                record,
-                hash,
-                dir,
-                reply,
-            })
-            .map_err(|_| CommitError("committer stopped".into()))?;
-        rx.await
-            .map_err(|_| CommitError("committer stopped".into()))?
+            .send(Job { pending, reply })
+            .map_err(|_| CommitError::Stopped)?;
+        rx.await.map_err(|_| CommitError::Stopped)?
     }
 }
 
-fn now_ms() -> u64 {
-    crate::unix_ms()
-}
-
-fn run(index: Index, targets: Vec<String>, rx: mpsc::Receiver<Job>) {
+fn run(spool: &Spool, index: &Index, targets: &[String], rx: &mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => batch.push(j),
+                Ok(j) => jobs.push(j),
                 Err(_) => break,
             }
         }
-        let dirs: BTreeSet<PathBuf> = batch.iter().filter_map(|j| j.dir.clone()).collect();
-        let mut failed_dirs = BTreeSet::new();
-        for d in dirs {
-            if let Err(e) = sync_dir(&d) {
-                tracing::error!(error = %e, "spool directory fsync failed");
-                failed_dirs.insert(d);
+        let n = jobs.len();
+        commit_batch(spool, index, targets, jobs);
+        tracing::trace!(objects = n, "group commit");
+    }
+}
+
+fn commit_batch(spool: &Spool, index: &Index, targets: &[String], jobs: Vec<Job>) {
+    // Steps 1–3, per object.
+    let mut placed = Vec::with_capacity(jobs.len());
+    for Job { pending, reply } in jobs {
+        match durable_file(spool, pending) {
+            Ok((record, hash, installed)) => placed.push((record, hash, installed, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
-        }
-        let now = now_ms();
-        let mut results: Vec<Result<CommitOutcome, CommitError>> = batch
-            .iter()
-            .map(|j| {
-                if j.dir.as_ref().is_some_and(|d| failed_dirs.contains(d)) {
-                    return Err(CommitError("spool directory fsync failed".into()));
-                }
-                index
-                    .commit_instance(&j.record, &j.hash, &targets, now)
-                    .map_err(|e| CommitError(e.to_string()))
-            })
-            .collect();
-        if results.iter().any(Result::is_ok)
-            && let Err(e) = index.flush()
-        {
-            tracing::error!(error = %e, "index flush failed");
-            for r in &mut results {
-                if r.is_ok() {
-                    *r = Err(CommitError(format!("index flush: {e}")));
-                }
-            }
-        }
-        tracing::trace!(jobs = batch.len(), "group commit");
-        for (job, result) in batch.into_iter().zip(results) {
-            let _ = job.reply.send(result);
         }
     }
+    // Step 4: each directory once.
+    let dirs: BTreeSet<PathBuf> = placed.iter().map(|(_, _, i, _)| i.dir.clone()).collect();
+    let mut failed_dirs = BTreeSet::new();
+    for d in dirs {
+        if let Err(e) = sync_dir(&d) {
+            tracing::error!(error = %e, "spool directory fsync failed");
+            failed_dirs.insert(d);
+        }
+    }
+    // Step 5: index rows, one object at a time.
+    let now = crate::unix_ms();
+    let mut results = Vec::with_capacity(placed.len());
+    for (record, hash, installed, reply) in placed {
+        let result = if failed_dirs.contains(&installed.dir) {
+            Err(CommitError::Spool(SpoolError::Io {
+                op: "fsync dir",
+                path: installed.dir.clone(),
+                source: std::io::Error::other("directory fsync failed"),
+            }))
+        } else {
+            index
+                .commit_instance(&record, &hash, targets, now)
+                .map(|outcome| Committed {
+                    outcome,
+                    created: installed.created,
+                    file_bytes: record.file_bytes,
+                    sop_instance_uid: record.sop_instance_uid.clone(),
+                })
+                .map_err(|e| CommitError::Index(e.to_string()))
+        };
+        results.push((result, reply));
+    }
+    // Step 6: one flush for the batch.
+    if results.iter().any(|(r, _)| r.is_ok())
+        && let Err(e) = index.flush()
+    {
+        tracing::error!(error = %e, "index flush failed");
+        for (r, _) in &mut results {
+            if r.is_ok() {
+                *r = Err(CommitError::Index(format!("flush: {e}")));
+            }
+        }
+    }
+    for (result, reply) in results {
+        let _ = reply.send(result);
+    }
+}
+
+/// Steps 1–3 for one object: fsync data, check header, rename into place.
+fn durable_file(
+    spool: &Spool,
+    p: Pending,
+) -> Result<(InstanceRecord, crate::index::Hash, crate::spool::Installed), CommitError> {
+    let header = match p.header {
+        Some(h) => h,
+        None => part10::read_header(p.writer.path())
+            .map_err(|e| CommitError::Unparseable(e.to_string()))?,
+    };
+    if header.sop_instance_uid != p.command_sop_instance {
+        return Err(CommitError::UidMismatch(format!(
+            "SOP Instance UID {} in data set, {} in command",
+            header.sop_instance_uid, p.command_sop_instance
+        )));
+    }
+    if header.sop_class_uid != p.command_sop_class {
+        return Err(CommitError::UidMismatch(format!(
+            "SOP Class UID {} in data set, {} in command",
+            header.sop_class_uid, p.command_sop_class
+        )));
+    }
+    for (what, uid) in [
+        ("Study Instance UID", &header.study_instance_uid),
+        ("Series Instance UID", &header.series_instance_uid),
+    ] {
+        dimse::check_uid(uid).map_err(|e| CommitError::InvalidUid(format!("{what}: {e}")))?;
+    }
+    let written = p.writer.finish()?;
+    let installed = spool.place(written.temp.path(), &written.hash)?;
+    let record = InstanceRecord {
+        sop_instance_uid: header.sop_instance_uid,
+        sop_class_uid: header.sop_class_uid,
+        transfer_syntax_uid: p.transfer_syntax,
+        blake3: hash_hex(&written.hash),
+        dataset_bytes: written.dataset_bytes,
+        file_bytes: written.file_bytes(),
+        patient_id: header.patient_id,
+        study_instance_uid: header.study_instance_uid,
+        series_instance_uid: header.series_instance_uid,
+        calling_ae: p.calling_ae,
+        source_ip: p.source_ip,
+        received_at_ms: p.received_at_ms,
+    };
+    let hash = written.hash;
+    written.temp.keep();
+    Ok((record, hash, installed))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{MemKv, hash_hex};
-    use std::sync::Arc;
+    use crate::index::MemKv;
+    use crate::part10::Receipt;
+    use crate::spool::SpoolLimits;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
 
-    fn rec(uid: &str, hash: &Hash) -> InstanceRecord {
-        InstanceRecord {
-            sop_instance_uid: uid.into(),
-            sop_class_uid: "1.2".into(),
-            transfer_syntax_uid: "1.2.840.10008.1.2".into(),
-            blake3: hash_hex(hash),
-            dataset_bytes: 1,
-            file_bytes: 2,
-            patient_id: String::new(),
-            study_instance_uid: "1.3".into(),
-            series_instance_uid: "1.4".into(),
-            calling_ae: "A".into(),
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const TS: &str = "1.2.840.10008.1.2.1";
+
+    fn dataset(sop: &str, patient: &str) -> Vec<u8> {
+        let mut ds = InMemDicomObject::new_empty();
+        for (tag, vr, v) in [
+            (tags::SOP_CLASS_UID, VR::UI, CT),
+            (tags::SOP_INSTANCE_UID, VR::UI, sop),
+            (tags::PATIENT_ID, VR::LO, patient),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
+        ] {
+            ds.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        }
+        let mut body = Vec::new();
+        ds.write_dataset_with_ts(
+            &mut body,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        body
+    }
+
+    fn pending(spool: &Spool, command_sop: &str, body: &[u8], parse_early: bool) -> Pending {
+        let receipt = Receipt {
             source_ip: "127.0.0.1".into(),
-            received_at_ms: 0,
+            received_at_ms: 7,
+        };
+        let header = part10::file_header(CT, command_sop, TS, "SCU", &receipt).unwrap();
+        let (file, path) = spool.begin().unwrap();
+        let mut writer = ObjectWriter::new(file, path, &header).unwrap();
+        writer.write_chunk(body).unwrap();
+        Pending {
+            header: parse_early
+                .then(|| part10::read_header_prefix(&header, body).ok())
+                .flatten(),
+            writer,
+            command_sop_class: CT.into(),
+            command_sop_instance: command_sop.into(),
+            transfer_syntax: TS.into(),
+            calling_ae: "SCU".into(),
+            source_ip: "127.0.0.1".into(),
+            received_at_ms: 7,
         }
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn concurrent_jobs_see_each_other() {
+    fn setup() -> (tempfile::TempDir, Arc<Spool>, Index, Committer) {
+        let d = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&d.path().join("spool"), SpoolLimits::default()).unwrap());
         let index = Index::new(Arc::new(MemKv::default()));
-        let c = Committer::start(index.clone(), vec!["t".into()]);
-        let h = [9u8; 32];
+        let c = Committer::start(spool.clone(), index.clone(), vec!["t".into()]);
+        (d, spool, index, c)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_identical_stores_make_one_object() {
+        let (_d, spool, index, c) = setup();
+        let body = dataset("1.2.3.9", "P");
         let mut tasks = Vec::new();
-        for _ in 0..20 {
+        for i in 0..20 {
             let c = c.clone();
-            tasks.push(tokio::spawn(async move {
-                c.commit(rec("1.2.3", &h), h, None).await
-            }));
+            let p = pending(&spool, "1.2.3.9", &body, i % 2 == 0);
+            tasks.push(tokio::spawn(async move { c.commit(p).await }));
         }
+        let mut created = 0;
         let mut new = 0;
         for t in tasks {
-            match t.await.unwrap().unwrap() {
-                CommitOutcome::New => new += 1,
-                CommitOutcome::Duplicate => {}
-                other => panic!("unexpected {other:?}"),
-            }
+            let r = t.await.unwrap().unwrap();
+            created += usize::from(r.created);
+            new += usize::from(r.outcome == CommitOutcome::New);
+            assert!(!matches!(r.outcome, CommitOutcome::Conflict { .. }));
         }
-        assert_eq!(new, 1, "exactly one of 20 identical stores is new");
+        assert_eq!((created, new), (1, 1));
         assert_eq!(index.stats().unwrap().outbox.get("t"), Some(&1));
+        let (objects, _) = spool.list_objects().unwrap();
+        assert_eq!(objects.len(), 1);
+        let stored = std::fs::read(&objects[0].1).unwrap();
+        assert!(stored.ends_with(&body));
+        assert_eq!(std::fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn failed_dir_fsync_is_not_indexed() {
-        let index = Index::new(Arc::new(MemKv::default()));
-        let c = Committer::start(index.clone(), vec![]);
-        let h = [1u8; 32];
+    async fn mismatch_and_garbage_are_refused_and_cleaned_up() {
+        let (_d, spool, index, c) = setup();
+        let body = dataset("1.2.3.9", "P");
+        let r = c.commit(pending(&spool, "1.2.3.8", &body, true)).await;
+        assert!(matches!(r, Err(CommitError::UidMismatch(_))), "{r:?}");
         let r = c
-            .commit(rec("1.2.5", &h), h, Some(PathBuf::from("/nonexistent/dir")))
+            .commit(pending(&spool, "1.2.3.8", &[0xFF; 9], false))
             .await;
-        assert!(r.is_err());
-        assert!(index.versions("1.2.5").unwrap().is_empty());
+        assert!(matches!(r, Err(CommitError::Unparseable(_))), "{r:?}");
+        assert_eq!(index.stats().unwrap().instances, 0);
+        assert_eq!(spool.list_objects().unwrap().0.len(), 0);
+        assert_eq!(std::fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
+        // a conflicting second version is kept beside the first
+        c.commit(pending(&spool, "1.2.3.9", &body, true))
+            .await
+            .unwrap();
+        let other = dataset("1.2.3.9", "Q");
+        let r = c
+            .commit(pending(&spool, "1.2.3.9", &other, true))
+            .await
+            .unwrap();
+        assert!(matches!(r.outcome, CommitOutcome::Conflict { .. }));
+        assert_eq!(spool.list_objects().unwrap().0.len(), 2);
+        assert_eq!(index.versions("1.2.3.9").unwrap().len(), 2);
     }
 }

@@ -378,9 +378,9 @@ impl CStoreRq {
             sop_class_uid: cmd
                 .string(tag::AFFECTED_SOP_CLASS_UID)
                 .ok_or(DecodeError::Missing("Affected SOP Class UID (0000,0002)"))?,
-            sop_instance_uid: cmd
-                .string(tag::AFFECTED_SOP_INSTANCE_UID)
-                .ok_or(DecodeError::Missing("Affected SOP Instance UID (0000,1000)"))?,
+            sop_instance_uid: cmd.string(tag::AFFECTED_SOP_INSTANCE_UID).ok_or(
+                DecodeError::Missing("Affected SOP Instance UID (0000,1000)"),
+            )?,
             priority: cmd.u16(tag::PRIORITY)?.unwrap_or(0),
             move_originator_ae: cmd.string(tag::MOVE_ORIGINATOR_AE_TITLE),
             move_originator_message_id: cmd.u16(tag::MOVE_ORIGINATOR_MESSAGE_ID)?,
@@ -457,7 +457,9 @@ pub fn check_uid(uid: &str) -> Result<(), String> {
         return Err(format!("UID of {} characters (at most 64)", uid.len()));
     }
     if let Some(c) = uid.chars().find(|c| !(c.is_ascii_digit() || *c == '.')) {
-        return Err(format!("UID contains {c:?}; only digits and dots are allowed"));
+        return Err(format!(
+            "UID contains {c:?}; only digits and dots are allowed"
+        ));
     }
     if uid.split('.').any(str::is_empty) {
         return Err("UID has an empty component".into());
@@ -512,7 +514,10 @@ mod tests {
         let back = CommandSet::decode(&rsp.encode()).unwrap();
         assert_eq!(back.command_field().unwrap(), CommandField::CStoreRsp);
         assert_eq!(back.status().unwrap().code(), 0xC001);
-        assert_eq!(back.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO).unwrap(), Some(7));
+        assert_eq!(
+            back.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO).unwrap(),
+            Some(7)
+        );
         assert_eq!(back.string(tag::ERROR_COMMENT).unwrap(), "ab");
         assert!(!back.has_data_set().unwrap());
     }

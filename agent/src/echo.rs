@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use dicom_ul::ClientAssociationOptions;
-use dicom_ul::pdu::{AssociationRJSource, PDataValue, PDataValueType};
 use dicom_ul::Pdu;
+use dicom_ul::pdu::{AssociationRJSource, PDataValue, PDataValueType};
 
 use crate::dimse::{self, CommandSet, Status};
 
@@ -22,16 +22,22 @@ pub struct EchoOk {
 #[non_exhaustive]
 pub enum EchoError {
     /// TCP connection refused: nothing listens there.
-    #[error("connection refused by {addr}: nothing listens on that port (is the PACS running? right port?)")]
+    #[error(
+        "connection refused by {addr}: nothing listens on that port (is the PACS running? right port?)"
+    )]
     Refused { addr: String },
     /// No answer within the timeout.
-    #[error("no answer from {addr} within {secs} s (firewall dropping packets, wrong host, or the peer is hung)")]
+    #[error(
+        "no answer from {addr} within {secs} s (firewall dropping packets, wrong host, or the peer is hung)"
+    )]
     Timeout { addr: String, secs: u64 },
     /// The peer rejected the association.
     #[error("association rejected by {addr}: {reason}")]
     Rejected { addr: String, reason: String },
     /// The peer does not accept the Verification SOP class.
-    #[error("{addr} accepted the association but not the Verification SOP class (C-ECHO not supported)")]
+    #[error(
+        "{addr} accepted the association but not the Verification SOP class (C-ECHO not supported)"
+    )]
     NoVerification { addr: String },
     /// Anything else on the way.
     #[error("{addr}: {message}")]
@@ -95,7 +101,11 @@ pub async fn echo(
             .map_err(|e| classify(&addr, e, timeout))?;
         let mut bytes = Vec::new();
         loop {
-            match assoc.receive().await.map_err(|e| classify(&addr, e, timeout))? {
+            match assoc
+                .receive()
+                .await
+                .map_err(|e| classify(&addr, e, timeout))?
+            {
                 Pdu::PData { data } => {
                     let mut done = false;
                     for pdv in data {

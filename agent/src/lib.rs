@@ -24,6 +24,8 @@
 //! [`scp::store`]); they never panic and never end the association unless the
 //! peer broke the protocol.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app;
 pub mod commit;
 pub mod dimse;

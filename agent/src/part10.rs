@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 /// Implementation Class UID of pacs-mirror (a UUID-derived 2.25 UID).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.10786319485681046702925272269099423959";
 /// Implementation Version Name (SH, at most 16 characters).
-pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PACS_MIRROR_", env!("CARGO_PKG_VERSION_MAJOR"), env!("CARGO_PKG_VERSION_MINOR"));
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!(
+    "PACS_MIRROR_",
+    env!("CARGO_PKG_VERSION_MAJOR"),
+    env!("CARGO_PKG_VERSION_MINOR")
+);
 /// Private Information Creator UID of the receipt record in (0002,0102).
 pub const RECEIPT_CREATOR_UID: &str = "2.25.10786319485681046702925272269099423959.1";
 
@@ -116,6 +120,27 @@ pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
         .map_err(|e| Part10Error::Parse(e.to_string()))?;
+    header_of(&obj)
+}
+
+/// Parse the header from the first bytes of an object still being received:
+/// `header` is what [`file_header`] returned, `data` the data set bytes so
+/// far. Fails (and the caller parses the whole file later) when the
+/// attributes needed are not all within `data`. Because data set elements are
+/// in tag order and every attribute read here precedes Pixel Data, a success
+/// on a prefix gives the same result as on the whole object.
+pub fn read_header_prefix(header: &[u8], data: &[u8]) -> Result<ObjectHeader, Part10Error> {
+    let without_preamble = header.get(128..).ok_or(Part10Error::Missing("file meta"))?;
+    let reader = std::io::Read::chain(without_preamble, data);
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .from_reader(reader)
+        .map_err(|e| Part10Error::Parse(e.to_string()))?;
+    header_of(&obj)
+}
+
+fn header_of(obj: &dicom_object::DefaultDicomObject) -> Result<ObjectHeader, Part10Error> {
     let meta = obj.meta();
     let get = |tag, name: &'static str| -> Result<String, Part10Error> {
         let v = obj
@@ -142,7 +167,10 @@ pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
                 .map(|u| u.trim_end_matches(['\0', ' ']))
                 == Some(RECEIPT_CREATOR_UID)
         })
-        .and_then(|b| serde_json::from_slice(b.trim_ascii_end().strip_suffix(b"\0").unwrap_or(b.trim_ascii_end())).ok());
+        .and_then(|b| {
+            let b = b.trim_ascii_end();
+            serde_json::from_slice(b.strip_suffix(b"\0").unwrap_or(b)).ok()
+        });
     Ok(ObjectHeader {
         transfer_syntax_uid: trimmed(meta.transfer_syntax()),
         source_ae: meta
@@ -192,8 +220,14 @@ mod tests {
             source_ip: "127.0.0.1".into(),
             received_at_ms: 42,
         };
-        let mut file =
-            file_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", ts, "SENDER", &receipt).unwrap();
+        let mut file = file_header(
+            "1.2.840.10008.5.1.4.1.1.7",
+            "1.2.3.4",
+            ts,
+            "SENDER",
+            &receipt,
+        )
+        .unwrap();
         let header_len = file.len() as u64;
         file.extend_from_slice(&body);
         let d = tempfile::tempdir().unwrap();
@@ -207,6 +241,10 @@ mod tests {
         assert_eq!(h.transfer_syntax_uid, ts);
         assert_eq!(h.source_ae, "SENDER");
         assert_eq!(h.receipt, Some(receipt));
+        let header = &file[..header_len as usize];
+        let from_prefix = read_header_prefix(header, &body).unwrap();
+        assert_eq!(from_prefix, h);
+        assert!(read_header_prefix(header, &body[..20]).is_err());
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub fn recover(
 /// Rebuild an index record from a spool file, checking its hash.
 pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, String> {
     let header = part10::read_header(path).map_err(|e| e.to_string())?;
-    let (hash, dataset_bytes, file_bytes) = hash_dataset(path, header.dataset_offset)
-        .map_err(|e| format!("read: {e}"))?;
+    let (hash, dataset_bytes, file_bytes) =
+        hash_dataset(path, header.dataset_offset).map_err(|e| format!("read: {e}"))?;
     if &hash != expected {
         return Err(format!(
             "contents hash to {}, not to the name {}",

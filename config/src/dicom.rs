@@ -84,6 +84,7 @@ pub fn validate_uid(s: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -125,15 +126,27 @@ mod tests {
     #[test]
     fn ae_title_rejects_empty_and_spaces() {
         assert!(validate_ae_title("").unwrap_err().contains("empty"));
-        assert!(validate_ae_title("    ").unwrap_err().contains("only spaces"));
+        assert!(
+            validate_ae_title("    ")
+                .unwrap_err()
+                .contains("only spaces")
+        );
     }
 
     #[test]
     fn ae_title_rejects_control_and_non_ascii() {
         assert!(validate_ae_title("AE\tX").unwrap_err().contains("control"));
-        assert!(validate_ae_title("AE\u{7f}").unwrap_err().contains("control"));
+        assert!(
+            validate_ae_title("AE\u{7f}")
+                .unwrap_err()
+                .contains("control")
+        );
         assert!(validate_ae_title("AE\n").unwrap_err().contains("control"));
-        assert!(validate_ae_title("ÄRZTE").unwrap_err().contains("repertoire"));
+        assert!(
+            validate_ae_title("ÄRZTE")
+                .unwrap_err()
+                .contains("repertoire")
+        );
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub(crate) fn check_hostname(hostname: &str) -> Result<(), String> {
     if hostname.trim().is_empty() {
         return Err("the hostname is empty; write an IP address or a DNS name".to_string());
     }
-    if hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if hostname
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(format!(
             "{hostname:?} contains whitespace or control characters"
         ));
@@ -110,6 +113,7 @@ pub(crate) fn deserialize_source_addresses<'de, D: Deserializer<'de>>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

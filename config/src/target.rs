@@ -77,6 +77,7 @@ pub(crate) fn check_object_store_url(url: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -6,8 +6,8 @@ use std::fmt::Display;
 use std::ops::RangeInclusive;
 
 use crate::device::{
-    ARTIM_TIMEOUT_SECS_RANGE, IDLE_TIMEOUT_SECS_RANGE, MAX_ASSOCIATIONS_RANGE,
-    MAX_PDU_BYTES_RANGE, NetworkAe, NetworkConnection,
+    ARTIM_TIMEOUT_SECS_RANGE, IDLE_TIMEOUT_SECS_RANGE, MAX_ASSOCIATIONS_RANGE, MAX_PDU_BYTES_RANGE,
+    NetworkAe, NetworkConnection,
 };
 use crate::dicom::{validate_ae_title, validate_uid};
 use crate::error::Finding;
@@ -32,7 +32,12 @@ impl Report {
         self.findings.push(Finding::warning(path, message));
     }
 
-    fn range<T: PartialOrd + Display>(&mut self, path: String, value: T, range: &RangeInclusive<T>) {
+    fn range<T: PartialOrd + Display>(
+        &mut self,
+        path: String,
+        value: T,
+        range: &RangeInclusive<T>,
+    ) {
         if !range.contains(&value) {
             self.error(
                 path,
@@ -508,7 +513,11 @@ fn check_local_listeners(connections: &[NetworkConnection], r: &mut Report) {
             if earlier.port != c.port {
                 continue;
             }
-            if earlier.hostname.trim().eq_ignore_ascii_case(c.hostname.trim()) {
+            if earlier
+                .hostname
+                .trim()
+                .eq_ignore_ascii_case(c.hostname.trim())
+            {
                 r.error(
                     p.clone(),
                     format!(
@@ -599,7 +608,10 @@ fn check_unique_ae_titles(index: &AeIndex<'_>, r: &mut Report) {
         if title.is_empty() || refs.len() < 2 {
             continue;
         }
-        let all: Vec<String> = refs.iter().map(|r| format!("{}.ae_title", r.path())).collect();
+        let all: Vec<String> = refs
+            .iter()
+            .map(|r| format!("{}.ae_title", r.path()))
+            .collect();
         for path in all.iter().skip(1) {
             r.error(
                 path.clone(),
@@ -617,10 +629,14 @@ fn known_names(connections: &[NetworkConnection]) -> String {
     if connections.is_empty() {
         " (there is none)".to_string()
     } else {
-        let names: Vec<String> = connections.iter().map(|c| format!("{:?}", c.name)).collect();
+        let names: Vec<String> = connections
+            .iter()
+            .map(|c| format!("{:?}", c.name))
+            .collect();
         format!(" (known: {})", names.join(", "))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

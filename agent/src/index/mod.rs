@@ -73,8 +73,8 @@ pub fn parse_hash(s: &str) -> Result<Hash, IndexError> {
     }
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
-            .map_err(|_| bad())?;
+        *byte =
+            u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
     }
     Ok(out)
 }
@@ -154,10 +154,7 @@ impl Index {
     /// The object record of a spool file, if indexed.
     pub fn object(&self, hash: &Hash) -> Result<Option<ObjectRecord>, IndexError> {
         let k = key(&[OBJ, hash]);
-        self.kv
-            .get(&k)?
-            .map(|v| decode_at(&k, &v))
-            .transpose()
+        self.kv.get(&k)?.map(|v| decode_at(&k, &v)).transpose()
     }
 
     /// Every version held of a SOP instance.
@@ -188,10 +185,7 @@ impl Index {
         }
         let sop = rec.sop_instance_uid.as_bytes();
         let mut ops = vec![
-            Op::Put(
-                key(&[INST, sop, hash]),
-                records::encode(rec),
-            ),
+            Op::Put(key(&[INST, sop, hash]), records::encode(rec)),
             Op::Put(
                 key(&[
                     HIER,
@@ -249,29 +243,24 @@ impl Index {
     }
 
     /// Visit every instance record (ascending by SOP Instance UID).
-    pub fn for_each_instance(
-        &self,
-        f: &mut dyn FnMut(InstanceRecord),
-    ) -> Result<(), IndexError> {
+    pub fn for_each_instance(&self, f: &mut dyn FnMut(InstanceRecord)) -> Result<(), IndexError> {
         let mut err = None;
-        self.kv.for_each_prefix(INST, &mut |k, v| match decode_at(k, v) {
-            Ok(r) => {
-                f(r);
-                true
-            }
-            Err(e) => {
-                err = Some(e);
-                false
-            }
-        })?;
+        self.kv
+            .for_each_prefix(INST, &mut |k, v| match decode_at(k, v) {
+                Ok(r) => {
+                    f(r);
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            })?;
         err.map_or(Ok(()), Err)
     }
 
     /// Visit every object record with its hash.
-    pub fn for_each_object(
-        &self,
-        f: &mut dyn FnMut(Hash, ObjectRecord),
-    ) -> Result<(), IndexError> {
+    pub fn for_each_object(&self, f: &mut dyn FnMut(Hash, ObjectRecord)) -> Result<(), IndexError> {
         let mut err = None;
         self.kv.for_each_prefix(OBJ, &mut |k, v| {
             let Ok(hash) = <Hash>::try_from(&k[OBJ.len()..]) else {

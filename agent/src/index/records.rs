@@ -140,7 +140,8 @@ mod tests {
     /// A v1 record as written by the first release must stay decodable.
     #[test]
     fn v1_fixture_decodes() {
-        let fixture = b"\x01{\"sop_instance_uid\":\"1.2.3\",\"dataset_bytes\":10,\"file_bytes\":300}";
+        let fixture =
+            b"\x01{\"sop_instance_uid\":\"1.2.3\",\"dataset_bytes\":10,\"file_bytes\":300}";
         let r: ObjectRecord = decode(fixture).unwrap();
         assert_eq!(r.sop_instance_uid, "1.2.3");
         assert_eq!(r.file_bytes, 300);

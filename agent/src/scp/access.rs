@@ -101,7 +101,9 @@ impl AccessControl for PeerAccess {
     ) -> Result<(), AssociationRJServiceUserReason> {
         match self.decide(calling_ae_title, called_ae_title) {
             Ok(_) => Ok(()),
-            Err(Refusal::CalledAe) => Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized),
+            Err(Refusal::CalledAe) => {
+                Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+            }
             // The (AE, address) pair is the identity: a known AE from the
             // wrong address is as unrecognized as an unknown AE.
             Err(Refusal::UnknownCallingAe | Refusal::WrongAddress) => {
@@ -140,10 +142,16 @@ mod tests {
             Refusal::UnknownCallingAe
         );
         assert_eq!(
-            access("10.0.0.6").decide("PRIMARY", "PACS_MIRROR").unwrap_err(),
+            access("10.0.0.6")
+                .decide("PRIMARY", "PACS_MIRROR")
+                .unwrap_err(),
             Refusal::WrongAddress
         );
-        assert!(access("::ffff:10.0.0.5").decide("PRIMARY", "PACS_MIRROR").is_ok());
+        assert!(
+            access("::ffff:10.0.0.5")
+                .decide("PRIMARY", "PACS_MIRROR")
+                .is_ok()
+        );
         assert!(access("fd00::1").decide("PRIMARY", "PACS_MIRROR").is_ok());
         assert_eq!(
             a.check_access("x", "STRANGER", "PACS_MIRROR", None),

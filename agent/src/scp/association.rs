@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dicom_ul::Pdu;
 use dicom_ul::association::AsyncServerAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
-use dicom_ul::Pdu;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +45,7 @@ enum Inbound {
     /// Collecting a command set's fragments.
     Command { pc_id: u8, bytes: Vec<u8> },
     /// Receiving a C-STORE's data set.
-    Store(IncomingStore),
+    Store(Box<IncomingStore>),
     /// Draining the data set of a request we refused (not a C-STORE).
     Discard { pc_id: u8 },
 }
@@ -58,7 +58,9 @@ pub async fn serve(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+        .trim()
+        .to_string();
     let called_ae = assoc.called_ae_title().trim().to_string();
     tracing::debug!(called_ae = %called_ae, contexts = assoc.presentation_contexts().len(), "association accepted");
     let origin = Origin {
@@ -127,7 +129,7 @@ pub async fn serve(
             sop_instance_uid = %store.rq.sop_instance_uid,
             "association ended during a C-STORE; the partial object is discarded (never acknowledged)"
         );
-        store.abandon().await;
+        store.abandon();
     }
     match end {
         End::Done => tracing::debug!("association ended"),
@@ -163,7 +165,10 @@ async fn on_pdv(
         PDataValueType::Command => {
             let bytes = match std::mem::replace(inbound, Inbound::Idle) {
                 Inbound::Idle => pdv.data,
-                Inbound::Command { pc_id: id, mut bytes } if id == pc_id => {
+                Inbound::Command {
+                    pc_id: id,
+                    mut bytes,
+                } if id == pc_id => {
                     bytes.extend_from_slice(&pdv.data);
                     bytes
                 }
@@ -171,7 +176,7 @@ async fn on_pdv(
                     return Err("command fragments on two presentation contexts".into());
                 }
                 Inbound::Store(store) => {
-                    store.abandon().await;
+                    store.abandon();
                     return Err("command received in the middle of a data set".into());
                 }
                 Inbound::Discard { .. } => {
@@ -179,15 +184,27 @@ async fn on_pdv(
                 }
             };
             if bytes.len() > dimse::MAX_COMMAND_SET_BYTES {
-                return Err(format!("command set larger than {} bytes", dimse::MAX_COMMAND_SET_BYTES));
+                return Err(format!(
+                    "command set larger than {} bytes",
+                    dimse::MAX_COMMAND_SET_BYTES
+                ));
             }
             if !pdv.is_last {
                 *inbound = Inbound::Command { pc_id, bytes };
                 return Ok(());
             }
             let cmd = CommandSet::decode(&bytes).map_err(|e| e.to_string())?;
-            *inbound = on_command(assoc, ctx, origin, called_ae, pc_id, &abstract_syntax, &transfer_syntax, &cmd)
-                .await?;
+            *inbound = on_command(
+                assoc,
+                ctx,
+                origin,
+                called_ae,
+                pc_id,
+                &abstract_syntax,
+                &transfer_syntax,
+                &cmd,
+            )
+            .await?;
             Ok(())
         }
         PDataValueType::Data => match inbound {
@@ -238,19 +255,23 @@ async fn on_command(
                 return Err("C-STORE-RQ without a data set".into());
             }
             let refusal = sop_class_refusal(ctx, called_ae, abstract_syntax, &rq);
-            Ok(Inbound::Store(IncomingStore::begin(
+            Ok(Inbound::Store(Box::new(IncomingStore::begin(
                 ctx.ingest.clone(),
                 rq,
                 pc_id,
                 transfer_syntax,
                 origin.clone(),
                 refusal,
-            )))
+            ))))
         }
         CommandField::CCancelRq => Ok(Inbound::Idle),
         other => {
-            tracing::warn!(command = format!("0x{:04X}", other.code()), "refusing a service this agent does not offer");
-            let rsp = dimse::response_to(cmd, Status::UnrecognizedOperation).map_err(|e| e.to_string())?;
+            tracing::warn!(
+                command = format!("0x{:04X}", other.code()),
+                "refusing a service this agent does not offer"
+            );
+            let rsp = dimse::response_to(cmd, Status::UnrecognizedOperation)
+                .map_err(|e| e.to_string())?;
             send_command(assoc, pc_id, &rsp).await?;
             Ok(if has_data {
                 Inbound::Discard { pc_id }
@@ -283,7 +304,10 @@ fn sop_class_refusal(
     };
     (!accepted).then(|| Failure {
         status: Status::SopClassNotSupported,
-        comment: format!("SOP class {} is not accepted by {called_ae}", rq.sop_class_uid),
+        comment: format!(
+            "SOP class {} is not accepted by {called_ae}",
+            rq.sop_class_uid
+        ),
     })
 }
 
@@ -296,8 +320,12 @@ async fn respond_store(
     let rsp = match &result {
         Ok(outcome) => {
             match outcome {
-                CommitOutcome::New => tracing::debug!(sop_instance_uid = %rq.sop_instance_uid, "stored"),
-                CommitOutcome::Duplicate => tracing::info!(sop_instance_uid = %rq.sop_instance_uid, "identical re-send: already stored"),
+                CommitOutcome::New => {
+                    tracing::debug!(sop_instance_uid = %rq.sop_instance_uid, "stored")
+                }
+                CommitOutcome::Duplicate => {
+                    tracing::info!(sop_instance_uid = %rq.sop_instance_uid, "identical re-send: already stored")
+                }
                 CommitOutcome::Conflict { other_versions } => tracing::warn!(
                     sop_instance_uid = %rq.sop_instance_uid,
                     versions = other_versions.len() + 1,

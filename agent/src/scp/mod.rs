@@ -96,13 +96,20 @@ impl Scp {
                 addr: settings.bind,
                 source,
             })?;
-        let policies: access::Policies = Arc::new(settings.aes.iter().map(|a| a.policy.clone()).collect());
+        let policies: access::Policies =
+            Arc::new(settings.aes.iter().map(|a| a.policy.clone()).collect());
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(PeerAccess {
                 policies: policies.clone(),
                 peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
             })
-            .ae_title(settings.aes.first().map(|a| a.policy.ae_title.clone()).unwrap_or_default())
+            .ae_title(
+                settings
+                    .aes
+                    .first()
+                    .map(|a| a.policy.ae_title.clone())
+                    .unwrap_or_default(),
+            )
             .max_pdu_length(settings.max_pdu_bytes)
             .strict(true)
             .with_abstract_syntax(crate::dimse::VERIFICATION_SOP_CLASS);
@@ -111,7 +118,11 @@ impl Scp {
         let mut tss: Vec<String> = Vec::new();
         for ae in &settings.aes {
             match &ae.sop_classes {
-                None => classes.extend(sop_classes::STORAGE_SOP_CLASSES.iter().map(|(u, _)| u.to_string())),
+                None => classes.extend(
+                    sop_classes::STORAGE_SOP_CLASSES
+                        .iter()
+                        .map(|(u, _)| u.to_string()),
+                ),
                 Some(set) => classes.extend(set.iter().cloned()),
             }
             match &ae.transfer_syntaxes {

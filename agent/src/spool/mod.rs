@@ -14,11 +14,12 @@
 //!
 //! # Invariants
 //! 1. A file under `objects/` is complete and fsynced before its name appears
-//!    there: the bytes are written to `tmp/`, fsynced, then hard-linked into
-//!    `objects/` (link fails if the name exists: an existing durable copy is
-//!    never overwritten) and the temp name removed.
-//! 2. The `objects/<hh>` directory is fsynced (by the group committer) before
-//!    the object is indexed, and the index is flushed before Success is sent.
+//!    there: the bytes are written to `tmp/`, fsynced, then renamed into
+//!    `objects/` with `RENAME_NOREPLACE` (an existing durable copy is never
+//!    overwritten; identical contents leave the temp file to be removed).
+//! 2. The `objects/<hh>` directory is fsynced after the rename and before the
+//!    object is indexed; the index is flushed before Success is sent (the
+//!    group committer, `crate::commit`, does both, once per batch).
 //! 3. Files under `objects/` are never modified; the spool never deletes them
 //!    on the ingest path.
 //! 4. Quota: the bytes of indexed objects plus the bytes being received stay
@@ -58,7 +59,10 @@ pub enum SpoolError {
     QuotaExceeded { max_bytes: u64, used_bytes: u64 },
     /// The filesystem's free space would fall under the watermark.
     #[error("only {free_bytes} bytes free on the spool filesystem (keeping {min_free_bytes})")]
-    DiskFull { free_bytes: u64, min_free_bytes: u64 },
+    DiskFull {
+        free_bytes: u64,
+        min_free_bytes: u64,
+    },
     /// The object is larger than the configured maximum.
     #[error("object larger than the {max_object_bytes}-byte limit")]
     ObjectTooLarge { max_object_bytes: u64 },
@@ -80,13 +84,20 @@ impl SpoolError {
     }
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SpoolError + 'a {
     move |source| SpoolError::Io {
         op,
         path: path.to_path_buf(),
         source,
     }
 }
+
+/// Object files `(hash from the name, path)`, and files whose name is not a
+/// hash address.
+pub type ObjectListing = (Vec<(Hash, PathBuf)>, Vec<PathBuf>);
 
 /// Space limits of the spool.
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,7 +137,12 @@ impl Spool {
     /// created and made durable up front (no mkdir on the store path).
     pub fn open(root: &Path, limits: SpoolLimits) -> Result<Self, SpoolError> {
         let objects = root.join("objects");
-        for dir in [root.to_path_buf(), root.join("tmp"), root.join("quarantine"), objects.clone()] {
+        for dir in [
+            root.to_path_buf(),
+            root.join("tmp"),
+            root.join("quarantine"),
+            objects.clone(),
+        ] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
         for b in 0..=255u8 {
@@ -243,20 +259,33 @@ impl Spool {
         }
     }
 
-    /// Link a complete, fsynced temp file into `objects/` under its hash and
-    /// remove the temp name. Never replaces an existing object.
-    pub fn install(&self, temp: &Path, hash: &Hash) -> Result<Installed, SpoolError> {
+    /// Move a complete, fsynced temp file into `objects/` under its hash.
+    /// Never replaces an existing object: the rename is `RENAME_NOREPLACE`;
+    /// if the name exists (identical contents, as the name is their hash) the
+    /// temp file is removed instead. The caller fsyncs [`Installed::dir`]
+    /// before indexing the object, in both cases: another association may
+    /// have placed the same contents an instant ago, its directory fsync not
+    /// yet done.
+    pub fn place(&self, temp: &Path, hash: &Hash) -> Result<Installed, SpoolError> {
         let path = self.object_path(hash);
         let dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
-        let created = match fs::hard_link(temp, &path) {
+        let created = match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            temp,
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
             Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(io_err("link", &path)(e)),
+            Err(rustix::io::Errno::EXIST) => {
+                fs::remove_file(temp).map_err(io_err("remove", temp))?;
+                false
+            }
+            Err(e) => return Err(io_err("rename", &path)(e.into())),
         };
-        fs::remove_file(temp).map_err(io_err("remove", temp))?;
         Ok(Installed { path, dir, created })
     }
 
@@ -278,7 +307,7 @@ impl Spool {
 
     /// Every object file: (hash from its name, path). Files whose name is not
     /// a hash are returned in the second list.
-    pub fn list_objects(&self) -> Result<(Vec<(Hash, PathBuf)>, Vec<PathBuf>), SpoolError> {
+    pub fn list_objects(&self) -> Result<ObjectListing, SpoolError> {
         let objects = self.root.join("objects");
         let (mut good, mut odd) = (Vec::new(), Vec::new());
         for b in 0..=255u8 {
@@ -353,12 +382,16 @@ mod tests {
         let hash = [7u8; 32];
         let (mut f, p) = s.begin().unwrap();
         f.write_all(b"first").unwrap();
-        let first = s.install(&p, &hash).unwrap();
+        let first = s.place(&p, &hash).unwrap();
         assert!(first.created);
-        assert!(first.path.ends_with(format!("objects/07/{}.dcm", hash_hex(&hash))));
+        assert!(
+            first
+                .path
+                .ends_with(format!("objects/07/{}.dcm", hash_hex(&hash)))
+        );
         let (mut f, p2) = s.begin().unwrap();
         f.write_all(b"second").unwrap();
-        let second = s.install(&p2, &hash).unwrap();
+        let second = s.place(&p2, &hash).unwrap();
         assert!(!second.created);
         assert_eq!(fs::read(&first.path).unwrap(), b"first");
         assert!(!p.exists() && !p2.exists());
