@@ -64,6 +64,9 @@ enum Command {
     /// Read the index (agent stopped: the index is single-process).
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Check stored copies (agent stopped).
+    #[command(subcommand)]
+    Verify(VerifyCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,6 +80,16 @@ enum ConfigCommand {
     Example,
     /// Print the embedded default configuration.
     Default,
+}
+
+#[derive(Subcommand, Debug)]
+enum VerifyCommand {
+    /// Re-read and re-hash every object the index lists; exit 1 if any is
+    /// missing, corrupt or of the wrong size (JSON report on stdout).
+    Spool {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +170,25 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Index(IndexCommand::Dump { config }) => {
             let config = load(config.as_deref())?;
             index_dump(&config)
+        }
+        Command::Verify(VerifyCommand::Spool { config }) => {
+            let config = load(config.as_deref())?;
+            let index = open_index(&config)?;
+            let dirs = app::DataDirs::new(&config.device.data_dir);
+            let spool = Spool::open(&dirs.spool, app::spool_limits(&config))?;
+            let report = pacs_mirror_verifier::scrub_spool(&index, &spool)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            eprintln!(
+                "checked {} objects ({} bytes): {} finding(s)",
+                report.checked,
+                report.bytes_read,
+                report.findings.len()
+            );
+            Ok(if report.findings.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Index(IndexCommand::Stats { config }) => {
             let config = load(config.as_deref())?;

@@ -114,6 +114,24 @@ fn trimmed(s: &str) -> String {
     s.trim_end_matches(['\0', ' ']).trim_start().to_string()
 }
 
+/// Where the data set starts in a Part-10 file: 128 + "DICM" + the (0002,0000)
+/// element + the group length it states. Reads 144 bytes.
+pub fn dataset_offset(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut head = [0u8; 144];
+    std::fs::File::open(path)?.read_exact(&mut head)?;
+    let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    if &head[128..132] != b"DICM" {
+        return Err(invalid("no DICM prefix"));
+    }
+    // (0002,0000) UL, explicit VR: tag(4) "UL" len(2) value(4)
+    if head[132..138] != [2, 0, 0, 0, b'U', b'L'] {
+        return Err(invalid("file meta does not start with (0002,0000) UL"));
+    }
+    let len = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
+    Ok(144 + u64::from(len))
+}
+
 /// Parse a Part-10 file up to (not including) Pixel Data.
 pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
     let obj = OpenFileOptions::new()
@@ -235,6 +253,7 @@ mod tests {
         std::fs::write(&p, &file).unwrap();
         let h = read_header(&p).unwrap();
         assert_eq!(h.dataset_offset, header_len);
+        assert_eq!(dataset_offset(&p).unwrap(), header_len);
         assert_eq!(h.sop_instance_uid, "1.2.3.4");
         assert_eq!(h.study_instance_uid, "1.2.3");
         assert_eq!(h.patient_id, "PID1");

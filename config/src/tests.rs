@@ -308,3 +308,26 @@ fn helpers() {
     assert!(config.remote_ae("remote").is_none());
     assert!(config.remote_ae("LOCAL").is_none());
 }
+
+/// Every example configuration shipped under `ops/config/` parses and
+/// validates without errors or warnings.
+#[test]
+fn ops_examples_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let findings = config.validate();
+        assert!(findings.is_empty(), "{}: {findings:?}", path.display());
+        seen += 1;
+    }
+    assert!(
+        seen >= 1,
+        "no example configurations found in {}",
+        dir.display()
+    );
+}

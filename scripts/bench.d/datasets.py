@@ -1,0 +1,93 @@
+"""Benchmark data sets: the synthetic CT set (`pacs-mirror synth`, or the
+stdlib fallback in dicomgen) and the 1 GiB multi-frame instance."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+
+import dicomgen
+from benchlib import BenchError, check_free_space, has_subcommand, list_dicom_files, log
+
+SYNTH_FLAGS = ("--out", "--studies", "--series-per-study", "--instances-per-series")
+CT_BYTES = 525_000  # ~ one 512x512x16-bit CT file
+
+
+def synth_usable(binary: Path | None) -> tuple[bool, str]:
+    if binary is None or not binary.exists():
+        return False, f"{binary} not built"
+    if not has_subcommand(binary, "synth"):
+        return False, "`pacs-mirror synth` does not exist in this build"
+    text = subprocess.run([str(binary), "synth", "--help"], capture_output=True, text=True).stdout
+    missing = [f for f in SYNTH_FLAGS if f not in text]
+    if missing:
+        return False, f"`pacs-mirror synth` lacks {' '.join(missing)}"
+    return True, ""
+
+
+def generate_ct(dest: Path, count: int, generator: str, binary: Path | None) -> str:
+    """Write `count` CT instances (4 studies x 1 series) into the empty `dest`.
+    Returns a description of how."""
+    studies = 4 if count >= 4 else 1
+    per_series = math.ceil(count / studies)
+    check_free_space(dest.parent, count * CT_BYTES * 3, "data set + one receiver's copy")
+    t0 = time.monotonic()
+    if generator in ("auto", "synth"):
+        ok, why = synth_usable(binary)
+        if ok:
+            argv = [str(binary), "synth", "--out", str(dest), "--studies", str(studies),
+                    "--series-per-study", "1", "--instances-per-series", str(per_series)]
+            log("generating: " + " ".join(argv))
+            r = subprocess.run(argv, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise BenchError(f"pacs-mirror synth failed ({r.returncode}):\n{r.stderr[-2000:]}")
+            log(f"generated in {time.monotonic() - t0:.1f}s")
+            return f"pacs-mirror synth --studies {studies} --series-per-study 1 --instances-per-series {per_series}"
+        if generator == "synth":
+            raise BenchError(f"--generator synth: {why}")
+        log(f"NOTE: {why}; using the built-in Python generator instead (same geometry, random pixels)")
+    log(f"generating {count} CT instances (python) in {dest}")
+    dicomgen.write_ct_dataset(dest, count, studies)
+    log(f"generated in {time.monotonic() - t0:.1f}s")
+    return f"scripts/bench.d/dicomgen.py ({studies} studies x 1 series, 512x512x16-bit CT, random pixels)"
+
+
+def ct_dataset(data: Path | None, count: int, generator: str, binary: Path | None,
+               workdir: Path) -> tuple[list[Path], str]:
+    """The files to send. With `data`: reuse its Part-10 files if it has any
+    (first `count` in path order), else generate into it (and leave it there
+    for the next run). Without: generate into the work dir."""
+    if data is not None:
+        data = data.resolve()
+        existing = list_dicom_files(data) if data.is_dir() else []
+        if existing:
+            if len(existing) < count:
+                raise BenchError(f"--data {data} holds {len(existing)} DICOM files, --count wants {count}")
+            return existing[:count], f"reused {data} ({len(existing)} files there)"
+        data.mkdir(parents=True, exist_ok=True)
+        dest = data
+    else:
+        dest = workdir / "data"
+        dest.mkdir(parents=True, exist_ok=True)
+    how = generate_ct(dest, count, generator, binary)
+    files = list_dicom_files(dest)
+    if len(files) < count:
+        raise BenchError(f"generator wrote {len(files)} DICOM files into {dest}, wanted {count}")
+    return files[:count], how
+
+
+def large_instance(data: Path | None, frames: int, workdir: Path) -> tuple[Path, str]:
+    """The multi-frame instance of ingest-large: reuse `data` if it is a Part-10
+    file, else write one (frames x 512x512x16-bit) there or in the work dir."""
+    if data is not None and data.is_file():
+        return data.resolve(), f"reused {data}"
+    path = data.resolve() if data is not None else workdir / "large" / "large.dcm"
+    size = frames * 512 * 512 * 2
+    check_free_space(path.parent if path.parent.exists() else workdir, size * 3, "large instance + copies")
+    log(f"writing {frames}-frame 512x512x16-bit instance ({size / 2**30:.2f} GiB of pixel data) to {path}")
+    t0 = time.monotonic()
+    total = dicomgen.write_multiframe(path, frames)
+    log(f"written in {time.monotonic() - t0:.1f}s ({total} bytes)")
+    return path, f"dicomgen multi-frame grayscale word SC, {frames} frames"

@@ -1,0 +1,251 @@
+"""The three Storage SCPs the benchmarks compare, each started fresh in its own
+directory under the work dir, on free 127.0.0.1 ports, and verified after a run:
+
+  StoreScp    DCMTK storescp --fork (writes files, no fsync)
+  Orthanc     Orthanc (Debian 1.10.1) with a private JSON config, SQLite index,
+              no plugins (SyncStorageArea default: true, i.e. it fsyncs)
+  PacsMirror  target/release/pacs-mirror run --config <toml> (fsyncs file,
+              directory and index before answering Success)
+
+Life cycle: r = Cls(...); r.start()  (raises BenchError if it is not ready);
+… send …; info = r.finish(expected)  (reads peak RSS, stops it, checks that it
+holds `expected` instances, raises BenchError if not); r.remove().
+
+All DCMTK-based processes (storescp, Orthanc's DICOM server, storescu) get
+TCP_NODELAY=1 in their environment: DCMTK 3.6.7 leaves Nagle's algorithm on
+unless that variable is set (its trace log says "using the default value (0)").
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+from benchlib import (LOOPBACK, BenchError, drop_tree, echo_ok, free_port, http_get_json, log,
+                      proc_status_kib, spawn, stop, wait_until)
+
+DCMTK_ENV = {"TCP_NODELAY": "1"}
+START_TIMEOUT = 60.0
+
+
+class Receiver:
+    system = "?"
+    ae = "?"
+
+    def __init__(self, workdir: Path, tag: str, pdu: int | None = None):
+        self.dir = workdir / f"{self.system}-{tag}"
+        drop_tree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.log_path = self.dir / f"{self.system}.log"
+        self.port = free_port()
+        self.pdu = pdu
+        self.proc: subprocess.Popen | None = None
+
+    # subclasses: argv(), env(), ready(), count(), pdu_note()
+    def env(self) -> dict:
+        return {}
+
+    def ready(self) -> bool:
+        return echo_ok(self.ae, self.port)
+
+    def start(self) -> "Receiver":
+        self.prepare()
+        self.proc = spawn(self.argv(), log_path=self.log_path, env=self.env(), cwd=self.dir)
+        wait_until(self.ready, what=f"{self.system} on {LOOPBACK}:{self.port}", timeout=START_TIMEOUT,
+                   proc=self.proc, log_path=self.log_path, interval=0.2)
+        self.after_ready()
+        log(f"{self.system} ready on {LOOPBACK}:{self.port} (pid {self.proc.pid}, {self.dir})")
+        return self
+
+    def prepare(self) -> None:
+        pass
+
+    def after_ready(self) -> None:
+        pass
+
+    def count_before_stop(self) -> int | None:
+        return None
+
+    def count_after_stop(self) -> int | None:
+        return None
+
+    stop_signal = signal.SIGTERM
+    stop_grace = 30.0
+    # VmHWM of the started process is the receiver's peak RSS (not for
+    # storescp --fork, whose forked children do the work)
+    measure_rss = True
+
+    def finish(self, expected: int) -> dict:
+        """Peak RSS, stop, and check the receiver holds `expected` instances."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.system} died during the run (status {self.proc.returncode}); "
+                             f"log {self.log_path}")
+        hwm = proc_status_kib(self.proc.pid, "VmHWM") if self.measure_rss else None
+        n = self.count_before_stop()
+        rc = stop(self.proc, self.stop_signal, self.stop_grace)
+        if n is None:
+            n = self.count_after_stop()
+        if n != expected:
+            raise BenchError(f"{self.system}: holds {n} instances after the run, expected {expected} "
+                             f"(log {self.log_path})")
+        return {"peak_rss_kib": hwm, "stored": n, "exit": rc}
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGKILL, 5.0)
+
+    def remove(self) -> None:
+        drop_tree(self.dir)
+
+
+class StoreScp(Receiver):
+    system = "storescp"
+    ae = "STORESCP"
+    measure_rss = False
+
+    def __init__(self, workdir: Path, tag: str, pdu: int | None = None, bit_preserving: bool = False):
+        super().__init__(workdir, tag, pdu)
+        self.out = self.dir / "out"
+        self.bit_preserving = bit_preserving
+
+    def prepare(self) -> None:
+        self.out.mkdir()
+
+    def argv(self) -> list[str]:
+        a = ["storescp", "--fork", "+xa", "-aet", self.ae, "-od", str(self.out)]
+        if self.pdu:
+            a += ["-pdu", str(self.pdu)]
+        if self.bit_preserving:
+            a += ["+B"]
+        return a + [str(self.port)]
+
+    def env(self) -> dict:
+        return DCMTK_ENV
+
+    def pdu_note(self) -> str:
+        return f"max PDU {self.pdu or 16384}" + (" (default)" if not self.pdu else "")
+
+    def count_before_stop(self) -> int:
+        return sum(1 for p in self.out.rglob("*") if p.is_file())
+
+
+class Orthanc(Receiver):
+    system = "orthanc"
+    ae = "ORTHANC"
+    BINARY = "/usr/sbin/Orthanc"
+
+    def __init__(self, workdir: Path, tag: str, pdu: int | None = None):
+        super().__init__(workdir, tag, pdu)
+        self.http_port = free_port()
+        self.config = self.dir / "orthanc.json"
+
+    def prepare(self) -> None:
+        cfg = {
+            "Name": "pacs-mirror-bench",
+            "StorageDirectory": str(self.dir / "storage"),
+            "IndexDirectory": str(self.dir / "index"),
+            "DicomServerEnabled": True,
+            "DicomAet": self.ae,
+            "DicomPort": self.port,
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False,
+            # Passing this file as the only configuration means the Debian
+            # /etc/orthanc/orthanc.json (whose "Plugins" lists
+            # /usr/share/orthanc/plugins/) is never read; say so explicitly.
+            "Plugins": [],
+        }
+        if self.pdu:
+            cfg["MaximumPduLength"] = self.pdu
+        self.config.write_text(json.dumps(cfg, indent=2))
+
+    def argv(self) -> list[str]:
+        return [self.BINARY, str(self.config)]
+
+    def env(self) -> dict:
+        return DCMTK_ENV
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}{path}"
+
+    def ready(self) -> bool:
+        http_get_json(self.url("/system"), timeout=2)
+        return echo_ok(self.ae, self.port)
+
+    def after_ready(self) -> None:
+        plugins = http_get_json(self.url("/plugins"))
+        # "explorer.js" is Orthanc's built-in Explorer extension, not a plugin
+        real = [p for p in plugins if p != "explorer.js"]
+        if real:
+            raise BenchError(f"orthanc loaded plugins {real}; the benchmark wants none")
+
+    def pdu_note(self) -> str:
+        return f"max PDU {self.pdu or 16384}" + (" (default)" if not self.pdu else "")
+
+    def count_before_stop(self) -> int:
+        return int(http_get_json(self.url("/statistics"))["CountInstances"])
+
+
+class PacsMirror(Receiver):
+    system = "pacs-mirror"
+    ae = "PACS_MIRROR"
+    stop_grace = 120.0
+
+    def __init__(self, binary: Path, workdir: Path, tag: str, pdu: int | None = None):
+        super().__init__(workdir, tag, pdu)
+        self.binary = binary
+        self.data = self.dir / "pm-data"
+        self.config = self.dir / "pacs-mirror.toml"
+
+    def prepare(self) -> None:
+        if not self.binary.exists():
+            raise BenchError(f"{self.binary} does not exist (build it, or pass --bin)")
+        pdu = f"max_pdu_bytes = {self.pdu}\n" if self.pdu else ""
+        self.config.write_text(f"""[device]
+name = "bench"
+data_dir = "{self.data}"
+
+[[device.network_connection]]
+name = "dicom"
+hostname = "{LOOPBACK}"
+port = {self.port}
+
+[[device.network_ae]]
+ae_title = "{self.ae}"
+network_connections = ["dicom"]
+accept_any_calling_ae = true
+{pdu}
+[spool]
+min_free_bytes = 0
+""")
+
+    def argv(self) -> list[str]:
+        return [str(self.binary), "run", "--config", str(self.config)]
+
+    def pdu_note(self) -> str:
+        return f"max PDU {self.pdu or 262144}" + (" (default; DCMTK sends at most 131072)" if not self.pdu else "")
+
+    def count_after_stop(self) -> int:
+        objects = self.data / "spool" / "objects"
+        return sum(1 for p in objects.rglob("*.dcm") if p.is_file()) if objects.exists() else 0
+
+
+def make(system: str, *, workdir: Path, tag: str, pdu: int | None, binary: Path | None,
+         storescp_bit_preserving: bool = False) -> Receiver:
+    if system == "storescp":
+        return StoreScp(workdir, tag, pdu, storescp_bit_preserving)
+    if system == "orthanc":
+        return Orthanc(workdir, tag, pdu)
+    if system == "pacs-mirror":
+        assert binary is not None
+        return PacsMirror(binary, workdir, tag, pdu)
+    raise BenchError(f"unknown system {system}")
+
+
+SYSTEMS = ("storescp", "orthanc", "pacs-mirror")
