@@ -2,6 +2,8 @@
 //! the configuration, call into the library crates. The only place that uses
 //! `anyhow`.
 
+mod synth;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,6 +66,9 @@ enum Command {
     /// Read the index (agent stopped: the index is single-process).
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Write synthetic CT studies (Part-10 files, no patient data) to test a
+    /// link, a peer or a benchmark.
+    Synth(synth::SynthArgs),
     /// Check stored copies (agent stopped).
     #[command(subcommand)]
     Verify(VerifyCommand),
@@ -170,6 +175,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Index(IndexCommand::Dump { config }) => {
             let config = load(config.as_deref())?;
             index_dump(&config)
+        }
+        Command::Synth(args) => {
+            synth::run(&args)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Verify(VerifyCommand::Spool { config }) => {
             let config = load(config.as_deref())?;
