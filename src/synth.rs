@@ -82,8 +82,7 @@ pub fn generate(args: &SynthArgs) -> anyhow::Result<(u64, u64)> {
                 .out
                 .join(format!("ST{:04}", study + 1))
                 .join(format!("SE{:04}", series + 1));
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for instance in 0..args.instances_per_series {
                 let path = dir.join(format!("IM{:05}.dcm", instance + 1));
                 generator.write_instance(study, series, instance, &path)?;
@@ -179,7 +178,13 @@ impl<'a> Generator<'a> {
         format!("{}.4.{}.{}", self.root, study + 1, series + 1)
     }
     fn sop_uid(&self, study: u32, series: u32, instance: u32) -> String {
-        format!("{}.3.{}.{}.{}", self.root, study + 1, series + 1, instance + 1)
+        format!(
+            "{}.3.{}.{}.{}",
+            self.root,
+            study + 1,
+            series + 1,
+            instance + 1
+        )
     }
 
     fn write_instance(
@@ -226,7 +231,11 @@ impl<'a> Generator<'a> {
                 .collect();
             PrimitiveValue::U16(C::from_vec(v))
         };
-        let pixel_vr = if a.bits_allocated == 8 { VR::OB } else { VR::OW };
+        let pixel_vr = if a.bits_allocated == 8 {
+            VR::OB
+        } else {
+            VR::OW
+        };
 
         let ds = |v: f64| format_ds(v);
         let elements: Vec<DataElement<InMemDicomObject>> = vec![
@@ -236,7 +245,11 @@ impl<'a> Generator<'a> {
                 VR::CS,
                 strs(&["ORIGINAL", "PRIMARY", "AXIAL"]),
             ),
-            el(tags::INSTANCE_CREATION_DATE, VR::DA, self.study_date.as_str()),
+            el(
+                tags::INSTANCE_CREATION_DATE,
+                VR::DA,
+                self.study_date.as_str(),
+            ),
             el(tags::INSTANCE_CREATION_TIME, VR::TM, time(series_time)),
             el(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),
             el(
@@ -255,12 +268,19 @@ impl<'a> Generator<'a> {
             el(
                 tags::ACCESSION_NUMBER,
                 VR::SH,
-                format!("A{:08}", derive_u64(a.seed, &a.patient_id, "acc", &[study]) % 100_000_000),
+                format!(
+                    "A{:08}",
+                    derive_u64(a.seed, &a.patient_id, "acc", &[study]) % 100_000_000
+                ),
             ),
             el(tags::MODALITY, VR::CS, "CT"),
             el(tags::MANUFACTURER, VR::LO, "pacs-mirror synth"),
             el(tags::INSTITUTION_NAME, VR::LO, "SYNTHETIC"),
-            el(tags::REFERRING_PHYSICIAN_NAME, VR::PN, PrimitiveValue::Empty),
+            el(
+                tags::REFERRING_PHYSICIAN_NAME,
+                VR::PN,
+                PrimitiveValue::Empty,
+            ),
             el(tags::STATION_NAME, VR::SH, "SYNTH"),
             el(tags::STUDY_DESCRIPTION, VR::LO, "SYNTHETIC CT PHANTOM"),
             el(
@@ -312,15 +332,27 @@ impl<'a> Generator<'a> {
             el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
             el(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
             el(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)),
-            el(tags::PIXEL_SPACING, VR::DS, strs(&[&ds(spacing), &ds(spacing)])),
+            el(
+                tags::PIXEL_SPACING,
+                VR::DS,
+                strs(&[&ds(spacing), &ds(spacing)]),
+            ),
             el(
                 tags::BITS_ALLOCATED,
                 VR::US,
                 PrimitiveValue::from(a.bits_allocated),
             ),
             el(tags::BITS_STORED, VR::US, PrimitiveValue::from(bits_stored)),
-            el(tags::HIGH_BIT, VR::US, PrimitiveValue::from(bits_stored - 1)),
-            el(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+            el(
+                tags::HIGH_BIT,
+                VR::US,
+                PrimitiveValue::from(bits_stored - 1),
+            ),
+            el(
+                tags::PIXEL_REPRESENTATION,
+                VR::US,
+                PrimitiveValue::from(0u16),
+            ),
             el(tags::WINDOW_CENTER, VR::DS, "40"),
             el(tags::WINDOW_WIDTH, VR::DS, "400"),
             el(tags::RESCALE_INTERCEPT, VR::DS, intercept),

@@ -229,7 +229,8 @@ async fn admit(
             return;
         }
         Ok(Err(dicom_ul::association::Error::Rejected { association_rj, .. })) => {
-            tracing::warn!(%peer, reason = ?association_rj.source, "association rejected");
+            // Access refusals are logged by PeerAccess with both AE titles.
+            tracing::info!(%peer, reason = ?association_rj.source, "A-ASSOCIATE-RJ sent");
             return;
         }
         Ok(Err(e)) => {
