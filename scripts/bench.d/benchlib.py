@@ -64,6 +64,51 @@ def _die_with_parent() -> None:
 
 _children: list[subprocess.Popen] = []
 
+# A watchdog process (own session) that holds the read end of a pipe from the
+# driver and learns every child's process group. When the pipe reaches EOF
+# (the driver exited in any way, including SIGKILL) it stops the groups still
+# registered. PR_SET_PDEATHSIG is set too, but not every kernel/sandbox
+# delivers it, and it does not reach storescp's forked children.
+_WATCHDOG_CODE = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin:
+    line = line.strip()
+    if line.startswith("-"):
+        groups.discard(int(line[1:]))
+    elif line:
+        groups.add(int(line))
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for g in list(groups):
+        try:
+            os.killpg(g, sig)
+        except ProcessLookupError:
+            groups.discard(g)
+    if not groups:
+        break
+    time.sleep(5)
+"""
+_watchdog: subprocess.Popen | None = None
+
+
+def _watch(line: str) -> None:
+    global _watchdog
+    if _watchdog is None:
+        _watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG_CODE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        _watchdog.stdin.write(line + "\n")
+        _watchdog.stdin.flush()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _forget(p: subprocess.Popen) -> None:
+    if p in _children:
+        _children.remove(p)
+        _watch(f"-{p.pid}")
+
 
 def spawn(argv: list[str], *, log_path: Path | None = None, env: dict | None = None,
           cwd: Path | None = None, stdout=None, stderr=None) -> subprocess.Popen:
@@ -83,6 +128,7 @@ def spawn(argv: list[str], *, log_path: Path | None = None, env: dict | None = N
     if log_path is not None:
         fh.close()
     _children.append(p)
+    _watch(str(p.pid))
     return p
 
 
@@ -107,17 +153,24 @@ def stop(p: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 20.0) ->
         os.killpg(p.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    if p in _children:
-        _children.remove(p)
+    _forget(p)
     return p.returncode
 
 
 def cleanup_children() -> None:
+    global _watchdog
     for p in list(_children):
         try:
             stop(p, grace=5.0)
         except Exception as e:  # never let cleanup hide the real error
             print(f"cleanup of pid {p.pid} failed: {e}", file=sys.stderr)
+    if _watchdog is not None:
+        try:
+            _watchdog.stdin.close()
+            _watchdog.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        _watchdog = None
 
 
 def install_signal_handlers() -> None:
@@ -279,8 +332,9 @@ def fs_type(path: Path) -> str:
 
 
 def print_context(workdir: Path, binary: Path | None) -> None:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out(f"# date {time.strftime('%Y-%m-%dT%H:%M:%S%z')}  git {git_describe()}  cpus {os.cpu_count()}  "
-        f"kernel {os.uname().release}")
+        f"kernel {os.uname().release}  loadavg {load}")
     out(f"# workdir {workdir} ({fs_type(workdir)})")
     vers = [tool_version(["storescu", "--version"]), tool_version(["Orthanc", "--version"])]
     if binary is not None:
@@ -362,8 +416,11 @@ def send(called_ae: str, port: int, files: list[Path], assocs: int, logdir: Path
         p.wait()
     seconds = time.perf_counter() - t0
     for p in procs:
-        if p in _children:
-            _children.remove(p)
+        try:  # reap any process group leftovers, unregister
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        _forget(p)
 
     successes = 0
     failures: list[str] = []

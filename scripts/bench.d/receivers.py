@@ -8,8 +8,9 @@ directory under the work dir, on free 127.0.0.1 ports, and verified after a run:
               directory and index before answering Success)
 
 Life cycle: r = Cls(...); r.start()  (raises BenchError if it is not ready);
-… send …; info = r.finish(expected)  (reads peak RSS, stops it, checks that it
-holds `expected` instances, raises BenchError if not); r.remove().
+… send …; info = r.finish(expected, sent_bytes)  (reads peak RSS, stops it,
+checks that it holds `expected` instances and about `sent_bytes` bytes, raises
+BenchError if not); r.remove().
 
 All DCMTK-based processes (storescp, Orthanc's DICOM server, storescu) get
 TCP_NODELAY=1 in their environment: DCMTK 3.6.7 leaves Nagle's algorithm on
@@ -65,10 +66,11 @@ class Receiver:
     def after_ready(self) -> None:
         pass
 
-    def count_before_stop(self) -> int | None:
+    # (instances, bytes held); the driver checks both against what was sent
+    def count_before_stop(self) -> tuple[int, int] | None:
         return None
 
-    def count_after_stop(self) -> int | None:
+    def count_after_stop(self) -> tuple[int, int] | None:
         return None
 
     stop_signal = signal.SIGTERM
@@ -77,21 +79,27 @@ class Receiver:
     # storescp --fork, whose forked children do the work)
     measure_rss = True
 
-    def finish(self, expected: int) -> dict:
-        """Peak RSS, stop, and check the receiver holds `expected` instances."""
+    def finish(self, expected: int, sent_bytes: int) -> dict:
+        """Peak RSS, stop, and check the receiver holds `expected` instances
+        and at least about `sent_bytes` (each file may differ by its meta
+        header: 4 KiB slack per file)."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise BenchError(f"{self.system} died during the run (status {self.proc.returncode}); "
                              f"log {self.log_path}")
         hwm = proc_status_kib(self.proc.pid, "VmHWM") if self.measure_rss else None
-        n = self.count_before_stop()
+        held = self.count_before_stop()
         rc = stop(self.proc, self.stop_signal, self.stop_grace)
-        if n is None:
-            n = self.count_after_stop()
+        if held is None:
+            held = self.count_after_stop()
+        n, nbytes = held
         if n != expected:
             raise BenchError(f"{self.system}: holds {n} instances after the run, expected {expected} "
                              f"(log {self.log_path})")
-        return {"peak_rss_kib": hwm, "stored": n, "exit": rc}
+        if nbytes < sent_bytes - 4096 * expected:
+            raise BenchError(f"{self.system}: holds {nbytes} bytes after the run, sent {sent_bytes} "
+                             f"(log {self.log_path})")
+        return {"peak_rss_kib": hwm, "stored": n, "stored_bytes": nbytes, "exit": rc}
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -126,10 +134,12 @@ class StoreScp(Receiver):
         return DCMTK_ENV
 
     def pdu_note(self) -> str:
-        return f"max PDU {self.pdu or 16384}" + (" (default)" if not self.pdu else "")
+        return (f"max PDU {self.pdu or 16384}" + (" (default)" if not self.pdu else "")
+                + (", bit-preserving +B" if self.bit_preserving else ""))
 
-    def count_before_stop(self) -> int:
-        return sum(1 for p in self.out.rglob("*") if p.is_file())
+    def count_before_stop(self) -> tuple[int, int]:
+        files = [p for p in self.out.rglob("*") if p.is_file()]
+        return len(files), sum(p.stat().st_size for p in files)
 
 
 class Orthanc(Receiver):
@@ -188,8 +198,9 @@ class Orthanc(Receiver):
     def pdu_note(self) -> str:
         return f"max PDU {self.pdu or 16384}" + (" (default)" if not self.pdu else "")
 
-    def count_before_stop(self) -> int:
-        return int(http_get_json(self.url("/statistics"))["CountInstances"])
+    def count_before_stop(self) -> tuple[int, int]:
+        st = http_get_json(self.url("/statistics"))
+        return int(st["CountInstances"]), int(st["TotalDiskSize"])
 
 
 class PacsMirror(Receiver):
@@ -231,9 +242,11 @@ min_free_bytes = 0
     def pdu_note(self) -> str:
         return f"max PDU {self.pdu or 262144}" + (" (default; DCMTK sends at most 131072)" if not self.pdu else "")
 
-    def count_after_stop(self) -> int:
+    def count_after_stop(self) -> tuple[int, int]:
+        # == `find <data>/spool/objects -name '*.dcm' | wc -l`
         objects = self.data / "spool" / "objects"
-        return sum(1 for p in objects.rglob("*.dcm") if p.is_file()) if objects.exists() else 0
+        files = [p for p in objects.rglob("*.dcm") if p.is_file()] if objects.exists() else []
+        return len(files), sum(p.stat().st_size for p in files)
 
 
 def make(system: str, *, workdir: Path, tag: str, pdu: int | None, binary: Path | None,

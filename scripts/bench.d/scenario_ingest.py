@@ -4,7 +4,6 @@ versus DCMTK storescp and Orthanc, and pacs-mirror's memory on a 1 GiB object.""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import receivers
@@ -119,7 +118,7 @@ def prepare_binary(args, needed: bool, wanted_for_synth: bool) -> Path | None:
         except BenchError:
             if needed:
                 raise
-            log("NOTE: build failed; pacs-mirror is not measured, continuing without it")
+            log("NOTE: build failed; pacs-mirror is not measured here (only synth would use it), continuing")
     if needed and not binary.exists():
         raise BenchError(f"{binary} does not exist")
     return binary if binary.exists() else None
@@ -136,10 +135,12 @@ def one_run(system: str, mode_tag: str, files: list[Path], assocs: int, args, ct
         log(f"{system}: sending {len(files)} files over {assocs} association(s)")
         res = send(r.ae, r.port, files, assocs, r.dir, mode_tag, env=receivers.DCMTK_ENV)
         check_send(res, f"{system} {mode_tag}")
-        info = r.finish(len(files))
+        info = r.finish(len(files), res.bytes)
+        hwm = info["peak_rss_kib"]
         log(f"{system} {mode_tag}: {res.seconds:.3f}s, {len(files) / res.seconds:.1f} files/s, "
-            f"{res.bytes / res.seconds / 1e6:.1f} MB/s, stored {info['stored']}, "
-            f"peak RSS {(info['peak_rss_kib'] or 0) / 1024:.1f} MiB")
+            f"{res.bytes / res.seconds / 1e6:.1f} MB/s; holds {info['stored']} instances, "
+            f"{info['stored_bytes'] / 1e6:.1f} MB; peak RSS "
+            + (f"{hwm / 1024:.1f} MiB" if hwm else "n/a"))
         ok = True
         return res, info
     finally:
@@ -213,6 +214,8 @@ def run_ingest(args, ctx) -> int:
             if (system, assocs) in rss:
                 out(f"peak_rss_mib ingest_{assocs}assoc_{system.replace('-', '_')} "
                     f"{rss[(system, assocs)] / 1024:.1f}")
+    if not need_pm or len(systems) == 1:
+        out("# no ratio lines: pacs-mirror and a peer were not both measured")
     if need_pm:
         for peer in ("storescp", "orthanc"):
             if peer not in systems:
