@@ -137,3 +137,90 @@ pub fn hash_dataset(path: &Path, offset: u64) -> std::io::Result<(Hash, u64, u64
         file_bytes,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::MemKv;
+    use crate::part10::{Receipt, file_header};
+    use crate::spool::SpoolLimits;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    fn object(sop: &str) -> (Vec<u8>, Hash) {
+        let mut ds = InMemDicomObject::new_empty();
+        for (tag, vr, v) in [
+            (tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
+            (tags::SOP_INSTANCE_UID, VR::UI, sop),
+            (tags::PATIENT_ID, VR::LO, "PID"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
+        ] {
+            ds.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        }
+        let mut body = Vec::new();
+        ds.write_dataset_with_ts(
+            &mut body,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        let receipt = Receipt {
+            source_ip: "192.0.2.7".into(),
+            received_at_ms: 1234,
+        };
+        let mut file = file_header(
+            "1.2.840.10008.5.1.4.1.1.7",
+            sop,
+            "1.2.840.10008.1.2.1",
+            "MODALITY",
+            &receipt,
+        )
+        .unwrap();
+        file.extend_from_slice(&body);
+        (file, *blake3::hash(&body).as_bytes())
+    }
+
+    /// The state a crash can leave, and what recovery makes of it.
+    #[test]
+    fn recovers_what_a_crash_leaves() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&d.path().join("spool"), SpoolLimits::default()).unwrap();
+        let index = Index::new(Arc::new(MemKv::default()));
+        // 1. an object renamed into place whose index rows never became durable
+        let (bytes, hash) = object("1.2.3.4");
+        std::fs::write(spool.object_path(&hash), &bytes).unwrap();
+        // 2. a temp file of an object being received
+        let (mut f, temp) = spool.begin().unwrap();
+        f.write_all(b"partial").unwrap();
+        // 3. a file whose contents do not match its name (torn or tampered)
+        let (mut torn, torn_hash) = object("1.2.3.5");
+        let n = torn.len();
+        torn[n - 1] ^= 0xFF;
+        std::fs::write(spool.object_path(&torn_hash), &torn).unwrap();
+        // 4. a stray file that is not an object address
+        std::fs::write(spool.root().join("objects/00/stray.dcm"), b"?").unwrap();
+
+        let report = recover(&spool, &index, &["backup".into()], false).unwrap();
+        assert_eq!(report.temp_files_removed, 1);
+        assert!(!temp.exists());
+        assert_eq!(report.reindexed, 1);
+        assert_eq!(report.quarantined.len(), 2, "{:?}", report.quarantined);
+        assert!(!spool.object_path(&torn_hash).exists());
+        let versions = index.versions("1.2.3.4").unwrap();
+        assert_eq!(versions.len(), 1);
+        let r = &versions[0];
+        assert_eq!(r.blake3, hash_hex(&hash));
+        assert_eq!(r.calling_ae, "MODALITY");
+        assert_eq!(r.source_ip, "192.0.2.7");
+        assert_eq!(r.received_at_ms, 1234);
+        assert_eq!(r.file_bytes, bytes.len() as u64);
+        assert_eq!(index.stats().unwrap().outbox.get("backup"), Some(&1));
+        // A second start finds nothing to do and changes nothing.
+        let again = recover(&spool, &index, &["backup".into()], false).unwrap();
+        assert_eq!((again.reindexed, again.quarantined.len()), (0, 0));
+        assert_eq!(index.stats().unwrap().instances, 1);
+    }
+}
