@@ -272,31 +272,12 @@ mod tests {
     use crate::index::MemKv;
     use crate::part10::Receipt;
     use crate::spool::SpoolLimits;
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::tags;
-    use dicom_object::InMemDicomObject;
 
     const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
     const TS: &str = "1.2.840.10008.1.2.1";
 
     fn dataset(sop: &str, patient: &str) -> Vec<u8> {
-        let mut ds = InMemDicomObject::new_empty();
-        for (tag, vr, v) in [
-            (tags::SOP_CLASS_UID, VR::UI, CT),
-            (tags::SOP_INSTANCE_UID, VR::UI, sop),
-            (tags::PATIENT_ID, VR::LO, patient),
-            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
-            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
-        ] {
-            ds.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
-        }
-        let mut body = Vec::new();
-        ds.write_dataset_with_ts(
-            &mut body,
-            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
-        )
-        .unwrap();
-        body
+        crate::testutil::dataset(CT, sop, patient)
     }
 
     fn pending(spool: &Spool, command_sop: &str, body: &[u8], parse_early: bool) -> Pending {

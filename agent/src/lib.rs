@@ -35,6 +35,8 @@ pub mod part10;
 pub mod recovery;
 pub mod scp;
 pub mod spool;
+#[cfg(test)]
+mod testutil;
 
 /// Unix time in milliseconds.
 pub fn unix_ms() -> u64 {

@@ -211,29 +211,12 @@ fn header_of(obj: &dicom_object::DefaultDicomObject) -> Result<ObjectHeader, Par
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_object::InMemDicomObject;
 
     /// Write our header + an explicit-VR-LE data set, read it back.
     #[test]
     fn header_round_trip_and_dataset_offset() {
         let ts = "1.2.840.10008.1.2.1";
-        let mut ds = InMemDicomObject::new_empty();
-        for (tag, vr, v) in [
-            (tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
-            (tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4"),
-            (tags::PATIENT_ID, VR::LO, "PID1"),
-            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
-            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
-        ] {
-            ds.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
-        }
-        let mut body = Vec::new();
-        ds.write_dataset_with_ts(
-            &mut body,
-            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
-        )
-        .unwrap();
+        let body = crate::testutil::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", "PID1");
         let receipt = Receipt {
             source_ip: "127.0.0.1".into(),
             received_at_ms: 42,

@@ -144,29 +144,12 @@ mod tests {
     use crate::index::MemKv;
     use crate::part10::{Receipt, file_header};
     use crate::spool::SpoolLimits;
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::tags;
-    use dicom_object::InMemDicomObject;
+    use crate::testutil::dataset;
     use std::io::Write;
     use std::sync::Arc;
 
     fn object(sop: &str) -> (Vec<u8>, Hash) {
-        let mut ds = InMemDicomObject::new_empty();
-        for (tag, vr, v) in [
-            (tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
-            (tags::SOP_INSTANCE_UID, VR::UI, sop),
-            (tags::PATIENT_ID, VR::LO, "PID"),
-            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
-            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
-        ] {
-            ds.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
-        }
-        let mut body = Vec::new();
-        ds.write_dataset_with_ts(
-            &mut body,
-            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
-        )
-        .unwrap();
+        let body = dataset("1.2.840.10008.5.1.4.1.1.7", sop, "PID");
         let receipt = Receipt {
             source_ip: "192.0.2.7".into(),
             received_at_ms: 1234,
