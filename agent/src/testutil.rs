@@ -4,9 +4,6 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-/// Explicit VR Little Endian.
-pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
-
 /// A minimal data set (Explicit VR LE) with the attributes the agent reads:
 /// SOP class and instance, patient ID, study `1.2.3`, series `1.2.3.1`.
 pub fn dataset(sop_class: &str, sop_instance: &str, patient_id: &str) -> Vec<u8> {
