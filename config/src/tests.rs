@@ -19,20 +19,7 @@ fn parse_error(toml: &str) -> String {
     }
 }
 
-const MINIMAL: &str = r#"
-[device]
-name = "test"
-
-[[device.network_connection]]
-name = "dicom"
-hostname = "127.0.0.1"
-port = 11112
-
-[[device.network_ae]]
-ae_title = "LOCAL"
-network_connections = ["dicom"]
-accept_any_calling_ae = true
-"#;
+use crate::validate::tests::MINIMAL;
 
 #[test]
 fn embedded_default_is_clean_and_matches_code() {

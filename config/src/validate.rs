@@ -639,4 +639,4 @@ fn known_names(connections: &[NetworkConnection]) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::{Config, Finding, Severity};
 
 /// Valid: loopback listener that accepts any calling AE.
-const MINIMAL: &str = r#"
+pub(crate) const MINIMAL: &str = r#"
 [device]
 name = "test"
 
