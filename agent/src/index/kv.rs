@@ -7,9 +7,10 @@
 //!   crash (process kill or power loss).
 //! - `scan_prefix` yields keys in ascending byte order.
 //!
-//! sled keeps writes in memory and fsyncs its log every 500 ms in the
-//! background; nothing is durable until `flush` returns. The group committer
-//! (`crate::commit`) is the only caller of `flush` on the ingest path.
+//! sled keeps writes in memory; nothing is durable until `flush` returns (its
+//! 500 ms background flusher is turned off: every write path flushes
+//! explicitly). The group committer (`crate::commit`) is the only caller of
+//! `flush` on the ingest path.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -68,6 +69,10 @@ impl SledKv {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // Durability comes from explicit flushes (the group committer,
+            // recovery, shutdown); the background flusher only competes with
+            // them for the disk.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
