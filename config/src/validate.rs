@@ -539,7 +539,19 @@ fn check_local_listeners(connections: &[NetworkConnection], r: &mut Report) {
     }
 }
 
+/// Below this free-space watermark a full disk can keep the index from opening.
+const LOW_MIN_FREE_BYTES: u64 = 64 << 20;
+
 fn check_spool(spool: &SpoolConfig, r: &mut Report) {
+    if spool.min_free_bytes < LOW_MIN_FREE_BYTES {
+        r.warning(
+            "spool.min_free_bytes",
+            format!(
+                "{} leaves no room for the index: on a full disk the agent answers A700, but it may not be able to restart (the index needs space to open) until space is freed; keep at least {LOW_MIN_FREE_BYTES} (64 MiB)",
+                spool.min_free_bytes
+            ),
+        );
+    }
     if let Some(max) = spool.max_bytes {
         if max < MIN_SPOOL_MAX_BYTES {
             r.error(

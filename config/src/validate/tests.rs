@@ -622,7 +622,7 @@ fn spool_limits() {
     );
     only(
         &findings(&format!(
-            "{MINIMAL}[spool]\nmax_bytes = 1048576\nmax_object_bytes = 1024\nmin_free_bytes = 0\n"
+            "{MINIMAL}[spool]\nmax_bytes = 1048576\nmax_object_bytes = 1024\nmin_free_bytes = 67108864\n"
         )),
         &[],
     );
@@ -759,4 +759,17 @@ url = "ftp://backup.example.org/"
         findings: f.clone(),
     };
     assert_eq!(error.to_string().lines().count(), f.len() + 1);
+}
+
+#[test]
+fn tiny_free_space_watermark_is_warned_about() {
+    let config = Config::from_toml_str(
+        &format!("{MINIMAL}\n[spool]\nmin_free_bytes = 0\n"),
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    let findings = config.validate();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].severity, Severity::Warning);
+    assert_eq!(findings[0].path, "spool.min_free_bytes");
 }
