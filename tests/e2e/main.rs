@@ -1,1 +1,19 @@
+//! End-to-end tests: the real `pacs-mirror` binary driven by real DCMTK
+//! tools (storescu, echoscu, dcmconv, dcmcjpeg, dcmcjpls, dcmcrle,
+//! dcmodify) and OpenJPEG's opj_compress. A missing tool fails the test
+//! with a message naming `scripts/test`, which installs them.
+//!
+//! Run with `cargo test --release --test e2e` (debug builds work but are
+//! slow with 1000-instance sends).
 
+mod dimse;
+mod harness;
+
+mod access;
+mod bad_input;
+mod crash;
+mod duplicates;
+mod ingest;
+mod large;
+mod resources;
+mod transfer_syntaxes;

@@ -1,0 +1,242 @@
+//! Acceptance: access control. Unknown calling AE, a known AE from the wrong
+//! address, and a wrong called AE get A-ASSOCIATE-RJ; an allowed AE gets
+//! through; `pacs-mirror echo` reports success and says what is wrong.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// Sends an A-ASSOCIATE-RQ (Verification) from a chosen source address and
+/// prints ACCEPT, REJECT <result> <source> <reason>, ABORT or CLOSED.
+/// (storescu/echoscu cannot bind a source address.)
+const RAW_ASSOCIATE_PY: &str = r#"
+import socket, struct, sys
+src, port, calling, called = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def item(t, body):
+    return struct.pack(">BBH", t, 0, len(body)) + body
+app = item(0x10, b"1.2.840.10008.3.1.1.1")
+pc = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, b"1.2.840.10008.1.1") + item(0x40, b"1.2.840.10008.1.2"))
+ui = item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.826.0.1.3680043.9.7433.1.2"))
+body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32) + app + pc + ui
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(20)
+s.bind((src, 0))
+s.connect(("127.0.0.1", port))
+s.sendall(struct.pack(">BBI", 1, 0, len(body)) + body)
+def recv_exact(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            return None
+        b += c
+    return b
+h = recv_exact(6)
+if h is None:
+    print("CLOSED"); sys.exit(0)
+t, _, n = struct.unpack(">BBI", h)
+b = recv_exact(n) or b""
+if t == 2:
+    print("ACCEPT")
+    s.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
+    recv_exact(10)
+elif t == 3:
+    print("REJECT %d %d %d" % (b[1], b[2], b[3]))
+elif t == 7:
+    print("ABORT")
+else:
+    print("PDU %d" % t)
+"#;
+
+fn raw_associate(src: &str, port: u16, calling: &str, called: &str) -> String {
+    let o = run_ok(
+        Command::new(tool("python3"))
+            .arg("-c")
+            .arg(RAW_ASSOCIATE_PY)
+            .args([src, &port.to_string(), calling, called]),
+        Duration::from_secs(60),
+    );
+    o.stdout.trim().to_string()
+}
+
+fn echoscu(port: u16, calling: &str, called: &str) -> Output {
+    run(
+        Command::new(tool("echoscu")).args([
+            "-v",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            "127.0.0.1",
+            &port.to_string(),
+        ]),
+        Duration::from_secs(60),
+    )
+}
+
+fn assert_rejected(o: &Output, reason: &str, what: &str) {
+    let all = o.all();
+    assert!(!o.status.success(), "{what}: exit status 0:\n{all}");
+    assert!(
+        all.contains("Association Rejected"),
+        "{what}: no A-ASSOCIATE-RJ reported:\n{all}"
+    );
+    assert!(
+        all.contains(reason),
+        "{what}: reason {reason:?} not reported:\n{all}"
+    );
+}
+
+#[test]
+fn unknown_callers_wrong_addresses_and_wrong_called_ae_are_rejected() {
+    let dir = tempdir();
+    let src = synth(
+        &dir.path().join("src"),
+        &["--instances-per-series", "1", "--seed", "6"],
+    );
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.access = Access::Allow {
+        ae: SENDER_AE.into(),
+        sources: vec!["127.0.0.1/32".into()],
+    };
+    let agent = Agent::start(&cfg);
+    let port = cfg.port;
+
+    // The allowed AE from the allowed address.
+    let ok = echoscu(port, SENDER_AE, AGENT_AE);
+    assert!(
+        ok.status.success(),
+        "allowed echoscu failed:\n{}{}",
+        ok.all(),
+        agent.log_tail()
+    );
+    assert!(
+        ok.all().contains("Received Echo Response (Success)"),
+        "{}",
+        ok.all()
+    );
+
+    // Unknown calling AE.
+    let o = echoscu(port, "INTRUDER", AGENT_AE);
+    assert_rejected(
+        &o,
+        "Calling AE Title Not Recognized",
+        "echoscu from INTRUDER",
+    );
+    let o = run(
+        &mut storescu_cmd(port, "INTRUDER", AGENT_AE, &[], &src),
+        Duration::from_secs(60),
+    );
+    assert_rejected(
+        &o,
+        "Calling AE Title Not Recognized",
+        "storescu from INTRUDER",
+    );
+
+    // Wrong called AE, from an allowed caller.
+    let o = echoscu(port, SENDER_AE, "NOT_THE_MIRROR");
+    assert_rejected(
+        &o,
+        "Called AE Title Not Recognized",
+        "echoscu to NOT_THE_MIRROR",
+    );
+    let o = echoscu(port, SENDER_AE, "ANY-SCP");
+    assert_rejected(&o, "Called AE Title Not Recognized", "echoscu to ANY-SCP");
+
+    // The allowed AE from another address: rejected; from its own: accepted.
+    let from_other = raw_associate("127.0.0.2", port, SENDER_AE, AGENT_AE);
+    assert!(
+        from_other.starts_with("REJECT "),
+        "{SENDER_AE} from 127.0.0.2 (only 127.0.0.1/32 allowed) was not rejected: {from_other}{}",
+        agent.log_tail()
+    );
+    eprintln!("{SENDER_AE} from 127.0.0.2: {from_other}");
+    let from_third = raw_associate("127.0.0.3", port, SENDER_AE, AGENT_AE);
+    assert!(
+        from_third.starts_with("REJECT "),
+        "{SENDER_AE} from 127.0.0.3 was not rejected: {from_third}"
+    );
+    // An empty (all-spaces) called AE title.
+    let empty_called = raw_associate("127.0.0.1", port, SENDER_AE, "");
+    assert!(
+        empty_called.starts_with("REJECT "),
+        "an empty called AE title was not rejected: {empty_called}"
+    );
+    let from_own = raw_associate("127.0.0.1", port, SENDER_AE, AGENT_AE);
+    assert_eq!(
+        from_own,
+        "ACCEPT",
+        "the raw client itself is broken{}",
+        agent.log_tail()
+    );
+
+    // pacs-mirror echo: success with an allowed calling AE, a diagnosis
+    // with a refused one.
+    let target = format!("{AGENT_AE}@127.0.0.1:{port}");
+    let o = run(
+        Command::new(bin()).args(["echo", &target, "--calling-ae", SENDER_AE]),
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "pacs-mirror echo failed:\n{}", o.all());
+    assert!(o.all().contains("Success"), "{}", o.all());
+    let o = run(
+        Command::new(bin()).args(["echo", &target, "--calling-ae", "INTRUDER"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !o.status.success(),
+        "pacs-mirror echo from INTRUDER succeeded:\n{}",
+        o.all()
+    );
+    assert!(
+        o.all().to_lowercase().contains("reject"),
+        "pacs-mirror echo does not say it was rejected:\n{}",
+        o.all()
+    );
+
+    let config_path = agent.config_path.clone();
+    agent.stop();
+    let rows = index_dump(&config_path);
+    assert!(
+        rows.is_empty(),
+        "rejected callers stored something: {rows:#?}"
+    );
+    assert!(spool_object_files(&cfg).is_empty());
+}
+
+#[test]
+fn echo_succeeds_and_diagnoses_a_closed_port() {
+    let dir = tempdir();
+    let cfg = AgentConfig::new(&dir.path().join("data"));
+    let agent = Agent::start(&cfg);
+    let o = run(
+        Command::new(bin()).args(["echo", &format!("{AGENT_AE}@127.0.0.1:{}", cfg.port)]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "pacs-mirror echo failed:\n{}{}",
+        o.all(),
+        agent.log_tail()
+    );
+    let e = echoscu(cfg.port, "ECHOSCU", AGENT_AE);
+    assert!(e.status.success(), "echoscu failed:\n{}", e.all());
+    agent.stop();
+
+    // Nothing listens there any more.
+    let o = run(
+        Command::new(bin()).args(["echo", &format!("{AGENT_AE}@127.0.0.1:{}", cfg.port)]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !o.status.success(),
+        "echo to a closed port succeeded:\n{}",
+        o.all()
+    );
+    assert!(
+        o.all().to_lowercase().contains("connection refused"),
+        "echo to a closed port does not say the connection was refused:\n{}",
+        o.all()
+    );
+}

@@ -1,0 +1,985 @@
+//! Shared helpers: find the peer tools, start and stop the real agent, run
+//! DCMTK tools with time limits and parse what they print, read the index
+//! dump, and take Part-10 files apart.
+//!
+//! Every helper panics with a message that says what happened (and, for the
+//! agent, the tail of its log): these are tests.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `pacs-mirror` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pacs-mirror")
+}
+
+/// The absolute path of a peer tool; fails the test if it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let package = match name {
+        "opj_compress" => "libopenjp2-tools",
+        "python3" => "python3",
+        _ => "dcmtk",
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found: run scripts/test, which installs {package}");
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1. Chosen below the
+/// kernel's ephemeral range when it can be, so that a client connection of
+/// another test cannot take it while an agent restarts on it.
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low > 12_000 {
+        let span = low - 10_000;
+        let start = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span {
+            let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let port = 10_000 + (start + k.wrapping_mul(97)) % span;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port");
+    l.local_addr().expect("local_addr").port()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("pacs-mirror-e2e-")
+        .tempdir()
+        .expect("creating a temp dir")
+}
+
+// ---------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------
+
+/// Who may call the agent.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// `accept_any_calling_ae = true`
+    AnyCaller,
+    /// `allowed_calling_aes = [ae]`, with a remote device sending from
+    /// `sources` (CIDR strings).
+    Allow { ae: String, sources: Vec<String> },
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub hostname: String,
+    pub port: u16,
+    pub ae_title: String,
+    pub access: Access,
+    pub max_bytes: Option<u64>,
+    pub min_free_bytes: u64,
+}
+
+pub const AGENT_AE: &str = "PACS_MIRROR";
+pub const SENDER_AE: &str = "STORESCU";
+
+impl AgentConfig {
+    /// AE PACS_MIRROR on 127.0.0.1:<free port>, any caller, no quota, no
+    /// free-space watermark.
+    pub fn new(data_dir: &Path) -> Self {
+        AgentConfig {
+            data_dir: data_dir.to_path_buf(),
+            hostname: "127.0.0.1".into(),
+            port: free_port(),
+            ae_title: AGENT_AE.into(),
+            access: Access::AnyCaller,
+            max_bytes: None,
+            min_free_bytes: 0,
+        }
+    }
+
+    /// An AE title the agent accepts from 127.0.0.1 (for readiness probes).
+    pub fn probe_calling_ae(&self) -> &str {
+        match &self.access {
+            Access::AnyCaller => "ECHOSCU",
+            Access::Allow { ae, .. } => ae,
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("string to JSON");
+        let mut t = String::new();
+        t.push_str("[device]\nname = \"e2e\"\n");
+        t.push_str(&format!(
+            "data_dir = {}\n",
+            q(&self.data_dir.display().to_string())
+        ));
+        t.push_str("\n[[device.network_connection]]\nname = \"dicom\"\n");
+        t.push_str(&format!(
+            "hostname = {}\nport = {}\n",
+            q(&self.hostname),
+            self.port
+        ));
+        t.push_str(&format!(
+            "\n[[device.network_ae]]\nae_title = {}\nnetwork_connections = [\"dicom\"]\n",
+            q(&self.ae_title)
+        ));
+        match &self.access {
+            Access::AnyCaller => t.push_str("accept_any_calling_ae = true\n"),
+            Access::Allow { ae, .. } => t.push_str(&format!("allowed_calling_aes = [{}]\n", q(ae))),
+        }
+        t.push_str("\n[spool]\n");
+        if let Some(m) = self.max_bytes {
+            t.push_str(&format!("max_bytes = {m}\n"));
+        }
+        t.push_str(&format!("min_free_bytes = {}\n", self.min_free_bytes));
+        if let Access::Allow { ae, sources } = &self.access {
+            let list: Vec<String> = sources.iter().map(|s| q(s)).collect();
+            t.push_str(&format!(
+                "\n[[remote_device]]\nname = \"sender\"\n\n[[remote_device.network_ae]]\nae_title = {}\nassociation_initiator = true\nsource_addresses = [{}]\n",
+                q(ae),
+                list.join(", ")
+            ));
+        }
+        t
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The agent process
+// ---------------------------------------------------------------------------
+
+pub struct Agent {
+    child: Option<Child>,
+    pub config: AgentConfig,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub pid: u32,
+}
+
+static LOG_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Agent {
+    /// Write the config next to the data dir, start `pacs-mirror run` and
+    /// wait until it answers associations (at most 20 s).
+    pub fn start(config: &AgentConfig) -> Agent {
+        let parent = config.data_dir.parent().expect("data_dir has a parent");
+        Agent::start_with_config_dir(config, parent)
+    }
+
+    /// As [`Agent::start`], with the config file and log in `parent`.
+    pub fn start_with_config_dir(config: &AgentConfig, parent: &Path) -> Agent {
+        let parent = parent.to_path_buf();
+        std::fs::create_dir_all(&parent).expect("creating the config dir");
+        let config_path = parent.join(format!("pacs-mirror-{}.toml", config.port));
+        std::fs::write(&config_path, config.to_toml()).expect("writing the config");
+        let seq = LOG_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log_path = parent.join(format!("agent-{}-{seq}.log", config.port));
+        let log = std::fs::File::create(&log_path).expect("creating the agent log");
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning pacs-mirror run");
+        let pid = child.id();
+        let mut agent = Agent {
+            child: Some(child),
+            config: config.clone(),
+            config_path,
+            log_path,
+            pid,
+        };
+        agent.wait_ready(Duration::from_secs(20));
+        agent
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let echoscu = tool("echoscu");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "pacs-mirror run exited before it was ready ({status}){}",
+                    self.log_tail()
+                );
+            }
+            // A cheap TCP check first, then a real association.
+            if TcpStream::connect(("127.0.0.1", self.config.port)).is_ok() {
+                let out = run(
+                    Command::new(&echoscu).args([
+                        "-to",
+                        "5",
+                        "-aet",
+                        self.config.probe_calling_ae(),
+                        "-aec",
+                        &self.config.ae_title,
+                        "127.0.0.1",
+                        &self.config.port.to_string(),
+                    ]),
+                    Duration::from_secs(15),
+                );
+                if out.status.success() || out.all().contains("Association Rejected") {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pacs-mirror did not accept an association on port {} within {limit:?}{}",
+                    self.config.port,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGTERM, then wait (at most 60 s) for a clean exit (status 0).
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("agent already stopped");
+        // The shell's kill builtin: std can only SIGKILL.
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.pid)])
+            .status()
+            .expect("running kill -TERM");
+        assert!(st.success(), "kill -TERM {} failed", self.pid);
+        let status = wait_child(&mut child, Duration::from_secs(60)).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "pacs-mirror did not exit within 60 s of SIGTERM{}",
+                self.log_tail()
+            )
+        });
+        assert!(
+            status.success(),
+            "pacs-mirror exited with {status} after SIGTERM{}",
+            self.log_tail()
+        );
+    }
+
+    /// SIGKILL: a crash.
+    pub fn crash(mut self) {
+        let mut child = self.child.take().expect("agent already stopped");
+        child.kill().expect("SIGKILL the agent");
+        let _ = child.wait();
+    }
+
+    /// Peak resident set (VmHWM) in KiB.
+    pub fn vm_hwm_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("reading /proc/<pid>/status");
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The last lines of the agent's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path)
+    }
+}
+
+pub fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines.len().saturating_sub(40);
+    format!(
+        "\n--- last lines of {} ---\n{}\n---",
+        path.display(),
+        lines[start..].join("\n")
+    )
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running tools
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// A tool started in the background; its output is collected by threads.
+pub struct Running {
+    child: Child,
+    what: String,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+}
+
+pub fn spawn(cmd: &mut Command) -> Running {
+    let what = format!("{cmd:?}");
+    let what = if what.len() > 400 {
+        format!("{}…", &what[..400])
+    } else {
+        what
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let mut so = child.stdout.take().expect("stdout");
+    let mut se = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    Running {
+        child,
+        what,
+        out,
+        err,
+    }
+}
+
+impl Running {
+    /// Wait for the tool; kill it and fail the test past `limit`.
+    pub fn wait(mut self, limit: Duration) -> Output {
+        let status = match wait_child(&mut self.child, limit) {
+            Some(s) => s,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let stderr = self.err.join().unwrap_or_default();
+                panic!(
+                    "{} did not finish within {limit:?}; stderr tail:\n{}",
+                    self.what,
+                    tail(&stderr, 30)
+                );
+            }
+        };
+        Output {
+            status,
+            stdout: self.out.join().unwrap_or_default(),
+            stderr: self.err.join().unwrap_or_default(),
+        }
+    }
+}
+
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    spawn(cmd).wait(limit)
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Run a tool that must succeed.
+pub fn run_ok(cmd: &mut Command, limit: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let out = run(cmd, limit);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        tail(&out.stdout, 20),
+        tail(&out.stderr, 20)
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------
+// storescu
+// ---------------------------------------------------------------------------
+
+/// What one storescu run said about each file.
+#[derive(Debug)]
+pub struct StoreRun {
+    pub output: Output,
+    /// (file, status text in "Received Store Response (...)"), in order.
+    pub responses: Vec<(PathBuf, String)>,
+}
+
+impl StoreRun {
+    pub fn parse(output: Output) -> StoreRun {
+        let mut responses = Vec::new();
+        let mut current: Option<PathBuf> = None;
+        for line in output.stderr.lines().chain(output.stdout.lines()) {
+            if let Some(p) = line.split("Sending file: ").nth(1) {
+                current = Some(PathBuf::from(p.trim()));
+            } else if let Some(rest) = line.split("Received Store Response (").nth(1) {
+                let status = rest.trim_end().trim_end_matches(')').to_string();
+                let file = current.take().unwrap_or_else(|| {
+                    panic!("storescu printed a response without a file: {line}")
+                });
+                responses.push((file, status));
+            }
+        }
+        StoreRun { output, responses }
+    }
+
+    pub fn with_status(&self, status: &str) -> Vec<PathBuf> {
+        self.responses
+            .iter()
+            .filter(|(_, s)| s == status)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    pub fn successes(&self) -> Vec<PathBuf> {
+        self.with_status("Success")
+    }
+
+    pub fn count(&self, status: &str) -> usize {
+        self.responses.iter().filter(|(_, s)| s == status).count()
+    }
+
+    pub fn log(&self) -> String {
+        format!(
+            "storescu exit {}; stderr tail:\n{}",
+            self.output.status,
+            tail(&self.output.stderr, 30)
+        )
+    }
+}
+
+pub const A700: &str = "Refused: OutOfResources";
+
+pub fn storescu_cmd(
+    port: u16,
+    calling: &str,
+    called: &str,
+    extra: &[&str],
+    files: &[PathBuf],
+) -> Command {
+    let mut cmd = Command::new(tool("storescu"));
+    cmd.args(["-v", "-aet", calling, "-aec", called])
+        .args(extra)
+        .args(["127.0.0.1", &port.to_string()])
+        .args(files);
+    cmd
+}
+
+/// Send files with `storescu -v` over one association and parse the
+/// responses.
+pub fn storescu(port: u16, calling: &str, extra: &[&str], files: &[PathBuf]) -> StoreRun {
+    let mut cmd = storescu_cmd(port, calling, AGENT_AE, extra, files);
+    StoreRun::parse(run(&mut cmd, Duration::from_secs(600)))
+}
+
+/// Send and require a Success response for every file.
+pub fn store_all_ok(port: u16, calling: &str, extra: &[&str], files: &[PathBuf]) -> StoreRun {
+    let r = storescu(port, calling, extra, files);
+    let ok = r.successes();
+    assert_eq!(
+        ok.len(),
+        files.len(),
+        "expected {} Success responses, got {} (statuses: {:?})\n{}",
+        files.len(),
+        ok.len(),
+        status_histogram(&r),
+        r.log()
+    );
+    assert_eq!(ok, files, "responses not in the order sent\n{}", r.log());
+    assert!(r.output.status.success(), "storescu failed\n{}", r.log());
+    r
+}
+
+pub fn status_histogram(r: &StoreRun) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (_, s) in &r.responses {
+        *m.entry(s.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------
+// Synthetic data
+// ---------------------------------------------------------------------------
+
+/// `pacs-mirror synth --out OUT ARGS…`; returns the files written, sorted.
+pub fn synth(out: &Path, args: &[&str]) -> Vec<PathBuf> {
+    let o = run_ok(
+        Command::new(bin())
+            .arg("synth")
+            .arg("--out")
+            .arg(out)
+            .args(args),
+        Duration::from_secs(300),
+    );
+    assert!(
+        o.stdout.starts_with("wrote "),
+        "unexpected synth summary: {}",
+        o.stdout
+    );
+    let files = dicom_files(out);
+    let n: usize = o
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("file count in the synth summary");
+    assert_eq!(n, files.len(), "synth summary vs files on disk");
+    files
+}
+
+/// Every `*.dcm` under `dir`, sorted.
+pub fn dicom_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    walk(dir, &mut |p| {
+        if p.extension().is_some_and(|e| e == "dcm") {
+            v.push(p.to_path_buf());
+        }
+    });
+    v.sort();
+    v
+}
+
+pub fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, f);
+        } else {
+            f(&p);
+        }
+    }
+}
+
+/// Every regular file under `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    walk(dir, &mut |p| v.push(p.to_path_buf()));
+    v.sort();
+    v
+}
+
+/// The shared corpus: 1000 synthetic 512×512×16-bit CT instances (seed 1),
+/// generated once per test process under CARGO_TARGET_TMPDIR.
+pub fn corpus_1000() -> &'static [PathBuf] {
+    static CORPUS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        // Remove the corpora of earlier test processes that are gone.
+        if let Ok(rd) = std::fs::read_dir(&base) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("e2e-corpus-")
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("e2e-corpus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = synth(&dir, &["--instances-per-series", "1000", "--seed", "1"]);
+        assert_eq!(files.len(), 1000);
+        files
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Part-10 files
+// ---------------------------------------------------------------------------
+
+/// Offset of the data set in a Part-10 file: 132 + 12 + (0002,0000).
+pub fn dataset_offset(bytes: &[u8]) -> usize {
+    assert!(
+        bytes.len() >= 144,
+        "not a Part-10 file: {} bytes",
+        bytes.len()
+    );
+    assert_eq!(&bytes[128..132], b"DICM", "no DICM magic at offset 128");
+    assert_eq!(
+        &bytes[132..138],
+        &[0x02, 0x00, 0x00, 0x00, b'U', b'L'],
+        "the meta group does not start with (0002,0000) UL"
+    );
+    let len = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
+    144 + len
+}
+
+/// The data set bytes of a Part-10 file.
+pub fn dataset_bytes(bytes: &[u8]) -> &[u8] {
+    &bytes[dataset_offset(bytes)..]
+}
+
+fn trim_uid(s: &str) -> String {
+    s.trim_end_matches(['\0', ' ']).to_string()
+}
+
+/// The meta group of a Part-10 file.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub transfer_syntax: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub source_ae: Option<String>,
+}
+
+pub fn read_meta(bytes: &[u8]) -> Meta {
+    let m = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
+        .expect("parsing the file meta group");
+    Meta {
+        transfer_syntax: trim_uid(m.transfer_syntax()),
+        sop_class_uid: trim_uid(m.media_storage_sop_class_uid()),
+        sop_instance_uid: trim_uid(m.media_storage_sop_instance_uid()),
+        source_ae: m
+            .source_application_entity_title()
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string()),
+    }
+}
+
+pub fn blake3_hex(b: &[u8]) -> String {
+    blake3::hash(b).to_hex().to_string()
+}
+
+/// What a sent file says about itself.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub path: PathBuf,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub patient_id: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub dataset_len: u64,
+    pub blake3: String,
+}
+
+/// Parse a sent file with dicom-object (explicit/implicit VR LE files).
+pub fn sent_info(path: &Path) -> Sent {
+    use dicom_dictionary_std::tags;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let ds = dataset_bytes(&bytes);
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    let s = |tag| -> String {
+        trim_uid(
+            &obj.element(tag)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .to_str()
+                .expect("string value"),
+        )
+        .trim()
+        .to_string()
+    };
+    Sent {
+        path: path.to_path_buf(),
+        sop_instance_uid: s(tags::SOP_INSTANCE_UID),
+        sop_class_uid: s(tags::SOP_CLASS_UID),
+        transfer_syntax: trim_uid(obj.meta().transfer_syntax()),
+        patient_id: s(tags::PATIENT_ID),
+        study_instance_uid: s(tags::STUDY_INSTANCE_UID),
+        series_instance_uid: s(tags::SERIES_INSTANCE_UID),
+        dataset_len: ds.len() as u64,
+        blake3: blake3_hex(ds),
+    }
+}
+
+/// UID and data set hash of any Part-10 file, from its meta group and raw
+/// bytes only (works for every transfer syntax).
+pub fn raw_info(path: &Path) -> (Meta, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let meta = read_meta(&bytes);
+    let ds = dataset_bytes(&bytes).to_vec();
+    (meta, ds)
+}
+
+// ---------------------------------------------------------------------------
+// The index
+// ---------------------------------------------------------------------------
+
+/// One line of `pacs-mirror index dump`.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax_uid: String,
+    pub blake3: String,
+    pub dataset_bytes: u64,
+    pub file_bytes: u64,
+    pub patient_id: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub calling_ae: String,
+    pub source_ip: String,
+    pub received_at_ms: u64,
+    pub path: PathBuf,
+}
+
+fn field_str(v: &Value, k: &str, line: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("index dump line lacks string field {k:?}: {line}"))
+        .to_string()
+}
+
+fn field_u64(v: &Value, k: &str, line: &str) -> u64 {
+    v.get(k)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("index dump line lacks integer field {k:?}: {line}"))
+}
+
+/// `pacs-mirror index dump` (agent stopped).
+pub fn index_dump(config_path: &Path) -> Vec<Row> {
+    let o = run_ok(
+        Command::new(bin())
+            .args(["index", "dump", "--config"])
+            .arg(config_path),
+        Duration::from_secs(120),
+    );
+    o.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("index dump line is not JSON ({e}): {line}"));
+            Row {
+                sop_instance_uid: field_str(&v, "sop_instance_uid", line),
+                sop_class_uid: field_str(&v, "sop_class_uid", line),
+                transfer_syntax_uid: field_str(&v, "transfer_syntax_uid", line),
+                blake3: field_str(&v, "blake3", line),
+                dataset_bytes: field_u64(&v, "dataset_bytes", line),
+                file_bytes: field_u64(&v, "file_bytes", line),
+                patient_id: field_str(&v, "patient_id", line),
+                study_instance_uid: field_str(&v, "study_instance_uid", line),
+                series_instance_uid: field_str(&v, "series_instance_uid", line),
+                calling_ae: field_str(&v, "calling_ae", line),
+                source_ip: field_str(&v, "source_ip", line),
+                received_at_ms: field_u64(&v, "received_at_ms", line),
+                path: PathBuf::from(field_str(&v, "path", line)),
+            }
+        })
+        .collect()
+}
+
+/// `pacs-mirror index stats` (agent stopped).
+pub fn index_stats(config_path: &Path) -> Value {
+    let o = run_ok(
+        Command::new(bin())
+            .args(["index", "stats", "--config"])
+            .arg(config_path),
+        Duration::from_secs(60),
+    );
+    serde_json::from_str(&o.stdout)
+        .unwrap_or_else(|e| panic!("index stats is not JSON ({e}): {}", o.stdout))
+}
+
+pub fn stat_u64(stats: &Value, k: &str) -> u64 {
+    stats
+        .get(k)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("index stats lacks {k:?}: {stats}"))
+}
+
+/// Rows by SOP Instance UID; fails on duplicates.
+pub fn rows_by_uid(rows: &[Row]) -> HashMap<String, Row> {
+    let mut m = HashMap::new();
+    for r in rows {
+        if let Some(old) = m.insert(r.sop_instance_uid.clone(), r.clone()) {
+            panic!(
+                "two index rows for {} ({} and {})",
+                r.sop_instance_uid, old.blake3, r.blake3
+            );
+        }
+    }
+    m
+}
+
+/// Check one spool file against its row: it is where the layout says, it is
+/// preamble + DICM + meta + data set, the data set hashes to the row's
+/// blake3 and equals `expected_dataset` if given.
+pub fn check_spool_file(cfg: &AgentConfig, row: &Row, expected_dataset: Option<&[u8]>) {
+    let objects = cfg.spool_dir().join("objects");
+    let want = objects
+        .join(&row.blake3[..2])
+        .join(format!("{}.dcm", row.blake3));
+    let got = row.path.canonicalize().unwrap_or_else(|e| {
+        panic!(
+            "spool file {} of {}: {e}",
+            row.path.display(),
+            row.sop_instance_uid
+        )
+    });
+    let want = want
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("spool file {}: {e}", want.display()));
+    assert_eq!(got, want, "spool path of {}", row.sop_instance_uid);
+    let bytes = std::fs::read(&got).expect("reading the spool file");
+    assert_eq!(
+        bytes.len() as u64,
+        row.file_bytes,
+        "file_bytes of {}",
+        row.sop_instance_uid
+    );
+    assert!(bytes[..128].iter().all(|&b| b == 0), "preamble not zero");
+    let ds = dataset_bytes(&bytes);
+    assert_eq!(
+        ds.len() as u64,
+        row.dataset_bytes,
+        "dataset_bytes of {}",
+        row.sop_instance_uid
+    );
+    assert_eq!(
+        blake3_hex(ds),
+        row.blake3,
+        "blake3 of the spool file of {}",
+        row.sop_instance_uid
+    );
+    if let Some(exp) = expected_dataset {
+        assert!(
+            ds == exp,
+            "spool data set of {} differs from the sent data set",
+            row.sop_instance_uid
+        );
+    }
+    let meta = read_meta(&bytes);
+    assert_eq!(
+        meta.transfer_syntax, row.transfer_syntax_uid,
+        "meta TS of {}",
+        row.sop_instance_uid
+    );
+    assert_eq!(
+        meta.sop_instance_uid, row.sop_instance_uid,
+        "meta SOP instance"
+    );
+    assert_eq!(meta.sop_class_uid, row.sop_class_uid, "meta SOP class");
+    assert_eq!(
+        meta.source_ae.as_deref(),
+        Some(row.calling_ae.as_str()),
+        "meta (0002,0016) of {}",
+        row.sop_instance_uid
+    );
+}
+
+/// Check that the index holds exactly `sent` (one row each, fields as the
+/// sent files say, spool files byte-identical) and nothing else.
+pub fn check_dump_matches(cfg: &AgentConfig, rows: &[Row], sent: &[Sent], calling_ae: &str) {
+    assert_eq!(rows.len(), sent.len(), "index dump rows vs instances sent");
+    let by_uid = rows_by_uid(rows);
+    for s in sent {
+        let r = by_uid.get(&s.sop_instance_uid).unwrap_or_else(|| {
+            panic!(
+                "{} ({}) is not in the index",
+                s.sop_instance_uid,
+                s.path.display()
+            )
+        });
+        assert_eq!(r.sop_class_uid, s.sop_class_uid, "{}", s.sop_instance_uid);
+        assert_eq!(
+            r.transfer_syntax_uid, s.transfer_syntax,
+            "{}",
+            s.sop_instance_uid
+        );
+        assert_eq!(r.blake3, s.blake3, "blake3 of {}", s.sop_instance_uid);
+        assert_eq!(r.dataset_bytes, s.dataset_len, "{}", s.sop_instance_uid);
+        assert_eq!(r.patient_id, s.patient_id, "{}", s.sop_instance_uid);
+        assert_eq!(
+            r.study_instance_uid, s.study_instance_uid,
+            "{}",
+            s.sop_instance_uid
+        );
+        assert_eq!(
+            r.series_instance_uid, s.series_instance_uid,
+            "{}",
+            s.sop_instance_uid
+        );
+        assert_eq!(r.calling_ae, calling_ae, "{}", s.sop_instance_uid);
+        assert_eq!(r.source_ip, "127.0.0.1", "{}", s.sop_instance_uid);
+        assert!(
+            r.received_at_ms > 1_600_000_000_000,
+            "received_at_ms {}",
+            r.received_at_ms
+        );
+        let bytes = std::fs::read(&s.path).expect("re-reading the sent file");
+        check_spool_file(cfg, r, Some(dataset_bytes(&bytes)));
+    }
+}
+
+/// Files under spool/tmp (there must be none when no store is in flight).
+pub fn spool_tmp_files(cfg: &AgentConfig) -> Vec<PathBuf> {
+    files_under(&cfg.spool_dir().join("tmp"))
+}
+
+pub fn spool_object_files(cfg: &AgentConfig) -> Vec<PathBuf> {
+    files_under(&cfg.spool_dir().join("objects"))
+}
+
+pub fn assert_no_tmp(cfg: &AgentConfig, when: &str) {
+    let t = spool_tmp_files(cfg);
+    assert!(t.is_empty(), "spool/tmp not empty {when}: {t:?}");
+}
