@@ -7,6 +7,7 @@
 //! - [`index`]: the sled index behind a small KV trait; versioned records.
 //! - [`commit`]: the group committer (one index flush for many stores).
 //! - [`part10`]: the file meta header we write; parsing received headers.
+//! - [`structure`]: streaming structural check of each data set as it arrives.
 //! - [`recovery`]: start-up recovery and `reindex` from the spool.
 //! - [`echo`]: C-ECHO SCU with an operator-facing diagnosis.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
@@ -35,6 +36,7 @@ pub mod part10;
 pub mod recovery;
 pub mod scp;
 pub mod spool;
+pub mod structure;
 #[cfg(test)]
 mod testutil;
 

@@ -8,7 +8,9 @@
 //! - Success (0000): the object (or an identical copy) is durable in spool and index.
 //! - A700: no room (quota, free-space watermark, ENOSPC) or any local I/O
 //!   failure; A701: larger than `max_object_bytes`.
-//! - C000: the data set cannot be parsed far enough to read its UIDs;
+//! - C000: the data set is malformed (cut short anywhere, even in Pixel Data,
+//!   or impossible nesting: [`crate::structure`]) or cannot be parsed far
+//!   enough to read its UIDs;
 //!   C001: command and data set UIDs disagree; C002: unusable UID.
 //! - 0122: the SOP class is not accepted by this AE or does not match the
 //!   presentation context.
@@ -25,6 +27,7 @@ use crate::dimse::{self, CStoreRq, Status};
 use crate::index::CommitOutcome;
 use crate::part10::{self, ObjectHeader, Receipt};
 use crate::spool::{ObjectWriter, Spool, SpoolError};
+use crate::structure::Walker;
 
 /// Counters of the ingest path.
 #[derive(Debug, Default)]
@@ -95,6 +98,7 @@ struct Writing {
     header: Vec<u8>,
     early: Option<ObjectHeader>,
     first: bool,
+    structure: Walker,
 }
 
 /// Identity of the association a store arrives on.
@@ -187,6 +191,7 @@ impl IncomingStore {
             header,
             early: None,
             first: true,
+            structure: Walker::new(transfer_syntax),
         })))
     }
 
@@ -200,7 +205,12 @@ impl IncomingStore {
             header,
             early,
             first,
+            structure,
         } = w.as_mut();
+        if let Err(e) = structure.feed(&chunk) {
+            self.refuse(Failure::new(Status::UNPARSEABLE_DATA_SET, e.to_string()));
+            return;
+        }
         let len = chunk.len() as u64;
         if let Err(e) = self.ingest.spool.reserve(self.reserved, len) {
             self.refuse(Failure::from(e));
@@ -247,7 +257,22 @@ impl IncomingStore {
             State::Refusing(Failure::new(Status::OUT_OF_RESOURCES, "finished")),
         );
         let (writer, early) = match state {
-            State::Writing(w) => (w.writer, w.early),
+            State::Writing(w) => {
+                let Writing {
+                    writer,
+                    early,
+                    structure,
+                    ..
+                } = *w;
+                if let Err(e) = structure.finish() {
+                    self.ingest.spool.release(self.reserved);
+                    self.reserved = 0;
+                    // dropping the writer removes the temp file
+                    drop(writer);
+                    return Err(Failure::new(Status::UNPARSEABLE_DATA_SET, e.to_string()));
+                }
+                (writer, early)
+            }
             State::Refusing(f) => {
                 self.ingest.spool.release(self.reserved);
                 self.reserved = 0;
