@@ -220,6 +220,18 @@ impl Association {
     }
 
     fn send_pdvs(&mut self, pc: u8, is_command: bool, data: &[u8]) -> io::Result<()> {
+        self.send_pdvs_ending(pc, is_command, data, true)
+    }
+
+    /// Send `data` as PDVs; the last one carries the "last fragment" bit only
+    /// when `last` is true.
+    fn send_pdvs_ending(
+        &mut self,
+        pc: u8,
+        is_command: bool,
+        data: &[u8],
+        last: bool,
+    ) -> io::Result<()> {
         let max = self.peer_max_pdu.saturating_sub(6).clamp(16, 1 << 20);
         let chunks: Vec<&[u8]> = if data.is_empty() {
             vec![&[][..]]
@@ -229,7 +241,7 @@ impl Association {
         let n = chunks.len();
         for (k, c) in chunks.into_iter().enumerate() {
             let mut mch = if is_command { 1u8 } else { 0 };
-            if k + 1 == n {
+            if last && k + 1 == n {
                 mch |= 2;
             }
             let pdv_len = (c.len() + 2) as u32;
@@ -256,9 +268,40 @@ impl Association {
         sop_instance: &str,
         dataset: &[u8],
     ) -> io::Result<u16> {
+        self.store_in_two_parts(
+            pc,
+            msg_id,
+            sop_class,
+            sop_instance,
+            dataset,
+            dataset.len(),
+            || {},
+        )
+    }
+
+    /// As [`Association::store`], but the data set goes out in two parts
+    /// with `between` called after the first `split` bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_in_two_parts(
+        &mut self,
+        pc: u8,
+        msg_id: u16,
+        sop_class: &str,
+        sop_instance: &str,
+        dataset: &[u8],
+        split: usize,
+        between: impl FnOnce(),
+    ) -> io::Result<u16> {
         let cmd = store_command(msg_id, sop_class, sop_instance);
         self.send_pdvs(pc, true, &cmd)?;
-        self.send_pdvs(pc, false, dataset)?;
+        let (first, rest) = dataset.split_at(split.min(dataset.len()));
+        if !rest.is_empty() {
+            self.send_pdvs_ending(pc, false, first, false)?;
+            between();
+            self.send_pdvs(pc, false, rest)?;
+        } else {
+            self.send_pdvs(pc, false, first)?;
+        }
         let mut response = Vec::new();
         loop {
             let Some((t, b)) = read_pdu(&mut self.stream)? else {
@@ -308,6 +351,13 @@ impl Association {
         }
         command_us(&response, 0x0000, 0x0900)
             .ok_or_else(|| io::Error::other("C-STORE-RSP without a status"))
+    }
+
+    /// Wait (up to the socket's read timeout) for the next PDU without
+    /// sending anything: its type, or None when the peer closed.
+    pub fn next_pdu_type(&mut self, limit: Duration) -> io::Result<Option<u8>> {
+        self.stream.set_read_timeout(Some(limit))?;
+        Ok(read_pdu(&mut self.stream)?.map(|(t, _)| t))
     }
 
     /// A-RELEASE-RQ; waits for A-RELEASE-RP.

@@ -93,6 +93,8 @@ pub struct AgentConfig {
     pub access: Access,
     pub max_bytes: Option<u64>,
     pub min_free_bytes: u64,
+    /// Extra `key = value` lines for the network AE (limits, timeouts).
+    pub ae_extra: String,
 }
 
 pub const AGENT_AE: &str = "PACS_MIRROR";
@@ -110,6 +112,7 @@ impl AgentConfig {
             access: Access::AnyCaller,
             max_bytes: None,
             min_free_bytes: 0,
+            ae_extra: String::new(),
         }
     }
 
@@ -143,6 +146,7 @@ impl AgentConfig {
             Access::AnyCaller => t.push_str("accept_any_calling_ae = true\n"),
             Access::Allow { ae, .. } => t.push_str(&format!("allowed_calling_aes = [{}]\n", q(ae))),
         }
+        t.push_str(&self.ae_extra);
         t.push_str("\n[spool]\n");
         if let Some(m) = self.max_bytes {
             t.push_str(&format!("max_bytes = {m}\n"));
@@ -263,6 +267,28 @@ impl Agent {
 
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Send SIGTERM and return at once (see [`Agent::wait_exit`]).
+    pub fn terminate(&self) {
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.pid)])
+            .status()
+            .expect("running kill -TERM");
+        assert!(st.success(), "kill -TERM {} failed", self.pid);
+    }
+
+    /// Wait for the agent to exit by itself; its exit status.
+    pub fn wait_exit(mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("agent already stopped");
+        wait_child(&mut child, limit).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "pacs-mirror did not exit within {limit:?}{}",
+                self.log_tail()
+            )
+        })
     }
 
     /// SIGTERM, then wait (at most 60 s) for a clean exit (status 0).

@@ -15,5 +15,6 @@ mod crash;
 mod duplicates;
 mod ingest;
 mod large;
+mod limits;
 mod resources;
 mod transfer_syntaxes;
