@@ -171,6 +171,12 @@ impl IncomingStore {
         ] {
             dimse::check_uid(uid)
                 .map_err(|e| Failure::new(Status::INVALID_UID, format!("{what}: {e}")))?;
+            if dimse::uid_has_leading_zero(uid) {
+                tracing::warn!(
+                    calling_ae = %origin.calling_ae,
+                    "{what} {uid} has a component with a leading zero (not conformant to PS3.5 9.1); stored as received"
+                );
+            }
         }
         let receipt = Receipt {
             source_ip: origin.peer_ip.to_string(),

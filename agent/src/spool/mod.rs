@@ -68,22 +68,6 @@ pub enum SpoolError {
     ObjectTooLarge { max_object_bytes: u64 },
 }
 
-impl SpoolError {
-    /// Whether this failure is a lack of space (answered with A700).
-    pub fn is_out_of_space(&self) -> bool {
-        match self {
-            SpoolError::QuotaExceeded { .. } | SpoolError::DiskFull { .. } => true,
-            SpoolError::Io { source, .. } => {
-                matches!(
-                    source.kind(),
-                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-                )
-            }
-            SpoolError::ObjectTooLarge { .. } => false,
-        }
-    }
-}
-
 pub(crate) fn io_err<'a>(
     op: &'static str,
     path: &'a Path,
@@ -432,7 +416,7 @@ mod tests {
             max_object_bytes: None,
         });
         let err = s.reserve(0, 1).unwrap_err();
-        assert!(err.is_out_of_space(), "{err}");
+        assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
     }
 
     #[test]
