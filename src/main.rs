@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use pacs_mirror_agent::{app, echo, index::Index, spool::Spool};
+use pacs_mirror_agent::{app, index::Index, scu, spool::Spool};
 use pacs_mirror_config::{Config, ConfigError, Finding, Severity, validate_ae_title};
 use tokio_util::sync::CancellationToken;
 
@@ -293,15 +293,14 @@ async fn run_echo(target: &str, calling_ae: &str, timeout_secs: u64) -> anyhow::
             bail!("{what} {title:?}: {e}");
         }
     }
-    match echo::echo(
-        calling_ae,
-        ae,
-        host,
+    let peer = scu::Peer {
+        calling_ae: calling_ae.to_string(),
+        called_ae: ae.to_string(),
+        host: host.to_string(),
         port,
-        Duration::from_secs(timeout_secs),
-    )
-    .await
-    {
+        timeout: Duration::from_secs(timeout_secs),
+    };
+    match scu::echo(&peer).await {
         Ok(ok) => {
             println!(
                 "C-ECHO {target}: Success in {} ms (peer max PDU {} bytes)",

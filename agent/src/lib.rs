@@ -9,7 +9,8 @@
 //! - [`part10`]: the file meta header we write; parsing received headers.
 //! - [`structure`]: streaming structural check of each data set as it arrives.
 //! - [`recovery`]: start-up recovery and `reindex` from the spool.
-//! - [`echo`]: C-ECHO SCU with an operator-facing diagnosis.
+//! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
+//!   diagnosis, C-STORE of spooled objects streamed from their files.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
 //!
 //! # Delivery invariant
@@ -30,11 +31,11 @@
 pub mod app;
 pub mod commit;
 pub mod dimse;
-pub mod echo;
 pub mod index;
 pub mod part10;
 pub mod recovery;
 pub mod scp;
+pub mod scu;
 pub mod spool;
 pub mod structure;
 #[cfg(test)]

@@ -1,0 +1,582 @@
+//! The requestor side: associations to remote AEs, C-ECHO, and C-STORE of
+//! spooled objects streamed from their files.
+//!
+//! Sending never transcodes: each object goes out on a presentation context
+//! of its own SOP class and its own transfer syntax, byte for byte. A peer
+//! that accepts no such context gets [`ScuError::NoContext`], a permanent
+//! failure for that object (the replication queue dead-letters it; it never
+//! converts, and never a lossy conversion). At most [`MAX_CONTEXTS`] contexts
+//! are proposed (dicom-ul numbers them 1, 3, … and wraps past 255).
+//!
+//! Errors are phrased for the person on call (refused connection, rejected
+//! association and why, timeout) and classified by [`ScuError::is_transient`].
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dicom_ul::association::{Association, AsyncClientAssociation};
+use dicom_ul::pdu::{AssociationRJSource, PDataValue, PDataValueType};
+use dicom_ul::{ClientAssociationOptions, Pdu};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::TcpStream;
+
+use crate::dimse::{self, CStoreRq, CommandSet, Status};
+
+/// Most presentation contexts proposed on one association.
+pub const MAX_CONTEXTS: usize = 128;
+/// Largest data PDV sent, whatever the peer accepts (bounds memory even when
+/// the peer announces an unlimited PDU).
+pub const MAX_SEND_CHUNK: usize = 1 << 20;
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Our AE title.
+    pub calling_ae: String,
+    /// Theirs.
+    pub called_ae: String,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Connection and per-message timeout.
+    pub timeout: Duration,
+}
+
+impl Peer {
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Why an operation with a peer failed, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScuError {
+    /// TCP connection refused: nothing listens there.
+    #[error(
+        "connection refused by {addr}: nothing listens on that port (is the PACS running? right port?)"
+    )]
+    Refused { addr: String },
+    /// No answer within the timeout.
+    #[error(
+        "no answer from {addr} within {secs} s (firewall dropping packets, wrong host, or the peer is hung)"
+    )]
+    Timeout { addr: String, secs: u64 },
+    /// The peer rejected the association.
+    #[error("association rejected by {addr}: {reason}")]
+    Rejected { addr: String, reason: String },
+    /// The peer accepted none of the proposed presentation contexts.
+    #[error("{addr} accepted none of the proposed presentation contexts ({what})")]
+    NoAcceptedContexts { addr: String, what: String },
+    /// No accepted context for this object's SOP class and transfer syntax.
+    #[error("{addr} does not accept SOP class {sop_class} in transfer syntax {transfer_syntax}")]
+    NoContext {
+        addr: String,
+        sop_class: String,
+        transfer_syntax: String,
+    },
+    /// The peer aborted or closed the association.
+    #[error("{addr} ended the association: {message}")]
+    Aborted { addr: String, message: String },
+    /// The peer broke the protocol, or the network failed.
+    #[error("{addr}: {message}")]
+    Protocol { addr: String, message: String },
+    /// Reading the object to send failed.
+    #[error("reading {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// More presentation contexts than one association can carry.
+    #[error("{0} presentation contexts requested; at most {MAX_CONTEXTS} per association")]
+    TooManyContexts(usize),
+}
+
+impl ScuError {
+    /// Whether trying again later may succeed (the mirror is down, busy or
+    /// unreachable) rather than never (it does not accept this object).
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            ScuError::NoContext { .. }
+                | ScuError::NoAcceptedContexts { .. }
+                | ScuError::TooManyContexts(_)
+        )
+    }
+}
+
+/// A successful C-ECHO.
+#[derive(Debug, Clone)]
+pub struct EchoOk {
+    /// Round trip of association + C-ECHO + release.
+    pub elapsed: Duration,
+    /// Max PDU the peer accepts.
+    pub peer_max_pdu: u32,
+}
+
+/// A Part-10 file to send: its identity and where its data set starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The file.
+    pub path: PathBuf,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// The transfer syntax its data set is encoded in.
+    pub transfer_syntax_uid: String,
+}
+
+/// An established association.
+pub struct Scu {
+    assoc: AsyncClientAssociation<TcpStream>,
+    peer: Peer,
+    next_message_id: u16,
+}
+
+/// C-ECHO `peer`: associate with Verification, echo, release.
+pub async fn echo(peer: &Peer) -> Result<EchoOk, ScuError> {
+    let start = Instant::now();
+    let contexts = [(
+        dimse::VERIFICATION_SOP_CLASS.to_string(),
+        vec![
+            "1.2.840.10008.1.2.1".to_string(),
+            "1.2.840.10008.1.2".to_string(),
+        ],
+    )];
+    let mut scu = Scu::connect(peer, &contexts).await?;
+    let peer_max_pdu = scu.assoc.peer_max_pdu_length();
+    let pc = scu
+        .assoc
+        .presentation_contexts()
+        .first()
+        .map(|pc| pc.id)
+        .ok_or_else(|| ScuError::NoAcceptedContexts {
+            addr: peer.addr(),
+            what: "Verification".into(),
+        })?;
+    let id = scu.message_id();
+    scu.send_command(pc, &dimse::c_echo_rq(id)).await?;
+    let rsp = scu.read_response(id).await?;
+    let status = rsp.status().map_err(|e| scu.protocol(e.to_string()))?;
+    scu.release().await;
+    if status != Status::Success {
+        return Err(ScuError::Protocol {
+            addr: peer.addr(),
+            message: format!("C-ECHO answered with {status}"),
+        });
+    }
+    Ok(EchoOk {
+        elapsed: start.elapsed(),
+        peer_max_pdu,
+    })
+}
+
+impl Scu {
+    /// Associate, proposing one presentation context per (abstract syntax,
+    /// transfer syntaxes) entry.
+    pub async fn connect(
+        peer: &Peer,
+        contexts: &[(String, Vec<String>)],
+    ) -> Result<Self, ScuError> {
+        if contexts.len() > MAX_CONTEXTS {
+            return Err(ScuError::TooManyContexts(contexts.len()));
+        }
+        let mut options = ClientAssociationOptions::new()
+            .calling_ae_title(peer.calling_ae.clone())
+            .called_ae_title(peer.called_ae.clone())
+            .connection_timeout(peer.timeout)
+            .read_timeout(peer.timeout)
+            .write_timeout(peer.timeout);
+        for (abstract_syntax, tss) in contexts {
+            options = options.with_presentation_context(abstract_syntax.clone(), tss.to_vec());
+        }
+        let addr = peer.addr();
+        let fut = options.establish_async(addr.as_str());
+        let mut assoc = match tokio::time::timeout(peer.timeout * 2, fut).await {
+            Err(_) => {
+                return Err(ScuError::Timeout {
+                    addr,
+                    secs: peer.timeout.as_secs(),
+                });
+            }
+            Ok(r) => r.map_err(|e| classify(&addr, e, peer.timeout))?,
+        };
+        // Without it every small message waits ~40 ms for delayed ACKs.
+        let _ = assoc.inner_stream().set_nodelay(true);
+        Ok(Scu {
+            assoc,
+            peer: peer.clone(),
+            next_message_id: 1,
+        })
+    }
+
+    /// The accepted context for this abstract syntax in exactly this
+    /// transfer syntax.
+    pub fn context_for(&self, abstract_syntax: &str, transfer_syntax: &str) -> Option<u8> {
+        self.assoc
+            .presentation_contexts()
+            .iter()
+            .find(|pc| {
+                pc.abstract_syntax.trim_end_matches('\0') == abstract_syntax
+                    && pc.transfer_syntax.trim_end_matches('\0') == transfer_syntax
+            })
+            .map(|pc| pc.id)
+    }
+
+    /// C-STORE one object, streaming its data set from the file. Returns
+    /// the peer's status (Success and warnings mean stored; see
+    /// [`Status::is_stored`]).
+    pub async fn store(&mut self, object: &Outgoing) -> Result<Status, ScuError> {
+        let pc = self
+            .context_for(&object.sop_class_uid, &object.transfer_syntax_uid)
+            .ok_or_else(|| ScuError::NoContext {
+                addr: self.peer.addr(),
+                sop_class: object.sop_class_uid.clone(),
+                transfer_syntax: object.transfer_syntax_uid.clone(),
+            })?;
+        let file_err = |source| ScuError::File {
+            path: object.path.clone(),
+            source,
+        };
+        let offset = crate::part10::dataset_offset(&object.path).map_err(file_err)?;
+        let mut file = tokio::fs::File::open(&object.path)
+            .await
+            .map_err(file_err)?;
+        let len = file.metadata().await.map_err(file_err)?.len();
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(file_err)?;
+        let id = self.message_id();
+        let rq = CStoreRq {
+            message_id: id,
+            sop_class_uid: object.sop_class_uid.clone(),
+            sop_instance_uid: object.sop_instance_uid.clone(),
+            priority: 0,
+            move_originator_ae: None,
+            move_originator_message_id: None,
+        };
+        self.send_command(pc, &rq.to_command()).await?;
+        let chunk = (self.assoc.peer_max_pdu_length() as usize)
+            .saturating_sub(6)
+            .clamp(1012, MAX_SEND_CHUNK);
+        let mut remaining = len.saturating_sub(offset);
+        loop {
+            let n = remaining.min(chunk as u64) as usize;
+            let mut buf = vec![0u8; n];
+            file.read_exact(&mut buf).await.map_err(file_err)?;
+            remaining -= n as u64;
+            let pdu = Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: pc,
+                    value_type: PDataValueType::Data,
+                    is_last: remaining == 0,
+                    data: buf,
+                }],
+            };
+            self.assoc
+                .send(&pdu)
+                .await
+                .map_err(|e| classify(&self.peer.addr(), e, self.peer.timeout))?;
+            if remaining == 0 {
+                break;
+            }
+        }
+        let rsp = self.read_response(id).await?;
+        rsp.status().map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// Release the association (best effort: a failed release loses nothing).
+    pub async fn release(self) {
+        let _ = self.assoc.release().await;
+    }
+
+    fn message_id(&mut self) -> u16 {
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn protocol(&self, message: String) -> ScuError {
+        ScuError::Protocol {
+            addr: self.peer.addr(),
+            message,
+        }
+    }
+
+    async fn send_command(&mut self, pc: u8, cmd: &CommandSet) -> Result<(), ScuError> {
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: cmd.encode(),
+            }],
+        };
+        self.assoc
+            .send(&pdu)
+            .await
+            .map_err(|e| classify(&self.peer.addr(), e, self.peer.timeout))
+    }
+
+    /// Read PDUs until a complete command set arrives that answers `id`.
+    async fn read_response(&mut self, id: u16) -> Result<CommandSet, ScuError> {
+        let mut bytes = Vec::new();
+        loop {
+            let pdu = self
+                .assoc
+                .receive()
+                .await
+                .map_err(|e| classify(&self.peer.addr(), e, self.peer.timeout))?;
+            match pdu {
+                Pdu::PData { data } => {
+                    for pdv in data {
+                        if pdv.value_type != PDataValueType::Command {
+                            continue;
+                        }
+                        bytes.extend_from_slice(&pdv.data);
+                        if bytes.len() > dimse::MAX_COMMAND_SET_BYTES {
+                            return Err(self.protocol("oversized response command".into()));
+                        }
+                        if pdv.is_last {
+                            let cmd = CommandSet::decode(&bytes)
+                                .map_err(|e| self.protocol(format!("undecodable response: {e}")))?;
+                            bytes.clear();
+                            let answered = cmd
+                                .u16(dimse::tag::MESSAGE_ID_BEING_RESPONDED_TO)
+                                .map_err(|e| self.protocol(e.to_string()))?;
+                            if answered == Some(id) {
+                                return Ok(cmd);
+                            }
+                            tracing::debug!(
+                                ?answered,
+                                expected = id,
+                                "ignoring a response to another message"
+                            );
+                        }
+                    }
+                }
+                Pdu::AbortRQ { source } => {
+                    return Err(ScuError::Aborted {
+                        addr: self.peer.addr(),
+                        message: format!("A-ABORT ({source:?})"),
+                    });
+                }
+                other => {
+                    return Err(self.protocol(format!("unexpected {}", other.short_description())));
+                }
+            }
+        }
+    }
+}
+
+fn explain_rejection(source: &AssociationRJSource) -> String {
+    use dicom_ul::pdu::AssociationRJServiceUserReason as U;
+    match source {
+        AssociationRJSource::ServiceUser(U::CalledAETitleNotRecognized) => {
+            "called AE title not recognized: check the AE title configured on the peer (case and spelling)".into()
+        }
+        AssociationRJSource::ServiceUser(U::CallingAETitleNotRecognized) => {
+            "calling AE title not recognized: the peer does not know our AE title (or not from this IP address); add it to the peer's allowed senders".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn classify(addr: &str, e: dicom_ul::association::Error, timeout: Duration) -> ScuError {
+    use dicom_ul::association::Error as E;
+    let addr = addr.to_string();
+    match e {
+        E::Rejected { association_rj, .. } => ScuError::Rejected {
+            addr,
+            reason: explain_rejection(&association_rj.source),
+        },
+        E::NoAcceptedPresentationContexts { .. } => ScuError::NoAcceptedContexts {
+            addr,
+            what: "none accepted".into(),
+        },
+        E::Timeout { .. } => ScuError::Timeout {
+            addr,
+            secs: timeout.as_secs(),
+        },
+        E::Aborted { .. } | E::ConnectionClosed { .. } => ScuError::Aborted {
+            addr,
+            message: e.to_string(),
+        },
+        e => {
+            let text = full_chain(&e);
+            if text.contains("onnection refused") {
+                ScuError::Refused { addr }
+            } else if text.contains("timed out") || text.contains("Timeout") {
+                ScuError::Timeout {
+                    addr,
+                    secs: timeout.as_secs(),
+                }
+            } else {
+                ScuError::Protocol {
+                    addr,
+                    message: text,
+                }
+            }
+        }
+    }
+}
+
+fn full_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The presentation contexts for sending these objects: one per distinct
+/// (SOP class, transfer syntax), in first-seen order.
+pub fn contexts_for(objects: &[Outgoing]) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for o in objects {
+        let wanted = (o.sop_class_uid.clone(), vec![o.transfer_syntax_uid.clone()]);
+        if !out.contains(&wanted) {
+            out.push(wanted);
+        }
+    }
+    out
+}
+
+/// Read an [`Outgoing`] from a spool file's meta group.
+pub fn outgoing(path: &Path) -> Result<Outgoing, crate::part10::Part10Error> {
+    let h = crate::part10::read_header(path)?;
+    Ok(Outgoing {
+        path: path.to_path_buf(),
+        sop_class_uid: h.sop_class_uid,
+        sop_instance_uid: h.sop_instance_uid,
+        transfer_syntax_uid: h.transfer_syntax_uid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::part10::{Receipt, file_header};
+    use crate::testutil::dataset;
+    use std::process::{Child, Command, Stdio};
+
+    const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+    const RLE: &str = "1.2.840.10008.1.2.5";
+
+    fn write_object(dir: &Path, uid: &str, ts: &str) -> (Outgoing, Vec<u8>) {
+        let body = dataset(SC, uid, "P1");
+        let receipt = Receipt {
+            source_ip: "127.0.0.1".into(),
+            received_at_ms: 1,
+        };
+        let mut bytes = file_header(SC, uid, ts, "SENDER", &receipt).unwrap();
+        bytes.extend_from_slice(&body);
+        let path = dir.join(format!("{uid}.dcm"));
+        std::fs::write(&path, bytes).unwrap();
+        (
+            Outgoing {
+                path,
+                sop_class_uid: SC.into(),
+                sop_instance_uid: uid.into(),
+                transfer_syntax_uid: ts.into(),
+            },
+            body,
+        )
+    }
+
+    struct Storescp(Child);
+    impl Drop for Storescp {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Against a real DCMTK storescp in bit-preserving mode (+B), which
+    /// accepts uncompressed transfer syntaxes only.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stores_byte_exact_into_dcmtk_and_reports_refused_contexts() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received");
+        std::fs::create_dir(&out).unwrap();
+        let port = free_port();
+        let child = Command::new("storescp")
+            .args(["+B", "-aet", "MIRROR", "-od"])
+            .arg(&out)
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp not found: run scripts/test, which installs dcmtk");
+        let _guard = Storescp(child);
+        let peer = Peer {
+            calling_ae: "PACS_MIRROR".into(),
+            called_ae: "MIRROR".into(),
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(10),
+        };
+        let mut ready = false;
+        for _ in 0..100 {
+            if echo(&peer).await.is_ok() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "storescp did not answer C-ECHO");
+
+        let (a, body_a) = write_object(dir.path(), "1.2.3.101", EXPLICIT_LE);
+        let (b, body_b) = write_object(dir.path(), "1.2.3.102", EXPLICIT_LE);
+        let (c, _) = write_object(dir.path(), "1.2.3.103", RLE);
+        let objects = [a.clone(), c.clone(), b.clone()];
+        assert_eq!(contexts_for(&objects).len(), 2);
+        let mut scu = Scu::connect(&peer, &contexts_for(&objects)).await.unwrap();
+        assert_eq!(scu.store(&a).await.unwrap(), Status::Success);
+        let refused = scu.store(&c).await.unwrap_err();
+        assert!(matches!(refused, ScuError::NoContext { .. }), "{refused}");
+        assert!(!refused.is_transient());
+        // the association is still usable after a refused context
+        assert_eq!(scu.store(&b).await.unwrap(), Status::Success);
+        scu.release().await;
+
+        // What storescp wrote holds exactly our data set bytes.
+        let mut received: Vec<Vec<u8>> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let off = crate::part10::dataset_offset(&p).unwrap() as usize;
+                std::fs::read(&p).unwrap()[off..].to_vec()
+            })
+            .collect();
+        received.sort();
+        let mut sent = vec![body_a, body_b];
+        sent.sort();
+        assert_eq!(received, sent);
+
+        // A closed port is a transient, clearly worded failure.
+        let closed = Peer {
+            port: free_port(),
+            ..peer
+        };
+        let e = echo(&closed).await.unwrap_err();
+        assert!(matches!(e, ScuError::Refused { .. }), "{e}");
+        assert!(e.is_transient());
+    }
+}
