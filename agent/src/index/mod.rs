@@ -7,7 +7,9 @@
 //! i/<sop uid>\0<blake3:32>                        -> InstanceRecord (one row per version)
 //! h/<study>\0<series>\0<sop uid>\0<blake3:32>     -> ""             (study → series → instances)
 //! c/<sop uid>\0<blake3:32>                        -> ConflictRecord (same UID, other bytes)
-//! q/<target>\0<next attempt ms:u64 BE>\0<blake3>  -> OutboxRecord   (per-target queue)
+//! q/<target>\0<next attempt ms:u64 BE>\0<blake3>  -> OutboxRecord   (per-target queue, see [`outbox`])
+//! d/<target>\0<blake3:32>                          -> DeliveryRecord (delivered to that target)
+//! x/<target>\0<blake3:32>                          -> DeadLetter     (refused by that target for good)
 //! m/<name>                                        -> counters and markers
 //! ```
 //! UIDs never contain NUL (they are checked before they get here), so `\0`
@@ -31,9 +33,12 @@
 //! calling AE, source address and receive time.
 
 pub mod kv;
+pub mod outbox;
 pub mod records;
 
 use std::sync::Arc;
+
+use outbox::{OUTBOX, outbox_key};
 
 pub use kv::{Kv, KvError, MemKv, Op, SledKv};
 pub use records::{ConflictRecord, InstanceRecord, ObjectRecord, OutboxRecord, RecordError};
@@ -116,7 +121,6 @@ const OBJ: &[u8] = b"o/";
 const INST: &[u8] = b"i/";
 const HIER: &[u8] = b"h/";
 const CONFLICT: &[u8] = b"c/";
-const OUTBOX: &[u8] = b"q/";
 
 fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
@@ -333,13 +337,6 @@ impl Index {
         })?;
         Ok(s)
     }
-}
-
-fn outbox_key(target: &str, next_attempt_ms: u64, hash: &Hash) -> Vec<u8> {
-    let mut k = key(&[OUTBOX, target.as_bytes(), &next_attempt_ms.to_be_bytes()]);
-    k.push(0);
-    k.extend_from_slice(hash);
-    k
 }
 
 fn decode_at<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, IndexError> {

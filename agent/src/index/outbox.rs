@@ -1,0 +1,410 @@
+//! The per-target delivery queue, kept in the index.
+//!
+//! # Keys
+//! ```text
+//! q/<target>\0<next attempt ms:u64 BE>\0<blake3:32> -> OutboxRecord    (pending, time-ordered)
+//! d/<target>\0<blake3:32>                           -> DeliveryRecord  (delivered)
+//! x/<target>\0<blake3:32>                           -> DeadLetter      (refused for good)
+//! ```
+//! Because the attempt time leads the key, the rows due now are a prefix scan
+//! that stops at the first row in the future; a sender never scans the whole
+//! backlog.
+//!
+//! # Invariants
+//! - An object is in exactly one of the three states for a target at any
+//!   moment a batch has been applied: every move (reschedule, delivered,
+//!   dead-letter, retry of a dead letter) writes the new row and removes the
+//!   old one in **one atomic batch**. Were the engine not atomic, the new row
+//!   would have to be written before the old one is removed: a crash between
+//!   the two must leave a duplicate row (the object is sent again; targets are
+//!   idempotent) and never no row (a replication silently lost).
+//! - Rows are written by ingest (the group committer) for every new object
+//!   and every configured target, in the same atomic batch as the object's
+//!   index rows.
+//!
+//! # Crash behaviour
+//! Queue moves are flushed lazily (with the next ingest batch or the sender's
+//! own flush). A crash can lose the latest moves: a delivered object is then
+//! still pending and is sent again; it is never lost.
+
+use super::records::{self, OutboxRecord};
+use super::{Hash, Index, IndexError, Op, decode_at, key};
+use serde::{Deserialize, Serialize};
+
+pub(super) const OUTBOX: &[u8] = b"q/";
+const DELIVERED: &[u8] = b"d/";
+const DEAD: &[u8] = b"x/";
+
+/// The key of a pending row.
+pub(super) fn outbox_key(target: &str, next_attempt_ms: u64, hash: &Hash) -> Vec<u8> {
+    let mut k = key(&[OUTBOX, target.as_bytes(), &next_attempt_ms.to_be_bytes()]);
+    k.push(0);
+    k.extend_from_slice(hash);
+    k
+}
+
+fn target_prefix(table: &[u8], target: &str) -> Vec<u8> {
+    let mut p = key(&[table, target.as_bytes()]);
+    p.push(0);
+    p
+}
+
+/// A delivered object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// When the target confirmed it (Unix ms).
+    pub delivered_at_ms: u64,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// When it was first queued (Unix ms): delivered − enqueued is the lag.
+    pub enqueued_at_ms: u64,
+}
+
+/// An object the target refused for good, kept for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// When it was given up (Unix ms).
+    pub failed_at_ms: u64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why (the target's status or the refusal).
+    pub reason: String,
+    /// When it was first queued (Unix ms).
+    pub enqueued_at_ms: u64,
+}
+
+/// A pending row that is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The object.
+    pub hash: Hash,
+    /// When it was due.
+    pub next_attempt_ms: u64,
+    /// Its row.
+    pub record: OutboxRecord,
+}
+
+/// Lag figures of one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxSummary {
+    /// Objects not yet delivered (dead letters excluded).
+    pub pending: u64,
+    /// Their bytes.
+    pub pending_bytes: u64,
+    /// When the oldest of them was queued (Unix ms).
+    pub oldest_enqueued_at_ms: Option<u64>,
+    /// Objects delivered.
+    pub delivered: u64,
+    /// Objects refused for good.
+    pub dead_letters: u64,
+}
+
+fn parse_outbox_key(prefix_len: usize, k: &[u8]) -> Option<(u64, Hash)> {
+    let rest = k.get(prefix_len..)?;
+    let when = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let hash = rest.get(9..41)?.try_into().ok()?;
+    Some((when, hash))
+}
+
+impl Index {
+    /// Up to `limit` pending rows of `target` due at `now_ms`, oldest first.
+    pub fn due(&self, target: &str, now_ms: u64, limit: usize) -> Result<Vec<Due>, IndexError> {
+        let prefix = target_prefix(OUTBOX, target);
+        let mut out = Vec::new();
+        let mut err = None;
+        self.kv.for_each_prefix(&prefix, &mut |k, v| {
+            let Some((when, hash)) = parse_outbox_key(prefix.len(), k) else {
+                err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into()));
+                return false;
+            };
+            if when > now_ms || out.len() >= limit {
+                return false;
+            }
+            match decode_at(k, v) {
+                Ok(record) => {
+                    out.push(Due {
+                        hash,
+                        next_attempt_ms: when,
+                        record,
+                    });
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        err.map_or(Ok(out), Err)
+    }
+
+    /// When the next pending row of `target` is due, if any.
+    pub fn next_due_at(&self, target: &str) -> Result<Option<u64>, IndexError> {
+        let prefix = target_prefix(OUTBOX, target);
+        let mut when = None;
+        self.kv.for_each_prefix(&prefix, &mut |k, _| {
+            when = parse_outbox_key(prefix.len(), k).map(|(w, _)| w);
+            false
+        })?;
+        Ok(when)
+    }
+
+    /// The target confirmed the object: pending → delivered.
+    pub fn mark_delivered(&self, target: &str, due: &Due, now_ms: u64) -> Result<(), IndexError> {
+        let delivered = DeliveryRecord {
+            delivered_at_ms: now_ms,
+            attempts: due.record.attempts + 1,
+            enqueued_at_ms: due.record.enqueued_at_ms,
+        };
+        let mut dkey = target_prefix(DELIVERED, target);
+        dkey.extend_from_slice(&due.hash);
+        Ok(self.kv.apply(vec![
+            Op::Put(dkey, records::encode(&delivered)),
+            Op::Delete(outbox_key(target, due.next_attempt_ms, &due.hash)),
+        ])?)
+    }
+
+    /// The attempt failed for now: move the row to `next_attempt_ms`, with
+    /// the attempt counted and the error kept.
+    pub fn reschedule(
+        &self,
+        target: &str,
+        due: &Due,
+        error: &str,
+        next_attempt_ms: u64,
+    ) -> Result<(), IndexError> {
+        let record = OutboxRecord {
+            enqueued_at_ms: due.record.enqueued_at_ms,
+            attempts: due.record.attempts + 1,
+            last_error: Some(error.to_string()),
+        };
+        let old = outbox_key(target, due.next_attempt_ms, &due.hash);
+        let new = outbox_key(target, next_attempt_ms, &due.hash);
+        if old == new {
+            return Ok(self
+                .kv
+                .apply(vec![Op::Put(new, records::encode(&record))])?);
+        }
+        // One atomic batch: the new row and the removal of the old.
+        Ok(self.kv.apply(vec![
+            Op::Put(new, records::encode(&record)),
+            Op::Delete(old),
+        ])?)
+    }
+
+    /// The target refused the object for good: pending → dead letter.
+    pub fn dead_letter(
+        &self,
+        target: &str,
+        due: &Due,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), IndexError> {
+        let dead = DeadLetter {
+            failed_at_ms: now_ms,
+            attempts: due.record.attempts + 1,
+            reason: reason.to_string(),
+            enqueued_at_ms: due.record.enqueued_at_ms,
+        };
+        let mut xkey = target_prefix(DEAD, target);
+        xkey.extend_from_slice(&due.hash);
+        Ok(self.kv.apply(vec![
+            Op::Put(xkey, records::encode(&dead)),
+            Op::Delete(outbox_key(target, due.next_attempt_ms, &due.hash)),
+        ])?)
+    }
+
+    /// The dead letters of `target`.
+    pub fn dead_letters(&self, target: &str) -> Result<Vec<(Hash, DeadLetter)>, IndexError> {
+        let prefix = target_prefix(DEAD, target);
+        self.kv
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let hash = k
+                    .get(prefix.len()..)
+                    .and_then(|h| <Hash>::try_from(h).ok())
+                    .ok_or_else(|| IndexError::BadHash(String::from_utf8_lossy(&k).into()))?;
+                Ok((hash, decode_at(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Put every dead letter of `target` back in the queue, due at `now_ms`
+    /// with its attempts reset (the operator fixed the cause). Returns how many.
+    pub fn retry_dead_letters(&self, target: &str, now_ms: u64) -> Result<usize, IndexError> {
+        let dead = self.dead_letters(target)?;
+        let prefix = target_prefix(DEAD, target);
+        for (hash, letter) in &dead {
+            let mut xkey = prefix.clone();
+            xkey.extend_from_slice(hash);
+            let record = OutboxRecord {
+                enqueued_at_ms: letter.enqueued_at_ms,
+                attempts: 0,
+                last_error: Some(format!("retried after: {}", letter.reason)),
+            };
+            self.kv.apply(vec![
+                Op::Put(outbox_key(target, now_ms, hash), records::encode(&record)),
+                Op::Delete(xkey),
+            ])?;
+        }
+        Ok(dead.len())
+    }
+
+    /// Lag figures of `target`.
+    pub fn outbox_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
+        let mut s = OutboxSummary::default();
+        let prefix = target_prefix(OUTBOX, target);
+        let mut pending = Vec::new();
+        let mut err = None;
+        self.kv.for_each_prefix(&prefix, &mut |k, v| {
+            match (
+                parse_outbox_key(prefix.len(), k),
+                decode_at::<OutboxRecord>(k, v),
+            ) {
+                (Some((_, hash)), Ok(r)) => pending.push((hash, r.enqueued_at_ms)),
+                (_, Err(e)) => err = Some(e),
+                (None, _) => err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into())),
+            }
+            err.is_none()
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        for (hash, enqueued) in pending {
+            s.pending += 1;
+            s.pending_bytes += self.object(&hash)?.map_or(0, |o| o.file_bytes);
+            s.oldest_enqueued_at_ms = Some(
+                s.oldest_enqueued_at_ms
+                    .map_or(enqueued, |o| o.min(enqueued)),
+            );
+        }
+        self.kv
+            .for_each_prefix(&target_prefix(DELIVERED, target), &mut |_, _| {
+                s.delivered += 1;
+                true
+            })?;
+        self.kv
+            .for_each_prefix(&target_prefix(DEAD, target), &mut |_, _| {
+                s.dead_letters += 1;
+                true
+            })?;
+        Ok(s)
+    }
+}
+
+/// Capped exponential backoff with full jitter: the n-th retry waits a
+/// uniformly random time in `[0, min(max, initial × 2^n)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first ceiling.
+    pub initial_ms: u64,
+    /// The largest ceiling.
+    pub max_ms: u64,
+}
+
+impl Backoff {
+    /// The ceiling after `attempts` failed attempts.
+    pub fn ceiling_ms(&self, attempts: u32) -> u64 {
+        self.initial_ms
+            .saturating_mul(1u64.checked_shl(attempts.min(63)).unwrap_or(u64::MAX))
+            .min(self.max_ms)
+    }
+
+    /// The delay before the next attempt, drawn with `rng`.
+    pub fn delay_ms(&self, attempts: u32, rng: &mut impl rand::Rng) -> u64 {
+        rng.random_range(0..=self.ceiling_ms(attempts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{InstanceRecord, MemKv, hash_hex};
+    use std::sync::Arc;
+
+    fn index_with(objects: &[(u8, u64)]) -> Index {
+        let idx = Index::new(Arc::new(MemKv::default()));
+        for (b, at) in objects {
+            let h = [*b; 32];
+            let rec = InstanceRecord {
+                sop_instance_uid: format!("1.2.{b}"),
+                sop_class_uid: "1.2".into(),
+                transfer_syntax_uid: "1.2.840.10008.1.2".into(),
+                blake3: hash_hex(&h),
+                dataset_bytes: 10,
+                file_bytes: 100 + u64::from(*b),
+                patient_id: String::new(),
+                study_instance_uid: "1.3".into(),
+                series_instance_uid: "1.4".into(),
+                calling_ae: "A".into(),
+                source_ip: "127.0.0.1".into(),
+                received_at_ms: *at,
+            };
+            idx.commit_instance(&rec, &h, &["mirror".into(), "bucket".into()], *at)
+                .unwrap();
+        }
+        idx
+    }
+
+    #[test]
+    fn due_rows_come_oldest_first_and_stop_at_now() {
+        let idx = index_with(&[(1, 100), (2, 50), (3, 300)]);
+        let due = idx.due("mirror", 200, 10).unwrap();
+        let hashes: Vec<u8> = due.iter().map(|d| d.hash[0]).collect();
+        assert_eq!(hashes, vec![2, 1]);
+        assert_eq!(idx.due("mirror", 200, 1).unwrap().len(), 1);
+        assert_eq!(idx.next_due_at("mirror").unwrap(), Some(50));
+        assert_eq!(idx.next_due_at("nobody").unwrap(), None);
+    }
+
+    #[test]
+    fn every_move_keeps_the_object_in_exactly_one_state() {
+        let idx = index_with(&[(1, 100), (2, 100), (3, 100)]);
+        let due = idx.due("mirror", 100, 10).unwrap();
+        idx.mark_delivered("mirror", &due[0], 150).unwrap();
+        idx.reschedule("mirror", &due[1], "A700 out of resources", 5_000)
+            .unwrap();
+        idx.dead_letter("mirror", &due[2], "no accepted presentation context", 160)
+            .unwrap();
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.delivered, s.dead_letters), (1, 1, 1));
+        assert_eq!(s.pending_bytes, 102);
+        assert_eq!(s.oldest_enqueued_at_ms, Some(100));
+        // the other target is untouched
+        let b = idx.outbox_summary("bucket").unwrap();
+        assert_eq!((b.pending, b.delivered, b.dead_letters), (3, 0, 0));
+        // the rescheduled row is not due before its time, then carries its error
+        assert!(idx.due("mirror", 4_999, 10).unwrap().is_empty());
+        let again = idx.due("mirror", 5_000, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].record.attempts, 1);
+        assert_eq!(
+            again[0].record.last_error.as_deref(),
+            Some("A700 out of resources")
+        );
+        // dead letters are listed with their reason and can be retried
+        let dead = idx.dead_letters("mirror").unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].1.reason, "no accepted presentation context");
+        assert_eq!(idx.retry_dead_letters("mirror", 6_000).unwrap(), 1);
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.delivered, s.dead_letters), (2, 1, 0));
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let b = Backoff {
+            initial_ms: 1_000,
+            max_ms: 3_600_000,
+        };
+        assert_eq!(b.ceiling_ms(0), 1_000);
+        assert_eq!(b.ceiling_ms(3), 8_000);
+        assert_eq!(b.ceiling_ms(40), 3_600_000);
+        assert_eq!(b.ceiling_ms(u32::MAX), 3_600_000);
+        let mut rng = rand::rng();
+        let draws: Vec<u64> = (0..200).map(|_| b.delay_ms(2, &mut rng)).collect();
+        assert!(draws.iter().all(|d| *d <= 4_000));
+        assert!(draws.iter().any(|d| *d < 2_000) && draws.iter().any(|d| *d > 2_000));
+    }
+}
