@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pacs_mirror_config::{Config, Role, is_loopback_host};
+use pacs_mirror_config::{Config, Role, Target, is_loopback_host};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -101,6 +101,62 @@ pub fn open_store(
     let report = recovery::recover(&spool, &index, &target_names(config), verify_all)?;
     spool.set_used_bytes(index.spool_bytes()?);
     Ok((spool, index, report))
+}
+
+/// The DICOM targets, with their remote AE resolved to a host and port.
+pub fn dicom_targets(config: &Config) -> Vec<crate::replicate::DicomTarget> {
+    let default_calling = config
+        .device
+        .network_aes
+        .iter()
+        .find(|ae| ae.association_initiator)
+        .or_else(|| config.acceptor_aes().next())
+        .map(|ae| ae.ae_title.trim().to_string())
+        .unwrap_or_else(|| "PACS_MIRROR".into());
+    config
+        .targets
+        .iter()
+        .filter_map(|t| match t {
+            Target::Dicom {
+                name,
+                remote_ae,
+                calling_ae,
+                concurrency,
+                timeout_secs,
+                retry_initial_secs,
+                retry_max_secs,
+                refused_attempts,
+            } => {
+                let (device, ae) = config.remote_ae(remote_ae)?;
+                let conn = ae.network_connections.iter().find_map(|c| {
+                    device
+                        .network_connections
+                        .iter()
+                        .find(|nc| &nc.name == c && nc.installed)
+                })?;
+                Some(crate::replicate::DicomTarget {
+                    name: name.clone(),
+                    peer: crate::scu::Peer {
+                        calling_ae: calling_ae
+                            .as_deref()
+                            .map(|a| a.trim().to_string())
+                            .unwrap_or_else(|| default_calling.clone()),
+                        called_ae: ae.ae_title.trim().to_string(),
+                        host: conn.hostname.clone(),
+                        port: conn.port,
+                        timeout: Duration::from_secs(*timeout_secs),
+                    },
+                    concurrency: *concurrency as usize,
+                    backoff: crate::index::outbox::Backoff {
+                        initial_ms: retry_initial_secs.saturating_mul(1000),
+                        max_ms: retry_max_secs.saturating_mul(1000),
+                    },
+                    refused_attempts: *refused_attempts,
+                })
+            }
+            Target::ObjectStore { .. } => None,
+        })
+        .collect()
 }
 
 /// The listener settings from the configuration: one per local connection
@@ -225,6 +281,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             .map_err(|e| AppError::Internal(e.to_string()))?;
         tracing::info!(%addr, ae_titles = ?titles, "listening");
         listeners.push(tracker.spawn(scp.run(shutdown.clone(), tracker.clone())));
+    }
+    let replication = crate::replicate::Replication {
+        index: index.clone(),
+        spool: ingest.spool.clone(),
+    };
+    for target in dicom_targets(&config) {
+        tracing::info!(
+            target = %target.name,
+            peer = %format!("{}@{}:{}", target.peer.called_ae, target.peer.host, target.peer.port),
+            calling_ae = %target.peer.calling_ae,
+            associations = target.concurrency,
+            "replicating"
+        );
+        crate::replicate::spawn(&replication, target, &shutdown, &tracker);
     }
     tracing::info!(device = %config.device.name, "pacs-mirror ready");
     shutdown.cancelled().await;

@@ -9,6 +9,7 @@
 //! - [`part10`]: the file meta header we write; parsing received headers.
 //! - [`structure`]: streaming structural check of each data set as it arrives.
 //! - [`recovery`]: start-up recovery and `reindex` from the spool.
+//! - [`replicate`]: workers that drain each DICOM target's queue by C-STORE.
 //! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
@@ -34,6 +35,7 @@ pub mod dimse;
 pub mod index;
 pub mod part10;
 pub mod recovery;
+pub mod replicate;
 pub mod scp;
 pub mod scu;
 pub mod spool;

@@ -18,6 +18,33 @@ pub enum Target {
         /// AE title of a `[[remote_device.network_ae]]` with
         /// `association_acceptor = true` and at least one network connection.
         remote_ae: String,
+        /// Our calling AE title toward the target: a local network AE.
+        /// Default: the first local AE with `association_initiator = true`,
+        /// else the first acceptor AE.
+        #[serde(default)]
+        calling_ae: Option<String>,
+        /// Associations used in parallel, 1 to 16. Default: 2.
+        #[serde(default = "default_concurrency")]
+        concurrency: u32,
+        /// Seconds allowed for connecting and for each answer, 1 to 3600.
+        /// Default: 30.
+        #[serde(default = "default_timeout_secs")]
+        timeout_secs: u64,
+        /// Ceiling of the first retry delay, in seconds; each failed attempt
+        /// doubles it (the delay is drawn at random below the ceiling: full
+        /// jitter), up to `retry_max_secs`. Default: 5.
+        #[serde(default = "default_retry_initial_secs")]
+        retry_initial_secs: u64,
+        /// Largest retry delay ceiling, in seconds. Default: 3600.
+        #[serde(default = "default_retry_max_secs")]
+        retry_max_secs: u64,
+        /// Attempts before an object the target refuses (status A9xx or
+        /// Cxxx, SOP class not supported, or no accepted presentation context
+        /// for its transfer syntax) goes to the dead-letter list, 1 to 100.
+        /// Out-of-resources answers and network failures are retried without
+        /// limit. Default: 3.
+        #[serde(default = "default_refused_attempts")]
+        refused_attempts: u32,
     },
     /// `type = "object_store"`: copy each object into an object store or a
     /// directory.
@@ -29,6 +56,22 @@ pub enum Target {
         /// `az://container/prefix` or `file:///absolute/directory`.
         url: String,
     },
+}
+
+fn default_concurrency() -> u32 {
+    2
+}
+fn default_timeout_secs() -> u64 {
+    30
+}
+fn default_retry_initial_secs() -> u64 {
+    5
+}
+fn default_retry_max_secs() -> u64 {
+    3600
+}
+fn default_refused_attempts() -> u32 {
+    3
 }
 
 impl Target {
@@ -117,6 +160,12 @@ mod tests {
         let t = Target::Dicom {
             name: "mirror".into(),
             remote_ae: "M".into(),
+            calling_ae: None,
+            concurrency: 2,
+            timeout_secs: 30,
+            retry_initial_secs: 5,
+            retry_max_secs: 3600,
+            refused_attempts: 3,
         };
         assert_eq!(t.name(), "mirror");
     }

@@ -358,8 +358,45 @@ impl Config {
                 names.insert(name, i);
             }
             match target {
-                Target::Dicom { remote_ae, .. } => {
+                Target::Dicom {
+                    remote_ae,
+                    calling_ae,
+                    concurrency,
+                    timeout_secs,
+                    retry_initial_secs,
+                    retry_max_secs,
+                    refused_attempts,
+                    ..
+                } => {
                     self.check_dicom_target(&p, remote_ae, r, index);
+                    if let Some(ae) = calling_ae {
+                        match index.find(ae) {
+                            Some(AeRef::Local(_)) => {}
+                            _ => r.error(
+                                format!("{p}.calling_ae"),
+                                format!("{ae:?} is not a local device.network_ae"),
+                            ),
+                        }
+                    }
+                    let mut range = |field: &str, v: u64, lo: u64, hi: u64| {
+                        if !(lo..=hi).contains(&v) {
+                            r.error(
+                                format!("{p}.{field}"),
+                                format!("{v} is out of range {lo} to {hi}"),
+                            );
+                        }
+                    };
+                    range("concurrency", u64::from(*concurrency), 1, 16);
+                    range("timeout_secs", *timeout_secs, 1, 3600);
+                    range("retry_initial_secs", *retry_initial_secs, 1, 86_400);
+                    range("retry_max_secs", *retry_max_secs, 1, 7 * 86_400);
+                    range("refused_attempts", u64::from(*refused_attempts), 1, 100);
+                    if retry_max_secs < retry_initial_secs {
+                        r.error(
+                            format!("{p}.retry_max_secs"),
+                            format!("{retry_max_secs} is below retry_initial_secs ({retry_initial_secs})"),
+                        );
+                    }
                     if !warned_initiator
                         && !self
                             .device

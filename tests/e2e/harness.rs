@@ -95,6 +95,8 @@ pub struct AgentConfig {
     pub min_free_bytes: u64,
     /// Extra `key = value` lines for the network AE (limits, timeouts).
     pub ae_extra: String,
+    /// Extra tables appended to the file (remote devices, targets).
+    pub extra_toml: String,
 }
 
 pub const AGENT_AE: &str = "PACS_MIRROR";
@@ -113,6 +115,7 @@ impl AgentConfig {
             max_bytes: None,
             min_free_bytes: 0,
             ae_extra: String::new(),
+            extra_toml: String::new(),
         }
     }
 
@@ -160,6 +163,7 @@ impl AgentConfig {
                 list.join(", ")
             ));
         }
+        t.push_str(&self.extra_toml);
         t
     }
 
@@ -1008,4 +1012,137 @@ pub fn spool_object_files(cfg: &AgentConfig) -> Vec<PathBuf> {
 pub fn assert_no_tmp(cfg: &AgentConfig, when: &str) {
     let t = spool_tmp_files(cfg);
     assert!(t.is_empty(), "spool/tmp not empty {when}: {t:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Orthanc (a real PACS, from Debian's package)
+// ---------------------------------------------------------------------------
+
+/// An Orthanc server on loopback with its own storage; killed on drop.
+pub struct Orthanc {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub ae_title: String,
+    pub dicom_port: u16,
+    pub http_port: u16,
+}
+
+impl Orthanc {
+    /// Start Orthanc with storage under `dir` (kept across restarts) and wait
+    /// until its REST API answers (at most 30 s).
+    pub fn start(dir: &Path, ae_title: &str, dicom_port: u16, http_port: u16) -> Orthanc {
+        let binary = ["/usr/sbin/Orthanc", "/usr/bin/Orthanc"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .unwrap_or_else(|| {
+                panic!("Orthanc not found: run scripts/test, which installs orthanc")
+            });
+        std::fs::create_dir_all(dir).expect("creating the Orthanc dir");
+        let config = serde_json::json!({
+            "Name": ae_title,
+            "StorageDirectory": dir.join("storage"),
+            "IndexDirectory": dir.join("index"),
+            "DicomServerEnabled": true,
+            "DicomAet": ae_title,
+            "DicomPort": dicom_port,
+            "HttpServerEnabled": true,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomAlwaysAllowStore": true,
+            "DicomCheckCalledAet": false,
+            "Plugins": [],
+        });
+        let config_path = dir.join("orthanc.json");
+        std::fs::write(&config_path, config.to_string()).expect("writing orthanc.json");
+        let log = std::fs::File::create(dir.join("orthanc.log")).expect("orthanc log");
+        let child = Command::new(binary)
+            .arg(&config_path)
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting Orthanc");
+        let o = Orthanc {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            ae_title: ae_title.into(),
+            dicom_port,
+            http_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if o.try_get("/system").is_some() {
+                return o;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "Orthanc did not answer on port {http_port} within 30 s: {}",
+            log_tail(&dir.join("orthanc.log"))
+        );
+    }
+
+    fn try_get(&self, path: &str) -> Option<Vec<u8>> {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .output()
+            .ok()?;
+        out.status.success().then_some(out.stdout)
+    }
+
+    /// GET a REST resource (fails the test on error).
+    pub fn get(&self, path: &str) -> Vec<u8> {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("Orthanc GET {path} failed"))
+    }
+
+    /// How many instances Orthanc holds.
+    pub fn count_instances(&self) -> u64 {
+        let v: Value = serde_json::from_slice(&self.get("/statistics")).expect("statistics JSON");
+        v["CountInstances"].as_u64().expect("CountInstances")
+    }
+
+    /// The Part-10 file Orthanc holds for a SOP Instance UID.
+    pub fn instance_file(&self, sop_instance_uid: &str) -> Vec<u8> {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "10", "-d", sop_instance_uid])
+            .arg(format!("http://127.0.0.1:{}/tools/lookup", self.http_port))
+            .output()
+            .expect("running curl");
+        let found: Value = serde_json::from_slice(&out.stdout).expect("lookup JSON");
+        let id = found[0]["ID"]
+            .as_str()
+            .unwrap_or_else(|| panic!("Orthanc does not hold {sop_instance_uid}"));
+        self.get(&format!("/instances/{id}/file"))
+    }
+
+    /// Wait until Orthanc holds `n` instances.
+    pub fn wait_for_instances(&self, n: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut last = 0;
+        while Instant::now() < deadline {
+            last = self.count_instances();
+            if last >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("Orthanc holds {last} instances after {limit:?}, want {n}");
+    }
+
+    /// Kill it (the storage stays for a restart).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -16,5 +16,6 @@ mod duplicates;
 mod ingest;
 mod large;
 mod limits;
+mod mirror;
 mod resources;
 mod transfer_syntaxes;

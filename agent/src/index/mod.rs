@@ -213,6 +213,8 @@ impl Index {
                     sop_instance_uid: rec.sop_instance_uid.clone(),
                     dataset_bytes: rec.dataset_bytes,
                     file_bytes: rec.file_bytes,
+                    sop_class_uid: rec.sop_class_uid.clone(),
+                    transfer_syntax_uid: rec.transfer_syntax_uid.clone(),
                 }),
             ));
             for target in targets {

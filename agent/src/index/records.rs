@@ -83,6 +83,12 @@ pub struct ObjectRecord {
     pub dataset_bytes: u64,
     /// Length of the spool file.
     pub file_bytes: u64,
+    /// SOP Class UID (empty in records written before it was kept).
+    #[serde(default)]
+    pub sop_class_uid: String,
+    /// The transfer syntax it is stored in (empty in older records).
+    #[serde(default)]
+    pub transfer_syntax_uid: String,
 }
 
 /// A pending delivery of one object to one target.
