@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use pacs_mirror_agent::{app, index::Index, scu, spool::Spool};
+use pacs_mirror_agent::{admin, app, index::Index, scu, spool::Spool};
 use pacs_mirror_config::{Config, ConfigError, Finding, Severity, validate_ae_title};
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +62,15 @@ enum Command {
         /// Configuration file; default: the embedded default.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Replication lag, ingest counters and warnings: from the running
+    /// agent's admin endpoint, or from the index when no agent runs.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Read the index (agent stopped: the index is single-process).
     #[command(subcommand)]
@@ -175,6 +184,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Index(IndexCommand::Dump { config }) => {
             let config = load(config.as_deref())?;
             index_dump(&config)
+        }
+        Command::Status { config, json } => {
+            let config = load(config.as_deref())?;
+            let status = status(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Synth(args) => {
             synth::run(&args)?;
@@ -402,4 +421,110 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
     }
     shutdown.cancel();
+}
+
+/// The status from the running agent, or computed from the index.
+async fn status(config: &Config) -> anyhow::Result<admin::Status> {
+    if let Some(a) = &config.admin {
+        let url = format!("http://{}/status", a.listen);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        match client.get(&url).send().await {
+            Ok(r) => {
+                let r = r.error_for_status().with_context(|| format!("GET {url}"))?;
+                return r.json().await.with_context(|| format!("GET {url}"));
+            }
+            Err(e) if e.is_connect() => {}
+            Err(e) => return Err(e).with_context(|| format!("GET {url}")),
+        }
+    }
+    let index = open_index(config).context(
+        "no agent answered on the admin endpoint, and the index cannot be read (an agent without [admin] may be running)",
+    )?;
+    let now = pacs_mirror_agent::unix_ms();
+    let mut targets = std::collections::BTreeMap::new();
+    for t in &config.targets {
+        targets.insert(
+            t.name().to_string(),
+            admin::target_status(&index, t.name(), None, now)?,
+        );
+    }
+    Ok(admin::Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        running: false,
+        started_at_ms: None,
+        listeners: Vec::new(),
+        warnings: config
+            .validate()
+            .into_iter()
+            .filter(|f| !f.is_error())
+            .map(|f| f.to_string())
+            .collect(),
+        ingest: admin::IngestStatus::default(),
+        spool_bytes: index.spool_bytes()?,
+        targets,
+    })
+}
+
+fn ago(ms: Option<u64>) -> String {
+    ms.map_or_else(
+        || "-".into(),
+        |t| {
+            format!(
+                "{} s ago",
+                pacs_mirror_agent::unix_ms().saturating_sub(t) / 1000
+            )
+        },
+    )
+}
+
+fn print_status(s: &admin::Status) {
+    if s.running {
+        println!(
+            "pacs-mirror {}: running, started {}",
+            s.version,
+            ago(s.started_at_ms)
+        );
+        for l in &s.listeners {
+            println!("  listening: {l}");
+        }
+        let i = &s.ingest;
+        println!(
+            "  ingest since start: {} stored, {} identical re-sends, {} new versions, {} refused",
+            i.stored, i.duplicates, i.conflicts, i.failed
+        );
+    } else {
+        println!(
+            "pacs-mirror {}: not running (figures from the index)",
+            s.version
+        );
+    }
+    println!("  spool: {:.1} MB", s.spool_bytes as f64 / 1e6);
+    for w in &s.warnings {
+        println!("  {w}");
+    }
+    if s.targets.is_empty() {
+        println!("  no replication targets configured");
+        return;
+    }
+    println!(
+        "\n  {:<16} {:>8} {:>10} {:>10} {:>10} {:>6}  {:<8} {:<14} last error",
+        "target", "pending", "pending MB", "oldest", "delivered", "dead", "circuit", "last success"
+    );
+    for (name, t) in &s.targets {
+        println!(
+            "  {:<16} {:>8} {:>10.1} {:>10} {:>10} {:>6}  {:<8} {:<14} {}",
+            name,
+            t.pending,
+            t.pending_bytes as f64 / 1e6,
+            t.oldest_pending_age_secs
+                .map_or("-".into(), |a| format!("{a} s")),
+            t.delivered,
+            t.dead_letters,
+            if t.circuit_open { "OPEN" } else { "closed" },
+            ago(t.last_success_at_ms),
+            t.last_error.as_deref().unwrap_or("-"),
+        );
+    }
 }

@@ -268,7 +268,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         counters: IngestCounters::default(),
     });
     let tracker = TaskTracker::new();
-    let mut listeners = Vec::new();
+    let mut listening = Vec::new();
     for settings in listener_settings(&config).await? {
         let titles: Vec<_> = settings
             .aes
@@ -280,12 +280,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             .local_addr()
             .map_err(|e| AppError::Internal(e.to_string()))?;
         tracing::info!(%addr, ae_titles = ?titles, "listening");
-        listeners.push(tracker.spawn(scp.run(shutdown.clone(), tracker.clone())));
+        listening.push(format!("{} on {addr}", titles.join(", ")));
+        tracker.spawn(scp.run(shutdown.clone(), tracker.clone()));
     }
+    let admin_listener = match &config.admin {
+        Some(a) => Some(
+            crate::admin::bind(a.listen)
+                .await
+                .map_err(|source| ScpError::Bind {
+                    addr: a.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let replication = crate::replicate::Replication {
         index: index.clone(),
         spool: ingest.spool.clone(),
     };
+    let mut health = std::collections::HashMap::new();
     for target in dicom_targets(&config) {
         tracing::info!(
             target = %target.name,
@@ -294,7 +307,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             associations = target.concurrency,
             "replicating"
         );
-        crate::replicate::spawn(&replication, target, &shutdown, &tracker);
+        let name = target.name.clone();
+        health.insert(
+            name,
+            crate::replicate::spawn(&replication, target, &shutdown, &tracker),
+        );
+    }
+    if let Some(listener) = admin_listener {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        let source = Arc::new(crate::admin::Source {
+            index: index.clone(),
+            ingest: ingest.clone(),
+            started_at_ms: crate::unix_ms(),
+            listeners: listening,
+            warnings: config
+                .validate()
+                .into_iter()
+                .filter(|f| !f.is_error())
+                .map(|f| f.to_string())
+                .collect(),
+            targets: config
+                .targets
+                .iter()
+                .map(|t| (t.name().to_string(), health.get(t.name()).cloned()))
+                .collect(),
+        });
+        tracing::info!(%addr, "admin endpoint: /status, /metrics");
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, source, shutdown).await {
+                tracing::error!(error = %e, "admin endpoint failed");
+            }
+        });
     }
     tracing::info!(device = %config.device.name, "pacs-mirror ready");
     shutdown.cancelled().await;

@@ -13,6 +13,7 @@
 //! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
+//! - [`admin`]: `/status` and `/metrics` on a loopback HTTP endpoint.
 //!
 //! # Delivery invariant
 //! A C-STORE is answered Success (0x0000) only after its file is fsynced and
@@ -29,6 +30,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod app;
 pub mod commit;
 pub mod dimse;

@@ -51,6 +51,22 @@ pub struct DicomTarget {
     pub refused_attempts: u32,
 }
 
+/// What the workers of a target report, for `/status` and `/metrics`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct TargetHealth {
+    /// The last delivery (Unix ms).
+    pub last_success_at_ms: Option<u64>,
+    /// The last failure (Unix ms) and what it was.
+    pub last_error_at_ms: Option<u64>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Whether the target is unreachable (the workers probe with C-ECHO).
+    pub circuit_open: bool,
+}
+
+/// Shared health of one target.
+pub type Health = Arc<Mutex<TargetHealth>>;
+
 /// What a worker needs.
 #[derive(Clone)]
 pub struct Replication {
@@ -67,24 +83,28 @@ pub fn spawn(
     target: DicomTarget,
     shutdown: &CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
-) {
+) -> Health {
     let claimed: Arc<Mutex<HashSet<Hash>>> = Arc::default();
+    let health: Health = Arc::default();
     for worker in 0..target.concurrency.max(1) {
         let w = Worker {
             r: replication.clone(),
             target: target.clone(),
             claimed: claimed.clone(),
+            health: health.clone(),
             worker,
         };
         let shutdown = shutdown.clone();
         tracker.spawn(async move { w.run(shutdown).await });
     }
+    health
 }
 
 struct Worker {
     r: Replication,
     target: DicomTarget,
     claimed: Arc<Mutex<HashSet<Hash>>>,
+    health: Health,
     worker: usize,
 }
 
@@ -113,6 +133,7 @@ impl Worker {
                 match scu::echo(&self.target.peer).await {
                     Ok(_) => {
                         tracing::info!(target = %name, "target answers C-ECHO again: resuming");
+                        self.health().circuit_open = false;
                         open_since_attempts = None;
                     }
                     Err(e) => {
@@ -134,6 +155,8 @@ impl Worker {
                     if self.worker == 0 {
                         tracing::warn!(target = %name, error = %e, "target unreachable: probing with C-ECHO until it answers");
                     }
+                    self.note_error(&e.to_string());
+                    self.health().circuit_open = true;
                     open_since_attempts = Some(0);
                 }
             }
@@ -163,6 +186,16 @@ impl Worker {
             Ok(()) => Pass::Done { idle: false },
             Err(e) => Pass::Unreachable(e),
         }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, TargetHealth> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note_error(&self, error: &str) {
+        let mut h = self.health();
+        h.last_error_at_ms = Some(crate::unix_ms());
+        h.last_error = Some(error.to_string());
     }
 
     fn claim(&self, now: u64) -> Result<Vec<Due>, crate::index::IndexError> {
@@ -260,6 +293,7 @@ impl Worker {
         if let Err(e) = self.r.index.mark_delivered(&self.target.name, d, now) {
             tracing::error!(error = %e, "recording a delivery failed (it will be sent again)");
         }
+        self.health().last_success_at_ms = Some(now);
         tracing::debug!(
             target = %self.target.name,
             sop_instance_uid = %o.sop_instance_uid,
@@ -269,6 +303,7 @@ impl Worker {
     }
 
     fn retry(&self, d: &Due, error: &str) {
+        self.note_error(error);
         let delay = self
             .target
             .backoff
@@ -280,6 +315,7 @@ impl Worker {
     }
 
     fn refused(&self, d: &Due, reason: &str) {
+        self.note_error(reason);
         if d.record.attempts + 1 >= self.target.refused_attempts {
             tracing::error!(
                 target = %self.target.name,

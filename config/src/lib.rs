@@ -58,6 +58,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod admin;
 mod device;
 mod dicom;
 mod error;
@@ -67,6 +68,7 @@ mod spool;
 mod target;
 mod validate;
 
+pub use admin::AdminConfig;
 pub use device::{
     ARTIM_TIMEOUT_SECS_RANGE, DEFAULT_ARTIM_TIMEOUT_SECS, DEFAULT_DATA_DIR,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_PDU_BYTES, Device,
@@ -95,6 +97,9 @@ pub struct Config {
     /// Replication targets, one `[[target]]` table each.
     #[serde(default, rename = "target")]
     pub targets: Vec<Target>,
+    /// The admin HTTP endpoint (`[admin]`); absent: none.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
 }
 
 impl Config {
@@ -177,6 +182,9 @@ impl Config {
             spool: SpoolConfig::default(),
             remote_devices: Vec::new(),
             targets: Vec::new(),
+            admin: Some(AdminConfig {
+                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 11180)),
+            }),
         }
     }
 

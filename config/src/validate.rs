@@ -80,6 +80,7 @@ impl Config {
         let index = AeIndex::new(self);
         self.check_device(&mut r, &index);
         check_spool(&self.spool, &mut r);
+        check_admin(self.admin.as_ref(), &mut r);
         self.check_remote_devices(&mut r);
         check_unique_ae_titles(&index, &mut r);
         self.check_targets(&mut r, &index);
@@ -578,6 +579,20 @@ fn check_local_listeners(connections: &[NetworkConnection], r: &mut Report) {
 
 /// Below this free-space watermark a full disk can keep the index from opening.
 const LOW_MIN_FREE_BYTES: u64 = 64 << 20;
+
+fn check_admin(admin: Option<&crate::AdminConfig>, r: &mut Report) {
+    if let Some(a) = admin
+        && !a.listen.ip().is_loopback()
+    {
+        r.error(
+            "admin.listen",
+            format!(
+                "{} is not a loopback address: the admin endpoint has no authentication; use 127.0.0.1 or ::1 (reach it remotely through an SSH tunnel or a reverse proxy)",
+                a.listen
+            ),
+        );
+    }
+}
 
 fn check_spool(spool: &SpoolConfig, r: &mut Report) {
     if spool.min_free_bytes < LOW_MIN_FREE_BYTES {

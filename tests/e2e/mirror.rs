@@ -11,9 +11,49 @@ fn mirror_config(cfg: &mut AgentConfig, orthanc: &Orthanc) {
          [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {}\n\
          [[remote_device.network_ae]]\nae_title = \"{}\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
          \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"{}\"\n\
-         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n",
-        orthanc.dicom_port, orthanc.ae_title, orthanc.ae_title
+         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n\
+         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        orthanc.dicom_port,
+        orthanc.ae_title,
+        orthanc.ae_title,
+        free_port()
     );
+}
+
+/// `pacs-mirror status --json` of the running agent: the mirror target.
+fn mirror_status(config_path: &std::path::Path) -> serde_json::Value {
+    let out = run(
+        std::process::Command::new(bin())
+            .args(["status", "--json", "--config"])
+            .arg(config_path),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "status failed: {}", out.all());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
+    assert_eq!(
+        v["running"], true,
+        "status did not come from the running agent: {v}"
+    );
+    v["targets"]["mirror"].clone()
+}
+
+fn wait_status(
+    config_path: &std::path::Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = mirror_status(config_path);
+        if ok(&t) {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: status never showed it: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Every instance stored into the agent arrives in Orthanc with the same
@@ -46,11 +86,25 @@ fn replicates_byte_exact_to_orthanc_and_survives_its_outage() {
         );
     }
 
-    // The mirror goes down: ingest does not care.
+    let t = wait_status(&agent.config_path, "all delivered", |t| t["pending"] == 0);
+    assert_eq!(t["delivered"], 200, "{t}");
+
+    // The mirror goes down: ingest does not care, the lag figures grow and
+    // the circuit opens.
     orthanc.stop();
     let more = &corpus_1000()[200..250];
     store_all_ok(cfg.port, SENDER_AE, &[], more);
-    std::thread::sleep(Duration::from_secs(2));
+    let t = wait_status(&agent.config_path, "lag during the outage", |t| {
+        t["pending"] == 50 && t["circuit_open"] == true
+    });
+    assert!(
+        t["pending_bytes"].as_u64().unwrap_or(0) > 50 * 500_000,
+        "{t}"
+    );
+    assert!(
+        t["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{t}"
+    );
     // Back (same storage): the 50 arrive without anyone doing anything.
     let orthanc = Orthanc::start(
         &orthanc.dir.clone(),
@@ -66,6 +120,10 @@ fn replicates_byte_exact_to_orthanc_and_survives_its_outage() {
             &dataset[..]
         );
     }
+    let t = wait_status(&agent.config_path, "lag back to 0", |t| {
+        t["pending"] == 0 && t["circuit_open"] == false
+    });
+    assert_eq!(t["delivered"], 250, "{t}");
     let log = agent.log();
     assert!(
         log.contains("target unreachable"),

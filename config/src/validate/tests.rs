@@ -773,3 +773,32 @@ fn tiny_free_space_watermark_is_warned_about() {
     assert_eq!(findings[0].severity, Severity::Warning);
     assert_eq!(findings[0].path, "spool.min_free_bytes");
 }
+
+#[test]
+fn admin_endpoint_must_be_loopback() {
+    let ok = findings(&format!(
+        "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:11180\"\n"
+    ));
+    only(&ok, &[]);
+    let f = findings(&format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:11180\"\n"));
+    only(&f, &[(Error, "admin.listen")]);
+}
+
+#[test]
+fn dicom_target_settings_are_range_checked() {
+    let mut toml = EXPOSED.to_string();
+    toml.push_str(
+        "\n[[remote_device]]\nname = \"m2\"\n[[remote_device.network_connection]]\nname = \"d\"\nhostname = \"192.0.2.20\"\nport = 104\n\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR2\"\nassociation_acceptor = true\nnetwork_connections = [\"d\"]\n\
+         [[target]]\ntype = \"dicom\"\nname = \"mirror2\"\nremote_ae = \"MIRROR2\"\nconcurrency = 0\nretry_initial_secs = 10\nretry_max_secs = 5\ncalling_ae = \"NOBODY\"\n",
+    );
+    let f = findings(&toml);
+    only(
+        &f,
+        &[
+            (Error, "target[1].calling_ae"),
+            (Error, "target[1].concurrency"),
+            (Error, "target[1].retry_max_secs"),
+        ],
+    );
+}

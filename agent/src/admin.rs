@@ -1,0 +1,329 @@
+//! The admin HTTP endpoint of a running agent (loopback only, no
+//! authentication): `/status` (JSON) and `/metrics` (Prometheus text).
+//!
+//! The same [`Status`] is computed offline from the index by
+//! `pacs-mirror status` when no agent is running.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::index::{Index, IndexError};
+use crate::replicate::{Health, TargetHealth};
+use crate::scp::store::Ingest;
+
+/// Lag and health of one replication target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    /// Objects not yet delivered (dead letters excluded).
+    pub pending: u64,
+    /// Their bytes.
+    pub pending_bytes: u64,
+    /// Age of the oldest undelivered object, in seconds.
+    pub oldest_pending_age_secs: Option<u64>,
+    /// Objects delivered.
+    pub delivered: u64,
+    /// Objects refused for good (`pacs-mirror dead-letter list`).
+    pub dead_letters: u64,
+    /// The last delivery (Unix ms); running agent only.
+    pub last_success_at_ms: Option<u64>,
+    /// The last failure (Unix ms); running agent only.
+    pub last_error_at_ms: Option<u64>,
+    /// The last failure; running agent only.
+    pub last_error: Option<String>,
+    /// Whether the target is unreachable (being probed with C-ECHO).
+    pub circuit_open: bool,
+}
+
+/// Ingest counters since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestStatus {
+    /// New objects stored.
+    pub stored: u64,
+    /// Identical re-sends.
+    pub duplicates: u64,
+    /// New versions of held SOP instances.
+    pub conflicts: u64,
+    /// Stores answered with a failure status.
+    pub failed: u64,
+}
+
+/// What `/status` answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// pacs-mirror version.
+    pub version: String,
+    /// Whether this comes from a running agent (false: read from the index).
+    pub running: bool,
+    /// Start time (Unix ms), running agent only.
+    pub started_at_ms: Option<u64>,
+    /// Listening addresses and AE titles.
+    pub listeners: Vec<String>,
+    /// Configuration warnings an operator should see (e.g. a listener
+    /// reachable from the network that accepts any calling AE).
+    pub warnings: Vec<String>,
+    /// Ingest counters since start (running agent only).
+    pub ingest: IngestStatus,
+    /// Bytes in the spool.
+    pub spool_bytes: u64,
+    /// Per replication target.
+    pub targets: BTreeMap<String, TargetStatus>,
+}
+
+/// Per-target figures from the index, merged with live health if any.
+pub fn target_status(
+    index: &Index,
+    name: &str,
+    health: Option<&TargetHealth>,
+    now_ms: u64,
+) -> Result<TargetStatus, IndexError> {
+    let s = index.outbox_summary(name)?;
+    let h = health.cloned().unwrap_or_default();
+    Ok(TargetStatus {
+        pending: s.pending,
+        pending_bytes: s.pending_bytes,
+        oldest_pending_age_secs: s
+            .oldest_enqueued_at_ms
+            .map(|t| now_ms.saturating_sub(t) / 1000),
+        delivered: s.delivered,
+        dead_letters: s.dead_letters,
+        last_success_at_ms: h.last_success_at_ms,
+        last_error_at_ms: h.last_error_at_ms,
+        last_error: h.last_error,
+        circuit_open: h.circuit_open,
+    })
+}
+
+/// What the endpoint reads.
+pub struct Source {
+    /// The index.
+    pub index: Index,
+    /// Ingest (counters, spool).
+    pub ingest: Arc<Ingest>,
+    /// Start time (Unix ms).
+    pub started_at_ms: u64,
+    /// Listening addresses and AE titles.
+    pub listeners: Vec<String>,
+    /// Configuration warnings.
+    pub warnings: Vec<String>,
+    /// Every target by name, with the live health of DICOM targets.
+    pub targets: Vec<(String, Option<Health>)>,
+}
+
+impl Source {
+    /// The current status.
+    pub fn status(&self) -> Result<Status, IndexError> {
+        let now = crate::unix_ms();
+        let c = &self.ingest.counters;
+        let mut targets = BTreeMap::new();
+        for (name, health) in &self.targets {
+            let h = health
+                .as_ref()
+                .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone());
+            targets.insert(
+                name.clone(),
+                target_status(&self.index, name, h.as_ref(), now)?,
+            );
+        }
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            running: true,
+            started_at_ms: Some(self.started_at_ms),
+            listeners: self.listeners.clone(),
+            warnings: self.warnings.clone(),
+            ingest: IngestStatus {
+                stored: c.stored.load(Ordering::Relaxed),
+                duplicates: c.duplicates.load(Ordering::Relaxed),
+                conflicts: c.conflicts.load(Ordering::Relaxed),
+                failed: c.failed.load(Ordering::Relaxed),
+            },
+            spool_bytes: self.ingest.spool.used_bytes(),
+            targets,
+        })
+    }
+}
+
+/// Prometheus text exposition of a status.
+pub fn metrics(status: &Status) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    let i = &status.ingest;
+    for (name, help, v) in [
+        (
+            "pacs_mirror_ingest_stored_total",
+            "New objects stored since start.",
+            i.stored,
+        ),
+        (
+            "pacs_mirror_ingest_duplicates_total",
+            "Identical re-sends since start.",
+            i.duplicates,
+        ),
+        (
+            "pacs_mirror_ingest_conflicts_total",
+            "New versions of held SOP instances since start.",
+            i.conflicts,
+        ),
+        (
+            "pacs_mirror_ingest_failed_total",
+            "Stores answered with a failure status since start.",
+            i.failed,
+        ),
+    ] {
+        metric(name, help, "counter", vec![(String::new(), v)]);
+    }
+    metric(
+        "pacs_mirror_spool_bytes",
+        "Bytes held in the spool.",
+        "gauge",
+        vec![(String::new(), status.spool_bytes)],
+    );
+    let per_target = |f: &dyn Fn(&TargetStatus) -> Option<u64>| -> Vec<(String, u64)> {
+        status
+            .targets
+            .iter()
+            .filter_map(|(n, t)| f(t).map(|v| (format!("{{target=\"{n}\"}}"), v)))
+            .collect()
+    };
+    metric(
+        "pacs_mirror_replication_pending",
+        "Objects not yet delivered to the target.",
+        "gauge",
+        per_target(&|t| Some(t.pending)),
+    );
+    metric(
+        "pacs_mirror_replication_pending_bytes",
+        "Bytes not yet delivered to the target.",
+        "gauge",
+        per_target(&|t| Some(t.pending_bytes)),
+    );
+    metric(
+        "pacs_mirror_replication_oldest_pending_age_seconds",
+        "Age of the oldest object not yet delivered (0 when none).",
+        "gauge",
+        per_target(&|t| Some(t.oldest_pending_age_secs.unwrap_or(0))),
+    );
+    metric(
+        "pacs_mirror_replication_delivered",
+        "Objects delivered to the target.",
+        "gauge",
+        per_target(&|t| Some(t.delivered)),
+    );
+    metric(
+        "pacs_mirror_replication_dead_letters",
+        "Objects the target refused for good.",
+        "gauge",
+        per_target(&|t| Some(t.dead_letters)),
+    );
+    metric(
+        "pacs_mirror_replication_circuit_open",
+        "1 while the target is unreachable.",
+        "gauge",
+        per_target(&|t| Some(u64::from(t.circuit_open))),
+    );
+    metric(
+        "pacs_mirror_replication_last_success_timestamp_seconds",
+        "Time of the last delivery.",
+        "gauge",
+        per_target(&|t| t.last_success_at_ms.map(|ms| ms / 1000)),
+    );
+    metric(
+        "pacs_mirror_config_warnings",
+        "Configuration warnings (see /status).",
+        "gauge",
+        vec![(String::new(), status.warnings.len() as u64)],
+    );
+    out
+}
+
+async fn current(source: &Arc<Source>) -> Result<Status, Response> {
+    let s = source.clone();
+    match tokio::task::spawn_blocking(move || s.status()).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()),
+    }
+}
+
+async fn status_handler(State(source): State<Arc<Source>>) -> Response {
+    match current(&source).await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn metrics_handler(State(source): State<Arc<Source>>) -> Response {
+    match current(&source).await {
+        Ok(s) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            metrics(&s),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Serve until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    source: Arc<Source>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/status", get(status_handler))
+        .route("/metrics", get(metrics_handler))
+        .with_state(source);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Bind the admin address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text_has_one_sample_per_target() {
+        let mut s = Status::default();
+        s.targets.insert(
+            "mirror".into(),
+            TargetStatus {
+                pending: 3,
+                circuit_open: true,
+                last_success_at_ms: Some(5_000),
+                ..Default::default()
+            },
+        );
+        s.warnings.push("x".into());
+        let m = metrics(&s);
+        assert!(
+            m.contains("pacs_mirror_replication_pending{target=\"mirror\"} 3\n"),
+            "{m}"
+        );
+        assert!(m.contains("pacs_mirror_replication_circuit_open{target=\"mirror\"} 1\n"));
+        assert!(m.contains(
+            "pacs_mirror_replication_last_success_timestamp_seconds{target=\"mirror\"} 5\n"
+        ));
+        assert!(m.contains("pacs_mirror_config_warnings 1\n"));
+        assert!(m.contains("# TYPE pacs_mirror_ingest_stored_total counter\n"));
+    }
+}
