@@ -75,6 +75,18 @@ enum Command {
     /// Read the index (agent stopped: the index is single-process).
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Queue every stored object again for a target, e.g. a new or emptied
+    /// mirror (agent stopped).
+    Resync {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The target's name.
+        #[arg(long)]
+        target: String,
+    },
+    /// Objects a target refused for good (agent stopped).
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
     /// Write synthetic CT studies (Part-10 files, no patient data) to test a
     /// link, a peer or a benchmark.
     Synth(synth::SynthArgs),
@@ -94,6 +106,24 @@ enum ConfigCommand {
     Example,
     /// Print the embedded default configuration.
     Default,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLetterCommand {
+    /// One JSON line per dead letter: object, SOP instance, attempts, reason.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        target: String,
+    },
+    /// Put every dead letter back in the queue (after fixing the cause).
+    Retry {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        target: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,6 +223,46 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 print_status(&status);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resync { config, target } => {
+            let config = load(config.as_deref())?;
+            check_target(&config, &target)?;
+            let index = open_index(&config)?;
+            let n = index.resync(&target, pacs_mirror_agent::unix_ms())?;
+            index.flush()?;
+            println!("{n} object(s) queued again for {target}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetter(DeadLetterCommand::List { config, target }) => {
+            let config = load(config.as_deref())?;
+            check_target(&config, &target)?;
+            let index = open_index(&config)?;
+            for (hash, letter) in index.dead_letters(&target)? {
+                let sop = index
+                    .object(&hash)?
+                    .map(|o| o.sop_instance_uid)
+                    .unwrap_or_default();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "blake3": pacs_mirror_agent::index::hash_hex(&hash),
+                        "sop_instance_uid": sop,
+                        "attempts": letter.attempts,
+                        "failed_at_ms": letter.failed_at_ms,
+                        "reason": letter.reason,
+                    })
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetter(DeadLetterCommand::Retry { config, target }) => {
+            let config = load(config.as_deref())?;
+            check_target(&config, &target)?;
+            let index = open_index(&config)?;
+            let n = index.retry_dead_letters(&target, pacs_mirror_agent::unix_ms())?;
+            index.flush()?;
+            println!("{n} dead letter(s) queued again for {target}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth(args) => {
@@ -527,4 +597,12 @@ fn print_status(s: &admin::Status) {
             t.last_error.as_deref().unwrap_or("-"),
         );
     }
+}
+
+fn check_target(config: &Config, name: &str) -> anyhow::Result<()> {
+    if config.targets.iter().any(|t| t.name() == name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = config.targets.iter().map(|t| t.name()).collect();
+    bail!("no target named {name:?} in the configuration (targets: {names:?})")
 }

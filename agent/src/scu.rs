@@ -202,7 +202,13 @@ impl Scu {
                     secs: peer.timeout.as_secs(),
                 });
             }
-            Ok(r) => r.map_err(|e| classify(&addr, e, peer.timeout))?,
+            Ok(r) => r.map_err(|e| match classify(&addr, e, peer.timeout) {
+                ScuError::NoAcceptedContexts { addr, .. } => ScuError::NoAcceptedContexts {
+                    addr,
+                    what: describe(contexts),
+                },
+                other => other,
+            })?,
         };
         // Without it every small message waits ~40 ms for delayed ACKs.
         let _ = assoc.inner_stream().set_nodelay(true);
@@ -433,6 +439,19 @@ fn full_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// "SOP class in transfer syntax(es)" for each proposed context (at most 4).
+fn describe(contexts: &[(String, Vec<String>)]) -> String {
+    let mut parts: Vec<String> = contexts
+        .iter()
+        .take(4)
+        .map(|(a, ts)| format!("{a} in {}", ts.join(" or ")))
+        .collect();
+    if contexts.len() > 4 {
+        parts.push(format!("and {} more", contexts.len() - 4));
+    }
+    format!("proposed: {}", parts.join("; "))
 }
 
 /// The presentation contexts for sending these objects: one per distinct

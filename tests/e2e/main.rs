@@ -18,4 +18,4 @@ mod large;
 mod limits;
 mod mirror;
 mod resources;
-mod transfer_syntaxes;
+pub(crate) mod transfer_syntaxes;

@@ -143,3 +143,120 @@ fn replicates_byte_exact_to_orthanc_and_survives_its_outage() {
         "rows still pending after delivery: {stats}"
     );
 }
+
+/// A mirror that has no presentation context for an object's transfer syntax
+/// (DCMTK storescp without +xa, offered JPEG 2000) gets it dead-lettered with
+/// the reason after the bounded attempts; the other objects keep flowing; the
+/// operator can list and retry dead letters.
+#[test]
+fn an_object_the_mirror_refuses_goes_to_the_dead_letter_list() {
+    let dir = tempdir();
+    let received = dir.path().join("received");
+    std::fs::create_dir_all(&received).expect("mkdir");
+    let port = free_port();
+    let mut storescp = StoreScp(
+        std::process::Command::new(tool("storescp"))
+            .args(["+B", "-aet", "STRICT_MIRROR", "-od"])
+            .arg(&received)
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting storescp"),
+    );
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.ae_extra = "association_initiator = true\n".into();
+    cfg.extra_toml = format!(
+        "\n[[remote_device]]\nname = \"strict\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {port}\n\
+         [[remote_device.network_ae]]\nae_title = \"STRICT_MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"STRICT_MIRROR\"\n\
+         retry_initial_secs = 1\nretry_max_secs = 1\nrefused_attempts = 2\ntimeout_secs = 5\n\
+         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    let agent = Agent::start(&cfg);
+
+    let plain = &corpus_1000()[..5];
+    let j2k = dir.path().join("j2k.dcm");
+    crate::transfer_syntaxes::make_j2k(&corpus_1000()[5], &j2k, "1.2.840.10008.1.2.4.90", false);
+    let j2k_uid = read_meta(&std::fs::read(&j2k).expect("read")).sop_instance_uid;
+    let prof = crate::transfer_syntaxes::profile(dir.path(), "j2k", "1.2.840.10008.1.2.4.90");
+    let prof_s = prof.display().to_string();
+    store_all_ok(
+        cfg.port,
+        SENDER_AE,
+        &["-xf", &prof_s, "ONE"],
+        std::slice::from_ref(&j2k),
+    );
+    store_all_ok(cfg.port, SENDER_AE, &[], plain);
+
+    let t = wait_status(&agent.config_path, "five delivered, one dead letter", |t| {
+        t["pending"] == 0 && t["delivered"] == 5 && t["dead_letters"] == 1
+    });
+    assert!(
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("1.2.840.10008.1.2.4.90")),
+        "{t}"
+    );
+    let files = std::fs::read_dir(&received).expect("read_dir").count();
+    assert_eq!(
+        files, 5,
+        "storescp received {files} files, want the 5 uncompressed ones"
+    );
+    let config_path = agent.config_path.clone();
+    agent.stop();
+
+    let out = run(
+        std::process::Command::new(bin())
+            .args(["dead-letter", "list", "--target", "mirror", "--config"])
+            .arg(&config_path),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", out.all());
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    assert_eq!(lines[0]["sop_instance_uid"], j2k_uid.as_str());
+    assert_eq!(lines[0]["attempts"], 2);
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("1.2.840.10008.1.2.4.90"))
+    );
+
+    let out = run(
+        std::process::Command::new(bin())
+            .args(["dead-letter", "retry", "--target", "mirror", "--config"])
+            .arg(&config_path),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stdout.contains("1 dead letter(s) queued again"),
+        "{}",
+        out.all()
+    );
+    let stats = index_stats(&config_path);
+    assert_eq!(stats["outbox"]["mirror"], 1, "{stats}");
+    storescp.stop();
+}
+
+struct StoreScp(std::process::Child);
+
+impl StoreScp {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -11,7 +11,7 @@ use crate::harness::*;
 
 /// A DCMTK association profile proposing CT Image Storage in exactly one
 /// transfer syntax, so storescu can neither transcode nor pick another.
-fn profile(dir: &Path, name: &str, ts: &str) -> PathBuf {
+pub(crate) fn profile(dir: &Path, name: &str, ts: &str) -> PathBuf {
     let p = dir.join(format!("{name}.cfg"));
     std::fs::write(
         &p,
@@ -38,7 +38,7 @@ fn dcmtk(tool_name: &str, args: &[&str], input: &Path, output: &Path) {
 /// Wrap a real JPEG 2000 code stream (OpenJPEG's opj_compress on the
 /// synthetic pixels) as encapsulated Pixel Data: the source's other
 /// elements unchanged, Explicit VR Little Endian, TS .90 or .91.
-fn make_j2k(src: &Path, out: &Path, ts: &str, lossy: bool) {
+pub(crate) fn make_j2k(src: &Path, out: &Path, ts: &str, lossy: bool) {
     let bytes = std::fs::read(src).expect("reading the source");
     let ds = dataset_bytes(&bytes);
     // The synthetic file ends with (7FE0,0010) OW <len> <pixels>.

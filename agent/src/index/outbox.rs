@@ -251,6 +251,42 @@ impl Index {
         Ok(dead.len())
     }
 
+    /// Queue every object again for `target` (a new or emptied mirror): each
+    /// object not already pending gets a row due at `now_ms`, and its
+    /// delivered or dead-letter row is removed, in one atomic batch per
+    /// object. Returns how many were queued.
+    pub fn resync(&self, target: &str, now_ms: u64) -> Result<usize, IndexError> {
+        let prefix = target_prefix(OUTBOX, target);
+        let mut pending = std::collections::HashSet::new();
+        self.kv.for_each_prefix(&prefix, &mut |k, _| {
+            if let Some((_, hash)) = parse_outbox_key(prefix.len(), k) {
+                pending.insert(hash);
+            }
+            true
+        })?;
+        let mut objects = Vec::new();
+        self.for_each_object(&mut |hash, _| objects.push(hash))?;
+        let mut queued = 0;
+        for hash in objects.into_iter().filter(|h| !pending.contains(h)) {
+            let mut dkey = target_prefix(DELIVERED, target);
+            dkey.extend_from_slice(&hash);
+            let mut xkey = target_prefix(DEAD, target);
+            xkey.extend_from_slice(&hash);
+            let record = OutboxRecord {
+                enqueued_at_ms: now_ms,
+                attempts: 0,
+                last_error: None,
+            };
+            self.kv.apply(vec![
+                Op::Put(outbox_key(target, now_ms, &hash), records::encode(&record)),
+                Op::Delete(dkey),
+                Op::Delete(xkey),
+            ])?;
+            queued += 1;
+        }
+        Ok(queued)
+    }
+
     /// Lag figures of `target`.
     pub fn outbox_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
         let mut s = OutboxSummary::default();
@@ -390,6 +426,11 @@ mod tests {
         assert_eq!(idx.retry_dead_letters("mirror", 6_000).unwrap(), 1);
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.delivered, s.dead_letters), (2, 1, 0));
+        // resync queues the delivered one again, and nothing twice
+        assert_eq!(idx.resync("mirror", 7_000).unwrap(), 1);
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.delivered, s.dead_letters), (3, 0, 0));
+        assert_eq!(idx.resync("mirror", 8_000).unwrap(), 0);
     }
 
     #[test]
