@@ -260,3 +260,67 @@ impl Drop for StoreScp {
         self.stop();
     }
 }
+
+/// kill -9 of the agent during replication, 5 times at random moments:
+/// afterwards every instance is in Orthanc exactly once, with the bytes sent,
+/// and the queue is empty.
+#[test]
+fn kill_9_during_replication_delivers_everything_once() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        std::env::var("E2E_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(31_415),
+    );
+    let dir = tempdir();
+    let orthanc_dir = dir.path().join("orthanc");
+    let (dicom_port, http_port) = (free_port(), free_port());
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    // The mirror is down while everything is ingested: all of it is queued.
+    {
+        let mut down = Orthanc::start(&orthanc_dir, "MIRROR", dicom_port, http_port);
+        mirror_config(&mut cfg, &down);
+        down.stop();
+    }
+    let files = &corpus_1000()[..600];
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], files);
+    agent.crash();
+    let orthanc = Orthanc::start(&orthanc_dir, "MIRROR", dicom_port, http_port);
+    let mut mid_replication = 0;
+    for i in 0..5 {
+        let agent = Agent::start(&cfg);
+        let wait = Duration::from_millis(rng.random_range(100..700));
+        std::thread::sleep(wait);
+        agent.crash();
+        let held = orthanc.count_instances();
+        eprintln!("kill {i} after {wait:?}: Orthanc holds {held}");
+        if held > 0 && held < 600 {
+            mid_replication += 1;
+        }
+    }
+    assert!(
+        mid_replication >= 2,
+        "only {mid_replication} kills landed during replication: the test proves nothing"
+    );
+    let agent = Agent::start(&cfg);
+    orthanc.wait_for_instances(600, Duration::from_secs(180));
+    let t = wait_status(&agent.config_path, "queue empty", |t| t["pending"] == 0);
+    assert_eq!(t["dead_letters"], 0, "{t}");
+    assert_eq!(
+        orthanc.count_instances(),
+        600,
+        "Orthanc holds each SOP instance once"
+    );
+    for f in files {
+        let (meta, dataset) = raw_info(f);
+        assert_eq!(
+            dataset_bytes(&orthanc.instance_file(&meta.sop_instance_uid)),
+            &dataset[..],
+            "{}",
+            meta.sop_instance_uid
+        );
+    }
+    agent.stop();
+}
