@@ -525,12 +525,7 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
         running: false,
         started_at_ms: None,
         listeners: Vec::new(),
-        warnings: config
-            .validate()
-            .into_iter()
-            .filter(|f| !f.is_error())
-            .map(|f| f.to_string())
-            .collect(),
+        warnings: config.warnings().iter().map(ToString::to_string).collect(),
         ingest: admin::IngestStatus::default(),
         spool_bytes: index.spool_bytes()?,
         targets,

@@ -322,12 +322,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             ingest: ingest.clone(),
             started_at_ms: crate::unix_ms(),
             listeners: listening,
-            warnings: config
-                .validate()
-                .into_iter()
-                .filter(|f| !f.is_error())
-                .map(|f| f.to_string())
-                .collect(),
+            warnings: config.warnings().iter().map(ToString::to_string).collect(),
             targets: config
                 .targets
                 .iter()

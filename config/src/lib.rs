@@ -188,6 +188,15 @@ impl Config {
         }
     }
 
+    /// The warnings among [`Config::validate`]'s findings: what an operator
+    /// should see at start-up and in the agent's status.
+    pub fn warnings(&self) -> Vec<Finding> {
+        self.validate()
+            .into_iter()
+            .filter(|f| !f.is_error())
+            .collect()
+    }
+
     /// The local AEs that accept associations: `association_acceptor = true`
     /// and at least one referenced local connection that exists and is
     /// installed.

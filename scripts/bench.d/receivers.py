@@ -213,6 +213,13 @@ class PacsMirror(Receiver):
         self.binary = binary
         self.data = self.dir / "pm-data"
         self.config = self.dir / "pacs-mirror.toml"
+        # scenario hooks (empty for `ingest`): lines added inside the agent's
+        # [[device.network_ae]] table, TOML appended after the config, global
+        # flags before `run` (e.g. --log-format json), extra environment
+        self.ae_extra = ""
+        self.extra_toml = ""
+        self.global_args: list[str] = []
+        self.extra_env: dict = {}
 
     def prepare(self) -> None:
         if not self.binary.exists():
@@ -231,13 +238,16 @@ port = {self.port}
 ae_title = "{self.ae}"
 network_connections = ["dicom"]
 accept_any_calling_ae = true
-{pdu}
+{pdu}{self.ae_extra}
 [spool]
 min_free_bytes = 0
-""")
+{self.extra_toml}""")
 
     def argv(self) -> list[str]:
-        return [str(self.binary), "run", "--config", str(self.config)]
+        return [str(self.binary)] + self.global_args + ["run", "--config", str(self.config)]
+
+    def env(self) -> dict:
+        return dict(self.extra_env)
 
     def pdu_note(self) -> str:
         return f"max PDU {self.pdu or 262144}" + (" (default; DCMTK sends at most 131072)" if not self.pdu else "")
