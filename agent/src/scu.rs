@@ -82,7 +82,8 @@ pub enum ScuError {
     /// The peer broke the protocol, or the network failed.
     #[error("{addr}: {message}")]
     Protocol { addr: String, message: String },
-    /// Reading the object to send failed.
+    /// The object's file could not be opened (nothing was sent; a local
+    /// problem, not the peer's: permanent for this object).
     #[error("reading {path}: {source}")]
     File {
         path: PathBuf,
@@ -103,6 +104,7 @@ impl ScuError {
             ScuError::NoContext { .. }
                 | ScuError::NoAcceptedContexts { .. }
                 | ScuError::TooManyContexts(_)
+                | ScuError::File { .. }
         )
     }
 }
@@ -272,7 +274,14 @@ impl Scu {
         loop {
             let n = remaining.min(chunk as u64) as usize;
             let mut buf = vec![0u8; n];
-            file.read_exact(&mut buf).await.map_err(file_err)?;
+            // The command is out: a read failure now leaves the association
+            // mid-message, so it is not reusable (a transient failure).
+            file.read_exact(&mut buf).await.map_err(|e| {
+                self.protocol(format!(
+                    "reading {} in the middle of sending it: {e}",
+                    object.path.display()
+                ))
+            })?;
             remaining -= n as u64;
             let pdu = Pdu::PData {
                 data: vec![PDataValue {
@@ -571,6 +580,17 @@ mod tests {
         let refused = scu.store(&c).await.unwrap_err();
         assert!(matches!(refused, ScuError::NoContext { .. }), "{refused}");
         assert!(!refused.is_transient());
+        // a spool file that cannot be read is this object's problem, not the
+        // peer's: permanent, and nothing was sent
+        let missing = Outgoing {
+            path: dir.path().join("gone.dcm"),
+            ..a.clone()
+        };
+        let e = scu.store(&missing).await.unwrap_err();
+        assert!(
+            matches!(e, ScuError::File { .. }) && !e.is_transient(),
+            "{e}"
+        );
         // the association is still usable after a refused context
         assert_eq!(scu.store(&b).await.unwrap(), Status::Success);
         scu.release().await;
