@@ -313,6 +313,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             crate::replicate::spawn(&replication, target, &shutdown, &tracker),
         );
     }
+    if let Some(secs) = config.spool.retain_after_delivery_secs {
+        let targets = target_names(&config);
+        if targets.is_empty() {
+            tracing::info!("spool retention configured but no targets: every object is kept");
+        } else {
+            tracker.spawn(crate::retention::run(
+                index.clone(),
+                ingest.spool.clone(),
+                targets,
+                Duration::from_secs(secs),
+                shutdown.clone(),
+            ));
+        }
+    }
     if let Some(listener) = admin_listener {
         let addr = listener
             .local_addr()

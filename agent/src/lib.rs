@@ -10,6 +10,7 @@
 //! - [`structure`]: streaming structural check of each data set as it arrives.
 //! - [`recovery`]: start-up recovery and `reindex` from the spool.
 //! - [`replicate`]: workers that drain each DICOM target's queue by C-STORE.
+//! - [`retention`]: removes spool files every target has had long enough (opt-in).
 //! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
@@ -38,6 +39,7 @@ pub mod index;
 pub mod part10;
 pub mod recovery;
 pub mod replicate;
+pub mod retention;
 pub mod scp;
 pub mod scu;
 pub mod spool;

@@ -61,7 +61,11 @@ pub fn recover(
     }
     report.objects_seen = objects.len();
     for (hash, path) in objects {
-        if !verify_all && index.object(&hash)?.is_some() {
+        if !verify_all && let Some(obj) = index.object(&hash)? {
+            if obj.evicted_at_ms.is_some() {
+                // Retention marked it but crashed before removing the file.
+                index.unevict(&hash)?;
+            }
             continue;
         }
         match record_from_file(&path, &hash) {

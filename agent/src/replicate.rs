@@ -275,6 +275,11 @@ impl Worker {
             .object(&d.hash)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("object {} is not in the index", hash_hex(&d.hash)))?;
+        if let Some(at) = record.evicted_at_ms {
+            return Err(format!(
+                "removed from the spool by retention at {at} (Unix ms); re-send it from the primary"
+            ));
+        }
         let path = self.r.spool.object_path(&d.hash);
         if record.sop_class_uid.is_empty() || record.transfer_syntax_uid.is_empty() {
             // Older index records: read the identity from the file.

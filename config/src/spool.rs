@@ -32,6 +32,12 @@ pub struct SpoolConfig {
     /// At least 1024 (1 KiB). Absent (the default): no limit.
     #[serde(default)]
     pub max_object_bytes: Option<u64>,
+    /// Remove an object's spool file once every replication target has had
+    /// it delivered for this many seconds (its index rows stay; an identical
+    /// re-send brings it back). Never with no targets. Absent (the default):
+    /// keep every object.
+    #[serde(default)]
+    pub retain_after_delivery_secs: Option<u64>,
 }
 
 impl Default for SpoolConfig {
@@ -40,6 +46,7 @@ impl Default for SpoolConfig {
             max_bytes: None,
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             max_object_bytes: None,
+            retain_after_delivery_secs: None,
         }
     }
 }

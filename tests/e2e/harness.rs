@@ -97,6 +97,8 @@ pub struct AgentConfig {
     pub ae_extra: String,
     /// Extra tables appended to the file (remote devices, targets).
     pub extra_toml: String,
+    /// Extra `key = value` lines for `[spool]`.
+    pub spool_extra: String,
 }
 
 pub const AGENT_AE: &str = "PACS_MIRROR";
@@ -116,6 +118,7 @@ impl AgentConfig {
             min_free_bytes: 0,
             ae_extra: String::new(),
             extra_toml: String::new(),
+            spool_extra: String::new(),
         }
     }
 
@@ -155,6 +158,7 @@ impl AgentConfig {
             t.push_str(&format!("max_bytes = {m}\n"));
         }
         t.push_str(&format!("min_free_bytes = {}\n", self.min_free_bytes));
+        t.push_str(&self.spool_extra);
         if let Access::Allow { ae, sources } = &self.access {
             let list: Vec<String> = sources.iter().map(|s| q(s)).collect();
             t.push_str(&format!(

@@ -52,7 +52,12 @@ const RESEND: &str = "re-send the instance from the primary PACS, or restore it 
 pub fn scrub_spool(index: &Index, spool: &Spool) -> Result<ScrubReport, IndexError> {
     let mut report = ScrubReport::default();
     let mut objects = Vec::new();
-    index.for_each_object(&mut |hash, rec| objects.push((hash, rec)))?;
+    // Objects retention removed (delivered everywhere) have no file to check.
+    index.for_each_object(&mut |hash, rec| {
+        if rec.evicted_at_ms.is_none() {
+            objects.push((hash, rec));
+        }
+    })?;
     for (hash, rec) in objects {
         report.checked += 1;
         let path = spool.object_path(&hash);

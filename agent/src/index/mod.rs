@@ -24,6 +24,9 @@
 //!   (the committer fsyncs the spool directory first).
 //! - Rows are never removed by ingest; a second version of a SOP instance adds
 //!   rows and a conflict record, it does not replace the first.
+//! - Retention (`spool.retain_after_delivery_secs`) marks an object evicted,
+//!   flushed, before its file is removed; its rows stay. An identical re-send
+//!   brings the file back and clears the mark.
 //!
 //! # Crash behaviour
 //! A crash loses at most the batches applied since the last flush; none of
@@ -107,6 +110,8 @@ pub struct Stats {
     pub objects: u64,
     /// Bytes of all spool files.
     pub bytes: u64,
+    /// Objects whose spool file retention removed (delivered everywhere).
+    pub evicted: u64,
     /// SOP instances received with differing contents.
     pub conflicts: u64,
     /// Studies.
@@ -185,6 +190,14 @@ impl Index {
         let held = self.versions(&rec.sop_instance_uid)?;
         let hex = hash_hex(hash);
         if held.iter().any(|r| r.blake3 == hex) {
+            // Re-sent after retention removed it: the file is back.
+            if let Some(mut obj) = self.object(hash)?
+                && obj.evicted_at_ms.is_some()
+            {
+                obj.evicted_at_ms = None;
+                self.kv
+                    .apply(vec![Op::Put(key(&[OBJ, hash]), records::encode(&obj))])?;
+            }
             return Ok(CommitOutcome::Duplicate);
         }
         let sop = rec.sop_instance_uid.as_bytes();
@@ -215,6 +228,7 @@ impl Index {
                     file_bytes: rec.file_bytes,
                     sop_class_uid: rec.sop_class_uid.clone(),
                     transfer_syntax_uid: rec.transfer_syntax_uid.clone(),
+                    evicted_at_ms: None,
                 }),
             ));
             for target in targets {
@@ -287,11 +301,38 @@ impl Index {
         err.map_or(Ok(()), Err)
     }
 
-    /// Total bytes of the spool files the index knows.
+    /// Total bytes of the spool files the index knows (evicted ones excluded).
     pub fn spool_bytes(&self) -> Result<u64, IndexError> {
         let mut total = 0;
-        self.for_each_object(&mut |_, r| total += r.file_bytes)?;
+        self.for_each_object(&mut |_, r| {
+            if r.evicted_at_ms.is_none() {
+                total += r.file_bytes;
+            }
+        })?;
         Ok(total)
+    }
+
+    /// Record that retention is removing an object's spool file (flush
+    /// before removing the file).
+    pub fn mark_evicted(&self, hash: &Hash, now_ms: u64) -> Result<bool, IndexError> {
+        let Some(mut obj) = self.object(hash)? else {
+            return Ok(false);
+        };
+        obj.evicted_at_ms = Some(now_ms);
+        self.kv
+            .apply(vec![Op::Put(key(&[OBJ, hash]), records::encode(&obj))])?;
+        Ok(true)
+    }
+
+    /// The file of an evicted object is (still or again) in the spool.
+    pub fn unevict(&self, hash: &Hash) -> Result<(), IndexError> {
+        if let Some(mut obj) = self.object(hash)?
+            && obj.evicted_at_ms.take().is_some()
+        {
+            self.kv
+                .apply(vec![Op::Put(key(&[OBJ, hash]), records::encode(&obj))])?;
+        }
+        Ok(())
     }
 
     /// Counts over the whole index.
@@ -299,7 +340,11 @@ impl Index {
         let mut s = Stats::default();
         self.for_each_object(&mut |_, r| {
             s.objects += 1;
-            s.bytes += r.file_bytes;
+            if r.evicted_at_ms.is_none() {
+                s.bytes += r.file_bytes;
+            } else {
+                s.evicted += 1;
+            }
         })?;
         self.kv.for_each_prefix(INST, &mut |_, _| {
             s.instances += 1;

@@ -89,6 +89,10 @@ pub struct ObjectRecord {
     /// The transfer syntax it is stored in (empty in older records).
     #[serde(default)]
     pub transfer_syntax_uid: String,
+    /// When retention removed its spool file, after every target had it
+    /// (None: the file is in the spool).
+    #[serde(default)]
+    pub evicted_at_ms: Option<u64>,
 }
 
 /// A pending delivery of one object to one target.

@@ -20,8 +20,10 @@
 //! 2. The `objects/<hh>` directory is fsynced after the rename and before the
 //!    object is indexed; the index is flushed before Success is sent (the
 //!    group committer, `crate::commit`, does both, once per batch).
-//! 3. Files under `objects/` are never modified; the spool never deletes them
-//!    on the ingest path.
+//! 3. Files under `objects/` are never modified; the ingest path never
+//!    deletes them. Only retention does, for objects every target has had for
+//!    the configured time, after marking them evicted in the index
+//!    (`crate::retention`).
 //! 4. Quota: the bytes of indexed objects plus the bytes being received stay
 //!    under `max_bytes`, and the filesystem keeps `min_free_bytes` free;
 //!    otherwise the store is refused (A700) and its temp file removed.
@@ -227,6 +229,15 @@ impl Spool {
     pub fn commit_reservation(&self, reserved: u64, file_bytes: u64) {
         self.release(reserved);
         self.used_bytes.fetch_add(file_bytes, Ordering::SeqCst);
+    }
+
+    /// A file of `bytes` left the spool (retention).
+    pub fn forget(&self, bytes: u64) {
+        let _ = self
+            .used_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(bytes))
+            });
     }
 
     /// Begin receiving an object: a new temp file.
