@@ -100,7 +100,7 @@ fn replicates_byte_exact_to_orthanc_and_survives_its_outage() {
         t["pending"] == 500 && t["circuit_open"] == true
     });
     assert!(
-        t["pending_bytes"].as_u64().unwrap_or(0) > 50 * 500_000,
+        t["pending_bytes"].as_u64().unwrap_or(0) > 500 * 500_000,
         "{t}"
     );
     assert!(
