@@ -206,8 +206,15 @@ impl Worker {
             if out.len() >= BATCH {
                 break;
             }
-            if claimed.insert(d.hash) {
+            if !claimed.insert(d.hash) {
+                continue;
+            }
+            // Read before the claim: another worker may have moved the row
+            // meanwhile. Now that we hold the claim nobody else can.
+            if self.r.index.still_pending(&self.target.name, &d)? {
                 out.push(d);
+            } else {
+                claimed.remove(&d.hash);
             }
         }
         Ok(out)

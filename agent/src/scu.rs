@@ -270,31 +270,42 @@ impl Scu {
         let chunk = (self.assoc.peer_max_pdu_length() as usize)
             .saturating_sub(6)
             .clamp(1012, MAX_SEND_CHUNK);
+        // Read up to MAX_SEND_CHUNK at a time (one blocking-pool hop), send
+        // it as PDUs of the peer's size: against a 16 KiB peer that is one
+        // file read per 64 PDUs instead of one per PDU.
         let mut remaining = len.saturating_sub(offset);
+        let mut block = vec![0u8; (remaining as usize).min(MAX_SEND_CHUNK)];
         loop {
-            let n = remaining.min(chunk as u64) as usize;
-            let mut buf = vec![0u8; n];
+            let n = (remaining as usize).min(block.len());
             // The command is out: a read failure now leaves the association
             // mid-message, so it is not reusable (a transient failure).
-            file.read_exact(&mut buf).await.map_err(|e| {
+            file.read_exact(&mut block[..n]).await.map_err(|e| {
                 self.protocol(format!(
                     "reading {} in the middle of sending it: {e}",
                     object.path.display()
                 ))
             })?;
             remaining -= n as u64;
-            let pdu = Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: pc,
-                    value_type: PDataValueType::Data,
-                    is_last: remaining == 0,
-                    data: buf,
-                }],
+            let pieces: Vec<&[u8]> = if n == 0 {
+                vec![&[][..]]
+            } else {
+                block[..n].chunks(chunk).collect()
             };
-            self.assoc
-                .send(&pdu)
-                .await
-                .map_err(|e| classify(&self.peer.addr(), e, self.peer.timeout))?;
+            let count = pieces.len();
+            for (i, piece) in pieces.into_iter().enumerate() {
+                let pdu = Pdu::PData {
+                    data: vec![PDataValue {
+                        presentation_context_id: pc,
+                        value_type: PDataValueType::Data,
+                        is_last: remaining == 0 && i + 1 == count,
+                        data: piece.to_vec(),
+                    }],
+                };
+                self.assoc
+                    .send(&pdu)
+                    .await
+                    .map_err(|e| classify(&self.peer.addr(), e, self.peer.timeout))?;
+            }
             if remaining == 0 {
                 break;
             }

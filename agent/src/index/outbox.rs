@@ -149,8 +149,23 @@ impl Index {
         Ok(when)
     }
 
+    /// Whether `due`'s row is still where it was read (not moved since).
+    pub fn still_pending(&self, target: &str, due: &Due) -> Result<bool, IndexError> {
+        Ok(self
+            .kv
+            .get(&outbox_key(target, due.next_attempt_ms, &due.hash))?
+            .is_some())
+    }
+
     /// The target confirmed the object: pending → delivered.
-    pub fn mark_delivered(&self, target: &str, due: &Due, now_ms: u64) -> Result<(), IndexError> {
+    ///
+    /// Every move below is a no-op returning `Ok(false)` when the row is no
+    /// longer where `due` says (someone moved it since it was read): writing
+    /// the new row then would duplicate the object in the queue.
+    pub fn mark_delivered(&self, target: &str, due: &Due, now_ms: u64) -> Result<bool, IndexError> {
+        if !self.still_pending(target, due)? {
+            return Ok(false);
+        }
         let delivered = DeliveryRecord {
             delivered_at_ms: now_ms,
             attempts: due.record.attempts + 1,
@@ -158,10 +173,11 @@ impl Index {
         };
         let mut dkey = target_prefix(DELIVERED, target);
         dkey.extend_from_slice(&due.hash);
-        Ok(self.kv.apply(vec![
+        self.kv.apply(vec![
             Op::Put(dkey, records::encode(&delivered)),
             Op::Delete(outbox_key(target, due.next_attempt_ms, &due.hash)),
-        ])?)
+        ])?;
+        Ok(true)
     }
 
     /// The attempt failed for now: move the row to `next_attempt_ms`, with
@@ -172,7 +188,10 @@ impl Index {
         due: &Due,
         error: &str,
         next_attempt_ms: u64,
-    ) -> Result<(), IndexError> {
+    ) -> Result<bool, IndexError> {
+        if !self.still_pending(target, due)? {
+            return Ok(false);
+        }
         let record = OutboxRecord {
             enqueued_at_ms: due.record.enqueued_at_ms,
             attempts: due.record.attempts + 1,
@@ -181,15 +200,16 @@ impl Index {
         let old = outbox_key(target, due.next_attempt_ms, &due.hash);
         let new = outbox_key(target, next_attempt_ms, &due.hash);
         if old == new {
-            return Ok(self
-                .kv
-                .apply(vec![Op::Put(new, records::encode(&record))])?);
+            self.kv
+                .apply(vec![Op::Put(new, records::encode(&record))])?;
+            return Ok(true);
         }
         // One atomic batch: the new row and the removal of the old.
-        Ok(self.kv.apply(vec![
+        self.kv.apply(vec![
             Op::Put(new, records::encode(&record)),
             Op::Delete(old),
-        ])?)
+        ])?;
+        Ok(true)
     }
 
     /// The target refused the object for good: pending → dead letter.
@@ -199,7 +219,10 @@ impl Index {
         due: &Due,
         reason: &str,
         now_ms: u64,
-    ) -> Result<(), IndexError> {
+    ) -> Result<bool, IndexError> {
+        if !self.still_pending(target, due)? {
+            return Ok(false);
+        }
         let dead = DeadLetter {
             failed_at_ms: now_ms,
             attempts: due.record.attempts + 1,
@@ -208,10 +231,11 @@ impl Index {
         };
         let mut xkey = target_prefix(DEAD, target);
         xkey.extend_from_slice(&due.hash);
-        Ok(self.kv.apply(vec![
+        self.kv.apply(vec![
             Op::Put(xkey, records::encode(&dead)),
             Op::Delete(outbox_key(target, due.next_attempt_ms, &due.hash)),
-        ])?)
+        ])?;
+        Ok(true)
     }
 
     /// The dead letters of `target`.
@@ -508,6 +532,25 @@ mod tests {
         assert_eq!(idx.resync("mirror", 9_000).unwrap(), 1);
         idx.unevict(&e[0]).unwrap();
         assert_eq!(idx.stats().unwrap().evicted, 0);
+    }
+
+    /// A row moved by someone else since it was read is not moved again:
+    /// that would leave the object twice in the queue.
+    #[test]
+    fn a_stale_due_does_not_duplicate_the_row() {
+        let idx = index_with(&[(1, 100)]);
+        let stale = idx.due("mirror", 100, 10).unwrap().remove(0);
+        assert!(idx.reschedule("mirror", &stale, "A700", 500).unwrap());
+        assert!(!idx.reschedule("mirror", &stale, "A700", 900).unwrap());
+        assert!(!idx.mark_delivered("mirror", &stale, 950).unwrap());
+        assert!(!idx.dead_letter("mirror", &stale, "x", 950).unwrap());
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.delivered, s.dead_letters), (1, 0, 0));
+        let fresh = idx.due("mirror", 500, 10).unwrap().remove(0);
+        assert!(idx.still_pending("mirror", &fresh).unwrap());
+        assert!(idx.mark_delivered("mirror", &fresh, 600).unwrap());
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.delivered), (0, 1));
     }
 
     #[test]
