@@ -31,7 +31,9 @@ use crate::index::{Hash, Index, hash_hex};
 use crate::scu::{self, Outgoing, Peer, Scu, ScuError};
 use crate::spool::Spool;
 
-/// Objects claimed by a worker at a time (one association).
+/// Objects claimed by a worker at a time (one association). At most 64
+/// objects means at most 64 distinct presentation contexts, within the 128
+/// one association can carry (`scu::MAX_CONTEXTS`).
 pub const BATCH: usize = 64;
 /// How often an idle worker looks for newly due objects.
 const IDLE_POLL: Duration = Duration::from_millis(200);
