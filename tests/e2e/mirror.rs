@@ -22,6 +22,29 @@ fn mirror_config(cfg: &mut AgentConfig, orthanc: &Orthanc) {
     );
 }
 
+/// A fresh Orthanc "MIRROR" under `dir`, and an agent configuration that
+/// replicates to it.
+fn orthanc_and_agent(dir: &std::path::Path) -> (Orthanc, AgentConfig) {
+    let orthanc = Orthanc::start(&dir.join("orthanc"), "MIRROR", free_port(), free_port());
+    let mut cfg = AgentConfig::new(&dir.join("data"));
+    mirror_config(&mut cfg, &orthanc);
+    (orthanc, cfg)
+}
+
+/// Orthanc holds every one of `files`, with the data set bytes sent.
+fn assert_orthanc_holds(orthanc: &Orthanc, files: &[std::path::PathBuf]) {
+    for f in files {
+        let (meta, dataset) = raw_info(f);
+        let held = orthanc.instance_file(&meta.sop_instance_uid);
+        assert_eq!(
+            dataset_bytes(&held),
+            &dataset[..],
+            "Orthanc's copy of {} differs from what was sent",
+            meta.sop_instance_uid
+        );
+    }
+}
+
 /// `pacs-mirror status --json` of the running agent: the mirror target.
 fn mirror_status(config_path: &std::path::Path) -> serde_json::Value {
     let out = run(
@@ -64,29 +87,13 @@ fn wait_status(
 #[test]
 fn replicates_byte_exact_to_orthanc_and_survives_its_outage() {
     let dir = tempdir();
-    let mut orthanc = Orthanc::start(
-        &dir.path().join("orthanc"),
-        "MIRROR",
-        free_port(),
-        free_port(),
-    );
-    let mut cfg = AgentConfig::new(&dir.path().join("data"));
-    mirror_config(&mut cfg, &orthanc);
+    let (mut orthanc, cfg) = orthanc_and_agent(dir.path());
     let agent = Agent::start(&cfg);
 
     let files = &corpus_1000()[..500];
     store_all_ok(cfg.port, SENDER_AE, &[], files);
     orthanc.wait_for_instances(500, Duration::from_secs(180));
-    for f in files {
-        let (meta, dataset) = raw_info(f);
-        let held = orthanc.instance_file(&meta.sop_instance_uid);
-        assert_eq!(
-            dataset_bytes(&held),
-            &dataset[..],
-            "Orthanc's copy of {} differs from what was sent",
-            meta.sop_instance_uid
-        );
-    }
+    assert_orthanc_holds(&orthanc, files);
 
     let t = wait_status(&agent.config_path, "all delivered", |t| t["pending"] == 0);
     assert_eq!(t["delivered"], 500, "{t}");
@@ -115,13 +122,7 @@ fn replicates_byte_exact_to_orthanc_and_survives_its_outage() {
         orthanc.http_port,
     );
     orthanc.wait_for_instances(1000, Duration::from_secs(120));
-    for f in more {
-        let (meta, dataset) = raw_info(f);
-        assert_eq!(
-            dataset_bytes(&orthanc.instance_file(&meta.sop_instance_uid)),
-            &dataset[..]
-        );
-    }
+    assert_orthanc_holds(&orthanc, more);
     let t = wait_status(&agent.config_path, "lag back to 0", |t| {
         t["pending"] == 0 && t["circuit_open"] == false
     });
@@ -315,15 +316,7 @@ fn kill_9_during_replication_delivers_everything_once() {
         600,
         "Orthanc holds each SOP instance once"
     );
-    for f in files {
-        let (meta, dataset) = raw_info(f);
-        assert_eq!(
-            dataset_bytes(&orthanc.instance_file(&meta.sop_instance_uid)),
-            &dataset[..],
-            "{}",
-            meta.sop_instance_uid
-        );
-    }
+    assert_orthanc_holds(&orthanc, files);
     agent.stop();
 }
 
@@ -332,14 +325,7 @@ fn kill_9_during_replication_delivers_everything_once() {
 #[test]
 fn retention_removes_only_what_the_mirror_holds() {
     let dir = tempdir();
-    let orthanc = Orthanc::start(
-        &dir.path().join("orthanc"),
-        "MIRROR",
-        free_port(),
-        free_port(),
-    );
-    let mut cfg = AgentConfig::new(&dir.path().join("data"));
-    mirror_config(&mut cfg, &orthanc);
+    let (orthanc, mut cfg) = orthanc_and_agent(dir.path());
     cfg.spool_extra = "retain_after_delivery_secs = 0\n".into();
     let agent = Agent::start(&cfg);
     let files = &corpus_1000()[..20];
@@ -356,13 +342,7 @@ fn retention_removes_only_what_the_mirror_holds() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Everything removed is in the mirror, byte for byte.
-    for f in files {
-        let (meta, dataset) = raw_info(f);
-        assert_eq!(
-            dataset_bytes(&orthanc.instance_file(&meta.sop_instance_uid)),
-            &dataset[..]
-        );
-    }
+    assert_orthanc_holds(&orthanc, files);
     // An identical re-send is stored again (and is a duplicate for the index).
     store_all_ok(cfg.port, SENDER_AE, &[], &files[..1]);
     let config_path = agent.config_path.clone();
