@@ -15,6 +15,17 @@ SYNTH_FLAGS = ("--out", "--studies", "--series-per-study", "--instances-per-seri
 CT_BYTES = 525_000  # ~ one 512x512x16-bit CT file
 
 
+def add_data_args(g, what: str) -> None:
+    """The data-set options every scenario shares: --count, --data, --generator."""
+    g.add_argument("--count", type=int, default=1000, metavar="N", help=f"instances to {what} (default 1000)")
+    g.add_argument("--data", type=Path, metavar="DIR",
+                   help="use the DICOM files in DIR (first N in path order); if DIR is empty or missing, "
+                        "generate the data set there and keep it for later runs")
+    g.add_argument("--generator", choices=("auto", "synth", "python"), default="auto",
+                   help="data generator: `pacs-mirror synth`, the stdlib one in bench.d, or auto = synth "
+                        "if this build has it (default)")
+
+
 def synth_usable(binary: Path | None) -> tuple[bool, str]:
     if binary is None or not binary.exists():
         return False, f"{binary} not built"

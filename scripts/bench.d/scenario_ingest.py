@@ -10,7 +10,7 @@ import receivers
 from benchlib import (BenchError, Scenario, SendResult, aggregate, build_release, check_send, log,
                       out, parse_systems, pm_binary, print_context, print_table, ratio_line, send,
                       sync_disks, warm)
-from datasets import ct_dataset, large_instance
+from datasets import add_data_args, ct_dataset, large_instance
 
 INGEST_DOC = """\
 Sends the same data set (default 1000 synthetic 512x512x16-bit CT instances,
@@ -70,13 +70,7 @@ def add_common_run_args(p: argparse.ArgumentParser) -> None:
 
 def add_ingest_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ingest options")
-    g.add_argument("--count", type=int, default=1000, metavar="N", help="instances to send (default 1000)")
-    g.add_argument("--data", type=Path, metavar="DIR",
-                   help="use the DICOM files in DIR (first N in path order); if DIR is empty or missing, "
-                        "generate the data set there and keep it for later runs")
-    g.add_argument("--generator", choices=("auto", "synth", "python"), default="auto",
-                   help="data generator: `pacs-mirror synth`, the stdlib one in bench.d, or auto = synth "
-                        "if this build has it (default)")
+    add_data_args(g, "send")
     g.add_argument("--assocs", default="1,4", metavar="LIST",
                    help="comma list of parallel association counts (default 1,4)")
     g.add_argument("--systems", default="storescp,orthanc,pacs-mirror", metavar="LIST",

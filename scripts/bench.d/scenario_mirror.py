@@ -15,7 +15,7 @@ import benchlib
 import receivers
 from benchlib import (BenchError, Scenario, aggregate, check_send, free_port, http_get_json, log, out,
                       print_context, print_table, ratio_line, send, spawn, stop, sync_disks, warm)
-from datasets import ct_dataset
+from datasets import add_data_args, ct_dataset
 from scenario_ingest import prepare_binary
 
 MIRROR_DOC = """\
@@ -85,12 +85,7 @@ def anomaly(msg: str) -> None:
 
 def add_args(p) -> None:
     g = p.add_argument_group("mirror options")
-    g.add_argument("--count", type=int, default=1000, metavar="N", help="instances to replicate (default 1000)")
-    g.add_argument("--data", type=Path, metavar="DIR",
-                   help="use the DICOM files in DIR (first N in path order); if DIR is empty or missing, "
-                        "generate the data set there and keep it for later runs")
-    g.add_argument("--generator", choices=("auto", "synth", "python"), default="auto",
-                   help="data generator (as for ingest; default auto)")
+    add_data_args(g, "replicate")
     g.add_argument("--lag-count", type=int, default=500, metavar="N",
                    help="instances ingested for the lag measurement (default 500; 0 = skip)")
     g.add_argument("--lag-rate", type=int, default=50, metavar="R",

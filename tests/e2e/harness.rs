@@ -1087,13 +1087,19 @@ impl Orthanc {
         );
     }
 
-    fn try_get(&self, path: &str) -> Option<Vec<u8>> {
+    /// curl a REST resource (`extra`: e.g. `["-d", body]` to POST).
+    fn curl(&self, extra: &[&str], path: &str) -> Option<Vec<u8>> {
         let out = Command::new("curl")
             .args(["-sf", "--max-time", "10"])
+            .args(extra)
             .arg(format!("http://127.0.0.1:{}{path}", self.http_port))
             .output()
             .ok()?;
         out.status.success().then_some(out.stdout)
+    }
+
+    fn try_get(&self, path: &str) -> Option<Vec<u8>> {
+        self.curl(&[], path)
     }
 
     /// GET a REST resource (fails the test on error).
@@ -1110,12 +1116,10 @@ impl Orthanc {
 
     /// The Part-10 file Orthanc holds for a SOP Instance UID.
     pub fn instance_file(&self, sop_instance_uid: &str) -> Vec<u8> {
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "10", "-d", sop_instance_uid])
-            .arg(format!("http://127.0.0.1:{}/tools/lookup", self.http_port))
-            .output()
-            .expect("running curl");
-        let found: Value = serde_json::from_slice(&out.stdout).expect("lookup JSON");
+        let out = self
+            .curl(&["-d", sop_instance_uid], "/tools/lookup")
+            .unwrap_or_else(|| panic!("Orthanc lookup of {sop_instance_uid} failed"));
+        let found: Value = serde_json::from_slice(&out).expect("lookup JSON");
         let id = found[0]["ID"]
             .as_str()
             .unwrap_or_else(|| panic!("Orthanc does not hold {sop_instance_uid}"));

@@ -209,7 +209,7 @@ async fn on_pdv(
         }
         PDataValueType::Data => match inbound {
             Inbound::Store(store) if store.pc_id == pc_id => {
-                store.data(pdv.data).await;
+                store.data(pdv.data);
                 if pdv.is_last
                     && let Inbound::Store(store) = std::mem::replace(inbound, Inbound::Idle)
                 {

@@ -201,8 +201,9 @@ impl IncomingStore {
         })))
     }
 
-    /// Take one data PDV's bytes.
-    pub async fn data(&mut self, chunk: Vec<u8>) {
+    /// Take one data PDV's bytes (page-cache write and hash, inline: see
+    /// [`State`]; nothing here waits on the disk).
+    pub fn data(&mut self, chunk: Vec<u8>) {
         let State::Writing(w) = &mut self.state else {
             return;
         };

@@ -201,15 +201,13 @@ impl Spool {
                 });
             }
         }
-        if self.limits.min_free_bytes > 0 || additional > 0 {
-            let free = free_bytes(&self.root)?;
-            if free < additional.saturating_add(self.limits.min_free_bytes) {
-                self.release(additional);
-                return Err(SpoolError::DiskFull {
-                    free_bytes: free,
-                    min_free_bytes: self.limits.min_free_bytes,
-                });
-            }
+        let free = free_bytes(&self.root)?;
+        if free < additional.saturating_add(self.limits.min_free_bytes) {
+            self.release(additional);
+            return Err(SpoolError::DiskFull {
+                free_bytes: free,
+                min_free_bytes: self.limits.min_free_bytes,
+            });
         }
         Ok(())
     }
