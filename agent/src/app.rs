@@ -14,12 +14,15 @@ use pacs_mirror_config::{Config, Role, Target, is_loopback_host};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bucket::{BucketError, BucketSettings};
 use crate::commit::Committer;
 use crate::index::{Index, IndexError};
 use crate::recovery::{self, RecoveryError, RecoveryReport};
+use crate::replicate::{Destination, TargetSpec};
 use crate::scp::access::AePolicy;
 use crate::scp::store::{Ingest, IngestCounters};
 use crate::scp::{AeSettings, ListenerSettings, Scp, ScpError};
+use crate::scu::Peer;
 use crate::spool::{Spool, SpoolError, SpoolLimits};
 
 /// How long shutdown waits for in-flight stores before giving up.
@@ -48,6 +51,9 @@ pub enum AppError {
         port: u16,
         message: String,
     },
+    /// An object-storage target could not be set up.
+    #[error("target: {0}")]
+    Bucket(#[from] BucketError),
     /// A task panicked.
     #[error("internal: {0}")]
     Internal(String),
@@ -103,60 +109,99 @@ pub fn open_store(
     Ok((spool, index, report))
 }
 
-/// The DICOM targets, with their remote AE resolved to a host and port.
-pub fn dicom_targets(config: &Config) -> Vec<crate::replicate::DicomTarget> {
-    let default_calling = config
+/// The targets, resolved: DICOM targets' remote AE to a host and port,
+/// object stores opened (no network access yet).
+pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
+    let default_calling = default_calling_ae(config);
+    let mut out = Vec::new();
+    for t in &config.targets {
+        let d = t.delivery();
+        let (destination, workers, uploads_per_worker) = match t {
+            Target::Dicom {
+                remote_ae,
+                calling_ae,
+                ..
+            } => {
+                let Some(peer) = remote_peer(
+                    config,
+                    remote_ae,
+                    calling_ae.as_deref(),
+                    &default_calling,
+                    d.timeout_secs,
+                ) else {
+                    // `validate` reports a dangling or unusable remote AE.
+                    continue;
+                };
+                (Destination::Dicom(peer), d.concurrency as usize, 1)
+            }
+            Target::ObjectStore { url, options, .. } => {
+                let bucket = crate::bucket::Bucket::open(&BucketSettings {
+                    url: url.clone(),
+                    options: options
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    timeout: Duration::from_secs(d.timeout_secs),
+                })?;
+                // Two workers, so one batch's manifest writes overlap the
+                // next batch's uploads; `concurrency` uploads in all.
+                let workers = (d.concurrency as usize).clamp(1, 2);
+                let per_worker = (d.concurrency as usize).div_ceil(workers);
+                (Destination::Bucket(Arc::new(bucket)), workers, per_worker)
+            }
+        };
+        out.push(TargetSpec {
+            name: t.name().to_string(),
+            destination,
+            workers,
+            uploads_per_worker,
+            backoff: crate::index::outbox::Backoff {
+                initial_ms: d.retry_initial_secs.saturating_mul(1000),
+                max_ms: d.retry_max_secs.saturating_mul(1000),
+            },
+            refused_attempts: d.refused_attempts,
+        });
+    }
+    Ok(out)
+}
+
+/// Our calling AE toward peers when a target names none: the first local
+/// initiator AE, else the first acceptor.
+pub fn default_calling_ae(config: &Config) -> String {
+    config
         .device
         .network_aes
         .iter()
         .find(|ae| ae.association_initiator)
         .or_else(|| config.acceptor_aes().next())
         .map(|ae| ae.ae_title.trim().to_string())
-        .unwrap_or_else(|| "PACS_MIRROR".into());
-    config
-        .targets
-        .iter()
-        .filter_map(|t| match t {
-            Target::Dicom {
-                name,
-                remote_ae,
-                calling_ae,
-                concurrency,
-                timeout_secs,
-                retry_initial_secs,
-                retry_max_secs,
-                refused_attempts,
-            } => {
-                let (device, ae) = config.remote_ae(remote_ae)?;
-                let conn = ae.network_connections.iter().find_map(|c| {
-                    device
-                        .network_connections
-                        .iter()
-                        .find(|nc| &nc.name == c && nc.installed)
-                })?;
-                Some(crate::replicate::DicomTarget {
-                    name: name.clone(),
-                    peer: crate::scu::Peer {
-                        calling_ae: calling_ae
-                            .as_deref()
-                            .map(|a| a.trim().to_string())
-                            .unwrap_or_else(|| default_calling.clone()),
-                        called_ae: ae.ae_title.trim().to_string(),
-                        host: conn.hostname.clone(),
-                        port: conn.port,
-                        timeout: Duration::from_secs(*timeout_secs),
-                    },
-                    concurrency: *concurrency as usize,
-                    backoff: crate::index::outbox::Backoff {
-                        initial_ms: retry_initial_secs.saturating_mul(1000),
-                        max_ms: retry_max_secs.saturating_mul(1000),
-                    },
-                    refused_attempts: *refused_attempts,
-                })
-            }
-            Target::ObjectStore { .. } => None,
-        })
-        .collect()
+        .unwrap_or_else(|| "PACS_MIRROR".into())
+}
+
+/// A remote AE of the configuration as a peer to connect to.
+pub fn remote_peer(
+    config: &Config,
+    remote_ae: &str,
+    calling_ae: Option<&str>,
+    default_calling: &str,
+    timeout_secs: u64,
+) -> Option<Peer> {
+    let (device, ae) = config.remote_ae(remote_ae)?;
+    let conn = ae.network_connections.iter().find_map(|c| {
+        device
+            .network_connections
+            .iter()
+            .find(|nc| &nc.name == c && nc.installed)
+    })?;
+    Some(Peer {
+        calling_ae: calling_ae
+            .map(|a| a.trim().to_string())
+            .unwrap_or_else(|| default_calling.to_string()),
+        called_ae: ae.ae_title.trim().to_string(),
+        host: conn.hostname.clone(),
+        port: conn.port,
+        timeout: Duration::from_secs(timeout_secs),
+    })
 }
 
 /// The listener settings from the configuration: one per local connection
@@ -299,14 +344,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         spool: ingest.spool.clone(),
     };
     let mut health = std::collections::HashMap::new();
-    for target in dicom_targets(&config) {
+    for target in targets(&config)? {
         tracing::info!(
             target = %target.name,
-            peer = %format!("{}@{}:{}", target.peer.called_ae, target.peer.host, target.peer.port),
-            calling_ae = %target.peer.calling_ae,
-            associations = target.concurrency,
+            destination = %target.destination.describe(),
+            workers = target.workers,
             "replicating"
         );
+        if let Destination::Bucket(bucket) = &target.destination {
+            let bucket = bucket.clone();
+            let device = config.device.name.clone();
+            let name = target.name.clone();
+            tracker.spawn(async move {
+                if let Err(e) = bucket.ensure_descriptor(&device).await {
+                    tracing::warn!(target = %name, error = %e, "could not write the bucket descriptor yet (retried at the next start)");
+                }
+            });
+        }
         let name = target.name.clone();
         health.insert(
             name,

@@ -10,6 +10,8 @@
 //! - [`structure`]: streaming structural check of each data set as it arrives.
 //! - [`recovery`]: start-up recovery and `reindex` from the spool.
 //! - [`replicate`]: workers that drain each DICOM target's queue by C-STORE.
+//! - [`bucket`]: object-storage targets: the bucket layout, create-only
+//!   uploads, study manifests, reads for `restore`.
 //! - [`retention`]: removes spool files every target has had long enough (opt-in).
 //! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
@@ -33,6 +35,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bucket;
 pub mod commit;
 pub mod dimse;
 pub mod index;

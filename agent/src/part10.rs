@@ -106,6 +106,8 @@ pub struct ObjectHeader {
     pub series_instance_uid: String,
     /// (0010,0020), may be empty.
     pub patient_id: String,
+    /// (0008,0020) as written (YYYYMMDD), may be empty.
+    pub study_date: String,
     /// Bytes of preamble + DICM + meta group (where the data set starts).
     pub dataset_offset: u64,
 }
@@ -204,13 +206,133 @@ fn header_of(obj: &dicom_object::DefaultDicomObject) -> Result<ObjectHeader, Par
             "Series Instance UID (0020,000E)",
         )?,
         patient_id: get(tags::PATIENT_ID, "Patient ID (0010,0020)")?,
+        // A malformed date is not a reason to refuse an object.
+        study_date: get(tags::STUDY_DATE, "Study Date (0008,0020)").unwrap_or_default(),
         dataset_offset: 132 + 12 + u64::from(meta.information_group_length),
     })
+}
+
+/// Hashes a Part-10 byte stream fed in pieces: the blake3 of the whole file
+/// and the blake3 of its data set (what follows the file meta group), which
+/// is the spool's content address. Used where a file arrives as a stream
+/// (an object store download) and must be checked without a second pass.
+#[derive(Default)]
+pub struct StreamHasher {
+    head: Vec<u8>,
+    dataset_offset: Option<u64>,
+    seen: u64,
+    file: blake3::Hasher,
+    dataset: blake3::Hasher,
+}
+
+/// What [`StreamHasher::finish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHashes {
+    /// blake3 of every byte.
+    pub file: [u8; 32],
+    /// blake3 of the data set bytes.
+    pub dataset: [u8; 32],
+    /// Bytes seen.
+    pub file_bytes: u64,
+    /// Where the data set starts.
+    pub dataset_offset: u64,
+}
+
+/// The fixed part of a Part-10 file before the meta group's elements:
+/// preamble, "DICM" and the (0002,0000) element.
+const META_HEAD: usize = 144;
+
+impl StreamHasher {
+    /// Feed the next bytes.
+    pub fn update(&mut self, mut data: &[u8]) -> Result<(), Part10Error> {
+        self.file.update(data);
+        if self.dataset_offset.is_none() {
+            let want = META_HEAD - self.head.len();
+            let take = want.min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+            self.seen += take as u64;
+            data = &data[take..];
+            if self.head.len() < META_HEAD {
+                return Ok(());
+            }
+            if &self.head[128..132] != b"DICM" {
+                return Err(Part10Error::Missing("DICM prefix"));
+            }
+            if self.head[132..138] != [2, 0, 0, 0, b'U', b'L'] {
+                return Err(Part10Error::Missing("(0002,0000) group length"));
+            }
+            let len = u32::from_le_bytes([
+                self.head[140],
+                self.head[141],
+                self.head[142],
+                self.head[143],
+            ]);
+            self.dataset_offset = Some(META_HEAD as u64 + u64::from(len));
+        }
+        let Some(offset) = self.dataset_offset else {
+            return Ok(());
+        };
+        let end = self.seen + data.len() as u64;
+        if end > offset {
+            let skip = offset.saturating_sub(self.seen) as usize;
+            self.dataset.update(&data[skip..]);
+        }
+        self.seen = end;
+        Ok(())
+    }
+
+    /// The hashes; fails when the stream ended inside the file meta.
+    pub fn finish(self) -> Result<StreamHashes, Part10Error> {
+        let offset = self
+            .dataset_offset
+            .filter(|o| *o <= self.seen)
+            .ok_or(Part10Error::Missing("complete file meta group"))?;
+        Ok(StreamHashes {
+            file: *self.file.finalize().as_bytes(),
+            dataset: *self.dataset.finalize().as_bytes(),
+            file_bytes: self.seen,
+            dataset_offset: offset,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Any split of a file into pieces gives the same two hashes.
+    #[test]
+    fn stream_hasher_matches_whole_file_hashes() {
+        let body = crate::testutil::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.9", "P");
+        let receipt = Receipt {
+            source_ip: "127.0.0.1".into(),
+            received_at_ms: 1,
+        };
+        let mut file =
+            file_header("1.2.3", "1.2.3.9", "1.2.840.10008.1.2.1", "A", &receipt).unwrap();
+        let offset = file.len();
+        file.extend_from_slice(&body);
+        for piece in [1, 7, 143, 144, 145, 1000, file.len()] {
+            let mut h = StreamHasher::default();
+            for chunk in file.chunks(piece) {
+                h.update(chunk).unwrap();
+            }
+            let got = h.finish().unwrap();
+            assert_eq!(
+                got.dataset,
+                *blake3::hash(&body).as_bytes(),
+                "piece {piece}"
+            );
+            assert_eq!(got.file, *blake3::hash(&file).as_bytes());
+            assert_eq!(got.dataset_offset, offset as u64);
+            assert_eq!(got.file_bytes, file.len() as u64);
+        }
+        let mut h = StreamHasher::default();
+        h.update(&file[..100]).unwrap();
+        assert!(h.finish().is_err(), "ends inside the meta group");
+        let mut h = StreamHasher::default();
+        assert!(h.update(&[0u8; 200]).is_err(), "no DICM");
+    }
 
     /// Write our header + an explicit-VR-LE data set, read it back.
     #[test]

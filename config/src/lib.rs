@@ -80,7 +80,7 @@ pub use error::{ConfigError, Finding, Severity};
 pub use host::{is_loopback_host, parse_source_address};
 pub use remote::{RemoteAe, RemoteDevice};
 pub use spool::{DEFAULT_MIN_FREE_BYTES, MIN_MAX_OBJECT_BYTES, MIN_SPOOL_MAX_BYTES, SpoolConfig};
-pub use target::{OBJECT_STORE_SCHEMES, Target};
+pub use target::{Delivery, OBJECT_STORE_SCHEMES, Target};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,7 @@
 //! Replication targets (`[[target]]`): where every received object is copied.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Schemes accepted in [`Target::ObjectStore`] URLs.
@@ -53,9 +55,51 @@ pub enum Target {
         /// logs, metrics and the outbox.
         name: String,
         /// Where to store: `s3://bucket/prefix`, `gs://bucket/prefix`,
-        /// `az://container/prefix` or `file:///absolute/directory`.
+        /// `az://container/prefix`, `file:///absolute/directory`, or
+        /// `file://./relative/directory` (relative to the working directory,
+        /// like `device.data_dir`).
         url: String,
+        /// Options of the object store client, by the names `object_store`
+        /// gives them (`endpoint`, `region`, `allow_http`,
+        /// `virtual_hosted_style_request`…). Credentials are best left to the
+        /// environment (`AWS_ACCESS_KEY_ID`…, `GOOGLE_SERVICE_ACCOUNT`,
+        /// `AZURE_STORAGE_ACCOUNT_KEY`…), which is always read.
+        #[serde(default)]
+        options: BTreeMap<String, String>,
+        /// Uploads in flight at once, 1 to 64. Default: 8.
+        #[serde(default = "default_object_store_concurrency")]
+        concurrency: u32,
+        /// Seconds allowed for each request, 1 to 3600. Default: 60.
+        #[serde(default = "default_object_store_timeout_secs")]
+        timeout_secs: u64,
+        /// As for DICOM targets. Default: 5.
+        #[serde(default = "default_retry_initial_secs")]
+        retry_initial_secs: u64,
+        /// As for DICOM targets. Default: 3600.
+        #[serde(default = "default_retry_max_secs")]
+        retry_max_secs: u64,
+        /// Attempts before an object the store refuses for good (the bucket
+        /// already holds different bytes under its content address) goes to
+        /// the dead-letter list, 1 to 100. Network and server failures are
+        /// retried without limit. Default: 3.
+        #[serde(default = "default_refused_attempts")]
+        refused_attempts: u32,
     },
+}
+
+/// How a target sends and retries: the settings both kinds share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Associations (DICOM) or uploads (object store) in parallel.
+    pub concurrency: u32,
+    /// Seconds allowed for each step.
+    pub timeout_secs: u64,
+    /// First retry delay ceiling, in seconds.
+    pub retry_initial_secs: u64,
+    /// Largest retry delay ceiling, in seconds.
+    pub retry_max_secs: u64,
+    /// Attempts before a refused object is dead-lettered.
+    pub refused_attempts: u32,
 }
 
 fn default_concurrency() -> u32 {
@@ -63,6 +107,12 @@ fn default_concurrency() -> u32 {
 }
 fn default_timeout_secs() -> u64 {
     30
+}
+fn default_object_store_concurrency() -> u32 {
+    8
+}
+fn default_object_store_timeout_secs() -> u64 {
+    60
 }
 fn default_retry_initial_secs() -> u64 {
     5
@@ -79,6 +129,34 @@ impl Target {
     pub fn name(&self) -> &str {
         match self {
             Target::Dicom { name, .. } | Target::ObjectStore { name, .. } => name,
+        }
+    }
+
+    /// The delivery settings.
+    pub fn delivery(&self) -> Delivery {
+        match self {
+            Target::Dicom {
+                concurrency,
+                timeout_secs,
+                retry_initial_secs,
+                retry_max_secs,
+                refused_attempts,
+                ..
+            }
+            | Target::ObjectStore {
+                concurrency,
+                timeout_secs,
+                retry_initial_secs,
+                retry_max_secs,
+                refused_attempts,
+                ..
+            } => Delivery {
+                concurrency: *concurrency,
+                timeout_secs: *timeout_secs,
+                retry_initial_secs: *retry_initial_secs,
+                retry_max_secs: *retry_max_secs,
+                refused_attempts: *refused_attempts,
+            },
         }
     }
 }
@@ -105,10 +183,15 @@ pub(crate) fn check_object_store_url(url: &str) -> Result<(), String> {
             Ok(())
         }
         "file" => {
-            if !rest.starts_with('/') || rest.len() < 2 {
+            let absolute = rest.starts_with('/') && rest.len() >= 2;
+            let relative = rest.starts_with("./") && rest.len() >= 3;
+            if !absolute && !relative {
                 return Err(format!(
-                    "{url:?}: a file URL needs an absolute directory, e.g. \"file:///var/backup\" (three slashes)"
+                    "{url:?}: a file URL needs a directory, absolute as in \"file:///var/backup\" (three slashes) or relative to the working directory as in \"file://./backup\""
                 ));
+            }
+            if rest.split('/').any(|c| c == "..") {
+                return Err(format!("{url:?}: \"..\" is not allowed in a file URL"));
             }
             Ok(())
         }
@@ -132,6 +215,7 @@ mod tests {
             "gs://bucket/a/b",
             "az://container/prefix",
             "file:///var/backup",
+            "file://./pacs-mirror-data/backup",
         ] {
             assert_eq!(check_object_store_url(ok), Ok(()), "{ok}");
         }
@@ -141,6 +225,8 @@ mod tests {
             "s3://",
             "s3:///prefix",
             "file://var/backup",
+            "file://./",
+            "file:///var/../etc",
             "file:///",
             "http://example.org/x",
             "S3://bucket",
@@ -155,6 +241,12 @@ mod tests {
         let t = Target::ObjectStore {
             name: "backup".into(),
             url: "file:///x".into(),
+            options: BTreeMap::new(),
+            concurrency: 8,
+            timeout_secs: 60,
+            retry_initial_secs: 5,
+            retry_max_secs: 3600,
+            refused_attempts: 3,
         };
         assert_eq!(t.name(), "backup");
         let t = Target::Dicom {

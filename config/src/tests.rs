@@ -58,7 +58,13 @@ fn example_is_clean() {
         config.targets[1],
         Target::ObjectStore {
             name: "backup".into(),
-            url: "file:///var/lib/pacs-mirror/backup".into()
+            url: "s3://hospital-pacs-backup/site-a".into(),
+            options: [("region".to_string(), "eu-west-1".to_string())].into(),
+            concurrency: 8,
+            timeout_secs: 60,
+            retry_initial_secs: 5,
+            retry_max_secs: 3600,
+            refused_attempts: 3,
         }
     );
     let (device, mirror) = config.remote_ae("MIRROR_PACS").expect("mirror AE");

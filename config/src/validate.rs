@@ -362,11 +362,6 @@ impl Config {
                 Target::Dicom {
                     remote_ae,
                     calling_ae,
-                    concurrency,
-                    timeout_secs,
-                    retry_initial_secs,
-                    retry_max_secs,
-                    refused_attempts,
                     ..
                 } => {
                     self.check_dicom_target(&p, remote_ae, r, index);
@@ -379,25 +374,7 @@ impl Config {
                             ),
                         }
                     }
-                    let mut range = |field: &str, v: u64, lo: u64, hi: u64| {
-                        if !(lo..=hi).contains(&v) {
-                            r.error(
-                                format!("{p}.{field}"),
-                                format!("{v} is out of range {lo} to {hi}"),
-                            );
-                        }
-                    };
-                    range("concurrency", u64::from(*concurrency), 1, 16);
-                    range("timeout_secs", *timeout_secs, 1, 3600);
-                    range("retry_initial_secs", *retry_initial_secs, 1, 86_400);
-                    range("retry_max_secs", *retry_max_secs, 1, 7 * 86_400);
-                    range("refused_attempts", u64::from(*refused_attempts), 1, 100);
-                    if retry_max_secs < retry_initial_secs {
-                        r.error(
-                            format!("{p}.retry_max_secs"),
-                            format!("{retry_max_secs} is below retry_initial_secs ({retry_initial_secs})"),
-                        );
-                    }
+                    check_delivery(&p, &target.delivery(), 16, r);
                     if !warned_initiator
                         && !self
                             .device
@@ -412,9 +389,23 @@ impl Config {
                         );
                     }
                 }
-                Target::ObjectStore { url, .. } => {
+                Target::ObjectStore { url, options, .. } => {
                     if let Err(e) = check_object_store_url(url) {
                         r.error(format!("{p}.url"), e);
+                    }
+                    check_delivery(&p, &target.delivery(), 64, r);
+                    for key in options.keys() {
+                        let k = key.to_ascii_lowercase();
+                        if k.contains("secret")
+                            || k.contains("access_key")
+                            || k.contains("token")
+                            || k.contains("password")
+                        {
+                            r.warning(
+                                format!("{p}.options.{key}"),
+                                "a credential in the configuration file: prefer the environment (AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT…) so the file can be shared",
+                            );
+                        }
                     }
                 }
             }
@@ -704,3 +695,29 @@ fn known_names(connections: &[NetworkConnection]) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests;
+
+/// Ranges of the delivery settings every target has.
+fn check_delivery(p: &str, d: &crate::target::Delivery, max_concurrency: u64, r: &mut Report) {
+    let mut range = |field: &str, v: u64, lo: u64, hi: u64| {
+        if !(lo..=hi).contains(&v) {
+            r.error(
+                format!("{p}.{field}"),
+                format!("{v} is out of range {lo} to {hi}"),
+            );
+        }
+    };
+    range("concurrency", u64::from(d.concurrency), 1, max_concurrency);
+    range("timeout_secs", d.timeout_secs, 1, 3600);
+    range("retry_initial_secs", d.retry_initial_secs, 1, 86_400);
+    range("retry_max_secs", d.retry_max_secs, 1, 7 * 86_400);
+    range("refused_attempts", u64::from(d.refused_attempts), 1, 100);
+    if d.retry_max_secs < d.retry_initial_secs {
+        r.error(
+            format!("{p}.retry_max_secs"),
+            format!(
+                "{} is below retry_initial_secs ({})",
+                d.retry_max_secs, d.retry_initial_secs
+            ),
+        );
+    }
+}

@@ -58,6 +58,9 @@ pub struct DeliveryRecord {
     pub attempts: u32,
     /// When it was first queued (Unix ms): delivered − enqueued is the lag.
     pub enqueued_at_ms: u64,
+    /// Object-storage targets: blake3 (hex) of the file the bucket holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_blake3: Option<String>,
 }
 
 /// An object the target refused for good, kept for the operator.
@@ -162,7 +165,15 @@ impl Index {
     /// Every move below is a no-op returning `Ok(false)` when the row is no
     /// longer where `due` says (someone moved it since it was read): writing
     /// the new row then would duplicate the object in the queue.
-    pub fn mark_delivered(&self, target: &str, due: &Due, now_ms: u64) -> Result<bool, IndexError> {
+    /// `stored_blake3`: for object-storage targets, the hash of the file
+    /// the bucket holds.
+    pub fn mark_delivered(
+        &self,
+        target: &str,
+        due: &Due,
+        now_ms: u64,
+        stored_blake3: Option<String>,
+    ) -> Result<bool, IndexError> {
         if !self.still_pending(target, due)? {
             return Ok(false);
         }
@@ -170,6 +181,7 @@ impl Index {
             delivered_at_ms: now_ms,
             attempts: due.record.attempts + 1,
             enqueued_at_ms: due.record.enqueued_at_ms,
+            stored_blake3,
         };
         let mut dkey = target_prefix(DELIVERED, target);
         dkey.extend_from_slice(&due.hash);
@@ -467,7 +479,7 @@ mod tests {
     fn every_move_keeps_the_object_in_exactly_one_state() {
         let idx = index_with(&[(1, 100), (2, 100), (3, 100)]);
         let due = idx.due("mirror", 100, 10).unwrap();
-        idx.mark_delivered("mirror", &due[0], 150).unwrap();
+        idx.mark_delivered("mirror", &due[0], 150, None).unwrap();
         idx.reschedule("mirror", &due[1], "A700 out of resources", 5_000)
             .unwrap();
         idx.dead_letter("mirror", &due[2], "no accepted presentation context", 160)
@@ -509,9 +521,9 @@ mod tests {
         assert!(idx.evictable(&[], 1_000_000, 0, 10).unwrap().is_empty());
         let m = idx.due("mirror", 100, 10).unwrap();
         let b = idx.due("bucket", 100, 10).unwrap();
-        idx.mark_delivered("mirror", &m[0], 1_000).unwrap();
-        idx.mark_delivered("mirror", &m[1], 1_000).unwrap();
-        idx.mark_delivered("bucket", &b[0], 2_000).unwrap();
+        idx.mark_delivered("mirror", &m[0], 1_000, None).unwrap();
+        idx.mark_delivered("mirror", &m[1], 1_000, None).unwrap();
+        idx.mark_delivered("bucket", &b[0], 2_000, None).unwrap();
         // object 2 is not in the bucket yet; object 1 is, since 2_000
         assert!(
             idx.evictable(&targets, 2_500, 1_000, 10)
@@ -542,13 +554,13 @@ mod tests {
         let stale = idx.due("mirror", 100, 10).unwrap().remove(0);
         assert!(idx.reschedule("mirror", &stale, "A700", 500).unwrap());
         assert!(!idx.reschedule("mirror", &stale, "A700", 900).unwrap());
-        assert!(!idx.mark_delivered("mirror", &stale, 950).unwrap());
+        assert!(!idx.mark_delivered("mirror", &stale, 950, None).unwrap());
         assert!(!idx.dead_letter("mirror", &stale, "x", 950).unwrap());
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.delivered, s.dead_letters), (1, 0, 0));
         let fresh = idx.due("mirror", 500, 10).unwrap().remove(0);
         assert!(idx.still_pending("mirror", &fresh).unwrap());
-        assert!(idx.mark_delivered("mirror", &fresh, 600).unwrap());
+        assert!(idx.mark_delivered("mirror", &fresh, 600, None).unwrap());
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.delivered), (0, 1));
     }

@@ -1,23 +1,22 @@
-//! Replication to DICOM targets: workers that drain each target's queue
-//! (`crate::index::outbox`) by C-STORE.
+//! Replication: workers that drain each target's queue
+//! (`crate::index::outbox`). One mechanism, two kinds of target: a DICOM
+//! peer (C-STORE, [`dicom`]) and an object store ([`bucket`]).
 //!
-//! Each target gets `concurrency` workers. A worker claims up to
-//! [`BATCH`] due objects (claims are in memory, so two workers of a target
-//! never send the same object at once), opens one association proposing each
-//! object's own SOP class and transfer syntax, sends them in turn, and moves
-//! each row by the outcome:
+//! A worker claims up to [`BATCH`] due objects (claims are in memory, so two
+//! workers of a target never send the same object at once), hands them to
+//! its target's sender, and moves each row by the outcome:
 //!
 //! | outcome | row |
 //! |---|---|
-//! | Success or a warning (Bxxx) | delivered |
+//! | DICOM Success or a warning (Bxxx); object stored (or found, verified) with its manifest entry | delivered |
 //! | A7xx (out of resources) | retried after the backoff, without limit |
-//! | A9xx, Cxxx, 0122, any other failure status, no accepted context for its transfer syntax | retried, then dead-lettered after `refused_attempts` |
-//! | refused connection, timeout, abort, rejected association | retried without limit; the circuit opens |
+//! | A9xx, Cxxx, 0122, any other failure status, no accepted context for its transfer syntax; the bucket holds other bytes under the key | retried, then dead-lettered after `refused_attempts` |
+//! | refused connection, timeout, abort, rejected association; store or network error | retried without limit; the circuit opens when the whole batch failed so |
 //!
 //! While the circuit is open the worker does not send: it probes the target
-//! with C-ECHO at the backoff's pace and resumes by itself when it answers.
-//! Nothing is ever dropped; a dead letter stays listed until an operator
-//! retries it.
+//! (C-ECHO; a HEAD on the bucket) at the backoff's pace and resumes by itself
+//! when it answers. Nothing is ever dropped; a dead letter stays listed until
+//! an operator retries it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -25,11 +24,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::dimse::Status;
 use crate::index::outbox::{Backoff, Due};
 use crate::index::{Hash, Index, hash_hex};
-use crate::scu::{self, Outgoing, Peer, Scu, ScuError};
+use crate::scu::{self, Peer};
 use crate::spool::Spool;
+
+mod bucket;
+mod dicom;
 
 /// Objects claimed by a worker at a time (one association). At most 64
 /// objects means at most 64 distinct presentation contexts, within the 128
@@ -38,15 +39,36 @@ pub const BATCH: usize = 64;
 /// How often an idle worker looks for newly due objects.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-/// One DICOM target, resolved from the configuration.
+/// Where a target's copies go.
 #[derive(Debug, Clone)]
-pub struct DicomTarget {
+pub enum Destination {
+    /// A DICOM peer: where and as whom.
+    Dicom(Peer),
+    /// An object store.
+    Bucket(Arc<crate::bucket::Bucket>),
+}
+
+impl Destination {
+    /// For logs: `AE@host:port` or the URL.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Dicom(p) => format!("{}@{}:{}", p.called_ae, p.host, p.port),
+            Destination::Bucket(b) => b.url().to_string(),
+        }
+    }
+}
+
+/// One target, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
     /// The target's name (outbox key).
     pub name: String,
-    /// Where and as whom.
-    pub peer: Peer,
-    /// Parallel associations.
-    pub concurrency: usize,
+    /// Where copies go.
+    pub destination: Destination,
+    /// Workers (DICOM: associations in parallel).
+    pub workers: usize,
+    /// Object stores: uploads in flight per worker.
+    pub uploads_per_worker: usize,
     /// Retry delays.
     pub backoff: Backoff,
     /// Attempts before a refused object is dead-lettered.
@@ -82,13 +104,13 @@ pub struct Replication {
 /// (after finishing the object they are sending).
 pub fn spawn(
     replication: &Replication,
-    target: DicomTarget,
+    target: TargetSpec,
     shutdown: &CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Health {
     let claimed: Arc<Mutex<HashSet<Hash>>> = Arc::default();
     let health: Health = Arc::default();
-    for worker in 0..target.concurrency.max(1) {
+    for worker in 0..target.workers.max(1) {
         let w = Worker {
             r: replication.clone(),
             target: target.clone(),
@@ -104,7 +126,7 @@ pub fn spawn(
 
 struct Worker {
     r: Replication,
-    target: DicomTarget,
+    target: TargetSpec,
     claimed: Arc<Mutex<HashSet<Hash>>>,
     health: Health,
     worker: usize,
@@ -114,7 +136,7 @@ enum Pass {
     /// Work was done (or nothing was due).
     Done { idle: bool },
     /// The target is unreachable: open the circuit.
-    Unreachable(ScuError),
+    Unreachable(String),
 }
 
 impl Worker {
@@ -132,9 +154,9 @@ impl Worker {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                match scu::echo(&self.target.peer).await {
-                    Ok(_) => {
-                        tracing::info!(target = %name, "target answers C-ECHO again: resuming");
+                match self.probe().await {
+                    Ok(()) => {
+                        tracing::info!(target = %name, "target answers again: resuming");
                         self.health().circuit_open = false;
                         open_since_attempts = None;
                     }
@@ -155,9 +177,9 @@ impl Worker {
                 Pass::Done { idle: false } => {}
                 Pass::Unreachable(e) => {
                     if self.worker == 0 {
-                        tracing::warn!(target = %name, error = %e, "target unreachable: probing with C-ECHO until it answers");
+                        tracing::warn!(target = %name, error = %e, "target unreachable: probing it until it answers");
                     }
-                    self.note_error(&e.to_string());
+                    self.note_error(&e);
                     self.health().circuit_open = true;
                     open_since_attempts = Some(0);
                 }
@@ -179,7 +201,10 @@ impl Worker {
         if due.is_empty() {
             return Pass::Done { idle: true };
         }
-        let result = self.send(&due).await;
+        let result = match &self.target.destination {
+            Destination::Dicom(peer) => self.send_dicom(peer, &due).await,
+            Destination::Bucket(bucket) => self.send_bucket(bucket, &due).await,
+        };
         if let Err(e) = self.r.index.flush() {
             tracing::error!(error = %e, "index flush after delivery failed (rows are re-sent if lost)");
         }
@@ -187,6 +212,16 @@ impl Worker {
         match result {
             Ok(()) => Pass::Done { idle: false },
             Err(e) => Pass::Unreachable(e),
+        }
+    }
+
+    /// Is the target answering? (C-ECHO; a HEAD on the bucket.)
+    async fn probe(&self) -> Result<(), String> {
+        match &self.target.destination {
+            Destination::Dicom(peer) => {
+                scu::echo(peer).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Destination::Bucket(bucket) => bucket.probe().await.map_err(|e| e.to_string()),
         }
     }
 
@@ -229,55 +264,27 @@ impl Worker {
         }
     }
 
-    /// Send `due`; `Err` when the target became unreachable (the rest of the
-    /// batch has been rescheduled).
-    async fn send(&self, due: &[Due]) -> Result<(), ScuError> {
-        let mut objects = Vec::with_capacity(due.len());
-        for d in due {
-            match self.outgoing(d) {
-                Ok(o) => objects.push((d, o)),
-                Err(reason) => self.refused(d, &reason),
-            }
+    fn delivered(&self, d: &Due, sop_instance_uid: &str, stored_blake3: Option<String>) {
+        let now = crate::unix_ms();
+        if let Err(e) = self
+            .r
+            .index
+            .mark_delivered(&self.target.name, d, now, stored_blake3)
+        {
+            tracing::error!(error = %e, "recording a delivery failed (it will be sent again)");
         }
-        if objects.is_empty() {
-            return Ok(());
-        }
-        let outgoing: Vec<Outgoing> = objects.iter().map(|(_, o)| o.clone()).collect();
-        let contexts = scu::contexts_for(&outgoing);
-        let mut scu = match Scu::connect(&self.target.peer, &contexts).await {
-            Ok(s) => s,
-            Err(e) if e.is_transient() => {
-                for (d, _) in &objects {
-                    self.retry(d, &e.to_string());
-                }
-                return Err(e);
-            }
-            Err(e) => {
-                for (d, _) in &objects {
-                    self.refused(d, &e.to_string());
-                }
-                return Ok(());
-            }
-        };
-        for (i, (d, o)) in objects.iter().enumerate() {
-            match scu.store(o).await {
-                Ok(status) if status.is_stored() => self.delivered(d, o),
-                Ok(status @ Status::OutOfResources(_)) => self.retry(d, &status.to_string()),
-                Ok(status) => self.refused(d, &status.to_string()),
-                Err(e) if e.is_transient() => {
-                    for (rest, _) in &objects[i..] {
-                        self.retry(rest, &e.to_string());
-                    }
-                    return Err(e);
-                }
-                Err(e) => self.refused(d, &e.to_string()),
-            }
-        }
-        scu.release().await;
-        Ok(())
+        self.health().last_success_at_ms = Some(now);
+        tracing::debug!(
+            target = %self.target.name,
+            %sop_instance_uid,
+            lag_ms = now.saturating_sub(d.record.enqueued_at_ms),
+            "delivered"
+        );
     }
 
-    fn outgoing(&self, d: &Due) -> Result<Outgoing, String> {
+    /// The object's index record, or why it cannot be sent (refused: it
+    /// never will be until an operator acts).
+    fn object_record(&self, d: &Due) -> Result<crate::index::ObjectRecord, String> {
         let record = self
             .r
             .index
@@ -289,31 +296,7 @@ impl Worker {
                 "removed from the spool by retention at {at} (Unix ms); re-send it from the primary"
             ));
         }
-        let path = self.r.spool.object_path(&d.hash);
-        if record.sop_class_uid.is_empty() || record.transfer_syntax_uid.is_empty() {
-            // Older index records: read the identity from the file.
-            return scu::outgoing(&path).map_err(|e| e.to_string());
-        }
-        Ok(Outgoing {
-            path,
-            sop_class_uid: record.sop_class_uid,
-            sop_instance_uid: record.sop_instance_uid,
-            transfer_syntax_uid: record.transfer_syntax_uid,
-        })
-    }
-
-    fn delivered(&self, d: &Due, o: &Outgoing) {
-        let now = crate::unix_ms();
-        if let Err(e) = self.r.index.mark_delivered(&self.target.name, d, now) {
-            tracing::error!(error = %e, "recording a delivery failed (it will be sent again)");
-        }
-        self.health().last_success_at_ms = Some(now);
-        tracing::debug!(
-            target = %self.target.name,
-            sop_instance_uid = %o.sop_instance_uid,
-            lag_ms = now.saturating_sub(d.record.enqueued_at_ms),
-            "delivered"
-        );
+        Ok(record)
     }
 
     fn retry(&self, d: &Due, error: &str) {

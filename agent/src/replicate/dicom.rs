@@ -1,0 +1,73 @@
+//! The DICOM sender: a batch goes over one association (C-STORE of each
+//! object streamed from its spool file, with its own SOP class and transfer
+//! syntax).
+
+use super::Worker;
+use crate::dimse::Status;
+use crate::index::outbox::Due;
+use crate::scu::{self, Outgoing, Peer, Scu};
+
+impl Worker {
+    /// Send `due`; `Err` when the target became unreachable (the rest of the
+    /// batch has been rescheduled).
+    pub(super) async fn send_dicom(&self, peer: &Peer, due: &[Due]) -> Result<(), String> {
+        let mut objects = Vec::with_capacity(due.len());
+        for d in due {
+            match self.outgoing(d) {
+                Ok(o) => objects.push((d, o)),
+                Err(reason) => self.refused(d, &reason),
+            }
+        }
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let outgoing: Vec<Outgoing> = objects.iter().map(|(_, o)| o.clone()).collect();
+        let contexts = scu::contexts_for(&outgoing);
+        let mut scu = match Scu::connect(peer, &contexts).await {
+            Ok(s) => s,
+            Err(e) if e.is_transient() => {
+                for (d, _) in &objects {
+                    self.retry(d, &e.to_string());
+                }
+                return Err(e.to_string());
+            }
+            Err(e) => {
+                for (d, _) in &objects {
+                    self.refused(d, &e.to_string());
+                }
+                return Ok(());
+            }
+        };
+        for (i, (d, o)) in objects.iter().enumerate() {
+            match scu.store(o).await {
+                Ok(status) if status.is_stored() => self.delivered(d, &o.sop_instance_uid, None),
+                Ok(status @ Status::OutOfResources(_)) => self.retry(d, &status.to_string()),
+                Ok(status) => self.refused(d, &status.to_string()),
+                Err(e) if e.is_transient() => {
+                    for (rest, _) in &objects[i..] {
+                        self.retry(rest, &e.to_string());
+                    }
+                    return Err(e.to_string());
+                }
+                Err(e) => self.refused(d, &e.to_string()),
+            }
+        }
+        scu.release().await;
+        Ok(())
+    }
+
+    fn outgoing(&self, d: &Due) -> Result<Outgoing, String> {
+        let record = self.object_record(d)?;
+        let path = self.r.spool.object_path(&d.hash);
+        if record.sop_class_uid.is_empty() || record.transfer_syntax_uid.is_empty() {
+            // Older index records: read the identity from the file.
+            return scu::outgoing(&path).map_err(|e| e.to_string());
+        }
+        Ok(Outgoing {
+            path,
+            sop_class_uid: record.sop_class_uid,
+            sop_instance_uid: record.sop_instance_uid,
+            transfer_syntax_uid: record.transfer_syntax_uid,
+        })
+    }
+}
