@@ -2,6 +2,7 @@
 //! the configuration, call into the library crates. The only place that uses
 //! `anyhow`.
 
+mod bucket_cmd;
 mod synth;
 
 use std::path::{Path, PathBuf};
@@ -57,12 +58,21 @@ enum Command {
         timeout_secs: u64,
     },
     /// Rebuild the index from the spool (agent stopped). The old index is
-    /// kept beside it as index.old-<time>.
+    /// kept beside it as index.old-<time>. With --from, add to the index
+    /// what an object-storage target holds, from its manifests.
     Reindex {
         /// Configuration file; default: the embedded default.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// An object-storage target of the configuration to read instead of
+        /// the spool (e.g. on a new machine after the old one was lost).
+        #[arg(long, value_name = "TARGET")]
+        from: Option<String>,
     },
+    /// C-STORE objects from an object-storage target back into a PACS,
+    /// reading only the bucket (no local index needed); each object's hash
+    /// is verified before it is sent.
+    Restore(bucket_cmd::RestoreArgs),
     /// Replication lag, ingest counters and warnings: from the running
     /// agent's admin endpoint, or from the index when no agent runs.
     Status {
@@ -207,9 +217,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             calling_ae,
             timeout_secs,
         } => run_echo(&target, &calling_ae, timeout_secs).await,
-        Command::Reindex { config } => {
+        Command::Reindex { config, from } => {
             let config = load(config.as_deref())?;
-            reindex(&config)
+            match from {
+                Some(from) => bucket_cmd::reindex_from(&config, &from).await,
+                None => reindex(&config),
+            }
+        }
+        Command::Restore(args) => {
+            let config = load(args.config.as_deref())?;
+            bucket_cmd::restore(&config, args).await
         }
         Command::Index(IndexCommand::Dump { config }) => {
             let config = load(config.as_deref())?;
@@ -348,7 +365,20 @@ fn config_check(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let findings = config.validate();
+    let mut findings = config.validate();
+    if count_errors(&findings) == 0 {
+        // Object-store options are checked by building each client (no
+        // network access; folder targets are left alone: opening creates
+        // the folder).
+        for (i, t) in config.targets.iter().enumerate() {
+            if let pacs_mirror_config::Target::ObjectStore { url, .. } = t
+                && !url.starts_with("file://")
+                && let Err(e) = bucket_cmd::open_bucket(&config, t.name(), &[])
+            {
+                findings.push(Finding::error(format!("target[{i}]"), format!("{e:#}")));
+            }
+        }
+    }
     for f in &findings {
         println!("{f}");
     }
@@ -366,7 +396,12 @@ fn config_check(file: &Path) -> ExitCode {
     }
 }
 
-async fn run_echo(target: &str, calling_ae: &str, timeout_secs: u64) -> anyhow::Result<ExitCode> {
+/// `AE@HOST:PORT` → a peer, with the AE titles checked.
+pub(crate) fn parse_peer(
+    target: &str,
+    calling_ae: &str,
+    timeout_secs: u64,
+) -> anyhow::Result<scu::Peer> {
     let (ae, rest) = target
         .split_once('@')
         .context("the peer must be written AE@HOST:PORT, e.g. MIRROR@10.0.0.7:104")?;
@@ -382,13 +417,17 @@ async fn run_echo(target: &str, calling_ae: &str, timeout_secs: u64) -> anyhow::
             bail!("{what} {title:?}: {e}");
         }
     }
-    let peer = scu::Peer {
+    Ok(scu::Peer {
         calling_ae: calling_ae.to_string(),
         called_ae: ae.to_string(),
         host: host.to_string(),
         port,
         timeout: Duration::from_secs(timeout_secs),
-    };
+    })
+}
+
+async fn run_echo(target: &str, calling_ae: &str, timeout_secs: u64) -> anyhow::Result<ExitCode> {
+    let peer = parse_peer(target, calling_ae, timeout_secs)?;
     match scu::echo(&peer).await {
         Ok(ok) => {
             println!(

@@ -12,6 +12,8 @@
 //! - [`replicate`]: workers that drain each DICOM target's queue by C-STORE.
 //! - [`bucket`]: object-storage targets: the bucket layout, create-only
 //!   uploads, study manifests, reads for `restore`.
+//! - [`restore`]: `restore` into a PACS and `reindex --from`, reading only
+//!   a bucket.
 //! - [`retention`]: removes spool files every target has had long enough (opt-in).
 //! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
@@ -42,6 +44,7 @@ pub mod index;
 pub mod part10;
 pub mod recovery;
 pub mod replicate;
+pub mod restore;
 pub mod retention;
 pub mod scp;
 pub mod scu;

@@ -394,6 +394,9 @@ impl Config {
                         r.error(format!("{p}.url"), e);
                     }
                     check_delivery(&p, &target.delivery(), 64, r);
+                    if url.starts_with("file://") && !options.is_empty() {
+                        r.error(format!("{p}.options"), "a file:// target takes no options");
+                    }
                     for key in options.keys() {
                         let k = key.to_ascii_lowercase();
                         if k.contains("secret")

@@ -262,6 +262,44 @@ impl Index {
         Ok(outcome)
     }
 
+    /// Index an instance version known from `target`'s copy (`reindex
+    /// --from`): the same instance, hierarchy, object and conflict rows as
+    /// [`Index::commit_instance`], no outbox rows, the object delivered to
+    /// `target`, and marked not in the spool unless `in_spool`. Returns
+    /// false when the version was indexed already (nothing written).
+    pub fn import_delivered(
+        &self,
+        rec: &InstanceRecord,
+        hash: &Hash,
+        in_spool: bool,
+        target: &str,
+        stored_blake3: &str,
+        now_ms: u64,
+    ) -> Result<bool, IndexError> {
+        if self
+            .versions(&rec.sop_instance_uid)?
+            .iter()
+            .any(|r| r.blake3 == hash_hex(hash))
+        {
+            return Ok(false);
+        }
+        self.commit_instance(rec, hash, &[], now_ms)?;
+        if !in_spool {
+            self.mark_evicted(hash, now_ms)?;
+        }
+        self.record_delivered(
+            target,
+            hash,
+            &outbox::DeliveryRecord {
+                delivered_at_ms: now_ms,
+                attempts: 0,
+                enqueued_at_ms: rec.received_at_ms,
+                stored_blake3: Some(stored_blake3.to_string()),
+            },
+        )?;
+        Ok(true)
+    }
+
     /// Visit every instance record (ascending by SOP Instance UID).
     pub fn for_each_instance(&self, f: &mut dyn FnMut(InstanceRecord)) -> Result<(), IndexError> {
         let mut err = None;

@@ -160,6 +160,22 @@ impl Index {
             .is_some())
     }
 
+    /// Record `hash` as delivered to `target` without a pending row (an
+    /// index rebuilt from the target's own copy). A pending row, if any, is
+    /// left as it is.
+    pub fn record_delivered(
+        &self,
+        target: &str,
+        hash: &Hash,
+        record: &DeliveryRecord,
+    ) -> Result<(), IndexError> {
+        let mut dkey = target_prefix(DELIVERED, target);
+        dkey.extend_from_slice(hash);
+        self.kv
+            .apply(vec![Op::Put(dkey, records::encode(record))])?;
+        Ok(())
+    }
+
     /// The target confirmed the object: pending → delivered.
     ///
     /// Every move below is a no-op returning `Ok(false)` when the row is no
