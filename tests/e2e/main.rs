@@ -18,4 +18,5 @@ mod large;
 mod limits;
 mod mirror;
 mod resources;
+pub(crate) mod s3;
 pub(crate) mod transfer_syntaxes;
