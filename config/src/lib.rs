@@ -61,6 +61,7 @@ use serde::{Deserialize, Serialize};
 mod admin;
 mod device;
 mod dicom;
+mod drill;
 mod error;
 mod host;
 mod remote;
@@ -76,6 +77,7 @@ pub use device::{
     NetworkConnection, Role, TransferCapability,
 };
 pub use dicom::{AE_TITLE_MAX_CHARS, UID_MAX_CHARS, validate_ae_title, validate_uid};
+pub use drill::{AlertsConfig, DrillConfig, RetrieveMethod};
 pub use error::{ConfigError, Finding, Severity};
 pub use host::{is_loopback_host, parse_source_address};
 pub use remote::{RemoteAe, RemoteDevice};
@@ -100,6 +102,13 @@ pub struct Config {
     /// The admin HTTP endpoint (`[admin]`); absent: none.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Restore drills, one `[[drill]]` table each.
+    #[serde(default, rename = "drill")]
+    pub drills: Vec<DrillConfig>,
+    /// Where alerts go (`[alerts]`); absent: alerts are only logged and
+    /// counted in the metrics.
+    #[serde(default)]
+    pub alerts: Option<AlertsConfig>,
 }
 
 impl Config {
@@ -144,7 +153,8 @@ impl Config {
     /// The built-in default configuration, parsed from
     /// [`Config::DEFAULT_TOML`]: device `pacs-mirror`, data in
     /// `./pacs-mirror-data`, AE `PACS_MIRROR` accepting any calling AE on
-    /// `127.0.0.1:11112` only, no targets. It validates without findings.
+    /// `127.0.0.1:11112` only, backing up into the folder
+    /// `./pacs-mirror-data/backup`. It validates without findings.
     pub fn embedded_default() -> Config {
         Config::from_toml_str(Config::DEFAULT_TOML, Path::new("<embedded default.toml>"))
             .unwrap_or_else(|_| Config::builtin_default())
@@ -181,10 +191,21 @@ impl Config {
             },
             spool: SpoolConfig::default(),
             remote_devices: Vec::new(),
-            targets: Vec::new(),
+            targets: vec![Target::ObjectStore {
+                name: "backup".to_string(),
+                url: "file://./pacs-mirror-data/backup".to_string(),
+                options: Default::default(),
+                concurrency: 8,
+                timeout_secs: 60,
+                retry_initial_secs: 5,
+                retry_max_secs: 3600,
+                refused_attempts: 3,
+            }],
             admin: Some(AdminConfig {
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], 11180)),
             }),
+            drills: Vec::new(),
+            alerts: None,
         }
     }
 

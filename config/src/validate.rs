@@ -84,6 +84,7 @@ impl Config {
         self.check_remote_devices(&mut r);
         check_unique_ae_titles(&index, &mut r);
         self.check_targets(&mut r, &index);
+        self.check_drills(&mut r);
         r.findings
     }
 
@@ -411,6 +412,77 @@ impl Config {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    fn check_drills(&self, r: &mut Report) {
+        for (i, d) in self.drills.iter().enumerate() {
+            let p = format!("drill[{i}]");
+            let Some(target) = self.targets.iter().find(|t| t.name() == d.target) else {
+                let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
+                r.error(
+                    format!("{p}.target"),
+                    format!("no target named {:?} (targets: {names:?})", d.target),
+                );
+                continue;
+            };
+            if let Some(s) = &d.schedule
+                && let Err(e) = crate::drill::check_cron(s)
+            {
+                r.error(format!("{p}.schedule"), e);
+            }
+            if d.random_studies == 0 && d.rotation.unwrap_or(0) == 0 && !d.newest_study {
+                r.error(
+                    p.clone(),
+                    "the drill picks no study: set random_studies, rotation or newest_study",
+                );
+            }
+            if !(1..=3600).contains(&d.timeout_secs) {
+                r.error(
+                    format!("{p}.timeout_secs"),
+                    format!("{} is out of range 1 to 3600", d.timeout_secs),
+                );
+            }
+            let dicom = matches!(target, Target::Dicom { .. });
+            match (d.retrieve, &d.move_destination) {
+                (crate::RetrieveMethod::CMove, None) if dicom => r.error(
+                    format!("{p}.move_destination"),
+                    "retrieve = \"c-move\" needs move_destination, a local acceptor AE title",
+                ),
+                (crate::RetrieveMethod::CMove, Some(ae)) if dicom => {
+                    if !self.acceptor_aes().any(|a| a.ae_title.trim() == ae.trim()) {
+                        r.error(
+                            format!("{p}.move_destination"),
+                            format!("{ae:?} is not a local acceptor AE (device.network_ae)"),
+                        );
+                    }
+                }
+                (_, Some(_)) if !dicom => r.warning(
+                    format!("{p}.move_destination"),
+                    "ignored: the target is an object store",
+                ),
+                _ => {}
+            }
+        }
+        if let Some(a) = &self.alerts {
+            let u = a.webhook_url.trim();
+            if !(u.starts_with("http://") || u.starts_with("https://"))
+                || u.contains(char::is_whitespace)
+            {
+                r.error("alerts.webhook_url", format!("{u:?} is not an http(s) URL"));
+            }
+            if !(1..=300).contains(&a.timeout_secs) {
+                r.error(
+                    "alerts.timeout_secs",
+                    format!("{} is out of range 1 to 300", a.timeout_secs),
+                );
+            }
+            if !(1..=100).contains(&a.attempts) {
+                r.error(
+                    "alerts.attempts",
+                    format!("{} is out of range 1 to 100", a.attempts),
+                );
             }
         }
     }

@@ -10,6 +10,7 @@
 //! q/<target>\0<next attempt ms:u64 BE>\0<blake3>  -> OutboxRecord   (per-target queue, see [`outbox`])
 //! d/<target>\0<blake3:32>                          -> DeliveryRecord (delivered to that target)
 //! x/<target>\0<blake3:32>                          -> DeadLetter     (refused by that target for good)
+//! r/<target>\0<started ms:u64 BE>                 -> drill result (see [`studies`])
 //! m/<name>                                        -> counters and markers
 //! ```
 //! UIDs never contain NUL (they are checked before they get here), so `\0`
@@ -38,6 +39,7 @@
 pub mod kv;
 pub mod outbox;
 pub mod records;
+pub mod studies;
 
 use std::sync::Arc;
 

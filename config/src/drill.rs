@@ -1,0 +1,119 @@
+//! Restore drills (`[[drill]]`) and alert delivery (`[alerts]`).
+
+use serde::{Deserialize, Serialize};
+
+/// How a drill retrieves studies from a DICOM target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetrieveMethod {
+    /// C-GET: the objects come back on the drill's own association.
+    #[default]
+    CGet,
+    /// C-MOVE to `move_destination`, an AE the agent serves.
+    CMove,
+}
+
+/// `[[drill]]`: a scheduled restore drill of one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// The target to drill (a `[[target]]` name).
+    pub target: String,
+    /// When to run, as a cron expression with seconds:
+    /// `"sec min hour day-of-month month day-of-week"`, e.g.
+    /// `"0 30 2 * * *"` (02:30 every day). Absent: only on demand
+    /// (`pacs-mirror drill`).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Studies picked at random each drill. Default: 2.
+    #[serde(default = "default_random_studies")]
+    pub random_studies: u32,
+    /// Also drill one slice of every study, `rotation` slices in all, a
+    /// different slice each drill: over `rotation` drills every study is
+    /// drilled at least once. Absent or 0: no rotation.
+    #[serde(default)]
+    pub rotation: Option<u32>,
+    /// Also drill the newest study received. Default: true.
+    #[serde(default = "default_true")]
+    pub newest_study: bool,
+    /// DICOM targets: `"c-get"` (default) or `"c-move"`.
+    #[serde(default)]
+    pub retrieve: RetrieveMethod,
+    /// For `"c-move"`: the AE title the target moves to, a local acceptor
+    /// AE of this device (it must be configured at the mirror as a
+    /// destination).
+    #[serde(default)]
+    pub move_destination: Option<String>,
+    /// Recovery time objective: a drill whose slowest study took longer is
+    /// flagged and alerted. Absent: none.
+    #[serde(default)]
+    pub recovery_time_objective_secs: Option<u64>,
+    /// Seed of the random choice (reproducible drills). Absent: the clock.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Seconds allowed for each request to the target. Default: 60.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// `[alerts]`: where alerts go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// An HTTP(S) URL that receives each alert as a JSON POST; the body has a
+    /// `text` field, so a Slack or Mattermost incoming webhook works as is.
+    pub webhook_url: String,
+    /// Seconds allowed per attempt. Default: 10.
+    #[serde(default = "default_alert_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Attempts before an alert is given up (logged). Default: 5.
+    #[serde(default = "default_alert_attempts")]
+    pub attempts: u32,
+}
+
+fn default_random_studies() -> u32 {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+fn default_timeout_secs() -> u64 {
+    60
+}
+fn default_alert_timeout_secs() -> u64 {
+    10
+}
+fn default_alert_attempts() -> u32 {
+    5
+}
+
+/// Checks the shape of a cron expression with seconds (6 or 7 fields of
+/// the characters cron uses). The scheduler parses it fully at start-up.
+pub(crate) fn check_cron(expr: &str) -> Result<(), String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if !(6..=7).contains(&fields.len()) {
+        return Err(format!(
+            "{expr:?} has {} fields; write 6: \"sec min hour day-of-month month day-of-week\", e.g. \"0 30 2 * * *\"",
+            fields.len()
+        ));
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || "*/,-?#LW".contains(c);
+    if let Some(f) = fields.iter().find(|f| !f.chars().all(ok)) {
+        return Err(format!("{expr:?}: field {f:?} is not cron syntax"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_shape() {
+        assert!(check_cron("0 30 2 * * *").is_ok());
+        assert!(check_cron("*/10 * * * * Mon-Fri").is_ok());
+        assert!(check_cron("30 2 * * *").is_err());
+        assert!(check_cron("0 30 2 * * * * *").is_err());
+        assert!(check_cron("0 30 2 * * $").is_err());
+    }
+}
