@@ -32,7 +32,11 @@ fn embedded_default_is_clean_and_matches_code() {
     assert_eq!(config.device.name, "pacs-mirror");
     assert_eq!(config.device.data_dir, Path::new("./pacs-mirror-data"));
     let names: Vec<&str> = config.targets.iter().map(Target::name).collect();
-    assert_eq!(names, ["backup"], "the default backs up into a local folder");
+    assert_eq!(
+        names,
+        ["backup"],
+        "the default backs up into a local folder"
+    );
     let ae = &config.device.network_aes[0];
     assert_eq!(ae.ae_title, "PACS_MIRROR");
     assert!(ae.association_acceptor && ae.accept_any_calling_ae);

@@ -450,13 +450,13 @@ impl Config {
                     format!("{p}.move_destination"),
                     "retrieve = \"c-move\" needs move_destination, a local acceptor AE title",
                 ),
-                (crate::RetrieveMethod::CMove, Some(ae)) if dicom => {
-                    if !self.acceptor_aes().any(|a| a.ae_title.trim() == ae.trim()) {
-                        r.error(
-                            format!("{p}.move_destination"),
-                            format!("{ae:?} is not a local acceptor AE (device.network_ae)"),
-                        );
-                    }
+                (crate::RetrieveMethod::CMove, Some(ae))
+                    if dicom && !self.acceptor_aes().any(|a| a.ae_title.trim() == ae.trim()) =>
+                {
+                    r.error(
+                        format!("{p}.move_destination"),
+                        format!("{ae:?} is not a local acceptor AE (device.network_ae)"),
+                    );
                 }
                 (_, Some(_)) if !dicom => r.warning(
                     format!("{p}.move_destination"),
