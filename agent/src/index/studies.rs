@@ -131,7 +131,7 @@ impl Index {
                 .map_or(0, u64::from_be_bytes);
             all.push((started, decode_at::<T>(&k, &v)?));
         }
-        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.sort_by_key(|e| std::cmp::Reverse(e.0));
         all.truncate(limit);
         Ok(all)
     }
