@@ -18,4 +18,5 @@ mod large;
 mod limits;
 mod mirror;
 mod resources;
+mod retrieve;
 pub(crate) mod transfer_syntaxes;
