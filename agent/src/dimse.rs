@@ -1,5 +1,7 @@
 //! The DIMSE layer that dicom-ul does not have: typed command sets, the status
-//! enum, and the command-set codec.
+//! enum, and the command-set codec. Storage and verification messages for
+//! the SCP and the storage SCU; C-FIND / C-GET / C-MOVE / C-CANCEL requests
+//! and their responses for the Query/Retrieve SCU ([`crate::qr`]).
 //!
 //! Command sets are always encoded in Implicit VR Little Endian (PS3.7 §6.3.1)
 //! and contain only group 0000 elements. The codec is written by hand because
@@ -147,9 +149,25 @@ impl Status {
         }
     }
 
+    /// Move destination unknown (C-MOVE, 0xA801).
+    pub const MOVE_DESTINATION_UNKNOWN: Status = Status::Other(0xA801);
+
     /// Success or a warning: the peer stored the object.
     pub fn is_stored(self) -> bool {
         matches!(self, Status::Success | Status::Warning(_))
+    }
+
+    /// Pending (0xFF00 / 0xFF01): more responses follow.
+    pub fn is_pending(self) -> bool {
+        matches!(self, Status::Pending(_))
+    }
+
+    /// A final status that is neither Success, a warning, nor Cancel.
+    pub fn is_failure(self) -> bool {
+        !matches!(
+            self,
+            Status::Success | Status::Warning(_) | Status::Pending(_) | Status::Cancel
+        )
     }
 }
 
@@ -210,6 +228,10 @@ pub mod tag {
     pub const STATUS: u16 = 0x0900;
     pub const ERROR_COMMENT: u16 = 0x0902;
     pub const AFFECTED_SOP_INSTANCE_UID: u16 = 0x1000;
+    pub const NUMBER_OF_REMAINING_SUBOPERATIONS: u16 = 0x1020;
+    pub const NUMBER_OF_COMPLETED_SUBOPERATIONS: u16 = 0x1021;
+    pub const NUMBER_OF_FAILED_SUBOPERATIONS: u16 = 0x1022;
+    pub const NUMBER_OF_WARNING_SUBOPERATIONS: u16 = 0x1023;
     pub const MOVE_ORIGINATOR_AE_TITLE: u16 = 0x1030;
     pub const MOVE_ORIGINATOR_MESSAGE_ID: u16 = 0x1031;
 }
@@ -224,6 +246,20 @@ pub struct CommandSet {
 impl CommandSet {
     /// Decode an Implicit VR Little Endian command set.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_inner(bytes, false).map(|(c, _)| c)
+    }
+
+    /// Decode a command set that may be followed by elements of other
+    /// groups in the same command PDVs: DCMTK-based SCPs (Orthanc) put a
+    /// response's status detail there, e.g. (0008,0058) Failed SOP Instance
+    /// UID List of a failed C-GET. Returns the command set and the bytes
+    /// from the first non-0000 element on (Implicit VR LE, not checked
+    /// here). The group 0000 elements must come first, as PS3.7 orders them.
+    pub fn decode_with_trailer(bytes: &[u8]) -> Result<(Self, &[u8]), DecodeError> {
+        Self::decode_inner(bytes, true)
+    }
+
+    fn decode_inner(bytes: &[u8], allow_trailer: bool) -> Result<(Self, &[u8]), DecodeError> {
         if bytes.len() > MAX_COMMAND_SET_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
@@ -237,6 +273,9 @@ impl CommandSet {
             let element = u16::from_le_bytes([header[2], header[3]]);
             let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
             if group != 0x0000 {
+                if allow_trailer && pos > 0 {
+                    return Ok((CommandSet { elements }, &bytes[pos..]));
+                }
                 return Err(DecodeError::NotCommandGroup { group, element });
             }
             let start = pos + 8;
@@ -251,7 +290,7 @@ impl CommandSet {
             }
             pos = end;
         }
-        Ok(CommandSet { elements })
+        Ok((CommandSet { elements }, &[]))
     }
 
     /// Encode as Implicit VR Little Endian, group length first.
@@ -445,6 +484,166 @@ pub fn response_to(request: &CommandSet, status: Status) -> Result<CommandSet, D
     Ok(c)
 }
 
+/// Priority (0000,0700) values.
+pub mod priority {
+    /// MEDIUM.
+    pub const MEDIUM: u16 = 0x0000;
+    /// HIGH.
+    pub const HIGH: u16 = 0x0001;
+    /// LOW.
+    pub const LOW: u16 = 0x0002;
+}
+
+/// A C-FIND-RQ, C-GET-RQ or C-MOVE-RQ; its identifier follows as a data set
+/// in the presentation context's transfer syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRetrieveRq {
+    /// [`CommandField::CFindRq`], [`CommandField::CGetRq`] or [`CommandField::CMoveRq`].
+    pub field: CommandField,
+    pub message_id: u16,
+    /// The information model (Study Root FIND…).
+    pub sop_class_uid: String,
+    /// See [`priority`].
+    pub priority: u16,
+    /// C-MOVE only: the AE the instances go to.
+    pub move_destination: Option<String>,
+}
+
+impl QueryRetrieveRq {
+    /// Build the command set.
+    pub fn to_command(&self) -> CommandSet {
+        let mut c = CommandSet::default();
+        c.set_uid(tag::AFFECTED_SOP_CLASS_UID, &self.sop_class_uid);
+        c.set_u16(tag::COMMAND_FIELD, self.field.code());
+        c.set_u16(tag::MESSAGE_ID, self.message_id);
+        if let Some(dest) = &self.move_destination {
+            c.set_text(tag::MOVE_DESTINATION, dest);
+        }
+        c.set_u16(tag::PRIORITY, self.priority);
+        c.set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000);
+        c
+    }
+
+    /// Read a request (the SCP side; used by test peers).
+    pub fn from_command(cmd: &CommandSet) -> Result<Self, DecodeError> {
+        let field = cmd.command_field()?;
+        if !matches!(
+            field,
+            CommandField::CFindRq | CommandField::CGetRq | CommandField::CMoveRq
+        ) {
+            return Err(DecodeError::Missing(
+                "a C-FIND, C-GET or C-MOVE command field",
+            ));
+        }
+        Ok(QueryRetrieveRq {
+            field,
+            message_id: cmd.message_id()?,
+            sop_class_uid: cmd
+                .string(tag::AFFECTED_SOP_CLASS_UID)
+                .ok_or(DecodeError::Missing("Affected SOP Class UID (0000,0002)"))?,
+            priority: cmd.u16(tag::PRIORITY)?.unwrap_or(priority::MEDIUM),
+            move_destination: cmd.string(tag::MOVE_DESTINATION),
+        })
+    }
+}
+
+/// Build a C-CANCEL-RQ for the operation with Message ID `message_id`.
+pub fn c_cancel_rq(message_id: u16) -> CommandSet {
+    let mut c = CommandSet::default();
+    c.set_u16(tag::COMMAND_FIELD, CommandField::CCancelRq.code());
+    c.set_u16(tag::MESSAGE_ID_BEING_RESPONDED_TO, message_id);
+    c.set_u16(tag::COMMAND_DATA_SET_TYPE, NO_DATA_SET);
+    c
+}
+
+/// A C-FIND-RSP, C-GET-RSP or C-MOVE-RSP, typed. Sub-operation counts are
+/// those of C-GET and C-MOVE (absent in C-FIND, and optional in finals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRetrieveRsp {
+    /// The response command field.
+    pub field: CommandField,
+    pub message_id_being_responded_to: u16,
+    /// Affected SOP Class UID (optional in responses).
+    pub sop_class_uid: Option<String>,
+    pub status: Status,
+    /// An identifier follows (pending C-FIND matches; the Failed SOP
+    /// Instance UID List of a final C-GET/C-MOVE).
+    pub has_data_set: bool,
+    pub remaining: Option<u16>,
+    pub completed: Option<u16>,
+    pub failed: Option<u16>,
+    pub warning: Option<u16>,
+    /// Error Comment (0000,0902).
+    pub error_comment: Option<String>,
+}
+
+impl QueryRetrieveRsp {
+    /// Read a response. Fails on a missing Command Field, Message ID Being
+    /// Responded To, Data Set Type or Status, on a request field, and on
+    /// elements of the wrong length.
+    pub fn from_command(cmd: &CommandSet) -> Result<Self, DecodeError> {
+        let field = cmd.command_field()?;
+        if !matches!(
+            field,
+            CommandField::CFindRsp | CommandField::CGetRsp | CommandField::CMoveRsp
+        ) {
+            return Err(DecodeError::Missing(
+                "a C-FIND, C-GET or C-MOVE response command field",
+            ));
+        }
+        Ok(QueryRetrieveRsp {
+            field,
+            message_id_being_responded_to: cmd.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO)?.ok_or(
+                DecodeError::Missing("Message ID Being Responded To (0000,0120)"),
+            )?,
+            sop_class_uid: cmd.string(tag::AFFECTED_SOP_CLASS_UID),
+            status: cmd.status()?,
+            has_data_set: cmd.has_data_set()?,
+            remaining: cmd.u16(tag::NUMBER_OF_REMAINING_SUBOPERATIONS)?,
+            completed: cmd.u16(tag::NUMBER_OF_COMPLETED_SUBOPERATIONS)?,
+            failed: cmd.u16(tag::NUMBER_OF_FAILED_SUBOPERATIONS)?,
+            warning: cmd.u16(tag::NUMBER_OF_WARNING_SUBOPERATIONS)?,
+            error_comment: cmd.string(tag::ERROR_COMMENT),
+        })
+    }
+
+    /// Build the command set (the SCP side; used by test peers).
+    pub fn to_command(&self) -> CommandSet {
+        let mut c = CommandSet::default();
+        if let Some(class) = &self.sop_class_uid {
+            c.set_uid(tag::AFFECTED_SOP_CLASS_UID, class);
+        }
+        c.set_u16(tag::COMMAND_FIELD, self.field.code());
+        c.set_u16(
+            tag::MESSAGE_ID_BEING_RESPONDED_TO,
+            self.message_id_being_responded_to,
+        );
+        c.set_u16(
+            tag::COMMAND_DATA_SET_TYPE,
+            if self.has_data_set {
+                0x0000
+            } else {
+                NO_DATA_SET
+            },
+        );
+        c.set_u16(tag::STATUS, self.status.code());
+        if let Some(comment) = &self.error_comment {
+            c.set_text(tag::ERROR_COMMENT, comment);
+        }
+        for (element, value) in [
+            (tag::NUMBER_OF_REMAINING_SUBOPERATIONS, self.remaining),
+            (tag::NUMBER_OF_COMPLETED_SUBOPERATIONS, self.completed),
+            (tag::NUMBER_OF_FAILED_SUBOPERATIONS, self.failed),
+            (tag::NUMBER_OF_WARNING_SUBOPERATIONS, self.warning),
+        ] {
+            if let Some(v) = value {
+                c.set_u16(element, v);
+            }
+        }
+        c
+    }
+}
+
 /// Check that a UID from the network is usable: 1–64 characters, only digits
 /// and dots, no empty component. Leading zeros in a component are tolerated
 /// (legacy modalities send them; refusing would lose images) but reported by
@@ -575,6 +774,132 @@ mod tests {
         );
     }
 
+    #[test]
+    fn query_retrieve_rq_round_trip_and_layout() {
+        let rq = QueryRetrieveRq {
+            field: CommandField::CMoveRq,
+            message_id: 3,
+            sop_class_uid: "1.2.840.10008.5.1.4.1.2.2.2".into(),
+            priority: priority::MEDIUM,
+            move_destination: Some("STORESCP".into()),
+        };
+        let cmd = rq.to_command();
+        let bytes = cmd.encode();
+        let back = CommandSet::decode(&bytes).unwrap();
+        assert_eq!(QueryRetrieveRq::from_command(&back).unwrap(), rq);
+        assert!(back.has_data_set().unwrap(), "an identifier follows");
+        assert_eq!(back.string(tag::MOVE_DESTINATION).unwrap(), "STORESCP");
+        // elements are in ascending tag order (PS3.7 6.3.1)
+        let mut tags = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            tags.push(u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]));
+            let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+            pos += 8 + len;
+        }
+        assert_eq!(
+            tags,
+            [0x0000, 0x0002, 0x0100, 0x0110, 0x0600, 0x0700, 0x0800]
+        );
+        // a C-FIND carries no Move Destination
+        let find = QueryRetrieveRq {
+            field: CommandField::CFindRq,
+            move_destination: None,
+            ..rq
+        };
+        assert_eq!(find.to_command().string(tag::MOVE_DESTINATION), None);
+        // a response is not a request
+        assert!(QueryRetrieveRq::from_command(&c_echo_rq(1)).is_err());
+    }
+
+    #[test]
+    fn trailer_after_the_command_set() {
+        // What Orthanc 1.10 sends for a failed C-GET: the status detail
+        // (0008,0058) merged into the command PDV.
+        let mut bytes = c_echo_rq(1).encode();
+        let trailer = [0x08, 0, 0x58, 0, 4, 0, 0, 0, b'1', b'.', b'2', 0];
+        bytes.extend_from_slice(&trailer);
+        assert!(matches!(
+            CommandSet::decode(&bytes),
+            Err(DecodeError::NotCommandGroup { group: 8, .. })
+        ));
+        let (cmd, rest) = CommandSet::decode_with_trailer(&bytes).unwrap();
+        assert_eq!(cmd, c_echo_rq(1));
+        assert_eq!(rest, &trailer);
+        // no command element at all is still an error
+        assert!(CommandSet::decode_with_trailer(&trailer).is_err());
+        // a truncated command before the trailer is still an error
+        assert!(CommandSet::decode_with_trailer(&bytes[..20]).is_err());
+    }
+
+    #[test]
+    fn cancel_rq_fields() {
+        let c = CommandSet::decode(&c_cancel_rq(9).encode()).unwrap();
+        assert_eq!(c.command_field().unwrap(), CommandField::CCancelRq);
+        assert_eq!(c.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO).unwrap(), Some(9));
+        assert!(!c.has_data_set().unwrap());
+        assert_eq!(c.u16(tag::MESSAGE_ID).unwrap(), None);
+    }
+
+    #[test]
+    fn query_retrieve_rsp_parse() {
+        let rsp = QueryRetrieveRsp {
+            field: CommandField::CGetRsp,
+            message_id_being_responded_to: 5,
+            sop_class_uid: Some("1.2.840.10008.5.1.4.1.2.2.3".into()),
+            status: Status::Pending(0xFF00),
+            has_data_set: false,
+            remaining: Some(7),
+            completed: Some(2),
+            failed: Some(1),
+            warning: Some(0),
+            error_comment: None,
+        };
+        let back = CommandSet::decode(&rsp.to_command().encode()).unwrap();
+        let parsed = QueryRetrieveRsp::from_command(&back).unwrap();
+        assert_eq!(parsed, rsp);
+        assert!(parsed.status.is_pending());
+        assert!(!parsed.status.is_failure());
+        assert!(Status::from_code(0xA801).is_failure());
+        assert_eq!(Status::from_code(0xA801), Status::MOVE_DESTINATION_UNKNOWN);
+        assert!(!Status::Cancel.is_failure());
+
+        // missing Status: clear error
+        let mut no_status = rsp.to_command();
+        no_status.elements.retain(|(e, _)| *e != tag::STATUS);
+        assert_eq!(
+            QueryRetrieveRsp::from_command(&no_status),
+            Err(DecodeError::Missing("Status (0000,0900)"))
+        );
+        // a count of the wrong length
+        let mut bad = rsp.to_command();
+        bad.set_raw(tag::NUMBER_OF_FAILED_SUBOPERATIONS, vec![1, 0, 0, 0]);
+        assert!(matches!(
+            QueryRetrieveRsp::from_command(&bad),
+            Err(DecodeError::BadLength {
+                element: 0x1022,
+                ..
+            })
+        ));
+        // a request field is not a response
+        let rq = QueryRetrieveRq {
+            field: CommandField::CFindRq,
+            message_id: 1,
+            sop_class_uid: "1.2".into(),
+            priority: 0,
+            move_destination: None,
+        };
+        assert!(QueryRetrieveRsp::from_command(&rq.to_command()).is_err());
+        // a truncated response command set
+        let bytes = rsp.to_command().encode();
+        for cut in [1, 7, 13, bytes.len() - 1] {
+            assert!(matches!(
+                CommandSet::decode(&bytes[..cut]),
+                Err(DecodeError::Truncated { .. })
+            ));
+        }
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -583,6 +908,8 @@ mod tests {
                 let _ = cs.message_id();
                 let _ = cs.has_data_set();
                 let _ = CStoreRq::from_command(&cs);
+                let _ = QueryRetrieveRsp::from_command(&cs);
+                let _ = QueryRetrieveRq::from_command(&cs);
                 // re-encoding a decoded set decodes to the same elements
                 prop_assert_eq!(CommandSet::decode(&cs.encode()).unwrap(), cs);
             }

@@ -17,6 +17,8 @@
 //! - [`retention`]: removes spool files every target has had long enough (opt-in).
 //! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
+//! - [`qr`]: the Query/Retrieve SCU: C-FIND, C-GET (sub-operations streamed
+//!   to scratch files and hashed), C-MOVE.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
 //! - [`admin`]: `/status` and `/metrics` on a loopback HTTP endpoint.
 //!
@@ -42,6 +44,7 @@ pub mod commit;
 pub mod dimse;
 pub mod index;
 pub mod part10;
+pub mod qr;
 pub mod recovery;
 pub mod replicate;
 pub mod restore;

@@ -10,12 +10,22 @@
 //!
 //! Errors are phrased for the person on call (refused connection, rejected
 //! association and why, timeout) and classified by [`ScuError::is_transient`].
+//!
+//! [`Scu`] is also the association layer of the Query/Retrieve SCU
+//! ([`crate::qr`]): [`AssociationRequest`] adds SCP role selection (C-GET)
+//! and a receive limit, commands and data sets are sent fragmented to the
+//! peer's PDU size, and [`Scu::receive_pdv`] reassembles command sets and
+//! hands data fragments over one by one (never collected here).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dicom_ul::association::{Association, AsyncClientAssociation};
-use dicom_ul::pdu::{AssociationRJSource, PDataValue, PDataValueType};
+use dicom_ul::pdu::{
+    AssociationRJSource, PDataValue, PDataValueType, PresentationContextNegotiated,
+    PresentationContextResultReason,
+};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpStream;
@@ -131,11 +141,56 @@ pub struct Outgoing {
     pub transfer_syntax_uid: String,
 }
 
+/// What to propose when associating.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssociationRequest {
+    /// One presentation context per (abstract syntax, transfer syntaxes)
+    /// entry, numbered 1, 3, 5… in this order.
+    pub contexts: Vec<(String, Vec<String>)>,
+    /// SOP classes for which we propose the SCP role (SCU role off): the
+    /// storage classes whose C-STORE sub-operations a C-GET brings back.
+    pub scp_roles: Vec<String>,
+    /// Largest PDU we receive (PDU length field); None keeps dicom-ul's
+    /// default (32 KiB). Values below 1018 are raised to 1018 (dicom-ul
+    /// accepts smaller ones and then fails every receive).
+    pub max_pdu: Option<u32>,
+}
+
+/// One PDV as [`Scu::receive_pdv`] hands it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A complete command set (its fragments reassembled).
+    Command {
+        /// Presentation context it came on.
+        pc_id: u8,
+        /// The decoded command set.
+        command: CommandSet,
+        /// Elements outside group 0000 that followed the command set in its
+        /// PDVs (Implicit VR LE), usually empty. DCMTK-based SCPs (Orthanc)
+        /// merge a response's status detail there, e.g. the Failed SOP
+        /// Instance UID List of a failed C-GET.
+        trailer: Vec<u8>,
+    },
+    /// One data fragment, as received.
+    Data {
+        /// Presentation context it came on.
+        pc_id: u8,
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Last fragment of the data set.
+        last: bool,
+    },
+}
+
 /// An established association.
 pub struct Scu {
     assoc: AsyncClientAssociation<TcpStream>,
     peer: Peer,
     next_message_id: u16,
+    /// PDVs of the last PDU not handed over yet.
+    queued: VecDeque<PDataValue>,
+    /// Command fragments collected so far, and their context.
+    command: Option<(u8, Vec<u8>)>,
 }
 
 /// C-ECHO `peer`: associate with Verification, echo, release.
@@ -183,6 +238,17 @@ impl Scu {
         peer: &Peer,
         contexts: &[(String, Vec<String>)],
     ) -> Result<Self, ScuError> {
+        let request = AssociationRequest {
+            contexts: contexts.to_vec(),
+            ..AssociationRequest::default()
+        };
+        Self::associate(peer, &request).await
+    }
+
+    /// Associate with everything [`AssociationRequest`] can say: contexts,
+    /// SCP role selection, receive limit. Sets TCP_NODELAY.
+    pub async fn associate(peer: &Peer, request: &AssociationRequest) -> Result<Self, ScuError> {
+        let contexts = &request.contexts;
         if contexts.len() > MAX_CONTEXTS {
             return Err(ScuError::TooManyContexts(contexts.len()));
         }
@@ -192,8 +258,14 @@ impl Scu {
             .connection_timeout(peer.timeout)
             .read_timeout(peer.timeout)
             .write_timeout(peer.timeout);
+        if let Some(max) = request.max_pdu {
+            options = options.max_pdu_length(max.max(dicom_ul::pdu::MINIMUM_PDU_SIZE));
+        }
         for (abstract_syntax, tss) in contexts {
             options = options.with_presentation_context(abstract_syntax.clone(), tss.to_vec());
+        }
+        for sop_class in &request.scp_roles {
+            options = options.with_role_selection(sop_class.clone(), false, true);
         }
         let addr = peer.addr();
         let fut = options.establish_async(addr.as_str());
@@ -218,7 +290,58 @@ impl Scu {
             assoc,
             peer: peer.clone(),
             next_message_id: 1,
+            queued: VecDeque::new(),
+            command: None,
         })
+    }
+
+    /// The peer this association is with.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The accepted presentation contexts.
+    pub fn presentation_contexts(&self) -> &[PresentationContextNegotiated] {
+        self.assoc.presentation_contexts()
+    }
+
+    /// The first accepted context for this abstract syntax, in whatever
+    /// transfer syntax the peer chose: (id, transfer syntax).
+    pub fn accepted_context(&self, abstract_syntax: &str) -> Option<(u8, String)> {
+        self.assoc
+            .presentation_contexts()
+            .iter()
+            .find(|pc| {
+                pc.reason == PresentationContextResultReason::Acceptance
+                    && pc.abstract_syntax.trim_end_matches('\0') == abstract_syntax
+            })
+            .map(|pc| (pc.id, pc.transfer_syntax.trim_end_matches('\0').to_string()))
+    }
+
+    /// The accepted context with this id: (abstract syntax, transfer syntax).
+    pub fn context_by_id(&self, pc_id: u8) -> Option<(String, String)> {
+        self.assoc
+            .presentation_contexts()
+            .iter()
+            .find(|pc| pc.id == pc_id && pc.reason == PresentationContextResultReason::Acceptance)
+            .map(|pc| {
+                (
+                    pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                    pc.transfer_syntax.trim_end_matches('\0').to_string(),
+                )
+            })
+    }
+
+    /// Whether the peer accepted our SCP role for this SOP class (role
+    /// selection answered). Some SCPs (Orthanc) push C-GET sub-operations
+    /// without answering role selection at all.
+    pub fn scp_role_accepted(&self, sop_class: &str) -> bool {
+        self.assoc.requestor_roles_for(sop_class).scp
+    }
+
+    /// The peer's IP address, if the socket still knows it.
+    pub fn peer_ip(&mut self) -> Option<std::net::IpAddr> {
+        self.assoc.inner_stream().peer_addr().ok().map(|a| a.ip())
     }
 
     /// The accepted context for this abstract syntax in exactly this
@@ -267,9 +390,7 @@ impl Scu {
             move_originator_message_id: None,
         };
         self.send_command(pc, &rq.to_command()).await?;
-        let chunk = (self.assoc.peer_max_pdu_length() as usize)
-            .saturating_sub(6)
-            .clamp(1012, MAX_SEND_CHUNK);
+        let chunk = self.max_pdv_payload();
         // Read up to MAX_SEND_CHUNK at a time (one blocking-pool hop), send
         // it as PDUs of the peer's size: against a 16 KiB peer that is one
         // file read per 64 PDUs instead of one per PDU.
@@ -293,18 +414,9 @@ impl Scu {
             };
             let count = pieces.len();
             for (i, piece) in pieces.into_iter().enumerate() {
-                let pdu = Pdu::PData {
-                    data: vec![PDataValue {
-                        presentation_context_id: pc,
-                        value_type: PDataValueType::Data,
-                        is_last: remaining == 0 && i + 1 == count,
-                        data: piece.to_vec(),
-                    }],
-                };
-                self.assoc
-                    .send(&pdu)
-                    .await
-                    .map_err(|e| classify(&self.peer.addr(), e, self.peer.timeout))?;
+                let last = remaining == 0 && i + 1 == count;
+                self.send_pdv(pc, PDataValueType::Data, last, piece.to_vec())
+                    .await?;
             }
             if remaining == 0 {
                 break;
@@ -319,26 +431,48 @@ impl Scu {
         let _ = self.assoc.release().await;
     }
 
-    fn message_id(&mut self) -> u16 {
+    /// Abort the association (A-ABORT, then close): after a protocol error,
+    /// or to give up in the middle of an operation.
+    pub async fn abort(self) {
+        let _ = self.assoc.abort().await;
+    }
+
+    /// A fresh Message ID (1, 2, … wrapping, never 0).
+    pub(crate) fn message_id(&mut self) -> u16 {
         let id = self.next_message_id;
         self.next_message_id = self.next_message_id.wrapping_add(1).max(1);
         id
     }
 
-    fn protocol(&self, message: String) -> ScuError {
+    /// A [`ScuError::Protocol`] naming this peer.
+    pub(crate) fn protocol(&self, message: String) -> ScuError {
         ScuError::Protocol {
             addr: self.peer.addr(),
             message,
         }
     }
 
-    async fn send_command(&mut self, pc: u8, cmd: &CommandSet) -> Result<(), ScuError> {
+    /// The largest PDV payload to send: the peer's PDU limit less the PDV
+    /// header, at most [`MAX_SEND_CHUNK`].
+    fn max_pdv_payload(&self) -> usize {
+        (self.assoc.peer_max_pdu_length() as usize)
+            .saturating_sub(dicom_ul::pdu::PDV_HEADER_SIZE as usize)
+            .clamp(1012, MAX_SEND_CHUNK)
+    }
+
+    async fn send_pdv(
+        &mut self,
+        pc: u8,
+        value_type: PDataValueType,
+        is_last: bool,
+        data: Vec<u8>,
+    ) -> Result<(), ScuError> {
         let pdu = Pdu::PData {
             data: vec![PDataValue {
                 presentation_context_id: pc,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: cmd.encode(),
+                value_type,
+                is_last,
+                data,
             }],
         };
         self.assoc
@@ -347,43 +481,98 @@ impl Scu {
             .map_err(|e| classify(&self.peer.addr(), e, self.peer.timeout))
     }
 
-    /// Read PDUs until a complete command set arrives that answers `id`.
-    async fn read_response(&mut self, id: u16) -> Result<CommandSet, ScuError> {
-        let mut bytes = Vec::new();
+    /// Send `bytes` as PDVs of `value_type`, each within the peer's PDU
+    /// limit, the last one flagged.
+    async fn send_fragmented(
+        &mut self,
+        pc: u8,
+        value_type: PDataValueType,
+        bytes: &[u8],
+    ) -> Result<(), ScuError> {
+        let chunk = self.max_pdv_payload();
+        if bytes.is_empty() {
+            return self.send_pdv(pc, value_type, true, Vec::new()).await;
+        }
+        let count = bytes.len().div_ceil(chunk);
+        for (i, piece) in bytes.chunks(chunk).enumerate() {
+            self.send_pdv(pc, value_type.clone(), i + 1 == count, piece.to_vec())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Send a command set (fragmented if the peer's PDUs are small).
+    pub async fn send_command(&mut self, pc: u8, cmd: &CommandSet) -> Result<(), ScuError> {
+        self.send_fragmented(pc, PDataValueType::Command, &cmd.encode())
+            .await
+    }
+
+    /// Send a whole data set held in memory (an identifier).
+    pub async fn send_data(&mut self, pc: u8, bytes: &[u8]) -> Result<(), ScuError> {
+        self.send_fragmented(pc, PDataValueType::Data, bytes).await
+    }
+
+    /// The next command set or data fragment from the peer. Command
+    /// fragments are collected (at most [`dimse::MAX_COMMAND_SET_BYTES`])
+    /// and decoded; data fragments are handed over as they come. A-ABORT is
+    /// [`ScuError::Aborted`]; any other PDU, or a command split across two
+    /// contexts, is a protocol error. Cancel-safe: a PDU is either wholly
+    /// received and queued, or still in dicom-ul's read buffer.
+    pub async fn receive_pdv(&mut self) -> Result<Inbound, ScuError> {
         loop {
+            while let Some(pdv) = self.queued.pop_front() {
+                let pc_id = pdv.presentation_context_id;
+                match pdv.value_type {
+                    PDataValueType::Data => {
+                        if self.command.is_some() {
+                            return Err(self
+                                .protocol("data fragment in the middle of a command set".into()));
+                        }
+                        return Ok(Inbound::Data {
+                            pc_id,
+                            bytes: pdv.data,
+                            last: pdv.is_last,
+                        });
+                    }
+                    PDataValueType::Command => {
+                        let mut bytes = match self.command.take() {
+                            None => Vec::new(),
+                            Some((id, bytes)) if id == pc_id => bytes,
+                            Some((id, _)) => {
+                                return Err(self.protocol(format!(
+                                    "command fragments on presentation contexts {id} and {pc_id}"
+                                )));
+                            }
+                        };
+                        bytes.extend_from_slice(&pdv.data);
+                        if bytes.len() > dimse::MAX_COMMAND_SET_BYTES {
+                            return Err(self.protocol(format!(
+                                "command set larger than {} bytes",
+                                dimse::MAX_COMMAND_SET_BYTES
+                            )));
+                        }
+                        if !pdv.is_last {
+                            self.command = Some((pc_id, bytes));
+                            continue;
+                        }
+                        let (command, trailer) = CommandSet::decode_with_trailer(&bytes)
+                            .map_err(|e| self.protocol(format!("undecodable command set: {e}")))?;
+                        let trailer = trailer.to_vec();
+                        return Ok(Inbound::Command {
+                            pc_id,
+                            command,
+                            trailer,
+                        });
+                    }
+                }
+            }
             let pdu = self
                 .assoc
                 .receive()
                 .await
                 .map_err(|e| classify(&self.peer.addr(), e, self.peer.timeout))?;
             match pdu {
-                Pdu::PData { data } => {
-                    for pdv in data {
-                        if pdv.value_type != PDataValueType::Command {
-                            continue;
-                        }
-                        bytes.extend_from_slice(&pdv.data);
-                        if bytes.len() > dimse::MAX_COMMAND_SET_BYTES {
-                            return Err(self.protocol("oversized response command".into()));
-                        }
-                        if pdv.is_last {
-                            let cmd = CommandSet::decode(&bytes)
-                                .map_err(|e| self.protocol(format!("undecodable response: {e}")))?;
-                            bytes.clear();
-                            let answered = cmd
-                                .u16(dimse::tag::MESSAGE_ID_BEING_RESPONDED_TO)
-                                .map_err(|e| self.protocol(e.to_string()))?;
-                            if answered == Some(id) {
-                                return Ok(cmd);
-                            }
-                            tracing::debug!(
-                                ?answered,
-                                expected = id,
-                                "ignoring a response to another message"
-                            );
-                        }
-                    }
-                }
+                Pdu::PData { data } => self.queued.extend(data),
                 Pdu::AbortRQ { source } => {
                     return Err(ScuError::Aborted {
                         addr: self.peer.addr(),
@@ -394,6 +583,27 @@ impl Scu {
                     return Err(self.protocol(format!("unexpected {}", other.short_description())));
                 }
             }
+        }
+    }
+
+    /// Read until a complete command set arrives that answers `id` (data
+    /// fragments and responses to other messages are skipped).
+    async fn read_response(&mut self, id: u16) -> Result<CommandSet, ScuError> {
+        loop {
+            let Inbound::Command { command, .. } = self.receive_pdv().await? else {
+                continue;
+            };
+            let answered = command
+                .u16(dimse::tag::MESSAGE_ID_BEING_RESPONDED_TO)
+                .map_err(|e| self.protocol(e.to_string()))?;
+            if answered == Some(id) {
+                return Ok(command);
+            }
+            tracing::debug!(
+                ?answered,
+                expected = id,
+                "ignoring a response to another message"
+            );
         }
     }
 }

@@ -1031,10 +1031,47 @@ pub struct Orthanc {
     pub http_port: u16,
 }
 
+/// A DICOM peer Orthanc knows (an entry of its `DicomModalities`), with
+/// every service allowed (echo, store, find, get, move).
+#[derive(Clone, Debug)]
+pub struct OrthancModality {
+    /// Orthanc's name for it (also what the REST API calls it).
+    pub name: String,
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Extra configuration for [`Orthanc::start_with`].
+#[derive(Clone, Debug, Default)]
+pub struct OrthancOptions {
+    /// Known modalities (C-FIND/C-GET/C-MOVE callers, C-MOVE destinations).
+    pub modalities: Vec<OrthancModality>,
+    /// More top-level configuration keys (override the defaults).
+    pub extra: serde_json::Map<String, Value>,
+}
+
 impl Orthanc {
     /// Start Orthanc with storage under `dir` (kept across restarts) and wait
     /// until its REST API answers (at most 30 s).
     pub fn start(dir: &Path, ae_title: &str, dicom_port: u16, http_port: u16) -> Orthanc {
+        Orthanc::start_with(
+            dir,
+            ae_title,
+            dicom_port,
+            http_port,
+            &OrthancOptions::default(),
+        )
+    }
+
+    /// As [`Orthanc::start`], with known modalities and extra settings.
+    pub fn start_with(
+        dir: &Path,
+        ae_title: &str,
+        dicom_port: u16,
+        http_port: u16,
+        options: &OrthancOptions,
+    ) -> Orthanc {
         let binary = ["/usr/sbin/Orthanc", "/usr/bin/Orthanc"]
             .into_iter()
             .find(|p| Path::new(p).is_file())
@@ -1042,7 +1079,7 @@ impl Orthanc {
                 panic!("Orthanc not found: run scripts/test, which installs orthanc")
             });
         std::fs::create_dir_all(dir).expect("creating the Orthanc dir");
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "Name": ae_title,
             "StorageDirectory": dir.join("storage"),
             "IndexDirectory": dir.join("index"),
@@ -1057,6 +1094,31 @@ impl Orthanc {
             "DicomCheckCalledAet": false,
             "Plugins": [],
         });
+        let modalities: serde_json::Map<String, Value> = options
+            .modalities
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    serde_json::json!({
+                        "AET": m.ae_title,
+                        "Host": m.host,
+                        "Port": m.port,
+                        "AllowEcho": true,
+                        "AllowStore": true,
+                        "AllowFind": true,
+                        "AllowGet": true,
+                        "AllowMove": true,
+                    }),
+                )
+            })
+            .collect();
+        if let Some(obj) = config.as_object_mut() {
+            obj.insert("DicomModalities".into(), Value::Object(modalities));
+            for (k, v) in &options.extra {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
         let config_path = dir.join("orthanc.json");
         std::fs::write(&config_path, config.to_string()).expect("writing orthanc.json");
         let log = std::fs::File::create(dir.join("orthanc.log")).expect("orthanc log");
@@ -1106,6 +1168,36 @@ impl Orthanc {
     pub fn get(&self, path: &str) -> Vec<u8> {
         self.try_get(path)
             .unwrap_or_else(|| panic!("Orthanc GET {path} failed"))
+    }
+
+    /// Upload a Part-10 file through the REST API (`POST /instances`); the
+    /// file is stored as sent. Returns Orthanc's instance ID.
+    pub fn upload(&self, path: &Path) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "60", "-X", "POST", "--data-binary"])
+            .arg(format!("@{}", path.display()))
+            .arg(format!("http://127.0.0.1:{}/instances", self.http_port))
+            .output()
+            .expect("running curl");
+        assert!(
+            out.status.success(),
+            "Orthanc refused the upload of {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("upload answer JSON");
+        assert_eq!(
+            v["Status"],
+            "Success",
+            "upload of {} answered {v}",
+            path.display()
+        );
+        v["ID"].as_str().expect("instance ID").to_string()
+    }
+
+    /// The tail of Orthanc's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir.join("orthanc.log"))
     }
 
     /// How many instances Orthanc holds.

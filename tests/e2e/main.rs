@@ -18,5 +18,6 @@ mod large;
 mod limits;
 mod mirror;
 mod resources;
+mod retrieve;
 pub(crate) mod s3;
 pub(crate) mod transfer_syntaxes;

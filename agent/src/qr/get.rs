@@ -1,0 +1,799 @@
+//! The C-GET loop: send the request, then serve the C-STORE sub-operations
+//! the peer sends back on the same association while reading its C-GET
+//! responses (pending counts, then the final status).
+//!
+//! Each sub-operation's data set is streamed to a new file in the caller's
+//! scratch directory, one data PDV at a time (at most one PDU in memory), as
+//! a Part-10 file: our file meta header ([`crate::part10::file_header`]) and
+//! the data set bytes exactly as received. blake3 is computed over those data
+//! set bytes while they are written — the spool's definition, so hashes
+//! compare with the index. The file name comes from a per-call random
+//! prefix and a counter, never from a UID. C-STORE-RSP Success is sent only
+//! after the file is written and fsynced; a partial or refused file is
+//! removed ([`ObjectWriter`] on drop).
+//!
+//! Per instance the outcome records when its first and last data bytes
+//! arrived, counted from the moment the C-GET request was sent: time to first
+//! instance and time to whole study for recovery-time measurements.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{
+    IdentifierBuf, QR_MODEL_ARC, QrError, QrOptions, RetrieveTarget, STUDY_ROOT_GET, SubOperations,
+    expect_response, explain_abort, failed_uids_in_trailer, identifier, ms, qr_context,
+    receive_or_cancel, send_request,
+};
+use crate::dimse::{self, CStoreRq, CommandField, QueryRetrieveRq, Status};
+use crate::part10::{self, Receipt};
+use crate::scu::{Inbound, Scu};
+use crate::spool::ObjectWriter;
+
+/// One instance retrieved and written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrievedInstance {
+    /// Affected SOP Instance UID of the sub-operation.
+    pub sop_instance_uid: String,
+    /// Affected SOP Class UID of the sub-operation.
+    pub sop_class_uid: String,
+    /// The transfer syntax of the context it came on (its data set's).
+    pub transfer_syntax_uid: String,
+    /// blake3 of the data set bytes as received (no file meta).
+    pub blake3: [u8; 32],
+    /// Length of the data set.
+    pub dataset_bytes: u64,
+    /// The Part-10 file in the scratch directory.
+    pub path: PathBuf,
+    /// Where the data set starts in that file.
+    pub dataset_offset: u64,
+    /// When its first data byte arrived, since the C-GET request was sent.
+    pub first_byte_after: Duration,
+    /// When its last data byte arrived, since the C-GET request was sent.
+    pub last_byte_after: Duration,
+}
+
+impl RetrievedInstance {
+    /// The blake3 in lowercase hex (as in the index dump).
+    pub fn blake3_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.blake3).to_hex().to_string()
+    }
+}
+
+/// A sub-operation we answered with a failure status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedSubOperation {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    /// The status we answered.
+    pub status: Status,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of a C-GET that reached its final response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetOutcome {
+    /// The final status (Success, Warning 0xB000 when some sub-operations
+    /// failed, Cancel, or a failure such as 0xA701/0xA702/0xA900/0xC000).
+    pub status: Status,
+    /// The peer's counts (final response, or the last pending one's where
+    /// the final omits them).
+    pub sub_operations: SubOperations,
+    /// Instances written, in arrival order.
+    pub instances: Vec<RetrievedInstance>,
+    /// Sub-operations we refused (their files were removed).
+    pub refused: Vec<RefusedSubOperation>,
+    /// Failed SOP Instance UID List (0008,0058) of the final response.
+    pub failed_sop_instance_uids: Vec<String>,
+    /// Error Comment of the final response.
+    pub error_comment: Option<String>,
+    /// We sent C-CANCEL.
+    pub cancelled: bool,
+    /// From sending the request to the final response.
+    pub elapsed: Duration,
+}
+
+impl GetOutcome {
+    /// Final Success, no failed or warning sub-operation, nothing refused.
+    pub fn is_complete(&self) -> bool {
+        self.status == Status::Success
+            && self.sub_operations.failed == 0
+            && self.sub_operations.warning == 0
+            && self.refused.is_empty()
+    }
+}
+
+enum Sink {
+    /// Boxed: the writer holds a blake3 hasher (~2 KB).
+    Writing(Box<ObjectWriter>),
+    Refusing(Status, String),
+}
+
+/// The C-STORE sub-operation being received.
+struct SubOp {
+    rq: CStoreRq,
+    pc_id: u8,
+    transfer_syntax: String,
+    sink: Sink,
+    first_byte_after: Option<Duration>,
+}
+
+/// Names files `get-<prefix>-<n>.dcm` in the scratch directory.
+struct Namer {
+    dir: PathBuf,
+    prefix: u32,
+    next: u32,
+}
+
+impl Namer {
+    /// A new file (never an existing one).
+    fn create(&mut self) -> std::io::Result<(std::fs::File, PathBuf)> {
+        let mut attempts = 0;
+        loop {
+            let path = self
+                .dir
+                .join(format!("get-{:08x}-{:06}.dcm", self.prefix, self.next));
+            self.next += 1;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => return Ok((f, path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 64 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+pub(super) async fn run(
+    scu: &mut Scu,
+    target: &RetrieveTarget,
+    scratch_dir: &Path,
+    options: &QrOptions,
+) -> Result<GetOutcome, QrError> {
+    let (pc, ts) = qr_context(scu, STUDY_ROOT_GET, "C-GET")?;
+    // Accepted contexts other than Q/R models (an association may carry
+    // FIND and MOVE too) are the storage contexts.
+    let storage: Vec<String> = scu
+        .presentation_contexts()
+        .iter()
+        .map(|p| p.abstract_syntax.trim_end_matches('\0').to_string())
+        .filter(|a| !a.starts_with(QR_MODEL_ARC))
+        .collect();
+    if storage.is_empty() {
+        return Err(QrError::NotNegotiated {
+            addr: super::addr_of(scu),
+            service: "C-GET",
+            what: "none of the proposed storage contexts".into(),
+        });
+    }
+    if !storage.iter().any(|c| scu.scp_role_accepted(c)) {
+        tracing::debug!(
+            "the peer answered no SCP role selection; relying on it sending C-GET sub-operations anyway (Orthanc does)"
+        );
+    }
+    let identifier = target.identifier().map_err(QrError::InvalidQuery)?;
+    std::fs::create_dir_all(scratch_dir).map_err(|source| QrError::Scratch {
+        path: scratch_dir.to_path_buf(),
+        source,
+    })?;
+    let mut namer = Namer {
+        dir: scratch_dir.to_path_buf(),
+        prefix: rand::random(),
+        next: 0,
+    };
+    let source_ip = scu
+        .peer_ip()
+        .map_or_else(|| scu.peer().host.clone(), |ip| ip.to_string());
+    let source_ae = scu.peer().called_ae.clone();
+    let id = scu.message_id();
+    let rq = QueryRetrieveRq {
+        field: CommandField::CGetRq,
+        message_id: id,
+        sop_class_uid: STUDY_ROOT_GET.to_string(),
+        priority: options.priority,
+        move_destination: None,
+    };
+    send_request(scu, pc, &ts, &rq, &identifier).await?;
+    let start = Instant::now();
+    let mut outcome = GetOutcome {
+        status: Status::Success,
+        sub_operations: SubOperations::default(),
+        instances: Vec::new(),
+        refused: Vec::new(),
+        failed_sop_instance_uids: Vec::new(),
+        error_comment: None,
+        cancelled: false,
+        elapsed: Duration::ZERO,
+    };
+    let mut sub: Option<SubOp> = None;
+    let mut final_identifier: Option<IdentifierBuf> = None;
+    let mut responses = 0u32;
+    loop {
+        let cancel = if outcome.cancelled {
+            None
+        } else {
+            options.cancel.as_ref()
+        };
+        let Some(next) = receive_or_cancel(scu, cancel).await else {
+            tracing::debug!(message_id = id, "C-GET cancelled by the caller");
+            scu.send_command(pc, &dimse::c_cancel_rq(id)).await?;
+            outcome.cancelled = true;
+            continue;
+        };
+        let next = next.map_err(|e| explain_abort(scu, e, "C-GET", responses))?;
+        match next {
+            Inbound::Command {
+                pc_id,
+                command,
+                trailer,
+            } => {
+                if let Some(s) = &sub {
+                    return Err(scu
+                        .protocol(format!(
+                            "command received in the middle of the data set of {}",
+                            s.rq.sop_instance_uid
+                        ))
+                        .into());
+                }
+                if final_identifier.is_some() {
+                    return Err(scu
+                        .protocol(
+                            "command received before the final identifier was complete".into(),
+                        )
+                        .into());
+                }
+                if pc_id == pc {
+                    let rsp = expect_response(scu, pc_id, &command, pc, id, CommandField::CGetRsp)?;
+                    responses += 1;
+                    outcome.sub_operations.update(&rsp);
+                    if rsp.status.is_pending() {
+                        if rsp.has_data_set {
+                            return Err(scu
+                                .protocol("pending C-GET response with a data set".into())
+                                .into());
+                        }
+                        continue;
+                    }
+                    outcome.status = rsp.status;
+                    outcome.error_comment = rsp.error_comment;
+                    outcome.failed_sop_instance_uids = failed_uids_in_trailer(&trailer);
+                    if rsp.has_data_set {
+                        final_identifier = Some(IdentifierBuf::new(pc));
+                        continue;
+                    }
+                    return Ok(finish(outcome, start));
+                }
+                sub = Some(begin(
+                    scu, pc_id, &command, &mut namer, &source_ae, &source_ip,
+                )?);
+                responses += 1;
+            }
+            Inbound::Data { pc_id, bytes, last } => {
+                if let Some(buf) = final_identifier.as_mut() {
+                    buf.push(scu, pc_id, &bytes)?;
+                    if last && let Some(buf) = final_identifier.take() {
+                        match buf
+                            .decode(scu, &ts, "Failed SOP Instance UID List")
+                            .and_then(|o| {
+                                identifier::failed_sop_instance_uids(&o).map_err(|reason| {
+                                    QrError::Malformed {
+                                        addr: super::addr_of(scu),
+                                        what: "Failed SOP Instance UID List",
+                                        reason,
+                                    }
+                                })
+                            }) {
+                            Ok(uids) => outcome.failed_sop_instance_uids = uids,
+                            Err(e) => tracing::warn!(error = %e, "final C-GET identifier ignored"),
+                        }
+                        return Ok(finish(outcome, start));
+                    }
+                    continue;
+                }
+                let Some(s) = sub.as_mut() else {
+                    return Err(scu
+                        .protocol("data fragment without a C-STORE-RQ".into())
+                        .into());
+                };
+                if s.pc_id != pc_id {
+                    return Err(scu
+                        .protocol(format!(
+                            "data fragment on presentation context {pc_id}, C-STORE-RQ on {}",
+                            s.pc_id
+                        ))
+                        .into());
+                }
+                s.data(&bytes, start);
+                if last && let Some(s) = sub.take() {
+                    end(scu, s, start, &mut outcome).await?;
+                }
+            }
+        }
+    }
+}
+
+/// A C-STORE-RQ arrived on a storage context: open its file (or decide to
+/// refuse it).
+fn begin(
+    scu: &Scu,
+    pc_id: u8,
+    command: &dimse::CommandSet,
+    namer: &mut Namer,
+    source_ae: &str,
+    source_ip: &str,
+) -> Result<SubOp, QrError> {
+    let field = command
+        .command_field()
+        .map_err(|e| scu.protocol(e.to_string()))?;
+    if field != CommandField::CStoreRq {
+        return Err(scu
+            .protocol(format!(
+                "command 0x{:04X} on storage context {pc_id} (expected a C-STORE-RQ)",
+                field.code()
+            ))
+            .into());
+    }
+    let rq = CStoreRq::from_command(command)
+        .map_err(|e| scu.protocol(format!("malformed C-STORE-RQ: {e}")))?;
+    if !command
+        .has_data_set()
+        .map_err(|e| scu.protocol(e.to_string()))?
+    {
+        return Err(scu.protocol("C-STORE-RQ without a data set".into()).into());
+    }
+    let Some((abstract_syntax, transfer_syntax)) = scu.context_by_id(pc_id) else {
+        return Err(scu
+            .protocol(format!(
+                "C-STORE-RQ on presentation context {pc_id}, which was not accepted"
+            ))
+            .into());
+    };
+    let sink = match open(
+        &rq,
+        &abstract_syntax,
+        &transfer_syntax,
+        namer,
+        source_ae,
+        source_ip,
+    ) {
+        Ok(w) => Sink::Writing(Box::new(w)),
+        Err((status, reason)) => Sink::Refusing(status, reason),
+    };
+    Ok(SubOp {
+        rq,
+        pc_id,
+        transfer_syntax,
+        sink,
+        first_byte_after: None,
+    })
+}
+
+fn open(
+    rq: &CStoreRq,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    namer: &mut Namer,
+    source_ae: &str,
+    source_ip: &str,
+) -> Result<ObjectWriter, (Status, String)> {
+    if rq.sop_class_uid != abstract_syntax {
+        return Err((
+            Status::SopClassNotSupported,
+            format!(
+                "SOP class {} differs from the presentation context's {abstract_syntax}",
+                rq.sop_class_uid
+            ),
+        ));
+    }
+    for (what, uid) in [
+        ("Affected SOP Instance UID", &rq.sop_instance_uid),
+        ("Affected SOP Class UID", &rq.sop_class_uid),
+    ] {
+        dimse::check_uid(uid).map_err(|e| (Status::INVALID_UID, format!("{what}: {e}")))?;
+    }
+    let receipt = Receipt {
+        source_ip: source_ip.to_string(),
+        received_at_ms: crate::unix_ms(),
+    };
+    let header = part10::file_header(
+        &rq.sop_class_uid,
+        &rq.sop_instance_uid,
+        transfer_syntax,
+        source_ae,
+        &receipt,
+    )
+    .map_err(|e| (Status::INVALID_UID, e.to_string()))?;
+    let (file, path) = namer.create().map_err(|e| {
+        (
+            Status::OUT_OF_RESOURCES,
+            format!("creating a file in {}: {e}", namer.dir.display()),
+        )
+    })?;
+    ObjectWriter::new(file, path, &header).map_err(|e| (Status::OUT_OF_RESOURCES, e.to_string()))
+}
+
+impl SubOp {
+    /// One data fragment: written and hashed (page-cache write, inline, as
+    /// on the SCP's store path).
+    fn data(&mut self, bytes: &[u8], start: Instant) {
+        if self.first_byte_after.is_none() {
+            self.first_byte_after = Some(start.elapsed());
+        }
+        if let Sink::Writing(w) = &mut self.sink
+            && let Err(e) = w.write_chunk(bytes)
+        {
+            // dropping the writer removes the file
+            self.sink = Sink::Refusing(Status::OUT_OF_RESOURCES, e.to_string());
+        }
+    }
+}
+
+/// The last fragment arrived: fsync (blocking pool), answer, record.
+async fn end(
+    scu: &mut Scu,
+    s: SubOp,
+    start: Instant,
+    outcome: &mut GetOutcome,
+) -> Result<(), QrError> {
+    let last_byte_after = start.elapsed();
+    let first_byte_after = s.first_byte_after.unwrap_or(last_byte_after);
+    let result = match s.sink {
+        Sink::Refusing(status, reason) => Err((status, reason)),
+        Sink::Writing(w) => match tokio::task::spawn_blocking(move || (*w).finish()).await {
+            Ok(Ok(written)) => {
+                let path = written.temp.path().to_path_buf();
+                let instance = RetrievedInstance {
+                    sop_instance_uid: s.rq.sop_instance_uid.clone(),
+                    sop_class_uid: s.rq.sop_class_uid.clone(),
+                    transfer_syntax_uid: s.transfer_syntax.clone(),
+                    blake3: written.hash,
+                    dataset_bytes: written.dataset_bytes,
+                    path,
+                    dataset_offset: written.header_bytes,
+                    first_byte_after,
+                    last_byte_after,
+                };
+                written.temp.keep();
+                Ok(instance)
+            }
+            Ok(Err(e)) => Err((Status::OUT_OF_RESOURCES, e.to_string())),
+            Err(e) => Err((Status::OUT_OF_RESOURCES, format!("writer task: {e}"))),
+        },
+    };
+    let (status, comment) = match &result {
+        Ok(_) => (Status::Success, None),
+        Err((status, reason)) => (*status, Some(reason.as_str())),
+    };
+    let rsp = dimse::c_store_rsp(&s.rq, status, comment);
+    match result {
+        Ok(instance) => {
+            tracing::debug!(
+                sop_instance_uid = %instance.sop_instance_uid,
+                bytes = instance.dataset_bytes,
+                last_byte_ms = ms(instance.last_byte_after),
+                "C-GET sub-operation stored"
+            );
+            outcome.instances.push(instance);
+        }
+        Err((status, reason)) => {
+            tracing::warn!(
+                sop_instance_uid = %s.rq.sop_instance_uid,
+                %status,
+                %reason,
+                "C-GET sub-operation refused"
+            );
+            outcome.refused.push(RefusedSubOperation {
+                sop_instance_uid: s.rq.sop_instance_uid.clone(),
+                sop_class_uid: s.rq.sop_class_uid.clone(),
+                status,
+                reason,
+            });
+        }
+    }
+    scu.send_command(s.pc_id, &rsp).await?;
+    Ok(())
+}
+
+fn finish(mut outcome: GetOutcome, start: Instant) -> GetOutcome {
+    outcome.elapsed = start.elapsed();
+    tracing::debug!(
+        status = %outcome.status,
+        instances = outcome.instances.len(),
+        refused = outcome.refused.len(),
+        completed = outcome.sub_operations.completed,
+        failed = outcome.sub_operations.failed,
+        elapsed_ms = ms(outcome.elapsed),
+        "C-GET done"
+    );
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testpeer::{self, Script, Step};
+    use super::super::*;
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+    const EXPLICIT: &str = "1.2.840.10008.1.2.1";
+    const RLE: &str = "1.2.840.10008.1.2.5";
+
+    fn body(uid: &str, pad: usize) -> Vec<u8> {
+        let mut b = crate::testutil::dataset(CT, uid, "P1");
+        // an (0009,0010) OB private-ish trailer to make it larger
+        b.extend_from_slice(&[0x09, 0, 0x00, 0x10, b'O', b'B', 0, 0]);
+        b.extend_from_slice(&(pad as u32).to_le_bytes());
+        b.extend((0..pad).map(|i| (i % 251) as u8));
+        b
+    }
+
+    fn storage() -> Vec<StorageContext> {
+        storage_contexts(&[CT, SC], &[EXPLICIT, RLE])
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sub_operations_are_streamed_hashed_and_answered() {
+        let a = body("1.2.3.1", 100_000);
+        let b = body("1.2.3.2", 10);
+        let script = Script::get(
+            &[CT, SC],
+            vec![
+                Step::Store(
+                    CT.into(),
+                    "1.2.3.1".into(),
+                    EXPLICIT.into(),
+                    a.clone(),
+                    4000,
+                ),
+                Step::Pending(1, 1, 0, 0),
+                Step::Store(CT.into(), "1.2.3.2".into(), RLE.into(), b.clone(), 1 << 20),
+                // CT claimed on the SC context: refused 0122
+                Step::StoreOn(
+                    SC.into(),
+                    CT.into(),
+                    "1.2.3.3".into(),
+                    EXPLICIT.into(),
+                    a.clone(),
+                ),
+                Step::FinalCounts(Status::Warning(0xB000), 2, 1, 0, vec!["1.2.3.3".into()]),
+            ],
+        );
+        let (peer, handle) = testpeer::start(script).await;
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("scratch");
+        let out = get(
+            &peer,
+            &RetrieveTarget::study("1.2.3"),
+            &storage(),
+            &scratch,
+            &QrOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status, Status::Warning(0xB000));
+        assert!(!out.is_complete());
+        assert_eq!(out.sub_operations.completed, 2);
+        assert_eq!(out.sub_operations.failed, 1);
+        assert_eq!(out.failed_sop_instance_uids, ["1.2.3.3"]);
+        assert_eq!(out.instances.len(), 2);
+        for (inst, want, ts) in [
+            (&out.instances[0], &a, EXPLICIT),
+            (&out.instances[1], &b, RLE),
+        ] {
+            assert_eq!(inst.blake3, *blake3::hash(want).as_bytes());
+            assert_eq!(inst.blake3_hex(), blake3::hash(want).to_hex().to_string());
+            assert_eq!(inst.dataset_bytes, want.len() as u64);
+            assert_eq!(inst.transfer_syntax_uid, ts);
+            assert!(inst.path.starts_with(&scratch));
+            let name = inst
+                .path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                name.starts_with("get-") && !name.contains("1.2.3"),
+                "{name}"
+            );
+            let file = std::fs::read(&inst.path).unwrap();
+            assert_eq!(&file[inst.dataset_offset as usize..], &want[..]);
+            let h = crate::part10::read_header(&inst.path).unwrap();
+            assert_eq!(h.sop_instance_uid, inst.sop_instance_uid);
+            assert_eq!(h.transfer_syntax_uid, ts);
+            assert_eq!(h.dataset_offset, inst.dataset_offset);
+            assert_eq!(h.source_ae, "QRSCP");
+            assert!(inst.first_byte_after <= inst.last_byte_after);
+        }
+        assert!(out.instances[0].last_byte_after <= out.instances[1].first_byte_after);
+        assert_eq!(out.refused.len(), 1);
+        assert_eq!(out.refused[0].status, Status::SopClassNotSupported);
+        // only the two stored files remain
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 2);
+        let seen = handle.await.unwrap();
+        assert_eq!(
+            seen.store_responses,
+            [
+                ("1.2.3.1".to_string(), 0x0000),
+                ("1.2.3.2".to_string(), 0x0000),
+                ("1.2.3.3".to_string(), 0x0122)
+            ]
+        );
+        assert_eq!(
+            seen.identifiers[0]
+                .get(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "1.2.3"
+        );
+        assert!(seen.released);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn abort_mid_instance_leaves_no_file() {
+        let a = body("1.2.3.1", 50_000);
+        let script = Script::get(
+            &[CT],
+            vec![Step::StoreThenAbort(
+                CT.into(),
+                "1.2.3.1".into(),
+                EXPLICIT.into(),
+                a,
+                20_000,
+            )],
+        );
+        let (peer, handle) = testpeer::start(script).await;
+        let dir = tempfile::tempdir().unwrap();
+        let e = get(
+            &peer,
+            &RetrieveTarget::study("1.2.3"),
+            &storage(),
+            dir.path(),
+            &QrOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                QrError::Association(crate::scu::ScuError::Aborted { .. })
+            ),
+            "{e}"
+        );
+        assert!(e.is_transient());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the partial file is removed"
+        );
+        handle.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cancel_and_failure_statuses() {
+        let token = tokio_util::sync::CancellationToken::new();
+        token.cancel();
+        let script = Script::get(
+            &[CT],
+            vec![
+                Step::ExpectCancel,
+                Step::FinalCounts(Status::Cancel, 0, 0, 0, vec![]),
+            ],
+        );
+        let (peer, handle) = testpeer::start(script).await;
+        let dir = tempfile::tempdir().unwrap();
+        let options = QrOptions {
+            cancel: Some(token),
+            ..QrOptions::default()
+        };
+        let out = get(
+            &peer,
+            &RetrieveTarget::series("1.2.3", "1.2.3.4"),
+            &storage(),
+            dir.path(),
+            &options,
+        )
+        .await
+        .unwrap();
+        assert!(out.cancelled);
+        assert_eq!(out.status, Status::Cancel);
+        assert!(handle.await.unwrap().cancelled);
+
+        // a failure final status is returned, not an error
+        let script = Script::get(
+            &[CT],
+            vec![Step::FinalComment(Status::from_code(0xA900), "no")],
+        );
+        let (peer, handle) = testpeer::start(script).await;
+        let out = get(
+            &peer,
+            &RetrieveTarget::instance("1.2.3", "1.2.3.4", "1.2.3.4.5"),
+            &storage(),
+            dir.path(),
+            &QrOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), 0xA900);
+        assert_eq!(out.error_comment.as_deref(), Some("no"));
+        assert!(!out.is_complete());
+        handle.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn failed_list_inside_the_command_set_is_read() {
+        let a = body("1.2.3.1", 10);
+        let script = Script::get(
+            &[CT],
+            vec![
+                Step::Store(CT.into(), "1.2.3.1".into(), EXPLICIT.into(), a, 1 << 20),
+                Step::FinalInCommand(
+                    Status::from_code(0xC000),
+                    1,
+                    2,
+                    vec!["1.2.3.2".into(), "1.2.3.3".into()],
+                ),
+            ],
+        );
+        let (peer, handle) = testpeer::start(script).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = get(
+            &peer,
+            &RetrieveTarget::study("1.2.3"),
+            &storage(),
+            dir.path(),
+            &QrOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), 0xC000);
+        assert_eq!(out.instances.len(), 1);
+        assert_eq!(out.sub_operations.failed, 2);
+        assert_eq!(out.failed_sop_instance_uids, ["1.2.3.2", "1.2.3.3"]);
+        assert!(
+            handle.await.unwrap().released,
+            "the association stays usable"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_storage_context_is_not_negotiated() {
+        let (peer, handle) = testpeer::start(Script::get(&[], vec![])).await;
+        let dir = tempfile::tempdir().unwrap();
+        let e = get(
+            &peer,
+            &RetrieveTarget::study("1.2.3"),
+            &storage(),
+            dir.path(),
+            &QrOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, QrError::NotNegotiated { .. }), "{e}");
+        assert!(handle.await.unwrap().released);
+        // too many contexts: refused before connecting
+        let many = storage_contexts(COMMON_IMAGE_STORAGE, IMAGE_TRANSFER_SYNTAXES)
+            .into_iter()
+            .chain(storage_contexts(
+                COMMON_UNCOMPRESSED_STORAGE,
+                IMAGE_TRANSFER_SYNTAXES,
+            ))
+            .collect::<Vec<_>>();
+        let e = QrAssociation::connect(&peer, &[Service::Get(many)])
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                QrError::Association(crate::scu::ScuError::TooManyContexts(_))
+            ),
+            "{e}"
+        );
+    }
+}
