@@ -13,6 +13,8 @@
 //! - [`retention`]: removes spool files every target has had long enough (opt-in).
 //! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
+//! - [`backfill`]: import a folder of Part-10 files through the same durable
+//!   path as network ingest.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
 //! - [`admin`]: `/status` and `/metrics` on a loopback HTTP endpoint.
 //!
@@ -33,6 +35,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backfill;
 pub mod commit;
 pub mod dimse;
 pub mod index;
