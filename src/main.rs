@@ -3,6 +3,7 @@
 //! `anyhow`.
 
 mod bucket_cmd;
+mod progress;
 mod synth;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use pacs_mirror_agent::backfill::{self, BackfillReport, DEFAULT_READERS, DEFAULT_SOURCE_AE};
 use pacs_mirror_agent::{admin, app, index::Index, scu, spool::Spool};
+use pacs_mirror_config::ldif::{DEFAULT_BASE_DN, LdifOptions};
 use pacs_mirror_config::{Config, ConfigError, Finding, Severity, validate_ae_title};
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +106,32 @@ enum Command {
     /// Check stored copies (agent stopped).
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Import a folder of DICOM Part-10 files, recursively, through the same
+    /// durable path as network ingest (agent stopped). Progress on standard
+    /// error, the report on standard output. Exit status: 0 when every file
+    /// was imported or already held; 2 when the run finished but files were
+    /// skipped (0 with --allow-skips); 1 when it could not run or a local
+    /// failure (spool full, disk or index error) stopped it early.
+    Backfill {
+        /// The folder to import.
+        dir: PathBuf,
+        /// Configuration file; default: the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Exit 0 even when files were skipped (they are still listed).
+        #[arg(long)]
+        allow_skips: bool,
+        /// Calling AE title recorded for the imported objects, in the index
+        /// and as Source AE Title (0002,0016) of their spool files.
+        #[arg(long, default_value = DEFAULT_SOURCE_AE)]
+        source_ae: String,
+        /// Files read in parallel.
+        #[arg(long, default_value_t = DEFAULT_READERS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+        readers: u16,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,6 +145,23 @@ enum ConfigCommand {
     Example,
     /// Print the embedded default configuration.
     Default,
+    /// Print the configuration as LDIF (RFC 2849) in the DICOM Application
+    /// Configuration LDAP schema (PS3.15 Annex H): the device, its network
+    /// connections, network AEs and transfer capabilities, every remote
+    /// device, and the Unique AE Titles Registry.
+    Ldif {
+        /// Configuration file; default: the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The DN the "cn=DICOM Configuration" root goes under: your
+        /// directory's suffix, e.g. "dc=hospital,dc=example".
+        #[arg(long, default_value = DEFAULT_BASE_DN)]
+        base_dn: String,
+        /// Leave out the entries of the configuration root, the Devices root
+        /// and the Unique AE Titles Registry root (they exist already).
+        #[arg(long)]
+        without_roots: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +257,60 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::DEFAULT_TOML);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Ldif {
+            config,
+            base_dn,
+            without_roots,
+        }) => {
+            let config = load(config.as_deref())?;
+            let export = pacs_mirror_config::ldif::to_ldif(
+                &config,
+                &LdifOptions {
+                    base_dn,
+                    include_roots: !without_roots,
+                },
+            )?;
+            for w in &export.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", export.text);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill {
+            dir,
+            config,
+            allow_skips,
+            source_ae,
+            readers,
+            json,
+        } => {
+            let config = load(config.as_deref())?;
+            let options = backfill::Options {
+                source_dir: dir,
+                source_ae,
+                readers: usize::from(readers),
+            };
+            let report = tokio::task::spawn_blocking(move || {
+                let progress = progress::BackfillProgress::new();
+                let report = backfill::run(&config, &options, &progress);
+                progress.finish();
+                report
+            })
+            .await
+            .context("the backfill thread failed")??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_backfill_report(&report);
+            }
+            Ok(if report.stopped.is_some() {
+                ExitCode::FAILURE
+            } else if !report.skipped.is_empty() && !allow_skips {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Echo {
             target,
@@ -629,6 +729,50 @@ fn print_status(s: &admin::Status) {
             if t.circuit_open { "OPEN" } else { "closed" },
             ago(t.last_success_at_ms),
             t.last_error.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+fn print_backfill_report(r: &BackfillReport) {
+    let t = &r.totals;
+    println!(
+        "backfill of {} (source AE {}): {} of {} files, {:.1} MB, in {:.1} s ({:.0} files/s)",
+        r.source_dir.display(),
+        r.source_ae,
+        t.files_done,
+        r.files,
+        t.bytes_done as f64 / 1e6,
+        r.elapsed_ms as f64 / 1000.0,
+        r.files_per_sec()
+    );
+    println!("  imported:   {}", t.imported);
+    println!(
+        "  duplicates: {} (already held: not stored again)",
+        t.duplicates
+    );
+    println!(
+        "  conflicts:  {} (another version of a SOP instance already held: both kept)",
+        t.conflicts
+    );
+    for c in &r.conflicts {
+        println!("    {}: {}", c.path.display(), c.sop_instance_uid);
+    }
+    println!("  skipped:    {}", r.skipped.len());
+    for s in &r.skipped {
+        println!("    {}: {}", s.path.display(), s.reason);
+    }
+    let rec = &r.recovery;
+    if rec.temp_files_removed > 0 || rec.reindexed > 0 || !rec.quarantined.is_empty() {
+        println!(
+            "  start-up recovery: {} temp files removed, {} objects indexed again, {} quarantined",
+            rec.temp_files_removed,
+            rec.reindexed,
+            rec.quarantined.len()
+        );
+    }
+    if let Some(reason) = &r.stopped {
+        println!(
+            "  STOPPED EARLY: {reason}\n  What was imported stays imported; fix the cause and run the same backfill again."
         );
     }
 }

@@ -114,6 +114,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Committer {
@@ -124,22 +125,71 @@ impl Committer {
         let spawned = std::thread::Builder::new()
             .name("pacs-mirror-commit".into())
             .spawn(move || run(&spool, &index, &targets, &rx));
-        if let Err(e) = spawned {
-            // Without the thread every commit fails with Stopped: stores are
-            // refused, never falsely acknowledged.
-            tracing::error!(error = %e, "cannot start the committer thread");
+        let thread = match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                // Without the thread every commit fails with Stopped: stores
+                // are refused, never falsely acknowledged.
+                tracing::error!(error = %e, "cannot start the committer thread");
+                None
+            }
+        };
+        Committer {
+            tx,
+            thread: Arc::new(std::sync::Mutex::new(thread)),
         }
-        Committer { tx }
+    }
+
+    /// Drop this handle and, if it is the last one, wait for the committer
+    /// thread to end (it ends once every handle is gone), so that its index
+    /// handle is closed when this returns. Every submitted job has had its
+    /// answer by then.
+    pub fn finish(self) {
+        let Committer { tx, thread } = self;
+        drop(tx);
+        if Arc::strong_count(&thread) == 1
+            && let Ok(mut slot) = thread.lock()
+            && let Some(handle) = slot.take()
+        {
+            let _ = handle.join();
+        }
     }
 
     /// Make one received object durable. Returns once file and index rows are
     /// durable, or with the reason it was not stored (its temp file removed).
     pub async fn commit(&self, pending: Pending) -> Result<Committed, CommitError> {
+        self.submit(pending)?.wait().await
+    }
+
+    /// Hand one object to the committer and return at once; the [`Ticket`]
+    /// gives the outcome (the same as [`Committer::commit`]'s) once file and
+    /// index rows are durable. Used by `backfill`, whose reader threads keep
+    /// several objects in flight so that one batch covers many of them.
+    pub fn submit(&self, pending: Pending) -> Result<Ticket, CommitError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { pending, reply })
             .map_err(|_| CommitError::Stopped)?;
-        rx.await.map_err(|_| CommitError::Stopped)?
+        Ok(Ticket { rx })
+    }
+}
+
+/// The outcome of a submitted object, to come.
+#[derive(Debug)]
+pub struct Ticket {
+    rx: oneshot::Receiver<Result<Committed, CommitError>>,
+}
+
+impl Ticket {
+    /// Wait for the outcome (async).
+    pub async fn wait(self) -> Result<Committed, CommitError> {
+        self.rx.await.map_err(|_| CommitError::Stopped)?
+    }
+
+    /// Wait for the outcome, blocking the calling thread. Call it from a
+    /// plain thread, never from inside an async runtime (tokio panics there).
+    pub fn wait_blocking(self) -> Result<Committed, CommitError> {
+        self.rx.blocking_recv().map_err(|_| CommitError::Stopped)?
     }
 }
 

@@ -19,6 +19,8 @@
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
 //! - [`qr`]: the Query/Retrieve SCU: C-FIND, C-GET (sub-operations streamed
 //!   to scratch files and hashed), C-MOVE.
+//! - [`backfill`]: import a folder of Part-10 files through the same durable
+//!   path as network ingest.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
 //! - [`admin`]: `/status` and `/metrics` on a loopback HTTP endpoint.
 //!
@@ -39,6 +41,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backfill;
 pub mod bucket;
 pub mod commit;
 pub mod dimse;

@@ -42,6 +42,9 @@
 //! | `[spool]` | — (pacs-mirror: spool limits) |
 //! | `[[target]]` | — (pacs-mirror: replication targets) |
 //!
+//! `pacs-mirror config ldif` writes the same model as LDIF in the Annex H
+//! LDAP schema: see [`ldif`].
+//!
 //! # Loading
 //!
 //! [`Config::load`] reads and parses a file; unknown keys, missing required
@@ -64,6 +67,7 @@ mod dicom;
 mod drill;
 mod error;
 mod host;
+pub mod ldif;
 mod remote;
 mod spool;
 mod target;

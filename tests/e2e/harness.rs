@@ -198,8 +198,19 @@ impl Agent {
         Agent::start_with_config_dir(config, parent)
     }
 
+    /// As [`Agent::start`], with more arguments after `run` (e.g.
+    /// `--log-format json`).
+    pub fn start_with_args(config: &AgentConfig, args: &[&str]) -> Agent {
+        let parent = config.data_dir.parent().expect("data_dir has a parent");
+        Agent::spawn(config, parent, args)
+    }
+
     /// As [`Agent::start`], with the config file and log in `parent`.
     pub fn start_with_config_dir(config: &AgentConfig, parent: &Path) -> Agent {
+        Agent::spawn(config, parent, &[])
+    }
+
+    fn spawn(config: &AgentConfig, parent: &Path, args: &[&str]) -> Agent {
         let parent = parent.to_path_buf();
         std::fs::create_dir_all(&parent).expect("creating the config dir");
         let config_path = parent.join(format!("pacs-mirror-{}.toml", config.port));
@@ -210,6 +221,7 @@ impl Agent {
         let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&config_path)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -16,7 +16,7 @@ const FRAME_BYTES: usize = 512 * 512 * 2;
 const MULTIFRAME_WORD_SC: &str = "1.2.840.10008.5.1.4.1.1.7.3";
 
 /// Write the 1 GiB file; returns the blake3 and length of its data set.
-fn write_large(src: &Path, out: &Path) -> (String, u64) {
+pub(crate) fn write_large(src: &Path, out: &Path) -> (String, u64) {
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(src)
@@ -67,7 +67,7 @@ fn write_large(src: &Path, out: &Path) -> (String, u64) {
 }
 
 /// blake3 of a file's data set, streamed.
-fn dataset_hash_streamed(path: &Path) -> (String, u64) {
+pub(crate) fn dataset_hash_streamed(path: &Path) -> (String, u64) {
     let mut f = std::fs::File::open(path).expect("open");
     let mut head = vec![0u8; 144];
     f.read_exact(&mut head).expect("read head");

@@ -10,12 +10,14 @@ mod dimse;
 mod harness;
 
 mod access;
+mod backfill;
 mod bad_input;
 mod crash;
 mod duplicates;
 mod ingest;
-mod large;
+pub(crate) mod large;
 mod limits;
+mod logs;
 mod mirror;
 mod resources;
 mod retrieve;

@@ -3,9 +3,15 @@
 //!
 //! dicom-ul's `AccessControl` hook sees AE titles but not the peer address, so
 //! one [`PeerAccess`] is made per TCP connection, carrying the address.
+//!
+//! Every refusal decided here is logged (WARN, "association refused") with
+//! the fields `calling_ae`, `called_ae`, `peer` (address:port) and `reason`.
+//! The calling and called AE titles are also kept in [`PeerAccess::seen`], so
+//! that the listener can name them when it logs the A-ASSOCIATE-RJ of a
+//! rejection dicom-ul decided by itself.
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
@@ -31,6 +37,28 @@ pub enum Refusal {
     UnknownCallingAe,
     /// The calling AE is known but not from this address.
     WrongAddress,
+}
+
+impl Refusal {
+    /// In words, for the log.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Refusal::CalledAe => "called AE title is not one of this listener's",
+            Refusal::UnknownCallingAe => "calling AE title is not on the allow-list",
+            Refusal::WrongAddress => "calling AE title is allowed, but not from this address",
+        }
+    }
+}
+
+/// The AE titles of an association request, as the access check saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Calling AE title (trimmed).
+    pub calling_ae: String,
+    /// Called AE title (trimmed).
+    pub called_ae: String,
+    /// The refusal, if the check refused.
+    pub refusal: Option<Refusal>,
 }
 
 impl AePolicy {
@@ -73,11 +101,22 @@ pub type Policies = Arc<Vec<AePolicy>>;
 pub struct PeerAccess {
     /// The AEs on this listener.
     pub policies: Policies,
-    /// The peer's address.
-    pub peer: IpAddr,
+    /// The peer's address and port.
+    pub peer: SocketAddr,
+    /// What the request said, set by the access check.
+    pub seen: Arc<OnceLock<Seen>>,
 }
 
 impl PeerAccess {
+    /// Access control for one connection from `peer`.
+    pub fn new(policies: Policies, peer: SocketAddr) -> Self {
+        PeerAccess {
+            policies,
+            peer,
+            seen: Arc::new(OnceLock::new()),
+        }
+    }
+
     /// The decision, with the reason (for logging).
     pub fn decide(&self, calling_ae: &str, called_ae: &str) -> Result<&AePolicy, Refusal> {
         let called = called_ae.trim();
@@ -86,7 +125,7 @@ impl PeerAccess {
             .iter()
             .find(|p| p.ae_title == called)
             .ok_or(Refusal::CalledAe)?;
-        policy.check(calling_ae, self.peer)?;
+        policy.check(calling_ae, self.peer.ip())?;
         Ok(policy)
     }
 }
@@ -99,7 +138,24 @@ impl AccessControl for PeerAccess {
         called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        match self.decide(calling_ae_title, called_ae_title) {
+        let decision = self.decide(calling_ae_title, called_ae_title);
+        let calling_ae = calling_ae_title.trim();
+        let called_ae = called_ae_title.trim();
+        let _ = self.seen.set(Seen {
+            calling_ae: calling_ae.to_string(),
+            called_ae: called_ae.to_string(),
+            refusal: decision.as_ref().err().cloned(),
+        });
+        if let Err(refusal) = &decision {
+            tracing::warn!(
+                calling_ae,
+                called_ae,
+                peer = %self.peer,
+                reason = refusal.describe(),
+                "association refused"
+            );
+        }
+        match decision {
             Ok(_) => Ok(()),
             Err(Refusal::CalledAe) => {
                 Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
@@ -118,8 +174,8 @@ mod tests {
     use super::*;
 
     fn access(peer: &str) -> PeerAccess {
-        PeerAccess {
-            policies: Arc::new(vec![AePolicy {
+        PeerAccess::new(
+            Arc::new(vec![AePolicy {
                 ae_title: "PACS_MIRROR".into(),
                 accept_any_calling_ae: false,
                 allowed: vec![(
@@ -127,8 +183,8 @@ mod tests {
                     vec!["10.0.0.5/32".parse().unwrap(), "fd00::/8".parse().unwrap()],
                 )],
             }]),
-            peer: peer.parse().unwrap(),
-        }
+            SocketAddr::new(peer.parse().unwrap(), 4000),
+        )
     }
 
     #[test]
@@ -160,6 +216,15 @@ mod tests {
         assert_eq!(
             a.check_access("x", "PRIMARY", "NOPE", None),
             Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+        );
+        // The first request's titles are kept for the rejection's log line.
+        assert_eq!(
+            a.seen.get(),
+            Some(&Seen {
+                calling_ae: "STRANGER".into(),
+                called_ae: "PACS_MIRROR".into(),
+                refusal: Some(Refusal::UnknownCallingAe),
+            })
         );
     }
 }

@@ -6,6 +6,10 @@
 //! Any protocol violation (data without a command, a context that was not
 //! accepted, a command in the middle of a data set, an undecodable command)
 //! aborts the association; an in-flight store is then discarded.
+//!
+//! Every store failure is logged with the fields `calling_ae` and `peer`
+//! (address:port) on the event itself, not only on the enclosing span, so
+//! that a JSON log line (`--log-format json`) names its sender.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -65,7 +69,7 @@ pub async fn serve(
     tracing::debug!(called_ae = %called_ae, contexts = assoc.presentation_contexts().len(), "association accepted");
     let origin = Origin {
         calling_ae: calling_ae.clone(),
-        peer_ip: peer.ip(),
+        peer,
     };
     let mut inbound = Inbound::Idle;
     let end = loop {
@@ -126,6 +130,8 @@ pub async fn serve(
     };
     if let Inbound::Store(store) = inbound {
         tracing::warn!(
+            calling_ae = %origin.calling_ae,
+            peer = %origin.peer,
             sop_instance_uid = %store.rq.sop_instance_uid,
             "association ended during a C-STORE; the partial object is discarded (never acknowledged)"
         );
@@ -214,7 +220,7 @@ async fn on_pdv(
                     && let Inbound::Store(store) = std::mem::replace(inbound, Inbound::Idle)
                 {
                     let (rq, pc, result) = store.finish().await;
-                    respond_store(assoc, &rq, pc, result).await?;
+                    respond_store(assoc, origin, &rq, pc, result).await?;
                 }
                 Ok(())
             }
@@ -313,6 +319,7 @@ fn sop_class_refusal(
 
 async fn respond_store(
     assoc: &mut AsyncServerAssociation<TcpStream>,
+    origin: &Origin,
     rq: &CStoreRq,
     pc_id: u8,
     result: Result<CommitOutcome, Failure>,
@@ -336,6 +343,8 @@ async fn respond_store(
         }
         Err(f) => {
             tracing::warn!(
+                calling_ae = %origin.calling_ae,
+                peer = %origin.peer,
                 sop_instance_uid = %rq.sop_instance_uid,
                 status = %f.status,
                 reason = %f.comment,

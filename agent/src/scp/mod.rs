@@ -7,6 +7,11 @@
 //! limit, the request is read and answered with A-ASSOCIATE-RJ (transient,
 //! local limit exceeded). On shutdown the listener stops accepting and every
 //! association finishes the store it is receiving, then is aborted.
+//!
+//! Every refused association is logged (WARN, "association refused") with
+//! the fields `calling_ae` and `peer` (address:port): by the access check
+//! ([`access`]), by the busy path, or here when dicom-ul refused by itself
+//! (then `calling_ae` is empty if the check never saw the request).
 
 pub mod access;
 pub mod association;
@@ -15,7 +20,7 @@ pub mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dicom_ul::association::server::DefaultNegotiation;
@@ -99,10 +104,10 @@ impl Scp {
         let policies: access::Policies =
             Arc::new(settings.aes.iter().map(|a| a.policy.clone()).collect());
         let mut options = ServerAssociationOptions::new()
-            .ae_access_control(PeerAccess {
-                policies: policies.clone(),
-                peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            })
+            .ae_access_control(PeerAccess::new(
+                policies.clone(),
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            ))
             .ae_title(
                 settings
                     .aes
@@ -193,21 +198,20 @@ impl Scp {
             let artim = self.settings.artim_timeout;
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let options = self.options.clone().ae_access_control(PeerAccess {
-                        policies: self.policies.clone(),
-                        peer: peer.ip(),
-                    });
+                    let access = PeerAccess::new(self.policies.clone(), peer);
+                    let seen = access.seen.clone();
+                    let options = self.options.clone().ae_access_control(access);
                     let context = self.context.clone();
                     let shutdown = shutdown.clone();
                     tracker.spawn(async move {
-                        admit(sock, peer, options, context, artim, shutdown).await;
+                        admit(sock, peer, options, seen, context, artim, shutdown).await;
                         drop(permit);
                     });
                 }
                 Err(_) => {
-                    tracing::warn!(%peer, limit = self.settings.max_associations, "too many associations: rejecting (transient)");
                     let max_pdu = self.settings.max_pdu_bytes;
-                    tracker.spawn(reject_busy(sock, artim, max_pdu));
+                    let limit = self.settings.max_associations;
+                    tracker.spawn(reject_busy(sock, peer, artim, max_pdu, limit));
                 }
             }
         }
@@ -219,6 +223,7 @@ async fn admit(
     sock: TcpStream,
     peer: SocketAddr,
     options: Options,
+    seen: Arc<OnceLock<access::Seen>>,
     context: Arc<AssociationContext>,
     artim: Duration,
     shutdown: CancellationToken,
@@ -229,12 +234,34 @@ async fn admit(
             return;
         }
         Ok(Err(dicom_ul::association::Error::Rejected { association_rj, .. })) => {
-            // Access refusals are logged by PeerAccess with both AE titles.
-            tracing::info!(%peer, reason = ?association_rj.source, "A-ASSOCIATE-RJ sent");
+            match seen.get() {
+                // Refused by the access check, which logged it (WARN).
+                Some(s) if s.refusal.is_some() => tracing::debug!(
+                    calling_ae = %s.calling_ae,
+                    %peer,
+                    rj = ?association_rj.source,
+                    "A-ASSOCIATE-RJ sent"
+                ),
+                // Refused by dicom-ul itself (protocol version, application
+                // context name), before or after the access check.
+                other => tracing::warn!(
+                    calling_ae = other.map_or("", |s| s.calling_ae.as_str()),
+                    called_ae = other.map_or("", |s| s.called_ae.as_str()),
+                    %peer,
+                    rj = ?association_rj.source,
+                    "association refused"
+                ),
+            }
             return;
         }
         Ok(Err(e)) => {
-            tracing::warn!(%peer, error = %e, "association could not be established");
+            let s = seen.get();
+            tracing::warn!(
+                calling_ae = s.map_or("", |s| s.calling_ae.as_str()),
+                %peer,
+                error = %e,
+                "association could not be established"
+            );
             return;
         }
         Ok(Ok(a)) => a,
@@ -247,16 +274,30 @@ async fn admit(
 
 /// Over the association limit: read the request (within ARTIM), answer
 /// A-ASSOCIATE-RJ transient "local limit exceeded", close.
-async fn reject_busy(mut sock: TcpStream, artim: Duration, max_pdu: u32) {
+async fn reject_busy(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    artim: Duration,
+    max_pdu: u32,
+    limit: usize,
+) {
     let mut buf = bytes::BytesMut::with_capacity(4096);
     let read = tokio::time::timeout(
         artim,
         dicom_ul::association::read_pdu_from_wire_async(&mut sock, &mut buf, max_pdu, true),
     )
     .await;
-    if !matches!(read, Ok(Ok(Pdu::AssociationRQ(_)))) {
+    let Ok(Ok(Pdu::AssociationRQ(rq))) = read else {
+        tracing::warn!(%peer, limit, "too many associations, and no A-ASSOCIATE-RQ: connection closed");
         return;
-    }
+    };
+    tracing::warn!(
+        calling_ae = %rq.calling_ae_title.trim(),
+        called_ae = %rq.called_ae_title.trim(),
+        %peer,
+        limit,
+        "association refused: too many associations (transient)"
+    );
     let rj = Pdu::AssociationRJ(AssociationRJ {
         result: AssociationRJResult::Transient,
         source: AssociationRJSource::ServiceProviderPresentation(

@@ -18,7 +18,7 @@
 //! On any failure the temp file is removed and nothing is indexed; the
 //! association goes on.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -101,13 +101,15 @@ struct Writing {
     structure: Walker,
 }
 
-/// Identity of the association a store arrives on.
+/// Identity of the association a store arrives on: the (calling AE title,
+/// address) pair that every log event about the store carries as the fields
+/// `calling_ae` and `peer`.
 #[derive(Debug, Clone)]
 pub struct Origin {
     /// Calling AE title.
     pub calling_ae: String,
-    /// Peer address.
-    pub peer_ip: IpAddr,
+    /// Peer address and port.
+    pub peer: SocketAddr,
 }
 
 /// A C-STORE in progress.
@@ -174,12 +176,13 @@ impl IncomingStore {
             if dimse::uid_has_leading_zero(uid) {
                 tracing::warn!(
                     calling_ae = %origin.calling_ae,
+                    peer = %origin.peer,
                     "{what} {uid} has a component with a leading zero (not conformant to PS3.5 9.1); stored as received"
                 );
             }
         }
         let receipt = Receipt {
-            source_ip: origin.peer_ip.to_string(),
+            source_ip: origin.peer.ip().to_string(),
             received_at_ms,
         };
         let header = part10::file_header(
@@ -294,7 +297,7 @@ impl IncomingStore {
             command_sop_instance: self.rq.sop_instance_uid.clone(),
             transfer_syntax: self.transfer_syntax.clone(),
             calling_ae: self.origin.calling_ae.clone(),
-            source_ip: self.origin.peer_ip.to_string(),
+            source_ip: self.origin.peer.ip().to_string(),
             received_at_ms: self.received_at_ms,
         };
         let result = self.ingest.committer.commit(pending).await;

@@ -106,6 +106,17 @@ impl ObjectWriter {
         Ok(())
     }
 
+    /// fsync what has been written so far, on the caller's thread, so that
+    /// the committer's own fsync in [`ObjectWriter::finish`] (which still
+    /// happens: it is what durability rests on) finds little left to do.
+    /// Backfill readers call it to spread that wait over several threads.
+    pub fn sync_early(&self) -> Result<(), SpoolError> {
+        match &self.file {
+            Some(file) => file.sync_data().map_err(io_err("fsync", &self.path)),
+            None => Ok(()),
+        }
+    }
+
     /// Data set bytes so far.
     pub fn dataset_bytes(&self) -> u64 {
         self.dataset_bytes
