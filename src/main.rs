@@ -3,6 +3,7 @@
 //! `anyhow`.
 
 mod bucket_cmd;
+mod drill_cmd;
 mod progress;
 mod synth;
 
@@ -76,6 +77,12 @@ enum Command {
     /// reading only the bucket (no local index needed); each object's hash
     /// is verified before it is sent.
     Restore(bucket_cmd::RestoreArgs),
+    /// Run a restore drill now (agent stopped): retrieve studies back from
+    /// a target, compare every instance with the index, time the recovery;
+    /// exit 1 on any failure. Alerts go to [alerts] when configured.
+    Drill(drill_cmd::DrillArgs),
+    /// The drill history, newest first (agent stopped).
+    Drills(drill_cmd::DrillsArgs),
     /// Replication lag, ingest counters and warnings: from the running
     /// agent's admin endpoint, or from the index when no agent runs.
     Status {
@@ -323,6 +330,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Some(from) => bucket_cmd::reindex_from(&config, &from).await,
                 None => reindex(&config),
             }
+        }
+        Command::Drill(args) => {
+            let config = load(args.config.as_deref())?;
+            drill_cmd::drill(&config, args).await
+        }
+        Command::Drills(args) => {
+            let config = load(args.config.as_deref())?;
+            drill_cmd::drills(&config, args)
         }
         Command::Restore(args) => {
             let config = load(args.config.as_deref())?;

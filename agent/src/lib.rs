@@ -21,6 +21,7 @@
 //!   to scratch files and hashed), C-MOVE.
 //! - [`backfill`]: import a folder of Part-10 files through the same durable
 //!   path as network ingest.
+//! - [`alert`]: alerts to the log and a webhook, retried, never blocking.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
 //! - [`admin`]: `/status` and `/metrics` on a loopback HTTP endpoint.
 //!
@@ -40,6 +41,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod alert;
 pub mod app;
 pub mod backfill;
 pub mod bucket;

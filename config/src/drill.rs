@@ -1,17 +1,9 @@
 //! Restore drills (`[[drill]]`) and alert delivery (`[alerts]`).
+//!
+//! A drill of a DICOM target retrieves with C-GET (the objects come back on
+//! the drill's own association, never into the spool).
 
 use serde::{Deserialize, Serialize};
-
-/// How a drill retrieves studies from a DICOM target.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RetrieveMethod {
-    /// C-GET: the objects come back on the drill's own association.
-    #[default]
-    CGet,
-    /// C-MOVE to `move_destination`, an AE the agent serves.
-    CMove,
-}
 
 /// `[[drill]]`: a scheduled restore drill of one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,14 +28,6 @@ pub struct DrillConfig {
     /// Also drill the newest study received. Default: true.
     #[serde(default = "default_true")]
     pub newest_study: bool,
-    /// DICOM targets: `"c-get"` (default) or `"c-move"`.
-    #[serde(default)]
-    pub retrieve: RetrieveMethod,
-    /// For `"c-move"`: the AE title the target moves to, a local acceptor
-    /// AE of this device (it must be configured at the mirror as a
-    /// destination).
-    #[serde(default)]
-    pub move_destination: Option<String>,
     /// Recovery time objective: a drill whose slowest study took longer is
     /// flagged and alerted. Absent: none.
     #[serde(default)]

@@ -81,7 +81,7 @@ pub use device::{
     NetworkConnection, Role, TransferCapability,
 };
 pub use dicom::{AE_TITLE_MAX_CHARS, UID_MAX_CHARS, validate_ae_title, validate_uid};
-pub use drill::{AlertsConfig, DrillConfig, RetrieveMethod};
+pub use drill::{AlertsConfig, DrillConfig};
 pub use error::{ConfigError, Finding, Severity};
 pub use host::{is_loopback_host, parse_source_address};
 pub use remote::{RemoteAe, RemoteDevice};

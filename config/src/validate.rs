@@ -419,14 +419,13 @@ impl Config {
     fn check_drills(&self, r: &mut Report) {
         for (i, d) in self.drills.iter().enumerate() {
             let p = format!("drill[{i}]");
-            let Some(target) = self.targets.iter().find(|t| t.name() == d.target) else {
+            if !self.targets.iter().any(|t| t.name() == d.target) {
                 let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
                 r.error(
                     format!("{p}.target"),
                     format!("no target named {:?} (targets: {names:?})", d.target),
                 );
-                continue;
-            };
+            }
             if let Some(s) = &d.schedule
                 && let Err(e) = crate::drill::check_cron(s)
             {
@@ -443,26 +442,6 @@ impl Config {
                     format!("{p}.timeout_secs"),
                     format!("{} is out of range 1 to 3600", d.timeout_secs),
                 );
-            }
-            let dicom = matches!(target, Target::Dicom { .. });
-            match (d.retrieve, &d.move_destination) {
-                (crate::RetrieveMethod::CMove, None) if dicom => r.error(
-                    format!("{p}.move_destination"),
-                    "retrieve = \"c-move\" needs move_destination, a local acceptor AE title",
-                ),
-                (crate::RetrieveMethod::CMove, Some(ae))
-                    if dicom && !self.acceptor_aes().any(|a| a.ae_title.trim() == ae.trim()) =>
-                {
-                    r.error(
-                        format!("{p}.move_destination"),
-                        format!("{ae:?} is not a local acceptor AE (device.network_ae)"),
-                    );
-                }
-                (_, Some(_)) if !dicom => r.warning(
-                    format!("{p}.move_destination"),
-                    "ignored: the target is an object store",
-                ),
-                _ => {}
             }
         }
         if let Some(a) = &self.alerts {

@@ -13,6 +13,7 @@ mod access;
 mod backfill;
 mod bad_input;
 mod crash;
+mod drill;
 mod duplicates;
 mod ingest;
 pub(crate) mod large;

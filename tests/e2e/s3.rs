@@ -163,6 +163,14 @@ impl S3Reader {
     }
 }
 
+impl S3Reader {
+    pub fn put(&self, key: &str, bytes: Vec<u8>) {
+        self.rt
+            .block_on(self.store.put(&Key::from(key), bytes.into()))
+            .unwrap_or_else(|e| panic!("PUT {key}: {e}"));
+    }
+}
+
 /// What the bucket holds under `prefix`, checked against the layout:
 /// every object's data set hashes to its key; every manifest entry names
 /// an object that exists, with the file hash of its bytes. Returns the

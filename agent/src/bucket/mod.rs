@@ -133,6 +133,14 @@ pub enum BucketError {
 }
 
 impl BucketError {
+    /// Whether the key does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            BucketError::Store(object_store::Error::NotFound { .. })
+        )
+    }
+
     /// Whether the failure is the store's or the network's (retry, open the
     /// circuit) rather than a refusal of this one object.
     pub fn is_transient(&self) -> bool {
@@ -153,8 +161,24 @@ fn io_err(path: &FsPath) -> impl FnOnce(std::io::Error) -> BucketError + '_ {
     }
 }
 
+/// Who sent the copy a bucket holds, from its own file meta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// (0002,0016): the calling AE that sent it to its agent.
+    pub calling_ae: String,
+    /// From the receipt (0002,0102).
+    pub source_ip: String,
+    /// From the receipt.
+    pub received_at_ms: u64,
+    /// Size of the stored file.
+    pub file_bytes: u64,
+}
+
+/// Bytes kept of an existing object to read its file meta.
+const HEAD_BYTES: usize = 256 << 10;
+
 /// How an upload ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Uploaded {
     /// We wrote it.
     Created {
@@ -166,6 +190,8 @@ pub enum Uploaded {
     AlreadyThere {
         /// blake3 of the file the bucket holds.
         file_blake3: Hash,
+        /// Whose copy it is (None: its meta could not be read).
+        provenance: Option<Provenance>,
     },
 }
 
@@ -173,7 +199,7 @@ impl Uploaded {
     /// blake3 of the file the bucket holds under the key.
     pub fn file_blake3(&self) -> Hash {
         match self {
-            Uploaded::Created { file_blake3 } | Uploaded::AlreadyThere { file_blake3 } => {
+            Uploaded::Created { file_blake3 } | Uploaded::AlreadyThere { file_blake3, .. } => {
                 *file_blake3
             }
         }
@@ -343,15 +369,32 @@ impl Bucket {
         match created {
             Some(file_blake3) => Ok(Uploaded::Created { file_blake3 }),
             None => {
-                let found = self.read_hashes(&key).await?;
+                let mut head = Vec::new();
+                let found = self.read_object(&key, None, Some(&mut head)).await?;
                 if found.dataset != *hash {
                     return Err(BucketError::Conflict {
                         key: key.to_string(),
                         found: hash_hex(&found.dataset),
                     });
                 }
+                let offset = usize::try_from(found.dataset_offset).unwrap_or(usize::MAX);
+                let provenance = head
+                    .get(..offset)
+                    .zip(head.get(offset..))
+                    .and_then(|(meta, data)| crate::part10::read_header_prefix(meta, data).ok())
+                    .map(|h| Provenance {
+                        calling_ae: h.source_ae,
+                        source_ip: h
+                            .receipt
+                            .as_ref()
+                            .map(|r| r.source_ip.clone())
+                            .unwrap_or_default(),
+                        received_at_ms: h.receipt.map_or(0, |r| r.received_at_ms),
+                        file_bytes: found.file_bytes,
+                    });
                 Ok(Uploaded::AlreadyThere {
                     file_blake3: found.file,
+                    provenance,
                 })
             }
         }
@@ -423,13 +466,13 @@ impl Bucket {
 
     /// Stream an object and hash it (file and data set), keeping nothing.
     pub async fn read_hashes(&self, key: &Path) -> Result<StreamHashes, BucketError> {
-        self.read_object(key, None).await
+        self.read_object(key, None, None).await
     }
 
     /// Download object `hash` into `dest` (created or truncated), hashing as
     /// it arrives. The caller checks the data set hash against `hash`.
     pub async fn download(&self, hash: &Hash, dest: &FsPath) -> Result<StreamHashes, BucketError> {
-        self.read_object(&Path::from(object_key(hash)), Some(dest))
+        self.read_object(&Path::from(object_key(hash)), Some(dest), None)
             .await
     }
 
@@ -437,6 +480,7 @@ impl Bucket {
         &self,
         key: &Path,
         dest: Option<&FsPath>,
+        mut head: Option<&mut Vec<u8>>,
     ) -> Result<StreamHashes, BucketError> {
         use tokio::io::AsyncWriteExt;
         let mut out = match dest {
@@ -453,6 +497,10 @@ impl Bucket {
             })?;
             if let (Some(f), Some(p)) = (out.as_mut(), dest) {
                 f.write_all(&chunk).await.map_err(io_err(p))?;
+            }
+            if let Some(h) = head.as_deref_mut() {
+                let room = HEAD_BYTES.saturating_sub(h.len()).min(chunk.len());
+                h.extend_from_slice(&chunk[..room]);
             }
         }
         if let (Some(mut f), Some(p)) = (out, dest) {
@@ -485,6 +533,15 @@ impl Bucket {
             message: format!("not a study manifest: {e}"),
         })?;
         Ok(Some((manifest, version)))
+    }
+
+    /// The manifest of one study (`None`: the bucket has none).
+    pub async fn study_manifest(
+        &self,
+        study_instance_uid: &str,
+    ) -> Result<Option<StudyManifest>, BucketError> {
+        let key = Path::from(manifest_key(study_instance_uid));
+        Ok(self.read_manifest(&key).await?.map(|(m, _)| m))
     }
 
     /// Add `entries` (all of one study) to its manifest.
@@ -761,7 +818,13 @@ mod tests {
         assert_eq!(
             second,
             Uploaded::AlreadyThere {
-                file_blake3: *blake3::hash(&file_a).as_bytes()
+                file_blake3: *blake3::hash(&file_a).as_bytes(),
+                provenance: Some(Provenance {
+                    calling_ae: "AGENT_A".into(),
+                    source_ip: "127.0.0.1".into(),
+                    received_at_ms: 1,
+                    file_bytes: file_a.len() as u64,
+                }),
             }
         );
         let stored = std::fs::read(bucket_dir.join(object_key(&hash))).unwrap();

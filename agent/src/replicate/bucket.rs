@@ -50,8 +50,21 @@ impl Worker {
             let item = &items[i];
             match result {
                 Ok(up) => {
+                    let mut record = item.record.clone();
+                    // The manifest describes the bytes the bucket holds: when
+                    // another agent's copy was there first, its provenance.
+                    if let crate::bucket::Uploaded::AlreadyThere {
+                        provenance: Some(p),
+                        ..
+                    } = &up
+                    {
+                        record.calling_ae = p.calling_ae.clone();
+                        record.source_ip = p.source_ip.clone();
+                        record.received_at_ms = p.received_at_ms;
+                        record.file_bytes = p.file_bytes;
+                    }
                     let entry = ManifestEntry {
-                        record: item.record.clone(),
+                        record,
                         key: object_key(&item.due.hash),
                         file_blake3: hash_hex(&up.file_blake3()),
                         study_date: item.study_date.clone(),

@@ -1,0 +1,261 @@
+//! `pacs-mirror drill` and `pacs-mirror drills`: restore drills on demand and
+//! their history.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use pacs_mirror_agent::alert::{Alerter, Webhook};
+use pacs_mirror_agent::bucket::{Bucket, BucketSettings};
+use pacs_mirror_agent::{app, index::Index, spool::Spool};
+use pacs_mirror_config::{Config, DrillConfig, Target};
+use pacs_mirror_verifier::drill::{self, DrillReport, DrillSettings, DrillTarget};
+
+/// Arguments of `drill`.
+#[derive(clap::Args, Debug)]
+pub struct DrillArgs {
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Only this target (default: every target with a [[drill]] table).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Drill this study (repeatable) instead of the configured choice.
+    #[arg(long = "study", value_name = "UID")]
+    pub studies: Vec<String>,
+    /// Print the reports as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `drills`.
+#[derive(clap::Args, Debug)]
+pub struct DrillsArgs {
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Only this target.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// How many, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print JSON (the whole reports, with every finding).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn open_index(config: &Config) -> anyhow::Result<Index> {
+    let dirs = app::DataDirs::new(&config.device.data_dir);
+    Index::open(&dirs.index).with_context(|| {
+        format!(
+            "opening the index at {}: drills read it, so the agent must be stopped (is it running?)",
+            dirs.index.display()
+        )
+    })
+}
+
+fn drill_target(config: &Config, name: &str, timeout: Duration) -> anyhow::Result<DrillTarget> {
+    let Some(t) = config.targets.iter().find(|t| t.name() == name) else {
+        let names: Vec<&str> = config.targets.iter().map(Target::name).collect();
+        bail!("no target named {name:?} (targets: {names:?})");
+    };
+    Ok(match t {
+        Target::Dicom {
+            remote_ae,
+            calling_ae,
+            ..
+        } => {
+            let peer = app::remote_peer(
+                config,
+                remote_ae,
+                calling_ae.as_deref(),
+                &app::default_calling_ae(config),
+                timeout.as_secs(),
+            )
+            .with_context(|| format!("target {name:?}: its remote AE has no usable connection"))?;
+            DrillTarget::Dicom(peer)
+        }
+        Target::ObjectStore { url, options, .. } => {
+            DrillTarget::Bucket(Arc::new(Bucket::open(&BucketSettings {
+                url: url.clone(),
+                options: options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                timeout,
+            })?))
+        }
+    })
+}
+
+/// The drill settings of a target: its `[[drill]]` table, or defaults.
+pub fn settings_for(config: &Config, target: &str, studies: &[String]) -> DrillSettings {
+    let d = config
+        .drills
+        .iter()
+        .find(|d| d.target == target)
+        .cloned()
+        .unwrap_or(DrillConfig {
+            target: target.into(),
+            schedule: None,
+            random_studies: 2,
+            rotation: None,
+            newest_study: true,
+            recovery_time_objective_secs: None,
+            seed: None,
+            timeout_secs: 60,
+        });
+    DrillSettings {
+        target: target.into(),
+        random_studies: d.random_studies,
+        rotation: d.rotation.unwrap_or(0),
+        newest_study: d.newest_study,
+        studies: studies.to_vec(),
+        seed: d.seed,
+        rto_secs: d.recovery_time_objective_secs,
+        timeout: Duration::from_secs(d.timeout_secs),
+    }
+}
+
+/// The alerter of `[alerts]`.
+pub fn alerter(config: &Config) -> Alerter {
+    match &config.alerts {
+        Some(a) => Alerter::with_webhook(
+            &config.device.name,
+            Webhook {
+                url: a.webhook_url.clone(),
+                timeout: Duration::from_secs(a.timeout_secs),
+                attempts: a.attempts,
+            },
+        ),
+        None => Alerter::log_only(&config.device.name),
+    }
+}
+
+/// Alert on a failed drill or one over its objective.
+pub fn alert_on(alerter: &Alerter, r: &DrillReport) {
+    if r.rto_exceeded {
+        alerter.raise("drill_over_objective", &r.target, r.summary());
+    } else if !r.ok {
+        alerter.raise("drill_failed", &r.target, r.summary());
+    }
+}
+
+/// `pacs-mirror drill`.
+pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode> {
+    let targets: Vec<String> = match &args.target {
+        Some(t) => vec![t.clone()],
+        None => config.drills.iter().map(|d| d.target.clone()).collect(),
+    };
+    if targets.is_empty() {
+        bail!("no [[drill]] in the configuration: name a target with --target");
+    }
+    let index = open_index(config)?;
+    let dirs = app::DataDirs::new(&config.device.data_dir);
+    let spool = Spool::open(&dirs.spool, app::spool_limits(config))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("pacs-mirror-drill-")
+        .tempdir()
+        .context("creating a scratch directory")?;
+    let alerts = alerter(config);
+    let mut all_ok = true;
+    let mut reports = Vec::new();
+    for name in targets {
+        let settings = settings_for(config, &name, &args.studies);
+        let target = drill_target(config, &name, settings.timeout)?;
+        let report = drill::run_drill(&index, &spool, &target, &settings, scratch.path()).await?;
+        alert_on(&alerts, &report);
+        all_ok &= report.ok;
+        if !args.json {
+            print_report(&report);
+        }
+        reports.push(report);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    // Give the webhook its chance before exiting.
+    wait_alerts(&alerts).await;
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn wait_alerts(alerts: &Alerter) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &alerts.counters;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while c.sent.load(Relaxed) + c.failed.load(Relaxed) < c.raised.load(Relaxed)
+        && alerts.has_webhook()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_report(r: &DrillReport) {
+    println!("{}", r.summary());
+    for s in &r.studies {
+        println!(
+            "  study {} ({}): {}/{} retrieved, first instance {}, whole study {:.2} s, {:.1} MB{}{}",
+            s.study_instance_uid,
+            s.picked.join(", "),
+            s.retrieved,
+            s.expected,
+            s.first_instance_secs
+                .map_or("-".into(), |t| format!("{t:.2} s")),
+            s.study_secs,
+            s.bytes as f64 / 1e6,
+            if s.not_yet_delivered > 0 {
+                format!(", {} not yet delivered", s.not_yet_delivered)
+            } else {
+                String::new()
+            },
+            s.error
+                .as_deref()
+                .map(|e| format!("; ERROR {e}"))
+                .unwrap_or_default()
+        );
+        for f in &s.findings {
+            println!("    {:?} {} {}", f.verdict, f.sop_instance_uid, f.detail);
+        }
+    }
+}
+
+/// `pacs-mirror drills`.
+pub fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCode> {
+    let index = open_index(config)?;
+    let list: Vec<(u64, DrillReport)> = index.drills(args.target.as_deref(), args.limit)?;
+    if args.json {
+        let v: Vec<&DrillReport> = list.iter().map(|(_, r)| r).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<16} {:>5} {:>7} {:>7} {:>9} {:>9} {:>10}  result",
+        "started (UTC ms)", "target", "#", "studies", "MATCH", "problems", "recovery", "MB/s"
+    );
+    for (at, r) in &list {
+        let c = |v| r.counts.get(&v).copied().unwrap_or(0);
+        let problems =
+            c(drill::Verdict::Mismatch) + c(drill::Verdict::Missing) + c(drill::Verdict::Coerced);
+        println!(
+            "{:<24} {:<16} {:>5} {:>7} {:>7} {:>9} {:>8.1}s {:>10.1}  {}",
+            at,
+            r.target,
+            r.number,
+            r.studies.len(),
+            c(drill::Verdict::Match),
+            problems,
+            r.recovery_secs,
+            r.mb_per_s,
+            r.failure
+                .as_deref()
+                .map_or("passed".to_string(), |f| format!("FAILED: {f}"))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

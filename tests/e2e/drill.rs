@@ -1,0 +1,350 @@
+//! Restore drills against a real Orthanc mirror (C-GET) and a real S3
+//! server: all MATCH after replication; a deleted instance is MISSING, an
+//! overwritten blob is a MISMATCH, a stopped mirror is a failed drill; each
+//! failure sends one webhook to a local HTTP receiver.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::s3::{S3Server, check_bucket, wait_target};
+
+/// A webhook receiver on loopback: every POST body, answered 200.
+struct Hooks {
+    port: u16,
+    bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Hooks {
+    fn start() -> Hooks {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the webhook receiver");
+        let port = listener.local_addr().expect("addr").port();
+        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let b = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut got = Vec::new();
+                let mut buf = [0u8; 8192];
+                let body = loop {
+                    let Ok(n) = s.read(&mut buf) else { break None };
+                    if n == 0 {
+                        break None;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).into_owned();
+                    if let Some(h) = text.find("\r\n\r\n") {
+                        let len: usize = text[..h]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse().ok())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= h + 4 + len {
+                            break Some(got[h + 4..h + 4 + len].to_vec());
+                        }
+                    }
+                };
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                if let Some(body) = body
+                    && let Ok(v) = serde_json::from_slice(&body)
+                {
+                    b.lock().expect("hooks").push(v);
+                }
+            }
+        });
+        Hooks { port, bodies }
+    }
+
+    fn take(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.bodies.lock().expect("hooks"))
+    }
+}
+
+fn drill(config: &std::path::Path, target: &str) -> (bool, Value) {
+    let out = run(
+        Command::new(bin())
+            .args(["drill", "--json", "--target", target, "--config"])
+            .arg(config),
+        Duration::from_secs(300),
+    );
+    let v: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("drill JSON ({e}): {}", out.all()));
+    (out.status.success(), v[0].clone())
+}
+
+fn count(report: &Value, verdict: &str) -> u64 {
+    report["counts"][verdict].as_u64().unwrap_or(0)
+}
+
+fn orthanc_delete(orthanc: &Orthanc, sop_instance_uid: &str) {
+    let base = format!("http://127.0.0.1:{}", orthanc.http_port);
+    let out = Command::new("curl")
+        .args(["-sf", "-d", sop_instance_uid])
+        .arg(format!("{base}/tools/lookup"))
+        .output()
+        .expect("curl");
+    let found: Value = serde_json::from_slice(&out.stdout).expect("lookup JSON");
+    let id = found[0]["ID"].as_str().expect("instance id");
+    let ok = Command::new("curl")
+        .args(["-sf", "-X", "DELETE"])
+        .arg(format!("{base}/instances/{id}"))
+        .status()
+        .expect("curl");
+    assert!(ok.success(), "deleting {sop_instance_uid} from Orthanc");
+}
+
+#[test]
+fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
+    let dir = tempdir();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let hooks = Hooks::start();
+    let agent_port = free_port();
+    let orthanc = Orthanc::start_with(
+        &dir.path().join("orthanc"),
+        "MIRROR",
+        free_port(),
+        free_port(),
+        &OrthancOptions {
+            modalities: vec![OrthancModality {
+                name: "agent".into(),
+                ae_title: AGENT_AE.into(),
+                host: "127.0.0.1".into(),
+                port: agent_port,
+            }],
+            ..OrthancOptions::default()
+        },
+    );
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.port = agent_port;
+    cfg.ae_extra = "association_initiator = true\n".into();
+    cfg.extra_toml = format!(
+        "\n[[remote_device]]\nname = \"mirror\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {}\n\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n\
+         {}\
+         \n[[drill]]\ntarget = \"mirror\"\nrandom_studies = 4\nnewest_study = false\ntimeout_secs = 10\n\
+         \n[[drill]]\ntarget = \"backup\"\nrandom_studies = 4\nnewest_study = false\n\
+         \n[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nattempts = 3\n\
+         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        orthanc.dicom_port,
+        s3.target_toml("backup", "drills"),
+        hooks.port,
+        free_port()
+    );
+    let files = synth(
+        &dir.path().join("in"),
+        &[
+            "--studies",
+            "4",
+            "--instances-per-series",
+            "6",
+            "--rows",
+            "128",
+            "--columns",
+            "128",
+        ],
+    );
+    assert_eq!(files.len(), 24);
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    for t in ["mirror", "backup"] {
+        wait_target(
+            &agent.config_path,
+            t,
+            "delivered",
+            Duration::from_secs(120),
+            |s| s["pending"] == 0 && s["delivered"] == 24,
+        );
+    }
+    let config = agent.config_path.clone();
+    agent.stop();
+
+    // 1. Both targets: every instance MATCH, with recovery times.
+    for t in ["mirror", "backup"] {
+        let (ok, r) = drill(&config, t);
+        assert!(ok, "{r}");
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(count(&r, "MATCH"), 24, "{r}");
+        assert_eq!(r["studies"].as_array().map(Vec::len), Some(4));
+        for s in r["studies"].as_array().expect("studies") {
+            assert_eq!(s["expected"], 6);
+            assert!(s["first_instance_secs"].as_f64().is_some(), "{s}");
+            assert!(s["study_secs"].as_f64().is_some_and(|t| t > 0.0), "{s}");
+        }
+    }
+    assert!(hooks.take().is_empty(), "no webhook for passing drills");
+
+    // 2a. One instance deleted from the mirror: MISSING, exactly it.
+    let gone = raw_info(&files[7]).0.sop_instance_uid;
+    orthanc_delete(&orthanc, &gone);
+    let (ok, r) = drill(&config, "mirror");
+    assert!(!ok, "{r}");
+    assert_eq!(count(&r, "MISSING"), 1, "{r}");
+    assert_eq!(count(&r, "MATCH"), 23, "{r}");
+    let findings: Vec<Value> = r["studies"]
+        .as_array()
+        .expect("studies")
+        .iter()
+        .flat_map(|s| s["findings"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(findings.len(), 1, "{r}");
+    assert_eq!(findings[0]["sop_instance_uid"], gone);
+    assert_eq!(findings[0]["verdict"], "MISSING");
+
+    // 2b. One blob overwritten with other bytes: MISMATCH, exactly it.
+    let reader = s3.reader();
+    let held = check_bucket(&reader, "drills");
+    let victim = raw_info(&files[13]).0.sop_instance_uid;
+    let other = raw_info(&files[14]).0.sop_instance_uid;
+    let victim_hash = held.entries[&victim]["blake3"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+    let other_hash = held.entries[&other]["blake3"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+    reader.put(
+        &format!("drills/objects/{}/{victim_hash}.dcm", &victim_hash[..2]),
+        held.objects[&other_hash].clone(),
+    );
+    let (ok, r) = drill(&config, "backup");
+    assert!(!ok, "{r}");
+    assert_eq!(count(&r, "MISMATCH"), 1, "{r}");
+    assert_eq!(count(&r, "MATCH"), 23, "{r}");
+    let bad: Vec<Value> = r["studies"]
+        .as_array()
+        .expect("studies")
+        .iter()
+        .flat_map(|s| s["findings"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(bad.len(), 1, "{r}");
+    assert_eq!(bad[0]["sop_instance_uid"], victim);
+    assert_eq!(bad[0]["verdict"], "MISMATCH");
+    assert!(
+        bad[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("SOP Instance UID differs")),
+        "{r}"
+    );
+
+    // 2c. The mirror is down: a failed drill, with the reason.
+    let mut orthanc = orthanc;
+    orthanc.stop();
+    let (ok, r) = drill(&config, "mirror");
+    assert!(!ok, "{r}");
+    assert_eq!(r["ok"], false);
+    let failure = r["failure"].as_str().expect("failure reason");
+    assert!(failure.contains("C-GET"), "{failure}");
+
+    // One webhook per failed drill, with a clear text.
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got.extend(hooks.take());
+        if got.len() >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    got.extend(hooks.take());
+    assert_eq!(got.len(), 3, "{got:?}");
+    let texts: Vec<&str> = got
+        .iter()
+        .map(|v| v["text"].as_str().expect("text"))
+        .collect();
+    assert!(
+        texts[0].contains("drill #")
+            && texts[0].contains("mirror")
+            && texts[0].contains("1 MISSING"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].contains("backup") && texts[1].contains("1 MISMATCH"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[2].contains("mirror") && texts[2].contains("FAILED"),
+        "{texts:?}"
+    );
+    assert!(got.iter().all(|v| v["kind"] == "drill_failed"));
+
+    // The history lists them, newest first.
+    let out = run_ok(
+        Command::new(bin())
+            .args(["drills", "--json", "--config"])
+            .arg(&config),
+        Duration::from_secs(30),
+    );
+    let h: Value = serde_json::from_str(&out.stdout).expect("history JSON");
+    let h = h.as_array().expect("list");
+    assert_eq!(h.len(), 5);
+    assert_eq!(h[0]["target"], "mirror");
+    assert_eq!(h[0]["ok"], false);
+}
+
+/// Acceptance 3: with the n/m rotation, every study is drilled at least
+/// once over m drills.
+#[test]
+fn rotation_drills_every_study_over_a_cycle() {
+    let dir = tempdir();
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    let bucket = dir.path().join("bucket");
+    cfg.extra_toml = format!(
+        "\n[[target]]\ntype = \"object_store\"\nname = \"backup\"\nurl = \"file://{}\"\n\
+         \n[[drill]]\ntarget = \"backup\"\nrandom_studies = 0\nrotation = 4\nnewest_study = false\n\
+         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        bucket.display(),
+        free_port()
+    );
+    let files = synth(
+        &dir.path().join("in"),
+        &[
+            "--studies",
+            "9",
+            "--instances-per-series",
+            "2",
+            "--rows",
+            "32",
+            "--columns",
+            "32",
+        ],
+    );
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    wait_target(
+        &agent.config_path,
+        "backup",
+        "delivered",
+        Duration::from_secs(60),
+        |s| s["pending"] == 0 && s["delivered"] == 18,
+    );
+    let config = agent.config_path.clone();
+    agent.stop();
+    let mut drilled = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (ok, r) = drill(&config, "backup");
+        assert!(ok, "{r}");
+        for s in r["studies"].as_array().expect("studies") {
+            assert_eq!(s["counts"]["MATCH"], 2, "{s}");
+            drilled.insert(s["study_instance_uid"].as_str().expect("uid").to_string());
+        }
+    }
+    assert_eq!(
+        drilled.len(),
+        9,
+        "every study drilled over 4 drills: {drilled:?}"
+    );
+}

@@ -1,0 +1,780 @@
+//! Restore drills: retrieve studies back from a target the way a recovery
+//! would, compare every instance with the index, and time it.
+//!
+//! # What a drill does
+//! 1. Picks studies from the index: `random_studies` at random (seeded),
+//!    one rotating slice of `rotation` (drill number n takes the studies
+//!    whose UID hash is n mod `rotation`: over `rotation` consecutive drills
+//!    every study is drilled at least once), and the newest study.
+//! 2. For each study, retrieves it from the target into a scratch directory
+//!    (never the spool): a DICOM target by C-GET of the whole study; an
+//!    object store by GET of the study manifest and then every blob.
+//! 3. Compares each retrieved instance with what the index says the target
+//!    was given (objects delivered to it; objects still queued are counted,
+//!    not judged):
+//!    - **MATCH**: the data set bytes hash to the stored blake3;
+//!    - **COERCED**: different bytes, but the SOP UIDs and Pixel Data are
+//!      identical to the local copy (the attributes that differ are listed);
+//!    - **MISMATCH**: different bytes otherwise;
+//!    - **MISSING**: delivered, not retrieved;
+//!    - **EXTRA**: retrieved, not in the index for this study.
+//! 4. Times the recovery: time to the first instance, to the whole study,
+//!    and MB/s, per study; the slowest study is compared with the recovery
+//!    time objective.
+//!
+//! An unreachable target is a **failed** drill, never a skipped one. The
+//! result is kept in the index's drill history.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use pacs_mirror_agent::bucket::Bucket;
+use pacs_mirror_agent::index::{Hash, Index, IndexError, InstanceRecord, hash_hex, parse_hash};
+use pacs_mirror_agent::qr::{self, QrOptions, RetrieveTarget, StorageContext};
+use pacs_mirror_agent::scu::Peer;
+use pacs_mirror_agent::spool::Spool;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Errors that stop a drill before it starts (a failing target is a result,
+/// not an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrillError {
+    /// The index could not be read.
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    /// The scratch directory.
+    #[error("scratch directory {path}: {source}")]
+    Scratch {
+        /// The directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A study was named that the index does not hold.
+    #[error("the index holds no study {0}")]
+    UnknownStudy(String),
+}
+
+/// How to reach a target.
+#[derive(Clone)]
+pub enum DrillTarget {
+    /// A DICOM peer, retrieved with C-GET.
+    Dicom(Peer),
+    /// An object store.
+    Bucket(Arc<Bucket>),
+}
+
+/// What to drill.
+#[derive(Debug, Clone)]
+pub struct DrillSettings {
+    /// The target's name.
+    pub target: String,
+    /// Studies at random.
+    pub random_studies: u32,
+    /// Rotation slices (0: none).
+    pub rotation: u32,
+    /// The newest study too.
+    pub newest_study: bool,
+    /// Only these studies (on demand), instead of the choice above.
+    pub studies: Vec<String>,
+    /// Seed of the random choice; None: the clock.
+    pub seed: Option<u64>,
+    /// Recovery time objective, seconds.
+    pub rto_secs: Option<u64>,
+    /// Per request.
+    pub timeout: Duration,
+}
+
+/// The verdict on one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    /// Bytes identical.
+    Match,
+    /// Header attributes changed; SOP UIDs and pixel data identical.
+    Coerced,
+    /// Different data.
+    Mismatch,
+    /// Not retrieved.
+    Missing,
+    /// Retrieved, not expected.
+    Extra,
+}
+
+/// One instance's finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceFinding {
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// blake3 of the data set the index holds (empty for EXTRA).
+    pub expected_blake3: String,
+    /// blake3 of what came back (empty for MISSING).
+    pub found_blake3: String,
+    /// The attributes that differ (COERCED), or why (MISMATCH).
+    pub detail: String,
+}
+
+/// One study's result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StudyResult {
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// Why it was picked (random, rotation n/m, newest, requested).
+    pub picked: Vec<String>,
+    /// Instances delivered to the target (expected back).
+    pub expected: usize,
+    /// Instances still queued for the target (not judged).
+    pub not_yet_delivered: usize,
+    /// Instances retrieved.
+    pub retrieved: usize,
+    /// Seconds from the request to the first complete instance.
+    pub first_instance_secs: Option<f64>,
+    /// Seconds for the whole study.
+    pub study_secs: f64,
+    /// Bytes retrieved.
+    pub bytes: u64,
+    /// Every finding that is not a MATCH, and one MATCH count.
+    pub findings: Vec<InstanceFinding>,
+    /// Counts by verdict.
+    pub counts: BTreeMap<Verdict, usize>,
+    /// Why the study could not be retrieved at all.
+    pub error: Option<String>,
+}
+
+/// A drill's result, as kept in the history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrillReport {
+    /// The target.
+    pub target: String,
+    /// "dicom" or "object_store".
+    pub kind: String,
+    /// Drill number of this target (for the rotation).
+    pub number: u64,
+    /// Start (Unix ms).
+    pub started_at_ms: u64,
+    /// Seconds in all.
+    pub seconds: f64,
+    /// Per study.
+    pub studies: Vec<StudyResult>,
+    /// Counts by verdict over all studies.
+    pub counts: BTreeMap<Verdict, usize>,
+    /// The slowest study's time, seconds: the measured recovery time.
+    pub recovery_secs: f64,
+    /// Bytes per second over the whole drill.
+    pub mb_per_s: f64,
+    /// The objective, if set.
+    pub rto_secs: Option<u64>,
+    /// Whether the recovery time exceeded the objective.
+    pub rto_exceeded: bool,
+    /// Passed: every study retrieved, no MISMATCH or MISSING, objective met.
+    pub ok: bool,
+    /// Why it failed, in one line.
+    pub failure: Option<String>,
+}
+
+impl DrillReport {
+    /// One line for a person on call.
+    pub fn summary(&self) -> String {
+        let c = |v| self.counts.get(&v).copied().unwrap_or(0);
+        let verdict = if self.ok { "passed" } else { "FAILED" };
+        let mut s = format!(
+            "drill #{} of {} {verdict}: {} study(ies), {} MATCH, {} COERCED, {} MISMATCH, {} MISSING, {} EXTRA; recovery {:.1} s",
+            self.number,
+            self.target,
+            self.studies.len(),
+            c(Verdict::Match),
+            c(Verdict::Coerced),
+            c(Verdict::Mismatch),
+            c(Verdict::Missing),
+            c(Verdict::Extra),
+            self.recovery_secs
+        );
+        if let Some(rto) = self.rto_secs {
+            s.push_str(&format!(
+                " (objective {rto} s{})",
+                if self.rto_exceeded { ", EXCEEDED" } else { "" }
+            ));
+        }
+        if let Some(f) = &self.failure {
+            s.push_str(&format!(": {f}"));
+        }
+        s
+    }
+}
+
+/// Pick the studies of drill number `number` (1-based).
+pub fn pick_studies(
+    index: &Index,
+    settings: &DrillSettings,
+    number: u64,
+) -> Result<Vec<(String, Vec<String>)>, DrillError> {
+    let studies = index.studies()?;
+    let mut picked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if !settings.studies.is_empty() {
+        for s in &settings.studies {
+            if !studies.iter().any(|x| &x.study_instance_uid == s) {
+                return Err(DrillError::UnknownStudy(s.clone()));
+            }
+            picked
+                .entry(s.clone())
+                .or_default()
+                .push("requested".into());
+        }
+        return Ok(picked.into_iter().collect());
+    }
+    if studies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seed = settings
+        .seed
+        .map_or_else(pacs_mirror_agent::unix_ms, |s| s.wrapping_add(number));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut pool: Vec<usize> = (0..studies.len()).collect();
+    for _ in 0..settings.random_studies.min(studies.len() as u32) {
+        let i = rng.random_range(0..pool.len());
+        let s = pool.swap_remove(i);
+        picked
+            .entry(studies[s].study_instance_uid.clone())
+            .or_default()
+            .push("random".into());
+    }
+    if settings.rotation > 0 {
+        let m = u64::from(settings.rotation);
+        let slice = (number.saturating_sub(1)) % m;
+        for s in &studies {
+            if rotation_slice(&s.study_instance_uid, m) == slice {
+                picked
+                    .entry(s.study_instance_uid.clone())
+                    .or_default()
+                    .push(format!("rotation {}/{m}", slice + 1));
+            }
+        }
+    }
+    if settings.newest_study {
+        let mut newest: Option<(u64, String)> = None;
+        for s in &studies {
+            let t = index
+                .study_instances(&s.study_instance_uid)?
+                .iter()
+                .map(|r| r.received_at_ms)
+                .max()
+                .unwrap_or(0);
+            if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                newest = Some((t, s.study_instance_uid.clone()));
+            }
+        }
+        if let Some((_, uid)) = newest {
+            picked.entry(uid).or_default().push("newest".into());
+        }
+    }
+    Ok(picked.into_iter().collect())
+}
+
+/// Which rotation slice a study is in.
+pub fn rotation_slice(study_instance_uid: &str, m: u64) -> u64 {
+    let h = blake3::hash(study_instance_uid.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b) % m.max(1)
+}
+
+/// What came back of one instance.
+struct Retrieved {
+    sop_instance_uid: String,
+    blake3: Hash,
+    path: PathBuf,
+    bytes: u64,
+    done_after: Duration,
+}
+
+/// Run one drill and keep its result in the history.
+pub async fn run_drill(
+    index: &Index,
+    spool: &Spool,
+    target: &DrillTarget,
+    settings: &DrillSettings,
+    scratch: &Path,
+) -> Result<DrillReport, DrillError> {
+    let number = index.next_count(&format!("drill/{}", settings.target))?;
+    let started_at_ms = pacs_mirror_agent::unix_ms();
+    let start = Instant::now();
+    let picked = pick_studies(index, settings, number)?;
+    let mut report = DrillReport {
+        target: settings.target.clone(),
+        kind: match target {
+            DrillTarget::Dicom(_) => "dicom".into(),
+            DrillTarget::Bucket(_) => "object_store".into(),
+        },
+        number,
+        started_at_ms,
+        rto_secs: settings.rto_secs,
+        ..DrillReport::default()
+    };
+    for (study, why) in picked {
+        let dir = scratch.join(format!("drill-{number}-{}", report.studies.len()));
+        std::fs::create_dir_all(&dir).map_err(|source| DrillError::Scratch {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let result = drill_study(index, spool, target, settings, &study, why, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        report.studies.push(result?);
+    }
+    let mut bytes = 0;
+    for s in &report.studies {
+        bytes += s.bytes;
+        report.recovery_secs = report.recovery_secs.max(s.study_secs);
+        for (v, n) in &s.counts {
+            *report.counts.entry(*v).or_default() += n;
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    report.mb_per_s = bytes as f64 / 1e6 / report.seconds.max(1e-9);
+    report.rto_exceeded = settings
+        .rto_secs
+        .is_some_and(|rto| report.recovery_secs > rto as f64);
+    let bad = |v| report.counts.get(&v).copied().unwrap_or(0);
+    report.failure = if report.studies.is_empty() {
+        Some("the index holds no study to drill".into())
+    } else if let Some(e) = report.studies.iter().find_map(|s| s.error.clone()) {
+        Some(e)
+    } else if bad(Verdict::Mismatch) + bad(Verdict::Missing) > 0 {
+        Some(format!(
+            "{} instance(s) MISMATCH, {} MISSING",
+            bad(Verdict::Mismatch),
+            bad(Verdict::Missing)
+        ))
+    } else if report.rto_exceeded {
+        Some(format!(
+            "recovery took {:.1} s, over the objective of {} s",
+            report.recovery_secs,
+            settings.rto_secs.unwrap_or(0)
+        ))
+    } else {
+        None
+    };
+    report.ok = report.failure.is_none();
+    index.put_drill(&settings.target, started_at_ms, &report)?;
+    index.flush()?;
+    Ok(report)
+}
+
+async fn drill_study(
+    index: &Index,
+    spool: &Spool,
+    target: &DrillTarget,
+    settings: &DrillSettings,
+    study: &str,
+    picked: Vec<String>,
+    dir: &Path,
+) -> Result<StudyResult, DrillError> {
+    let mut result = StudyResult {
+        study_instance_uid: study.into(),
+        picked,
+        ..StudyResult::default()
+    };
+    // What the target was given, by SOP instance (several versions: any).
+    let mut expected: HashMap<String, Vec<InstanceRecord>> = HashMap::new();
+    for r in index.study_instances(study)? {
+        let hash = parse_hash(&r.blake3)?;
+        if index.delivery(&settings.target, &hash)?.is_some() {
+            expected
+                .entry(r.sop_instance_uid.clone())
+                .or_default()
+                .push(r);
+        } else {
+            result.not_yet_delivered += 1;
+        }
+    }
+    result.expected = expected.len();
+    let start = Instant::now();
+    let retrieved = match target {
+        DrillTarget::Dicom(peer) => retrieve_dicom(peer, study, &expected, settings, dir).await,
+        DrillTarget::Bucket(bucket) => retrieve_bucket(bucket, study, dir).await,
+    };
+    result.study_secs = start.elapsed().as_secs_f64();
+    let retrieved = match retrieved {
+        Ok(r) => r,
+        Err(e) => {
+            result.error = Some(format!("study {study}: {e}"));
+            return Ok(result);
+        }
+    };
+    result.retrieved = retrieved.len();
+    result.bytes = retrieved.iter().map(|r| r.bytes).sum();
+    result.first_instance_secs = retrieved
+        .iter()
+        .map(|r| r.done_after.as_secs_f64())
+        .min_by(f64::total_cmp);
+    let mut seen = HashSet::new();
+    for got in &retrieved {
+        seen.insert(got.sop_instance_uid.clone());
+        let finding = match expected.get(&got.sop_instance_uid) {
+            None => InstanceFinding {
+                sop_instance_uid: got.sop_instance_uid.clone(),
+                verdict: Verdict::Extra,
+                expected_blake3: String::new(),
+                found_blake3: hash_hex(&got.blake3),
+                detail: "not in the index for this study".into(),
+            },
+            Some(versions) => judge(spool, versions, got),
+        };
+        push(&mut result, finding);
+    }
+    let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(*k)).collect();
+    missing.sort();
+    for uid in missing {
+        let expected_blake3 = expected[uid]
+            .last()
+            .map(|r| r.blake3.clone())
+            .unwrap_or_default();
+        push(
+            &mut result,
+            InstanceFinding {
+                sop_instance_uid: uid.clone(),
+                verdict: Verdict::Missing,
+                expected_blake3,
+                found_blake3: String::new(),
+                detail: "delivered to the target, not retrieved".into(),
+            },
+        );
+    }
+    Ok(result)
+}
+
+fn push(result: &mut StudyResult, f: InstanceFinding) {
+    *result.counts.entry(f.verdict).or_default() += 1;
+    if f.verdict != Verdict::Match {
+        result.findings.push(f);
+    }
+}
+
+/// MATCH, COERCED or MISMATCH of one retrieved instance.
+fn judge(spool: &Spool, versions: &[InstanceRecord], got: &Retrieved) -> InstanceFinding {
+    let found = hash_hex(&got.blake3);
+    let mut f = InstanceFinding {
+        sop_instance_uid: got.sop_instance_uid.clone(),
+        verdict: Verdict::Match,
+        expected_blake3: versions
+            .last()
+            .map(|r| r.blake3.clone())
+            .unwrap_or_default(),
+        found_blake3: found.clone(),
+        detail: String::new(),
+    };
+    if let Some(v) = versions.iter().find(|v| v.blake3 == found) {
+        f.expected_blake3 = v.blake3.clone();
+        return f;
+    }
+    // Compare attributes with the newest local copy still in the spool.
+    for v in versions.iter().rev() {
+        let Ok(hash) = parse_hash(&v.blake3) else {
+            continue;
+        };
+        let local = spool.object_path(&hash);
+        if !local.exists() {
+            continue;
+        }
+        f.expected_blake3 = v.blake3.clone();
+        match compare_attributes(&local, &got.path) {
+            Ok(c) => {
+                f.verdict = c.0;
+                f.detail = c.1;
+            }
+            Err(e) => {
+                f.verdict = Verdict::Mismatch;
+                f.detail = format!("different bytes; the retrieved copy does not parse: {e}");
+            }
+        }
+        return f;
+    }
+    f.verdict = Verdict::Mismatch;
+    f.detail = "different bytes (no local copy left to compare attributes)".into();
+    f
+}
+
+/// COERCED (with the differing tags) when SOP UIDs and Pixel Data are
+/// identical, else MISMATCH with the reason.
+fn compare_attributes(local: &Path, retrieved: &Path) -> Result<(Verdict, String), String> {
+    use dicom_dictionary_std::tags;
+    let a = dicom_object::open_file(local).map_err(|e| e.to_string())?;
+    let b = dicom_object::open_file(retrieved).map_err(|e| e.to_string())?;
+    let tsa = a
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    let tsb = b
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    for (tag, name) in [
+        (tags::SOP_INSTANCE_UID, "SOP Instance UID"),
+        (tags::SOP_CLASS_UID, "SOP Class UID"),
+        (tags::STUDY_INSTANCE_UID, "Study Instance UID"),
+        (tags::SERIES_INSTANCE_UID, "Series Instance UID"),
+    ] {
+        let va = a.element(tag).ok().and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|s| s.trim_end_matches('\0').trim().to_string())
+        });
+        let vb = b.element(tag).ok().and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|s| s.trim_end_matches('\0').trim().to_string())
+        });
+        if va != vb {
+            return Ok((
+                Verdict::Mismatch,
+                format!("{name} differs: {va:?} vs {vb:?}"),
+            ));
+        }
+    }
+    let pa = a.element(tags::PIXEL_DATA).ok().map(|e| e.value().clone());
+    let pb = b.element(tags::PIXEL_DATA).ok().map(|e| e.value().clone());
+    if pa != pb {
+        let why = if tsa == tsb {
+            "Pixel Data differs".to_string()
+        } else {
+            format!("Pixel Data differs (transfer syntax {tsa} became {tsb})")
+        };
+        return Ok((Verdict::Mismatch, why));
+    }
+    let mut differing = Vec::new();
+    let tags_a: HashSet<_> = a.iter().map(|e| e.header().tag).collect();
+    let tags_b: HashSet<_> = b.iter().map(|e| e.header().tag).collect();
+    let mut all: Vec<_> = tags_a.union(&tags_b).copied().collect();
+    all.sort();
+    for tag in all {
+        let ea = a.element(tag).ok().map(|e| e.value().clone());
+        let eb = b.element(tag).ok().map(|e| e.value().clone());
+        if ea != eb {
+            differing.push(format!("({:04X},{:04X})", tag.group(), tag.element()));
+        }
+    }
+    if tsa != tsb {
+        differing.push(format!("transfer syntax {tsa} -> {tsb}"));
+    }
+    Ok((
+        Verdict::Coerced,
+        format!("attributes changed: {}", differing.join(" ")),
+    ))
+}
+
+async fn retrieve_dicom(
+    peer: &Peer,
+    study: &str,
+    expected: &HashMap<String, Vec<InstanceRecord>>,
+    settings: &DrillSettings,
+    dir: &Path,
+) -> Result<Vec<Retrieved>, String> {
+    // One context per (class, syntax) held, then common ones while room.
+    let mut contexts: Vec<StorageContext> = Vec::new();
+    for r in expected.values().flatten() {
+        let c = StorageContext {
+            sop_class_uid: r.sop_class_uid.clone(),
+            transfer_syntax_uid: r.transfer_syntax_uid.clone(),
+        };
+        if !contexts.contains(&c) {
+            contexts.push(c);
+        }
+    }
+    for c in qr::default_storage_contexts() {
+        if contexts.len() >= qr::MAX_STORAGE_CONTEXTS {
+            break;
+        }
+        if !contexts.contains(&c) {
+            contexts.push(c);
+        }
+    }
+    contexts.truncate(qr::MAX_STORAGE_CONTEXTS);
+    let mut peer = peer.clone();
+    peer.timeout = settings.timeout;
+    let outcome = qr::get(
+        &peer,
+        &RetrieveTarget::study(study),
+        &contexts,
+        dir,
+        &QrOptions::default(),
+    )
+    .await
+    .map_err(|e| format!("C-GET: {e}"))?;
+    if outcome.status.is_failure() && outcome.instances.is_empty() {
+        return Err(format!(
+            "C-GET answered {}{}",
+            outcome.status,
+            outcome
+                .error_comment
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(outcome
+        .instances
+        .into_iter()
+        .map(|i| Retrieved {
+            sop_instance_uid: i.sop_instance_uid,
+            blake3: i.blake3,
+            path: i.path,
+            bytes: i.dataset_bytes,
+            done_after: i.last_byte_after,
+        })
+        .collect())
+}
+
+async fn retrieve_bucket(
+    bucket: &Bucket,
+    study: &str,
+    dir: &Path,
+) -> Result<Vec<Retrieved>, String> {
+    let start = Instant::now();
+    let manifest = bucket
+        .study_manifest(study)
+        .await
+        .map_err(|e| format!("reading the manifest: {e}"))?;
+    let Some(manifest) = manifest else {
+        return Ok(Vec::new());
+    };
+    let jobs: Vec<(usize, String, String)> = manifest
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            (
+                i,
+                e.record.sop_instance_uid.clone(),
+                e.record.blake3.clone(),
+            )
+        })
+        .collect();
+    let results: Vec<Result<Option<Retrieved>, String>> = futures::stream::iter(jobs)
+        .map(|(i, sop, hex)| async move {
+            let Ok(hash) = parse_hash(&hex) else {
+                return Err(format!("manifest entry {sop}: bad hash {hex:?}"));
+            };
+            let path = dir.join(format!("{i}.dcm"));
+            match bucket.download(&hash, &path).await {
+                Ok(h) => Ok(Some(Retrieved {
+                    sop_instance_uid: sop,
+                    blake3: h.dataset,
+                    path,
+                    bytes: h.file_bytes,
+                    done_after: start.elapsed(),
+                })),
+                // A blob gone from the bucket: MISSING.
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(format!(
+                    "GET {}: {e}",
+                    pacs_mirror_agent::bucket::object_key(&hash)
+                )),
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut out = Vec::new();
+    for r in results {
+        if let Some(got) = r? {
+            out.push(got);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pacs_mirror_agent::index::MemKv;
+
+    fn index_with_studies(n: usize) -> Index {
+        let idx = Index::new(Arc::new(MemKv::default()));
+        for i in 0..n {
+            let hash = *blake3::hash(format!("{i}").as_bytes()).as_bytes();
+            let rec = InstanceRecord {
+                sop_instance_uid: format!("1.2.3.{i}.1"),
+                sop_class_uid: "1.2".into(),
+                transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+                blake3: hash_hex(&hash),
+                dataset_bytes: 1,
+                file_bytes: 2,
+                patient_id: "P".into(),
+                study_instance_uid: format!("1.2.3.{i}"),
+                series_instance_uid: format!("1.2.3.{i}.9"),
+                calling_ae: "A".into(),
+                source_ip: "127.0.0.1".into(),
+                received_at_ms: i as u64,
+            };
+            idx.commit_instance(&rec, &hash, &[], 1).unwrap();
+        }
+        idx
+    }
+
+    fn settings(random: u32, rotation: u32, newest: bool) -> DrillSettings {
+        DrillSettings {
+            target: "t".into(),
+            random_studies: random,
+            rotation,
+            newest_study: newest,
+            studies: vec![],
+            seed: Some(42),
+            rto_secs: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Over `rotation` consecutive drills every study is drilled.
+    #[test]
+    fn rotation_covers_every_study() {
+        let idx = index_with_studies(37);
+        let s = settings(0, 5, false);
+        let mut seen = HashSet::new();
+        for n in 1..=5 {
+            for (uid, why) in pick_studies(&idx, &s, n).unwrap() {
+                assert!(why[0].starts_with("rotation"));
+                seen.insert(uid);
+            }
+        }
+        assert_eq!(seen.len(), 37);
+    }
+
+    #[test]
+    fn random_is_seeded_and_newest_is_newest() {
+        let idx = index_with_studies(20);
+        let s = settings(3, 0, true);
+        let a = pick_studies(&idx, &s, 1).unwrap();
+        assert_eq!(
+            a,
+            pick_studies(&idx, &s, 1).unwrap(),
+            "same seed, same pick"
+        );
+        let randoms = a
+            .iter()
+            .filter(|(_, w)| w.contains(&"random".to_string()))
+            .count();
+        assert_eq!(randoms, 3);
+        let newest: Vec<_> = a
+            .iter()
+            .filter(|(_, w)| w.contains(&"newest".to_string()))
+            .collect();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].0, "1.2.3.19");
+        let requested = DrillSettings {
+            studies: vec!["nope".into()],
+            ..s
+        };
+        assert!(matches!(
+            pick_studies(&idx, &requested, 1),
+            Err(DrillError::UnknownStudy(_))
+        ));
+    }
+}
