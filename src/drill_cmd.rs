@@ -3,15 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use pacs_mirror_agent::alert::{Alerter, Webhook};
-use pacs_mirror_agent::bucket::{Bucket, BucketSettings};
+use pacs_mirror_agent::alert::Alerter;
 use pacs_mirror_agent::{app, index::Index, spool::Spool};
-use pacs_mirror_config::{Config, DrillConfig, Target};
-use pacs_mirror_verifier::drill::{self, DrillReport, DrillSettings, DrillTarget};
+use pacs_mirror_config::Config;
+use pacs_mirror_verifier::drill::{self, DrillReport};
+use pacs_mirror_verifier::service::{alert_on, alerter, drill_target, settings_for};
 
 /// Arguments of `drill`.
 #[derive(clap::Args, Debug)]
@@ -55,93 +54,6 @@ fn open_index(config: &Config) -> anyhow::Result<Index> {
     })
 }
 
-fn drill_target(config: &Config, name: &str, timeout: Duration) -> anyhow::Result<DrillTarget> {
-    let Some(t) = config.targets.iter().find(|t| t.name() == name) else {
-        let names: Vec<&str> = config.targets.iter().map(Target::name).collect();
-        bail!("no target named {name:?} (targets: {names:?})");
-    };
-    Ok(match t {
-        Target::Dicom {
-            remote_ae,
-            calling_ae,
-            ..
-        } => {
-            let peer = app::remote_peer(
-                config,
-                remote_ae,
-                calling_ae.as_deref(),
-                &app::default_calling_ae(config),
-                timeout.as_secs(),
-            )
-            .with_context(|| format!("target {name:?}: its remote AE has no usable connection"))?;
-            DrillTarget::Dicom(peer)
-        }
-        Target::ObjectStore { url, options, .. } => {
-            DrillTarget::Bucket(Arc::new(Bucket::open(&BucketSettings {
-                url: url.clone(),
-                options: options
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                timeout,
-            })?))
-        }
-    })
-}
-
-/// The drill settings of a target: its `[[drill]]` table, or defaults.
-pub fn settings_for(config: &Config, target: &str, studies: &[String]) -> DrillSettings {
-    let d = config
-        .drills
-        .iter()
-        .find(|d| d.target == target)
-        .cloned()
-        .unwrap_or(DrillConfig {
-            target: target.into(),
-            schedule: None,
-            random_studies: 2,
-            rotation: None,
-            newest_study: true,
-            recovery_time_objective_secs: None,
-            seed: None,
-            timeout_secs: 60,
-        });
-    DrillSettings {
-        target: target.into(),
-        random_studies: d.random_studies,
-        rotation: d.rotation.unwrap_or(0),
-        newest_study: d.newest_study,
-        studies: studies.to_vec(),
-        seed: d.seed,
-        rto_secs: d.recovery_time_objective_secs,
-        timeout: Duration::from_secs(d.timeout_secs),
-    }
-}
-
-/// The alerter of `[alerts]`.
-pub fn alerter(config: &Config) -> Alerter {
-    match &config.alerts {
-        Some(a) => Alerter::with_webhook(
-            &config.device.name,
-            Webhook {
-                url: a.webhook_url.clone(),
-                timeout: Duration::from_secs(a.timeout_secs),
-                attempts: a.attempts,
-            },
-        ),
-        None => Alerter::log_only(&config.device.name),
-    }
-}
-
-/// Alert on a failed drill or one over its objective.
-pub fn alert_on(alerter: &Alerter, r: &DrillReport) {
-    if r.rto_exceeded {
-        alerter.raise("drill_over_objective", &r.target, r.summary());
-    } else if !r.ok {
-        alerter.raise("drill_failed", &r.target, r.summary());
-    }
-}
-
 /// `pacs-mirror drill`.
 pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode> {
     let targets: Vec<String> = match &args.target {
@@ -150,6 +62,9 @@ pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode>
     };
     if targets.is_empty() {
         bail!("no [[drill]] in the configuration: name a target with --target");
+    }
+    if let Some(url) = running_agent(config).await {
+        return drill_via_agent(&url, &targets, &args).await;
     }
     let index = open_index(config)?;
     let dirs = app::DataDirs::new(&config.device.data_dir);
@@ -163,7 +78,7 @@ pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode>
     let mut reports = Vec::new();
     for name in targets {
         let settings = settings_for(config, &name, &args.studies);
-        let target = drill_target(config, &name, settings.timeout)?;
+        let target = drill_target(config, &name, settings.timeout).map_err(anyhow::Error::msg)?;
         let report = drill::run_drill(&index, &spool, &target, &settings, scratch.path()).await?;
         alert_on(&alerts, &report);
         all_ok &= report.ok;
@@ -177,6 +92,59 @@ pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode>
     }
     // Give the webhook its chance before exiting.
     wait_alerts(&alerts).await;
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The admin URL of a running agent, if one answers.
+async fn running_agent(config: &Config) -> Option<String> {
+    let a = config.admin.as_ref()?;
+    let url = format!("http://{}", a.listen);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    client.get(format!("{url}/status")).send().await.ok()?;
+    Some(url)
+}
+
+/// The agent runs (it holds the index): it runs the drills.
+async fn drill_via_agent(
+    url: &str,
+    targets: &[String],
+    args: &DrillArgs,
+) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3600))
+        .build()?;
+    let mut reports = Vec::new();
+    let mut all_ok = true;
+    for t in targets {
+        let r = client
+            .post(format!("{url}/drills/run"))
+            .json(&serde_json::json!({ "target": t, "study": args.studies }))
+            .send()
+            .await
+            .with_context(|| format!("POST {url}/drills/run"))?;
+        if !r.status().is_success() {
+            bail!(
+                "the running agent refused the drill of {t}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        let report: DrillReport = r.json().await.context("the drill report")?;
+        all_ok &= report.ok;
+        if !args.json {
+            print_report(&report);
+        }
+        reports.push(report);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
@@ -226,9 +194,22 @@ fn print_report(r: &DrillReport) {
 }
 
 /// `pacs-mirror drills`.
-pub fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCode> {
-    let index = open_index(config)?;
-    let list: Vec<(u64, DrillReport)> = index.drills(args.target.as_deref(), args.limit)?;
+pub async fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCode> {
+    let list: Vec<(u64, DrillReport)> = match running_agent(config).await {
+        Some(url) => {
+            let all: Vec<DrillReport> = reqwest::get(format!("{url}/drills.json?limit=100000"))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            all.into_iter()
+                .filter(|r| args.target.as_ref().is_none_or(|t| &r.target == t))
+                .take(args.limit)
+                .map(|r| (r.started_at_ms, r))
+                .collect()
+        }
+        None => open_index(config)?.drills(args.target.as_deref(), args.limit)?,
+    };
     if args.json {
         let v: Vec<&DrillReport> = list.iter().map(|(_, r)| r).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);

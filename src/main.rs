@@ -77,11 +77,13 @@ enum Command {
     /// reading only the bucket (no local index needed); each object's hash
     /// is verified before it is sent.
     Restore(bucket_cmd::RestoreArgs),
-    /// Run a restore drill now (agent stopped): retrieve studies back from
-    /// a target, compare every instance with the index, time the recovery;
-    /// exit 1 on any failure. Alerts go to [alerts] when configured.
+    /// Run a restore drill now: retrieve studies back from a target, compare
+    /// every instance with the index, time the recovery; exit 1 on any
+    /// failure. A running agent runs it (and alerts); otherwise this
+    /// command does, alerting to [alerts] when configured.
     Drill(drill_cmd::DrillArgs),
-    /// The drill history, newest first (agent stopped).
+    /// The drill history, newest first (from the running agent, or the
+    /// index).
     Drills(drill_cmd::DrillsArgs),
     /// Replication lag, ingest counters and warnings: from the running
     /// agent's admin endpoint, or from the index when no agent runs.
@@ -253,7 +255,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = load(config.as_deref())?;
             let shutdown = CancellationToken::new();
             tokio::spawn(watch_signals(shutdown.clone()));
-            app::run(config, shutdown).await?;
+            let drills = pacs_mirror_verifier::service::extension(config.clone());
+            app::run_with(config, shutdown, Some(drills)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check { file }) => Ok(config_check(&file)),
@@ -337,7 +340,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Drills(args) => {
             let config = load(args.config.as_deref())?;
-            drill_cmd::drills(&config, args)
+            drill_cmd::drills(&config, args).await
         }
         Command::Restore(args) => {
             let config = load(args.config.as_deref())?;

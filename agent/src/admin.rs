@@ -103,6 +103,9 @@ pub fn target_status(
     })
 }
 
+/// Extra Prometheus text for `/metrics`.
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// What the endpoint reads.
 pub struct Source {
     /// The index.
@@ -117,6 +120,8 @@ pub struct Source {
     pub warnings: Vec<String>,
     /// Every target by name, with the live health of DICOM targets.
     pub targets: Vec<(String, Option<Health>)>,
+    /// Appended to `/metrics`.
+    pub extra_metrics: Option<MetricsFn>,
 }
 
 impl Source {
@@ -270,7 +275,12 @@ async fn metrics_handler(State(source): State<Arc<Source>>) -> Response {
     match current(&source).await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            metrics(&s),
+            metrics(&s)
+                + &source
+                    .extra_metrics
+                    .as_ref()
+                    .map(|f| f())
+                    .unwrap_or_default(),
         )
             .into_response(),
         Err(r) => r,
@@ -282,11 +292,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     source: Arc<Source>,
     shutdown: CancellationToken,
+    routes: Option<Router>,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/status", get(status_handler))
         .route("/metrics", get(metrics_handler))
         .with_state(source);
+    if let Some(r) = routes {
+        app = app.merge(r);
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

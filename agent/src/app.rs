@@ -287,9 +287,43 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, AppError> {
         .ok_or_else(|| err("no address".into()))
 }
 
+/// What the rest of the product adds to a running agent (the verifier's
+/// scheduled drills): routes on the admin endpoint and lines in `/metrics`.
+#[derive(Default)]
+pub struct Extension {
+    /// Routes merged into the admin endpoint.
+    pub routes: Option<axum::Router>,
+    /// Prometheus text appended to `/metrics`.
+    pub metrics: Option<crate::admin::MetricsFn>,
+}
+
+/// What an extension gets: the open store, and the agent's lifetime.
+pub struct Running {
+    /// The index.
+    pub index: Index,
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    /// Tasks shutdown waits for.
+    pub tracker: TaskTracker,
+}
+
+/// Builds an [`Extension`] once the store is open.
+pub type ExtensionFactory = Box<dyn FnOnce(&Running) -> Extension + Send>;
+
 /// Run the agent until `shutdown` is cancelled; then let in-flight stores
 /// finish (up to [`EXIT_DEADLINE`]).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    run_with(config, shutdown, None).await
+}
+
+/// [`run`], with an extension.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    extension: Option<ExtensionFactory>,
+) -> Result<(), AppError> {
     let cfg = config.clone();
     let (spool, index, report) = tokio::task::spawn_blocking(move || open_store(&cfg, false))
         .await
@@ -381,6 +415,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             ));
         }
     }
+    let extension = extension
+        .map(|f| {
+            f(&Running {
+                index: index.clone(),
+                spool: ingest.spool.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+            })
+        })
+        .unwrap_or_default();
     if let Some(listener) = admin_listener {
         let addr = listener
             .local_addr()
@@ -396,11 +440,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                 .iter()
                 .map(|t| (t.name().to_string(), health.get(t.name()).cloned()))
                 .collect(),
+            extra_metrics: extension.metrics,
         });
-        tracing::info!(%addr, "admin endpoint: /status, /metrics");
+        tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills");
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, source, shutdown).await {
+            if let Err(e) = crate::admin::serve(listener, source, shutdown, extension.routes).await
+            {
                 tracing::error!(error = %e, "admin endpoint failed");
             }
         });

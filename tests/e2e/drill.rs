@@ -348,3 +348,102 @@ fn rotation_drills_every_study_over_a_cycle() {
         "every study drilled over 4 drills: {drilled:?}"
     );
 }
+
+/// Inside the running agent: a `[[drill]]` schedule fires on its own, the
+/// history shows it on `/drills` (HTML with the recovery chart) and in the
+/// drill gauges of `/metrics`, and `pacs-mirror drill` is run by the agent
+/// (which holds the index).
+#[test]
+fn scheduled_drills_report_and_metrics_in_the_running_agent() {
+    let dir = tempdir();
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    let admin = free_port();
+    cfg.extra_toml = format!(
+        "\n[[target]]\ntype = \"object_store\"\nname = \"backup\"\nurl = \"file://{}\"\n\
+         \n[[drill]]\ntarget = \"backup\"\nschedule = \"*/2 * * * * *\"\nrandom_studies = 1\n\
+         recovery_time_objective_secs = 600\n\
+         \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        dir.path().join("bucket").display()
+    );
+    let files = synth(
+        &dir.path().join("in"),
+        &[
+            "--studies",
+            "2",
+            "--instances-per-series",
+            "3",
+            "--rows",
+            "32",
+            "--columns",
+            "32",
+        ],
+    );
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    wait_target(
+        &agent.config_path,
+        "backup",
+        "delivered",
+        Duration::from_secs(60),
+        |s| s["pending"] == 0 && s["delivered"] == 6,
+    );
+    let get = |path: &str| -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "30"])
+            .arg(format!("http://127.0.0.1:{admin}{path}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The schedule fires every 2 s: wait for two passing drills.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let history = loop {
+        let h: Value = serde_json::from_str(&get("/drills.json")).unwrap_or(Value::Null);
+        let passed = h
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|r| r["ok"] == true).count());
+        if passed >= 2 {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled drills: {h}{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(history[0]["target"], "backup");
+    let page = get("/drills");
+    assert!(
+        page.contains("<svg") && page.contains("<polyline"),
+        "no chart: {page}"
+    );
+    assert!(page.contains("objective 600 s"), "{page}");
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("pacs_mirror_drill_last_ok{target=\"backup\"} 1"),
+        "{metrics}"
+    );
+    // The schedule keeps running: the gauge shows the latest drill's count.
+    let matched: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("pacs_mirror_drill_last_findings{target=\"backup\",verdict=\"MATCH\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MATCH gauge: {metrics}"));
+    assert!(matched >= 3, "{metrics}");
+    assert!(
+        metrics
+            .contains("pacs_mirror_drill_last_findings{target=\"backup\",verdict=\"MISSING\"} 0")
+    );
+    assert!(
+        metrics.contains("pacs_mirror_drill_last_success_timestamp_seconds{target=\"backup\"}")
+    );
+    // On demand while the agent runs: the agent runs it.
+    let (ok, r) = drill(&agent.config_path, "backup");
+    assert!(ok, "{r}");
+    assert_eq!(r["ok"], true);
+    assert!(count(&r, "MATCH") >= 3, "{r}");
+    agent.stop();
+}

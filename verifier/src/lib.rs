@@ -3,6 +3,8 @@
 //! - [`drill`]: restore drills: retrieve studies back from a target (C-GET
 //!   from a mirror PACS, GET from a bucket), compare every instance with the
 //!   index (MATCH, COERCED, MISMATCH, MISSING, EXTRA) and time the recovery.
+//! - [`service`]: drills inside the running agent: cron schedules, the
+//!   `/drills` report, drill gauges, alerts.
 //! - [`scrub`]: the local spool scrub: every object the index lists is read
 //!   back from the spool and re-hashed, so a flipped bit, a truncated or a
 //!   missing file is found before anyone needs it (like `restic check
@@ -12,5 +14,6 @@
 
 pub mod drill;
 pub mod scrub;
+pub mod service;
 
 pub use scrub::{Finding, FindingKind, ScrubReport, scrub_spool};

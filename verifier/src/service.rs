@@ -1,0 +1,547 @@
+//! Drills inside the running agent: the cron schedules of `[[drill]]`, the
+//! admin routes (`/drills` HTML report, `/drills.json`, `POST /drills/run`,
+//! which `pacs-mirror drill` uses while the agent runs), the drill gauges in
+//! `/metrics`, and the alerts. Also the pieces the `drill` command shares.
+//!
+//! One drill runs at a time per agent (a lock), so a scheduled drill and an
+//! operator's never compete for the target; alerts never block anything.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use pacs_mirror_agent::alert::{Alerter, Webhook};
+use pacs_mirror_agent::app::{self, Extension, Running};
+use pacs_mirror_agent::bucket::{Bucket, BucketSettings};
+use pacs_mirror_agent::index::Index;
+use pacs_mirror_agent::spool::Spool;
+use pacs_mirror_config::{Config, DrillConfig, Target};
+
+use crate::drill::{self, DrillReport, DrillSettings, DrillTarget, Verdict};
+
+/// How `target` is reached by a drill.
+pub fn drill_target(config: &Config, name: &str, timeout: Duration) -> Result<DrillTarget, String> {
+    let Some(t) = config.targets.iter().find(|t| t.name() == name) else {
+        let names: Vec<&str> = config.targets.iter().map(Target::name).collect();
+        return Err(format!("no target named {name:?} (targets: {names:?})"));
+    };
+    Ok(match t {
+        Target::Dicom {
+            remote_ae,
+            calling_ae,
+            ..
+        } => DrillTarget::Dicom(
+            app::remote_peer(
+                config,
+                remote_ae,
+                calling_ae.as_deref(),
+                &app::default_calling_ae(config),
+                timeout.as_secs(),
+            )
+            .ok_or_else(|| format!("target {name:?}: its remote AE has no usable connection"))?,
+        ),
+        Target::ObjectStore { url, options, .. } => DrillTarget::Bucket(Arc::new(
+            Bucket::open(&BucketSettings {
+                url: url.clone(),
+                options: options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                timeout,
+            })
+            .map_err(|e| e.to_string())?,
+        )),
+    })
+}
+
+/// The drill settings of a target: its `[[drill]]` table, or defaults.
+pub fn settings_for(config: &Config, target: &str, studies: &[String]) -> DrillSettings {
+    let d = config
+        .drills
+        .iter()
+        .find(|d| d.target == target)
+        .cloned()
+        .unwrap_or(DrillConfig {
+            target: target.into(),
+            schedule: None,
+            random_studies: 2,
+            rotation: None,
+            newest_study: true,
+            recovery_time_objective_secs: None,
+            seed: None,
+            timeout_secs: 60,
+        });
+    DrillSettings {
+        target: target.into(),
+        random_studies: d.random_studies,
+        rotation: d.rotation.unwrap_or(0),
+        newest_study: d.newest_study,
+        studies: studies.to_vec(),
+        seed: d.seed,
+        rto_secs: d.recovery_time_objective_secs,
+        timeout: Duration::from_secs(d.timeout_secs),
+    }
+}
+
+/// The alerter of `[alerts]` (call inside a runtime).
+pub fn alerter(config: &Config) -> Alerter {
+    match &config.alerts {
+        Some(a) => Alerter::with_webhook(
+            &config.device.name,
+            Webhook {
+                url: a.webhook_url.clone(),
+                timeout: Duration::from_secs(a.timeout_secs),
+                attempts: a.attempts,
+            },
+        ),
+        None => Alerter::log_only(&config.device.name),
+    }
+}
+
+/// Alert on a failed drill or one over its objective.
+pub fn alert_on(alerter: &Alerter, r: &DrillReport) {
+    if r.rto_exceeded {
+        alerter.raise("drill_over_objective", &r.target, r.summary());
+    } else if !r.ok {
+        alerter.raise("drill_failed", &r.target, r.summary());
+    }
+}
+
+/// Drills of a running agent.
+pub struct DrillService {
+    index: Index,
+    spool: Arc<Spool>,
+    config: Config,
+    alerts: Alerter,
+    scratch: PathBuf,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl DrillService {
+    /// Run one drill of `target` now.
+    pub async fn run(&self, target: &str, studies: &[String]) -> Result<DrillReport, String> {
+        let _one = self.one_at_a_time.lock().await;
+        let settings = settings_for(&self.config, target, studies);
+        let t = drill_target(&self.config, target, settings.timeout)?;
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        let report = drill::run_drill(&self.index, &self.spool, &t, &settings, &self.scratch)
+            .await
+            .map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        let report = report?;
+        alert_on(&self.alerts, &report);
+        tracing::info!(target = %target, ok = report.ok, "{}", report.summary());
+        Ok(report)
+    }
+
+    fn history(&self, limit: usize) -> Vec<DrillReport> {
+        match self.index.drills::<DrillReport>(None, limit) {
+            Ok(v) => v.into_iter().map(|(_, r)| r).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the drill history");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The drill gauges for `/metrics`.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let mut latest: std::collections::BTreeMap<String, DrillReport> = Default::default();
+        let mut last_ok: std::collections::BTreeMap<String, u64> = Default::default();
+        for r in self.history(1000) {
+            if r.ok {
+                last_ok
+                    .entry(r.target.clone())
+                    .or_insert(r.started_at_ms / 1000);
+            }
+            latest.entry(r.target.clone()).or_insert(r);
+        }
+        let mut gauge = |name: &str, help: &str, samples: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        gauge(
+            "pacs_mirror_drill_last_success_timestamp_seconds",
+            "Start of the last drill of the target that passed.",
+            last_ok
+                .iter()
+                .map(|(t, v)| (format!("{{target=\"{t}\"}}"), v.to_string()))
+                .collect(),
+        );
+        gauge(
+            "pacs_mirror_drill_last_ok",
+            "1 if the target's last drill passed.",
+            latest
+                .iter()
+                .map(|(t, r)| (format!("{{target=\"{t}\"}}"), u8::from(r.ok).to_string()))
+                .collect(),
+        );
+        gauge(
+            "pacs_mirror_drill_last_recovery_seconds",
+            "Recovery time measured by the target's last drill (slowest study).",
+            latest
+                .iter()
+                .map(|(t, r)| {
+                    (
+                        format!("{{target=\"{t}\"}}"),
+                        format!("{:.3}", r.recovery_secs),
+                    )
+                })
+                .collect(),
+        );
+        let mut findings = Vec::new();
+        for (t, r) in &latest {
+            for v in [
+                Verdict::Match,
+                Verdict::Coerced,
+                Verdict::Mismatch,
+                Verdict::Missing,
+                Verdict::Extra,
+            ] {
+                let n = r.counts.get(&v).copied().unwrap_or(0);
+                let name = serde_json::to_value(v)
+                    .ok()
+                    .and_then(|x| x.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                findings.push((
+                    format!("{{target=\"{t}\",verdict=\"{name}\"}}"),
+                    n.to_string(),
+                ));
+            }
+        }
+        gauge(
+            "pacs_mirror_drill_last_findings",
+            "Instances by verdict in the target's last drill.",
+            findings,
+        );
+        out
+    }
+
+    /// Start the `[[drill]]` schedules; they stop at shutdown.
+    pub async fn start_schedules(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let scheduled: Vec<(String, String)> = self
+            .config
+            .drills
+            .iter()
+            .filter_map(|d| d.schedule.clone().map(|s| (d.target.clone(), s)))
+            .collect();
+        if scheduled.is_empty() {
+            return;
+        }
+        let mut sched = match tokio_cron_scheduler::JobScheduler::new().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the drill scheduler: no scheduled drills");
+                return;
+            }
+        };
+        for (target, cron) in scheduled {
+            let me = self.clone();
+            let t = target.clone();
+            let job = tokio_cron_scheduler::Job::new_async(cron.as_str(), move |_, _| {
+                let me = me.clone();
+                let t = t.clone();
+                Box::pin(async move {
+                    if let Err(e) = me.run(&t, &[]).await {
+                        me.alerts.raise(
+                            "drill_failed",
+                            &t,
+                            format!("drill of {t} could not run: {e}"),
+                        );
+                    }
+                })
+            });
+            match job {
+                Ok(j) => match sched.add(j).await {
+                    Ok(_) => tracing::info!(target = %target, schedule = %cron, "drill scheduled"),
+                    Err(e) => tracing::error!(target = %target, error = %e, "scheduling the drill"),
+                },
+                Err(e) => {
+                    tracing::error!(target = %target, schedule = %cron, error = %e, "bad drill schedule")
+                }
+            }
+        }
+        if let Err(e) = sched.start().await {
+            tracing::error!(error = %e, "cannot start the drill scheduler");
+            return;
+        }
+        shutdown.cancelled().await;
+        let _ = sched.shutdown().await;
+    }
+
+    /// `/drills`, `/drills.json`, `POST /drills/run`.
+    pub fn routes(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/drills", get(html))
+            .route("/drills.json", get(json))
+            .route("/drills/run", post(run_now))
+            .with_state(self.clone())
+    }
+}
+
+/// The extension that adds drills to a running agent.
+pub fn extension(config: Config) -> app::ExtensionFactory {
+    Box::new(move |running: &Running| {
+        let service = Arc::new(DrillService {
+            index: running.index.clone(),
+            spool: running.spool.clone(),
+            scratch: config.device.data_dir.join("drill-scratch"),
+            alerts: alerter(&config),
+            config,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        });
+        let s = service.clone();
+        let shutdown = running.shutdown.clone();
+        running
+            .tracker
+            .spawn(async move { s.start_schedules(shutdown).await });
+        let m = service.clone();
+        Extension {
+            routes: Some(service.routes()),
+            metrics: Some(Arc::new(move || m.metrics())),
+        }
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct RunParams {
+    target: String,
+    #[serde(default)]
+    study: Vec<String>,
+}
+
+async fn run_now(
+    State(s): State<Arc<DrillService>>,
+    axum::Json(p): axum::Json<RunParams>,
+) -> Response {
+    match s.run(&p.target, &p.study).await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ListParams {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+async fn json(State(s): State<Arc<DrillService>>, Query(q): Query<ListParams>) -> Response {
+    axum::Json(s.history(q.limit)).into_response()
+}
+
+async fn html(State(s): State<Arc<DrillService>>) -> Response {
+    let page = report_html(&s.history(200), &s.config.device.name);
+    ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The HTML report: per target, the recovery time of each drill drawn over
+/// time (objective as a dashed line), then every drill with its findings.
+pub fn report_html(history: &[DrillReport], device: &str) -> String {
+    let mut by_target: std::collections::BTreeMap<&str, Vec<&DrillReport>> = Default::default();
+    for r in history {
+        by_target.entry(r.target.as_str()).or_default().push(r);
+    }
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pacs-mirror drills — {d}</title>\
+         <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:left}}.bad{{color:#b00;font-weight:bold}}\
+         .ok{{color:#070}}svg{{background:#fafafa;border:1px solid #ddd}}</style></head><body>\
+         <h1>Restore drills — {d}</h1>",
+        d = esc(device)
+    );
+    if history.is_empty() {
+        h.push_str("<p>No drill has run yet. Configure <code>[[drill]]</code> with a <code>schedule</code>, or run <code>pacs-mirror drill</code>.</p>");
+    }
+    for (target, drills) in &by_target {
+        let _ = write!(h, "<h2>{}</h2>", esc(target));
+        h.push_str(&chart(drills));
+        h.push_str("<table><tr><th>#</th><th>started (UTC)</th><th>result</th><th>studies</th><th>MATCH</th><th>COERCED</th><th>MISMATCH</th><th>MISSING</th><th>EXTRA</th><th>recovery</th><th>MB/s</th></tr>");
+        for r in drills {
+            let c = |v| r.counts.get(&v).copied().unwrap_or(0);
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s{}</td><td>{:.1}</td></tr>",
+                r.number,
+                utc(r.started_at_ms),
+                if r.ok { "ok" } else { "bad" },
+                r.failure
+                    .as_deref()
+                    .map_or("passed".into(), |f| format!("FAILED: {}", esc(f))),
+                r.studies.len(),
+                c(Verdict::Match),
+                c(Verdict::Coerced),
+                c(Verdict::Mismatch),
+                c(Verdict::Missing),
+                c(Verdict::Extra),
+                r.recovery_secs,
+                r.rto_secs.map_or(String::new(), |o| format!(" / {o} s")),
+                r.mb_per_s
+            );
+        }
+        h.push_str("</table>");
+        let findings: Vec<_> = drills
+            .iter()
+            .flat_map(|r| r.studies.iter().map(move |s| (r, s)))
+            .flat_map(|(r, s)| s.findings.iter().map(move |f| (r, s, f)))
+            .take(200)
+            .collect();
+        if !findings.is_empty() {
+            h.push_str("<h3>Findings</h3><table><tr><th>drill</th><th>study</th><th>SOP instance</th><th>verdict</th><th>detail</th></tr>");
+            for (r, s, f) in findings {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"bad\">{:?}</td><td>{}</td></tr>",
+                    r.number,
+                    esc(&s.study_instance_uid),
+                    esc(&f.sop_instance_uid),
+                    f.verdict,
+                    esc(&f.detail)
+                );
+            }
+            h.push_str("</table>");
+        }
+    }
+    h.push_str("</body></html>");
+    h
+}
+
+/// An SVG line of recovery seconds per drill, oldest left.
+fn chart(drills: &[&DrillReport]) -> String {
+    let (w, hgt, pad) = (640.0, 180.0, 30.0);
+    let mut pts: Vec<&&DrillReport> = drills.iter().collect();
+    pts.sort_by_key(|r| r.started_at_ms);
+    let objective = pts
+        .iter()
+        .filter_map(|r| r.rto_secs)
+        .max()
+        .map(|o| o as f64);
+    let top = pts
+        .iter()
+        .map(|r| r.recovery_secs)
+        .chain(objective)
+        .fold(0.001_f64, f64::max)
+        * 1.15;
+    let n = pts.len().max(2) as f64 - 1.0;
+    let xy = |i: usize, v: f64| {
+        (
+            pad + (w - 2.0 * pad) * i as f64 / n,
+            hgt - pad - (hgt - 2.0 * pad) * v / top,
+        )
+    };
+    let mut s = format!(
+        "<svg width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"recovery time per drill\">"
+    );
+    let _ = write!(
+        s,
+        "<text x=\"4\" y=\"14\" font-size=\"11\">recovery time (s), max {top:.1}</text>"
+    );
+    if let Some(o) = objective {
+        let (_, y) = xy(0, o);
+        let _ = write!(
+            s,
+            "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#b00\" stroke-dasharray=\"4 3\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"10\" fill=\"#b00\">objective {o} s</text>",
+            w - pad,
+            w - pad - 80.0,
+            y - 3.0
+        );
+    }
+    let line: Vec<String> = pts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (x, y) = xy(i, r.recovery_secs);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let _ = write!(
+        s,
+        "<polyline fill=\"none\" stroke=\"#036\" stroke-width=\"2\" points=\"{}\"/>",
+        line.join(" ")
+    );
+    for (i, r) in pts.iter().enumerate() {
+        let (x, y) = xy(i, r.recovery_secs);
+        let _ = write!(
+            s,
+            "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{}\"><title>#{} {:.2} s</title></circle>",
+            if r.ok { "#070" } else { "#b00" },
+            r.number,
+            r.recovery_secs
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (d, rem) = (secs / 86_400, secs % 86_400);
+    let z = d as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_report_escapes_and_draws_one_point_per_drill() {
+        let mut a = DrillReport {
+            target: "mirror<x>".into(),
+            number: 1,
+            recovery_secs: 2.0,
+            rto_secs: Some(5),
+            ok: true,
+            started_at_ms: 1_795_392_000_000,
+            ..DrillReport::default()
+        };
+        let mut b = a.clone();
+        b.number = 2;
+        b.ok = false;
+        b.failure = Some("1 instance(s) MISMATCH, 0 MISSING".into());
+        b.started_at_ms += 1000;
+        a.counts.insert(Verdict::Match, 3);
+        let page = report_html(&[b, a], "dev");
+        assert!(page.contains("mirror&lt;x&gt;"));
+        assert!(!page.contains("mirror<x>"));
+        assert_eq!(page.matches("<circle").count(), 2);
+        assert!(page.contains("objective 5 s"));
+        assert!(page.contains("2026-11-23 00:00:00"));
+        assert!(page.contains("FAILED: 1 instance(s) MISMATCH"));
+    }
+}
