@@ -1,11 +1,15 @@
 //! The requestor side: associations to remote AEs, C-ECHO, and C-STORE of
 //! spooled objects streamed from their files.
 //!
-//! Sending never transcodes: each object goes out on a presentation context
-//! of its own SOP class and its own transfer syntax, byte for byte. A peer
-//! that accepts no such context gets [`ScuError::NoContext`], a permanent
-//! failure for that object (the replication queue dead-letters it; it never
-//! converts, and never a lossy conversion). At most [`MAX_CONTEXTS`] contexts
+//! Each object goes out on a presentation context of its own SOP class and
+//! its own transfer syntax, byte for byte. The one exception is the lossless
+//! uncompressed fallback: an object in Explicit VR Little Endian is also
+//! proposed in Implicit VR Little Endian (and the reverse), on a context of
+//! its own, and re-encoded into it (in memory, up to
+//! [`MAX_TRANSCODE_BYTES`]) only when the peer accepts the fallback and not
+//! the original. Nothing else is ever converted, and never lossily. A peer
+//! that accepts neither gets [`ScuError::NoContext`], a permanent failure
+//! for that object (the replication queue dead-letters it). At most [`MAX_CONTEXTS`] contexts
 //! are proposed (dicom-ul numbers them 1, 3, … and wraps past 255).
 //!
 //! Errors are phrased for the person on call (refused connection, rejected
@@ -37,6 +41,22 @@ pub const MAX_CONTEXTS: usize = 128;
 /// Largest data PDV sent, whatever the peer accepts (bounds memory even when
 /// the peer announces an unlimited PDU).
 pub const MAX_SEND_CHUNK: usize = 1 << 20;
+/// Largest object re-encoded for the uncompressed fallback (it is held in
+/// memory while sent).
+pub const MAX_TRANSCODE_BYTES: u64 = 256 << 20;
+/// Explicit VR Little Endian.
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+/// Implicit VR Little Endian.
+pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+
+/// The lossless uncompressed alternative of a transfer syntax, if any.
+pub fn uncompressed_fallback(transfer_syntax: &str) -> Option<&'static str> {
+    match transfer_syntax {
+        EXPLICIT_VR_LE => Some(IMPLICIT_VR_LE),
+        IMPLICIT_VR_LE => Some(EXPLICIT_VR_LE),
+        _ => None,
+    }
+}
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -361,13 +381,19 @@ impl Scu {
     /// the peer's status (Success and warnings mean stored; see
     /// [`Status::is_stored`]).
     pub async fn store(&mut self, object: &Outgoing) -> Result<Status, ScuError> {
-        let pc = self
-            .context_for(&object.sop_class_uid, &object.transfer_syntax_uid)
-            .ok_or_else(|| ScuError::NoContext {
-                addr: self.peer.addr(),
-                sop_class: object.sop_class_uid.clone(),
-                transfer_syntax: object.transfer_syntax_uid.clone(),
-            })?;
+        let no_context = || ScuError::NoContext {
+            addr: self.peer.addr(),
+            sop_class: object.sop_class_uid.clone(),
+            transfer_syntax: object.transfer_syntax_uid.clone(),
+        };
+        let Some(pc) = self.context_for(&object.sop_class_uid, &object.transfer_syntax_uid) else {
+            let fallback = uncompressed_fallback(&object.transfer_syntax_uid)
+                .and_then(|ts| Some((ts, self.context_for(&object.sop_class_uid, ts)?)));
+            let Some((ts, pc)) = fallback else {
+                return Err(no_context());
+            };
+            return self.store_transcoded(object, ts, pc).await;
+        };
         let file_err = |source| ScuError::File {
             path: object.path.clone(),
             source,
@@ -421,6 +447,69 @@ impl Scu {
             if remaining == 0 {
                 break;
             }
+        }
+        let rsp = self.read_response(id).await?;
+        rsp.status().map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// The uncompressed fallback: re-encode the data set into `ts` (lossless:
+    /// Explicit ↔ Implicit VR Little Endian) and send it on `pc`.
+    async fn store_transcoded(
+        &mut self,
+        object: &Outgoing,
+        ts: &str,
+        pc: u8,
+    ) -> Result<Status, ScuError> {
+        let file_err = |source| ScuError::File {
+            path: object.path.clone(),
+            source,
+        };
+        let len = tokio::fs::metadata(&object.path)
+            .await
+            .map_err(file_err)?
+            .len();
+        if len > MAX_TRANSCODE_BYTES {
+            return Err(ScuError::NoContext {
+                addr: self.peer.addr(),
+                sop_class: object.sop_class_uid.clone(),
+                transfer_syntax: format!(
+                    "{} (the peer accepts only {ts}, and the object is too large to re-encode: {len} bytes)",
+                    object.transfer_syntax_uid
+                ),
+            });
+        }
+        let path = object.path.clone();
+        let target = ts.to_string();
+        let encoded = tokio::task::spawn_blocking(move || reencode(&path, &target))
+            .await
+            .map_err(|e| file_err(std::io::Error::other(e.to_string())))?
+            .map_err(|e| file_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        tracing::debug!(
+            sop_instance_uid = %object.sop_instance_uid,
+            from = %object.transfer_syntax_uid,
+            to = %ts,
+            "the peer accepts only the uncompressed fallback: re-encoded"
+        );
+        let id = self.message_id();
+        let rq = CStoreRq {
+            message_id: id,
+            sop_class_uid: object.sop_class_uid.clone(),
+            sop_instance_uid: object.sop_instance_uid.clone(),
+            priority: 0,
+            move_originator_ae: None,
+            move_originator_message_id: None,
+        };
+        self.send_command(pc, &rq.to_command()).await?;
+        let chunk = self.max_pdv_payload();
+        let pieces: Vec<&[u8]> = if encoded.is_empty() {
+            vec![&[][..]]
+        } else {
+            encoded.chunks(chunk).collect()
+        };
+        let count = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            self.send_pdv(pc, PDataValueType::Data, i + 1 == count, piece.to_vec())
+                .await?;
         }
         let rsp = self.read_response(id).await?;
         rsp.status().map_err(|e| self.protocol(e.to_string()))
@@ -685,16 +774,48 @@ fn describe(contexts: &[(String, Vec<String>)]) -> String {
 }
 
 /// The presentation contexts for sending these objects: one per distinct
-/// (SOP class, transfer syntax), in first-seen order.
+/// (SOP class, transfer syntax), in first-seen order, each uncompressed
+/// one followed by its lossless fallback (see [`uncompressed_fallback`]);
+/// at most [`MAX_CONTEXTS`] (fallbacks are left out first).
 pub fn contexts_for(objects: &[Outgoing]) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut originals: Vec<(String, Vec<String>)> = Vec::new();
     for o in objects {
         let wanted = (o.sop_class_uid.clone(), vec![o.transfer_syntax_uid.clone()]);
-        if !out.contains(&wanted) {
-            out.push(wanted);
+        if !originals.contains(&wanted) {
+            originals.push(wanted);
+        }
+    }
+    let mut out = Vec::with_capacity(originals.len() * 2);
+    let mut room = MAX_CONTEXTS.saturating_sub(originals.len());
+    for (class, tss) in originals {
+        let fallback = tss.first().and_then(|t| uncompressed_fallback(t));
+        out.push((class.clone(), tss));
+        if let Some(f) = fallback
+            && room > 0
+        {
+            let alt = (class, vec![f.to_string()]);
+            if !out.contains(&alt) {
+                out.push(alt);
+                room -= 1;
+            }
         }
     }
     out
+}
+
+/// Re-encode a Part-10 file's data set into another uncompressed
+/// transfer syntax.
+fn reencode(path: &Path, ts: &str) -> Result<Vec<u8>, String> {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+    let obj = dicom_object::open_file(path).map_err(|e| e.to_string())?;
+    let target = TransferSyntaxRegistry
+        .get(ts)
+        .ok_or_else(|| format!("unknown transfer syntax {ts}"))?;
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, target)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// Read an [`Outgoing`] from a spool file's meta group.
@@ -756,6 +877,97 @@ mod tests {
             .port()
     }
 
+    /// A peer that accepts Implicit VR Little Endian only (storescp +xi):
+    /// an Explicit VR object goes over the fallback context, re-encoded
+    /// losslessly (every element equal); the context list stays bounded.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn explicit_le_falls_back_to_implicit_losslessly() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received");
+        std::fs::create_dir(&out).unwrap();
+        let port = free_port();
+        let child = Command::new("storescp")
+            .args(["+B", "+xi", "-aet", "MIRROR", "-od"])
+            .arg(&out)
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp not found: run scripts/test, which installs dcmtk");
+        let _guard = Storescp(child);
+        let peer = Peer {
+            calling_ae: "PACS_MIRROR".into(),
+            called_ae: "MIRROR".into(),
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(10),
+        };
+        let mut ready = false;
+        for _ in 0..100 {
+            if echo(&peer).await.is_ok() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "storescp did not answer C-ECHO");
+        let (a, _) = write_object(dir.path(), "1.2.3.201", EXPLICIT_LE);
+        let (r, _) = write_object(dir.path(), "1.2.3.202", RLE);
+        let contexts = contexts_for(&[a.clone(), r.clone()]);
+        assert_eq!(
+            contexts,
+            vec![
+                (SC.to_string(), vec![EXPLICIT_LE.to_string()]),
+                (SC.to_string(), vec![IMPLICIT_VR_LE.to_string()]),
+                (SC.to_string(), vec![RLE.to_string()]),
+            ]
+        );
+        let mut scu = Scu::connect(&peer, &contexts).await.unwrap();
+        assert_eq!(scu.store(&a).await.unwrap(), Status::Success);
+        // No lossless fallback for a compressed object.
+        assert!(matches!(
+            scu.store(&r).await,
+            Err(ScuError::NoContext { .. })
+        ));
+        scu.release().await;
+        let got: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(got.len(), 1);
+        let received = dicom_object::open_file(&got[0]).unwrap();
+        assert_eq!(
+            received.meta().transfer_syntax().trim_end_matches('\0'),
+            IMPLICIT_VR_LE
+        );
+        let original = dicom_object::open_file(&a.path).unwrap();
+        let n = original.iter().count();
+        assert!(n > 3);
+        assert_eq!(received.iter().count(), n);
+        for e in original.iter() {
+            let tag = e.header().tag;
+            assert_eq!(
+                received.element(tag).unwrap().value(),
+                e.value(),
+                "element {tag} changed in the re-encoding"
+            );
+        }
+        // At most MAX_CONTEXTS: fallbacks give way to originals.
+        let many: Vec<Outgoing> = (0..100)
+            .map(|i| Outgoing {
+                sop_class_uid: format!("1.2.3.{i}"),
+                ..a.clone()
+            })
+            .collect();
+        let c = contexts_for(&many);
+        assert_eq!(c.len(), MAX_CONTEXTS);
+        assert!(
+            many.iter()
+                .all(|o| c.contains(&(o.sop_class_uid.clone(), vec![EXPLICIT_LE.to_string()])))
+        );
+    }
+
     /// Against a real DCMTK storescp in bit-preserving mode (+B), which
     /// accepts uncompressed transfer syntaxes only.
     #[tokio::test(flavor = "multi_thread")]
@@ -795,7 +1007,8 @@ mod tests {
         let (b, body_b) = write_object(dir.path(), "1.2.3.102", EXPLICIT_LE);
         let (c, _) = write_object(dir.path(), "1.2.3.103", RLE);
         let objects = [a.clone(), c.clone(), b.clone()];
-        assert_eq!(contexts_for(&objects).len(), 2);
+        // explicit LE, its implicit fallback, RLE
+        assert_eq!(contexts_for(&objects).len(), 3);
         let mut scu = Scu::connect(&peer, &contexts_for(&objects)).await.unwrap();
         assert_eq!(scu.store(&a).await.unwrap(), Status::Success);
         let refused = scu.store(&c).await.unwrap_err();
