@@ -324,7 +324,7 @@ pub async fn restore(
             let settings = settings.clone();
             async move {
                 let dir = settings.scratch.join(format!("chunk-{n}"));
-                let out = send_chunk(&bucket, chunk, &settings.peer, &dir, progress.as_ref()).await;
+                let out = send_chunk(bucket, chunk, &settings.peer, &dir, progress.as_ref()).await;
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 out
             }
@@ -346,9 +346,18 @@ pub async fn restore(
     Ok(report)
 }
 
-/// Download a chunk (verified), then send it on one association.
+/// Download a chunk (every object verified) and send it on one association.
+///
+/// When the manifests name every object of the chunk, its SOP classes and
+/// transfer syntaxes are known before any download: the association is
+/// opened at once and each object is sent as soon as it is downloaded and
+/// verified, while the next ones are still downloading (a task of their
+/// own, [`DOWNLOADS`] at a time). Otherwise (blobs no manifest names: their
+/// identity is in the file only) the chunk is downloaded first. What a
+/// broken association leaves unsent is sent again on a new one, up to
+/// [`CHUNK_ATTEMPTS`] associations.
 async fn send_chunk(
-    bucket: &Bucket,
+    bucket: Arc<Bucket>,
     chunk: Vec<Planned>,
     peer: &Peer,
     dir: &Path,
@@ -371,52 +380,84 @@ async fn send_chunk(
         }
         return done;
     }
-    let downloads: Vec<(usize, Result<crate::part10::StreamHashes, BucketError>)> =
-        futures::stream::iter(chunk.iter().enumerate().map(|(i, p)| (i, p.hash)))
-            .map(|(i, hash)| async move {
-                let file = dir.join(format!("{i}.dcm"));
-                (i, bucket.download(&hash, &file).await)
-            })
-            .buffer_unordered(DOWNLOADS)
-            .collect()
-            .await;
-    let mut ready: Vec<(usize, Outgoing, u64)> = Vec::new();
-    for (i, result) in downloads {
-        let p = &chunk[i];
-        let file = dir.join(format!("{i}.dcm"));
-        let fail = |outcome| Done {
-            blake3: hash_hex(&p.hash),
-            sop_instance_uid: sop_of(p),
-            bytes: 0,
-            outcome,
-        };
-        match result {
-            Ok(h) if h.dataset != p.hash => finish(
-                fail(Outcome::Corrupt(format!(
-                    "the data set hashes to {}, not to its key",
-                    hash_hex(&h.dataset)
-                ))),
-                &mut done,
-            ),
-            Ok(h) => {
-                let outgoing = match &p.entry {
-                    Some(e) => Ok(Outgoing {
-                        path: file,
-                        sop_class_uid: e.record.sop_class_uid.clone(),
-                        sop_instance_uid: e.record.sop_instance_uid.clone(),
-                        transfer_syntax_uid: e.record.transfer_syntax_uid.clone(),
-                    }),
-                    None => scu::outgoing(&file).map_err(|e| e.to_string()),
-                };
-                match outgoing {
-                    Ok(o) => ready.push((i, o, h.file_bytes)),
-                    Err(e) => finish(fail(Outcome::Corrupt(e)), &mut done),
+    let chunk = Arc::new(chunk);
+    let file_of = |i: usize| dir.join(format!("{i}.dcm"));
+    // Downloads, handed over as they complete (the channel holds the whole
+    // chunk, so they never wait for the sender).
+    let (tx, mut rx) = tokio::sync::mpsc::channel(chunk.len().max(1));
+    let downloader = {
+        let (chunk, dir) = (chunk.clone(), dir.to_path_buf());
+        tokio::spawn(async move {
+            let mut results = futures::stream::iter(0..chunk.len())
+                .map(|i| {
+                    let (bucket, hash, file) =
+                        (&bucket, chunk[i].hash, dir.join(format!("{i}.dcm")));
+                    async move { (i, bucket.download(&hash, &file).await) }
+                })
+                .buffer_unordered(DOWNLOADS);
+            while let Some(r) = results.next().await {
+                if tx.send(r).await.is_err() {
+                    break;
                 }
             }
-            Err(e) => finish(fail(Outcome::DownloadFailed(e.to_string())), &mut done),
-        }
+        })
+    };
+    // The association of the pipelined first attempt.
+    let known: Option<Vec<Outgoing>> = chunk
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.entry.as_ref().map(|e| outgoing_of(e, file_of(i))))
+        .collect();
+    let mut scu = match &known {
+        Some(objects) => Scu::connect(peer, &scu::contexts_for(objects)).await.ok(),
+        None => None,
+    };
+    let mut attempt = u32::from(scu.is_some());
+    let mut broken = false;
+    let mut ready: Vec<(usize, Outgoing, u64)> = Vec::new();
+    while let Some((i, result)) = rx.recv().await {
+        let p = &chunk[i];
+        let (o, bytes) = match verified(p, file_of(i), result) {
+            Ok(v) => v,
+            Err(outcome) => {
+                let d = Done {
+                    blake3: hash_hex(&p.hash),
+                    sop_instance_uid: sop_of(p),
+                    bytes: 0,
+                    outcome,
+                };
+                finish(d, &mut done);
+                continue;
+            }
+        };
+        let Some(s) = scu.as_mut().filter(|_| !broken) else {
+            ready.push((i, o, bytes));
+            continue;
+        };
+        let outcome = match s.store(&o).await {
+            Ok(st) => stored_outcome(st),
+            Err(e) if e.is_transient() && attempt < CHUNK_ATTEMPTS => {
+                broken = true;
+                ready.push((i, o, bytes));
+                continue;
+            }
+            Err(e) => Outcome::SendFailed(e.to_string()),
+        };
+        let _ = tokio::fs::remove_file(&o.path).await;
+        let d = Done {
+            blake3: hash_hex(&p.hash),
+            sop_instance_uid: o.sop_instance_uid.clone(),
+            bytes,
+            outcome,
+        };
+        finish(d, &mut done);
     }
-    let mut attempt = 0;
+    let _ = downloader.await;
+    if let Some(s) = scu.take().filter(|_| !broken) {
+        s.release().await;
+    }
+    // Whatever is left (downloaded first, or after a broken association):
+    // send it on a new association.
     while !ready.is_empty() {
         attempt += 1;
         let objects: Vec<Outgoing> = ready.iter().map(|(_, o, _)| o.clone()).collect();
@@ -448,9 +489,7 @@ async fn send_chunk(
                 continue;
             }
             let outcome = match scu.store(&o).await {
-                Ok(s) if s.is_stored() => Outcome::Stored,
-                Ok(s @ Status::OutOfResources(_)) => Outcome::SendFailed(s.to_string()),
-                Ok(s) => Outcome::SendFailed(s.to_string()),
+                Ok(st) => stored_outcome(st),
                 Err(e) if e.is_transient() && attempt < CHUNK_ATTEMPTS => {
                     broken = Some(e);
                     rest.push((i, o, bytes));
@@ -473,6 +512,49 @@ async fn send_chunk(
         ready = rest;
     }
     done
+}
+
+/// What to send of a manifest entry whose object is downloaded to `path`.
+fn outgoing_of(e: &ManifestEntry, path: PathBuf) -> Outgoing {
+    Outgoing {
+        path,
+        sop_class_uid: e.record.sop_class_uid.clone(),
+        sop_instance_uid: e.record.sop_instance_uid.clone(),
+        transfer_syntax_uid: e.record.transfer_syntax_uid.clone(),
+    }
+}
+
+/// A downloaded object ready to send, with its size, or why not: its data
+/// set must hash to its key, and a blob no manifest names must be readable
+/// as Part 10.
+fn verified(
+    p: &Planned,
+    file: PathBuf,
+    result: Result<crate::part10::StreamHashes, BucketError>,
+) -> Result<(Outgoing, u64), Outcome> {
+    match result {
+        Ok(h) if h.dataset != p.hash => Err(Outcome::Corrupt(format!(
+            "the data set hashes to {}, not to its key",
+            hash_hex(&h.dataset)
+        ))),
+        Ok(h) => {
+            let outgoing = match &p.entry {
+                Some(e) => Ok(outgoing_of(e, file)),
+                None => scu::outgoing(&file).map_err(|e| Outcome::Corrupt(e.to_string())),
+            };
+            outgoing.map(|o| (o, h.file_bytes))
+        }
+        Err(e) => Err(Outcome::DownloadFailed(e.to_string())),
+    }
+}
+
+/// The outcome of a C-STORE answered with `status`.
+fn stored_outcome(status: Status) -> Outcome {
+    if status.is_stored() {
+        Outcome::Stored
+    } else {
+        Outcome::SendFailed(status.to_string())
+    }
 }
 
 fn sop_of(p: &Planned) -> String {

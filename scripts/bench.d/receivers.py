@@ -7,6 +7,10 @@ directory under the work dir, on free 127.0.0.1 ports, and verified after a run:
   PacsMirror  target/release/pacs-mirror run --config <toml> (fsyncs file,
               directory and index before answering Success)
 
+and, for the object-storage scenario, the S3 server:
+
+  MotoS3      moto_server (S3 in memory), one bucket, unsigned admin calls
+
 Life cycle: r = Cls(...); r.start()  (raises BenchError if it is not ready);
 … send …; info = r.finish(expected, sent_bytes)  (reads peak RSS, stops it,
 checks that it holds `expected` instances and about `sent_bytes` bytes, raises
@@ -20,8 +24,12 @@ unless that variable is set (its trace log says "using the default value (0)").
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from benchlib import (LOOPBACK, BenchError, drop_tree, echo_ok, free_port, http_get_json, log,
@@ -272,3 +280,90 @@ def make(system: str, *, workdir: Path, tag: str, pdu: int | None, binary: Path 
 
 
 SYSTEMS = ("storescp", "orthanc", "pacs-mirror")
+
+
+class MotoS3(Receiver):
+    """moto in server mode (the S3 test server scripts/test installs): an
+    S3-compatible endpoint on 127.0.0.1 holding one bucket, in memory (a
+    restart is empty). Same life cycle as the Storage SCPs: the port is
+    reserved at construction (so an agent can be pointed at it before it
+    runs), start() waits for GET /moto-api/ and creates the bucket with an
+    unsigned PUT (moto checks no signature); stop()/kill() by PID."""
+
+    system = "moto"
+    ae = "-"
+    VERSION = "5.2.5"
+
+    def __init__(self, workdir: Path, tag: str, bucket: str = "pacs-mirror-bench"):
+        super().__init__(workdir, tag)
+        self.bucket = bucket
+
+    @classmethod
+    def binary(cls) -> Path:
+        explicit = os.environ.get("PACS_MIRROR_MOTO_SERVER")
+        if explicit:
+            return Path(explicit)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cache / "pacs-mirror" / f"moto-{cls.VERSION}" / "bin" / "moto_server"
+
+    def prepare(self) -> None:
+        if not self.binary().is_file():
+            raise BenchError(f"the S3 test server is not at {self.binary()} (set $PACS_MIRROR_MOTO_SERVER, "
+                             "or run scripts/test, which installs moto there)")
+
+    def argv(self) -> list[str]:
+        return [str(self.binary()), "-H", LOOPBACK, "-p", str(self.port)]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2) as r:
+            return r.status == 200
+
+    def after_ready(self) -> None:
+        req = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            if r.status != 200:
+                raise BenchError(f"moto: creating bucket {self.bucket} answered {r.status}")
+
+    def pdu_note(self) -> str:
+        return "-"
+
+    def list_objects(self, prefix: str) -> list[tuple[str, int]]:
+        """(key, size) of every object under `prefix` (ListObjectsV2, all
+        pages, unsigned)."""
+        ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+        out: list[tuple[str, int]] = []
+        token = None
+        while True:
+            q = {"list-type": "2", "prefix": prefix}
+            if token:
+                q["continuation-token"] = token
+            url = f"{self.endpoint}/{self.bucket}?{urllib.parse.urlencode(q)}"
+            with urllib.request.urlopen(url, timeout=30) as r:
+                root = ET.fromstring(r.read())
+            for c in root.iter(f"{ns}Contents"):
+                out.append((c.findtext(f"{ns}Key") or "", int(c.findtext(f"{ns}Size") or 0)))
+            if (root.findtext(f"{ns}IsTruncated") or "false").lower() != "true":
+                return out
+            token = root.findtext(f"{ns}NextContinuationToken")
+            if not token:
+                raise BenchError(f"moto: truncated listing of {prefix} without a continuation token")
+
+    def cpu_secs(self) -> float:
+        """utime + stime of the server so far (start-up included)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float | None:
+        kib = proc_status_kib(self.proc.pid, "VmRSS")
+        return kib / 1024 if kib else None
+
+    def stop_server(self) -> None:
+        """Stop it (its data is gone); raise if it had died."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise BenchError(f"moto died during the run (status {self.proc.returncode}); log {self.log_path}")
+        stop(self.proc, signal.SIGTERM, 10.0)

@@ -483,8 +483,13 @@ impl Bucket {
         mut head: Option<&mut Vec<u8>>,
     ) -> Result<StreamHashes, BucketError> {
         use tokio::io::AsyncWriteExt;
+        // Buffered: the body arrives in pieces of a few KiB, and each write
+        // to a tokio file is a hop to the blocking pool; one per MiB instead.
         let mut out = match dest {
-            Some(p) => Some(tokio::fs::File::create(p).await.map_err(io_err(p))?),
+            Some(p) => Some(tokio::io::BufWriter::with_capacity(
+                READ_BYTES,
+                tokio::fs::File::create(p).await.map_err(io_err(p))?,
+            )),
             None => None,
         };
         let mut stream = self.store.get(key).await?.into_stream();
