@@ -406,16 +406,7 @@ impl Scu {
         file.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(file_err)?;
-        let id = self.message_id();
-        let rq = CStoreRq {
-            message_id: id,
-            sop_class_uid: object.sop_class_uid.clone(),
-            sop_instance_uid: object.sop_instance_uid.clone(),
-            priority: 0,
-            move_originator_ae: None,
-            move_originator_message_id: None,
-        };
-        self.send_command(pc, &rq.to_command()).await?;
+        let id = self.send_store_rq(object, pc).await?;
         let chunk = self.max_pdv_payload();
         // Read up to MAX_SEND_CHUNK at a time (one blocking-pool hop), send
         // it as PDUs of the peer's size: against a 16 KiB peer that is one
@@ -450,6 +441,21 @@ impl Scu {
         }
         let rsp = self.read_response(id).await?;
         rsp.status().map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// Send the C-STORE-RQ command of `object` on `pc`; its Message ID.
+    async fn send_store_rq(&mut self, object: &Outgoing, pc: u8) -> Result<u16, ScuError> {
+        let id = self.message_id();
+        let rq = CStoreRq {
+            message_id: id,
+            sop_class_uid: object.sop_class_uid.clone(),
+            sop_instance_uid: object.sop_instance_uid.clone(),
+            priority: 0,
+            move_originator_ae: None,
+            move_originator_message_id: None,
+        };
+        self.send_command(pc, &rq.to_command()).await?;
+        Ok(id)
     }
 
     /// The uncompressed fallback: re-encode the data set into `ts` (lossless:
@@ -490,16 +496,7 @@ impl Scu {
             to = %ts,
             "the peer accepts only the uncompressed fallback: re-encoded"
         );
-        let id = self.message_id();
-        let rq = CStoreRq {
-            message_id: id,
-            sop_class_uid: object.sop_class_uid.clone(),
-            sop_instance_uid: object.sop_instance_uid.clone(),
-            priority: 0,
-            move_originator_ae: None,
-            move_originator_message_id: None,
-        };
-        self.send_command(pc, &rq.to_command()).await?;
+        let id = self.send_store_rq(object, pc).await?;
         let chunk = self.max_pdv_payload();
         let pieces: Vec<&[u8]> = if encoded.is_empty() {
             vec![&[][..]]
@@ -869,6 +866,38 @@ mod tests {
         }
     }
 
+    /// DCMTK storescp as AE MIRROR with `args`, writing into `out`
+    /// (created); returns once it answers C-ECHO.
+    async fn start_storescp(args: &[&str], out: &Path) -> (Storescp, Peer) {
+        std::fs::create_dir_all(out).unwrap();
+        let port = free_port();
+        let child = Command::new("storescp")
+            .args(args)
+            .args(["-aet", "MIRROR", "-od"])
+            .arg(out)
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp not found: run scripts/test, which installs dcmtk");
+        let guard = Storescp(child);
+        let peer = Peer {
+            calling_ae: "PACS_MIRROR".into(),
+            called_ae: "MIRROR".into(),
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(10),
+        };
+        for _ in 0..100 {
+            if echo(&peer).await.is_ok() {
+                return (guard, peer);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("storescp did not answer C-ECHO");
+    }
+
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -884,34 +913,7 @@ mod tests {
     async fn explicit_le_falls_back_to_implicit_losslessly() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("received");
-        std::fs::create_dir(&out).unwrap();
-        let port = free_port();
-        let child = Command::new("storescp")
-            .args(["+B", "+xi", "-aet", "MIRROR", "-od"])
-            .arg(&out)
-            .arg(port.to_string())
-            .env("TCP_NODELAY", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp not found: run scripts/test, which installs dcmtk");
-        let _guard = Storescp(child);
-        let peer = Peer {
-            calling_ae: "PACS_MIRROR".into(),
-            called_ae: "MIRROR".into(),
-            host: "127.0.0.1".into(),
-            port,
-            timeout: Duration::from_secs(10),
-        };
-        let mut ready = false;
-        for _ in 0..100 {
-            if echo(&peer).await.is_ok() {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(ready, "storescp did not answer C-ECHO");
+        let (_guard, peer) = start_storescp(&["+B", "+xi"], &out).await;
         let (a, _) = write_object(dir.path(), "1.2.3.201", EXPLICIT_LE);
         let (r, _) = write_object(dir.path(), "1.2.3.202", RLE);
         let contexts = contexts_for(&[a.clone(), r.clone()]);
@@ -974,34 +976,7 @@ mod tests {
     async fn stores_byte_exact_into_dcmtk_and_reports_refused_contexts() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("received");
-        std::fs::create_dir(&out).unwrap();
-        let port = free_port();
-        let child = Command::new("storescp")
-            .args(["+B", "-aet", "MIRROR", "-od"])
-            .arg(&out)
-            .arg(port.to_string())
-            .env("TCP_NODELAY", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp not found: run scripts/test, which installs dcmtk");
-        let _guard = Storescp(child);
-        let peer = Peer {
-            calling_ae: "PACS_MIRROR".into(),
-            called_ae: "MIRROR".into(),
-            host: "127.0.0.1".into(),
-            port,
-            timeout: Duration::from_secs(10),
-        };
-        let mut ready = false;
-        for _ in 0..100 {
-            if echo(&peer).await.is_ok() {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(ready, "storescp did not answer C-ECHO");
+        let (_guard, peer) = start_storescp(&["+B"], &out).await;
 
         let (a, body_a) = write_object(dir.path(), "1.2.3.101", EXPLICIT_LE);
         let (b, body_b) = write_object(dir.path(), "1.2.3.102", EXPLICIT_LE);
