@@ -38,10 +38,12 @@ def synth_usable(binary: Path | None) -> tuple[bool, str]:
     return True, ""
 
 
-def generate_ct(dest: Path, count: int, generator: str, binary: Path | None) -> str:
-    """Write `count` CT instances (4 studies x 1 series) into the empty `dest`.
-    Returns a description of how."""
-    studies = 4 if count >= 4 else 1
+def generate_ct(dest: Path, count: int, generator: str, binary: Path | None,
+                studies: int | None = None) -> str:
+    """Write `count` CT instances (`studies` studies x 1 series; default 4,
+    or 1 below 4 instances) into the empty `dest`. Returns a description of how."""
+    if studies is None:
+        studies = 4 if count >= 4 else 1
     per_series = math.ceil(count / studies)
     check_free_space(dest.parent, count * CT_BYTES * 3, "data set + one receiver's copy")
     t0 = time.monotonic()
@@ -66,7 +68,7 @@ def generate_ct(dest: Path, count: int, generator: str, binary: Path | None) -> 
 
 
 def ct_dataset(data: Path | None, count: int, generator: str, binary: Path | None,
-               workdir: Path) -> tuple[list[Path], str]:
+               workdir: Path, studies: int | None = None) -> tuple[list[Path], str]:
     """The files to send. With `data`: reuse its Part-10 files if it has any
     (first `count` in path order), else generate into it (and leave it there
     for the next run). Without: generate into the work dir."""
@@ -82,7 +84,7 @@ def ct_dataset(data: Path | None, count: int, generator: str, binary: Path | Non
     else:
         dest = workdir / "data"
         dest.mkdir(parents=True, exist_ok=True)
-    how = generate_ct(dest, count, generator, binary)
+    how = generate_ct(dest, count, generator, binary, studies)
     files = list_dicom_files(dest)
     if len(files) < count:
         raise BenchError(f"generator wrote {len(files)} DICOM files into {dest}, wanted {count}")

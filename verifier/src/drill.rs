@@ -599,12 +599,19 @@ async fn retrieve_dicom(
     contexts.truncate(qr::MAX_STORAGE_CONTEXTS);
     let mut peer = peer.clone();
     peer.timeout = settings.timeout;
+    // The copies are hashed as they arrive and removed after the
+    // comparison: no fsync (what is timed is the target's recovery, not
+    // this disk's flushes).
+    let options = QrOptions {
+        fsync: false,
+        ..QrOptions::default()
+    };
     let outcome = qr::get(
         &peer,
         &RetrieveTarget::study(study),
         &contexts,
         dir,
-        &QrOptions::default(),
+        &options,
     )
     .await
     .map_err(|e| format!("C-GET: {e}"))?;

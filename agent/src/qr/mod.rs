@@ -205,6 +205,11 @@ pub struct QrOptions {
     /// Cancelling it sends C-CANCEL; the operation then ends with the peer's
     /// final response (usually Cancel, 0xFE00), which is still awaited.
     pub cancel: Option<CancellationToken>,
+    /// C-GET: fsync each retrieved file before answering its C-STORE
+    /// sub-operation with Success (default). Off for files that are only
+    /// checked and removed (a restore drill: the hash is computed as the
+    /// bytes arrive), so that they need never reach the disk.
+    pub fsync: bool,
 }
 
 impl Default for QrOptions {
@@ -213,6 +218,7 @@ impl Default for QrOptions {
             priority: dimse::priority::MEDIUM,
             max_matches: 100_000,
             cancel: None,
+            fsync: true,
         }
     }
 }

@@ -20,9 +20,12 @@ pub struct ObjectWriter {
     hasher: blake3::Hasher,
     header_bytes: u64,
     dataset_bytes: u64,
+    /// Early writeback while writing and fsync in [`ObjectWriter::finish`]
+    /// (off only for throw-away scratch files, see [`ObjectWriter::scratch`]).
+    durable: bool,
 }
 
-/// A complete, fsynced temp file.
+/// A complete temp file (fsynced unless written by a scratch writer).
 #[derive(Debug)]
 pub struct WrittenObject {
     /// The temp file (still in `tmp/`); removed on drop unless installed.
@@ -81,7 +84,17 @@ impl ObjectWriter {
             hasher: blake3::Hasher::new(),
             header_bytes: header.len() as u64,
             dataset_bytes: 0,
+            durable: true,
         })
+    }
+
+    /// For a file that is only read back and removed soon (a restore
+    /// drill's scratch copy): no early writeback while writing and no fsync
+    /// in [`ObjectWriter::finish`], so that its pages can be dropped with the
+    /// file without ever reaching the disk. Never for the spool.
+    pub fn scratch(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// Append data set bytes.
@@ -90,19 +103,22 @@ impl ObjectWriter {
             return Ok(());
         };
         file.write_all(data).map_err(io_err("write", &self.path))?;
+        self.hasher.update(data);
+        let offset = self.header_bytes + self.dataset_bytes;
+        self.dataset_bytes += data.len() as u64;
+        if !self.durable {
+            return Ok(());
+        }
         // Start writing these pages back now, while later chunks are still on
         // the wire, so that the final fsync has little left to wait for.
         // (POSIX_FADV_DONTNEED initiates writeback of dirty pages; it drops
         // only pages already clean.) Advisory: failure is harmless.
-        let offset = self.header_bytes + self.dataset_bytes;
         let _ = rustix::fs::fadvise(
             &*file,
             offset,
             std::num::NonZeroU64::new(data.len() as u64),
             rustix::fs::Advice::DontNeed,
         );
-        self.hasher.update(data);
-        self.dataset_bytes += data.len() as u64;
         Ok(())
     }
 
@@ -127,14 +143,17 @@ impl ObjectWriter {
         &self.path
     }
 
-    /// fsync the file data and return the finished object.
+    /// fsync the file data (unless [`ObjectWriter::scratch`]) and return the
+    /// finished object.
     pub fn finish(mut self) -> Result<WrittenObject, SpoolError> {
         let file = self.file.take();
         let temp = TempGuard {
             path: std::mem::take(&mut self.path),
             armed: true,
         };
-        if let Some(file) = file {
+        if self.durable
+            && let Some(file) = file
+        {
             // sync_data also makes the file length durable (what is needed to
             // read it back); name durability is the directory fsync's job.
             file.sync_data().map_err(io_err("fsync", temp.path()))?;
@@ -181,5 +200,30 @@ mod tests {
         w.write_chunk(b"x").unwrap();
         drop(w);
         assert!(!p2.exists(), "an abandoned writer removes its temp file");
+    }
+
+    #[test]
+    fn a_scratch_writer_writes_and_hashes_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.dcm");
+        let f = File::create(&p).unwrap();
+        let mut w = ObjectWriter::new(f, p.clone(), b"HEADER")
+            .unwrap()
+            .scratch();
+        w.write_chunk(b"abc").unwrap();
+        w.write_chunk(b"def").unwrap();
+        let done = w.finish().unwrap();
+        assert_eq!(done.hash, *blake3::hash(b"abcdef").as_bytes());
+        assert_eq!(done.file_bytes(), 12);
+        done.temp.keep();
+        assert_eq!(fs::read(&p).unwrap(), b"HEADERabcdef");
+
+        let p2 = d.path().join("b.dcm");
+        let mut w = ObjectWriter::new(File::create(&p2).unwrap(), p2.clone(), b"H")
+            .unwrap()
+            .scratch();
+        w.write_chunk(b"x").unwrap();
+        drop(w);
+        assert!(!p2.exists(), "an abandoned scratch writer removes its file");
     }
 }
