@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use dicom_object::InMemDicomObject;
 
 use super::{
-    IdentifierBuf, InformationModel, QrError, QrOptions, expect_response, explain_abort, ms,
-    qr_context, receive_or_cancel, send_request,
+    IdentifierBuf, InformationModel, QrError, QrOptions, expect_response, ms, next_inbound,
+    qr_context, send_request,
 };
 use crate::dimse::{self, CommandField, QueryRetrieveRq, Status};
 use crate::scu::{Inbound, Scu};
@@ -90,18 +90,15 @@ pub(super) async fn run(
     let mut awaiting = Awaiting::Nothing;
     let mut responses = 0u32;
     loop {
-        let cancel = if outcome.cancelled {
-            None
-        } else {
-            options.cancel.as_ref()
-        };
-        let Some(next) = receive_or_cancel(scu, cancel).await else {
-            tracing::debug!(message_id = id, "C-FIND cancelled by the caller");
-            scu.send_command(pc, &dimse::c_cancel_rq(id)).await?;
-            outcome.cancelled = true;
-            continue;
-        };
-        let next = next.map_err(|e| explain_abort(scu, e, "C-FIND", responses))?;
+        let next = next_inbound(
+            scu,
+            (pc, id),
+            options,
+            &mut outcome.cancelled,
+            "C-FIND",
+            responses,
+        )
+        .await?;
         match next {
             Inbound::Command { pc_id, command, .. } => {
                 if !matches!(awaiting, Awaiting::Nothing) {

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     IdentifierBuf, QR_MODEL_ARC, QrError, QrOptions, RetrieveTarget, STUDY_ROOT_GET, SubOperations,
-    expect_response, explain_abort, failed_uids_in_trailer, identifier, ms, qr_context,
-    receive_or_cancel, send_request,
+    expect_response, failed_uids_in_trailer, identifier, ms, next_inbound, qr_context,
+    send_request,
 };
 use crate::dimse::{self, CStoreRq, CommandField, QueryRetrieveRq, Status};
 use crate::part10::{self, Receipt};
@@ -217,18 +217,15 @@ pub(super) async fn run(
     let mut final_identifier: Option<IdentifierBuf> = None;
     let mut responses = 0u32;
     loop {
-        let cancel = if outcome.cancelled {
-            None
-        } else {
-            options.cancel.as_ref()
-        };
-        let Some(next) = receive_or_cancel(scu, cancel).await else {
-            tracing::debug!(message_id = id, "C-GET cancelled by the caller");
-            scu.send_command(pc, &dimse::c_cancel_rq(id)).await?;
-            outcome.cancelled = true;
-            continue;
-        };
-        let next = next.map_err(|e| explain_abort(scu, e, "C-GET", responses))?;
+        let next = next_inbound(
+            scu,
+            (pc, id),
+            options,
+            &mut outcome.cancelled,
+            "C-GET",
+            responses,
+        )
+        .await?;
         match next {
             Inbound::Command {
                 pc_id,

@@ -549,6 +549,34 @@ async fn send_request(
 
 /// The next PDV, or None once `cancel` fires (checked only while the
 /// C-CANCEL has not been sent; the receive is cancel-safe).
+/// The next PDV of an operation (message `id` on context `pc`). When the
+/// caller's token fires, C-CANCEL is sent once and receiving goes on: the
+/// peer still owes a final response.
+async fn next_inbound(
+    scu: &mut Scu,
+    (pc, id): (u8, u16),
+    options: &QrOptions,
+    cancelled: &mut bool,
+    operation: &str,
+    responses: u32,
+) -> Result<Inbound, QrError> {
+    loop {
+        let cancel = if *cancelled {
+            None
+        } else {
+            options.cancel.as_ref()
+        };
+        match receive_or_cancel(scu, cancel).await {
+            Some(r) => return r.map_err(|e| explain_abort(scu, e, operation, responses)),
+            None => {
+                tracing::debug!(message_id = id, "{operation} cancelled by the caller");
+                scu.send_command(pc, &dimse::c_cancel_rq(id)).await?;
+                *cancelled = true;
+            }
+        }
+    }
+}
+
 async fn receive_or_cancel(
     scu: &mut Scu,
     cancel: Option<&CancellationToken>,

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::{
     IdentifierBuf, QrError, QrOptions, RetrieveTarget, STUDY_ROOT_MOVE, SubOperations,
-    expect_response, explain_abort, failed_uids_in_trailer, identifier, ms, qr_context,
-    receive_or_cancel, send_request,
+    expect_response, failed_uids_in_trailer, identifier, ms, next_inbound, qr_context,
+    send_request,
 };
-use crate::dimse::{self, CommandField, QueryRetrieveRq, Status};
+use crate::dimse::{CommandField, QueryRetrieveRq, Status};
 use crate::scu::{Inbound, Scu};
 
 /// The result of a C-MOVE that reached its final response.
@@ -90,18 +90,15 @@ pub(super) async fn run(
     let mut final_identifier: Option<IdentifierBuf> = None;
     let mut responses = 0u32;
     loop {
-        let cancel = if outcome.cancelled {
-            None
-        } else {
-            options.cancel.as_ref()
-        };
-        let Some(next) = receive_or_cancel(scu, cancel).await else {
-            tracing::debug!(message_id = id, "C-MOVE cancelled by the caller");
-            scu.send_command(pc, &dimse::c_cancel_rq(id)).await?;
-            outcome.cancelled = true;
-            continue;
-        };
-        let next = next.map_err(|e| explain_abort(scu, e, "C-MOVE", responses))?;
+        let next = next_inbound(
+            scu,
+            (pc, id),
+            options,
+            &mut outcome.cancelled,
+            "C-MOVE",
+            responses,
+        )
+        .await?;
         match next {
             Inbound::Command {
                 pc_id,
