@@ -295,27 +295,31 @@ fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
     assert_eq!(h[0]["ok"], false);
 }
 
-/// Acceptance 3: with the n/m rotation, every study is drilled at least
-/// once over m drills.
-#[test]
-fn rotation_drills_every_study_over_a_cycle() {
-    let dir = tempdir();
-    let mut cfg = AgentConfig::new(&dir.path().join("data"));
-    let bucket = dir.path().join("bucket");
+/// An agent backing up into a folder, with `drill` (a `[[drill]]` body)
+/// and an admin endpoint on `admin`; `studies` synthetic studies of
+/// `per_study` small instances stored and delivered.
+fn folder_agent(
+    dir: &std::path::Path,
+    drill: &str,
+    admin: u16,
+    studies: usize,
+    per_study: usize,
+) -> Agent {
+    let mut cfg = AgentConfig::new(&dir.join("data"));
     cfg.extra_toml = format!(
         "\n[[target]]\ntype = \"object_store\"\nname = \"backup\"\nurl = \"file://{}\"\n\
-         \n[[drill]]\ntarget = \"backup\"\nrandom_studies = 0\nrotation = 4\nnewest_study = false\n\
-         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        bucket.display(),
-        free_port()
+         \n[[drill]]\ntarget = \"backup\"\n{drill}\
+         \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        dir.join("bucket").display()
     );
+    let (studies, per_study) = (studies.to_string(), per_study.to_string());
     let files = synth(
-        &dir.path().join("in"),
+        &dir.join("in"),
         &[
             "--studies",
-            "9",
+            &studies,
             "--instances-per-series",
-            "2",
+            &per_study,
             "--rows",
             "32",
             "--columns",
@@ -324,12 +328,28 @@ fn rotation_drills_every_study_over_a_cycle() {
     );
     let agent = Agent::start(&cfg);
     store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let n = files.len() as u64;
     wait_target(
         &agent.config_path,
         "backup",
         "delivered",
         Duration::from_secs(60),
-        |s| s["pending"] == 0 && s["delivered"] == 18,
+        |s| s["pending"] == 0 && s["delivered"] == n,
+    );
+    agent
+}
+
+/// Acceptance 3: with the n/m rotation, every study is drilled at least
+/// once over m drills.
+#[test]
+fn rotation_drills_every_study_over_a_cycle() {
+    let dir = tempdir();
+    let agent = folder_agent(
+        dir.path(),
+        "random_studies = 0\nrotation = 4\nnewest_study = false\n",
+        free_port(),
+        9,
+        2,
     );
     let config = agent.config_path.clone();
     agent.stop();
@@ -356,36 +376,13 @@ fn rotation_drills_every_study_over_a_cycle() {
 #[test]
 fn scheduled_drills_report_and_metrics_in_the_running_agent() {
     let dir = tempdir();
-    let mut cfg = AgentConfig::new(&dir.path().join("data"));
     let admin = free_port();
-    cfg.extra_toml = format!(
-        "\n[[target]]\ntype = \"object_store\"\nname = \"backup\"\nurl = \"file://{}\"\n\
-         \n[[drill]]\ntarget = \"backup\"\nschedule = \"*/2 * * * * *\"\nrandom_studies = 1\n\
-         recovery_time_objective_secs = 600\n\
-         \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
-        dir.path().join("bucket").display()
-    );
-    let files = synth(
-        &dir.path().join("in"),
-        &[
-            "--studies",
-            "2",
-            "--instances-per-series",
-            "3",
-            "--rows",
-            "32",
-            "--columns",
-            "32",
-        ],
-    );
-    let agent = Agent::start(&cfg);
-    store_all_ok(cfg.port, SENDER_AE, &[], &files);
-    wait_target(
-        &agent.config_path,
-        "backup",
-        "delivered",
-        Duration::from_secs(60),
-        |s| s["pending"] == 0 && s["delivered"] == 6,
+    let agent = folder_agent(
+        dir.path(),
+        "schedule = \"*/2 * * * * *\"\nrandom_studies = 1\nrecovery_time_objective_secs = 600\n",
+        admin,
+        2,
+        3,
     );
     let get = |path: &str| -> String {
         let out = Command::new("curl")
