@@ -686,6 +686,7 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
         ingest: admin::IngestStatus::default(),
         spool_bytes: index.spool_bytes()?,
         targets,
+        alerts: Vec::new(),
     })
 }
 
@@ -725,6 +726,20 @@ fn print_status(s: &admin::Status) {
     println!("  spool: {:.1} MB", s.spool_bytes as f64 / 1e6);
     for w in &s.warnings {
         println!("  {w}");
+    }
+    if s.running {
+        if s.alerts.is_empty() {
+            println!("  alerts: none firing");
+        }
+        for a in &s.alerts {
+            println!(
+                "  ALERT {} ({}), since {}: {}",
+                a.kind,
+                a.subject,
+                ago(Some(a.since_ms)),
+                a.text
+            );
+        }
     }
     if s.targets.is_empty() {
         println!("  no replication targets configured");

@@ -77,6 +77,9 @@ pub struct Status {
     pub spool_bytes: u64,
     /// Per replication target.
     pub targets: BTreeMap<String, TargetStatus>,
+    /// Alert conditions that hold now (running agent only).
+    #[serde(default)]
+    pub alerts: Vec<crate::monitor::Firing>,
 }
 
 /// Per-target figures from the index, merged with live health if any.
@@ -103,6 +106,25 @@ pub fn target_status(
     })
 }
 
+/// [`target_status`] of every target, live health merged.
+pub fn targets_status(
+    index: &Index,
+    targets: &[(String, Option<Health>)],
+    now_ms: u64,
+) -> Result<BTreeMap<String, TargetStatus>, IndexError> {
+    let mut out = BTreeMap::new();
+    for (name, health) in targets {
+        let h = health
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        out.insert(
+            name.clone(),
+            target_status(index, name, h.as_ref(), now_ms)?,
+        );
+    }
+    Ok(out)
+}
+
 /// Extra Prometheus text for `/metrics`.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -120,6 +142,8 @@ pub struct Source {
     pub warnings: Vec<String>,
     /// Every target by name, with the live health of DICOM targets.
     pub targets: Vec<(String, Option<Health>)>,
+    /// The monitors (alerts firing, their metrics).
+    pub monitor: Option<Arc<crate::monitor::Monitor>>,
     /// Appended to `/metrics`.
     pub extra_metrics: Option<MetricsFn>,
 }
@@ -129,16 +153,7 @@ impl Source {
     pub fn status(&self) -> Result<Status, IndexError> {
         let now = crate::unix_ms();
         let c = &self.ingest.counters;
-        let mut targets = BTreeMap::new();
-        for (name, health) in &self.targets {
-            let h = health
-                .as_ref()
-                .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone());
-            targets.insert(
-                name.clone(),
-                target_status(&self.index, name, h.as_ref(), now)?,
-            );
-        }
+        let targets = targets_status(&self.index, &self.targets, now)?;
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").into(),
             running: true,
@@ -153,6 +168,11 @@ impl Source {
             },
             spool_bytes: self.ingest.spool.used_bytes(),
             targets,
+            alerts: self
+                .monitor
+                .as_ref()
+                .map(|m| m.firing())
+                .unwrap_or_default(),
         })
     }
 }
@@ -276,6 +296,11 @@ async fn metrics_handler(State(source): State<Arc<Source>>) -> Response {
         Ok(s) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             metrics(&s)
+                + &source
+                    .monitor
+                    .as_ref()
+                    .map(|m| m.metrics())
+                    .unwrap_or_default()
                 + &source
                     .extra_metrics
                     .as_ref()

@@ -63,6 +63,22 @@ pub struct Webhook {
 }
 
 impl Alerter {
+    /// The alerter of `[alerts]`: a webhook when `webhook_url` is set, else
+    /// log-only (call inside a runtime).
+    pub fn from_config(config: &pacs_mirror_config::Config) -> Self {
+        match &config.alerts {
+            Some(a) if a.webhook_url.is_some() => Alerter::with_webhook(
+                &config.device.name,
+                Webhook {
+                    url: a.webhook_url.clone().unwrap_or_default(),
+                    timeout: Duration::from_secs(a.timeout_secs),
+                    attempts: a.attempts,
+                },
+            ),
+            _ => Alerter::log_only(&config.device.name),
+        }
+    }
+
     /// Log-only alerts.
     pub fn log_only(device: &str) -> Self {
         Alerter {

@@ -345,7 +345,9 @@ pub async fn run_with(
         spool,
         committer,
         counters: IngestCounters::default(),
+        activity: Arc::default(),
     });
+    let started_at_ms = crate::unix_ms();
     let tracker = TaskTracker::new();
     let mut listening = Vec::new();
     for settings in listener_settings(&config).await? {
@@ -415,6 +417,24 @@ pub async fn run_with(
             ));
         }
     }
+    let target_health: Vec<_> = config
+        .targets
+        .iter()
+        .map(|t| (t.name().to_string(), health.get(t.name()).cloned()))
+        .collect();
+    let monitor = Arc::new(crate::monitor::Monitor::new(
+        crate::monitor::Settings::from_config(&config),
+        ingest.activity.clone(),
+        started_at_ms,
+    ));
+    tracker.spawn(crate::monitor::run(
+        monitor.clone(),
+        index.clone(),
+        ingest.spool.clone(),
+        target_health.clone(),
+        crate::alert::Alerter::from_config(&config),
+        shutdown.clone(),
+    ));
     let extension = extension
         .map(|f| {
             f(&Running {
@@ -432,14 +452,11 @@ pub async fn run_with(
         let source = Arc::new(crate::admin::Source {
             index: index.clone(),
             ingest: ingest.clone(),
-            started_at_ms: crate::unix_ms(),
+            started_at_ms,
             listeners: listening,
             warnings: config.warnings().iter().map(ToString::to_string).collect(),
-            targets: config
-                .targets
-                .iter()
-                .map(|t| (t.name().to_string(), health.get(t.name()).cloned()))
-                .collect(),
+            targets: target_health,
+            monitor: Some(monitor),
             extra_metrics: extension.metrics,
         });
         tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills");

@@ -48,6 +48,7 @@ pub mod bucket;
 pub mod commit;
 pub mod dimse;
 pub mod index;
+pub mod monitor;
 pub mod part10;
 pub mod qr;
 pub mod recovery;

@@ -1,4 +1,4 @@
-//! Restore drills (`[[drill]]`) and alert delivery (`[alerts]`).
+//! Restore drills (`[[drill]]`).
 //!
 //! A drill of a DICOM target retrieves with C-GET (the objects come back on
 //! the drill's own association, never into the spool).
@@ -40,21 +40,6 @@ pub struct DrillConfig {
     pub timeout_secs: u64,
 }
 
-/// `[alerts]`: where alerts go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertsConfig {
-    /// An HTTP(S) URL that receives each alert as a JSON POST; the body has a
-    /// `text` field, so a Slack or Mattermost incoming webhook works as is.
-    pub webhook_url: String,
-    /// Seconds allowed per attempt. Default: 10.
-    #[serde(default = "default_alert_timeout_secs")]
-    pub timeout_secs: u64,
-    /// Attempts before an alert is given up (logged). Default: 5.
-    #[serde(default = "default_alert_attempts")]
-    pub attempts: u32,
-}
-
 fn default_random_studies() -> u32 {
     2
 }
@@ -63,12 +48,6 @@ fn default_true() -> bool {
 }
 fn default_timeout_secs() -> u64 {
     60
-}
-fn default_alert_timeout_secs() -> u64 {
-    10
-}
-fn default_alert_attempts() -> u32 {
-    5
 }
 
 /// Checks the shape of a cron expression with seconds (6 or 7 fields of

@@ -62,6 +62,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 mod admin;
+mod alerts;
 mod device;
 mod dicom;
 mod drill;
@@ -74,6 +75,7 @@ mod target;
 mod validate;
 
 pub use admin::AdminConfig;
+pub use alerts::{ActiveWindow, AlertsConfig, SilenceRule};
 pub use device::{
     ARTIM_TIMEOUT_SECS_RANGE, DEFAULT_ARTIM_TIMEOUT_SECS, DEFAULT_DATA_DIR,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_PDU_BYTES, Device,
@@ -81,7 +83,7 @@ pub use device::{
     NetworkConnection, Role, TransferCapability,
 };
 pub use dicom::{AE_TITLE_MAX_CHARS, UID_MAX_CHARS, validate_ae_title, validate_uid};
-pub use drill::{AlertsConfig, DrillConfig};
+pub use drill::DrillConfig;
 pub use error::{ConfigError, Finding, Severity};
 pub use host::{is_loopback_host, parse_source_address};
 pub use remote::{RemoteAe, RemoteDevice};
@@ -109,8 +111,8 @@ pub struct Config {
     /// Restore drills, one `[[drill]]` table each.
     #[serde(default, rename = "drill")]
     pub drills: Vec<DrillConfig>,
-    /// Where alerts go (`[alerts]`); absent: alerts are only logged and
-    /// counted in the metrics.
+    /// Monitoring thresholds and where alerts go (`[alerts]`); absent: the
+    /// default thresholds, alerts only logged and shown in the metrics.
     #[serde(default)]
     pub alerts: Option<AlertsConfig>,
 }

@@ -85,6 +85,7 @@ impl Config {
         check_unique_ae_titles(&index, &mut r);
         self.check_targets(&mut r, &index);
         self.check_drills(&mut r);
+        self.check_alerts(&mut r, &index);
         r.findings
     }
 
@@ -444,24 +445,68 @@ impl Config {
                 );
             }
         }
-        if let Some(a) = &self.alerts {
-            let u = a.webhook_url.trim();
+    }
+
+    fn check_alerts(&self, r: &mut Report, index: &AeIndex<'_>) {
+        let Some(a) = &self.alerts else {
+            return;
+        };
+        if let Some(u) = &a.webhook_url {
+            let u = u.trim();
             if !(u.starts_with("http://") || u.starts_with("https://"))
                 || u.contains(char::is_whitespace)
             {
                 r.error("alerts.webhook_url", format!("{u:?} is not an http(s) URL"));
             }
-            if !(1..=300).contains(&a.timeout_secs) {
+        }
+        r.range("alerts.timeout_secs".into(), a.timeout_secs, &(1..=300));
+        r.range("alerts.attempts".into(), a.attempts, &(1..=100));
+        r.range(
+            "alerts.check_interval_secs".into(),
+            a.check_interval_secs,
+            &(1..=3600),
+        );
+        r.range(
+            "alerts.queue_stuck_after_secs".into(),
+            a.queue_stuck_after_secs,
+            &(1..=30 * 86_400),
+        );
+        r.range(
+            "alerts.duplicate_ae_window_secs".into(),
+            a.duplicate_ae_window_secs,
+            &(60..=30 * 86_400),
+        );
+        if a.spool_headroom_min_bytes == 0 {
+            r.warning(
+                "alerts.spool_headroom_min_bytes",
+                "0 turns the low-space alert off: the first sign of a full disk will be A700 refusals",
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, rule) in a.silence.iter().enumerate() {
+            let p = format!("alerts.silence[{i}]");
+            let title = trim_ae(&rule.calling_ae);
+            if let Err(e) = crate::dicom::validate_ae_title(&rule.calling_ae) {
+                r.error(format!("{p}.calling_ae"), e);
+            } else if !seen.insert(title) {
                 r.error(
-                    "alerts.timeout_secs",
-                    format!("{} is out of range 1 to 300", a.timeout_secs),
+                    format!("{p}.calling_ae"),
+                    format!("{title:?} has a silence rule already"),
+                );
+            } else if !matches!(index.by_title.get(title), Some(refs) if refs.iter().any(|r| matches!(r, AeRef::Remote(..))))
+            {
+                r.warning(
+                    format!("{p}.calling_ae"),
+                    format!("{title:?} is no remote_device network_ae: is the title right?"),
                 );
             }
-            if !(1..=100).contains(&a.attempts) {
-                r.error(
-                    "alerts.attempts",
-                    format!("{} is out of range 1 to 100", a.attempts),
-                );
+            r.range(
+                format!("{p}.after_secs"),
+                rule.after_secs,
+                &(1..=30 * 86_400),
+            );
+            if let Err(e) = rule.window() {
+                r.error(p, e);
             }
         }
     }

@@ -16,7 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use pacs_mirror_agent::alert::{Alerter, Webhook};
+use pacs_mirror_agent::alert::Alerter;
 use pacs_mirror_agent::app::{self, Extension, Running};
 use pacs_mirror_agent::bucket::{Bucket, BucketSettings};
 use pacs_mirror_agent::index::Index;
@@ -91,17 +91,7 @@ pub fn settings_for(config: &Config, target: &str, studies: &[String]) -> DrillS
 
 /// The alerter of `[alerts]` (call inside a runtime).
 pub fn alerter(config: &Config) -> Alerter {
-    match &config.alerts {
-        Some(a) => Alerter::with_webhook(
-            &config.device.name,
-            Webhook {
-                url: a.webhook_url.clone(),
-                timeout: Duration::from_secs(a.timeout_secs),
-                attempts: a.attempts,
-            },
-        ),
-        None => Alerter::log_only(&config.device.name),
-    }
+    Alerter::from_config(config)
 }
 
 /// Alert on a failed drill or one over its objective.

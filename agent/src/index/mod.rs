@@ -12,6 +12,7 @@
 //! x/<target>\0<blake3:32>                          -> DeadLetter     (refused by that target for good)
 //! r/<target>\0<started ms:u64 BE>                 -> drill result (see [`studies`])
 //! m/<name>                                        -> counters and markers
+//! a/<calling AE title>                            -> last store time (see [`sources`])
 //! ```
 //! UIDs never contain NUL (they are checked before they get here), so `\0`
 //! delimits components and a prefix scan of `i/<uid>\0` finds exactly the
@@ -39,6 +40,7 @@
 pub mod kv;
 pub mod outbox;
 pub mod records;
+pub mod sources;
 pub mod studies;
 
 use std::sync::Arc;

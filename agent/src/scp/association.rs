@@ -67,6 +67,9 @@ pub async fn serve(
         .to_string();
     let called_ae = assoc.called_ae_title().trim().to_string();
     tracing::debug!(called_ae = %called_ae, contexts = assoc.presentation_contexts().len(), "association accepted");
+    ctx.ingest
+        .activity
+        .association(&calling_ae, peer.ip(), crate::unix_ms());
     let origin = Origin {
         calling_ae: calling_ae.clone(),
         peer,

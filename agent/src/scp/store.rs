@@ -50,6 +50,8 @@ pub struct Ingest {
     pub committer: Committer,
     /// Counters.
     pub counters: IngestCounters,
+    /// Who sent what from where, for the monitors.
+    pub activity: Arc<crate::monitor::Activity>,
 }
 
 /// A refusal: the status and a comment for the Error Comment element.
@@ -250,6 +252,11 @@ impl IncomingStore {
     pub async fn finish(mut self) -> (CStoreRq, u8, Result<CommitOutcome, Failure>) {
         let result = self.finish_inner().await;
         let counters = &self.ingest.counters;
+        if result.is_ok() {
+            self.ingest
+                .activity
+                .stored(&self.origin.calling_ae, crate::unix_ms());
+        }
         match &result {
             Ok(CommitOutcome::New) => counters.stored.fetch_add(1, Ordering::Relaxed),
             Ok(CommitOutcome::Duplicate) => counters.duplicates.fetch_add(1, Ordering::Relaxed),

@@ -802,3 +802,44 @@ fn dicom_target_settings_are_range_checked() {
         ],
     );
 }
+
+#[test]
+fn alerts_are_checked_all_at_once() {
+    let ok = findings(&format!(
+        "{EXPOSED}\n[alerts]\nwebhook_url = \"https://chat.example/hook\"\ncheck_interval_secs = 10\n\
+         [[alerts.silence]]\ncalling_ae = \"PRIMARY\"\nafter_secs = 10800\nactive_hours = \"07:00-19:00\"\ndays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\n"
+    ));
+    only(&ok, &[]);
+    let f = findings(&format!(
+        "{EXPOSED}\n[alerts]\nwebhook_url = \"ftp://x\"\ncheck_interval_secs = 0\nqueue_stuck_after_secs = 0\nspool_headroom_min_bytes = 0\n\
+         [[alerts.silence]]\ncalling_ae = \"PRIMARY\"\nafter_secs = 0\nactive_hours = \"7-19\"\n\
+         [[alerts.silence]]\ncalling_ae = \"PRIMARY\"\nafter_secs = 60\n\
+         [[alerts.silence]]\ncalling_ae = \"CT_TYPO\"\nafter_secs = 60\ndays = [\"monday\"]\n\
+         [[alerts.silence]]\ncalling_ae = \"BAD\\\\AE\"\nafter_secs = 60\n"
+    ));
+    only(
+        &f,
+        &[
+            (Error, "alerts.webhook_url"),
+            (Error, "alerts.check_interval_secs"),
+            (Error, "alerts.queue_stuck_after_secs"),
+            (Warning, "alerts.spool_headroom_min_bytes"),
+            (Error, "alerts.silence[0].after_secs"),
+            (Error, "alerts.silence[0]"),
+            (Error, "alerts.silence[1].calling_ae"),
+            (Warning, "alerts.silence[2].calling_ae"),
+            (Error, "alerts.silence[2]"),
+            (Error, "alerts.silence[3].calling_ae"),
+        ],
+    );
+}
+
+#[test]
+fn alerts_without_webhook_are_valid() {
+    only(
+        &findings(&format!(
+            "{MINIMAL}\n[alerts]\nqueue_stuck_after_secs = 600\n"
+        )),
+        &[],
+    );
+}

@@ -1,0 +1,621 @@
+//! Monitors: the conditions an on-call person must hear about before a
+//! modality, a radiologist or a restore finds them.
+//!
+//! | kind | subject | holds while |
+//! |---|---|---|
+//! | `source_silent` | calling AE | a `[[alerts.silence]]` source stored nothing for longer than `after_secs` of its active hours |
+//! | `queue_stuck` | target | the target's oldest undelivered object is older than `queue_stuck_after_secs` |
+//! | `dead_letters` | target | the target refused objects for good |
+//! | `circuit_open` | target | the target is unreachable (deliveries paused, probing) |
+//! | `spool_low_space` | `spool` | less than `spool_headroom_min_bytes` is left before stores are refused with A700 |
+//! | `duplicate_ae_title` | calling AE | one calling AE title called from two or more addresses within `duplicate_ae_window_secs` |
+//!
+//! Every `check_interval_secs` the monitor evaluates them all ([`evaluate`],
+//! pure); a condition that starts to hold raises **one** alert (log event,
+//! and webhook when configured), one that stops holding is logged as
+//! cleared; nothing is repeated while it holds. Each is also a Prometheus
+//! metric ([`Monitor::metrics`]) and listed in `/status`. (Drill failures
+//! are alerted by the verifier.)
+
+pub mod activity;
+pub mod silence;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::TimeZone;
+use pacs_mirror_config::{ActiveWindow, Config};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use activity::{Activity, Seen};
+
+use crate::admin::TargetStatus;
+use crate::alert::Alerter;
+
+/// The thresholds, from `[alerts]` and `[spool]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often to look.
+    pub check_interval: Duration,
+    /// Oldest undelivered object older than this: stuck.
+    pub queue_stuck_after_secs: u64,
+    /// Alert below this much room before A700.
+    pub spool_headroom_min_bytes: u64,
+    /// Addresses seen within this window count.
+    pub duplicate_ae_window_secs: u64,
+    /// Silence rules: calling AE, threshold (s), window, and the window as
+    /// written (for the alert text).
+    pub silence: Vec<SilenceSetting>,
+    /// `spool.min_free_bytes`.
+    pub min_free_bytes: u64,
+    /// `spool.max_bytes`.
+    pub max_bytes: Option<u64>,
+}
+
+/// One silence rule, parsed.
+#[derive(Debug, Clone)]
+pub struct SilenceSetting {
+    /// The source's calling AE title.
+    pub calling_ae: String,
+    /// Active seconds of silence allowed.
+    pub after_secs: u64,
+    /// When it is expected to send.
+    pub window: ActiveWindow,
+    /// The window as configured, e.g. "07:00-19:00 mon,tue".
+    pub described: String,
+}
+
+impl Settings {
+    /// From a validated configuration (absent `[alerts]`: the defaults).
+    pub fn from_config(config: &Config) -> Self {
+        let a = config.alerts.clone().unwrap_or_default();
+        Settings {
+            check_interval: Duration::from_secs(a.check_interval_secs.max(1)),
+            queue_stuck_after_secs: a.queue_stuck_after_secs,
+            spool_headroom_min_bytes: a.spool_headroom_min_bytes,
+            duplicate_ae_window_secs: a.duplicate_ae_window_secs,
+            silence: a
+                .silence
+                .iter()
+                .filter_map(|r| {
+                    // `validate` reports a bad window; such a rule is skipped.
+                    let window = r.window().ok()?;
+                    let mut described = r.active_hours.clone().unwrap_or_else(|| "all day".into());
+                    if let Some(days) = &r.days {
+                        described.push(' ');
+                        described.push_str(&days.join(","));
+                    }
+                    Some(SilenceSetting {
+                        calling_ae: r.calling_ae.trim().to_string(),
+                        after_secs: r.after_secs,
+                        window,
+                        described,
+                    })
+                })
+                .collect(),
+            min_free_bytes: config.spool.min_free_bytes,
+            max_bytes: config.spool.max_bytes,
+        }
+    }
+}
+
+/// Space of the spool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolRoom {
+    /// Free bytes on the spool's filesystem.
+    pub free_bytes: u64,
+    /// Bytes the spool holds.
+    pub used_bytes: u64,
+}
+
+impl SpoolRoom {
+    /// Bytes that can still be stored before the spool refuses (A700).
+    pub fn headroom(&self, s: &Settings) -> u64 {
+        let disk = self.free_bytes.saturating_sub(s.min_free_bytes);
+        match s.max_bytes {
+            Some(max) => disk.min(max.saturating_sub(self.used_bytes)),
+            None => disk,
+        }
+    }
+}
+
+/// What one check looks at.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// Now (Unix ms).
+    pub now_ms: u64,
+    /// When the agent started (a source never seen is silent since then).
+    pub started_ms: u64,
+    /// Every calling AE seen (and saved last stores).
+    pub sources: &'a BTreeMap<String, Seen>,
+    /// Every target's status.
+    pub targets: &'a BTreeMap<String, TargetStatus>,
+    /// The spool's room; None when the filesystem could not be asked.
+    pub room: Option<SpoolRoom>,
+}
+
+/// A condition that holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// Stable kind, for routing rules.
+    pub kind: &'static str,
+    /// What it is about.
+    pub subject: String,
+    /// One line for a person on call.
+    pub text: String,
+}
+
+/// Per-source figures of one check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceGauges {
+    /// The last stored object (Unix s).
+    pub last_store_s: Option<u64>,
+    /// Active seconds of silence (sources with a rule).
+    pub silence_s: Option<u64>,
+    /// Addresses seen within the window.
+    pub addresses: u64,
+}
+
+/// The figures of one check, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// By calling AE title.
+    pub sources: BTreeMap<String, SourceGauges>,
+    /// Free bytes on the spool's filesystem.
+    pub free_bytes: Option<u64>,
+    /// Bytes before A700.
+    pub headroom_bytes: Option<u64>,
+}
+
+/// Evaluate every condition. Pure: `tz` is the zone of the active hours.
+pub fn evaluate<Tz: TimeZone>(s: &Settings, i: &Inputs<'_>, tz: &Tz) -> (Vec<Condition>, Gauges)
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let mut out = Vec::new();
+    let mut g = Gauges::default();
+    for (ae, seen) in i.sources {
+        let e = g.sources.entry(ae.clone()).or_default();
+        e.last_store_s = seen.last_store_ms.map(|t| t / 1000);
+        e.addresses = seen.addresses.len() as u64;
+        if seen.addresses.len() >= 2 {
+            let list: Vec<String> = seen
+                .addresses
+                .iter()
+                .map(|(ip, at)| format!("{ip} (last {})", local_time(tz, *at)))
+                .collect();
+            out.push(Condition {
+                kind: "duplicate_ae_title",
+                subject: ae.clone(),
+                text: format!(
+                    "calling AE title {ae} is used from {} addresses: {} — two devices may share one AE title (C-MOVE would deliver to the wrong one); give each its own title",
+                    list.len(),
+                    list.join(" and ")
+                ),
+            });
+        }
+    }
+    for rule in &s.silence {
+        let last = i
+            .sources
+            .get(&rule.calling_ae)
+            .and_then(|x| x.last_store_ms);
+        let since = last.unwrap_or(i.started_ms);
+        let silent_ms = silence::active_ms(tz, &rule.window, since, i.now_ms);
+        let e = g.sources.entry(rule.calling_ae.clone()).or_default();
+        e.silence_s = Some(silent_ms / 1000);
+        if silent_ms / 1000 > rule.after_secs {
+            let last_text = match last {
+                Some(t) => format!("last object {}", local_time(tz, t)),
+                None => format!(
+                    "nothing since the agent started {}",
+                    local_time(tz, i.started_ms)
+                ),
+            };
+            out.push(Condition {
+                kind: "source_silent",
+                subject: rule.calling_ae.clone(),
+                text: format!(
+                    "no images from {} for {} of its active hours ({}; threshold {}); {last_text} — check the sender and the link (pacs-mirror echo, its logs)",
+                    rule.calling_ae,
+                    duration_text(silent_ms / 1000),
+                    rule.described,
+                    duration_text(rule.after_secs),
+                ),
+            });
+        }
+    }
+    for (name, t) in i.targets {
+        if let Some(age) = t.oldest_pending_age_secs
+            && age > s.queue_stuck_after_secs
+        {
+            let why = t
+                .last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default();
+            out.push(Condition {
+                kind: "queue_stuck",
+                subject: name.clone(),
+                text: format!(
+                    "target {name}: the oldest undelivered object is {} old (threshold {}); {} objects ({}) waiting{why}",
+                    duration_text(age),
+                    duration_text(s.queue_stuck_after_secs),
+                    t.pending,
+                    bytes_text(t.pending_bytes),
+                ),
+            });
+        }
+        if t.dead_letters > 0 {
+            out.push(Condition {
+                kind: "dead_letters",
+                subject: name.clone(),
+                text: format!(
+                    "target {name} refused {} object(s) for good: see `pacs-mirror dead-letter list {name}`, fix the cause, then `pacs-mirror dead-letter retry {name}`",
+                    t.dead_letters
+                ),
+            });
+        }
+        if t.circuit_open {
+            out.push(Condition {
+                kind: "circuit_open",
+                subject: name.clone(),
+                text: format!(
+                    "target {name} is unreachable: {}; deliveries are paused and it is probed; {} objects waiting",
+                    t.last_error.as_deref().unwrap_or("no answer"),
+                    t.pending
+                ),
+            });
+        }
+    }
+    if let Some(room) = i.room {
+        let headroom = room.headroom(s);
+        g.free_bytes = Some(room.free_bytes);
+        g.headroom_bytes = Some(headroom);
+        if headroom < s.spool_headroom_min_bytes {
+            let quota = s
+                .max_bytes
+                .map(|m| {
+                    format!(
+                        ", spool {} of its {} quota",
+                        bytes_text(room.used_bytes),
+                        bytes_text(m)
+                    )
+                })
+                .unwrap_or_default();
+            out.push(Condition {
+                kind: "spool_low_space",
+                subject: "spool".into(),
+                text: format!(
+                    "spool has {} left before stores are refused with A700 (threshold {}): disk free {}, reserve {}{quota} — free space or deliver the queue (retention removes delivered objects)",
+                    bytes_text(headroom),
+                    bytes_text(s.spool_headroom_min_bytes),
+                    bytes_text(room.free_bytes),
+                    bytes_text(s.min_free_bytes),
+                ),
+            });
+        }
+    }
+    (out, g)
+}
+
+/// An alert condition that holds now (in `/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firing {
+    /// Kind.
+    pub kind: String,
+    /// Subject.
+    pub subject: String,
+    /// The text as alerted.
+    pub text: String,
+    /// Since when (Unix ms).
+    pub since_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    firing: BTreeMap<(String, String), Firing>,
+    gauges: Gauges,
+    raised: BTreeMap<&'static str, u64>,
+    last_check_ms: Option<u64>,
+}
+
+/// The monitor of a running agent.
+pub struct Monitor {
+    settings: Settings,
+    /// Fed by the store path.
+    pub activity: Arc<Activity>,
+    started_ms: u64,
+    state: Mutex<State>,
+}
+
+impl Monitor {
+    /// A monitor with nothing firing yet.
+    pub fn new(settings: Settings, activity: Arc<Activity>, started_ms: u64) -> Self {
+        Monitor {
+            settings,
+            activity,
+            started_ms,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The thresholds.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take one check's result: raise what started to hold, log what
+    /// stopped.
+    pub fn apply(
+        &self,
+        now_ms: u64,
+        conditions: Vec<Condition>,
+        gauges: Gauges,
+        alerter: &Alerter,
+    ) {
+        let mut st = self.state();
+        let mut next = BTreeMap::new();
+        for c in conditions {
+            let key = (c.kind.to_string(), c.subject.clone());
+            let since = match st.firing.remove(&key) {
+                Some(f) => f.since_ms,
+                None => {
+                    *st.raised.entry(c.kind).or_default() += 1;
+                    alerter.raise(c.kind, &c.subject, c.text.clone());
+                    now_ms
+                }
+            };
+            next.insert(
+                key,
+                Firing {
+                    kind: c.kind.into(),
+                    subject: c.subject,
+                    text: c.text,
+                    since_ms: since,
+                },
+            );
+        }
+        for ((kind, subject), f) in std::mem::take(&mut st.firing) {
+            tracing::info!(
+                alert = %kind,
+                %subject,
+                firing_secs = now_ms.saturating_sub(f.since_ms) / 1000,
+                "alert cleared"
+            );
+        }
+        st.firing = next;
+        st.gauges = gauges;
+        st.last_check_ms = Some(now_ms);
+    }
+
+    /// What holds now.
+    pub fn firing(&self) -> Vec<Firing> {
+        self.state().firing.values().cloned().collect()
+    }
+
+    /// One check now: read the activity, targets and spool, evaluate,
+    /// apply; the last store times are saved to the index.
+    pub fn check(
+        &self,
+        index: &crate::index::Index,
+        spool: &crate::spool::Spool,
+        targets: &[(String, Option<crate::replicate::Health>)],
+        alerter: &Alerter,
+    ) {
+        let now = crate::unix_ms();
+        let window_ms = self.settings.duplicate_ae_window_secs.saturating_mul(1000);
+        let (sources, unsaved) = self.activity.snapshot(now.saturating_sub(window_ms));
+        if let Err(e) = index.put_source_last_stores(&unsaved) {
+            tracing::warn!(error = %e, "could not save the sources' last store times (retried)");
+            self.activity.unsave(&unsaved);
+        }
+        let statuses = match crate::admin::targets_status(index, targets, now) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "monitor: cannot read the queues from the index");
+                BTreeMap::new()
+            }
+        };
+        let room = match crate::spool::free_bytes(spool.root()) {
+            Ok(free) => Some(SpoolRoom {
+                free_bytes: free,
+                used_bytes: spool.used_bytes(),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "monitor: cannot read the spool's free space");
+                None
+            }
+        };
+        let inputs = Inputs {
+            now_ms: now,
+            started_ms: self.started_ms,
+            sources: &sources,
+            targets: &statuses,
+            room,
+        };
+        let (conditions, gauges) = evaluate(&self.settings, &inputs, &chrono::Local);
+        self.apply(now, conditions, gauges, alerter);
+    }
+
+    /// Prometheus text of the last check.
+    pub fn metrics(&self) -> String {
+        let st = self.state();
+        let mut m = Metrics::default();
+        let g = &st.gauges;
+        m.family(
+            "pacs_mirror_source_last_store_timestamp_seconds",
+            "Time of the last object stored from the calling AE.",
+            "gauge",
+            g.sources
+                .iter()
+                .filter_map(|(ae, s)| s.last_store_s.map(|v| (label("calling_ae", ae), v))),
+        );
+        m.family(
+            "pacs_mirror_source_silence_seconds",
+            "Seconds of its active hours since the source (with a silence rule) last stored an object.",
+            "gauge",
+            g.sources
+                .iter()
+                .filter_map(|(ae, s)| s.silence_s.map(|v| (label("calling_ae", ae), v))),
+        );
+        m.family(
+            "pacs_mirror_source_addresses",
+            "Addresses the calling AE title called from within the duplicate-AE window (more than 1: duplicate AE title).",
+            "gauge",
+            g.sources
+                .iter()
+                .map(|(ae, s)| (label("calling_ae", ae), s.addresses)),
+        );
+        m.family(
+            "pacs_mirror_spool_free_bytes",
+            "Free bytes on the spool's filesystem.",
+            "gauge",
+            g.free_bytes.map(|v| (String::new(), v)),
+        );
+        m.family(
+            "pacs_mirror_spool_headroom_bytes",
+            "Bytes that can still be stored before the spool refuses stores (A700).",
+            "gauge",
+            g.headroom_bytes.map(|v| (String::new(), v)),
+        );
+        m.family(
+            "pacs_mirror_alert_firing",
+            "1 for each alert condition that holds now.",
+            "gauge",
+            st.firing.values().map(|f| {
+                (
+                    format!(
+                        "{{kind=\"{}\",subject=\"{}\"}}",
+                        escape(&f.kind),
+                        escape(&f.subject)
+                    ),
+                    1,
+                )
+            }),
+        );
+        m.family(
+            "pacs_mirror_alerts_raised_total",
+            "Alerts raised since start, by kind.",
+            "counter",
+            st.raised.iter().map(|(k, v)| (label("kind", k), *v)),
+        );
+        m.family(
+            "pacs_mirror_monitor_last_check_timestamp_seconds",
+            "Time of the monitors' last check.",
+            "gauge",
+            st.last_check_ms.map(|t| (String::new(), t / 1000)),
+        );
+        m.0
+    }
+}
+
+/// Check every `check_interval` until `shutdown`.
+pub async fn run(
+    monitor: Arc<Monitor>,
+    index: crate::index::Index,
+    spool: Arc<crate::spool::Spool>,
+    targets: Vec<(String, Option<crate::replicate::Health>)>,
+    alerter: Alerter,
+    shutdown: CancellationToken,
+) {
+    match index.source_last_stores() {
+        Ok(saved) => monitor.activity.restore(saved),
+        Err(e) => tracing::warn!(error = %e, "could not read the sources' last store times"),
+    }
+    let mut tick = tokio::time::interval(monitor.settings.check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let targets = Arc::new(targets);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let (m, i, s, t, a) = (
+            monitor.clone(),
+            index.clone(),
+            spool.clone(),
+            targets.clone(),
+            alerter.clone(),
+        );
+        if let Err(e) = tokio::task::spawn_blocking(move || m.check(&i, &s, &t, &a)).await {
+            tracing::error!(error = %e, "monitor check failed");
+        }
+    }
+}
+
+#[derive(Default)]
+struct Metrics(String);
+
+impl Metrics {
+    fn family(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        samples: impl IntoIterator<Item = (String, u64)>,
+    ) {
+        self.0
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            self.0.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    }
+}
+
+fn label(name: &str, value: &str) -> String {
+    format!("{{{name}=\"{}\"}}", escape(value))
+}
+
+/// Prometheus label value escaping.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn local_time<Tz: TimeZone>(tz: &Tz, ms: u64) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| tz.timestamp_millis_opt(ms).single())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S %z").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// "3 h 05 min", "42 s".
+pub fn duration_text(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min {:02} s", s / 60, s % 60),
+        s if s < 86_400 => format!("{} h {:02} min", s / 3600, s % 3600 / 60),
+        s => format!("{} d {:02} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// "812.0 MiB".
+pub fn bytes_text(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests;

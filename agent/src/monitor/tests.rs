@@ -1,0 +1,238 @@
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use chrono::Utc;
+
+use super::*;
+
+const H: u64 = 3_600_000;
+const NOW: u64 = 1_795_000_000_000;
+
+fn settings() -> Settings {
+    Settings {
+        check_interval: Duration::from_secs(30),
+        queue_stuck_after_secs: 3600,
+        spool_headroom_min_bytes: 10 << 30,
+        duplicate_ae_window_secs: 86_400,
+        silence: vec![SilenceSetting {
+            calling_ae: "CT1".into(),
+            after_secs: 3 * 3600,
+            window: ActiveWindow {
+                start_min: 0,
+                end_min: 0,
+                days: [true; 7],
+            },
+            described: "all day".into(),
+        }],
+        min_free_bytes: 256 << 20,
+        max_bytes: None,
+    }
+}
+
+fn seen(last: Option<u64>, addresses: &[&str]) -> Seen {
+    Seen {
+        last_store_ms: last,
+        unsaved: false,
+        addresses: addresses
+            .iter()
+            .map(|a| (a.parse().unwrap(), NOW - 1000))
+            .collect(),
+    }
+}
+
+fn kinds(c: &[Condition]) -> Vec<(&str, &str)> {
+    c.iter().map(|c| (c.kind, c.subject.as_str())).collect()
+}
+
+fn eval(
+    s: &Settings,
+    sources: &BTreeMap<String, Seen>,
+    targets: &BTreeMap<String, TargetStatus>,
+    room: Option<SpoolRoom>,
+) -> (Vec<Condition>, Gauges) {
+    let i = Inputs {
+        now_ms: NOW,
+        started_ms: NOW - 10 * H,
+        sources,
+        targets,
+        room,
+    };
+    evaluate(s, &i, &Utc)
+}
+
+#[test]
+fn quiet_agent_has_no_conditions() {
+    let s = settings();
+    let sources = BTreeMap::from([("CT1".to_string(), seen(Some(NOW - H), &["10.0.0.5"]))]);
+    let targets = BTreeMap::from([("mirror".to_string(), TargetStatus::default())]);
+    let room = SpoolRoom {
+        free_bytes: 100 << 30,
+        used_bytes: 1 << 30,
+    };
+    let (c, g) = eval(&s, &sources, &targets, Some(room));
+    assert!(c.is_empty(), "{c:?}");
+    assert_eq!(g.sources["CT1"].silence_s, Some(3600));
+    assert_eq!(g.sources["CT1"].addresses, 1);
+    assert_eq!(g.headroom_bytes, Some((100 << 30) - (256 << 20)));
+}
+
+#[test]
+fn silence_counts_from_the_last_store_or_the_start() {
+    let s = settings();
+    let sources = BTreeMap::from([("CT1".to_string(), seen(Some(NOW - 4 * H), &[]))]);
+    let (c, _) = eval(&s, &sources, &BTreeMap::new(), None);
+    assert_eq!(kinds(&c), [("source_silent", "CT1")]);
+    assert!(
+        c[0].text.contains("no images from CT1 for 4 h 00 min"),
+        "{}",
+        c[0].text
+    );
+    assert!(c[0].text.contains("threshold 3 h 00 min"), "{}", c[0].text);
+    // Never seen since a start 10 h ago.
+    let (c, _) = eval(&s, &BTreeMap::new(), &BTreeMap::new(), None);
+    assert_eq!(kinds(&c), [("source_silent", "CT1")]);
+    assert!(
+        c[0].text.contains("nothing since the agent started"),
+        "{}",
+        c[0].text
+    );
+}
+
+#[test]
+fn duplicate_ae_title_names_every_address() {
+    let s = settings();
+    let sources = BTreeMap::from([(
+        "CT1".to_string(),
+        seen(Some(NOW - H), &["127.0.0.1", "127.0.0.2"]),
+    )]);
+    let (c, g) = eval(&s, &sources, &BTreeMap::new(), None);
+    assert_eq!(kinds(&c), [("duplicate_ae_title", "CT1")]);
+    assert!(c[0].text.contains("127.0.0.1"), "{}", c[0].text);
+    assert!(c[0].text.contains("127.0.0.2"), "{}", c[0].text);
+    assert_eq!(g.sources["CT1"].addresses, 2);
+}
+
+#[test]
+fn target_conditions() {
+    let s = settings();
+    let targets = BTreeMap::from([
+        (
+            "mirror".to_string(),
+            TargetStatus {
+                pending: 12,
+                pending_bytes: 6 << 20,
+                oldest_pending_age_secs: Some(3601),
+                circuit_open: true,
+                last_error: Some("connection refused".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "bucket".to_string(),
+            TargetStatus {
+                oldest_pending_age_secs: Some(3600),
+                dead_letters: 2,
+                ..Default::default()
+            },
+        ),
+    ]);
+    let sources = BTreeMap::from([("CT1".to_string(), seen(Some(NOW), &[]))]);
+    let (c, _) = eval(&s, &sources, &targets, None);
+    assert_eq!(
+        kinds(&c),
+        [
+            ("dead_letters", "bucket"),
+            ("queue_stuck", "mirror"),
+            ("circuit_open", "mirror")
+        ]
+    );
+    let stuck = &c[1].text;
+    assert!(
+        stuck.contains("1 h 00 min old") && stuck.contains("12 objects (6.0 MiB)"),
+        "{stuck}"
+    );
+    assert!(stuck.contains("connection refused"), "{stuck}");
+    assert!(
+        c[0].text.contains("dead-letter list bucket"),
+        "{}",
+        c[0].text
+    );
+}
+
+#[test]
+fn headroom_is_the_smaller_of_disk_and_quota() {
+    let mut s = settings();
+    s.spool_headroom_min_bytes = 10 << 20;
+    s.max_bytes = Some(40 << 20);
+    let room = SpoolRoom {
+        free_bytes: 50 << 30,
+        used_bytes: 32 << 20,
+    };
+    assert_eq!(room.headroom(&s), 8 << 20);
+    let sources = BTreeMap::from([("CT1".to_string(), seen(Some(NOW), &[]))]);
+    let (c, g) = eval(&s, &sources, &BTreeMap::new(), Some(room));
+    assert_eq!(kinds(&c), [("spool_low_space", "spool")]);
+    assert!(c[0].text.contains("8.0 MiB left"), "{}", c[0].text);
+    assert_eq!(g.headroom_bytes, Some(8 << 20));
+    // Disk nearly full, no quota: the reserve is not room.
+    s.max_bytes = None;
+    let room = SpoolRoom {
+        free_bytes: 200 << 20,
+        used_bytes: 0,
+    };
+    assert_eq!(room.headroom(&s), 0);
+}
+
+#[test]
+fn each_condition_is_raised_once_until_it_clears() {
+    let m = Monitor::new(settings(), Arc::default(), NOW);
+    let alerter = Alerter::log_only("dev");
+    let cond = || Condition {
+        kind: "queue_stuck",
+        subject: "mirror".into(),
+        text: "stuck".into(),
+    };
+    m.apply(NOW, vec![cond()], Gauges::default(), &alerter);
+    m.apply(NOW + 30_000, vec![cond()], Gauges::default(), &alerter);
+    assert_eq!(alerter.counters.raised.load(Ordering::Relaxed), 1);
+    assert_eq!(m.firing()[0].since_ms, NOW);
+    m.apply(NOW + 60_000, vec![], Gauges::default(), &alerter);
+    assert!(m.firing().is_empty());
+    m.apply(NOW + 90_000, vec![cond()], Gauges::default(), &alerter);
+    assert_eq!(alerter.counters.raised.load(Ordering::Relaxed), 2);
+    let text = m.metrics();
+    assert!(
+        text.contains("pacs_mirror_alert_firing{kind=\"queue_stuck\",subject=\"mirror\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("pacs_mirror_alerts_raised_total{kind=\"queue_stuck\"} 2\n"));
+}
+
+#[test]
+fn metrics_escape_label_values() {
+    let m = Monitor::new(settings(), Arc::default(), NOW);
+    let mut g = Gauges::default();
+    g.sources.insert(
+        "A\"B".into(),
+        SourceGauges {
+            last_store_s: Some(7),
+            silence_s: None,
+            addresses: 1,
+        },
+    );
+    m.apply(NOW, vec![], g, &Alerter::log_only("dev"));
+    let text = m.metrics();
+    assert!(
+        text.contains("pacs_mirror_source_last_store_timestamp_seconds{calling_ae=\"A\\\"B\"} 7\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn human_texts() {
+    assert_eq!(duration_text(42), "42 s");
+    assert_eq!(duration_text(3 * 3600 + 5 * 60), "3 h 05 min");
+    assert_eq!(duration_text(2 * 86_400 + 3600), "2 d 01 h");
+    assert_eq!(bytes_text(512), "512 B");
+    assert_eq!(bytes_text(3 << 30), "3.0 GiB");
+}
