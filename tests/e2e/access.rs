@@ -49,7 +49,7 @@ else:
     print("PDU %d" % t)
 "#;
 
-fn raw_associate(src: &str, port: u16, calling: &str, called: &str) -> String {
+pub(crate) fn raw_associate(src: &str, port: u16, calling: &str, called: &str) -> String {
     let o = run_ok(
         Command::new(tool("python3"))
             .arg("-c")

@@ -3,72 +3,13 @@
 //! overwritten blob is a MISMATCH, a stopped mirror is a failed drill; each
 //! failure sends one webhook to a local HTTP receiver.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::*;
 use crate::s3::{S3Server, check_bucket, wait_target};
-
-/// A webhook receiver on loopback: every POST body, answered 200.
-struct Hooks {
-    port: u16,
-    bodies: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Hooks {
-    fn start() -> Hooks {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the webhook receiver");
-        let port = listener.local_addr().expect("addr").port();
-        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let b = bodies.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let mut got = Vec::new();
-                let mut buf = [0u8; 8192];
-                let body = loop {
-                    let Ok(n) = s.read(&mut buf) else { break None };
-                    if n == 0 {
-                        break None;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&got).into_owned();
-                    if let Some(h) = text.find("\r\n\r\n") {
-                        let len: usize = text[..h]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .and_then(|v| v.trim().parse().ok())
-                            })
-                            .unwrap_or(0);
-                        if got.len() >= h + 4 + len {
-                            break Some(got[h + 4..h + 4 + len].to_vec());
-                        }
-                    }
-                };
-                let _ = s.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-                if let Some(body) = body
-                    && let Ok(v) = serde_json::from_slice(&body)
-                {
-                    b.lock().expect("hooks").push(v);
-                }
-            }
-        });
-        Hooks { port, bodies }
-    }
-
-    fn take(&self) -> Vec<Value> {
-        std::mem::take(&mut *self.bodies.lock().expect("hooks"))
-    }
-}
 
 fn drill(config: &std::path::Path, target: &str) -> (bool, Value) {
     let out = run(

@@ -8,11 +8,11 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -1256,5 +1256,65 @@ impl Orthanc {
 impl Drop for Orthanc {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A webhook receiver
+// ---------------------------------------------------------------------------
+
+/// A webhook receiver on loopback: every POST body, answered 200.
+pub struct Hooks {
+    pub port: u16,
+    bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Hooks {
+    pub fn start() -> Hooks {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the webhook receiver");
+        let port = listener.local_addr().expect("addr").port();
+        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let b = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut got = Vec::new();
+                let mut buf = [0u8; 8192];
+                let body = loop {
+                    let Ok(n) = s.read(&mut buf) else { break None };
+                    if n == 0 {
+                        break None;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).into_owned();
+                    if let Some(h) = text.find("\r\n\r\n") {
+                        let len: usize = text[..h]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse().ok())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= h + 4 + len {
+                            break Some(got[h + 4..h + 4 + len].to_vec());
+                        }
+                    }
+                };
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                if let Some(body) = body
+                    && let Ok(v) = serde_json::from_slice(&body)
+                {
+                    b.lock().expect("hooks").push(v);
+                }
+            }
+        });
+        Hooks { port, bodies }
+    }
+
+    pub fn take(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.bodies.lock().expect("hooks"))
     }
 }

@@ -10,6 +10,7 @@ mod dimse;
 mod harness;
 
 mod access;
+mod alerts;
 mod backfill;
 mod bad_input;
 mod crash;

@@ -263,7 +263,7 @@ where
                 kind: "circuit_open",
                 subject: name.clone(),
                 text: format!(
-                    "target {name} is unreachable: {}; deliveries are paused and it is probed; {} objects waiting",
+                    "target {name} is unreachable: {}; deliveries are paused and it is probed; objects waiting: {}",
                     t.last_error.as_deref().unwrap_or("no answer"),
                     t.pending
                 ),
