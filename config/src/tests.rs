@@ -324,8 +324,15 @@ fn ops_examples_validate() {
         seen += 1;
     }
     assert!(
-        seen >= 1,
-        "no example configurations found in {}",
+        seen >= 5,
+        "expected the five deployment examples in {}",
         dir.display()
+    );
+    // The copy of the embedded default is the embedded default.
+    let copy = std::fs::read_to_string(dir.join("default.toml")).unwrap();
+    assert_eq!(
+        copy,
+        Config::DEFAULT_TOML,
+        "ops/config/default.toml differs from config/src/default.toml: copy it again"
     );
 }

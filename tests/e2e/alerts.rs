@@ -41,14 +41,7 @@ fn silence_stuck_queue_low_space_and_duplicate_ae_title_alert_once_each() {
         10 * MIB,
     );
     let agent = Agent::start(&cfg);
-    let get = |path: &str| -> String {
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "30"])
-            .arg(format!("http://127.0.0.1:{admin}{path}"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let get = |path: &str| admin_get(admin, path);
 
     // 70 CT images of about 513 KiB: 35 MiB of the 40 MiB quota, so less
     // than 10 MiB is left, yet every store succeeds (the alert comes before

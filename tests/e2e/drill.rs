@@ -239,7 +239,7 @@ fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
 /// An agent backing up into a folder, with `drill` (a `[[drill]]` body)
 /// and an admin endpoint on `admin`; `studies` synthetic studies of
 /// `per_study` small instances stored and delivered.
-fn folder_agent(
+pub(crate) fn folder_agent(
     dir: &std::path::Path,
     drill: &str,
     admin: u16,
@@ -325,14 +325,7 @@ fn scheduled_drills_report_and_metrics_in_the_running_agent() {
         2,
         3,
     );
-    let get = |path: &str| -> String {
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "30"])
-            .arg(format!("http://127.0.0.1:{admin}{path}"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let get = |path: &str| admin_get(admin, path);
     // The schedule fires every 2 s: wait for two passing drills.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let history = loop {

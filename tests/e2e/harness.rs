@@ -1318,3 +1318,14 @@ impl Hooks {
         std::mem::take(&mut *self.bodies.lock().expect("hooks"))
     }
 }
+
+/// GET `path` from the agent's admin endpoint on 127.0.0.1:`port` (empty on
+/// any failure: callers poll or assert on the content).
+pub fn admin_get(port: u16, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "30"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -21,6 +21,7 @@ pub(crate) mod large;
 mod limits;
 mod logs;
 mod mirror;
+mod ops;
 mod resources;
 mod retrieve;
 pub(crate) mod s3;
