@@ -253,7 +253,7 @@ where
                 kind: "dead_letters",
                 subject: name.clone(),
                 text: format!(
-                    "target {name} refused {} object(s) for good: see `pacs-mirror dead-letter list {name}`, fix the cause, then `pacs-mirror dead-letter retry {name}`",
+                    "target {name} refused {} object(s) for good: see `pacs-mirror dead-letter list --target {name}`, fix the cause, then `pacs-mirror dead-letter retry --target {name}`",
                     t.dead_letters
                 ),
             });

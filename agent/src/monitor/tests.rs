@@ -153,7 +153,7 @@ fn target_conditions() {
     );
     assert!(stuck.contains("connection refused"), "{stuck}");
     assert!(
-        c[0].text.contains("dead-letter list bucket"),
+        c[0].text.contains("dead-letter list --target bucket"),
         "{}",
         c[0].text
     );

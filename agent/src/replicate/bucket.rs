@@ -38,9 +38,26 @@ impl Worker {
             .enumerate()
             .map(|(i, item)| (i, item.due.hash, self.r.spool.object_path(&item.due.hash)))
             .collect();
-        let results: Vec<(usize, Result<crate::bucket::Uploaded, BucketError>)> =
+        // The first store or network failure stops the batch: uploads not
+        // started yet are left due as they are (not counted as attempts),
+        // so an unreachable store costs one round of timeouts, not one per
+        // object, and the circuit opens at once.
+        let unreachable = std::sync::atomic::AtomicBool::new(false);
+        let results: Vec<(usize, Option<Result<crate::bucket::Uploaded, BucketError>>)> =
             futures::stream::iter(jobs)
-                .map(|(i, hash, path)| async move { (i, bucket.upload(&path, &hash).await) })
+                .map(|(i, hash, path)| {
+                    let unreachable = &unreachable;
+                    async move {
+                        if unreachable.load(std::sync::atomic::Ordering::Relaxed) {
+                            return (i, None);
+                        }
+                        let r = bucket.upload(&path, &hash).await;
+                        if matches!(&r, Err(e) if e.is_transient()) {
+                            unreachable.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        (i, Some(r))
+                    }
+                })
                 .buffer_unordered(self.target.uploads_per_worker.max(1))
                 .collect()
                 .await;
@@ -48,6 +65,9 @@ impl Worker {
         let mut transient = None;
         for (i, result) in results {
             let item = &items[i];
+            let Some(result) = result else {
+                continue;
+            };
             match result {
                 Ok(up) => {
                     let mut record = item.record.clone();
