@@ -141,7 +141,7 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitC
     eprintln!(
         "{} object(s), {} in {} study(ies); {} older version(s) not sent; {} blob(s) listed in no manifest; {} manifest entr(ies) without a blob",
         plan.objects.len(),
-        human_bytes(plan.bytes()),
+        crate::progress::human_bytes(plan.bytes()),
         plan.studies,
         plan.older_versions_skipped,
         plan.unlisted_blobs,
@@ -161,7 +161,7 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitC
             scratch_holder.path().to_path_buf()
         }
     };
-    let bar = progress_bar(plan.bytes(), plan.objects.len(), args.quiet);
+    let bar = crate::progress::transfer_bar(plan.bytes(), plan.objects.len(), args.quiet);
     let b = bar.clone();
     let total = plan.objects.len();
     let finished = std::sync::atomic::AtomicUsize::new(0);
@@ -188,10 +188,10 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitC
             args.to,
             report.stored,
             report.planned,
-            human_bytes(report.bytes),
+            crate::progress::human_bytes(report.bytes),
             report.seconds,
             report.stored as f64 / report.seconds.max(1e-9),
-            human_bytes((report.bytes as f64 / report.seconds.max(1e-9)) as u64)
+            crate::progress::human_bytes((report.bytes as f64 / report.seconds.max(1e-9)) as u64)
         );
         for d in report.corrupt.iter().chain(&report.failed) {
             println!(
@@ -216,26 +216,6 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitC
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn progress_bar(bytes: u64, objects: usize, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(bytes);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(format!("0/{objects} objects"));
-    bar
-}
-
-fn human_bytes(b: u64) -> String {
-    indicatif::HumanBytes(b).to_string()
 }
 
 /// `pacs-mirror reindex --from TARGET`.

@@ -100,7 +100,7 @@ pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode>
 }
 
 /// The admin URL of a running agent, if one answers.
-async fn running_agent(config: &Config) -> Option<String> {
+pub(crate) async fn running_agent(config: &Config) -> Option<String> {
     let a = config.admin.as_ref()?;
     let url = format!("http://{}", a.listen);
     let client = reqwest::Client::builder()

@@ -4,6 +4,7 @@
 
 mod bucket_cmd;
 mod drill_cmd;
+mod failover_cmd;
 mod progress;
 mod synth;
 
@@ -85,6 +86,16 @@ enum Command {
     /// The drill history, newest first (from the running agent, or the
     /// index).
     Drills(drill_cmd::DrillsArgs),
+    /// Before switching to the mirror: is it complete?
+    #[command(subcommand)]
+    Failover(FailoverCommand),
+    /// After an outage during which modalities sent to the mirror: find the
+    /// studies since DATE the primary lacks (C-FIND both), retrieve them
+    /// from the mirror (C-GET), C-STORE them to the primary and verify every
+    /// instance (C-FIND, and C-GET back compared by hash). Exit status: 0
+    /// when every missing instance is verified on the primary; 1 when not;
+    /// 2 when it could not run.
+    Failback(failover_cmd::FailbackArgs),
     /// Replication lag, ingest counters and warnings: from the running
     /// agent's admin endpoint, or from the index when no agent runs.
     Status {
@@ -171,6 +182,16 @@ enum ConfigCommand {
         #[arg(long)]
         without_roots: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum FailoverCommand {
+    /// Compare the index with the mirror by C-FIND (study level, then the
+    /// instances of studies whose counts differ); list every gap and what is
+    /// still queued. A running agent runs it (it holds the index). Exit
+    /// status: 0 when the mirror is complete; 1 when it is not; 2 when the
+    /// mirror could not be asked or the check could not run.
+    Check(failover_cmd::CheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -342,6 +363,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = load(args.config.as_deref())?;
             drill_cmd::drills(&config, args).await
         }
+        Command::Failover(FailoverCommand::Check(args)) => Ok(failover_cmd::check(args).await),
+        Command::Failback(args) => Ok(failover_cmd::failback(args).await),
         Command::Restore(args) => {
             let config = load(args.config.as_deref())?;
             bucket_cmd::restore(&config, args).await

@@ -1,6 +1,7 @@
-//! Progress of `pacs-mirror backfill` on standard error: an indicatif bar
-//! on a terminal; a plain line every few seconds otherwise (a log file, a
-//! pipe, a test), so that a long run shows it is alive either way.
+//! Progress on standard error. `backfill`: an indicatif bar on a terminal;
+//! a plain line every few seconds otherwise (a log file, a pipe, a test), so
+//! that a long run shows it is alive either way. `restore` and `failback`:
+//! an indicatif bar of bytes ([`transfer_bar`]), hidden with `--quiet`.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -127,4 +128,44 @@ impl Progress for BackfillProgress {
             t.skipped,
         );
     }
+}
+
+/// A bar of `bytes` for a transfer of `objects` objects (the message says
+/// how many are done); hidden when `quiet`.
+pub fn transfer_bar(bytes: u64, objects: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(bytes);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("0/{objects} objects"));
+    bar
+}
+
+/// A bar counting `total` items (e.g. instances whose size is not known
+/// beforehand); hidden when `quiet`.
+pub fn count_bar(total: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} instances ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Bytes for people (KiB, MiB…).
+pub fn human_bytes(b: u64) -> String {
+    indicatif::HumanBytes(b).to_string()
 }

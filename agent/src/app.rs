@@ -459,11 +459,19 @@ pub async fn run_with(
             monitor: Some(monitor),
             extra_metrics: extension.metrics,
         });
-        tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills");
+        tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills, /failover/check");
+        let failover = crate::failover::routes(Arc::new(crate::failover::FailoverService {
+            index: index.clone(),
+            spool: ingest.spool.clone(),
+            config: config.clone(),
+        }));
+        let routes = match extension.routes {
+            Some(r) => r.merge(failover),
+            None => failover,
+        };
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, source, shutdown, extension.routes).await
-            {
+            if let Err(e) = crate::admin::serve(listener, source, shutdown, Some(routes)).await {
                 tracing::error!(error = %e, "admin endpoint failed");
             }
         });

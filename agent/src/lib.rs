@@ -19,6 +19,12 @@
 //!   diagnosis, C-STORE of spooled objects streamed from their files.
 //! - [`qr`]: the Query/Retrieve SCU: C-FIND, C-GET (sub-operations streamed
 //!   to scratch files and hashed), C-MOVE.
+//! - [`census`]: study-level census of a remote AE by C-FIND, and what it
+//!   lacks (shared by failover and failback).
+//! - [`failover`]: `failover check`: is the mirror complete against the
+//!   index; `--repair` queues the gaps again.
+//! - [`failback`]: after an outage, bring what only the mirror received
+//!   back to the primary (C-FIND both, C-GET, C-STORE, verify).
 //! - [`backfill`]: import a folder of Part-10 files through the same durable
 //!   path as network ingest.
 //! - [`alert`]: alerts to the log and a webhook, retried, never blocking.
@@ -45,8 +51,11 @@ pub mod alert;
 pub mod app;
 pub mod backfill;
 pub mod bucket;
+pub mod census;
 pub mod commit;
 pub mod dimse;
+pub mod failback;
+pub mod failover;
 pub mod index;
 pub mod monitor;
 pub mod part10;

@@ -119,7 +119,7 @@ pub fn parse_date(s: &str) -> Result<String, RestoreError> {
 }
 
 /// The UTC day (YYYYMMDD) of a Unix time in ms.
-fn yyyymmdd_of_ms(ms: u64) -> String {
+pub(crate) fn yyyymmdd_of_ms(ms: u64) -> String {
     let (y, m, d, ..) = crate::utc_datetime(ms);
     format!("{y:04}{m:02}{d:02}")
 }

@@ -27,23 +27,6 @@ fn count(report: &Value, verdict: &str) -> u64 {
     report["counts"][verdict].as_u64().unwrap_or(0)
 }
 
-fn orthanc_delete(orthanc: &Orthanc, sop_instance_uid: &str) {
-    let base = format!("http://127.0.0.1:{}", orthanc.http_port);
-    let out = Command::new("curl")
-        .args(["-sf", "-d", sop_instance_uid])
-        .arg(format!("{base}/tools/lookup"))
-        .output()
-        .expect("curl");
-    let found: Value = serde_json::from_slice(&out.stdout).expect("lookup JSON");
-    let id = found[0]["ID"].as_str().expect("instance id");
-    let ok = Command::new("curl")
-        .args(["-sf", "-X", "DELETE"])
-        .arg(format!("{base}/instances/{id}"))
-        .status()
-        .expect("curl");
-    assert!(ok.success(), "deleting {sop_instance_uid} from Orthanc");
-}
-
 #[test]
 fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
     let dir = tempdir();
@@ -129,7 +112,7 @@ fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
 
     // 2a. One instance deleted from the mirror: MISSING, exactly it.
     let gone = raw_info(&files[7]).0.sop_instance_uid;
-    orthanc_delete(&orthanc, &gone);
+    orthanc.delete_uid(&gone);
     let (ok, r) = drill(&config, "mirror");
     assert!(!ok, "{r}");
     assert_eq!(count(&r, "MISSING"), 1, "{r}");

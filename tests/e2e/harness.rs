@@ -1230,6 +1230,20 @@ impl Orthanc {
         self.get(&format!("/instances/{id}/file"))
     }
 
+    /// Delete what a UID names (a study, series or instance) through the
+    /// REST API: `POST /tools/lookup`, then `DELETE` its path.
+    pub fn delete_uid(&self, uid: &str) {
+        let out = self
+            .curl(&["-d", uid], "/tools/lookup")
+            .unwrap_or_else(|| panic!("Orthanc lookup of {uid} failed"));
+        let found: Value = serde_json::from_slice(&out).expect("lookup JSON");
+        let path = found[0]["Path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("Orthanc does not hold {uid}: {found}"));
+        self.curl(&["-X", "DELETE"], path)
+            .unwrap_or_else(|| panic!("Orthanc DELETE {path} ({uid}) failed"));
+    }
+
     /// Wait until Orthanc holds `n` instances.
     pub fn wait_for_instances(&self, n: u64, limit: Duration) {
         let deadline = Instant::now() + limit;

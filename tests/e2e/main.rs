@@ -16,6 +16,8 @@ mod bad_input;
 mod crash;
 mod drill;
 mod duplicates;
+mod failback;
+mod failover;
 mod ingest;
 pub(crate) mod large;
 mod limits;

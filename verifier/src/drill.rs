@@ -578,25 +578,10 @@ async fn retrieve_dicom(
     dir: &Path,
 ) -> Result<Vec<Retrieved>, String> {
     // One context per (class, syntax) held, then common ones while room.
-    let mut contexts: Vec<StorageContext> = Vec::new();
-    for r in expected.values().flatten() {
-        let c = StorageContext {
-            sop_class_uid: r.sop_class_uid.clone(),
-            transfer_syntax_uid: r.transfer_syntax_uid.clone(),
-        };
-        if !contexts.contains(&c) {
-            contexts.push(c);
-        }
-    }
-    for c in qr::default_storage_contexts() {
-        if contexts.len() >= qr::MAX_STORAGE_CONTEXTS {
-            break;
-        }
-        if !contexts.contains(&c) {
-            contexts.push(c);
-        }
-    }
-    contexts.truncate(qr::MAX_STORAGE_CONTEXTS);
+    let contexts = qr::storage_contexts_with(expected.values().flatten().map(|r| StorageContext {
+        sop_class_uid: r.sop_class_uid.clone(),
+        transfer_syntax_uid: r.transfer_syntax_uid.clone(),
+    }));
     let mut peer = peer.clone();
     peer.timeout = settings.timeout;
     // The copies are hashed as they arrive and removed after the

@@ -30,6 +30,7 @@
 use super::records::{self, OutboxRecord};
 use super::{Hash, Index, IndexError, Op, decode_at, key};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
 pub(super) const OUTBOX: &[u8] = b"q/";
 const DELIVERED: &[u8] = b"d/";
@@ -308,14 +309,6 @@ impl Index {
     /// delivered or dead-letter row is removed, in one atomic batch per
     /// object. Returns how many were queued.
     pub fn resync(&self, target: &str, now_ms: u64) -> Result<usize, IndexError> {
-        let prefix = target_prefix(OUTBOX, target);
-        let mut pending = std::collections::HashSet::new();
-        self.kv.for_each_prefix(&prefix, &mut |k, _| {
-            if let Some((_, hash)) = parse_outbox_key(prefix.len(), k) {
-                pending.insert(hash);
-            }
-            true
-        })?;
         let mut objects = Vec::new();
         // Evicted objects have no file left to send.
         self.for_each_object(&mut |hash, o| {
@@ -323,19 +316,46 @@ impl Index {
                 objects.push(hash);
             }
         })?;
+        self.requeue(target, &objects, now_ms)
+    }
+
+    /// The objects with a pending row for `target`.
+    pub fn pending(&self, target: &str) -> Result<HashSet<Hash>, IndexError> {
+        let prefix = target_prefix(OUTBOX, target);
+        let mut pending = HashSet::new();
+        self.kv.for_each_prefix(&prefix, &mut |k, _| {
+            if let Some((_, hash)) = parse_outbox_key(prefix.len(), k) {
+                pending.insert(hash);
+            }
+            true
+        })?;
+        Ok(pending)
+    }
+
+    /// Queue these objects again for `target` (the target lost them): each
+    /// one not already pending gets a row due at `now_ms`, and its delivered
+    /// or dead-letter row is removed, in one atomic batch per object. The
+    /// caller checks that their files are in the spool. Returns how many
+    /// were queued.
+    pub fn requeue(&self, target: &str, hashes: &[Hash], now_ms: u64) -> Result<usize, IndexError> {
+        let pending = self.pending(target)?;
         let mut queued = 0;
-        for hash in objects.into_iter().filter(|h| !pending.contains(h)) {
+        let mut seen = HashSet::new();
+        for hash in hashes {
+            if pending.contains(hash) || !seen.insert(*hash) {
+                continue;
+            }
             let mut dkey = target_prefix(DELIVERED, target);
-            dkey.extend_from_slice(&hash);
+            dkey.extend_from_slice(hash);
             let mut xkey = target_prefix(DEAD, target);
-            xkey.extend_from_slice(&hash);
+            xkey.extend_from_slice(hash);
             let record = OutboxRecord {
                 enqueued_at_ms: now_ms,
                 attempts: 0,
                 last_error: None,
             };
             self.kv.apply(vec![
-                Op::Put(outbox_key(target, now_ms, &hash), records::encode(&record)),
+                Op::Put(outbox_key(target, now_ms, hash), records::encode(&record)),
                 Op::Delete(dkey),
                 Op::Delete(xkey),
             ])?;
@@ -528,6 +548,28 @@ mod tests {
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.delivered, s.dead_letters), (3, 0, 0));
         assert_eq!(idx.resync("mirror", 8_000).unwrap(), 0);
+    }
+
+    #[test]
+    fn requeue_moves_only_the_named_objects_and_never_twice() {
+        let idx = index_with(&[(1, 100), (2, 100), (3, 100)]);
+        let due = idx.due("mirror", 100, 10).unwrap();
+        idx.mark_delivered("mirror", &due[0], 150, None).unwrap();
+        idx.mark_delivered("mirror", &due[1], 150, None).unwrap();
+        idx.dead_letter("mirror", &due[2], "refused", 160).unwrap();
+        assert!(idx.pending("mirror").unwrap().is_empty());
+        // one delivered, the dead letter, and the delivered one named twice
+        let named = [due[0].hash, due[2].hash, due[0].hash];
+        assert_eq!(idx.requeue("mirror", &named, 1_000).unwrap(), 2);
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.delivered, s.dead_letters), (2, 1, 0));
+        let pending = idx.pending("mirror").unwrap();
+        assert!(pending.contains(&due[0].hash) && pending.contains(&due[2].hash));
+        // already pending: nothing written
+        assert_eq!(idx.requeue("mirror", &named, 2_000).unwrap(), 0);
+        assert_eq!(idx.outbox_summary("mirror").unwrap().pending, 2);
+        // the other target is untouched
+        assert_eq!(idx.outbox_summary("bucket").unwrap().pending, 3);
     }
 
     #[test]

@@ -182,6 +182,24 @@ pub fn default_storage_contexts() -> Vec<StorageContext> {
     v
 }
 
+/// Storage contexts for a C-GET of known objects: `first` (in order,
+/// duplicates dropped), then [`default_storage_contexts`] while there is
+/// room; at most [`MAX_STORAGE_CONTEXTS`].
+pub fn storage_contexts_with(
+    first: impl IntoIterator<Item = StorageContext>,
+) -> Vec<StorageContext> {
+    let mut contexts: Vec<StorageContext> = Vec::new();
+    for c in first.into_iter().chain(default_storage_contexts()) {
+        if contexts.len() >= MAX_STORAGE_CONTEXTS {
+            break;
+        }
+        if !contexts.contains(&c) {
+            contexts.push(c);
+        }
+    }
+    contexts
+}
+
 /// A service to negotiate on a [`QrAssociation`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Service {
@@ -743,6 +761,25 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = v.iter().collect();
         assert_eq!(distinct.len(), v.len(), "no duplicate context");
+    }
+
+    #[test]
+    fn known_contexts_come_first_then_defaults_while_room() {
+        let rare = StorageContext {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.66".into(),
+            transfer_syntax_uid: identifier::EXPLICIT_VR_LE.into(),
+        };
+        let common = default_storage_contexts()[0].clone();
+        let v = storage_contexts_with([rare.clone(), common.clone(), rare.clone()]);
+        assert_eq!(v[0], rare);
+        assert_eq!(v[1], common);
+        assert_eq!(v.iter().filter(|c| **c == common).count(), 1);
+        assert_eq!(v.len(), default_storage_contexts().len() + 1);
+        let many = (0..200).map(|i| StorageContext {
+            sop_class_uid: format!("1.2.3.{i}"),
+            transfer_syntax_uid: identifier::EXPLICIT_VR_LE.into(),
+        });
+        assert_eq!(storage_contexts_with(many).len(), MAX_STORAGE_CONTEXTS);
     }
 
     #[test]

@@ -1,0 +1,758 @@
+//! `failback`: after an outage during which modalities sent to the mirror,
+//! bring what only the mirror received back to the primary, and prove it
+//! arrived.
+//!
+//! 1. **Plan** ([`plan`]): C-FIND the mirror's studies dated `since` or
+//!    later, and the same studies on the primary by UID ([`crate::census`]).
+//!    A study the primary lacks or holds fewer (or other) instances of is
+//!    listed at IMAGE level on both sides: the SOP instances on the mirror
+//!    and not on the primary are what is missing. Studies with equal counts
+//!    are complete and never sent again.
+//! 2. **Send** ([`run`]), study by study: C-GET the missing instances from
+//!    the mirror (per series, by SOP Instance UID) into a scratch directory
+//!    (never the spool), C-STORE each to the primary on its own transfer
+//!    syntax (the lossless uncompressed fallback of [`crate::scu`] only if
+//!    the primary accepts nothing else).
+//! 3. **Verify**: C-FIND the study on the primary at IMAGE level (the
+//!    instance must be listed), then C-GET the stored instances back from the
+//!    primary and compare the data set's blake3 with what was sent:
+//!    **verified** when equal; **changed** when the primary holds other bytes
+//!    (it coerced or transcoded them); **missing** when it does not list it.
+//!
+//! Scratch files are removed as each study finishes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::census::{self, Session, Tally};
+use crate::qr::{
+    self, GetOutcome, InstanceMatch, QrAssociation, QrError, QrOptions, RetrieveTarget,
+    RetrievedInstance, Service, StorageContext,
+};
+use crate::scu::{self, Outgoing, Peer, Scu};
+
+/// Instances per C-GET (each UID goes into the identifier).
+const GET_BATCH: usize = 500;
+/// Objects per C-STORE association (within its 128 presentation contexts).
+const STORE_CHUNK: usize = 64;
+/// Associations tried for one chunk whose association broke.
+const STORE_ATTEMPTS: u32 = 3;
+
+/// Why a failback could not run (an instance that fails is a result).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FailbackError {
+    /// The mirror could not be asked.
+    #[error("could not ask the mirror {peer}: {error}")]
+    Mirror {
+        /// `AE@host:port`.
+        peer: String,
+        /// Why.
+        error: QrError,
+    },
+    /// The primary could not be asked.
+    #[error("could not ask the primary {peer}: {error}")]
+    Primary {
+        /// `AE@host:port`.
+        peer: String,
+        /// Why.
+        error: QrError,
+    },
+    /// The scratch directory.
+    #[error("scratch directory {path}: {error}")]
+    Scratch {
+        /// The directory.
+        path: String,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+/// Where from, where to, which studies.
+#[derive(Debug, Clone)]
+pub struct FailbackSettings {
+    /// The mirror (C-FIND, C-GET).
+    pub mirror: Peer,
+    /// The primary (C-FIND, C-STORE, C-GET to verify).
+    pub primary: Peer,
+    /// Studies dated on or after this day (YYYYMMDD).
+    pub since: String,
+}
+
+/// One instance to bring back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedInstance {
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// Series Instance UID (from the mirror).
+    pub series_instance_uid: String,
+    /// SOP Class UID (from the mirror; may be empty).
+    pub sop_class_uid: String,
+}
+
+/// One study the primary lacks, wholly or partly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStudy {
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// Patient ID (from the mirror).
+    pub patient_id: String,
+    /// Patient's Name (from the mirror).
+    pub patient_name: String,
+    /// Study Date (from the mirror).
+    pub study_date: String,
+    /// Instances on the mirror.
+    pub on_mirror: usize,
+    /// Instances the primary reported (0: absent; None: no count given).
+    pub on_primary: Option<u32>,
+    /// The instances to send.
+    pub missing: Vec<PlannedInstance>,
+}
+
+/// What a failback will do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// `AE@host:port`.
+    pub mirror: String,
+    /// `AE@host:port`.
+    pub primary: String,
+    /// YYYYMMDD.
+    pub since: String,
+    /// Studies on the mirror in the window.
+    pub studies_on_mirror: usize,
+    /// Of those, complete on the primary already.
+    pub studies_complete: usize,
+    /// The mirror listed more studies than we read (the rest is not seen).
+    pub truncated: bool,
+    /// Studies with something to send.
+    pub studies: Vec<PlannedStudy>,
+}
+
+impl Plan {
+    /// Instances to send.
+    pub fn instances(&self) -> usize {
+        self.studies.iter().map(|s| s.missing.len()).sum()
+    }
+}
+
+/// C-FIND both sides and decide what to send.
+pub async fn plan(settings: &FailbackSettings) -> Result<Plan, FailbackError> {
+    let (m, p) = (
+        census::describe(&settings.mirror),
+        census::describe(&settings.primary),
+    );
+    let mirror_err = |error| FailbackError::Mirror {
+        peer: m.clone(),
+        error,
+    };
+    let primary_err = |error| FailbackError::Primary {
+        peer: p.clone(),
+        error,
+    };
+    let mut mirror = Session::open(&settings.mirror).await.map_err(mirror_err)?;
+    let mut primary = match Session::open(&settings.primary).await {
+        Ok(s) => s,
+        Err(e) => {
+            mirror.close().await;
+            return Err(primary_err(e));
+        }
+    };
+    let result = plan_with(&mut mirror, &mut primary, settings).await;
+    mirror.close().await;
+    primary.close().await;
+    let mut plan = result.map_err(|(on_mirror, e)| {
+        if on_mirror {
+            mirror_err(e)
+        } else {
+            primary_err(e)
+        }
+    })?;
+    plan.mirror = m;
+    plan.primary = p;
+    plan.since = settings.since.clone();
+    Ok(plan)
+}
+
+/// The errors say which side failed (true: the mirror).
+async fn plan_with(
+    mirror: &mut Session,
+    primary: &mut Session,
+    settings: &FailbackSettings,
+) -> Result<Plan, (bool, QrError)> {
+    let on_mirror = mirror
+        .studies(Some(&settings.since))
+        .await
+        .map_err(|e| (true, e))?;
+    let uids: Vec<String> = on_mirror.studies.keys().cloned().collect();
+    let on_primary = primary.lookup(&uids).await.map_err(|e| (false, e))?;
+    let mut plan = Plan {
+        studies_on_mirror: on_mirror.studies.len(),
+        truncated: on_mirror.truncated,
+        ..Plan::default()
+    };
+    for (uid, m) in &on_mirror.studies {
+        let p = on_primary.get(uid);
+        let tally = match m.number_of_study_related_instances {
+            Some(n) => census::tally(n as usize, p),
+            None => Tally::Uncounted,
+        };
+        if tally == Tally::Equal {
+            plan.studies_complete += 1;
+            continue;
+        }
+        let listed = mirror.instances(uid).await.map_err(|e| (true, e))?;
+        let held = match p {
+            None => BTreeMap::new(),
+            Some(_) => primary.instances(uid).await.map_err(|e| (false, e))?,
+        };
+        let missing_uids = census::missing(listed.keys().map(String::as_str), &held);
+        if missing_uids.is_empty() {
+            plan.studies_complete += 1;
+            continue;
+        }
+        plan.studies.push(PlannedStudy {
+            study_instance_uid: uid.clone(),
+            patient_id: m.patient_id.clone(),
+            patient_name: m.patient_name.clone(),
+            study_date: m.study_date.clone(),
+            on_mirror: listed.len(),
+            on_primary: match p {
+                None => Some(0),
+                Some(p) => p.number_of_study_related_instances,
+            },
+            missing: missing_uids
+                .iter()
+                .filter_map(|s| listed.get(s))
+                .map(planned)
+                .collect(),
+        });
+    }
+    Ok(plan)
+}
+
+fn planned(m: &InstanceMatch) -> PlannedInstance {
+    PlannedInstance {
+        sop_instance_uid: m.sop_instance_uid.clone(),
+        series_instance_uid: m.series_instance_uid.clone(),
+        sop_class_uid: m.sop_class_uid.clone(),
+    }
+}
+
+/// What became of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// On the primary, with the bytes sent.
+    Verified,
+    /// Stored, and the primary holds other bytes (blake3 of its copy).
+    Changed(String),
+    /// Stored (or refused), and the primary does not list it.
+    Missing(String),
+    /// Not retrieved from the mirror.
+    RetrieveFailed(String),
+    /// The primary refused it, or the association failed.
+    StoreFailed(String),
+    /// Listed by the primary, but it could not be read back.
+    VerifyFailed(String),
+}
+
+/// One instance's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceResult {
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// blake3 of the data set retrieved from the mirror (empty if not).
+    pub blake3: String,
+    /// Data set bytes.
+    pub bytes: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// The final report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FailbackReport {
+    /// The mirror, `AE@host:port`.
+    pub mirror: String,
+    /// `AE@host:port`.
+    pub primary: String,
+    /// YYYYMMDD.
+    pub since: String,
+    /// Studies on the mirror in the window.
+    pub studies_on_mirror: usize,
+    /// Of those, complete on the primary before this run.
+    pub studies_complete: usize,
+    /// Studies with instances to send.
+    pub studies: usize,
+    /// Instances to send.
+    pub instances: usize,
+    /// Retrieved from the mirror.
+    pub retrieved: usize,
+    /// Stored by the primary (Success or a warning).
+    pub stored: usize,
+    /// On the primary with the bytes sent.
+    pub verified: usize,
+    /// Stored, but the primary holds other bytes.
+    pub changed: usize,
+    /// Data set bytes sent.
+    pub bytes: u64,
+    /// Seconds retrieving, sending and verifying (planning not included).
+    pub seconds: f64,
+    /// Only planned, nothing sent.
+    pub dry_run: bool,
+    /// Every instance not verified, with why.
+    pub not_verified: Vec<InstanceResult>,
+}
+
+impl FailbackReport {
+    /// The report of a plan before anything is sent.
+    pub fn of_plan(plan: &Plan) -> Self {
+        FailbackReport {
+            mirror: plan.mirror.clone(),
+            primary: plan.primary.clone(),
+            since: plan.since.clone(),
+            studies_on_mirror: plan.studies_on_mirror,
+            studies_complete: plan.studies_complete,
+            studies: plan.studies.len(),
+            instances: plan.instances(),
+            ..FailbackReport::default()
+        }
+    }
+
+    /// Every missing instance is now on the primary with the bytes sent.
+    pub fn complete(&self) -> bool {
+        self.verified == self.instances && self.not_verified.is_empty()
+    }
+
+    fn add(&mut self, r: InstanceResult) {
+        match r.outcome {
+            Outcome::Verified => self.verified += 1,
+            Outcome::Changed(_) => {
+                self.changed += 1;
+                self.not_verified.push(r);
+            }
+            _ => self.not_verified.push(r),
+        }
+    }
+}
+
+/// Send what `plan` lists, verifying every instance; `progress` is called
+/// once per instance. Scratch files go under `scratch` (created; each
+/// study's files removed when it is done).
+pub async fn run(
+    plan: &Plan,
+    settings: &FailbackSettings,
+    scratch: &Path,
+    progress: &(dyn Fn(&InstanceResult) + Send + Sync),
+) -> Result<FailbackReport, FailbackError> {
+    let start = Instant::now();
+    std::fs::create_dir_all(scratch).map_err(|error| FailbackError::Scratch {
+        path: scratch.display().to_string(),
+        error,
+    })?;
+    let mut report = FailbackReport::of_plan(plan);
+    for (n, study) in plan.studies.iter().enumerate() {
+        let dir = scratch.join(format!("study-{n}"));
+        let results = match std::fs::create_dir_all(&dir) {
+            Ok(()) => failback_study(study, settings, &dir, &mut report).await,
+            Err(e) => study
+                .missing
+                .iter()
+                .map(|i| result_of(study, i, None, Outcome::RetrieveFailed(e.to_string())))
+                .collect(),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        for r in results {
+            progress(&r);
+            report.add(r);
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn result_of(
+    study: &PlannedStudy,
+    i: &PlannedInstance,
+    got: Option<&RetrievedInstance>,
+    outcome: Outcome,
+) -> InstanceResult {
+    InstanceResult {
+        study_instance_uid: study.study_instance_uid.clone(),
+        sop_instance_uid: i.sop_instance_uid.clone(),
+        blake3: got.map(RetrievedInstance::blake3_hex).unwrap_or_default(),
+        bytes: got.map_or(0, |g| g.dataset_bytes),
+        outcome,
+    }
+}
+
+/// Retrieve, store and verify one study's missing instances.
+async fn failback_study(
+    study: &PlannedStudy,
+    settings: &FailbackSettings,
+    dir: &Path,
+    report: &mut FailbackReport,
+) -> Vec<InstanceResult> {
+    let uid = &study.study_instance_uid;
+    // 1. From the mirror.
+    let contexts = qr::storage_contexts_with(study.missing.iter().flat_map(|i| {
+        let tss: &[&str] = if qr::COMMON_UNCOMPRESSED_STORAGE.contains(&i.sop_class_uid.as_str()) {
+            qr::UNCOMPRESSED_TRANSFER_SYNTAXES
+        } else {
+            qr::IMAGE_TRANSFER_SYNTAXES
+        };
+        tss.iter().map(|ts| StorageContext {
+            sop_class_uid: i.sop_class_uid.clone(),
+            transfer_syntax_uid: ts.to_string(),
+        })
+    }));
+    let wanted: Vec<&PlannedInstance> = study.missing.iter().collect();
+    let (got, why_not) = get_instances(
+        &settings.mirror,
+        contexts,
+        uid,
+        &wanted,
+        &dir.join("mirror"),
+    )
+    .await;
+    let mut results = Vec::new();
+    let mut to_send: Vec<(&PlannedInstance, RetrievedInstance)> = Vec::new();
+    for i in &study.missing {
+        match got.get(&i.sop_instance_uid) {
+            Some(g) => to_send.push((i, g.clone())),
+            None => results.push(result_of(
+                study,
+                i,
+                None,
+                Outcome::RetrieveFailed(why_not(&i.sop_instance_uid)),
+            )),
+        }
+    }
+    report.retrieved += to_send.len();
+    // 2. To the primary.
+    let stored = store_all(&settings.primary, &to_send).await;
+    let mut sent: Vec<(&PlannedInstance, &RetrievedInstance)> = Vec::new();
+    for ((i, g), outcome) in to_send.iter().zip(stored) {
+        match outcome {
+            Ok(()) => {
+                report.stored += 1;
+                report.bytes += g.dataset_bytes;
+                sent.push((i, g));
+            }
+            Err(e) => results.push(result_of(study, i, Some(g), Outcome::StoreFailed(e))),
+        }
+        let _ = std::fs::remove_file(&g.path);
+    }
+    if sent.is_empty() {
+        return results;
+    }
+    // 3. Listed by the primary, then read back and compared.
+    let listed = match Session::open(&settings.primary).await {
+        Ok(mut s) => {
+            let r = s.instances(uid).await;
+            s.close().await;
+            r.map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let listed = match listed {
+        Ok(l) => l,
+        Err(e) => {
+            for (i, g) in sent {
+                let why = format!("stored, but the primary could not be asked: {e}");
+                results.push(result_of(study, i, Some(g), Outcome::VerifyFailed(why)));
+            }
+            return results;
+        }
+    };
+    let (present, absent): (Vec<_>, Vec<_>) = sent
+        .into_iter()
+        .partition(|(i, _)| listed.contains_key(&i.sop_instance_uid));
+    for (i, g) in absent {
+        let why = "stored (the primary answered Success) but the primary does not list it".into();
+        results.push(result_of(study, i, Some(g), Outcome::Missing(why)));
+    }
+    let contexts = qr::storage_contexts_with(present.iter().map(|(_, g)| StorageContext {
+        sop_class_uid: g.sop_class_uid.clone(),
+        transfer_syntax_uid: g.transfer_syntax_uid.clone(),
+    }));
+    let wanted: Vec<&PlannedInstance> = present.iter().map(|(i, _)| *i).collect();
+    let (back, why_not) = get_instances(
+        &settings.primary,
+        contexts,
+        uid,
+        &wanted,
+        &dir.join("primary"),
+    )
+    .await;
+    for (i, g) in present {
+        let outcome = match back.get(&i.sop_instance_uid) {
+            Some(b) if b.blake3 == g.blake3 => Outcome::Verified,
+            Some(b) => Outcome::Changed(b.blake3_hex()),
+            None => Outcome::VerifyFailed(format!(
+                "listed by the primary, not read back: {}",
+                why_not(&i.sop_instance_uid)
+            )),
+        };
+        results.push(result_of(study, i, Some(g), outcome));
+    }
+    results
+}
+
+/// C-GET these instances of `study` from `peer` into `dir` (per series, by
+/// SOP Instance UID, on one association). Returns what arrived, by SOP
+/// Instance UID, and why a given one did not.
+async fn get_instances(
+    peer: &Peer,
+    contexts: Vec<StorageContext>,
+    study: &str,
+    wanted: &[&PlannedInstance],
+    dir: &Path,
+) -> (
+    HashMap<String, RetrievedInstance>,
+    impl Fn(&str) -> String + use<>,
+) {
+    let mut got: HashMap<String, RetrievedInstance> = HashMap::new();
+    let mut why: HashMap<String, String> = HashMap::new();
+    let mut general: Option<String> = None;
+    let mut by_series: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for i in wanted {
+        if i.series_instance_uid.is_empty() {
+            why.insert(
+                i.sop_instance_uid.clone(),
+                "the peer did not give its Series Instance UID".into(),
+            );
+        } else {
+            by_series
+                .entry(i.series_instance_uid.as_str())
+                .or_default()
+                .push(i.sop_instance_uid.clone());
+        }
+    }
+    // The copies are hashed as they arrive and removed after use: no fsync.
+    let options = QrOptions {
+        fsync: false,
+        ..QrOptions::default()
+    };
+    if !by_series.is_empty() {
+        match QrAssociation::connect(peer, &[Service::Get(contexts)]).await {
+            Err(e) => general = Some(format!("C-GET association: {e}")),
+            Ok(mut a) => {
+                'series: for (series, sops) in &by_series {
+                    for batch in sops.chunks(GET_BATCH) {
+                        let target = RetrieveTarget::Instances {
+                            study_instance_uid: study.to_string(),
+                            series_instance_uid: series.to_string(),
+                            sop_instance_uids: batch.to_vec(),
+                        };
+                        match a.get(&target, dir, &options).await {
+                            Ok(outcome) => note_get(outcome, batch, &mut got, &mut why),
+                            Err(e) => {
+                                general = Some(format!("C-GET: {e}"));
+                                break 'series;
+                            }
+                        }
+                    }
+                }
+                a.release().await;
+            }
+        }
+    }
+    let explain = move |sop: &str| {
+        why.get(sop)
+            .cloned()
+            .or_else(|| general.clone())
+            .unwrap_or_else(|| "not sent by the peer".into())
+    };
+    (got, explain)
+}
+
+fn note_get(
+    outcome: GetOutcome,
+    batch: &[String],
+    got: &mut HashMap<String, RetrievedInstance>,
+    why: &mut HashMap<String, String>,
+) {
+    for r in &outcome.refused {
+        why.insert(
+            r.sop_instance_uid.clone(),
+            format!("refused by us: {}", r.reason),
+        );
+    }
+    for f in &outcome.failed_sop_instance_uids {
+        why.entry(f.clone())
+            .or_insert_with(|| format!("the peer's sub-operation failed ({})", outcome.status));
+    }
+    let status = format!(
+        "not sent by the peer (C-GET answered {}{})",
+        outcome.status,
+        outcome
+            .error_comment
+            .as_deref()
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default()
+    );
+    for sop in batch {
+        why.entry(sop.clone()).or_insert_with(|| status.clone());
+    }
+    for i in outcome.instances {
+        if batch.contains(&i.sop_instance_uid) {
+            why.remove(&i.sop_instance_uid);
+            got.insert(i.sop_instance_uid.clone(), i);
+        } else {
+            // Not asked for: not ours to send.
+            let _ = std::fs::remove_file(&i.path);
+        }
+    }
+}
+
+/// C-STORE each object, in chunks of [`STORE_CHUNK`] per association; an
+/// association that breaks is opened again for what is left (up to
+/// [`STORE_ATTEMPTS`]). One result per object, in order.
+async fn store_all(
+    peer: &Peer,
+    objects: &[(&PlannedInstance, RetrievedInstance)],
+) -> Vec<Result<(), String>> {
+    let mut out = Vec::with_capacity(objects.len());
+    for chunk in objects.chunks(STORE_CHUNK) {
+        let outgoing: Vec<Outgoing> = chunk
+            .iter()
+            .map(|(_, g)| Outgoing {
+                path: g.path.clone(),
+                sop_class_uid: g.sop_class_uid.clone(),
+                sop_instance_uid: g.sop_instance_uid.clone(),
+                transfer_syntax_uid: g.transfer_syntax_uid.clone(),
+            })
+            .collect();
+        let mut results: Vec<Option<Result<(), String>>> = vec![None; outgoing.len()];
+        let mut attempt = 0;
+        while results.iter().any(Option::is_none) {
+            attempt += 1;
+            let left: Vec<usize> = (0..outgoing.len())
+                .filter(|k| results[*k].is_none())
+                .collect();
+            let objects: Vec<Outgoing> = left.iter().map(|k| outgoing[*k].clone()).collect();
+            let mut scu = match Scu::connect(peer, &scu::contexts_for(&objects)).await {
+                Ok(s) => s,
+                Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    continue;
+                }
+                Err(e) => {
+                    for k in left {
+                        results[k] = Some(Err(e.to_string()));
+                    }
+                    break;
+                }
+            };
+            let mut broken = false;
+            for k in left {
+                match scu.store(&outgoing[k]).await {
+                    Ok(st) if st.is_stored() => results[k] = Some(Ok(())),
+                    Ok(st) => results[k] = Some(Err(format!("the primary answered {st}"))),
+                    Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
+                        broken = true;
+                        break;
+                    }
+                    Err(e) => results[k] = Some(Err(e.to_string())),
+                }
+            }
+            if broken {
+                scu.abort().await;
+            } else {
+                scu.release().await;
+            }
+        }
+        out.extend(
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err("not sent".into()))),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(outcome: Outcome) -> InstanceResult {
+        InstanceResult {
+            study_instance_uid: "1.2".into(),
+            sop_instance_uid: "1.2.3".into(),
+            blake3: String::new(),
+            bytes: 0,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn only_verified_instances_make_a_complete_report() {
+        let plan = Plan {
+            studies: vec![PlannedStudy {
+                study_instance_uid: "1.2".into(),
+                patient_id: String::new(),
+                patient_name: String::new(),
+                study_date: String::new(),
+                on_mirror: 2,
+                on_primary: Some(0),
+                missing: vec![
+                    planned(&InstanceMatch {
+                        sop_instance_uid: "1.2.3".into(),
+                        ..InstanceMatch::default()
+                    }),
+                    planned(&InstanceMatch {
+                        sop_instance_uid: "1.2.4".into(),
+                        ..InstanceMatch::default()
+                    }),
+                ],
+            }],
+            ..Plan::default()
+        };
+        let mut r = FailbackReport::of_plan(&plan);
+        assert_eq!((r.studies, r.instances), (1, 2));
+        r.add(result(Outcome::Verified));
+        assert!(!r.complete());
+        let mut changed = r.clone();
+        changed.add(result(Outcome::Changed("ab".into())));
+        assert!(!changed.complete());
+        assert_eq!((changed.changed, changed.not_verified.len()), (1, 1));
+        r.add(result(Outcome::Verified));
+        assert!(r.complete());
+        assert!(
+            FailbackReport::of_plan(&Plan::default()).complete(),
+            "nothing to do"
+        );
+    }
+
+    #[test]
+    fn get_outcomes_say_why_an_instance_did_not_come() {
+        let outcome = GetOutcome {
+            status: crate::dimse::Status::Warning(0xB000),
+            sub_operations: Default::default(),
+            instances: Vec::new(),
+            refused: vec![qr::RefusedSubOperation {
+                sop_instance_uid: "1.1".into(),
+                sop_class_uid: "1.2".into(),
+                status: crate::dimse::Status::from_code(0xA900),
+                reason: "no context".into(),
+            }],
+            failed_sop_instance_uids: vec!["1.2".into()],
+            error_comment: None,
+            cancelled: false,
+            elapsed: Duration::ZERO,
+        };
+        let (mut got, mut why) = (HashMap::new(), HashMap::new());
+        let batch = ["1.1".to_string(), "1.2".to_string(), "1.3".to_string()];
+        note_get(outcome, &batch, &mut got, &mut why);
+        assert!(got.is_empty());
+        assert!(why["1.1"].contains("no context"), "{why:?}");
+        assert!(why["1.2"].contains("sub-operation failed"), "{why:?}");
+        assert!(why["1.3"].contains("not sent by the peer"), "{why:?}");
+    }
+}
