@@ -3,14 +3,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pacs_mirror_agent::alert::Alerter;
+use pacs_mirror_agent::scp::inbox::DrillInbox;
 use pacs_mirror_agent::{app, index::Index, spool::Spool};
 use pacs_mirror_config::Config;
 use pacs_mirror_verifier::drill::{self, DrillReport};
-use pacs_mirror_verifier::service::{alert_on, alerter, drill_target, settings_for};
+use pacs_mirror_verifier::service::{alert_on, alerter, drill_target, settings_for, uses_c_move};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Arguments of `drill`.
 #[derive(clap::Args, Debug)]
@@ -74,11 +78,17 @@ pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode>
         .tempdir()
         .context("creating a scratch directory")?;
     let alerts = alerter(config);
+    // A C-MOVE drill: serve the drill receiver AE for the drill's duration
+    // (the agent, stopped, is not there to), with the agent's own listener
+    // code and no ingest path: nothing received can reach the spool.
+    let receiver = DrillReceiver::start_if_needed(config, &targets).await?;
     let mut all_ok = true;
     let mut reports = Vec::new();
     for name in targets {
         let settings = settings_for(config, &name, &args.studies);
-        let target = drill_target(config, &name, settings.timeout).map_err(anyhow::Error::msg)?;
+        let inbox = receiver.as_ref().map(|r| &r.inbox);
+        let target =
+            drill_target(config, &name, settings.timeout, inbox).map_err(anyhow::Error::msg)?;
         let report = drill::run_drill(&index, &spool, &target, &settings, scratch.path()).await?;
         alert_on(&alerts, &report);
         all_ok &= report.ok;
@@ -86,6 +96,9 @@ pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode>
             print_report(&report);
         }
         reports.push(report);
+    }
+    if let Some(r) = receiver {
+        r.stop().await;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -97,6 +110,49 @@ pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The drill receiver AEs, served by this process during its drills.
+struct DrillReceiver {
+    inbox: Arc<DrillInbox>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl DrillReceiver {
+    /// Bind the drill receivers' listeners if a drill of `targets` is a
+    /// C-MOVE.
+    async fn start_if_needed(
+        config: &Config,
+        targets: &[String],
+    ) -> anyhow::Result<Option<DrillReceiver>> {
+        if !targets.iter().any(|t| uses_c_move(config, t)) {
+            return Ok(None);
+        }
+        let inbox = DrillInbox::new();
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let bound = app::serve_drill_receivers(config, inbox.clone(), shutdown.clone(), &tracker)
+            .await
+            .context("serving the drill receiver AE for a C-MOVE drill (is the agent running without an [admin] endpoint?)")?;
+        if bound.is_empty() {
+            bail!(
+                "a C-MOVE drill needs a drill receiver AE (drill_receiver = true) with an installed network connection"
+            );
+        }
+        Ok(Some(DrillReceiver {
+            inbox,
+            shutdown,
+            tracker,
+        }))
+    }
+
+    /// Close the listeners; associations still open are aborted.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
+    }
 }
 
 /// The admin URL of a running agent, if one answers.
@@ -166,6 +222,9 @@ async fn wait_alerts(alerts: &Alerter) {
 
 fn print_report(r: &DrillReport) {
     println!("{}", r.summary());
+    if !r.retrieve.is_empty() {
+        println!("  retrieved by {}", r.retrieve);
+    }
     for s in &r.studies {
         println!(
             "  study {} ({}): {}/{} retrieved, first instance {}, whole study {:.2} s, {:.1} MB{}{}",

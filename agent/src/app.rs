@@ -20,8 +20,9 @@ use crate::index::{Index, IndexError};
 use crate::recovery::{self, RecoveryError, RecoveryReport};
 use crate::replicate::{Destination, TargetSpec};
 use crate::scp::access::AePolicy;
+use crate::scp::inbox::DrillInbox;
 use crate::scp::store::{Ingest, IngestCounters};
-use crate::scp::{AeSettings, ListenerSettings, Scp, ScpError};
+use crate::scp::{AeSettings, ListenerSettings, Scp, ScpError, Services};
 use crate::scu::Peer;
 use crate::spool::{Spool, SpoolError, SpoolLimits};
 
@@ -166,13 +167,14 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
 }
 
 /// Our calling AE toward peers when a target names none: the first local
-/// initiator AE, else the first acceptor.
+/// initiator AE, else the first acceptor that is not a drill receiver.
 pub fn default_calling_ae(config: &Config) -> String {
     config
         .device
         .network_aes
         .iter()
         .find(|ae| ae.association_initiator)
+        .or_else(|| config.acceptor_aes().find(|ae| !ae.drill_receiver))
         .or_else(|| config.acceptor_aes().next())
         .map(|ae| ae.ae_title.trim().to_string())
         .unwrap_or_else(|| "PACS_MIRROR".into())
@@ -241,6 +243,7 @@ pub async fn listener_settings(config: &Config) -> Result<Vec<ListenerSettings>,
             policy,
             sop_classes,
             transfer_syntaxes,
+            drill_receiver: ae.drill_receiver,
         };
         for conn_name in &ae.network_connections {
             let Some(conn) = config.connection(conn_name).filter(|c| c.installed) else {
@@ -297,12 +300,56 @@ pub struct Extension {
     pub metrics: Option<crate::admin::MetricsFn>,
 }
 
+/// The listeners of the drill receiver AEs alone (`drill_receiver = true`),
+/// bound and served until `shutdown`, their C-STOREs going to `inbox`: what
+/// `pacs-mirror drill` runs for a C-MOVE drill while the agent is stopped
+/// (the agent serves them on its own listeners). No ingest path: nothing
+/// they receive can reach the spool. Returns each bound address with its
+/// AE titles.
+pub async fn serve_drill_receivers(
+    config: &Config,
+    inbox: Arc<DrillInbox>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Vec<(SocketAddr, Vec<String>)>, AppError> {
+    let mut out = Vec::new();
+    for mut settings in listener_settings(config).await? {
+        settings.aes.retain(|a| a.drill_receiver);
+        if settings.aes.is_empty() {
+            continue;
+        }
+        let titles: Vec<String> = settings
+            .aes
+            .iter()
+            .map(|a| a.policy.ae_title.clone())
+            .collect();
+        let scp = Scp::bind(
+            settings,
+            Services {
+                ingest: None,
+                drill_inbox: Some(inbox.clone()),
+            },
+        )
+        .await?;
+        let addr = scp
+            .local_addr()
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        tracing::info!(%addr, ae_titles = ?titles, "drill receiver listening");
+        out.push((addr, titles));
+        tracker.spawn(scp.run(shutdown.clone(), tracker.clone()));
+    }
+    Ok(out)
+}
+
 /// What an extension gets: the open store, and the agent's lifetime.
 pub struct Running {
     /// The index.
     pub index: Index,
     /// The spool.
     pub spool: Arc<Spool>,
+    /// The inbox of the drill receiver AEs the agent serves (None: none is
+    /// configured).
+    pub drill_inbox: Option<Arc<DrillInbox>>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
     /// Tasks shutdown waits for.
@@ -350,13 +397,21 @@ pub async fn run_with(
     let started_at_ms = crate::unix_ms();
     let tracker = TaskTracker::new();
     let mut listening = Vec::new();
+    let drill_inbox = config
+        .acceptor_aes()
+        .any(|ae| ae.drill_receiver)
+        .then(DrillInbox::new);
     for settings in listener_settings(&config).await? {
         let titles: Vec<_> = settings
             .aes
             .iter()
             .map(|a| a.policy.ae_title.clone())
             .collect();
-        let scp = Scp::bind(settings, ingest.clone()).await?;
+        let services = Services {
+            ingest: Some(ingest.clone()),
+            drill_inbox: drill_inbox.clone(),
+        };
+        let scp = Scp::bind(settings, services).await?;
         let addr = scp
             .local_addr()
             .map_err(|e| AppError::Internal(e.to_string()))?;
@@ -440,6 +495,7 @@ pub async fn run_with(
             f(&Running {
                 index: index.clone(),
                 spool: ingest.spool.clone(),
+                drill_inbox: drill_inbox.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
             })

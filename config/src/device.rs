@@ -157,6 +157,17 @@ pub struct NetworkAe {
     /// 1 to 86400. Default: 300.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// This AE is the **drill receiver**: the Move Destination of C-MOVE
+    /// restore drills (a `[[drill]]` with `retrieve = "c-move"` names it in
+    /// `move_destination`). Its C-STOREs go to a scratch inbox of the
+    /// running drill, never to the spool, the index or the queues; one that
+    /// arrives while no drill is waiting for it is refused (status 0xA700,
+    /// "no restore drill is running…"). The mirror PACS must know this AE
+    /// (AE title, host, port) and be allowed to call it
+    /// (`allowed_calling_aes`). It cannot also receive objects to keep: use
+    /// another AE for that. Default: `false`.
+    #[serde(default)]
+    pub drill_receiver: bool,
 }
 
 /// One SOP class an AE supports, in one role, with its transfer syntaxes

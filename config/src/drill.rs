@@ -1,7 +1,10 @@
 //! Restore drills (`[[drill]]`).
 //!
 //! A drill of a DICOM target retrieves with C-GET (the objects come back on
-//! the drill's own association, never into the spool).
+//! the drill's own association) or, with `retrieve = "c-move"`, with C-MOVE
+//! to a local drill receiver AE (`drill_receiver = true`, named by
+//! `move_destination`), which the agent serves for the drill. Either way the
+//! objects go to a scratch directory, never into the spool.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,9 +38,44 @@ pub struct DrillConfig {
     /// Seed of the random choice (reproducible drills). Absent: the clock.
     #[serde(default)]
     pub seed: Option<u64>,
-    /// Seconds allowed for each request to the target. Default: 60.
+    /// Seconds allowed for each request to the target (and, for C-MOVE,
+    /// for the last instances to arrive after the final response).
+    /// Default: 60.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// How a DICOM target is retrieved: `"c-get"` (the default; the
+    /// objects come back on the drill's own association) or `"c-move"`
+    /// (the target sends them on associations of its own to
+    /// `move_destination`). Object-store targets ignore it.
+    #[serde(default)]
+    pub retrieve: Retrieve,
+    /// With `retrieve = "c-move"`: the Move Destination, the AE title of a
+    /// local `[[device.network_ae]]` with `drill_receiver = true` that the
+    /// mirror PACS knows (AE title, host, port) and may call.
+    #[serde(default)]
+    pub move_destination: Option<String>,
+}
+
+/// How a drill retrieves from a DICOM target (`[[drill]] retrieve`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Retrieve {
+    /// C-GET: storage sub-operations on the drill's own association.
+    #[default]
+    #[serde(rename = "c-get")]
+    CGet,
+    /// C-MOVE to the drill receiver AE named by `move_destination`.
+    #[serde(rename = "c-move")]
+    CMove,
+}
+
+impl Retrieve {
+    /// As written in the configuration and in drill reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retrieve::CGet => "c-get",
+            Retrieve::CMove => "c-move",
+        }
+    }
 }
 
 fn default_random_studies() -> u32 {

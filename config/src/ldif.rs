@@ -265,7 +265,12 @@ pub fn to_ldif(config: &Config, options: &LdifOptions) -> Result<LdifExport, Ldi
         for r in refs {
             e.attr("dicomNetworkConnectionReference", r);
         }
-        if ae.transfer_capabilities.is_empty() {
+        if ae.drill_receiver {
+            e.comment = Some(
+                "pacs-mirror drill receiver: the Move Destination of C-MOVE restore drills; what it receives goes to a scratch folder, never the spool"
+                    .into(),
+            );
+        } else if ae.transfer_capabilities.is_empty() {
             e.comment = Some(
                 "no transfer capabilities listed: pacs-mirror accepts every standard storage SOP class and Verification, in every transfer syntax"
                     .into(),

@@ -30,6 +30,7 @@
 //! | `….network_ae.network_connections` | `dicomNetworkConnectionReference` |
 //! | `….network_ae.accept_any_calling_ae`, `allowed_calling_aes` | — (pacs-mirror: calling AE allow-list) |
 //! | `….network_ae.max_associations`, `max_pdu_bytes`, `artim_timeout_secs`, `idle_timeout_secs` | — (pacs-mirror: association limits) |
+//! | `….network_ae.drill_receiver` | — (pacs-mirror: the Move Destination of C-MOVE restore drills) |
 //! | `[[device.network_ae.transfer_capability]]` | Transfer Capability (`dicomTransferCapability`) |
 //! | `….transfer_capability.name` | `cn` |
 //! | `….transfer_capability.sop_class` | `dicomSOPClass` |
@@ -83,7 +84,7 @@ pub use device::{
     NetworkConnection, Role, TransferCapability,
 };
 pub use dicom::{AE_TITLE_MAX_CHARS, UID_MAX_CHARS, validate_ae_title, validate_uid};
-pub use drill::DrillConfig;
+pub use drill::{DrillConfig, Retrieve};
 pub use error::{ConfigError, Finding, Severity};
 pub use host::{is_loopback_host, parse_source_address};
 pub use remote::{RemoteAe, RemoteDevice};
@@ -193,6 +194,7 @@ impl Config {
                     max_pdu_bytes: DEFAULT_MAX_PDU_BYTES,
                     artim_timeout_secs: DEFAULT_ARTIM_TIMEOUT_SECS,
                     idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+                    drill_receiver: false,
                 }],
             },
             spool: SpoolConfig::default(),

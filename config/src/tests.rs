@@ -77,6 +77,14 @@ fn example_is_clean() {
     assert!(mirror.association_acceptor);
     let (_, ct) = config.remote_ae("CT_SCANNER_1").expect("CT AE");
     assert_eq!(ct.source_addresses, ["198.51.100.21/32".parse().unwrap()]);
+    // A C-MOVE drill of the mirror to the drill receiver AE.
+    let drill_ae = &config.device.network_aes[1];
+    assert!(drill_ae.drill_receiver && !ae.drill_receiver);
+    assert_eq!(config.drills[0].retrieve, crate::Retrieve::CMove);
+    assert_eq!(
+        config.drills[0].move_destination.as_deref(),
+        Some(drill_ae.ae_title.as_str())
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::device::{
     NetworkAe, NetworkConnection,
 };
 use crate::dicom::{validate_ae_title, validate_uid};
+use crate::drill::{DrillConfig, Retrieve};
 use crate::error::Finding;
 use crate::host::{check_hostname, is_loopback_host, is_wildcard_host, listener_display};
 use crate::remote::RemoteAe;
@@ -84,7 +85,8 @@ impl Config {
         self.check_remote_devices(&mut r);
         check_unique_ae_titles(&index, &mut r);
         self.check_targets(&mut r, &index);
-        self.check_drills(&mut r);
+        self.check_drills(&mut r, &index);
+        self.check_drill_receivers(&mut r);
         self.check_alerts(&mut r, &index);
         r.findings
     }
@@ -417,9 +419,10 @@ impl Config {
         }
     }
 
-    fn check_drills(&self, r: &mut Report) {
+    fn check_drills(&self, r: &mut Report, index: &AeIndex<'_>) {
         for (i, d) in self.drills.iter().enumerate() {
             let p = format!("drill[{i}]");
+            self.check_drill_retrieve(&p, d, r, index);
             if !self.targets.iter().any(|t| t.name() == d.target) {
                 let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
                 r.error(
@@ -508,6 +511,180 @@ impl Config {
             if let Err(e) = rule.window() {
                 r.error(p, e);
             }
+        }
+    }
+
+    /// `retrieve` and `move_destination` of one `[[drill]]`.
+    fn check_drill_retrieve(&self, p: &str, d: &DrillConfig, r: &mut Report, index: &AeIndex<'_>) {
+        if d.retrieve == Retrieve::CGet {
+            if d.move_destination.is_some() {
+                r.error(
+                    format!("{p}.move_destination"),
+                    "move_destination is used only with retrieve = \"c-move\"; remove it, or write retrieve = \"c-move\"",
+                );
+            }
+            return;
+        }
+        let target = self.targets.iter().find(|t| t.name() == d.target);
+        let remote_ae = match target {
+            Some(Target::Dicom { remote_ae, .. }) => Some(remote_ae.as_str()),
+            Some(Target::ObjectStore { .. }) => {
+                r.error(
+                    format!("{p}.retrieve"),
+                    format!(
+                        "target {:?} is an object store; retrieve = \"c-move\" is for DICOM targets (remove it)",
+                        d.target
+                    ),
+                );
+                None
+            }
+            // The unknown target is reported on drill.target.
+            None => None,
+        };
+        let Some(dest) = d.move_destination.as_deref() else {
+            r.error(
+                format!("{p}.move_destination"),
+                "retrieve = \"c-move\" needs move_destination: the AE title of a local [[device.network_ae]] with drill_receiver = true, which the mirror PACS knows and may call",
+            );
+            return;
+        };
+        let path = format!("{p}.move_destination");
+        if let Err(e) = validate_ae_title(dest) {
+            r.error(path, e);
+            return;
+        }
+        let title = trim_ae(dest);
+        let k = match index.find(dest) {
+            Some(AeRef::Local(k)) => k,
+            Some(remote @ AeRef::Remote(..)) => {
+                r.error(
+                    path,
+                    format!(
+                        "{title:?} is a remote AE ({}); the move destination is a local network AE with drill_receiver = true, served by pacs-mirror during the drill",
+                        remote.path()
+                    ),
+                );
+                return;
+            }
+            None => {
+                r.error(
+                    path,
+                    format!(
+                        "{title:?} is not the AE title of any device.network_ae; add one with drill_receiver = true (the mirror PACS must know it: AE title, host, port)"
+                    ),
+                );
+                return;
+            }
+        };
+        let Some(ae) = self.device.network_aes.get(k) else {
+            return;
+        };
+        let ae_path = format!("device.network_ae[{k}]");
+        if !ae.drill_receiver {
+            r.error(
+                path.clone(),
+                format!(
+                    "local AE {title:?} ({ae_path}) is not a drill receiver: objects moved to it would be ingested into the spool; set drill_receiver = true there, or name another AE"
+                ),
+            );
+        }
+        // (association_acceptor = false is reported on the AE itself.)
+        if ae.association_acceptor && !self.acceptor_aes().any(|a| trim_ae(&a.ae_title) == title) {
+            r.error(
+                path.clone(),
+                format!(
+                    "local AE {title:?} ({ae_path}) does not accept associations: it needs association_acceptor = true and an installed network connection for the mirror to send to"
+                ),
+            );
+        }
+        // The mirror sends from its own AE titles: one of them must be allowed.
+        let Some((device, _)) = remote_ae.and_then(|t| self.remote_ae(t)) else {
+            return;
+        };
+        if ae.accept_any_calling_ae {
+            return;
+        }
+        let allowed = device.network_aes.iter().any(|m| {
+            ae.allowed_calling_aes
+                .iter()
+                .any(|a| trim_ae(a) == trim_ae(&m.ae_title))
+        });
+        if !allowed {
+            let titles: Vec<&str> = device
+                .network_aes
+                .iter()
+                .map(|m| trim_ae(&m.ae_title))
+                .collect();
+            r.error(
+                path,
+                format!(
+                    "the mirror (remote device {:?}, AE titles {titles:?}) may not call {title:?}: add the AE title it calls from to {ae_path}.allowed_calling_aes (with association_initiator = true and its source_addresses on that remote AE)",
+                    device.name
+                ),
+            );
+        }
+    }
+
+    /// Local AEs with `drill_receiver = true`.
+    fn check_drill_receivers(&self, r: &mut Report) {
+        let receivers: Vec<(usize, &NetworkAe)> = self
+            .device
+            .network_aes
+            .iter()
+            .enumerate()
+            .filter(|(_, ae)| ae.drill_receiver)
+            .collect();
+        if receivers.is_empty() {
+            return;
+        }
+        // AE titles of the remote devices that are DICOM targets (mirrors).
+        let mirror_titles: BTreeSet<&str> = self
+            .targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Dicom { remote_ae, .. } => self.remote_ae(remote_ae),
+                Target::ObjectStore { .. } => None,
+            })
+            .flat_map(|(device, _)| device.network_aes.iter().map(|a| trim_ae(&a.ae_title)))
+            .collect();
+        for (i, ae) in receivers {
+            let p = format!("device.network_ae[{i}]");
+            let title = trim_ae(&ae.ae_title);
+            if !ae.association_acceptor {
+                r.error(
+                    format!("{p}.drill_receiver"),
+                    "a drill receiver accepts the mirror's associations: it needs association_acceptor = true",
+                );
+            }
+            let used = self.drills.iter().any(|d| {
+                d.retrieve == Retrieve::CMove
+                    && d.move_destination.as_deref().map(trim_ae) == Some(title)
+            });
+            if !used {
+                r.warning(
+                    format!("{p}.drill_receiver"),
+                    format!(
+                        "no [[drill]] with retrieve = \"c-move\" names {title:?} in move_destination: it refuses every C-STORE"
+                    ),
+                );
+            }
+            for (k, caller) in ae.allowed_calling_aes.iter().enumerate() {
+                if !mirror_titles.contains(trim_ae(caller)) {
+                    r.warning(
+                        format!("{p}.allowed_calling_aes[{k}]"),
+                        format!(
+                            "{:?} is not an AE of a DICOM target's remote device: {title:?} is a drill receiver, which keeps nothing it receives; senders must call an AE without drill_receiver",
+                            trim_ae(caller)
+                        ),
+                    );
+                }
+            }
+        }
+        if self.acceptor_aes().next().is_some() && self.acceptor_aes().all(|a| a.drill_receiver) {
+            r.error(
+                "device.network_ae",
+                "every network AE that accepts associations is a drill receiver, so nothing can be stored here: add an acceptor AE without drill_receiver for the senders",
+            );
         }
     }
 

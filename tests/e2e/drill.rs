@@ -361,3 +361,248 @@ fn scheduled_drills_report_and_metrics_in_the_running_agent() {
     assert!(count(&r, "MATCH") >= 3, "{r}");
     agent.stop();
 }
+
+/// The drill receiver AE of the C-MOVE drill test.
+const DRILL_AE: &str = "PM_DRILL";
+
+/// Issue 5, C-MOVE: an agent with an ingest AE and a drill receiver AE on
+/// the same port; an Orthanc mirror that knows the agent's calling AE (to
+/// accept its C-MOVE) and the drill receiver (as the move destination).
+/// Delegated to the running agent: every instance MATCH by C-MOVE, times
+/// measured; a stray C-STORE to the drill receiver is refused and changes
+/// nothing in the spool or the index; one instance deleted from the mirror
+/// is exactly MISSING; with the agent stopped, `pacs-mirror drill` serves
+/// the drill receiver itself and everything MATCHes again.
+#[test]
+fn c_move_drills_match_refuse_strays_and_run_without_the_agent() {
+    let dir = tempdir();
+    let agent_port = free_port();
+    let orthanc = Orthanc::start_with(
+        &dir.path().join("orthanc"),
+        "MIRROR",
+        free_port(),
+        free_port(),
+        &OrthancOptions {
+            modalities: vec![
+                OrthancModality {
+                    name: "agent".into(),
+                    ae_title: AGENT_AE.into(),
+                    host: "127.0.0.1".into(),
+                    port: agent_port,
+                },
+                OrthancModality {
+                    name: "drill".into(),
+                    ae_title: DRILL_AE.into(),
+                    host: "127.0.0.1".into(),
+                    port: agent_port,
+                },
+            ],
+            ..OrthancOptions::default()
+        },
+    );
+    let admin = free_port();
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.port = agent_port;
+    cfg.ae_extra = "association_initiator = true\n".into();
+    cfg.extra_toml = format!(
+        "\n[[device.network_ae]]\nae_title = \"{DRILL_AE}\"\nnetwork_connections = [\"dicom\"]\n\
+         drill_receiver = true\nallowed_calling_aes = [\"MIRROR\"]\n\
+         \n[[remote_device]]\nname = \"mirror\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {}\n\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\n\
+         association_initiator = true\nsource_addresses = [\"127.0.0.1\"]\nnetwork_connections = [\"dicom\"]\n\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n\
+         \n[[drill]]\ntarget = \"mirror\"\nrandom_studies = 4\nnewest_study = false\ntimeout_secs = 10\n\
+         retrieve = \"c-move\"\nmove_destination = \"{DRILL_AE}\"\n\
+         \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        orthanc.dicom_port,
+    );
+    let files = synth(
+        &dir.path().join("in"),
+        &[
+            "--studies",
+            "4",
+            "--instances-per-series",
+            "6",
+            "--rows",
+            "128",
+            "--columns",
+            "128",
+        ],
+    );
+    assert_eq!(files.len(), 24);
+    let agent = Agent::start(&cfg);
+    // The configuration is valid, with no finding about the drill (the
+    // harness's min_free_bytes = 0 is warned about).
+    let check = run(
+        Command::new(bin())
+            .args(["config", "check"])
+            .arg(&agent.config_path),
+        Duration::from_secs(30),
+    );
+    assert!(
+        check.status.success() && !check.all().contains("drill"),
+        "{}",
+        check.all()
+    );
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    wait_target(
+        &agent.config_path,
+        "mirror",
+        "delivered",
+        Duration::from_secs(120),
+        |s| s["pending"] == 0 && s["delivered"] == 24,
+    );
+    orthanc.wait_for_instances(24, Duration::from_secs(30));
+    let config = agent.config_path.clone();
+    let spool_before = spool_object_files(&cfg);
+    assert_eq!(spool_before.len(), 24);
+    let scratch = cfg.data_dir.join("drill-scratch");
+
+    // 1. Delegated to the running agent: every instance MATCH, by C-MOVE.
+    let (ok, r) = drill(&config, "mirror");
+    assert!(ok, "{r}\n{}", agent.log_tail());
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["retrieve"], "c-move", "{r}");
+    assert_eq!(r["kind"], "dicom", "{r}");
+    assert_eq!(count(&r, "MATCH"), 24, "{r}");
+    assert_eq!(r["studies"].as_array().map(Vec::len), Some(4));
+    assert!(r["mb_per_s"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    for s in r["studies"].as_array().expect("studies") {
+        assert_eq!(s["expected"], 6, "{s}");
+        assert_eq!(s["retrieved"], 6, "{s}");
+        let first = s["first_instance_secs"].as_f64().expect("first instance");
+        let whole = s["study_secs"].as_f64().expect("whole study");
+        assert!(first > 0.0 && first <= whole, "{s}");
+        assert!(
+            s["bytes"].as_u64().is_some_and(|b| b > 6 * 128 * 128 * 2),
+            "{s}"
+        );
+    }
+    assert!(
+        files_under(&scratch).is_empty(),
+        "scratch copies left: {:?}",
+        files_under(&scratch)
+    );
+    assert_eq!(
+        spool_object_files(&cfg),
+        spool_before,
+        "the drill touched the spool"
+    );
+
+    // 2. A C-STORE straight to the drill receiver while no drill runs is
+    //    refused, and nothing of it is kept.
+    let strays = synth(
+        &dir.path().join("stray"),
+        &[
+            "--seed",
+            "77",
+            "--studies",
+            "1",
+            "--instances-per-series",
+            "2",
+            "--rows",
+            "32",
+            "--columns",
+            "32",
+        ],
+    );
+    let stray_uids: Vec<String> = strays
+        .iter()
+        .map(|f| raw_info(f).0.sop_instance_uid)
+        .collect();
+    let sent: Vec<String> = files
+        .iter()
+        .map(|f| raw_info(f).0.sop_instance_uid)
+        .collect();
+    assert!(stray_uids.iter().all(|u| !sent.contains(u)), "other UIDs");
+    let refused = StoreRun::parse(run(
+        &mut storescu_cmd(cfg.port, "MIRROR", DRILL_AE, &["-nh"], &strays),
+        Duration::from_secs(60),
+    ));
+    assert_eq!(refused.responses.len(), 2, "{}", refused.log());
+    assert_eq!(refused.successes().len(), 0, "{}", refused.log());
+    assert_eq!(refused.count(A700), 2, "{}", refused.log());
+    assert!(
+        agent.log().contains("no restore drill is running"),
+        "{}",
+        agent.log_tail()
+    );
+    assert_eq!(
+        spool_object_files(&cfg),
+        spool_before,
+        "a stray reached the spool"
+    );
+    assert!(
+        files_under(&scratch).is_empty(),
+        "{:?}",
+        files_under(&scratch)
+    );
+    let status: Value = serde_json::from_str(
+        &run_ok(
+            Command::new(bin())
+                .args(["status", "--json", "--config"])
+                .arg(&config),
+            Duration::from_secs(30),
+        )
+        .stdout,
+    )
+    .expect("status JSON");
+    let ingest = &status["ingest"];
+    assert_eq!(ingest["stored"], 24, "{status}");
+    assert_eq!(ingest["failed"], 0, "{status}");
+
+    // 3. One instance deleted from the mirror: exactly it is MISSING.
+    let gone = raw_info(&files[7]).0.sop_instance_uid;
+    orthanc.delete_uid(&gone);
+    let (ok, r) = drill(&config, "mirror");
+    assert!(!ok, "{r}");
+    assert_eq!(r["retrieve"], "c-move", "{r}");
+    assert_eq!(count(&r, "MISSING"), 1, "{r}");
+    assert_eq!(count(&r, "MATCH"), 23, "{r}");
+    let findings: Vec<Value> = r["studies"]
+        .as_array()
+        .expect("studies")
+        .iter()
+        .flat_map(|s| s["findings"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(findings.len(), 1, "{r}");
+    assert_eq!(findings[0]["sop_instance_uid"], gone);
+    assert_eq!(findings[0]["verdict"], "MISSING");
+    agent.stop();
+
+    // The index holds the 24 instances and none of the strays.
+    let rows = index_dump(&config);
+    assert_eq!(rows.len(), 24);
+    assert!(
+        rows.iter()
+            .all(|row| !stray_uids.contains(&row.sop_instance_uid)),
+        "a stray was indexed"
+    );
+    assert_eq!(spool_object_files(&cfg), spool_before);
+
+    // 4. The agent stopped: `drill` serves the drill receiver itself. The
+    //    deleted instance uploaded again, everything MATCHes.
+    orthanc.upload(&files[7]);
+    let (ok, r) = drill(&config, "mirror");
+    assert!(ok, "{r}");
+    assert_eq!(r["retrieve"], "c-move", "{r}");
+    assert_eq!(count(&r, "MATCH"), 24, "{r}");
+    for s in r["studies"].as_array().expect("studies") {
+        assert!(s["first_instance_secs"].as_f64().is_some(), "{s}");
+    }
+    assert_eq!(spool_object_files(&cfg), spool_before);
+    assert_eq!(index_dump(&config).len(), 24);
+    // The history has the three C-MOVE drills.
+    let out = run_ok(
+        Command::new(bin())
+            .args(["drills", "--json", "--config"])
+            .arg(&config),
+        Duration::from_secs(30),
+    );
+    let h: Value = serde_json::from_str(&out.stdout).expect("history JSON");
+    let h = h.as_array().expect("list");
+    assert_eq!(h.len(), 3);
+    assert!(h.iter().all(|d| d["retrieve"] == "c-move"), "{h:?}");
+}

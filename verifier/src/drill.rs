@@ -7,8 +7,13 @@
 //!    whose UID hash is n mod `rotation`: over `rotation` consecutive drills
 //!    every study is drilled at least once), and the newest study.
 //! 2. For each study, retrieves it from the target into a scratch directory
-//!    (never the spool): a DICOM target by C-GET of the whole study; an
-//!    object store by GET of the study manifest and then every blob.
+//!    (never the spool): a DICOM target by C-GET of the whole study, or by
+//!    C-MOVE of the whole study to the local drill receiver AE (the
+//!    `[[drill]] retrieve` setting; the objects arrive on the mirror's own
+//!    associations, through the agent's drill inbox,
+//!    [`pacs_mirror_agent::scp::inbox`]); an object store by GET of the study
+//!    manifest and then every blob. Only the retrieval differs: the
+//!    comparison and the timing below are the same for every method.
 //! 3. Compares each retrieved instance with what the index says the target
 //!    was given (objects delivered to it; objects still queued are counted,
 //!    not judged):
@@ -33,7 +38,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use pacs_mirror_agent::bucket::Bucket;
 use pacs_mirror_agent::index::{Hash, Index, IndexError, InstanceRecord, hash_hex, parse_hash};
-use pacs_mirror_agent::qr::{self, QrOptions, RetrieveTarget, StorageContext};
+use pacs_mirror_agent::qr::{
+    self, QrAssociation, QrOptions, RetrieveTarget, Service, StorageContext,
+};
+use pacs_mirror_agent::scp::inbox::{DrillInbox, Expectation};
 use pacs_mirror_agent::scu::Peer;
 use pacs_mirror_agent::spool::Spool;
 use rand::{Rng, SeedableRng};
@@ -65,8 +73,37 @@ pub enum DrillError {
 pub enum DrillTarget {
     /// A DICOM peer, retrieved with C-GET.
     Dicom(Peer),
+    /// A DICOM peer, retrieved with C-MOVE to a local drill receiver.
+    DicomMove(MoveTarget),
     /// An object store.
     Bucket(Arc<Bucket>),
+}
+
+/// A C-MOVE drill's peer and destination.
+#[derive(Clone)]
+pub struct MoveTarget {
+    /// The mirror (our calling AE is the Move Originator).
+    pub peer: Peer,
+    /// The Move Destination: a local AE with `drill_receiver = true`.
+    pub destination: String,
+    /// The AE titles the mirror calls the destination from (its remote
+    /// device's AEs); empty: any the receiver allows.
+    pub callers: Vec<String>,
+    /// The inbox the destination's C-STOREs go to (the agent's, or the one
+    /// the `drill` command serves).
+    pub inbox: Arc<DrillInbox>,
+}
+
+impl DrillTarget {
+    /// How it is retrieved, as shown in reports: `c-get`, `c-move` or
+    /// `object-store`.
+    pub fn retrieve(&self) -> &'static str {
+        match self {
+            DrillTarget::Dicom(_) => "c-get",
+            DrillTarget::DicomMove(_) => "c-move",
+            DrillTarget::Bucket(_) => "object-store",
+        }
+    }
 }
 
 /// What to drill.
@@ -155,6 +192,10 @@ pub struct DrillReport {
     pub target: String,
     /// "dicom" or "object_store".
     pub kind: String,
+    /// How it was retrieved: "c-get", "c-move" or "object-store" (empty in
+    /// reports of versions that only had C-GET).
+    #[serde(default)]
+    pub retrieve: String,
     /// Drill number of this target (for the rotation).
     pub number: u64,
     /// Start (Unix ms).
@@ -184,8 +225,13 @@ impl DrillReport {
     pub fn summary(&self) -> String {
         let c = |v| self.counts.get(&v).copied().unwrap_or(0);
         let verdict = if self.ok { "passed" } else { "FAILED" };
+        let how = if self.retrieve.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.retrieve)
+        };
         let mut s = format!(
-            "drill #{} of {} {verdict}: {} study(ies), {} MATCH, {} COERCED, {} MISMATCH, {} MISSING, {} EXTRA; recovery {:.1} s",
+            "drill #{} of {}{how} {verdict}: {} study(ies), {} MATCH, {} COERCED, {} MISMATCH, {} MISSING, {} EXTRA; recovery {:.1} s",
             self.number,
             self.target,
             self.studies.len(),
@@ -309,9 +355,10 @@ pub async fn run_drill(
     let mut report = DrillReport {
         target: settings.target.clone(),
         kind: match target {
-            DrillTarget::Dicom(_) => "dicom".into(),
+            DrillTarget::Dicom(_) | DrillTarget::DicomMove(_) => "dicom".into(),
             DrillTarget::Bucket(_) => "object_store".into(),
         },
+        retrieve: target.retrieve().into(),
         number,
         started_at_ms,
         rto_secs: settings.rto_secs,
@@ -397,6 +444,7 @@ async fn drill_study(
     let start = Instant::now();
     let retrieved = match target {
         DrillTarget::Dicom(peer) => retrieve_dicom(peer, study, &expected, settings, dir).await,
+        DrillTarget::DicomMove(m) => retrieve_move(m, study, settings, dir).await,
         DrillTarget::Bucket(bucket) => retrieve_bucket(bucket, study, dir).await,
     };
     result.study_secs = start.elapsed().as_secs_f64();
@@ -620,6 +668,101 @@ async fn retrieve_dicom(
             path: i.path,
             bytes: i.dataset_bytes,
             done_after: i.last_byte_after,
+        })
+        .collect())
+}
+
+/// C-MOVE the study to the drill receiver, then collect what the inbox
+/// hands over: until the final C-MOVE response has come AND as many objects
+/// as it counts completed (and warning) sub-operations have arrived — the
+/// mirror's C-STORE associations may end just before or just after its final
+/// response — or the drill's timeout has passed since the final response.
+async fn retrieve_move(
+    m: &MoveTarget,
+    study: &str,
+    settings: &DrillSettings,
+    dir: &Path,
+) -> Result<Vec<Retrieved>, String> {
+    let mut peer = m.peer.clone();
+    peer.timeout = settings.timeout;
+    // Registered before the request: the first C-STORE may come at once.
+    let mut expecting = m.inbox.expect(Expectation {
+        study_instance_uid: study.to_string(),
+        originator_ae: peer.calling_ae.clone(),
+        callers: m.callers.clone(),
+        dir: dir.to_path_buf(),
+    });
+    let mut association = QrAssociation::connect(&peer, &[Service::Move])
+        .await
+        .map_err(|e| format!("C-MOVE: {e}"))?;
+    let start = Instant::now();
+    let outcome = association
+        .move_to(
+            &RetrieveTarget::study(study),
+            &m.destination,
+            &QrOptions::default(),
+        )
+        .await;
+    association.release().await;
+    let outcome = outcome.map_err(|e| format!("C-MOVE: {e}"))?;
+    let sub = outcome.sub_operations;
+    let want = usize::from(sub.completed) + usize::from(sub.warning);
+    let mut arrivals = Vec::new();
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    loop {
+        while let Some(a) = expecting.try_recv() {
+            arrivals.push(a);
+        }
+        if arrivals.len() >= want {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, expecting.recv()).await {
+            Ok(Some(a)) => arrivals.push(a),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if arrivals.len() < want {
+        tracing::warn!(
+            study,
+            arrived = arrivals.len(),
+            completed = want,
+            "fewer objects arrived at the drill receiver than the mirror reports stored"
+        );
+    }
+    // Unregister: anything later is refused (and removed).
+    drop(expecting);
+    if outcome.status.is_failure() && arrivals.is_empty() {
+        let hint = if outcome.status == pacs_mirror_agent::dimse::Status::MOVE_DESTINATION_UNKNOWN {
+            format!(
+                "; the mirror does not know the move destination {}: register it there (AE title, this host, its port)",
+                m.destination
+            )
+        } else if sub.failed > 0 {
+            format!(
+                "; {} sub-operation(s) failed: can the mirror reach {} (host and port it has for it), and may it call it (allowed_calling_aes)?",
+                sub.failed, m.destination
+            )
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "C-MOVE answered {}{}{hint}",
+            outcome.status,
+            outcome
+                .error_comment
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(arrivals
+        .into_iter()
+        .map(|a| Retrieved {
+            sop_instance_uid: a.sop_instance_uid,
+            blake3: a.blake3,
+            path: a.path,
+            bytes: a.dataset_bytes,
+            done_after: a.arrived_at.saturating_duration_since(start),
         })
         .collect())
 }

@@ -1,7 +1,7 @@
 //! The verifier: proving that the copies are intact and restore.
 //!
 //! - [`drill`]: restore drills: retrieve studies back from a target (C-GET
-//!   from a mirror PACS, GET from a bucket), compare every instance with the
+//!   or C-MOVE from a mirror PACS, GET from a bucket), compare every instance with the
 //!   index (MATCH, COERCED, MISMATCH, MISSING, EXTRA) and time the recovery.
 //! - [`service`]: drills inside the running agent: cron schedules, the
 //!   `/drills` report, drill gauges, alerts.

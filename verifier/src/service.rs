@@ -20,13 +20,33 @@ use pacs_mirror_agent::alert::Alerter;
 use pacs_mirror_agent::app::{self, Extension, Running};
 use pacs_mirror_agent::bucket::{Bucket, BucketSettings};
 use pacs_mirror_agent::index::Index;
+use pacs_mirror_agent::scp::inbox::DrillInbox;
 use pacs_mirror_agent::spool::Spool;
-use pacs_mirror_config::{Config, DrillConfig, Target};
+use pacs_mirror_config::{Config, DrillConfig, Retrieve, Target};
 
-use crate::drill::{self, DrillReport, DrillSettings, DrillTarget, Verdict};
+use crate::drill::{self, DrillReport, DrillSettings, DrillTarget, MoveTarget, Verdict};
 
-/// How `target` is reached by a drill.
-pub fn drill_target(config: &Config, name: &str, timeout: Duration) -> Result<DrillTarget, String> {
+/// Whether the drill of `target` retrieves by C-MOVE (and so needs the
+/// drill receiver served).
+pub fn uses_c_move(config: &Config, target: &str) -> bool {
+    config
+        .drills
+        .iter()
+        .any(|d| d.target == target && d.retrieve == Retrieve::CMove)
+        && config
+            .targets
+            .iter()
+            .any(|t| t.name() == target && matches!(t, Target::Dicom { .. }))
+}
+
+/// How `target` is reached by a drill. A C-MOVE drill needs the inbox of
+/// the drill receiver (the agent's, or one the caller serves).
+pub fn drill_target(
+    config: &Config,
+    name: &str,
+    timeout: Duration,
+    inbox: Option<&Arc<DrillInbox>>,
+) -> Result<DrillTarget, String> {
     let Some(t) = config.targets.iter().find(|t| t.name() == name) else {
         let names: Vec<&str> = config.targets.iter().map(Target::name).collect();
         return Err(format!("no target named {name:?} (targets: {names:?})"));
@@ -36,16 +56,50 @@ pub fn drill_target(config: &Config, name: &str, timeout: Duration) -> Result<Dr
             remote_ae,
             calling_ae,
             ..
-        } => DrillTarget::Dicom(
-            app::remote_peer(
+        } => {
+            let peer = app::remote_peer(
                 config,
                 remote_ae,
                 calling_ae.as_deref(),
                 &app::default_calling_ae(config),
                 timeout.as_secs(),
             )
-            .ok_or_else(|| format!("target {name:?}: its remote AE has no usable connection"))?,
-        ),
+            .ok_or_else(|| format!("target {name:?}: its remote AE has no usable connection"))?;
+            let drill = config.drills.iter().find(|d| d.target == name);
+            match drill.filter(|d| d.retrieve == Retrieve::CMove) {
+                None => DrillTarget::Dicom(peer),
+                Some(d) => {
+                    let destination = d
+                        .move_destination
+                        .as_deref()
+                        .map(|s| s.trim().to_string())
+                        .ok_or_else(|| {
+                            format!("the drill of {name:?} is retrieve = \"c-move\" without a move_destination")
+                        })?;
+                    let inbox = inbox.cloned().ok_or_else(|| {
+                        format!(
+                            "the drill of {name:?} is a C-MOVE to {destination}, which is not served here: it needs drill_receiver = true and an installed network connection"
+                        )
+                    })?;
+                    let callers = config
+                        .remote_ae(remote_ae)
+                        .map(|(device, _)| {
+                            device
+                                .network_aes
+                                .iter()
+                                .map(|a| a.ae_title.trim().to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    DrillTarget::DicomMove(MoveTarget {
+                        peer,
+                        destination,
+                        callers,
+                        inbox,
+                    })
+                }
+            }
+        }
         Target::ObjectStore { url, options, .. } => DrillTarget::Bucket(Arc::new(
             Bucket::open(&BucketSettings {
                 url: url.clone(),
@@ -76,6 +130,8 @@ pub fn settings_for(config: &Config, target: &str, studies: &[String]) -> DrillS
             recovery_time_objective_secs: None,
             seed: None,
             timeout_secs: 60,
+            retrieve: Retrieve::CGet,
+            move_destination: None,
         });
     DrillSettings {
         target: target.into(),
@@ -110,6 +166,7 @@ pub struct DrillService {
     config: Config,
     alerts: Alerter,
     scratch: PathBuf,
+    drill_inbox: Option<Arc<DrillInbox>>,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
 
@@ -118,7 +175,12 @@ impl DrillService {
     pub async fn run(&self, target: &str, studies: &[String]) -> Result<DrillReport, String> {
         let _one = self.one_at_a_time.lock().await;
         let settings = settings_for(&self.config, target, studies);
-        let t = drill_target(&self.config, target, settings.timeout)?;
+        let t = drill_target(
+            &self.config,
+            target,
+            settings.timeout,
+            self.drill_inbox.as_ref(),
+        )?;
         let _ = std::fs::remove_dir_all(&self.scratch);
         let report = drill::run_drill(&self.index, &self.spool, &t, &settings, &self.scratch)
             .await
@@ -285,6 +347,7 @@ pub fn extension(config: Config) -> app::ExtensionFactory {
             index: running.index.clone(),
             spool: running.spool.clone(),
             scratch: config.device.data_dir.join("drill-scratch"),
+            drill_inbox: running.drill_inbox.clone(),
             alerts: alerter(&config),
             config,
             one_at_a_time: tokio::sync::Mutex::new(()),
@@ -368,14 +431,15 @@ pub fn report_html(history: &[DrillReport], device: &str) -> String {
     for (target, drills) in &by_target {
         let _ = write!(h, "<h2>{}</h2>", esc(target));
         h.push_str(&chart(drills));
-        h.push_str("<table><tr><th>#</th><th>started (UTC)</th><th>result</th><th>studies</th><th>MATCH</th><th>COERCED</th><th>MISMATCH</th><th>MISSING</th><th>EXTRA</th><th>recovery</th><th>MB/s</th></tr>");
+        h.push_str("<table><tr><th>#</th><th>started (UTC)</th><th>retrieve</th><th>result</th><th>studies</th><th>MATCH</th><th>COERCED</th><th>MISMATCH</th><th>MISSING</th><th>EXTRA</th><th>recovery</th><th>MB/s</th></tr>");
         for r in drills {
             let c = |v| r.counts.get(&v).copied().unwrap_or(0);
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s{}</td><td>{:.1}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s{}</td><td>{:.1}</td></tr>",
                 r.number,
                 utc(r.started_at_ms),
+                esc(&r.retrieve),
                 if r.ok { "ok" } else { "bad" },
                 r.failure
                     .as_deref()

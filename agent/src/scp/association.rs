@@ -22,14 +22,20 @@ use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason}
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::inbox::{DrillInbox, InboxStore};
 use super::store::{Failure, IncomingStore, Ingest, Origin};
 use crate::dimse::{self, CStoreRq, CommandField, CommandSet, Status};
 use crate::index::CommitOutcome;
 
 /// What an association needs from the listener.
 pub struct AssociationContext {
-    /// The store path.
-    pub ingest: Arc<Ingest>,
+    /// The store path (None: this listener stores nothing, e.g. the `drill`
+    /// command's drill receiver).
+    pub ingest: Option<Arc<Ingest>>,
+    /// Where the C-STOREs of drill receivers go.
+    pub drill_inbox: Option<Arc<DrillInbox>>,
+    /// The local AEs that are drill receivers.
+    pub drill_aes: HashSet<String>,
     /// SOP classes each local AE accepts (None: every standard storage class).
     pub accepted_classes: std::collections::HashMap<String, Option<HashSet<String>>>,
     /// Idle timeout.
@@ -50,6 +56,8 @@ enum Inbound {
     Command { pc_id: u8, bytes: Vec<u8> },
     /// Receiving a C-STORE's data set.
     Store(Box<IncomingStore>),
+    /// Receiving a C-STORE's data set for a restore drill (never the spool).
+    DrillStore(Box<InboxStore>),
     /// Draining the data set of a request we refused (not a C-STORE).
     Discard { pc_id: u8 },
 }
@@ -67,9 +75,11 @@ pub async fn serve(
         .to_string();
     let called_ae = assoc.called_ae_title().trim().to_string();
     tracing::debug!(called_ae = %called_ae, contexts = assoc.presentation_contexts().len(), "association accepted");
-    ctx.ingest
-        .activity
-        .association(&calling_ae, peer.ip(), crate::unix_ms());
+    if let Some(ingest) = &ctx.ingest {
+        ingest
+            .activity
+            .association(&calling_ae, peer.ip(), crate::unix_ms());
+    }
     let origin = Origin {
         calling_ae: calling_ae.clone(),
         peer,
@@ -131,14 +141,26 @@ pub async fn serve(
             }
         }
     };
-    if let Inbound::Store(store) = inbound {
-        tracing::warn!(
-            calling_ae = %origin.calling_ae,
-            peer = %origin.peer,
-            sop_instance_uid = %store.rq.sop_instance_uid,
-            "association ended during a C-STORE; the partial object is discarded (never acknowledged)"
-        );
-        store.abandon();
+    match inbound {
+        Inbound::Store(store) => {
+            tracing::warn!(
+                calling_ae = %origin.calling_ae,
+                peer = %origin.peer,
+                sop_instance_uid = %store.rq.sop_instance_uid,
+                "association ended during a C-STORE; the partial object is discarded (never acknowledged)"
+            );
+            store.abandon();
+        }
+        Inbound::DrillStore(store) => {
+            tracing::warn!(
+                calling_ae = %origin.calling_ae,
+                peer = %origin.peer,
+                sop_instance_uid = %store.rq.sop_instance_uid,
+                "association ended during a drill C-STORE; the partial object is discarded"
+            );
+            store.abandon();
+        }
+        _ => {}
     }
     match end {
         End::Done => tracing::debug!("association ended"),
@@ -188,6 +210,10 @@ async fn on_pdv(
                     store.abandon();
                     return Err("command received in the middle of a data set".into());
                 }
+                Inbound::DrillStore(store) => {
+                    store.abandon();
+                    return Err("command received in the middle of a data set".into());
+                }
                 Inbound::Discard { .. } => {
                     return Err("command received in the middle of a data set".into());
                 }
@@ -224,6 +250,16 @@ async fn on_pdv(
                 {
                     let (rq, pc, result) = store.finish().await;
                     respond_store(assoc, origin, &rq, pc, result).await?;
+                }
+                Ok(())
+            }
+            Inbound::DrillStore(store) if store.pc_id == pc_id => {
+                store.data(pdv.data);
+                if pdv.is_last
+                    && let Inbound::DrillStore(store) = std::mem::replace(inbound, Inbound::Idle)
+                {
+                    let (rq, pc, result) = store.finish().await;
+                    respond_drill_store(assoc, origin, called_ae, &rq, pc, result).await?;
                 }
                 Ok(())
             }
@@ -264,8 +300,41 @@ async fn on_command(
                 return Err("C-STORE-RQ without a data set".into());
             }
             let refusal = sop_class_refusal(ctx, called_ae, abstract_syntax, &rq);
+            if ctx.drill_aes.contains(called_ae) {
+                // A drill receiver: the drill inbox, never the spool.
+                let store = match &ctx.drill_inbox {
+                    Some(inbox) => InboxStore::begin(
+                        inbox.clone(),
+                        rq,
+                        pc_id,
+                        transfer_syntax,
+                        &origin.calling_ae,
+                        origin.peer,
+                        refusal,
+                    ),
+                    None => InboxStore::refused(
+                        rq,
+                        pc_id,
+                        Failure {
+                            status: super::inbox::NOT_EXPECTED,
+                            comment: "no restore drill is running".into(),
+                        },
+                    ),
+                };
+                return Ok(Inbound::DrillStore(Box::new(store)));
+            }
+            let Some(ingest) = &ctx.ingest else {
+                return Ok(Inbound::DrillStore(Box::new(InboxStore::refused(
+                    rq,
+                    pc_id,
+                    Failure {
+                        status: Status::OUT_OF_RESOURCES,
+                        comment: format!("{called_ae} does not store objects on this listener"),
+                    },
+                ))));
+            };
             Ok(Inbound::Store(Box::new(IncomingStore::begin(
-                ctx.ingest.clone(),
+                ingest.clone(),
                 rq,
                 pc_id,
                 transfer_syntax,
@@ -352,6 +421,35 @@ async fn respond_store(
                 status = %f.status,
                 reason = %f.comment,
                 "C-STORE refused"
+            );
+            dimse::c_store_rsp(rq, f.status, Some(&f.comment))
+        }
+    };
+    send_command(assoc, pc_id, &rsp).await
+}
+
+async fn respond_drill_store(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    origin: &Origin,
+    called_ae: &str,
+    rq: &CStoreRq,
+    pc_id: u8,
+    result: Result<(), Failure>,
+) -> Result<(), String> {
+    let rsp = match &result {
+        Ok(()) => {
+            tracing::debug!(sop_instance_uid = %rq.sop_instance_uid, "handed to the restore drill");
+            dimse::c_store_rsp(rq, Status::Success, None)
+        }
+        Err(f) => {
+            tracing::warn!(
+                calling_ae = %origin.calling_ae,
+                peer = %origin.peer,
+                called_ae = %called_ae,
+                sop_instance_uid = %rq.sop_instance_uid,
+                status = %f.status,
+                reason = %f.comment,
+                "C-STORE to the drill receiver refused (nothing kept)"
             );
             dimse::c_store_rsp(rq, f.status, Some(&f.comment))
         }

@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod association;
+pub mod inbox;
 pub mod sop_classes;
 pub mod store;
 
@@ -38,6 +39,7 @@ use tracing::Instrument;
 
 use access::{AePolicy, PeerAccess};
 use association::AssociationContext;
+use inbox::DrillInbox;
 use store::Ingest;
 
 /// One local AE served by a listener.
@@ -49,6 +51,20 @@ pub struct AeSettings {
     pub sop_classes: Option<HashSet<String>>,
     /// Transfer syntaxes accepted; None = every one the registry knows.
     pub transfer_syntaxes: Option<Vec<String>>,
+    /// A drill receiver: its C-STOREs go to the [`DrillInbox`], never to
+    /// the spool.
+    pub drill_receiver: bool,
+}
+
+/// Where a listener's C-STOREs go: the ingest path (the spool) for ordinary
+/// AEs, the drill inbox for drill receivers. A listener without `ingest`
+/// (the `drill` command's own) refuses C-STOREs to any other AE.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// The durable store path.
+    pub ingest: Option<Arc<Ingest>>,
+    /// The drill receivers' inbox.
+    pub drill_inbox: Option<Arc<DrillInbox>>,
 }
 
 /// One listening socket and the AEs on it.
@@ -94,7 +110,7 @@ pub struct Scp {
 
 impl Scp {
     /// Bind the socket and prepare the association options.
-    pub async fn bind(settings: ListenerSettings, ingest: Arc<Ingest>) -> Result<Self, ScpError> {
+    pub async fn bind(settings: ListenerSettings, services: Services) -> Result<Self, ScpError> {
         let listener = TcpListener::bind(settings.bind)
             .await
             .map_err(|source| ScpError::Bind {
@@ -148,7 +164,14 @@ impl Scp {
             }
         }
         let context = Arc::new(AssociationContext {
-            ingest,
+            ingest: services.ingest,
+            drill_inbox: services.drill_inbox,
+            drill_aes: settings
+                .aes
+                .iter()
+                .filter(|a| a.drill_receiver)
+                .map(|a| a.policy.ae_title.clone())
+                .collect(),
             accepted_classes: settings
                 .aes
                 .iter()

@@ -803,6 +803,229 @@ fn dicom_target_settings_are_range_checked() {
     );
 }
 
+// ------------------------------------------------------------ C-MOVE drills
+
+/// Valid: an ingest AE and a drill receiver on the same connection; the
+/// mirror may call the drill receiver; a C-MOVE drill of the mirror.
+const MOVE_DRILL: &str = r#"
+[device]
+name = "test"
+
+[[device.network_connection]]
+name = "dicom"
+hostname = "0.0.0.0"
+port = 11112
+
+[[device.network_ae]]
+ae_title = "LOCAL"
+association_initiator = true
+network_connections = ["dicom"]
+allowed_calling_aes = ["PRIMARY"]
+
+[[device.network_ae]]
+ae_title = "LOCAL_DRILL"
+network_connections = ["dicom"]
+drill_receiver = true
+allowed_calling_aes = ["MIRROR"]
+
+[[remote_device]]
+name = "primary"
+
+[[remote_device.network_ae]]
+ae_title = "PRIMARY"
+association_initiator = true
+source_addresses = ["192.0.2.10"]
+
+[[remote_device]]
+name = "mirror"
+
+[[remote_device.network_connection]]
+name = "dicom"
+hostname = "198.51.100.50"
+port = 104
+
+[[remote_device.network_ae]]
+ae_title = "MIRROR"
+association_acceptor = true
+association_initiator = true
+network_connections = ["dicom"]
+source_addresses = ["198.51.100.50"]
+
+[[target]]
+type = "dicom"
+name = "mirror"
+remote_ae = "MIRROR"
+
+[[drill]]
+target = "mirror"
+retrieve = "c-move"
+move_destination = "LOCAL_DRILL"
+"#;
+
+#[test]
+fn move_drill_base_is_clean_and_parses() {
+    only(&findings(MOVE_DRILL), &[]);
+    let c = Config::from_toml_str(MOVE_DRILL, Path::new("t.toml")).unwrap();
+    assert_eq!(c.drills[0].retrieve, crate::Retrieve::CMove);
+    assert_eq!(c.drills[0].move_destination.as_deref(), Some("LOCAL_DRILL"));
+    assert!(c.device.network_aes[1].drill_receiver);
+    assert!(!c.device.network_aes[0].drill_receiver);
+    // The default is C-GET, without a destination.
+    let c = Config::from_toml_str(
+        &format!("{EXPOSED}\n[[drill]]\ntarget = \"mirror\"\n"),
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.drills[0].retrieve, crate::Retrieve::CGet);
+    let e = Config::from_toml_str(
+        &edit(MOVE_DRILL, "\"c-move\"", "\"move\""),
+        Path::new("t.toml"),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("c-move"), "{e}");
+}
+
+#[test]
+fn move_drill_needs_a_destination_and_c_get_takes_none() {
+    let f = findings(&edit(
+        MOVE_DRILL,
+        "move_destination = \"LOCAL_DRILL\"\n",
+        "",
+    ));
+    // ...and the receiver is now named by no drill.
+    only(
+        &f,
+        &[
+            (Error, "drill[0].move_destination"),
+            (Warning, "device.network_ae[1].drill_receiver"),
+        ],
+    );
+    assert!(f[0].message.contains("drill_receiver = true"), "{}", f[0]);
+    let f = findings(&edit(MOVE_DRILL, "\"c-move\"", "\"c-get\""));
+    only(
+        &f,
+        &[
+            (Error, "drill[0].move_destination"),
+            (Warning, "device.network_ae[1].drill_receiver"),
+        ],
+    );
+}
+
+#[test]
+fn move_destination_must_be_a_local_drill_receiver() {
+    // The ingest AE: its C-STOREs would land in the spool.
+    let f = findings(&edit(
+        MOVE_DRILL,
+        "move_destination = \"LOCAL_DRILL\"",
+        "move_destination = \"LOCAL\"",
+    ));
+    let e = has(&f, Error, "drill[0].move_destination");
+    assert!(e.message.contains("not a drill receiver"), "{e}");
+    // A remote AE.
+    let f = findings(&edit(
+        MOVE_DRILL,
+        "move_destination = \"LOCAL_DRILL\"",
+        "move_destination = \"PRIMARY\"",
+    ));
+    let e = has(&f, Error, "drill[0].move_destination");
+    assert!(e.message.contains("remote AE"), "{e}");
+    // Nobody.
+    let f = findings(&edit(
+        MOVE_DRILL,
+        "move_destination = \"LOCAL_DRILL\"",
+        "move_destination = \"NOBODY\"",
+    ));
+    let e = has(&f, Error, "drill[0].move_destination");
+    assert!(e.message.contains("not the AE title"), "{e}");
+    // Not an AE title.
+    let f = findings(&edit(
+        MOVE_DRILL,
+        "move_destination = \"LOCAL_DRILL\"",
+        "move_destination = \"SEVENTEEN_CHARS_XX\"",
+    ));
+    has(&f, Error, "drill[0].move_destination");
+}
+
+#[test]
+fn drill_receiver_must_accept_and_let_the_mirror_call() {
+    // Not an acceptor: reported once, on the AE.
+    let f = findings(&edit(
+        MOVE_DRILL,
+        "drill_receiver = true\n",
+        "drill_receiver = true\nassociation_acceptor = false\n",
+    ));
+    let e = has(&f, Error, "device.network_ae[1].drill_receiver");
+    assert!(e.message.contains("association_acceptor"), "{e}");
+    assert!(
+        !f.iter().any(|x| x.path == "drill[0].move_destination"),
+        "{f:#?}"
+    );
+    // The mirror is not allowed to call it; the AE allowed instead is warned about.
+    let f = findings(&edit(
+        MOVE_DRILL,
+        "allowed_calling_aes = [\"MIRROR\"]",
+        "allowed_calling_aes = [\"PRIMARY\"]",
+    ));
+    only(
+        &f,
+        &[
+            (Error, "drill[0].move_destination"),
+            (Warning, "device.network_ae[1].allowed_calling_aes[0]"),
+        ],
+    );
+    let e = has(&f, Error, "drill[0].move_destination");
+    assert!(
+        e.message.contains("may not call") && e.message.contains("MIRROR"),
+        "{e}"
+    );
+    // Any calling AE is allowed: fine (on loopback, no warning either).
+    let f = findings(
+        &edit(
+            MOVE_DRILL,
+            "allowed_calling_aes = [\"MIRROR\"]",
+            "accept_any_calling_ae = true",
+        )
+        .replace("hostname = \"0.0.0.0\"", "hostname = \"127.0.0.1\""),
+    );
+    only(&f, &[]);
+}
+
+#[test]
+fn a_drill_receiver_is_not_the_ingest_ae() {
+    // The only acceptor is a drill receiver: nothing could be stored.
+    let toml = edit(
+        &edit(MOVE_DRILL, "allowed_calling_aes = [\"PRIMARY\"]\n", ""),
+        "association_initiator = true\nnetwork_connections = [\"dicom\"]\n",
+        "association_initiator = true\nassociation_acceptor = false\nnetwork_connections = [\"dicom\"]\n",
+    );
+    let f = findings(&toml);
+    only(&f, &[(Error, "device.network_ae")]);
+    assert!(f[0].message.contains("drill receiver"), "{}", f[0]);
+}
+
+#[test]
+fn c_move_of_an_object_store_is_refused_and_all_findings_come_at_once() {
+    let toml = format!(
+        "{}\n[[target]]\ntype = \"object_store\"\nname = \"backup\"\nurl = \"file:///tmp/b\"\n\
+         \n[[drill]]\ntarget = \"backup\"\nretrieve = \"c-move\"\nmove_destination = \"LOCAL\"\n",
+        edit(
+            MOVE_DRILL,
+            "allowed_calling_aes = [\"MIRROR\"]",
+            "allowed_calling_aes = [\"PRIMARY\"]"
+        )
+    );
+    let f = findings(&toml);
+    only(
+        &f,
+        &[
+            (Error, "drill[0].move_destination"),
+            (Warning, "device.network_ae[1].allowed_calling_aes[0]"),
+            (Error, "drill[1].retrieve"),
+            (Error, "drill[1].move_destination"),
+        ],
+    );
+}
+
 #[test]
 fn alerts_are_checked_all_at_once() {
     let ok = findings(&format!(

@@ -1,0 +1,692 @@
+//! The drill inbox: where the C-STOREs of a C-MOVE restore drill land.
+//!
+//! A local AE with `drill_receiver = true` is the Move Destination of C-MOVE
+//! drills. Its associations are accepted like any other (same access check,
+//! same storage contexts), but its C-STOREs **never touch the spool, the
+//! index, the committer or the queues**: each data set is streamed into a
+//! scratch file of the drill that asked for it (no fsync: the file is only
+//! hashed, compared and removed), hashed as it arrives (blake3 of the data
+//! set bytes, the spool's definition, so hashes compare with the index), and
+//! handed to that drill.
+//!
+//! # Who gets an object
+//! A drill registers an [`Expecting`] before it sends its C-MOVE-RQ: the
+//! study it asked for, our calling AE (the Move Originator), the AE titles
+//! the mirror may call from, and the drill's scratch directory. A C-STORE-RQ
+//! is matched at its command against the registered expectations: the
+//! calling AE of the sub-association must be one of the mirror's, and a Move
+//! Originator AE Title (0000,1030), when the mirror sends one, must be ours.
+//! When the data set is complete its Study Instance UID must be a study an
+//! expectation is waiting for. Anything else — no drill running, a drill
+//! that gave up, another study — is answered 0xA700 (Refused) with an Error
+//! Comment saying why ("no restore drill is running…"), and its file is
+//! removed: nothing is kept from a C-STORE that no drill asked for. A7xx
+//! rather than Cxxx because nothing is wrong with the object: a sender that
+//! called this AE by mistake keeps it and may try again (0x0124, Not
+//! authorized, would say it better, but DCMTK-based senders do not know it
+//! for C-STORE and stop at it).
+//!
+//! Files are named `move-<random>-<counter>.dcm`, never from a UID. An
+//! expectation dropped (the drill ended) removes the files handed to it that
+//! it did not take.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::store::Failure;
+use crate::dimse::{self, CStoreRq, Status};
+use crate::part10::{self, ObjectHeader, Receipt};
+use crate::spool::ObjectWriter;
+
+/// The status of a C-STORE no drill is waiting for (0xA700, Refused).
+pub const NOT_EXPECTED: Status = Status::OUT_OF_RESOURCES;
+
+/// Counters of the drill receiver.
+#[derive(Debug, Default)]
+pub struct InboxCounters {
+    /// C-STOREs handed to a drill.
+    pub accepted: AtomicU64,
+    /// C-STOREs refused (no drill waiting, another study, local failure).
+    pub refused: AtomicU64,
+}
+
+/// What a drill waits for.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    /// The study of the C-MOVE.
+    pub study_instance_uid: String,
+    /// Our calling AE title on the C-MOVE association (the Move Originator).
+    pub originator_ae: String,
+    /// AE titles the mirror calls the drill receiver from; empty: any
+    /// (the receiver's own allow-list still applies).
+    pub callers: Vec<String>,
+    /// The drill's scratch directory (created if missing).
+    pub dir: PathBuf,
+}
+
+/// One object handed to a drill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrival {
+    /// Affected SOP Instance UID of the C-STORE.
+    pub sop_instance_uid: String,
+    /// Affected SOP Class UID of the C-STORE.
+    pub sop_class_uid: String,
+    /// The transfer syntax of its presentation context.
+    pub transfer_syntax_uid: String,
+    /// Study Instance UID read from the data set (None: it did not parse).
+    pub study_instance_uid: Option<String>,
+    /// blake3 of the data set bytes as received.
+    pub blake3: [u8; 32],
+    /// Length of the data set.
+    pub dataset_bytes: u64,
+    /// The Part-10 file in the drill's scratch directory.
+    pub path: PathBuf,
+    /// When its last data byte arrived.
+    pub arrived_at: Instant,
+    /// The calling AE of the association it came on.
+    pub calling_ae: String,
+}
+
+struct Registered {
+    id: u64,
+    expectation: Expectation,
+    tx: mpsc::UnboundedSender<Arrival>,
+}
+
+/// The drill receiver's shared state: the expectations of running drills.
+pub struct DrillInbox {
+    expectations: Mutex<Vec<Registered>>,
+    next_id: AtomicU64,
+    next_file: AtomicU64,
+    prefix: u32,
+    /// Counters.
+    pub counters: InboxCounters,
+}
+
+impl std::fmt::Debug for DrillInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrillInbox")
+            .field("expecting", &self.expecting())
+            .finish()
+    }
+}
+
+/// A drill's registration: receives its arrivals; dropping it unregisters
+/// (later C-STOREs for it are refused) and removes the files of arrivals
+/// not taken.
+pub struct Expecting {
+    inbox: Arc<DrillInbox>,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Arrival>,
+}
+
+impl Expecting {
+    /// The next arrival; None only once unregistered.
+    pub async fn recv(&mut self) -> Option<Arrival> {
+        self.rx.recv().await
+    }
+
+    /// An arrival already there, if any.
+    pub fn try_recv(&mut self) -> Option<Arrival> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for Expecting {
+    fn drop(&mut self) {
+        self.inbox.unregister(self.id);
+        self.rx.close();
+        while let Ok(a) = self.rx.try_recv() {
+            let _ = std::fs::remove_file(&a.path);
+        }
+    }
+}
+
+impl DrillInbox {
+    /// An inbox with no drill waiting.
+    pub fn new() -> Arc<Self> {
+        Arc::new(DrillInbox {
+            expectations: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            next_file: AtomicU64::new(0),
+            prefix: rand::random(),
+            counters: InboxCounters::default(),
+        })
+    }
+
+    /// Register a drill's expectation (before its C-MOVE-RQ is sent).
+    pub fn expect(self: &Arc<Self>, expectation: Expectation) -> Expecting {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().push(Registered {
+            id,
+            expectation,
+            tx,
+        });
+        Expecting {
+            inbox: self.clone(),
+            id,
+            rx,
+        }
+    }
+
+    /// How many drills are waiting.
+    pub fn expecting(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Registered>> {
+        // A panic while holding this lock cannot leave the list half-edited
+        // (push, retain and reads only): go on with it.
+        self.expectations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.lock().retain(|r| r.id != id);
+    }
+
+    /// The expectations a C-STORE-RQ may be for, oldest first, with their
+    /// studies and directories; or why none.
+    fn candidates(
+        &self,
+        calling_ae: &str,
+        rq: &CStoreRq,
+    ) -> Result<Vec<(u64, String, PathBuf)>, String> {
+        let list = self.lock();
+        if list.is_empty() {
+            return Err(
+                "no restore drill is running: this AE (a drill receiver) accepts only the objects a C-MOVE drill asked for".into(),
+            );
+        }
+        let originator = rq
+            .move_originator_ae
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let found: Vec<_> = list
+            .iter()
+            .filter(|r| {
+                let e = &r.expectation;
+                (e.callers.is_empty() || e.callers.iter().any(|c| c.trim() == calling_ae))
+                    && originator.is_none_or(|o| o == e.originator_ae.trim())
+            })
+            .map(|r| {
+                (
+                    r.id,
+                    r.expectation.study_instance_uid.clone(),
+                    r.expectation.dir.clone(),
+                )
+            })
+            .collect();
+        if found.is_empty() {
+            return Err(format!(
+                "no running restore drill expects objects from {calling_ae}{}",
+                originator
+                    .map(|o| format!(" moved for {o}"))
+                    .unwrap_or_default()
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Hand `arrival` to expectation `id`; false if it is gone.
+    fn deliver(&self, id: u64, arrival: Arrival) -> bool {
+        let list = self.lock();
+        list.iter()
+            .find(|r| r.id == id)
+            .is_some_and(|r| r.tx.send(arrival).is_ok())
+    }
+
+    /// A new file in `dir` (never an existing one).
+    fn create_file(&self, dir: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let mut attempts = 0;
+        loop {
+            let n = self.next_file.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("move-{:08x}-{n:06}.dcm", self.prefix));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => return Ok((f, path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 64 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+struct Writing {
+    writer: ObjectWriter,
+    header: Vec<u8>,
+    early: Option<ObjectHeader>,
+    first: bool,
+    /// Expectations it may be for: (id, study, directory), oldest first.
+    candidates: Vec<(u64, String, PathBuf)>,
+}
+
+enum State {
+    Writing(Box<Writing>),
+    Refusing(Failure),
+}
+
+/// One C-STORE to a drill receiver, in progress.
+pub struct InboxStore {
+    /// The request.
+    pub rq: CStoreRq,
+    /// Its presentation context.
+    pub pc_id: u8,
+    inbox: Option<Arc<DrillInbox>>,
+    transfer_syntax: String,
+    calling_ae: String,
+    state: State,
+}
+
+impl InboxStore {
+    /// Start receiving. `refusal` is set by the caller when the request is
+    /// refused before any byte is written (SOP class not accepted…).
+    pub fn begin(
+        inbox: Arc<DrillInbox>,
+        rq: CStoreRq,
+        pc_id: u8,
+        transfer_syntax: &str,
+        calling_ae: &str,
+        peer: SocketAddr,
+        refusal: Option<Failure>,
+    ) -> Self {
+        let state = match refusal.map_or_else(
+            || Self::start(&inbox, &rq, transfer_syntax, calling_ae, peer),
+            Err,
+        ) {
+            Ok(w) => State::Writing(Box::new(w)),
+            Err(f) => State::Refusing(f),
+        };
+        InboxStore {
+            rq,
+            pc_id,
+            inbox: Some(inbox),
+            transfer_syntax: transfer_syntax.to_string(),
+            calling_ae: calling_ae.to_string(),
+            state,
+        }
+    }
+
+    /// A C-STORE refused outright (its data set is drained and dropped).
+    pub fn refused(rq: CStoreRq, pc_id: u8, failure: Failure) -> Self {
+        InboxStore {
+            rq,
+            pc_id,
+            inbox: None,
+            transfer_syntax: String::new(),
+            calling_ae: String::new(),
+            state: State::Refusing(failure),
+        }
+    }
+
+    fn start(
+        inbox: &DrillInbox,
+        rq: &CStoreRq,
+        transfer_syntax: &str,
+        calling_ae: &str,
+        peer: SocketAddr,
+    ) -> Result<Writing, Failure> {
+        let candidates = inbox
+            .candidates(calling_ae, rq)
+            .map_err(|comment| Failure {
+                status: NOT_EXPECTED,
+                comment,
+            })?;
+        for (what, uid) in [
+            ("Affected SOP Instance UID", &rq.sop_instance_uid),
+            ("Affected SOP Class UID", &rq.sop_class_uid),
+        ] {
+            dimse::check_uid(uid).map_err(|e| Failure {
+                status: Status::INVALID_UID,
+                comment: format!("{what}: {e}"),
+            })?;
+        }
+        let receipt = Receipt {
+            source_ip: peer.ip().to_string(),
+            received_at_ms: crate::unix_ms(),
+        };
+        let header = part10::file_header(
+            &rq.sop_class_uid,
+            &rq.sop_instance_uid,
+            transfer_syntax,
+            calling_ae,
+            &receipt,
+        )
+        .map_err(|e| Failure {
+            status: Status::INVALID_UID,
+            comment: e.to_string(),
+        })?;
+        let local = |e: String| Failure {
+            status: Status::OUT_OF_RESOURCES,
+            comment: e,
+        };
+        let dir = &candidates[0].2;
+        let (file, path) = inbox
+            .create_file(dir)
+            .map_err(|e| local(format!("creating a file in {}: {e}", dir.display())))?;
+        let writer = ObjectWriter::new(file, path, &header)
+            .map_err(|e| local(e.to_string()))?
+            .scratch();
+        Ok(Writing {
+            writer,
+            header,
+            early: None,
+            first: true,
+            candidates,
+        })
+    }
+
+    /// One data PDV's bytes: written (page cache) and hashed, inline.
+    pub fn data(&mut self, chunk: Vec<u8>) {
+        let State::Writing(w) = &mut self.state else {
+            return;
+        };
+        if let Err(e) = w.writer.write_chunk(&chunk) {
+            // dropping the writer removes the file
+            self.state = State::Refusing(Failure {
+                status: Status::OUT_OF_RESOURCES,
+                comment: e.to_string(),
+            });
+            return;
+        }
+        if std::mem::take(&mut w.first) {
+            w.early = part10::read_header_prefix(&w.header, &chunk).ok();
+        }
+    }
+
+    /// The last PDV arrived: finish the file and hand it to its drill; the
+    /// result is the status to answer.
+    pub async fn finish(mut self) -> (CStoreRq, u8, Result<(), Failure>) {
+        let arrived_at = Instant::now();
+        let state = std::mem::replace(
+            &mut self.state,
+            State::Refusing(Failure {
+                status: Status::OUT_OF_RESOURCES,
+                comment: "finished".into(),
+            }),
+        );
+        let result = match state {
+            State::Refusing(f) => Err(f),
+            State::Writing(w) => self.hand_over(*w, arrived_at).await,
+        };
+        if let Some(inbox) = &self.inbox {
+            let c = match result {
+                Ok(()) => &inbox.counters.accepted,
+                Err(_) => &inbox.counters.refused,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        (self.rq.clone(), self.pc_id, result)
+    }
+
+    async fn hand_over(&self, w: Writing, arrived_at: Instant) -> Result<(), Failure> {
+        let Writing {
+            writer,
+            early,
+            candidates,
+            ..
+        } = w;
+        let local = |e: String| Failure {
+            status: Status::OUT_OF_RESOURCES,
+            comment: e,
+        };
+        // Scratch writer: no fsync, nothing to wait for.
+        let written = writer.finish().map_err(|e| local(e.to_string()))?;
+        let header = match early {
+            Some(h) => Some(h),
+            None => {
+                let path = written.temp.path().to_path_buf();
+                tokio::task::spawn_blocking(move || part10::read_header(&path).ok())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        let study = header.map(|h| h.study_instance_uid);
+        // The expectation for its study; an unparseable data set goes to
+        // the first one (the drill judges it: its bytes do not match).
+        let chosen = match &study {
+            Some(s) => candidates.iter().find(|(_, cs, _)| cs == s),
+            None => candidates.first(),
+        };
+        let Some((id, _, dir)) = chosen else {
+            let asked: Vec<&str> = candidates.iter().map(|(_, s, _)| s.as_str()).collect();
+            return Err(Failure {
+                status: NOT_EXPECTED,
+                comment: format!(
+                    "study {} is not one a running restore drill asked for ({})",
+                    study.as_deref().unwrap_or("?"),
+                    asked.join(", ")
+                ),
+            });
+        };
+        let mut path = written.temp.path().to_path_buf();
+        if let Some(name) = path.file_name()
+            && dir.as_path() != path.parent().unwrap_or(dir)
+        {
+            let to = dir.join(name);
+            if std::fs::create_dir_all(dir).is_ok() && std::fs::rename(&path, &to).is_ok() {
+                path = to;
+            }
+        }
+        let arrival = Arrival {
+            sop_instance_uid: self.rq.sop_instance_uid.clone(),
+            sop_class_uid: self.rq.sop_class_uid.clone(),
+            transfer_syntax_uid: self.transfer_syntax.clone(),
+            study_instance_uid: study,
+            blake3: written.hash,
+            dataset_bytes: written.dataset_bytes,
+            path: path.clone(),
+            arrived_at,
+            calling_ae: self.calling_ae.clone(),
+        };
+        let Some(inbox) = &self.inbox else {
+            let _ = std::fs::remove_file(&path);
+            return Err(local("no drill inbox".into()));
+        };
+        if inbox.deliver(*id, arrival) {
+            written.temp.keep();
+            Ok(())
+        } else {
+            let _ = std::fs::remove_file(&path);
+            Err(Failure {
+                status: NOT_EXPECTED,
+                comment: "the restore drill that asked for this study is over".into(),
+            })
+        }
+    }
+
+    /// The association ended mid-object: drop everything (file removed).
+    pub fn abandon(mut self) {
+        self.state = State::Refusing(Failure {
+            status: Status::OUT_OF_RESOURCES,
+            comment: "abandoned".into(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const EXPLICIT: &str = "1.2.840.10008.1.2.1";
+
+    fn rq(uid: &str, originator: Option<&str>) -> CStoreRq {
+        CStoreRq {
+            message_id: 1,
+            sop_class_uid: CT.into(),
+            sop_instance_uid: uid.into(),
+            priority: 0,
+            move_originator_ae: originator.map(str::to_string),
+            move_originator_message_id: originator.map(|_| 7),
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 4242))
+    }
+
+    /// A data set of study `study` (explicit VR LE), as the mirror sends it.
+    fn body(study: &str, uid: &str) -> Vec<u8> {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        let mut o = dicom_object::InMemDicomObject::new_empty();
+        for (tag, vr, v) in [
+            (tags::SOP_CLASS_UID, VR::UI, CT),
+            (tags::SOP_INSTANCE_UID, VR::UI, uid),
+            (tags::PATIENT_ID, VR::LO, "P1"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, study),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.9"),
+        ] {
+            o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        }
+        let mut out = Vec::new();
+        o.write_dataset_with_ts(
+            &mut out,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        out
+    }
+
+    async fn store(
+        inbox: &Arc<DrillInbox>,
+        calling: &str,
+        rq: CStoreRq,
+        data: Vec<u8>,
+    ) -> Result<(), Failure> {
+        let mut s = InboxStore::begin(inbox.clone(), rq, 1, EXPLICIT, calling, peer(), None);
+        let (a, b) = data.split_at(data.len() / 2);
+        s.data(a.to_vec());
+        s.data(b.to_vec());
+        s.finish().await.2
+    }
+
+    fn files(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn nothing_is_accepted_without_a_drill_waiting() {
+        let d = tempfile::tempdir().unwrap();
+        let inbox = DrillInbox::new();
+        let e = store(
+            &inbox,
+            "MIRROR",
+            rq("1.2.3.1", None),
+            body("1.2.3", "1.2.3.1"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.status, NOT_EXPECTED);
+        assert_eq!(e.status.code(), 0xA700);
+        assert!(e.comment.contains("no restore drill is running"), "{e:?}");
+        assert_eq!(files(d.path()), 0);
+        assert_eq!(inbox.counters.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn the_expected_study_is_handed_over_hashed_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        let inbox = DrillInbox::new();
+        let dir = d.path().join("drill-1");
+        let mut expecting = inbox.expect(Expectation {
+            study_instance_uid: "1.2.3".into(),
+            originator_ae: "AGENT".into(),
+            callers: vec!["MIRROR".into()],
+            dir: dir.clone(),
+        });
+        // The study asked for, from the mirror, moved for us: handed over.
+        let data = body("1.2.3", "1.2.3.1");
+        store(&inbox, "MIRROR", rq("1.2.3.1", Some("AGENT")), data.clone())
+            .await
+            .unwrap();
+        let a = expecting.try_recv().expect("an arrival");
+        assert_eq!(a.sop_instance_uid, "1.2.3.1");
+        assert_eq!(a.study_instance_uid.as_deref(), Some("1.2.3"));
+        assert_eq!(a.blake3, *blake3::hash(&data).as_bytes());
+        assert_eq!(a.dataset_bytes, data.len() as u64);
+        assert_eq!(a.path.parent(), Some(dir.as_path()));
+        let name = a.path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            name.starts_with("move-") && !name.contains("1.2.3"),
+            "{name}"
+        );
+        let file = std::fs::read(&a.path).unwrap();
+        assert!(file.ends_with(&data), "the data set bytes, as received");
+        assert_eq!(
+            part10::read_header(&a.path).unwrap().sop_instance_uid,
+            "1.2.3.1"
+        );
+        // Another study, another caller, another originator: refused, no file.
+        for (calling, rq, data) in [
+            ("MIRROR", rq("1.2.4.1", None), body("1.2.4", "1.2.4.1")),
+            ("OTHER", rq("1.2.3.2", None), body("1.2.3", "1.2.3.2")),
+            (
+                "MIRROR",
+                rq("1.2.3.3", Some("SOMEONE")),
+                body("1.2.3", "1.2.3.3"),
+            ),
+        ] {
+            let e = store(&inbox, calling, rq, data).await.unwrap_err();
+            assert_eq!(e.status, NOT_EXPECTED, "{e:?}");
+        }
+        assert_eq!(files(&dir), 1);
+        assert!(expecting.try_recv().is_none());
+        // The drill is over: later objects are refused, untaken files removed.
+        store(
+            &inbox,
+            "MIRROR",
+            rq("1.2.3.4", None),
+            body("1.2.3", "1.2.3.4"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(files(&dir), 2);
+        drop(expecting);
+        assert_eq!(files(&dir), 1, "the untaken arrival's file is removed");
+        assert_eq!(inbox.expecting(), 0);
+        let e = store(
+            &inbox,
+            "MIRROR",
+            rq("1.2.3.5", None),
+            body("1.2.3", "1.2.3.5"),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.comment.contains("no restore drill"), "{e:?}");
+        assert_eq!(files(&dir), 1);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_store_leaves_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let inbox = DrillInbox::new();
+        let _expecting = inbox.expect(Expectation {
+            study_instance_uid: "1.2.3".into(),
+            originator_ae: "AGENT".into(),
+            callers: vec![],
+            dir: d.path().to_path_buf(),
+        });
+        let mut s = InboxStore::begin(inbox, rq("1.2.3.1", None), 1, EXPLICIT, "M", peer(), None);
+        s.data(body("1.2.3", "1.2.3.1")[..10].to_vec());
+        assert_eq!(files(d.path()), 1);
+        s.abandon();
+        assert_eq!(files(d.path()), 0);
+    }
+}
