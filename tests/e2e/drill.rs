@@ -33,53 +33,26 @@ fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
     let s3 = S3Server::start(&dir.path().join("s3"));
     let hooks = Hooks::start();
     let agent_port = free_port();
-    let orthanc = Orthanc::start_with(
+    let orthanc = Orthanc::start_knowing(
         &dir.path().join("orthanc"),
         "MIRROR",
-        free_port(),
-        free_port(),
-        &OrthancOptions {
-            modalities: vec![OrthancModality {
-                name: "agent".into(),
-                ae_title: AGENT_AE.into(),
-                host: "127.0.0.1".into(),
-                port: agent_port,
-            }],
-            ..OrthancOptions::default()
-        },
+        vec![OrthancModality::local("agent", AGENT_AE, agent_port)],
     );
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
     cfg.port = agent_port;
     cfg.ae_extra = "association_initiator = true\n".into();
     cfg.extra_toml = format!(
-        "\n[[remote_device]]\nname = \"mirror\"\n\
-         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {}\n\
-         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
-         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
-         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n\
-         {}\
+        "{}{}\
          \n[[drill]]\ntarget = \"mirror\"\nrandom_studies = 4\nnewest_study = false\ntimeout_secs = 10\n\
          \n[[drill]]\ntarget = \"backup\"\nrandom_studies = 4\nnewest_study = false\n\
          \n[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nattempts = 3\n\
          \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        orthanc.dicom_port,
+        mirror_target_toml(orthanc.dicom_port, ""),
         s3.target_toml("backup", "drills"),
         hooks.port,
         free_port()
     );
-    let files = synth(
-        &dir.path().join("in"),
-        &[
-            "--studies",
-            "4",
-            "--instances-per-series",
-            "6",
-            "--rows",
-            "128",
-            "--columns",
-            "128",
-        ],
-    );
+    let files = synth_small(&dir.path().join("in"), 4, 6, 128);
     assert_eq!(files.len(), 24);
     let agent = Agent::start(&cfg);
     store_all_ok(cfg.port, SENDER_AE, &[], &files);
@@ -236,20 +209,7 @@ pub(crate) fn folder_agent(
          \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
         dir.join("bucket").display()
     );
-    let (studies, per_study) = (studies.to_string(), per_study.to_string());
-    let files = synth(
-        &dir.join("in"),
-        &[
-            "--studies",
-            &studies,
-            "--instances-per-series",
-            &per_study,
-            "--rows",
-            "32",
-            "--columns",
-            "32",
-        ],
-    );
+    let files = synth_small(&dir.join("in"), studies, per_study, 32);
     let agent = Agent::start(&cfg);
     store_all_ok(cfg.port, SENDER_AE, &[], &files);
     let n = files.len() as u64;
@@ -377,28 +337,13 @@ const DRILL_AE: &str = "PM_DRILL";
 fn c_move_drills_match_refuse_strays_and_run_without_the_agent() {
     let dir = tempdir();
     let agent_port = free_port();
-    let orthanc = Orthanc::start_with(
+    let orthanc = Orthanc::start_knowing(
         &dir.path().join("orthanc"),
         "MIRROR",
-        free_port(),
-        free_port(),
-        &OrthancOptions {
-            modalities: vec![
-                OrthancModality {
-                    name: "agent".into(),
-                    ae_title: AGENT_AE.into(),
-                    host: "127.0.0.1".into(),
-                    port: agent_port,
-                },
-                OrthancModality {
-                    name: "drill".into(),
-                    ae_title: DRILL_AE.into(),
-                    host: "127.0.0.1".into(),
-                    port: agent_port,
-                },
-            ],
-            ..OrthancOptions::default()
-        },
+        vec![
+            OrthancModality::local("agent", AGENT_AE, agent_port),
+            OrthancModality::local("drill", DRILL_AE, agent_port),
+        ],
     );
     let admin = free_port();
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
@@ -407,30 +352,16 @@ fn c_move_drills_match_refuse_strays_and_run_without_the_agent() {
     cfg.extra_toml = format!(
         "\n[[device.network_ae]]\nae_title = \"{DRILL_AE}\"\nnetwork_connections = [\"dicom\"]\n\
          drill_receiver = true\nallowed_calling_aes = [\"MIRROR\"]\n\
-         \n[[remote_device]]\nname = \"mirror\"\n\
-         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {}\n\
-         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\n\
-         association_initiator = true\nsource_addresses = [\"127.0.0.1\"]\nnetwork_connections = [\"dicom\"]\n\
-         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
-         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n\
+         {}\
          \n[[drill]]\ntarget = \"mirror\"\nrandom_studies = 4\nnewest_study = false\ntimeout_secs = 10\n\
          retrieve = \"c-move\"\nmove_destination = \"{DRILL_AE}\"\n\
          \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
-        orthanc.dicom_port,
+        mirror_target_toml(
+            orthanc.dicom_port,
+            "association_initiator = true\nsource_addresses = [\"127.0.0.1\"]\n"
+        ),
     );
-    let files = synth(
-        &dir.path().join("in"),
-        &[
-            "--studies",
-            "4",
-            "--instances-per-series",
-            "6",
-            "--rows",
-            "128",
-            "--columns",
-            "128",
-        ],
-    );
+    let files = synth_small(&dir.path().join("in"), 4, 6, 128);
     assert_eq!(files.len(), 24);
     let agent = Agent::start(&cfg);
     // The configuration is valid, with no finding about the drill (the

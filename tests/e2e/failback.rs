@@ -16,21 +16,11 @@ use crate::harness::*;
 const CALLING: &str = "FAILBACK";
 
 fn orthanc(dir: &std::path::Path, ae: &str) -> Orthanc {
-    Orthanc::start_with(
+    // We never accept associations: C-GET comes back on ours (port 1).
+    Orthanc::start_knowing(
         &dir.join(ae.to_ascii_lowercase()),
         ae,
-        free_port(),
-        free_port(),
-        &OrthancOptions {
-            modalities: vec![OrthancModality {
-                name: "failback".into(),
-                ae_title: CALLING.into(),
-                host: "127.0.0.1".into(),
-                // We never accept associations: C-GET comes back on ours.
-                port: 1,
-            }],
-            ..OrthancOptions::default()
-        },
+        vec![OrthancModality::local("failback", CALLING, 1)],
     )
 }
 
@@ -72,19 +62,7 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
     let dir = tempdir();
     let mirror = orthanc(dir.path(), "MIRROR");
     let primary = orthanc(dir.path(), "PRIMARY");
-    let files = synth(
-        &dir.path().join("in"),
-        &[
-            "--studies",
-            "4",
-            "--instances-per-series",
-            "5",
-            "--rows",
-            "64",
-            "--columns",
-            "64",
-        ],
-    );
+    let files = synth_small(&dir.path().join("in"), 4, 5, 64);
     assert_eq!(files.len(), 20);
     // An old study (dated 1999), before the window.
     let old = synth(

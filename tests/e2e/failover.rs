@@ -63,47 +63,20 @@ fn wait_complete(config: &Path, limit: Duration) -> Value {
 fn failover_check_finds_gaps_repairs_them_and_reports_a_dead_mirror() {
     let dir = tempdir();
     let agent_port = free_port();
-    let mut orthanc = Orthanc::start_with(
+    let mut orthanc = Orthanc::start_knowing(
         &dir.path().join("orthanc"),
         "MIRROR",
-        free_port(),
-        free_port(),
-        &OrthancOptions {
-            modalities: vec![OrthancModality {
-                name: "agent".into(),
-                ae_title: AGENT_AE.into(),
-                host: "127.0.0.1".into(),
-                port: agent_port,
-            }],
-            ..OrthancOptions::default()
-        },
+        vec![OrthancModality::local("agent", AGENT_AE, agent_port)],
     );
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
     cfg.port = agent_port;
     cfg.ae_extra = "association_initiator = true\n".into();
     cfg.extra_toml = format!(
-        "\n[[remote_device]]\nname = \"mirror\"\n\
-         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {}\n\
-         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
-         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
-         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n\
-         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        orthanc.dicom_port,
+        "{}\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        mirror_target_toml(orthanc.dicom_port, ""),
         free_port()
     );
-    let files = synth(
-        &dir.path().join("in"),
-        &[
-            "--studies",
-            "3",
-            "--instances-per-series",
-            "4",
-            "--rows",
-            "64",
-            "--columns",
-            "64",
-        ],
-    );
+    let files = synth_small(&dir.path().join("in"), 3, 4, 64);
     assert_eq!(files.len(), 12);
     let sent: Vec<Sent> = files.iter().map(|f| sent_info(f)).collect();
     let agent = Agent::start(&cfg);

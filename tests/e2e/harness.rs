@@ -1054,6 +1054,18 @@ pub struct OrthancModality {
     pub port: u16,
 }
 
+impl OrthancModality {
+    /// A peer on 127.0.0.1.
+    pub fn local(name: &str, ae_title: &str, port: u16) -> Self {
+        OrthancModality {
+            name: name.into(),
+            ae_title: ae_title.into(),
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+}
+
 /// Extra configuration for [`Orthanc::start_with`].
 #[derive(Clone, Debug, Default)]
 pub struct OrthancOptions {
@@ -1073,6 +1085,21 @@ impl Orthanc {
             dicom_port,
             http_port,
             &OrthancOptions::default(),
+        )
+    }
+
+    /// AE `ae_title` on free ports with storage under `dir`, knowing
+    /// `modalities` (C-FIND/C-GET/C-MOVE callers and destinations).
+    pub fn start_knowing(dir: &Path, ae_title: &str, modalities: Vec<OrthancModality>) -> Orthanc {
+        Orthanc::start_with(
+            dir,
+            ae_title,
+            free_port(),
+            free_port(),
+            &OrthancOptions {
+                modalities,
+                ..OrthancOptions::default()
+            },
         )
     }
 
@@ -1342,4 +1369,36 @@ pub fn admin_get(port: u16, path: &str) -> String {
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The remote device `MIRROR` (an acceptor on 127.0.0.1:`mirror_port`, plus
+/// `remote_ae_extra` lines) and a DICOM target `mirror` to it that retries
+/// quickly, as TOML to append to an agent's configuration.
+pub fn mirror_target_toml(mirror_port: u16, remote_ae_extra: &str) -> String {
+    format!(
+        "\n[[remote_device]]\nname = \"mirror\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {mirror_port}\n\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+         {remote_ae_extra}\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n"
+    )
+}
+
+/// `studies` synthetic studies of `per_study` images of `size`×`size`.
+pub fn synth_small(out: &Path, studies: usize, per_study: usize, size: usize) -> Vec<PathBuf> {
+    let (studies, per_study, size) = (studies.to_string(), per_study.to_string(), size.to_string());
+    synth(
+        out,
+        &[
+            "--studies",
+            &studies,
+            "--instances-per-series",
+            &per_study,
+            "--rows",
+            &size,
+            "--columns",
+            &size,
+        ],
+    )
 }

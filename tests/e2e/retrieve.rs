@@ -58,23 +58,13 @@ impl Fixture {
     fn new(modalities: &[OrthancModality]) -> Fixture {
         let dir = tempdir();
         let base = dir.path().to_path_buf();
-        let mut all = vec![OrthancModality {
-            name: "retriever".into(),
-            ae_title: RETRIEVER_AE.into(),
-            host: "127.0.0.1".into(),
-            port: free_port(),
-        }];
+        let mut all = vec![OrthancModality::local(
+            "retriever",
+            RETRIEVER_AE,
+            free_port(),
+        )];
         all.extend_from_slice(modalities);
-        let orthanc = Orthanc::start_with(
-            &base.join("orthanc"),
-            MIRROR_AE,
-            free_port(),
-            free_port(),
-            &OrthancOptions {
-                modalities: all,
-                ..OrthancOptions::default()
-            },
-        );
+        let orthanc = Orthanc::start_knowing(&base.join("orthanc"), MIRROR_AE, all);
         let plain = synth(
             &base.join("plain"),
             &[
@@ -694,12 +684,7 @@ fn c_move_to_storescp_delivers_byte_exact() {
     let dir = tempdir();
     let port = free_port();
     let storescp = Storescp::start(dir.path(), "STORESCP", port);
-    let f = Fixture::new(&[OrthancModality {
-        name: "storescp".into(),
-        ae_title: "STORESCP".into(),
-        host: "127.0.0.1".into(),
-        port,
-    }]);
+    let f = Fixture::new(&[OrthancModality::local("storescp", "STORESCP", port)]);
     let peer = f.peer(RETRIEVER_AE);
     runtime().block_on(async {
         let probe = Peer {
@@ -799,20 +784,14 @@ fn unknown_caller_is_refused_with_a_clear_error() {
 #[test]
 fn c_get_of_a_100_instance_study_reports_recovery_times() {
     let dir = tempdir();
-    let orthanc = Orthanc::start_with(
+    let orthanc = Orthanc::start_knowing(
         &dir.path().join("orthanc"),
         MIRROR_AE,
-        free_port(),
-        free_port(),
-        &OrthancOptions {
-            modalities: vec![OrthancModality {
-                name: "retriever".into(),
-                ae_title: RETRIEVER_AE.into(),
-                host: "127.0.0.1".into(),
-                port: free_port(),
-            }],
-            ..OrthancOptions::default()
-        },
+        vec![OrthancModality::local(
+            "retriever",
+            RETRIEVER_AE,
+            free_port(),
+        )],
     );
     let files = synth(
         &dir.path().join("big"),
