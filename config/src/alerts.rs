@@ -91,6 +91,18 @@ pub struct ActiveWindow {
     pub days: [bool; 7],
 }
 
+impl ActiveWindow {
+    /// Seconds the window is open in one week.
+    pub fn active_secs_per_week(&self) -> u64 {
+        let minutes = if self.end_min > self.start_min {
+            self.end_min - self.start_min
+        } else {
+            24 * 60 - self.start_min + self.end_min
+        };
+        u64::from(minutes) * 60 * self.days.iter().filter(|d| **d).count() as u64
+    }
+}
+
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 impl SilenceRule {
@@ -188,6 +200,24 @@ mod tests {
         let w = rule(Some("00:00-24:00"), None).window().unwrap();
         assert_eq!((w.start_min, w.end_min), (0, 0));
         assert_eq!(rule(None, None).window().unwrap().start_min, 0);
+    }
+
+    #[test]
+    fn active_time_per_week() {
+        let w = |h: &str, d: Option<&[&str]>| rule(Some(h), d).window().unwrap();
+        assert_eq!(w("07:00-19:00", None).active_secs_per_week(), 7 * 12 * 3600);
+        assert_eq!(
+            w("22:00-06:00", Some(&["sat"])).active_secs_per_week(),
+            8 * 3600
+        );
+        assert_eq!(
+            w("00:00-24:00", Some(&["mon", "tue"])).active_secs_per_week(),
+            2 * 86_400
+        );
+        assert_eq!(
+            rule(None, None).window().unwrap().active_secs_per_week(),
+            7 * 86_400
+        );
     }
 
     #[test]

@@ -508,8 +508,18 @@ impl Config {
                 rule.after_secs,
                 &(1..=30 * 86_400),
             );
-            if let Err(e) = rule.window() {
-                r.error(p, e);
+            match rule.window() {
+                Err(e) => r.error(p, e),
+                // Silence is counted over the last 4 weeks of active time.
+                Ok(w) if rule.after_secs > 4 * w.active_secs_per_week() => r.error(
+                    format!("{p}.after_secs"),
+                    format!(
+                        "{} s of silence never accrue: the window is open {} s a week, and silence is counted over the last 4 weeks",
+                        rule.after_secs,
+                        w.active_secs_per_week()
+                    ),
+                ),
+                Ok(_) => {}
             }
         }
     }

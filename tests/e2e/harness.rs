@@ -1402,3 +1402,10 @@ pub fn synth_small(out: &Path, studies: usize, per_study: usize, size: usize) ->
         ],
     )
 }
+
+/// Now, in Unix ms (to compare with the agent's timestamps).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

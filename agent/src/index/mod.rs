@@ -13,6 +13,7 @@
 //! r/<target>\0<started ms:u64 BE>                 -> drill result (see [`studies`])
 //! m/<name>                                        -> counters and markers
 //! a/<calling AE title>                            -> last store time (see [`sources`])
+//! f/<kind>\0<subject>                              -> a firing alert (see [`sources`])
 //! ```
 //! UIDs never contain NUL (they are checked before they get here), so `\0`
 //! delimits components and a prefix scan of `i/<uid>\0` finds exactly the

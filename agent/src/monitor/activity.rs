@@ -33,6 +33,8 @@ impl Activity {
 
     /// An association from `calling_ae` at `ip` was accepted.
     pub fn association(&self, calling_ae: &str, ip: IpAddr, now_ms: u64) {
+        // ::ffff:a.b.c.d and a.b.c.d are one address.
+        let ip = ip.to_canonical();
         self.with(|m| {
             m.entry(calling_ae.to_string())
                 .or_default()
@@ -119,5 +121,13 @@ mod tests {
         assert!(a.snapshot(0).1.is_empty());
         a.unsave(&unsaved);
         assert_eq!(a.snapshot(0).1, [("CT1".to_string(), 30)]);
+    }
+
+    #[test]
+    fn mapped_ipv4_is_the_ipv4_address() {
+        let a = Activity::default();
+        a.association("CT1", "::ffff:10.0.0.5".parse().unwrap(), 1);
+        a.association("CT1", "10.0.0.5".parse().unwrap(), 2);
+        assert_eq!(a.snapshot(0).0["CT1"].addresses.len(), 1);
     }
 }

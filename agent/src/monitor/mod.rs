@@ -10,17 +10,29 @@
 //! | `spool_low_space` | `spool` | less than `spool_headroom_min_bytes` is left before stores are refused with A700 |
 //! | `duplicate_ae_title` | calling AE | one calling AE title called from two or more addresses within `duplicate_ae_window_secs` |
 //!
+//! | `monitor_error` | what could not be read | the index or the spool's filesystem cannot be read (the conditions that depend on it keep their last state) |
+//!
 //! Every `check_interval_secs` the monitor evaluates them all ([`evaluate`],
 //! pure); a condition that starts to hold raises **one** alert (log event,
-//! and webhook when configured), one that stops holding is logged as
-//! cleared; nothing is repeated while it holds. Each is also a Prometheus
+//! and webhook when configured); nothing is repeated while it holds; one
+//! that has not held for [`CLEAR_AFTER_CHECKS`] checks in a row is logged
+//! as cleared (so a condition that flaps around its threshold is not
+//! raised again and again). The firing set is kept in the index: a restart
+//! does not raise again what was already raised. Each is also a Prometheus
 //! metric ([`Monitor::metrics`]) and listed in `/status`. (Drill failures
 //! are alerted by the verifier.)
+//!
+//! Silence is counted from the later of the source's last object and the
+//! agent's start (the agent's own downtime is not the source's silence); a
+//! queue is stuck when its oldest object is older than the threshold *and*
+//! nothing was delivered to the target for as long (a large backlog that
+//! moves is not stuck).
 
 pub mod activity;
 pub mod silence;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,7 +64,17 @@ pub struct Settings {
     pub min_free_bytes: u64,
     /// `spool.max_bytes`.
     pub max_bytes: Option<u64>,
+    /// Calling AE titles whose remote AE lists two or more single
+    /// `source_addresses`: seen from those addresses only, it is the one
+    /// device configured so (a multi-homed PACS), not a duplicate title.
+    pub known_addresses: BTreeMap<String, BTreeSet<IpAddr>>,
 }
+
+/// A condition that has not held for this many checks in a row is cleared.
+pub const CLEAR_AFTER_CHECKS: u32 = 3;
+
+/// Kinds evaluated from a target's queue status.
+const TARGET_KINDS: [&str; 3] = ["queue_stuck", "dead_letters", "circuit_open"];
 
 /// One silence rule, parsed.
 #[derive(Debug, Clone)]
@@ -97,6 +119,24 @@ impl Settings {
                 .collect(),
             min_free_bytes: config.spool.min_free_bytes,
             max_bytes: config.spool.max_bytes,
+            known_addresses: config
+                .remote_devices
+                .iter()
+                .flat_map(|d| &d.network_aes)
+                .filter(|ae| {
+                    ae.source_addresses.len() >= 2
+                        && ae
+                            .source_addresses
+                            .iter()
+                            .all(|n| n.prefix_len() == n.max_prefix_len())
+                })
+                .map(|ae| {
+                    (
+                        ae.ae_title.trim().to_string(),
+                        ae.source_addresses.iter().map(|n| n.addr()).collect(),
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -180,7 +220,11 @@ where
         let e = g.sources.entry(ae.clone()).or_default();
         e.last_store_s = seen.last_store_ms.map(|t| t / 1000);
         e.addresses = seen.addresses.len() as u64;
-        if seen.addresses.len() >= 2 {
+        let expected = s
+            .known_addresses
+            .get(ae)
+            .is_some_and(|known| seen.addresses.keys().all(|ip| known.contains(ip)));
+        if seen.addresses.len() >= 2 && !expected {
             let list: Vec<String> = seen
                 .addresses
                 .iter()
@@ -202,7 +246,7 @@ where
             .sources
             .get(&rule.calling_ae)
             .and_then(|x| x.last_store_ms);
-        let since = last.unwrap_or(i.started_ms);
+        let since = last.unwrap_or(i.started_ms).max(i.started_ms);
         let silent_ms = silence::active_ms(tz, &rule.window, since, i.now_ms);
         let e = g.sources.entry(rule.calling_ae.clone()).or_default();
         e.silence_s = Some(silent_ms / 1000);
@@ -228,8 +272,13 @@ where
         }
     }
     for (name, t) in i.targets {
+        let idle_secs = i
+            .now_ms
+            .saturating_sub(t.last_success_at_ms.unwrap_or(0).max(i.started_ms))
+            / 1000;
         if let Some(age) = t.oldest_pending_age_secs
             && age > s.queue_stuck_after_secs
+            && idle_secs > s.queue_stuck_after_secs
         {
             let why = t
                 .last_error
@@ -240,7 +289,8 @@ where
                 kind: "queue_stuck",
                 subject: name.clone(),
                 text: format!(
-                    "target {name}: the oldest undelivered object is {} old (threshold {}); {} objects ({}) waiting{why}",
+                    "target {name}: nothing delivered for {}, the oldest undelivered object is {} old (threshold {}); {} objects ({}) waiting{why}",
+                    duration_text(idle_secs),
                     duration_text(age),
                     duration_text(s.queue_stuck_after_secs),
                     t.pending,
@@ -314,9 +364,13 @@ pub struct Firing {
     pub since_ms: u64,
 }
 
+type Key = (String, String);
+
 #[derive(Default)]
 struct State {
-    firing: BTreeMap<(String, String), Firing>,
+    firing: BTreeMap<Key, Firing>,
+    /// Checks in a row a firing condition did not hold.
+    misses: BTreeMap<Key, u32>,
     gauges: Gauges,
     raised: BTreeMap<&'static str, u64>,
     last_check_ms: Option<u64>,
@@ -351,19 +405,25 @@ impl Monitor {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Take one check's result: raise what started to hold, log what
-    /// stopped.
+    /// Take one check's result: raise what started to hold, clear what
+    /// has not held for [`CLEAR_AFTER_CHECKS`] checks. Firing conditions
+    /// for which `unknown(kind, subject)` is true (their input could not be
+    /// read) keep their state. Returns whether the set of firing conditions
+    /// changed.
     pub fn apply(
         &self,
         now_ms: u64,
         conditions: Vec<Condition>,
         gauges: Gauges,
         alerter: &Alerter,
-    ) {
+        unknown: &dyn Fn(&str, &str) -> bool,
+    ) -> bool {
         let mut st = self.state();
+        let before: BTreeSet<Key> = st.firing.keys().cloned().collect();
         let mut next = BTreeMap::new();
         for c in conditions {
             let key = (c.kind.to_string(), c.subject.clone());
+            st.misses.remove(&key);
             let since = match st.firing.remove(&key) {
                 Some(f) => f.since_ms,
                 None => {
@@ -382,10 +442,21 @@ impl Monitor {
                 },
             );
         }
-        for ((kind, subject), f) in std::mem::take(&mut st.firing) {
+        for (key, f) in std::mem::take(&mut st.firing) {
+            if unknown(&key.0, &key.1) {
+                next.insert(key, f);
+                continue;
+            }
+            let misses = st.misses.entry(key.clone()).or_default();
+            *misses += 1;
+            if *misses < CLEAR_AFTER_CHECKS {
+                next.insert(key, f);
+                continue;
+            }
+            st.misses.remove(&key);
             tracing::info!(
-                alert = %kind,
-                %subject,
+                alert = %key.0,
+                subject = %key.1,
                 firing_secs = now_ms.saturating_sub(f.since_ms) / 1000,
                 "alert cleared"
             );
@@ -393,6 +464,23 @@ impl Monitor {
         st.firing = next;
         st.gauges = gauges;
         st.last_check_ms = Some(now_ms);
+        st.firing.keys().cloned().collect::<BTreeSet<Key>>() != before
+    }
+
+    /// Conditions that were firing before a restart: they count as raised.
+    pub fn restore_firing(&self, saved: Vec<(String, String, u64)>) {
+        let mut st = self.state();
+        for (kind, subject, since) in saved {
+            st.firing.insert(
+                (kind.clone(), subject.clone()),
+                Firing {
+                    kind,
+                    subject,
+                    text: "raised before the agent restarted; not seen since".into(),
+                    since_ms: since,
+                },
+            );
+        }
     }
 
     /// What holds now.
@@ -416,20 +504,40 @@ impl Monitor {
             tracing::warn!(error = %e, "could not save the sources' last store times (retried)");
             self.activity.unsave(&unsaved);
         }
-        let statuses = match crate::admin::targets_status(index, targets, now) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "monitor: cannot read the queues from the index");
-                BTreeMap::new()
+        // An input that cannot be read is a condition of its own, and the
+        // conditions that depend on it keep their state.
+        let mut broken = Vec::new();
+        let mut statuses = BTreeMap::new();
+        let mut unknown_targets = BTreeSet::new();
+        for t in targets {
+            match crate::admin::targets_status(index, std::slice::from_ref(t), now) {
+                Ok(s) => statuses.extend(s),
+                Err(e) => {
+                    unknown_targets.insert(t.0.clone());
+                    broken.push(Condition {
+                        kind: "monitor_error",
+                        subject: format!("target {}", t.0),
+                        text: format!(
+                            "the monitors cannot read the queue of target {} from the index: {e}; its alerts are not evaluated",
+                            t.0
+                        ),
+                    });
+                }
             }
-        };
+        }
         let room = match crate::spool::free_bytes(spool.root()) {
             Ok(free) => Some(SpoolRoom {
                 free_bytes: free,
                 used_bytes: spool.used_bytes(),
             }),
             Err(e) => {
-                tracing::error!(error = %e, "monitor: cannot read the spool's free space");
+                broken.push(Condition {
+                    kind: "monitor_error",
+                    subject: "spool".into(),
+                    text: format!(
+                        "the monitors cannot read the spool's free space: {e}; the low-space alert is not evaluated"
+                    ),
+                });
                 None
             }
         };
@@ -440,8 +548,23 @@ impl Monitor {
             targets: &statuses,
             room,
         };
-        let (conditions, gauges) = evaluate(&self.settings, &inputs, &chrono::Local);
-        self.apply(now, conditions, gauges, alerter);
+        let (mut conditions, gauges) = evaluate(&self.settings, &inputs, &chrono::Local);
+        let spool_unknown = room.is_none();
+        conditions.extend(broken);
+        let unknown = |kind: &str, subject: &str| {
+            (TARGET_KINDS.contains(&kind) && unknown_targets.contains(subject))
+                || (kind == "spool_low_space" && spool_unknown)
+        };
+        if self.apply(now, conditions, gauges, alerter, &unknown) {
+            let firing: Vec<_> = self
+                .firing()
+                .into_iter()
+                .map(|f| (f.kind, f.subject, f.since_ms))
+                .collect();
+            if let Err(e) = index.put_firing_alerts(&firing) {
+                tracing::warn!(error = %e, "could not save the firing alerts (a restart may raise them again)");
+            }
+        }
     }
 
     /// Prometheus text of the last check.
@@ -528,6 +651,10 @@ pub async fn run(
     match index.source_last_stores() {
         Ok(saved) => monitor.activity.restore(saved),
         Err(e) => tracing::warn!(error = %e, "could not read the sources' last store times"),
+    }
+    match index.firing_alerts() {
+        Ok(saved) => monitor.restore_firing(saved),
+        Err(e) => tracing::warn!(error = %e, "could not read the alerts firing before the restart"),
     }
     let mut tick = tokio::time::interval(monitor.settings.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

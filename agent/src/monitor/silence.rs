@@ -9,7 +9,8 @@ use pacs_mirror_config::ActiveWindow;
 const DAY_MS: u64 = 86_400_000;
 
 /// Milliseconds of `[from_ms, to_ms]` inside `w`'s windows, in the time zone
-/// `tz`. Counts at most 32 days back (longer than any threshold).
+/// `tz`. Counts at most 32 days back: four whole weeks, over which
+/// validation checks that a rule's threshold can accrue.
 pub fn active_ms<Tz: TimeZone>(tz: &Tz, w: &ActiveWindow, from_ms: u64, to_ms: u64) -> u64 {
     let from_ms = from_ms.max(to_ms.saturating_sub(32 * DAY_MS));
     if from_ms >= to_ms {
@@ -52,7 +53,9 @@ fn local_date<Tz: TimeZone>(tz: &Tz, ms: u64) -> Option<NaiveDate> {
 }
 
 /// Unix ms of `minute` past local midnight of `day`. In a DST gap the
-/// minute does not exist: the first valid instant after it is used.
+/// minute does not exist: the same wall-clock time an hour later is used
+/// (the window opens up to an hour late once a year); in the autumn fold
+/// the earlier of the two instants.
 fn at<Tz: TimeZone>(tz: &Tz, day: NaiveDate, minute: u32) -> Option<u64> {
     let naive: NaiveDateTime = day.and_hms_opt(minute / 60, minute % 60, 0)?;
     let local = tz.from_local_datetime(&naive).earliest().or_else(|| {

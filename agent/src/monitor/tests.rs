@@ -26,6 +26,7 @@ fn settings() -> Settings {
         }],
         min_free_bytes: 256 << 20,
         max_bytes: None,
+        known_addresses: BTreeMap::new(),
     }
 }
 
@@ -88,6 +89,19 @@ fn silence_counts_from_the_last_store_or_the_start() {
         c[0].text
     );
     assert!(c[0].text.contains("threshold 3 h 00 min"), "{}", c[0].text);
+    // Last object 12 h ago, but the agent started (after downtime) 2 h
+    // ago: the agent's downtime is not the source's silence.
+    let long_ago = BTreeMap::from([("CT1".to_string(), seen(Some(NOW - 12 * H), &[]))]);
+    let i = Inputs {
+        now_ms: NOW,
+        started_ms: NOW - 2 * H,
+        sources: &long_ago,
+        targets: &BTreeMap::new(),
+        room: None,
+    };
+    let (quiet, g) = evaluate(&s, &i, &Utc);
+    assert!(quiet.is_empty(), "{quiet:?}");
+    assert_eq!(g.sources["CT1"].silence_s, Some(7200));
     // Never seen since a start 10 h ago.
     let (c, _) = eval(&s, &BTreeMap::new(), &BTreeMap::new(), None);
     assert_eq!(kinds(&c), [("source_silent", "CT1")]);
@@ -110,6 +124,20 @@ fn duplicate_ae_title_names_every_address() {
     assert!(c[0].text.contains("127.0.0.1"), "{}", c[0].text);
     assert!(c[0].text.contains("127.0.0.2"), "{}", c[0].text);
     assert_eq!(g.sources["CT1"].addresses, 2);
+    // Configured with exactly these two addresses: one multi-homed device.
+    let mut s = settings();
+    s.known_addresses.insert(
+        "CT1".into(),
+        ["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()].into(),
+    );
+    assert!(eval(&s, &sources, &BTreeMap::new(), None).0.is_empty());
+    // A third address is not one of them.
+    let sources = BTreeMap::from([(
+        "CT1".to_string(),
+        seen(Some(NOW - H), &["127.0.0.1", "127.0.0.3"]),
+    )]);
+    let (c, _) = eval(&s, &sources, &BTreeMap::new(), None);
+    assert_eq!(kinds(&c), [("duplicate_ae_title", "CT1")]);
 }
 
 #[test]
@@ -135,6 +163,16 @@ fn target_conditions() {
                 ..Default::default()
             },
         ),
+        (
+            // A big backlog that moves: old, but delivered a minute ago.
+            "moving".to_string(),
+            TargetStatus {
+                pending: 50_000,
+                oldest_pending_age_secs: Some(7200),
+                last_success_at_ms: Some(NOW - 60_000),
+                ..Default::default()
+            },
+        ),
     ]);
     let sources = BTreeMap::from([("CT1".to_string(), seen(Some(NOW), &[]))]);
     let (c, _) = eval(&s, &sources, &targets, None);
@@ -148,7 +186,9 @@ fn target_conditions() {
     );
     let stuck = &c[1].text;
     assert!(
-        stuck.contains("1 h 00 min old") && stuck.contains("12 objects (6.0 MiB)"),
+        stuck.contains("nothing delivered for 10 h 00 min")
+            && stuck.contains("1 h 00 min old")
+            && stuck.contains("12 objects (6.0 MiB)"),
         "{stuck}"
     );
     assert!(stuck.contains("connection refused"), "{stuck}");
@@ -183,6 +223,10 @@ fn headroom_is_the_smaller_of_disk_and_quota() {
     assert_eq!(room.headroom(&s), 0);
 }
 
+fn none(_: &str, _: &str) -> bool {
+    false
+}
+
 #[test]
 fn each_condition_is_raised_once_until_it_clears() {
     let m = Monitor::new(settings(), Arc::default(), NOW);
@@ -192,20 +236,56 @@ fn each_condition_is_raised_once_until_it_clears() {
         subject: "mirror".into(),
         text: "stuck".into(),
     };
-    m.apply(NOW, vec![cond()], Gauges::default(), &alerter);
-    m.apply(NOW + 30_000, vec![cond()], Gauges::default(), &alerter);
-    assert_eq!(alerter.counters.raised.load(Ordering::Relaxed), 1);
+    let raised = || alerter.counters.raised.load(Ordering::Relaxed);
+    let g = Gauges::default;
+    assert!(m.apply(NOW, vec![cond()], g(), &alerter, &none));
+    assert!(!m.apply(NOW + 30_000, vec![cond()], g(), &alerter, &none));
+    assert_eq!(raised(), 1);
     assert_eq!(m.firing()[0].since_ms, NOW);
-    m.apply(NOW + 60_000, vec![], Gauges::default(), &alerter);
+    // Flapping: absent for fewer than CLEAR_AFTER_CHECKS checks, then back:
+    // still the same alert.
+    for k in 1..CLEAR_AFTER_CHECKS {
+        m.apply(NOW + 40_000 + u64::from(k), vec![], g(), &alerter, &none);
+        assert_eq!(m.firing().len(), 1);
+    }
+    m.apply(NOW + 200_000, vec![cond()], g(), &alerter, &none);
+    assert_eq!(raised(), 1);
+    // Absent long enough: cleared; back again: a new alert.
+    for k in 0..CLEAR_AFTER_CHECKS {
+        m.apply(NOW + 300_000 + u64::from(k), vec![], g(), &alerter, &none);
+    }
     assert!(m.firing().is_empty());
-    m.apply(NOW + 90_000, vec![cond()], Gauges::default(), &alerter);
-    assert_eq!(alerter.counters.raised.load(Ordering::Relaxed), 2);
+    m.apply(NOW + 400_000, vec![cond()], g(), &alerter, &none);
+    assert_eq!(raised(), 2);
     let text = m.metrics();
     assert!(
         text.contains("pacs_mirror_alert_firing{kind=\"queue_stuck\",subject=\"mirror\"} 1\n"),
         "{text}"
     );
     assert!(text.contains("pacs_mirror_alerts_raised_total{kind=\"queue_stuck\"} 2\n"));
+}
+
+#[test]
+fn unknown_inputs_keep_their_alerts_and_restarts_do_not_raise_again() {
+    let m = Monitor::new(settings(), Arc::default(), NOW);
+    let alerter = Alerter::log_only("dev");
+    m.restore_firing(vec![("queue_stuck".into(), "mirror".into(), NOW - H)]);
+    let stuck = Condition {
+        kind: "queue_stuck",
+        subject: "mirror".into(),
+        text: "stuck".into(),
+    };
+    // Still holds after the restart: not raised again, same start.
+    assert!(!m.apply(NOW, vec![stuck], Gauges::default(), &alerter, &none));
+    assert_eq!(alerter.counters.raised.load(Ordering::Relaxed), 0);
+    assert_eq!(m.firing()[0].since_ms, NOW - H);
+    // The index cannot be read for many checks: the alert keeps its state.
+    let unknown = |kind: &str, subject: &str| kind == "queue_stuck" && subject == "mirror";
+    for k in 0..10 {
+        m.apply(NOW + k, vec![], Gauges::default(), &alerter, &unknown);
+    }
+    assert_eq!(m.firing().len(), 1);
+    assert_eq!(alerter.counters.raised.load(Ordering::Relaxed), 0);
 }
 
 #[test]
@@ -220,7 +300,7 @@ fn metrics_escape_label_values() {
             addresses: 1,
         },
     );
-    m.apply(NOW, vec![], g, &Alerter::log_only("dev"));
+    m.apply(NOW, vec![], g, &Alerter::log_only("dev"), &none);
     let text = m.metrics();
     assert!(
         text.contains("pacs_mirror_source_last_store_timestamp_seconds{calling_ae=\"A\\\"B\"} 7\n"),

@@ -1058,6 +1058,14 @@ fn alerts_are_checked_all_at_once() {
 }
 
 #[test]
+fn silence_that_can_never_accrue_is_an_error() {
+    let f = findings(&format!(
+        "{EXPOSED}\n[[alerts.silence]]\ncalling_ae = \"PRIMARY\"\nafter_secs = 86400\nactive_hours = \"07:00-08:00\"\ndays = [\"sat\"]\n"
+    ));
+    only(&f, &[(Error, "alerts.silence[0].after_secs")]);
+}
+
+#[test]
 fn alerts_without_webhook_are_valid() {
     only(
         &findings(&format!(
