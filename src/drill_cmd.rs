@@ -129,7 +129,7 @@ impl DrillReceiver {
         if !targets.iter().any(|t| uses_c_move(config, t)) {
             return Ok(None);
         }
-        let inbox = DrillInbox::new();
+        let inbox = DrillInbox::with_reserve(DrillInbox::reserve_for(config.spool.min_free_bytes));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bound = app::serve_drill_receivers(config, inbox.clone(), shutdown.clone(), &tracker)

@@ -400,7 +400,7 @@ pub async fn run_with(
     let drill_inbox = config
         .acceptor_aes()
         .any(|ae| ae.drill_receiver)
-        .then(DrillInbox::new);
+        .then(|| DrillInbox::with_reserve(DrillInbox::reserve_for(config.spool.min_free_bytes)));
     for settings in listener_settings(&config).await? {
         let titles: Vec<_> = settings
             .aes

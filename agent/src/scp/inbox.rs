@@ -104,6 +104,8 @@ pub struct DrillInbox {
     next_id: AtomicU64,
     next_file: AtomicU64,
     prefix: u32,
+    /// Free bytes a drill never takes from the filesystem it writes to.
+    reserve_bytes: u64,
     /// Counters.
     pub counters: InboxCounters,
 }
@@ -148,15 +150,30 @@ impl Drop for Expecting {
 }
 
 impl DrillInbox {
-    /// An inbox with no drill waiting.
+    /// An inbox with no drill waiting and no free-space reserve.
     pub fn new() -> Arc<Self> {
+        Self::with_reserve(0)
+    }
+
+    /// An inbox that refuses (A700) a store that would leave less than
+    /// `reserve_bytes` free where the drill writes: the drill scratch sits
+    /// on the spool's filesystem, and a drill must never be what makes
+    /// ingest answer A700.
+    pub fn with_reserve(reserve_bytes: u64) -> Arc<Self> {
         Arc::new(DrillInbox {
             expectations: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             next_file: AtomicU64::new(0),
             prefix: rand::random(),
+            reserve_bytes,
             counters: InboxCounters::default(),
         })
+    }
+
+    /// The reserve for an agent whose spool keeps `min_free_bytes`: twice
+    /// that, and at least 1 GiB.
+    pub fn reserve_for(min_free_bytes: u64) -> u64 {
+        min_free_bytes.saturating_mul(2).max(1 << 30)
     }
 
     /// Register a drill's expectation (before its C-MOVE-RQ is sent).
@@ -395,6 +412,21 @@ impl InboxStore {
         let State::Writing(w) = &mut self.state else {
             return;
         };
+        let reserve = self.inbox.as_ref().map_or(0, |i| i.reserve_bytes);
+        if reserve > 0 {
+            let dir = w.writer.path().parent().unwrap_or(Path::new("."));
+            let free = crate::spool::free_bytes(dir).unwrap_or(0);
+            if free < reserve.saturating_add(chunk.len() as u64) {
+                // dropping the writer removes the file
+                self.state = State::Refusing(Failure {
+                    status: Status::OUT_OF_RESOURCES,
+                    comment: format!(
+                        "drill scratch: {free} bytes free, {reserve} are kept for ingest"
+                    ),
+                });
+                return;
+            }
+        }
         if let Err(e) = w.writer.write_chunk(&chunk) {
             // dropping the writer removes the file
             self.state = State::Refusing(Failure {
@@ -596,6 +628,35 @@ mod tests {
         assert_eq!(e.status.code(), 0xA700);
         assert!(e.comment.contains("no restore drill is running"), "{e:?}");
         assert_eq!(inbox.counters.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_drill_never_takes_the_space_ingest_needs() {
+        let d = tempfile::tempdir().unwrap();
+        let free = crate::spool::free_bytes(d.path()).unwrap();
+        // Keep more than there is: the expected study is refused, no file.
+        let inbox = DrillInbox::with_reserve(free.saturating_add(1 << 30));
+        let dir = d.path().join("drill-1");
+        let mut expecting = inbox.expect(Expectation {
+            study_instance_uid: "1.2.3".into(),
+            originator_ae: "AGENT".into(),
+            callers: vec!["MIRROR".into()],
+            dir: dir.clone(),
+        });
+        let e = store(
+            &inbox,
+            "MIRROR",
+            rq("1.2.3.1", Some("AGENT")),
+            body("1.2.3", "1.2.3.1"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.status.code(), 0xA700);
+        assert!(e.comment.contains("kept for ingest"), "{e:?}");
+        assert!(expecting.try_recv().is_none());
+        assert_eq!(files(&dir), 0);
+        assert_eq!(DrillInbox::reserve_for(256 << 20), 1 << 30);
+        assert_eq!(DrillInbox::reserve_for(4 << 30), 8 << 30);
     }
 
     #[tokio::test]
