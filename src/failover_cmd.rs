@@ -4,7 +4,11 @@
 //! Exit status of both: 0 when the mirror is complete / every missing
 //! instance is verified on the primary; 1 when not; 2 when the check or the
 //! failback could not run (a peer that cannot be asked, a bad argument,
-//! the index unreadable).
+//! the index unreadable). `failback` also exits 2 when it stopped early
+//! (3 consecutive association failures to one peer: the studies left are
+//! reported as not attempted). `failback --dry-run`: 0 when there is
+//! nothing to send (and the mirror's answer was whole), 1 when the plan has
+//! something to send or the mirror capped its answer, 2 on errors.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,7 +57,8 @@ pub struct FailbackArgs {
     #[arg(long)]
     pub to: String,
     /// Studies dated (Study Date) on or after DATE (YYYY-MM-DD): the start
-    /// of the outage.
+    /// of the outage. Studies without a Study Date on the mirror are not
+    /// considered (the report says how to check them).
     #[arg(long, value_name = "DATE")]
     pub since: String,
     /// Our calling AE title (default: the target's, or the configuration's
@@ -67,7 +72,9 @@ pub struct FailbackArgs {
     /// directory); emptied as each study is done.
     #[arg(long)]
     pub scratch: Option<PathBuf>,
-    /// Only list what would be sent.
+    /// Only list what would be sent. Exit status: 0 when nothing is
+    /// missing on the primary, 1 when the plan has something to send (or
+    /// the mirror capped its answer), 2 on errors.
     #[arg(long)]
     pub dry_run: bool,
     /// Print the final report (with --dry-run: the plan) as JSON.
@@ -148,7 +155,7 @@ async fn check_report(args: &CheckArgs) -> anyhow::Result<FailoverReport> {
         )
     })?;
     let spool = Spool::open(&dirs.spool, app::spool_limits(&config))?;
-    Ok(failover::check(&index, &spool, &config, &request).await?)
+    Ok(failover::check(&index, &std::sync::Arc::new(spool), &config, &request).await?)
 }
 
 fn print_check(r: &FailoverReport) {
@@ -219,7 +226,13 @@ fn print_check(r: &FailoverReport) {
                 n.sop_instance_uid, n.study_instance_uid, n.hint
             );
         }
-        if rep.requeued + rep.already_queued > 0 {
+        if rep.in_flight > 0 {
+            println!(
+                "  {} instance(s) delivered while the check ran (in flight): not queued again; run the check again",
+                rep.in_flight
+            );
+        }
+        if rep.requeued + rep.already_queued + rep.in_flight > 0 {
             println!(
                 "  the agent delivers queued instances while it runs; run the check again once `pacs-mirror status` shows the queue drained"
             );
@@ -234,6 +247,7 @@ fn state_name(s: QueueState) -> &'static str {
         QueueState::Queued => "still queued",
         QueueState::DeadLetter => "dead letter",
         QueueState::Delivered => "delivered, since lost by the mirror",
+        QueueState::InFlight => "delivered while the check ran (in flight)",
         QueueState::NotQueued => "never queued for this target",
     }
 }
@@ -310,7 +324,7 @@ async fn run_failback(args: &FailbackArgs) -> anyhow::Result<ExitCode> {
         } else {
             print_plan(&plan);
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(dry_run_status(&plan));
     }
     let holder;
     let scratch = match &args.scratch {
@@ -347,11 +361,40 @@ async fn run_failback(args: &FailbackArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_failback(&report);
     }
-    Ok(if report.complete() {
+    Ok(failback_status(&report))
+}
+
+/// `failback --dry-run`: 0 nothing to send, 1 something to send (or the
+/// mirror's answer was capped: not everything was seen).
+fn dry_run_status(plan: &Plan) -> ExitCode {
+    if plan.studies.is_empty() && !plan.truncated {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
+}
+
+/// `failback`: 0 complete, 2 stopped early, 1 otherwise.
+fn failback_status(report: &FailbackReport) -> ExitCode {
+    if report.stopped.is_some() {
+        ExitCode::from(COULD_NOT_RUN)
+    } else if report.complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// What the window of `--since` cannot show.
+fn print_blind_spots(truncated: bool, studies_read: usize, mirror: &str) {
+    if truncated {
+        println!(
+            "  THE MIRROR CAPPED ITS ANSWER at {studies_read} studies: the studies past the cap were never looked at; narrow --since (or run it again per period)"
+        );
+    }
+    println!(
+        "  studies without a Study Date on the mirror are not considered: check them with a C-FIND on the mirror {mirror} listing every study with its Study Date (e.g. findscu -S -k QueryRetrieveLevel=STUDY -k StudyInstanceUID -k StudyDate -k PatientID), and bring any undated one back by hand"
+    );
 }
 
 fn print_plan(plan: &Plan) {
@@ -368,6 +411,7 @@ fn print_plan(plan: &Plan) {
             s.missing.len()
         );
     }
+    print_blind_spots(plan.truncated, plan.studies_on_mirror, &plan.mirror);
 }
 
 fn print_failback(r: &FailbackReport) {
@@ -376,6 +420,10 @@ fn print_failback(r: &FailbackReport) {
             "failback from {} to {} (studies since {}): nothing to bring back; {} study(ies) on the mirror in the window, all complete on the primary",
             r.mirror, r.primary, r.since, r.studies_on_mirror
         );
+        print_blind_spots(r.truncated, r.studies_on_mirror, &r.mirror);
+        if r.truncated {
+            println!("INCOMPLETE: the mirror's answer was capped (see above)");
+        }
         return;
     }
     println!(
@@ -397,13 +445,30 @@ fn print_failback(r: &FailbackReport) {
         "  {} study(ies) on the mirror in the window, {} already complete on the primary",
         r.studies_on_mirror, r.studies_complete
     );
+    if r.reencoded > 0 {
+        println!(
+            "  {} verified instance(s) were re-encoded by pacs-mirror for the primary (it accepts no context for the original transfer syntax; lossless, uncompressed): the primary holds the bytes sent, not the mirror's",
+            r.reencoded
+        );
+    }
+    print_blind_spots(r.truncated, r.studies_on_mirror, &r.mirror);
+    if let Some(why) = &r.stopped {
+        println!("  STOPPED EARLY: {why}; the studies left were not attempted");
+    }
     for n in &r.not_verified {
         let what = match &n.outcome {
             Outcome::Verified => "verified".to_string(),
-            Outcome::Changed(h) => format!(
-                "STORED, BYTES CHANGED by the primary (sent {}, holds {h})",
-                n.blake3
-            ),
+            Outcome::Changed(h) => match &n.reencoded_to {
+                Some(ts) => format!(
+                    "STORED, re-encoded by pacs-mirror for the primary into {ts} (it accepts no context for the original transfer syntax); the primary holds yet other bytes (retrieved {}, sent {}, holds {h})",
+                    n.blake3, n.sent_blake3
+                ),
+                None => format!(
+                    "STORED, BYTES CHANGED by the primary (sent {}, holds {h})",
+                    n.sent_blake3
+                ),
+            },
+            Outcome::NotAttempted(w) => format!("NOT ATTEMPTED: {w}"),
             Outcome::Missing(w) => format!("MISSING: {w}"),
             Outcome::RetrieveFailed(w) => format!("NOT RETRIEVED from the mirror: {w}"),
             Outcome::StoreFailed(w) => format!("NOT STORED: {w}"),
@@ -422,4 +487,49 @@ fn print_failback(r: &FailbackReport) {
             "INCOMPLETE: see above; running failback again sends only what is still missing"
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pacs_mirror_agent::failback::PlannedStudy;
+
+    #[test]
+    fn dry_run_exits_1_when_something_is_to_be_sent() {
+        assert_eq!(dry_run_status(&Plan::default()), ExitCode::SUCCESS);
+        let capped = Plan {
+            truncated: true,
+            ..Plan::default()
+        };
+        assert_eq!(dry_run_status(&capped), ExitCode::FAILURE);
+        let something = Plan {
+            studies: vec![PlannedStudy {
+                study_instance_uid: "1.2".into(),
+                patient_id: String::new(),
+                patient_name: String::new(),
+                study_date: String::new(),
+                on_mirror: 1,
+                on_primary: Some(0),
+                missing: Vec::new(),
+            }],
+            ..Plan::default()
+        };
+        assert_eq!(dry_run_status(&something), ExitCode::FAILURE);
+    }
+
+    #[test]
+    fn failback_exit_status() {
+        let done = FailbackReport::default();
+        assert_eq!(failback_status(&done), ExitCode::SUCCESS);
+        let capped = FailbackReport {
+            truncated: true,
+            ..FailbackReport::default()
+        };
+        assert_eq!(failback_status(&capped), ExitCode::FAILURE);
+        let stopped = FailbackReport {
+            stopped: Some("3 consecutive association failures".into()),
+            ..FailbackReport::default()
+        };
+        assert_eq!(failback_status(&stopped), ExitCode::from(COULD_NOT_RUN));
+    }
 }

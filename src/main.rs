@@ -92,9 +92,13 @@ enum Command {
     /// After an outage during which modalities sent to the mirror: find the
     /// studies since DATE the primary lacks (C-FIND both), retrieve them
     /// from the mirror (C-GET), C-STORE them to the primary and verify every
-    /// instance (C-FIND, and C-GET back compared by hash). Exit status: 0
-    /// when every missing instance is verified on the primary; 1 when not;
-    /// 2 when it could not run.
+    /// instance (C-FIND, and C-GET back compared by hash). Studies without
+    /// a Study Date on the mirror are not considered. Exit status: 0 when
+    /// every missing instance is verified on the primary (and the mirror's
+    /// answer was not capped); 1 when not; 2 when it could not run or
+    /// stopped after 3 consecutive association failures to one peer. With
+    /// --dry-run: 0 when nothing is to be sent, 1 when something is (or the
+    /// mirror's answer was capped), 2 on errors.
     Failback(failover_cmd::FailbackArgs),
     /// Replication lag, ingest counters and warnings: from the running
     /// agent's admin endpoint, or from the index when no agent runs.

@@ -516,11 +516,11 @@ pub async fn run_with(
             extra_metrics: extension.metrics,
         });
         tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills, /failover/check");
-        let failover = crate::failover::routes(Arc::new(crate::failover::FailoverService {
-            index: index.clone(),
-            spool: ingest.spool.clone(),
-            config: config.clone(),
-        }));
+        let failover = crate::failover::routes(Arc::new(crate::failover::FailoverService::new(
+            index.clone(),
+            ingest.spool.clone(),
+            config.clone(),
+        )));
         let routes = match extension.routes {
             Some(r) => r.merge(failover),
             None => failover,

@@ -9,7 +9,9 @@
 //! 2. Studies expected but absent from that answer are asked for again by
 //!    their UIDs ([`Session::lookup`], list matching in batches): a study
 //!    without a Study Date, or an answer the peer cut short, is then not
-//!    mistaken for a missing one.
+//!    mistaken for a missing one. A batch answer that is cut short, names
+//!    studies not asked for, or is empty for several UIDs (a peer without
+//!    list matching) is asked again one UID per C-FIND ([`batch_verdict`]).
 //! 3. Where the counts differ (or the peer gave none), one C-FIND at IMAGE
 //!    level of that study names its instances ([`Session::instances`]), so
 //!    the missing SOP Instance UIDs are exact.
@@ -85,30 +87,82 @@ impl Session {
         })
     }
 
-    /// These studies, asked for by UID ([`LOOKUP_BATCH`] per C-FIND); the
-    /// ones the peer does not hold are absent from the answer.
+    /// These studies, asked for by UID ([`LOOKUP_BATCH`] per C-FIND, list
+    /// matching); the ones the peer does not hold are absent from the
+    /// answer.
+    ///
+    /// A peer that does not support list matching may answer a batch with
+    /// everything it holds (perhaps cut short) or with nothing. A batch
+    /// answer is trusted only when it is not truncated, names no study not
+    /// asked for, and (for a batch of more than one) is not empty; else the
+    /// batch is asked again one C-FIND per UID ([`batch_verdict`]).
     pub async fn lookup(
         &mut self,
         study_instance_uids: &[String],
     ) -> Result<BTreeMap<String, StudyMatch>, QrError> {
         let mut out = BTreeMap::new();
         for batch in study_instance_uids.chunks(LOOKUP_BATCH) {
-            let query = StudyQuery {
-                study_instance_uids: batch.to_vec(),
-                ..StudyQuery::default()
-            };
-            let outcome = self
-                .association
-                .find(InformationModel::StudyRoot, &query, &self.options)
-                .await?;
-            for m in outcome.matches {
-                // A peer that ignores list matching answers more: keep ours.
-                if batch.contains(&m.study_instance_uid) {
-                    out.insert(m.study_instance_uid.clone(), m);
+            let outcome = self.find_uids(batch).await?;
+            match batch_verdict(batch, &outcome.matches, outcome.truncated) {
+                BatchVerdict::Trusted => {
+                    out.extend(
+                        outcome
+                            .matches
+                            .into_iter()
+                            .map(|m| (m.study_instance_uid.clone(), m)),
+                    );
+                }
+                BatchVerdict::OneByOne => {
+                    tracing::debug!(
+                        peer = %self.describe(),
+                        batch = batch.len(),
+                        matches = outcome.matches.len(),
+                        truncated = outcome.truncated,
+                        "study lookup by UID list not trusted: asking one UID per C-FIND"
+                    );
+                    for uid in batch {
+                        let one = std::slice::from_ref(uid);
+                        let outcome = self.find_uids(one).await?;
+                        let found = outcome
+                            .matches
+                            .into_iter()
+                            .find(|m| &m.study_instance_uid == uid);
+                        match found {
+                            Some(m) => {
+                                out.insert(uid.clone(), m);
+                            }
+                            // Everything the peer holds, cut short, without
+                            // ours: whether it holds ours is unknown.
+                            None if outcome.truncated => {
+                                return Err(QrError::Malformed {
+                                    addr: self.describe(),
+                                    what: "C-FIND answer",
+                                    reason: format!(
+                                        "asked for study {uid} by its UID, it answered more than {} other studies (it seems to ignore Study Instance UID matching)",
+                                        self.options.max_matches
+                                    ),
+                                });
+                            }
+                            None => {}
+                        }
+                    }
                 }
             }
         }
         Ok(out)
+    }
+
+    async fn find_uids(
+        &mut self,
+        uids: &[String],
+    ) -> Result<crate::qr::FindOutcome<StudyMatch>, QrError> {
+        let query = StudyQuery {
+            study_instance_uids: uids.to_vec(),
+            ..StudyQuery::default()
+        };
+        self.association
+            .find(InformationModel::StudyRoot, &query, &self.options)
+            .await
     }
 
     /// The census since `since`, completed by a lookup of the `expected`
@@ -167,6 +221,31 @@ impl Session {
     /// Release the association.
     pub async fn close(self) {
         self.association.release().await;
+    }
+}
+
+/// Whether a C-FIND answer to a batch of Study Instance UIDs (list
+/// matching) can be taken as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchVerdict {
+    /// Every match was asked for, the answer is whole, and an empty answer
+    /// is for one UID only.
+    Trusted,
+    /// Ask again one UID per C-FIND: the answer was cut short, names studies
+    /// not asked for (list matching ignored), or is empty for several UIDs
+    /// (a peer that took the list as one UID matches nothing).
+    OneByOne,
+}
+
+/// Judge a batch answer ([`Session::lookup`]).
+pub fn batch_verdict(batch: &[String], matches: &[StudyMatch], truncated: bool) -> BatchVerdict {
+    let foreign = matches
+        .iter()
+        .any(|m| !batch.contains(&m.study_instance_uid));
+    if truncated || foreign || (matches.is_empty() && batch.len() > 1) {
+        BatchVerdict::OneByOne
+    } else {
+        BatchVerdict::Trusted
     }
 }
 
@@ -274,6 +353,37 @@ mod tests {
         assert_eq!(Tally::Absent.found(4), Some(0));
         assert_eq!(Tally::Equal.found(4), Some(4));
         assert_eq!(Tally::Uncounted.found(4), None);
+    }
+
+    #[test]
+    fn batch_answers_not_trusted_fall_back_to_one_uid_per_find() {
+        let batch: Vec<String> = ["1.1", "1.2", "1.3"].map(String::from).to_vec();
+        // Some of the batch, whole: trusted (the others are absent).
+        assert_eq!(
+            batch_verdict(&batch, &[study("1.2", Some(1))], false),
+            BatchVerdict::Trusted
+        );
+        // Cut short: one by one.
+        assert_eq!(
+            batch_verdict(&batch, &[study("1.2", Some(1))], true),
+            BatchVerdict::OneByOne
+        );
+        // A study not asked for: list matching ignored.
+        assert_eq!(
+            batch_verdict(
+                &batch,
+                &[study("1.2", Some(1)), study("9.9", Some(1))],
+                false
+            ),
+            BatchVerdict::OneByOne
+        );
+        // Nothing for several UIDs: maybe the list was taken as one UID.
+        assert_eq!(batch_verdict(&batch, &[], false), BatchVerdict::OneByOne);
+        // Nothing for one UID: the peer does not hold it.
+        assert_eq!(
+            batch_verdict(&batch[..1], &[], false),
+            BatchVerdict::Trusted
+        );
     }
 
     #[test]

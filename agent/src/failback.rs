@@ -18,8 +18,24 @@
 //!    primary and compare the data set's blake3 with what was sent:
 //!    **verified** when equal; **changed** when the primary holds other bytes
 //!    (it coerced or transcoded them); **missing** when it does not list it.
+//!    An instance the primary accepts no context for in its own transfer
+//!    syntax is re-encoded by us (the uncompressed fallback): the report
+//!    says so, and "the bytes sent" are then the re-encoded ones (their
+//!    blake3 is recorded).
 //!
 //! Scratch files are removed as each study finishes.
+//!
+//! # What is not seen
+//! - Studies without a Study Date on the mirror never match `StudyDate >=
+//!   since`: they are not considered (the report says so).
+//! - A mirror that answers more studies than we read
+//!   ([`QrOptions::max_matches`]): the rest are not seen; the report says
+//!   so and is never complete (narrow `since`).
+//!
+//! # Stopping early
+//! After [`MAX_ASSOCIATION_FAILURES`] consecutive failures to associate
+//! with the same peer, the remaining studies are not attempted: they are
+//! reported as such ([`Outcome::NotAttempted`], [`FailbackReport::stopped`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -32,7 +48,7 @@ use crate::qr::{
     self, GetOutcome, InstanceMatch, QrAssociation, QrError, QrOptions, RetrieveTarget,
     RetrievedInstance, Service, StorageContext,
 };
-use crate::scu::{self, Outgoing, Peer, Scu};
+use crate::scu::{self, Outgoing, Peer, Reencoded, Scu};
 
 /// Instances per C-GET (each UID goes into the identifier).
 const GET_BATCH: usize = 500;
@@ -40,6 +56,9 @@ const GET_BATCH: usize = 500;
 const STORE_CHUNK: usize = 64;
 /// Associations tried for one chunk whose association broke.
 const STORE_ATTEMPTS: u32 = 3;
+/// Consecutive association failures to one peer after which the failback
+/// stops (the studies left are not attempted).
+pub const MAX_ASSOCIATION_FAILURES: u32 = 3;
 
 /// Why a failback could not run (an instance that fails is a result).
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +276,8 @@ pub enum Outcome {
     StoreFailed(String),
     /// Listed by the primary, but it could not be read back.
     VerifyFailed(String),
+    /// Not attempted: the failback stopped before this study.
+    NotAttempted(String),
 }
 
 /// One instance's result.
@@ -268,6 +289,14 @@ pub struct InstanceResult {
     pub sop_instance_uid: String,
     /// blake3 of the data set retrieved from the mirror (empty if not).
     pub blake3: String,
+    /// blake3 of the data set actually sent to the primary: `blake3`, or
+    /// that of our re-encoding (empty if not sent).
+    #[serde(default)]
+    pub sent_blake3: String,
+    /// The transfer syntax we re-encoded it into for the primary (it
+    /// accepts no context for the original one); None: sent as retrieved.
+    #[serde(default)]
+    pub reencoded_to: Option<String>,
     /// Data set bytes.
     pub bytes: u64,
     /// What happened.
@@ -287,6 +316,17 @@ pub struct FailbackReport {
     pub studies_on_mirror: usize,
     /// Of those, complete on the primary before this run.
     pub studies_complete: usize,
+    /// The mirror capped its answer at `studies_on_mirror` studies: the
+    /// rest were never looked at (never complete; narrow `since`).
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why the failback stopped before the last study (the studies left
+    /// are [`Outcome::NotAttempted`]).
+    #[serde(default)]
+    pub stopped: Option<String>,
+    /// Verified instances that we re-encoded for the primary.
+    #[serde(default)]
+    pub reencoded: usize,
     /// Studies with instances to send.
     pub studies: usize,
     /// Instances to send.
@@ -318,20 +358,30 @@ impl FailbackReport {
             since: plan.since.clone(),
             studies_on_mirror: plan.studies_on_mirror,
             studies_complete: plan.studies_complete,
+            truncated: plan.truncated,
             studies: plan.studies.len(),
             instances: plan.instances(),
             ..FailbackReport::default()
         }
     }
 
-    /// Every missing instance is now on the primary with the bytes sent.
+    /// Every study of the window was looked at, and every missing instance
+    /// is now on the primary with the bytes sent.
     pub fn complete(&self) -> bool {
-        self.verified == self.instances && self.not_verified.is_empty()
+        !self.truncated
+            && self.stopped.is_none()
+            && self.verified == self.instances
+            && self.not_verified.is_empty()
     }
 
     fn add(&mut self, r: InstanceResult) {
         match r.outcome {
-            Outcome::Verified => self.verified += 1,
+            Outcome::Verified => {
+                self.verified += 1;
+                if r.reencoded_to.is_some() {
+                    self.reencoded += 1;
+                }
+            }
             Outcome::Changed(_) => {
                 self.changed += 1;
                 self.not_verified.push(r);
@@ -356,10 +406,23 @@ pub async fn run(
         error,
     })?;
     let mut report = FailbackReport::of_plan(plan);
+    let mut failures = AssociationFailures::default();
     for (n, study) in plan.studies.iter().enumerate() {
+        if let Some(why) = failures.stop_reason(settings) {
+            let why = format!("not attempted: the failback stopped ({why})");
+            for s in &plan.studies[n..] {
+                for i in &s.missing {
+                    let r = result_of(s, i, None, Outcome::NotAttempted(why.clone()));
+                    progress(&r);
+                    report.add(r);
+                }
+            }
+            report.stopped = Some(why);
+            break;
+        }
         let dir = scratch.join(format!("study-{n}"));
         let results = match std::fs::create_dir_all(&dir) {
-            Ok(()) => failback_study(study, settings, &dir, &mut report).await,
+            Ok(()) => failback_study(study, settings, &dir, &mut report, &mut failures).await,
             Err(e) => study
                 .missing
                 .iter()
@@ -376,6 +439,45 @@ pub async fn run(
     Ok(report)
 }
 
+/// Consecutive failures to associate, per peer.
+#[derive(Debug, Default)]
+struct AssociationFailures {
+    mirror: u32,
+    primary: u32,
+}
+
+impl AssociationFailures {
+    /// Note an association attempt (None: none was made).
+    fn note(&mut self, to_mirror: bool, associated: Option<bool>) {
+        let n = if to_mirror {
+            &mut self.mirror
+        } else {
+            &mut self.primary
+        };
+        match associated {
+            Some(true) => *n = 0,
+            Some(false) => *n += 1,
+            None => {}
+        }
+    }
+
+    /// Why to stop, if a peer failed [`MAX_ASSOCIATION_FAILURES`] times in
+    /// a row.
+    fn stop_reason(&self, settings: &FailbackSettings) -> Option<String> {
+        let (peer, n) = if self.mirror >= MAX_ASSOCIATION_FAILURES {
+            (&settings.mirror, self.mirror)
+        } else if self.primary >= MAX_ASSOCIATION_FAILURES {
+            (&settings.primary, self.primary)
+        } else {
+            return None;
+        };
+        Some(format!(
+            "{n} consecutive association failures to {}",
+            census::describe(peer)
+        ))
+    }
+}
+
 fn result_of(
     study: &PlannedStudy,
     i: &PlannedInstance,
@@ -386,9 +488,28 @@ fn result_of(
         study_instance_uid: study.study_instance_uid.clone(),
         sop_instance_uid: i.sop_instance_uid.clone(),
         blake3: got.map(RetrievedInstance::blake3_hex).unwrap_or_default(),
+        sent_blake3: String::new(),
+        reencoded_to: None,
         bytes: got.map_or(0, |g| g.dataset_bytes),
         outcome,
     }
+}
+
+/// [`result_of`] for an instance that was sent (as retrieved, or re-encoded).
+fn sent_result(
+    study: &PlannedStudy,
+    i: &PlannedInstance,
+    g: &RetrievedInstance,
+    reencoded: Option<&Reencoded>,
+    outcome: Outcome,
+) -> InstanceResult {
+    let mut r = result_of(study, i, Some(g), outcome);
+    r.sent_blake3 = match reencoded {
+        Some(e) => blake3::Hash::from_bytes(e.blake3).to_hex().to_string(),
+        None => r.blake3.clone(),
+    };
+    r.reencoded_to = reencoded.map(|e| e.transfer_syntax_uid.clone());
+    r
 }
 
 /// Retrieve, store and verify one study's missing instances.
@@ -397,6 +518,7 @@ async fn failback_study(
     settings: &FailbackSettings,
     dir: &Path,
     report: &mut FailbackReport,
+    failures: &mut AssociationFailures,
 ) -> Vec<InstanceResult> {
     let uid = &study.study_instance_uid;
     // 1. From the mirror.
@@ -412,7 +534,7 @@ async fn failback_study(
         })
     }));
     let wanted: Vec<&PlannedInstance> = study.missing.iter().collect();
-    let (got, why_not) = get_instances(
+    let (got, why_not, associated) = get_instances(
         &settings.mirror,
         contexts,
         uid,
@@ -420,6 +542,7 @@ async fn failback_study(
         &dir.join("mirror"),
     )
     .await;
+    failures.note(true, associated);
     let mut results = Vec::new();
     let mut to_send: Vec<(&PlannedInstance, RetrievedInstance)> = Vec::new();
     for i in &study.missing {
@@ -435,14 +558,15 @@ async fn failback_study(
     }
     report.retrieved += to_send.len();
     // 2. To the primary.
-    let stored = store_all(&settings.primary, &to_send).await;
-    let mut sent: Vec<(&PlannedInstance, &RetrievedInstance)> = Vec::new();
+    let (stored, associated) = store_all(&settings.primary, &to_send).await;
+    failures.note(false, associated);
+    let mut sent: Vec<(&PlannedInstance, &RetrievedInstance, Option<Reencoded>)> = Vec::new();
     for ((i, g), outcome) in to_send.iter().zip(stored) {
         match outcome {
-            Ok(()) => {
+            Ok(reencoded) => {
                 report.stored += 1;
                 report.bytes += g.dataset_bytes;
-                sent.push((i, g));
+                sent.push((i, g, reencoded));
             }
             Err(e) => results.push(result_of(study, i, Some(g), Outcome::StoreFailed(e))),
         }
@@ -454,35 +578,50 @@ async fn failback_study(
     // 3. Listed by the primary, then read back and compared.
     let listed = match Session::open(&settings.primary).await {
         Ok(mut s) => {
+            failures.note(false, Some(true));
             let r = s.instances(uid).await;
             s.close().await;
             r.map_err(|e| e.to_string())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => {
+            failures.note(false, Some(false));
+            Err(e.to_string())
+        }
     };
     let listed = match listed {
         Ok(l) => l,
         Err(e) => {
-            for (i, g) in sent {
+            for (i, g, re) in sent {
                 let why = format!("stored, but the primary could not be asked: {e}");
-                results.push(result_of(study, i, Some(g), Outcome::VerifyFailed(why)));
+                results.push(sent_result(
+                    study,
+                    i,
+                    g,
+                    re.as_ref(),
+                    Outcome::VerifyFailed(why),
+                ));
             }
             return results;
         }
     };
     let (present, absent): (Vec<_>, Vec<_>) = sent
         .into_iter()
-        .partition(|(i, _)| listed.contains_key(&i.sop_instance_uid));
-    for (i, g) in absent {
+        .partition(|(i, _, _)| listed.contains_key(&i.sop_instance_uid));
+    for (i, g, re) in absent {
         let why = "stored (the primary answered Success) but the primary does not list it".into();
-        results.push(result_of(study, i, Some(g), Outcome::Missing(why)));
+        results.push(sent_result(study, i, g, re.as_ref(), Outcome::Missing(why)));
     }
-    let contexts = qr::storage_contexts_with(present.iter().map(|(_, g)| StorageContext {
-        sop_class_uid: g.sop_class_uid.clone(),
-        transfer_syntax_uid: g.transfer_syntax_uid.clone(),
+    // Offer both the original transfer syntax and the one we sent in.
+    let contexts = qr::storage_contexts_with(present.iter().flat_map(|(_, g, re)| {
+        std::iter::once(g.transfer_syntax_uid.clone())
+            .chain(re.iter().map(|e| e.transfer_syntax_uid.clone()))
+            .map(|ts| StorageContext {
+                sop_class_uid: g.sop_class_uid.clone(),
+                transfer_syntax_uid: ts,
+            })
     }));
-    let wanted: Vec<&PlannedInstance> = present.iter().map(|(i, _)| *i).collect();
-    let (back, why_not) = get_instances(
+    let wanted: Vec<&PlannedInstance> = present.iter().map(|(i, _, _)| *i).collect();
+    let (back, why_not, associated) = get_instances(
         &settings.primary,
         contexts,
         uid,
@@ -490,23 +629,38 @@ async fn failback_study(
         &dir.join("primary"),
     )
     .await;
-    for (i, g) in present {
+    failures.note(false, associated);
+    for (i, g, re) in present {
         let outcome = match back.get(&i.sop_instance_uid) {
-            Some(b) if b.blake3 == g.blake3 => Outcome::Verified,
-            Some(b) => Outcome::Changed(b.blake3_hex()),
+            Some(b) => verdict(g, re.as_ref(), b),
             None => Outcome::VerifyFailed(format!(
                 "listed by the primary, not read back: {}",
                 why_not(&i.sop_instance_uid)
             )),
         };
-        results.push(result_of(study, i, Some(g), outcome));
+        results.push(sent_result(study, i, g, re.as_ref(), outcome));
     }
     results
 }
 
+/// Verified when the copy read back from the primary has the bytes
+/// retrieved from the mirror or, when we re-encoded them, the bytes sent.
+fn verdict(
+    got: &RetrievedInstance,
+    reencoded: Option<&Reencoded>,
+    back: &RetrievedInstance,
+) -> Outcome {
+    if back.blake3 == got.blake3 || reencoded.is_some_and(|e| e.blake3 == back.blake3) {
+        Outcome::Verified
+    } else {
+        Outcome::Changed(back.blake3_hex())
+    }
+}
+
 /// C-GET these instances of `study` from `peer` into `dir` (per series, by
 /// SOP Instance UID, on one association). Returns what arrived, by SOP
-/// Instance UID, and why a given one did not.
+/// Instance UID, why a given one did not, and whether the association was
+/// made (None: none was needed).
 async fn get_instances(
     peer: &Peer,
     contexts: Vec<StorageContext>,
@@ -516,6 +670,7 @@ async fn get_instances(
 ) -> (
     HashMap<String, RetrievedInstance>,
     impl Fn(&str) -> String + use<>,
+    Option<bool>,
 ) {
     let mut got: HashMap<String, RetrievedInstance> = HashMap::new();
     let mut why: HashMap<String, String> = HashMap::new();
@@ -539,10 +694,15 @@ async fn get_instances(
         fsync: false,
         ..QrOptions::default()
     };
+    let mut associated = None;
     if !by_series.is_empty() {
         match QrAssociation::connect(peer, &[Service::Get(contexts)]).await {
-            Err(e) => general = Some(format!("C-GET association: {e}")),
+            Err(e) => {
+                associated = Some(false);
+                general = Some(format!("C-GET association: {e}"));
+            }
             Ok(mut a) => {
+                associated = Some(true);
                 'series: for (series, sops) in &by_series {
                     for batch in sops.chunks(GET_BATCH) {
                         let target = RetrieveTarget::Instances {
@@ -569,7 +729,7 @@ async fn get_instances(
             .or_else(|| general.clone())
             .unwrap_or_else(|| "not sent by the peer".into())
     };
-    (got, explain)
+    (got, explain, associated)
 }
 
 fn note_get(
@@ -613,12 +773,15 @@ fn note_get(
 
 /// C-STORE each object, in chunks of [`STORE_CHUNK`] per association; an
 /// association that breaks is opened again for what is left (up to
-/// [`STORE_ATTEMPTS`]). One result per object, in order.
+/// [`STORE_ATTEMPTS`]). One result per object, in order (Ok: stored, with
+/// our re-encoding if the data set was re-encoded), and whether the last
+/// association attempt succeeded (None: none was made).
 async fn store_all(
     peer: &Peer,
     objects: &[(&PlannedInstance, RetrievedInstance)],
-) -> Vec<Result<(), String>> {
+) -> (Vec<Result<Option<Reencoded>, String>>, Option<bool>) {
     let mut out = Vec::with_capacity(objects.len());
+    let mut associated = None;
     for chunk in objects.chunks(STORE_CHUNK) {
         let outgoing: Vec<Outgoing> = chunk
             .iter()
@@ -629,7 +792,8 @@ async fn store_all(
                 transfer_syntax_uid: g.transfer_syntax_uid.clone(),
             })
             .collect();
-        let mut results: Vec<Option<Result<(), String>>> = vec![None; outgoing.len()];
+        let mut results: Vec<Option<Result<Option<Reencoded>, String>>> =
+            vec![None; outgoing.len()];
         let mut attempt = 0;
         while results.iter().any(Option::is_none) {
             attempt += 1;
@@ -638,12 +802,16 @@ async fn store_all(
                 .collect();
             let objects: Vec<Outgoing> = left.iter().map(|k| outgoing[*k].clone()).collect();
             let mut scu = match Scu::connect(peer, &scu::contexts_for(&objects)).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    associated = Some(true);
+                    s
+                }
                 Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
                     continue;
                 }
                 Err(e) => {
+                    associated = Some(false);
                     for k in left {
                         results[k] = Some(Err(e.to_string()));
                     }
@@ -652,9 +820,9 @@ async fn store_all(
             };
             let mut broken = false;
             for k in left {
-                match scu.store(&outgoing[k]).await {
-                    Ok(st) if st.is_stored() => results[k] = Some(Ok(())),
-                    Ok(st) => results[k] = Some(Err(format!("the primary answered {st}"))),
+                match scu.store_reporting(&outgoing[k]).await {
+                    Ok((st, re)) if st.is_stored() => results[k] = Some(Ok(re)),
+                    Ok((st, _)) => results[k] = Some(Err(format!("the primary answered {st}"))),
                     Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
                         broken = true;
                         break;
@@ -673,8 +841,14 @@ async fn store_all(
                 .into_iter()
                 .map(|r| r.unwrap_or_else(|| Err("not sent".into()))),
         );
+        // A peer that refuses associations: the next chunks would too.
+        if associated == Some(false) {
+            let left = objects.len() - out.len();
+            out.extend((0..left).map(|_| Err("not sent: no association to the primary".into())));
+            break;
+        }
     }
-    out
+    (out, associated)
 }
 
 #[cfg(test)]
@@ -686,9 +860,162 @@ mod tests {
             study_instance_uid: "1.2".into(),
             sop_instance_uid: "1.2.3".into(),
             blake3: String::new(),
+            sent_blake3: String::new(),
+            reencoded_to: None,
             bytes: 0,
             outcome,
         }
+    }
+
+    fn study(uid: &str, sops: &[&str]) -> PlannedStudy {
+        PlannedStudy {
+            study_instance_uid: uid.into(),
+            patient_id: String::new(),
+            patient_name: String::new(),
+            study_date: String::new(),
+            on_mirror: sops.len(),
+            on_primary: Some(0),
+            missing: sops
+                .iter()
+                .map(|s| PlannedInstance {
+                    sop_instance_uid: s.to_string(),
+                    series_instance_uid: format!("{uid}.1"),
+                    sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A mirror capped answer or a failback that stopped is never complete.
+    #[test]
+    fn a_capped_census_or_a_stop_is_never_complete() {
+        let capped = Plan {
+            studies_on_mirror: 100,
+            truncated: true,
+            ..Plan::default()
+        };
+        let r = FailbackReport::of_plan(&capped);
+        assert!(r.truncated);
+        assert_eq!(r.instances, 0);
+        assert!(!r.complete(), "studies past the cap were never looked at");
+        let mut stopped = FailbackReport::of_plan(&Plan::default());
+        stopped.stopped = Some("3 consecutive association failures".into());
+        assert!(!stopped.complete());
+    }
+
+    fn retrieved(hash: u8) -> RetrievedInstance {
+        RetrievedInstance {
+            sop_instance_uid: "1.2.3".into(),
+            sop_class_uid: "1.2".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            blake3: [hash; 32],
+            dataset_bytes: 1,
+            path: "x".into(),
+            dataset_offset: 0,
+            first_byte_after: Duration::ZERO,
+            last_byte_after: Duration::ZERO,
+        }
+    }
+
+    /// Our own re-encoding is not a change by the primary.
+    #[test]
+    fn our_reencoding_is_verified_by_the_bytes_sent() {
+        let got = retrieved(1);
+        let re = Reencoded {
+            transfer_syntax_uid: "1.2.840.10008.1.2".into(),
+            blake3: [2; 32],
+        };
+        assert_eq!(verdict(&got, None, &retrieved(1)), Outcome::Verified);
+        assert_eq!(verdict(&got, Some(&re), &retrieved(2)), Outcome::Verified);
+        assert_eq!(verdict(&got, Some(&re), &retrieved(1)), Outcome::Verified);
+        assert!(matches!(
+            verdict(&got, None, &retrieved(2)),
+            Outcome::Changed(_)
+        ));
+        assert!(matches!(
+            verdict(&got, Some(&re), &retrieved(3)),
+            Outcome::Changed(_)
+        ));
+        let i = &study("1.2", &["1.2.3"]).missing[0];
+        let r = sent_result(
+            &study("1.2", &["1.2.3"]),
+            i,
+            &got,
+            Some(&re),
+            Outcome::Verified,
+        );
+        assert_eq!(r.blake3, hex(1));
+        assert_eq!(r.sent_blake3, hex(2), "the hash of what was sent");
+        assert_eq!(r.reencoded_to.as_deref(), Some("1.2.840.10008.1.2"));
+        let mut report = FailbackReport {
+            instances: 1,
+            ..FailbackReport::default()
+        };
+        report.add(r);
+        assert_eq!((report.verified, report.reencoded), (1, 1));
+        assert!(report.complete());
+    }
+
+    fn hex(b: u8) -> String {
+        blake3::Hash::from_bytes([b; 32]).to_hex().to_string()
+    }
+
+    /// A mirror that refuses every association: three studies are tried,
+    /// the rest reported as not attempted.
+    #[tokio::test]
+    async fn three_association_failures_stop_the_failback() {
+        // A port nobody listens on: connections are refused at once.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let peer = |ae: &str| Peer {
+            calling_ae: "US".into(),
+            called_ae: ae.into(),
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(5),
+        };
+        let settings = FailbackSettings {
+            mirror: peer("MIRROR"),
+            primary: peer("PRIMARY"),
+            since: "20240101".into(),
+        };
+        let plan = Plan {
+            studies: (1..=5)
+                .map(|n| {
+                    study(
+                        &format!("1.{n}"),
+                        &[&format!("1.{n}.1"), &format!("1.{n}.2")],
+                    )
+                })
+                .collect(),
+            ..Plan::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let seen = std::sync::Mutex::new(0usize);
+        let progress = |_: &InstanceResult| *seen.lock().unwrap() += 1;
+        let report = run(&plan, &settings, dir.path(), &progress).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), 10, "one progress call per instance");
+        assert!(!report.complete());
+        let why = report.stopped.as_deref().expect("stopped");
+        assert!(
+            why.contains("3 consecutive association failures to MIRROR@"),
+            "{why}"
+        );
+        let not_attempted: Vec<&str> = report
+            .not_verified
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::NotAttempted(_)))
+            .map(|r| r.study_instance_uid.as_str())
+            .collect();
+        assert_eq!(not_attempted, ["1.4", "1.4", "1.5", "1.5"]);
+        let retrieve_failed = report
+            .not_verified
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::RetrieveFailed(_)))
+            .count();
+        assert_eq!(retrieve_failed, 6, "studies 1.1 to 1.3 were tried");
     }
 
     #[test]

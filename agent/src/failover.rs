@@ -11,15 +11,31 @@
 //! stored there too); it is listed.
 //!
 //! Each missing instance is given its state in the target's queue (still
-//! queued, dead letter, delivered and since lost by the mirror, never
-//! queued) and whether its file is still in the spool. With `repair`, every
-//! missing instance not already queued whose file is in the spool is queued
-//! again (its delivered or dead-letter row removed, one atomic batch each);
-//! the running agent delivers it. One whose file retention removed cannot
-//! be sent from here: the report says where it can be restored from.
+//! queued, dead letter, delivered and since lost by the mirror, delivered
+//! while the check ran, never queued) and whether its file is still in the
+//! spool. The queue is read **before** the mirror is asked: an instance
+//! delivered after the check started is in flight (the mirror may have
+//! answered before it arrived), not a gap to repair. With `repair`, every
+//! missing instance not queued or in flight whose file is in the spool is
+//! queued again (its delivered or dead-letter row removed, one atomic batch
+//! each); the running agent delivers it. One whose file retention removed
+//! cannot be sent from here: the report says where it can be restored from.
+//!
+//! # A crash during repair
+//! Each instance is queued again by its own atomic batch (its queue row
+//! written, its delivered or dead-letter row removed, together), flushed at
+//! the end. A crash mid-repair therefore leaves every instance either
+//! queued again or as it was, never half-moved; the re-queues of the last
+//! batches before the crash may be lost (not flushed). Running the check
+//! with `repair` again is safe and idempotent: instances already queued are
+//! left as they are ([`Index::requeue`] never writes a second row, and
+//! repairs, `resync` and dead-letter retries are serialised), the others are
+//! queued. Only one check runs at a time in an agent.
 //!
 //! A running agent runs the check (`POST /failover/check` on the admin
-//! endpoint, [`routes`]), because only one process may open the index.
+//! endpoint, [`routes`]), because only one process may open the index. The
+//! index is read on the blocking thread pool, and each study is kept as its
+//! SOP Instance UIDs with the newest version's hash only.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -34,7 +50,7 @@ use pacs_mirror_config::{Config, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::census::{self, Session, Tally};
-use crate::index::{Hash, Index, IndexError, InstanceRecord, parse_hash};
+use crate::index::{Hash, Index, IndexError, parse_hash};
 use crate::scu::Peer;
 use crate::spool::Spool;
 
@@ -52,6 +68,20 @@ pub enum FailoverError {
     /// The index failed.
     #[error("index: {0}")]
     Index(#[from] IndexError),
+    /// The task reading the index failed (panicked or was cancelled).
+    #[error("index reading task: {0}")]
+    Task(String),
+}
+
+impl FailoverError {
+    /// The HTTP status of the admin endpoint's answer: 400 for a bad
+    /// request, 500 when the agent failed.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            FailoverError::Target(_) | FailoverError::Since(_) => StatusCode::BAD_REQUEST,
+            FailoverError::Index(_) | FailoverError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
 }
 
 /// What to check.
@@ -77,6 +107,9 @@ pub enum QueueState {
     DeadLetter,
     /// The mirror confirmed it once and no longer holds it.
     Delivered,
+    /// Delivered after the check started: the mirror may have answered
+    /// before it arrived. Not queued again; check again.
+    InFlight,
     /// Never queued for this target (e.g. the target was added later).
     NotQueued,
 }
@@ -146,6 +179,9 @@ pub struct Repair {
     pub requeued: usize,
     /// Instances already queued (left as they were).
     pub already_queued: usize,
+    /// Instances delivered while the check ran (left as they were).
+    #[serde(default)]
+    pub in_flight: usize,
     /// Instances that cannot be sent from the spool.
     pub not_in_spool: Vec<NotInSpool>,
 }
@@ -269,11 +305,18 @@ pub fn mirror_of(config: &Config, target: &str) -> Result<(Peer, Vec<String>), F
     Ok((peer, buckets))
 }
 
-/// One study as the index holds it.
+/// The newest version of one SOP instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Newest {
+    hash: Hash,
+    received_at_ms: u64,
+}
+
+/// One study as the index holds it (only what the check needs).
 struct IndexedStudy {
     patient_id: String,
-    /// The newest version of each SOP instance.
-    newest: BTreeMap<String, InstanceRecord>,
+    /// The newest version of each SOP instance, by SOP Instance UID.
+    newest: BTreeMap<String, Newest>,
     /// Study Date of a spooled copy ("" when none is readable or it has none).
     study_date: String,
     /// The day the first instance was received (YYYYMMDD).
@@ -291,18 +334,29 @@ fn indexed_studies(
 ) -> Result<BTreeMap<String, IndexedStudy>, FailoverError> {
     let mut out = BTreeMap::new();
     for s in index.studies()? {
-        let mut newest: BTreeMap<String, InstanceRecord> = BTreeMap::new();
+        let mut newest: BTreeMap<String, Newest> = BTreeMap::new();
         let mut first_ms = u64::MAX;
+        let mut patient_id = None;
+        // One study's records at a time; only the UID and hash are kept.
         for r in index.study_instances(&s.study_instance_uid)? {
             first_ms = first_ms.min(r.received_at_ms);
+            if patient_id.is_none() {
+                patient_id = Some(r.patient_id.clone());
+            }
             match newest.get(&r.sop_instance_uid) {
                 Some(held) if held.received_at_ms >= r.received_at_ms => {}
                 _ => {
-                    newest.insert(r.sop_instance_uid.clone(), r);
+                    newest.insert(
+                        r.sop_instance_uid,
+                        Newest {
+                            hash: parse_hash(&r.blake3)?,
+                            received_at_ms: r.received_at_ms,
+                        },
+                    );
                 }
             }
         }
-        let Some(patient_id) = newest.values().next().map(|r| r.patient_id.clone()) else {
+        let Some(patient_id) = patient_id else {
             continue;
         };
         let study = IndexedStudy {
@@ -331,15 +385,9 @@ fn indexed_studies(
 }
 
 /// The Study Date of the first readable spooled copy among `records`.
-fn spooled_study_date<'a>(
-    spool: &Spool,
-    records: impl Iterator<Item = &'a InstanceRecord>,
-) -> String {
+fn spooled_study_date<'a>(spool: &Spool, records: impl Iterator<Item = &'a Newest>) -> String {
     for r in records {
-        let Ok(hash) = parse_hash(&r.blake3) else {
-            continue;
-        };
-        let path = spool.object_path(&hash);
+        let path = spool.object_path(&r.hash);
         if !path.exists() {
             continue;
         }
@@ -393,10 +441,59 @@ fn compare(
     c
 }
 
+/// The target's queue as it stood before the mirror was asked.
+struct QueueSnapshot {
+    /// When it was taken (Unix ms): later deliveries are in flight.
+    taken_at_ms: u64,
+    pending: HashSet<Hash>,
+    dead: HashSet<Hash>,
+}
+
+impl QueueSnapshot {
+    fn take(index: &Index, target: &str) -> Result<QueueSnapshot, FailoverError> {
+        // Taken first: a row delivered after this instant is in flight.
+        let taken_at_ms = crate::unix_ms();
+        Ok(QueueSnapshot {
+            taken_at_ms,
+            pending: index.pending(target)?,
+            dead: index
+                .dead_letters(target)?
+                .into_iter()
+                .map(|(h, _)| h)
+                .collect(),
+        })
+    }
+
+    /// The state of an object the mirror lacks; `delivered_at_ms`: its
+    /// delivery to the target, read after the mirror answered.
+    fn state(&self, hash: &Hash, delivered_at_ms: Option<u64>) -> QueueState {
+        if self.pending.contains(hash) {
+            QueueState::Queued
+        } else if delivered_at_ms.is_some_and(|at| at >= self.taken_at_ms) {
+            QueueState::InFlight
+        } else if self.dead.contains(hash) {
+            QueueState::DeadLetter
+        } else if delivered_at_ms.is_some() {
+            QueueState::Delivered
+        } else {
+            QueueState::NotQueued
+        }
+    }
+}
+
+/// Run `f` on the blocking thread pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FailoverError> + Send + 'static,
+) -> Result<T, FailoverError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FailoverError::Task(e.to_string()))?
+}
+
 /// Run a check (and the repair, if asked) against the open index.
 pub async fn check(
     index: &Index,
-    spool: &Spool,
+    spool: &Arc<Spool>,
     config: &Config,
     request: &CheckRequest,
 ) -> Result<FailoverReport, FailoverError> {
@@ -416,7 +513,21 @@ pub async fn check(
         checked_at_ms: crate::unix_ms(),
         ..FailoverReport::default()
     };
-    let studies = indexed_studies(index, spool, since.as_deref())?;
+    // The index, then the queue, both before the mirror is asked.
+    let (studies, queue) = {
+        let (index, spool, since, target) = (
+            index.clone(),
+            spool.clone(),
+            since.clone(),
+            target.to_string(),
+        );
+        blocking(move || {
+            let studies = indexed_studies(&index, &spool, since.as_deref())?;
+            let queue = QueueSnapshot::take(&index, &target)?;
+            Ok((studies, queue))
+        })
+        .await?
+    };
     report.studies_checked = studies.len();
     report.instances_checked = studies.values().map(|s| s.newest.len()).sum();
     let expected: BTreeMap<String, BTreeSet<String>> = studies
@@ -428,7 +539,7 @@ pub async fn check(
         Ok(v) => v,
         Err(e) => {
             report.error = Some(e);
-            finish(index, target, &mut report, start)?;
+            finish(index, target, &mut report, start).await?;
             return Ok(report);
         }
     };
@@ -440,12 +551,6 @@ pub async fn check(
         .count();
     let comparison = compare(&expected, &census, &listings);
     report.more_on_mirror = comparison.more;
-    let pending = index.pending(target)?;
-    let dead: HashSet<Hash> = index
-        .dead_letters(target)?
-        .into_iter()
-        .map(|(h, _)| h)
-        .collect();
     for (uid, tally, sops) in comparison.gaps {
         let Some(study) = studies.get(&uid) else {
             continue;
@@ -474,23 +579,16 @@ pub async fn check(
             let Some(r) = study.newest.get(&sop) else {
                 continue;
             };
-            let hash = parse_hash(&r.blake3)?;
-            let state = if pending.contains(&hash) {
-                QueueState::Queued
-            } else if dead.contains(&hash) {
-                QueueState::DeadLetter
-            } else if index.delivery(target, &hash)?.is_some() {
-                QueueState::Delivered
-            } else {
-                QueueState::NotQueued
-            };
+            let hash = r.hash;
+            let delivered_at = index.delivery(target, &hash)?.map(|d| d.delivered_at_ms);
+            let state = queue.state(&hash, delivered_at);
             let in_spool = index
                 .object(&hash)?
                 .is_some_and(|o| o.evicted_at_ms.is_none())
                 && spool.object_path(&hash).exists();
             gap.missing.push(MissingInstance {
                 sop_instance_uid: sop,
-                blake3: r.blake3.clone(),
+                blake3: crate::index::hash_hex(&hash),
                 state,
                 in_spool,
                 requeued: false,
@@ -499,16 +597,23 @@ pub async fn check(
         report.gaps.push(gap);
     }
     if request.repair {
-        report.repair = Some(repair(
-            index,
-            target,
-            &buckets,
-            &report.mirror,
-            &mut report.gaps,
-        )?);
+        // The queue moves wait for any resync or dead-letter retry running.
+        let (index, target, mirror, mut gaps) = (
+            index.clone(),
+            target.to_string(),
+            report.mirror.clone(),
+            std::mem::take(&mut report.gaps),
+        );
+        let (done, gaps) = blocking(move || {
+            let done = repair(&index, &target, &buckets, &mirror, &mut gaps)?;
+            Ok((done, gaps))
+        })
+        .await?;
+        report.gaps = gaps;
+        report.repair = Some(done);
     }
     report.complete = report.gaps.is_empty();
-    finish(index, target, &mut report, start)?;
+    finish(index, target, &mut report, start).await?;
     Ok(report)
 }
 
@@ -555,9 +660,16 @@ fn repair(
     let mut hashes = Vec::new();
     for gap in gaps.iter_mut() {
         for m in &mut gap.missing {
-            if m.state == QueueState::Queued {
-                r.already_queued += 1;
-                continue;
+            match m.state {
+                QueueState::Queued => {
+                    r.already_queued += 1;
+                    continue;
+                }
+                QueueState::InFlight => {
+                    r.in_flight += 1;
+                    continue;
+                }
+                QueueState::DeadLetter | QueueState::Delivered | QueueState::NotQueued => {}
             }
             let hash = parse_hash(&m.blake3)?;
             if !m.in_spool {
@@ -596,13 +708,14 @@ fn repair(
     Ok(r)
 }
 
-fn finish(
+async fn finish(
     index: &Index,
     target: &str,
     report: &mut FailoverReport,
     start: Instant,
 ) -> Result<(), FailoverError> {
-    let s = index.outbox_summary(target)?;
+    let (index, target) = (index.clone(), target.to_string());
+    let s = blocking(move || Ok(index.outbox_summary(&target)?)).await?;
     report.queued = s.pending;
     report.dead_letters = s.dead_letters;
     report.seconds = start.elapsed().as_secs_f64();
@@ -611,12 +724,29 @@ fn finish(
 
 /// The check inside a running agent.
 pub struct FailoverService {
-    /// The index.
-    pub index: Index,
-    /// The spool.
-    pub spool: Arc<Spool>,
-    /// The configuration.
-    pub config: Config,
+    index: Index,
+    spool: Arc<Spool>,
+    config: Config,
+    /// One check (and its repair) at a time: a second waits.
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl FailoverService {
+    /// The service over the agent's index, spool and configuration.
+    pub fn new(index: Index, spool: Arc<Spool>, config: Config) -> Self {
+        FailoverService {
+            index,
+            spool,
+            config,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Run one check, after any other running one.
+    pub async fn check(&self, request: &CheckRequest) -> Result<FailoverReport, FailoverError> {
+        let _one = self.one_at_a_time.lock().await;
+        check(&self.index, &self.spool, &self.config, request).await
+    }
 }
 
 /// `POST /failover/check` (JSON [`CheckRequest`] → [`FailoverReport`]).
@@ -630,16 +760,16 @@ async fn check_handler(
     State(s): State<Arc<FailoverService>>,
     axum::Json(request): axum::Json<CheckRequest>,
 ) -> Response {
-    match check(&s.index, &s.spool, &s.config, &request).await {
+    match s.check(&request).await {
         Ok(r) => axum::Json(r).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => (e.status(), e.to_string()).into_response(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::hash_hex;
+    use crate::index::{InstanceRecord, hash_hex};
     use crate::qr::{InstanceMatch, StudyMatch};
 
     fn sops(uids: &[&str]) -> BTreeSet<String> {
@@ -758,6 +888,68 @@ mod tests {
         assert_eq!(compare(&expected, &census, &HashMap::new()).gaps.len(), 1);
     }
 
+    /// The queue is read before the mirror is asked: a delivery after that
+    /// instant is in flight, not a loss to repair.
+    #[test]
+    fn deliveries_after_the_snapshot_are_in_flight() {
+        let q = QueueSnapshot {
+            taken_at_ms: 1_000,
+            pending: [[1; 32]].into_iter().collect(),
+            dead: [[2; 32], [5; 32]].into_iter().collect(),
+        };
+        assert_eq!(q.state(&[1; 32], None), QueueState::Queued);
+        // Pending at the snapshot, delivered since: still queued, not a gap.
+        assert_eq!(q.state(&[1; 32], Some(1_500)), QueueState::Queued);
+        assert_eq!(q.state(&[2; 32], None), QueueState::DeadLetter);
+        assert_eq!(q.state(&[3; 32], Some(999)), QueueState::Delivered);
+        assert_eq!(q.state(&[3; 32], Some(1_000)), QueueState::InFlight);
+        // A dead letter retried and delivered while the check ran.
+        assert_eq!(q.state(&[5; 32], Some(1_200)), QueueState::InFlight);
+        assert_eq!(q.state(&[4; 32], None), QueueState::NotQueued);
+        // The repair leaves in-flight instances alone.
+        let idx = Index::new(Arc::new(crate::index::MemKv::default()));
+        let mut gaps = vec![StudyGap {
+            study_instance_uid: "1.1".into(),
+            patient_id: String::new(),
+            study_date: String::new(),
+            expected: 1,
+            found: Some(0),
+            absent: true,
+            missing: vec![MissingInstance {
+                sop_instance_uid: "1.1.1".into(),
+                blake3: hash_hex(&[3; 32]),
+                state: QueueState::InFlight,
+                in_spool: true,
+                requeued: false,
+            }],
+        }];
+        let r = repair(&idx, "m", &[], "M@h:1", &mut gaps).unwrap();
+        assert_eq!((r.requeued, r.in_flight), (0, 1));
+        assert!(!gaps[0].missing[0].requeued);
+        assert!(idx.pending("m").unwrap().is_empty());
+    }
+
+    /// A bad request is 400; the agent failing is 500.
+    #[test]
+    fn errors_map_to_http_statuses() {
+        assert_eq!(
+            FailoverError::Target("no target".into()).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            FailoverError::Since("bad date".into()).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            FailoverError::Index(IndexError::BadHash("x".into())).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            FailoverError::Task("panicked".into()).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
     /// Several versions of one SOP instance count once.
     #[test]
     fn versions_count_once() {
@@ -789,7 +981,8 @@ mod tests {
         let studies = indexed_studies(&idx, &spool, None).unwrap();
         let s = &studies["1.7"];
         assert_eq!(s.newest.len(), 2, "two SOP instances, three versions");
-        assert_eq!(s.newest["1.7.1.1"].blake3, hash_hex(&[2; 32]), "the newest");
+        assert_eq!(s.newest["1.7.1.1"].hash, [2; 32], "the newest");
+        assert_eq!(s.patient_id, "P");
         assert_eq!(s.received_day, "19700101");
         // A mirror holding the two instances is complete.
         let expected = [("1.7".to_string(), s.newest.keys().cloned().collect())]

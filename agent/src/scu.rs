@@ -381,6 +381,16 @@ impl Scu {
     /// the peer's status (Success and warnings mean stored; see
     /// [`Status::is_stored`]).
     pub async fn store(&mut self, object: &Outgoing) -> Result<Status, ScuError> {
+        Ok(self.store_reporting(object).await?.0)
+    }
+
+    /// [`Scu::store`], also saying whether the data set was re-encoded for
+    /// the uncompressed fallback (the peer accepts no context for its own
+    /// transfer syntax), with the blake3 of the bytes actually sent.
+    pub async fn store_reporting(
+        &mut self,
+        object: &Outgoing,
+    ) -> Result<(Status, Option<Reencoded>), ScuError> {
         let no_context = || ScuError::NoContext {
             addr: self.peer.addr(),
             sop_class: object.sop_class_uid.clone(),
@@ -392,7 +402,10 @@ impl Scu {
             let Some((ts, pc)) = fallback else {
                 return Err(no_context());
             };
-            return self.store_transcoded(object, ts, pc).await;
+            return self
+                .store_transcoded(object, ts, pc)
+                .await
+                .map(|(st, r)| (st, Some(r)));
         };
         let file_err = |source| ScuError::File {
             path: object.path.clone(),
@@ -440,7 +453,8 @@ impl Scu {
             }
         }
         let rsp = self.read_response(id).await?;
-        rsp.status().map_err(|e| self.protocol(e.to_string()))
+        let status = rsp.status().map_err(|e| self.protocol(e.to_string()))?;
+        Ok((status, None))
     }
 
     /// Send the C-STORE-RQ command of `object` on `pc`; its Message ID.
@@ -465,7 +479,7 @@ impl Scu {
         object: &Outgoing,
         ts: &str,
         pc: u8,
-    ) -> Result<Status, ScuError> {
+    ) -> Result<(Status, Reencoded), ScuError> {
         let file_err = |source| ScuError::File {
             path: object.path.clone(),
             source,
@@ -496,6 +510,10 @@ impl Scu {
             to = %ts,
             "the peer accepts only the uncompressed fallback: re-encoded"
         );
+        let reencoded = Reencoded {
+            transfer_syntax_uid: ts.to_string(),
+            blake3: *blake3::hash(&encoded).as_bytes(),
+        };
         let id = self.send_store_rq(object, pc).await?;
         let chunk = self.max_pdv_payload();
         let pieces: Vec<&[u8]> = if encoded.is_empty() {
@@ -509,7 +527,8 @@ impl Scu {
                 .await?;
         }
         let rsp = self.read_response(id).await?;
-        rsp.status().map_err(|e| self.protocol(e.to_string()))
+        let status = rsp.status().map_err(|e| self.protocol(e.to_string()))?;
+        Ok((status, reencoded))
     }
 
     /// Release the association (best effort: a failed release loses nothing).
@@ -800,6 +819,15 @@ pub fn contexts_for(objects: &[Outgoing]) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// A data set re-encoded for the uncompressed fallback before it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reencoded {
+    /// The transfer syntax it was sent in.
+    pub transfer_syntax_uid: String,
+    /// blake3 of the data set bytes sent.
+    pub blake3: [u8; 32],
+}
+
 /// Re-encode a Part-10 file's data set into another uncompressed
 /// transfer syntax.
 fn reencode(path: &Path, ts: &str) -> Result<Vec<u8>, String> {
@@ -926,7 +954,10 @@ mod tests {
             ]
         );
         let mut scu = Scu::connect(&peer, &contexts).await.unwrap();
-        assert_eq!(scu.store(&a).await.unwrap(), Status::Success);
+        let (status, reencoded) = scu.store_reporting(&a).await.unwrap();
+        assert_eq!(status, Status::Success);
+        let reencoded = reencoded.expect("sent re-encoded");
+        assert_eq!(reencoded.transfer_syntax_uid, IMPLICIT_VR_LE);
         // No lossless fallback for a compressed object.
         assert!(matches!(
             scu.store(&r).await,
@@ -938,6 +969,10 @@ mod tests {
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(got.len(), 1);
+        // The hash reported is that of the data set the peer received.
+        let bytes = std::fs::read(&got[0]).unwrap();
+        let offset = crate::part10::dataset_offset(&got[0]).unwrap() as usize;
+        assert_eq!(reencoded.blake3, *blake3::hash(&bytes[offset..]).as_bytes());
         let received = dicom_object::open_file(&got[0]).unwrap();
         assert_eq!(
             received.meta().transfer_syntax().trim_end_matches('\0'),

@@ -97,9 +97,11 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
     assert_eq!(primary.count_instances(), 7);
     assert_eq!(mirror.count_instances(), 22);
 
-    // Dry run: the plan names studies 1, 2, 3 and the 13 missing instances.
+    // Dry run: the plan names studies 1, 2, 3 and the 13 missing instances
+    // (exit 1: something to send).
     let (code, plan) = failback(&mirror, &primary, &["--dry-run"]);
-    assert_eq!(code, 0, "{plan}");
+    assert_eq!(code, 1, "{plan}");
+    assert_eq!(plan["truncated"], false, "{plan}");
     assert_eq!(plan["studies_on_mirror"], 4, "{plan}");
     assert_eq!(plan["studies_complete"], 1, "{plan}");
     let planned: Vec<(String, usize, Option<u64>)> = plan["studies"]
@@ -136,6 +138,8 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
     assert_eq!(r["stored"], 13, "{r}");
     assert_eq!(r["verified"], 13, "{r}");
     assert_eq!(r["changed"], 0, "{r}");
+    assert_eq!(r["truncated"], false, "{r}");
+    assert_eq!(r["stopped"], Value::Null, "{r}");
     assert!(
         r["not_verified"].as_array().is_some_and(Vec::is_empty),
         "{r}"
@@ -179,6 +183,32 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
         "{r}"
     );
     assert_eq!(primary.count_instances(), 20);
+    // A dry run with nothing to send exits 0, and its text says what the
+    // window cannot show.
+    let dry = run(
+        Command::new(bin())
+            .arg("failback")
+            .arg("--from")
+            .arg(format!("MIRROR@127.0.0.1:{}", mirror.dicom_port))
+            .arg("--to")
+            .arg(format!("PRIMARY@127.0.0.1:{}", primary.dicom_port))
+            .args([
+                "--since",
+                "2000-01-01",
+                "--calling-ae",
+                CALLING,
+                "--dry-run",
+            ]),
+        Duration::from_secs(300),
+    );
+    assert_eq!(dry.status.code(), Some(0), "{}", dry.all());
+    assert!(
+        dry.stdout
+            .contains("studies without a Study Date on the mirror are not considered"),
+        "{}",
+        dry.all()
+    );
+    assert!(!dry.stdout.contains("CAPPED"), "{}", dry.all());
 
     // The text report; an unreachable primary cannot run (exit 2).
     let out = run(

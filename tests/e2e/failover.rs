@@ -163,10 +163,25 @@ fn failover_check_finds_gaps_repairs_them_and_reports_a_dead_mirror() {
     );
 
     // 3. --repair queues exactly those 4; the running agent delivers them.
-    let (code, r) = check(&config, &["--repair"]);
+    // Two repairs at once: the agent runs them one after the other, and the
+    // second queues nothing again (each is still queued, in flight, or on
+    // the mirror by the time it looks).
+    let mut both = std::thread::scope(|s| {
+        let a = s.spawn(|| check(&config, &["--repair"]));
+        let b = s.spawn(|| check(&config, &["--repair"]));
+        vec![a.join().expect("repair"), b.join().expect("repair")]
+    });
+    both.sort_by_key(|(_, r)| std::cmp::Reverse(r["repair"]["requeued"].as_u64()));
+    let (second_code, second) = both.pop().expect("two reports");
+    let (code, r) = both.pop().expect("two reports");
     assert_eq!(code, 1, "still incomplete when the repair is queued: {r}");
     assert_eq!(r["repair"]["requeued"], 4, "{r}");
     assert_eq!(r["repair"]["already_queued"], 0, "{r}");
+    assert_eq!(
+        second["repair"]["requeued"], 0,
+        "the second repair queued something again: {second}"
+    );
+    assert!(second_code == 0 || second_code == 1, "{second}");
     assert!(
         r["repair"]["not_in_spool"]
             .as_array()

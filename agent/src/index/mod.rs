@@ -147,12 +147,28 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Index {
     kv: Arc<dyn Kv>,
+    /// Held by the moves of rows into the queue that read it first
+    /// ([`Index::requeue`], [`Index::resync`], [`Index::retry_dead_letters`]),
+    /// so that two of them never both see an object unqueued and each
+    /// write it a row. Shared by the clones.
+    queue_moves: Arc<std::sync::Mutex<()>>,
 }
 
 impl Index {
     /// Wrap an engine.
     pub fn new(kv: Arc<dyn Kv>) -> Self {
-        Index { kv }
+        Index {
+            kv,
+            queue_moves: Arc::default(),
+        }
+    }
+
+    /// Take the queue-move lock (a panic while it was held left no partial
+    /// batch: each batch is atomic, so a poisoned lock is taken as is).
+    fn lock_queue_moves(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.queue_moves
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Open the sled index in `dir`.

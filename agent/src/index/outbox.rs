@@ -286,6 +286,7 @@ impl Index {
     /// Put every dead letter of `target` back in the queue, due at `now_ms`
     /// with its attempts reset (the operator fixed the cause). Returns how many.
     pub fn retry_dead_letters(&self, target: &str, now_ms: u64) -> Result<usize, IndexError> {
+        let _moves = self.lock_queue_moves();
         let dead = self.dead_letters(target)?;
         let prefix = target_prefix(DEAD, target);
         for (hash, letter) in &dead {
@@ -309,6 +310,7 @@ impl Index {
     /// delivered or dead-letter row is removed, in one atomic batch per
     /// object. Returns how many were queued.
     pub fn resync(&self, target: &str, now_ms: u64) -> Result<usize, IndexError> {
+        let _moves = self.lock_queue_moves();
         let mut objects = Vec::new();
         // Evicted objects have no file left to send.
         self.for_each_object(&mut |hash, o| {
@@ -316,7 +318,7 @@ impl Index {
                 objects.push(hash);
             }
         })?;
-        self.requeue(target, &objects, now_ms)
+        self.requeue_locked(target, &objects, now_ms)
     }
 
     /// The objects with a pending row for `target`.
@@ -336,8 +338,21 @@ impl Index {
     /// one not already pending gets a row due at `now_ms`, and its delivered
     /// or dead-letter row is removed, in one atomic batch per object. The
     /// caller checks that their files are in the spool. Returns how many
-    /// were queued.
+    /// were queued. Serialised with [`Index::resync`] and
+    /// [`Index::retry_dead_letters`] (and itself): two concurrent repairs
+    /// never both write a row for one object.
     pub fn requeue(&self, target: &str, hashes: &[Hash], now_ms: u64) -> Result<usize, IndexError> {
+        let _moves = self.lock_queue_moves();
+        self.requeue_locked(target, hashes, now_ms)
+    }
+
+    /// [`Index::requeue`], the queue-move lock held by the caller.
+    fn requeue_locked(
+        &self,
+        target: &str,
+        hashes: &[Hash],
+        now_ms: u64,
+    ) -> Result<usize, IndexError> {
         let pending = self.pending(target)?;
         let mut queued = 0;
         let mut seen = HashSet::new();
@@ -474,6 +489,7 @@ impl Backoff {
 mod tests {
     use super::*;
     use crate::index::{InstanceRecord, MemKv, hash_hex};
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     fn index_with(objects: &[(u8, u64)]) -> Index {
@@ -570,6 +586,65 @@ mod tests {
         assert_eq!(idx.outbox_summary("mirror").unwrap().pending, 2);
         // the other target is untouched
         assert_eq!(idx.outbox_summary("bucket").unwrap().pending, 3);
+    }
+
+    /// Two repairs at once (and a resync, and a dead-letter retry): every
+    /// object ends with exactly one queue row.
+    #[test]
+    fn concurrent_requeues_write_one_row_per_object() {
+        let objects: Vec<(u8, u64)> = (1..=120u8).map(|b| (b, 100)).collect();
+        for round in 0..5u64 {
+            let idx = index_with(&objects);
+            let due = idx.due("mirror", 100, 1_000).unwrap();
+            assert_eq!(due.len(), objects.len());
+            for (n, d) in due.iter().enumerate() {
+                if n % 3 == 0 {
+                    idx.dead_letter("mirror", d, "refused", 150).unwrap();
+                } else {
+                    idx.mark_delivered("mirror", d, 150, None).unwrap();
+                }
+            }
+            let hashes: Vec<Hash> = due.iter().map(|d| d.hash).collect();
+            let barrier = Arc::new(std::sync::Barrier::new(4));
+            let workers: Vec<_> = (0..4u64)
+                .map(|w| {
+                    let (idx, hashes, barrier) = (idx.clone(), hashes.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        // Distinct due times: unserialised, each would be
+                        // its own row.
+                        let now = 1_000 + round * 10 + w;
+                        match w {
+                            0 | 1 => idx.requeue("mirror", &hashes, now),
+                            2 => idx.resync("mirror", now),
+                            _ => idx.retry_dead_letters("mirror", now),
+                        }
+                    })
+                })
+                .collect();
+            let queued: usize = workers
+                .into_iter()
+                .map(|w| w.join().expect("worker").expect("queue move"))
+                .sum();
+            assert_eq!(queued, objects.len(), "round {round}: each queued once");
+            let mut rows: HashMap<Hash, usize> = HashMap::new();
+            idx.kv
+                .for_each_prefix(&target_prefix(OUTBOX, "mirror"), &mut |k, _| {
+                    let (_, hash) =
+                        parse_outbox_key(target_prefix(OUTBOX, "mirror").len(), k).expect("key");
+                    *rows.entry(hash).or_default() += 1;
+                    true
+                })
+                .unwrap();
+            assert_eq!(rows.len(), objects.len(), "round {round}");
+            assert!(
+                rows.values().all(|n| *n == 1),
+                "round {round}: an object has several rows: {:?}",
+                rows.values().filter(|n| **n > 1).count()
+            );
+            let s = idx.outbox_summary("mirror").unwrap();
+            assert_eq!((s.pending, s.delivered, s.dead_letters), (120, 0, 0));
+        }
     }
 
     #[test]
