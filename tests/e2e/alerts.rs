@@ -220,4 +220,34 @@ fn silence_stuck_queue_low_space_and_duplicate_ae_title_alert_once_each() {
         "{}",
         agent.log_tail()
     );
+
+    // A restart does not raise again what still holds: the firing set is
+    // kept in the index (the stuck queue waits for its threshold again).
+    agent.stop();
+    let agent = Agent::start(&cfg);
+    let get = |path: &str| admin_get(admin, path);
+    std::thread::sleep(Duration::from_secs(6));
+    let again: Vec<String> = hooks
+        .take()
+        .iter()
+        .filter_map(|v| v["kind"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !again
+            .iter()
+            .any(|k| k == "spool_low_space" || k == "queue_stuck"),
+        "raised again after a restart: {again:?}\n{}",
+        agent.log_tail()
+    );
+    let m = get("/metrics");
+    for (k, subject) in [("spool_low_space", "spool"), ("queue_stuck", "mirror")] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("pacs_mirror_alert_firing{{kind=\"{k}\",subject=\"{subject}\"}}")
+            ),
+            Some(1),
+            "{k} still firing after the restart: {m}"
+        );
+    }
 }

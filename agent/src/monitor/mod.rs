@@ -18,7 +18,9 @@
 //! that has not held for [`CLEAR_AFTER_CHECKS`] checks in a row is logged
 //! as cleared (so a condition that flaps around its threshold is not
 //! raised again and again). The firing set is kept in the index: a restart
-//! does not raise again what was already raised. Each is also a Prometheus
+//! does not raise again what was already raised (a silence or a stuck queue
+//! restored from before the restart is kept until it has had the time to
+//! hold again, since both are measured from the agent's start). Each is also a Prometheus
 //! metric ([`Monitor::metrics`]) and listed in `/status`. (Drill failures
 //! are alerted by the verifier.)
 //!
@@ -371,6 +373,8 @@ struct State {
     firing: BTreeMap<Key, Firing>,
     /// Checks in a row a firing condition did not hold.
     misses: BTreeMap<Key, u32>,
+    /// Restored at start-up and not seen to hold since.
+    unconfirmed: BTreeSet<Key>,
     gauges: Gauges,
     raised: BTreeMap<&'static str, u64>,
     last_check_ms: Option<u64>,
@@ -424,6 +428,7 @@ impl Monitor {
         for c in conditions {
             let key = (c.kind.to_string(), c.subject.clone());
             st.misses.remove(&key);
+            st.unconfirmed.remove(&key);
             let since = match st.firing.remove(&key) {
                 Some(f) => f.since_ms,
                 None => {
@@ -443,10 +448,17 @@ impl Monitor {
             );
         }
         for (key, f) in std::mem::take(&mut st.firing) {
-            if unknown(&key.0, &key.1) {
+            if unknown(&key.0, &key.1)
+                || (st.unconfirmed.contains(&key)
+                    && now_ms
+                        < self
+                            .started_ms
+                            .saturating_add(self.grace_ms(&key.0, &key.1)))
+            {
                 next.insert(key, f);
                 continue;
             }
+            st.unconfirmed.remove(&key);
             let misses = st.misses.entry(key.clone()).or_default();
             *misses += 1;
             if *misses < CLEAR_AFTER_CHECKS {
@@ -467,10 +479,29 @@ impl Monitor {
         st.firing.keys().cloned().collect::<BTreeSet<Key>>() != before
     }
 
+    /// How long after start a condition restored from before the restart
+    /// may go unseen before it counts as cleared: those measured from the
+    /// agent's start (silence, a stuck queue) cannot hold again sooner.
+    fn grace_ms(&self, kind: &str, subject: &str) -> u64 {
+        let secs = match kind {
+            "queue_stuck" => self.settings.queue_stuck_after_secs,
+            "source_silent" => self
+                .settings
+                .silence
+                .iter()
+                .find(|r| r.calling_ae == subject)
+                .map_or(0, |r| r.after_secs),
+            _ => 0,
+        };
+        secs.saturating_mul(1000)
+            .saturating_add(2 * self.settings.check_interval.as_millis() as u64)
+    }
+
     /// Conditions that were firing before a restart: they count as raised.
     pub fn restore_firing(&self, saved: Vec<(String, String, u64)>) {
         let mut st = self.state();
         for (kind, subject, since) in saved {
+            st.unconfirmed.insert((kind.clone(), subject.clone()));
             st.firing.insert(
                 (kind.clone(), subject.clone()),
                 Firing {

@@ -289,6 +289,52 @@ fn unknown_inputs_keep_their_alerts_and_restarts_do_not_raise_again() {
 }
 
 #[test]
+fn a_stuck_queue_restored_after_a_restart_waits_for_its_threshold() {
+    // Stuck is measured from the start: right after a restart it cannot
+    // hold yet; the restored alert is kept, not cleared and raised again.
+    let m = Monitor::new(settings(), Arc::default(), NOW);
+    let alerter = Alerter::log_only("dev");
+    m.restore_firing(vec![
+        ("queue_stuck".into(), "mirror".into(), NOW - 5 * H),
+        ("spool_low_space".into(), "spool".into(), NOW - 5 * H),
+    ]);
+    for k in 0..10 {
+        m.apply(NOW + 30_000 * k, vec![], Gauges::default(), &alerter, &none);
+    }
+    // Low space is judged at once: cleared; the queue is kept.
+    let kinds: Vec<String> = m.firing().into_iter().map(|f| f.kind).collect();
+    assert_eq!(kinds, ["queue_stuck"]);
+    // Still stuck after the threshold: the same alert, never raised again.
+    let stuck = Condition {
+        kind: "queue_stuck",
+        subject: "mirror".into(),
+        text: "stuck".into(),
+    };
+    m.apply(
+        NOW + H + 60_000,
+        vec![stuck],
+        Gauges::default(),
+        &alerter,
+        &none,
+    );
+    assert_eq!(alerter.counters.raised.load(Ordering::Relaxed), 0);
+    assert_eq!(m.firing()[0].since_ms, NOW - 5 * H);
+    // Had it not come back after its threshold, it would clear.
+    let m = Monitor::new(settings(), Arc::default(), NOW);
+    m.restore_firing(vec![("queue_stuck".into(), "mirror".into(), NOW - 5 * H)]);
+    for k in 0..3 {
+        m.apply(
+            NOW + H + 120_000 + k,
+            vec![],
+            Gauges::default(),
+            &alerter,
+            &none,
+        );
+    }
+    assert!(m.firing().is_empty());
+}
+
+#[test]
 fn metrics_escape_label_values() {
     let m = Monitor::new(settings(), Arc::default(), NOW);
     let mut g = Gauges::default();
