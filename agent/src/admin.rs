@@ -89,7 +89,14 @@ pub fn target_status(
     health: Option<&TargetHealth>,
     now_ms: u64,
 ) -> Result<TargetStatus, IndexError> {
-    let s = index.outbox_summary(name)?;
+    status_from(index.outbox_summary(name)?, health, now_ms)
+}
+
+fn status_from(
+    s: crate::index::outbox::OutboxSummary,
+    health: Option<&TargetHealth>,
+    now_ms: u64,
+) -> Result<TargetStatus, IndexError> {
     let h = health.cloned().unwrap_or_default();
     Ok(TargetStatus {
         pending: s.pending,
@@ -106,21 +113,32 @@ pub fn target_status(
     })
 }
 
+/// What [`targets_status`] reads of each queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Count the delivered objects (one index row each).
+    Count,
+    /// Leave `delivered` at 0: queue and dead letters only (cheap).
+    Skip,
+}
+
 /// [`target_status`] of every target, live health merged.
 pub fn targets_status(
     index: &Index,
     targets: &[(String, Option<Health>)],
     now_ms: u64,
+    delivered: Delivered,
 ) -> Result<BTreeMap<String, TargetStatus>, IndexError> {
     let mut out = BTreeMap::new();
     for (name, health) in targets {
         let h = health
             .as_ref()
             .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone());
-        out.insert(
-            name.clone(),
-            target_status(index, name, h.as_ref(), now_ms)?,
-        );
+        let summary = match delivered {
+            Delivered::Count => index.outbox_summary(name)?,
+            Delivered::Skip => index.queue_summary(name)?,
+        };
+        out.insert(name.clone(), status_from(summary, h.as_ref(), now_ms)?);
     }
     Ok(out)
 }
@@ -153,7 +171,7 @@ impl Source {
     pub fn status(&self) -> Result<Status, IndexError> {
         let now = crate::unix_ms();
         let c = &self.ingest.counters;
-        let targets = targets_status(&self.index, &self.targets, now)?;
+        let targets = targets_status(&self.index, &self.targets, now, Delivered::Count)?;
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").into(),
             running: true,

@@ -541,7 +541,12 @@ impl Monitor {
         let mut statuses = BTreeMap::new();
         let mut unknown_targets = BTreeSet::new();
         for t in targets {
-            match crate::admin::targets_status(index, std::slice::from_ref(t), now) {
+            match crate::admin::targets_status(
+                index,
+                std::slice::from_ref(t),
+                now,
+                crate::admin::Delivered::Skip,
+            ) {
                 Ok(s) => statuses.extend(s),
                 Err(e) => {
                     unknown_targets.insert(t.0.clone());
