@@ -131,24 +131,11 @@ struct Namer {
 impl Namer {
     /// A new file (never an existing one).
     fn create(&mut self) -> std::io::Result<(std::fs::File, PathBuf)> {
-        let mut attempts = 0;
-        loop {
-            let path = self
-                .dir
-                .join(format!("get-{:08x}-{:06}.dcm", self.prefix, self.next));
-            self.next += 1;
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(f) => return Ok((f, path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 64 => {
-                    attempts += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let next = &mut self.next;
+        crate::spool::create_scratch_file(&self.dir, "get", self.prefix, &mut || {
+            *next += 1;
+            u64::from(*next - 1)
+        })
     }
 }
 

@@ -264,22 +264,9 @@ impl DrillInbox {
     /// A new file in `dir` (never an existing one).
     fn create_file(&self, dir: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
         std::fs::create_dir_all(dir)?;
-        let mut attempts = 0;
-        loop {
-            let n = self.next_file.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!("move-{:08x}-{n:06}.dcm", self.prefix));
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(f) => return Ok((f, path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 64 => {
-                    attempts += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        crate::spool::create_scratch_file(dir, "move", self.prefix, &mut || {
+            self.next_file.fetch_add(1, Ordering::Relaxed)
+        })
     }
 }
 

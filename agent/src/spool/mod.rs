@@ -35,7 +35,7 @@
 
 mod writer;
 
-pub use writer::{ObjectWriter, WrittenObject};
+pub use writer::{ObjectWriter, WrittenObject, create_scratch_file};
 
 use std::fs::{self, File};
 use std::io;

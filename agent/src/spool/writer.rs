@@ -71,6 +71,32 @@ impl Drop for TempGuard {
     }
 }
 
+/// Create a new scratch file `<dir>/<tag>-<prefix>-<n>.dcm`, taking `n`
+/// from `next`; never an existing file (up to 64 names are tried). Names
+/// never contain a UID.
+pub fn create_scratch_file(
+    dir: &Path,
+    tag: &str,
+    prefix: u32,
+    next: &mut dyn FnMut() -> u64,
+) -> std::io::Result<(File, PathBuf)> {
+    let mut attempts = 0;
+    loop {
+        let path = dir.join(format!("{tag}-{prefix:08x}-{:06}.dcm", next()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 64 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl ObjectWriter {
     /// Start with the file meta header (not hashed: the address is the data set's).
     pub fn new(mut file: File, path: PathBuf, header: &[u8]) -> Result<Self, SpoolError> {
@@ -179,6 +205,23 @@ impl Drop for ObjectWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_files_never_reuse_a_name() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("get-0000002a-000000.dcm"), b"held").unwrap();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n - 1
+        };
+        let (_, path) = create_scratch_file(d.path(), "get", 42, &mut next).unwrap();
+        assert_eq!(path, d.path().join("get-0000002a-000001.dcm"));
+        assert_eq!(
+            std::fs::read(d.path().join("get-0000002a-000000.dcm")).unwrap(),
+            b"held"
+        );
+    }
 
     #[test]
     fn hashes_dataset_only_and_cleans_up() {
