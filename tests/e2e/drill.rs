@@ -41,11 +41,14 @@ fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
     cfg.port = agent_port;
     cfg.ae_extra = "association_initiator = true\n".into();
+    // Only drill alerts are under test here: the low-space threshold is
+    // 1 byte, so a CI disk with less than the default 10 GiB free adds none.
     cfg.extra_toml = format!(
         "{}{}\
          \n[[drill]]\ntarget = \"mirror\"\nrandom_studies = 4\nnewest_study = false\ntimeout_secs = 10\n\
          \n[[drill]]\ntarget = \"backup\"\nrandom_studies = 4\nnewest_study = false\n\
          \n[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nattempts = 3\n\
+         spool_headroom_min_bytes = 1\n\
          \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
         mirror_target_toml(orthanc.dicom_port, ""),
         s3.target_toml("backup", "drills"),
