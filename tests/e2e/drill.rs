@@ -11,6 +11,16 @@ use serde_json::Value;
 use crate::harness::*;
 use crate::s3::{S3Server, check_bucket, wait_target};
 
+/// Every finding (non-MATCH instance) of a drill report, all studies.
+fn findings_of(r: &Value) -> Vec<Value> {
+    r["studies"]
+        .as_array()
+        .expect("studies")
+        .iter()
+        .flat_map(|s| s["findings"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
 fn drill(config: &std::path::Path, target: &str) -> (bool, Value) {
     let out = run(
         Command::new(bin())
@@ -93,12 +103,7 @@ fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
     assert!(!ok, "{r}");
     assert_eq!(count(&r, "MISSING"), 1, "{r}");
     assert_eq!(count(&r, "MATCH"), 23, "{r}");
-    let findings: Vec<Value> = r["studies"]
-        .as_array()
-        .expect("studies")
-        .iter()
-        .flat_map(|s| s["findings"].as_array().cloned().unwrap_or_default())
-        .collect();
+    let findings = findings_of(&r);
     assert_eq!(findings.len(), 1, "{r}");
     assert_eq!(findings[0]["sop_instance_uid"], gone);
     assert_eq!(findings[0]["verdict"], "MISSING");
@@ -124,12 +129,7 @@ fn drills_match_then_find_missing_mismatch_and_an_unreachable_mirror() {
     assert!(!ok, "{r}");
     assert_eq!(count(&r, "MISMATCH"), 1, "{r}");
     assert_eq!(count(&r, "MATCH"), 23, "{r}");
-    let bad: Vec<Value> = r["studies"]
-        .as_array()
-        .expect("studies")
-        .iter()
-        .flat_map(|s| s["findings"].as_array().cloned().unwrap_or_default())
-        .collect();
+    let bad = findings_of(&r);
     assert_eq!(bad.len(), 1, "{r}");
     assert_eq!(bad[0]["sop_instance_uid"], victim);
     assert_eq!(bad[0]["verdict"], "MISMATCH");
@@ -427,21 +427,7 @@ fn c_move_drills_match_refuse_strays_and_run_without_the_agent() {
 
     // 2. A C-STORE straight to the drill receiver while no drill runs is
     //    refused, and nothing of it is kept.
-    let strays = synth(
-        &dir.path().join("stray"),
-        &[
-            "--seed",
-            "77",
-            "--studies",
-            "1",
-            "--instances-per-series",
-            "2",
-            "--rows",
-            "32",
-            "--columns",
-            "32",
-        ],
-    );
+    let strays = synth_small_with(&dir.path().join("stray"), 1, 2, 32, &["--seed", "77"]);
     let stray_uids: Vec<String> = strays
         .iter()
         .map(|f| raw_info(f).0.sop_instance_uid)
@@ -495,12 +481,7 @@ fn c_move_drills_match_refuse_strays_and_run_without_the_agent() {
     assert_eq!(r["retrieve"], "c-move", "{r}");
     assert_eq!(count(&r, "MISSING"), 1, "{r}");
     assert_eq!(count(&r, "MATCH"), 23, "{r}");
-    let findings: Vec<Value> = r["studies"]
-        .as_array()
-        .expect("studies")
-        .iter()
-        .flat_map(|s| s["findings"].as_array().cloned().unwrap_or_default())
-        .collect();
+    let findings = findings_of(&r);
     assert_eq!(findings.len(), 1, "{r}");
     assert_eq!(findings[0]["sop_instance_uid"], gone);
     assert_eq!(findings[0]["verdict"], "MISSING");

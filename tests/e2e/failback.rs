@@ -32,23 +32,23 @@ fn store(o: &Orthanc, files: &[PathBuf]) {
     assert_eq!(r.successes().len(), files.len(), "{}", r.log());
 }
 
+/// `failback --from MIRROR@… --to PRIMARY@… --calling-ae …`.
+fn failback_cmd(mirror_port: u16, primary_port: u16) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("failback")
+        .arg("--from")
+        .arg(format!("MIRROR@127.0.0.1:{mirror_port}"))
+        .arg("--to")
+        .arg(format!("PRIMARY@127.0.0.1:{primary_port}"))
+        .args(["--calling-ae", CALLING]);
+    c
+}
+
 /// `failback --json …`: (exit code, report).
 fn failback(mirror: &Orthanc, primary: &Orthanc, extra: &[&str]) -> (i32, Value) {
     let out = run(
-        Command::new(bin())
-            .arg("failback")
-            .arg("--from")
-            .arg(format!("MIRROR@127.0.0.1:{}", mirror.dicom_port))
-            .arg("--to")
-            .arg(format!("PRIMARY@127.0.0.1:{}", primary.dicom_port))
-            .args([
-                "--since",
-                "2000-01-01",
-                "--calling-ae",
-                CALLING,
-                "--json",
-                "--quiet",
-            ])
+        failback_cmd(mirror.dicom_port, primary.dicom_port)
+            .args(["--since", "2000-01-01", "--json", "--quiet"])
             .args(extra),
         Duration::from_secs(300),
     );
@@ -65,21 +65,7 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
     let files = synth_small(&dir.path().join("in"), 4, 5, 64);
     assert_eq!(files.len(), 20);
     // An old study (dated 1999), before the window.
-    let old = synth(
-        &dir.path().join("old"),
-        &[
-            "--studies",
-            "1",
-            "--instances-per-series",
-            "2",
-            "--rows",
-            "32",
-            "--columns",
-            "32",
-            "--patient-id",
-            "OLD",
-        ],
-    );
+    let old = synth_small_with(&dir.path().join("old"), 1, 2, 32, &["--patient-id", "OLD"]);
     let dcmodify = tool("dcmodify");
     run_ok(
         Command::new(&dcmodify)
@@ -186,19 +172,11 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
     // A dry run with nothing to send exits 0, and its text says what the
     // window cannot show.
     let dry = run(
-        Command::new(bin())
-            .arg("failback")
-            .arg("--from")
-            .arg(format!("MIRROR@127.0.0.1:{}", mirror.dicom_port))
-            .arg("--to")
-            .arg(format!("PRIMARY@127.0.0.1:{}", primary.dicom_port))
-            .args([
-                "--since",
-                "2000-01-01",
-                "--calling-ae",
-                CALLING,
-                "--dry-run",
-            ]),
+        failback_cmd(mirror.dicom_port, primary.dicom_port).args([
+            "--since",
+            "2000-01-01",
+            "--dry-run",
+        ]),
         Duration::from_secs(300),
     );
     assert_eq!(dry.status.code(), Some(0), "{}", dry.all());
@@ -212,20 +190,12 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
 
     // The text report; an unreachable primary cannot run (exit 2).
     let out = run(
-        Command::new(bin())
-            .arg("failback")
-            .arg("--from")
-            .arg(format!("MIRROR@127.0.0.1:{}", mirror.dicom_port))
-            .arg("--to")
-            .arg(format!("PRIMARY@127.0.0.1:{}", free_port()))
-            .args([
-                "--since",
-                "20000101",
-                "--calling-ae",
-                CALLING,
-                "--timeout-secs",
-                "5",
-            ]),
+        failback_cmd(mirror.dicom_port, free_port()).args([
+            "--since",
+            "20000101",
+            "--timeout-secs",
+            "5",
+        ]),
         Duration::from_secs(60),
     );
     assert_eq!(out.status.code(), Some(2), "{}", out.all());

@@ -1387,20 +1387,30 @@ pub fn mirror_target_toml(mirror_port: u16, remote_ae_extra: &str) -> String {
 
 /// `studies` synthetic studies of `per_study` images of `size`×`size`.
 pub fn synth_small(out: &Path, studies: usize, per_study: usize, size: usize) -> Vec<PathBuf> {
+    synth_small_with(out, studies, per_study, size, &[])
+}
+
+/// [`synth_small`] with more `synth` arguments (`--seed`, `--patient-id`…).
+pub fn synth_small_with(
+    out: &Path,
+    studies: usize,
+    per_study: usize,
+    size: usize,
+    extra: &[&str],
+) -> Vec<PathBuf> {
     let (studies, per_study, size) = (studies.to_string(), per_study.to_string(), size.to_string());
-    synth(
-        out,
-        &[
-            "--studies",
-            &studies,
-            "--instances-per-series",
-            &per_study,
-            "--rows",
-            &size,
-            "--columns",
-            &size,
-        ],
-    )
+    let mut args = vec![
+        "--studies",
+        &studies,
+        "--instances-per-series",
+        &per_study,
+        "--rows",
+        &size,
+        "--columns",
+        &size,
+    ];
+    args.extend_from_slice(extra);
+    synth(out, &args)
 }
 
 /// Now, in Unix ms (to compare with the agent's timestamps).
