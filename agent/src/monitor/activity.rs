@@ -45,8 +45,12 @@ impl Activity {
 
     /// `calling_ae` stored an object (answered Success).
     pub fn stored(&self, calling_ae: &str, now_ms: u64) {
+        // On the C-STORE path: no allocation once the title is known.
         self.with(|m| {
-            let s = m.entry(calling_ae.to_string()).or_default();
+            let s = match m.get_mut(calling_ae) {
+                Some(s) => s,
+                None => m.entry(calling_ae.to_string()).or_default(),
+            };
             s.last_store_ms = Some(s.last_store_ms.map_or(now_ms, |t| t.max(now_ms)));
             s.unsaved = true;
         });

@@ -913,37 +913,24 @@ fn move_drill_needs_a_destination_and_c_get_takes_none() {
 
 #[test]
 fn move_destination_must_be_a_local_drill_receiver() {
-    // The ingest AE: its C-STOREs would land in the spool.
-    let f = findings(&edit(
-        MOVE_DRILL,
-        "move_destination = \"LOCAL_DRILL\"",
-        "move_destination = \"LOCAL\"",
-    ));
-    let e = has(&f, Error, "drill[0].move_destination");
-    assert!(e.message.contains("not a drill receiver"), "{e}");
-    // A remote AE.
-    let f = findings(&edit(
-        MOVE_DRILL,
-        "move_destination = \"LOCAL_DRILL\"",
-        "move_destination = \"PRIMARY\"",
-    ));
-    let e = has(&f, Error, "drill[0].move_destination");
-    assert!(e.message.contains("remote AE"), "{e}");
-    // Nobody.
-    let f = findings(&edit(
-        MOVE_DRILL,
-        "move_destination = \"LOCAL_DRILL\"",
-        "move_destination = \"NOBODY\"",
-    ));
-    let e = has(&f, Error, "drill[0].move_destination");
-    assert!(e.message.contains("not the AE title"), "{e}");
-    // Not an AE title.
-    let f = findings(&edit(
-        MOVE_DRILL,
-        "move_destination = \"LOCAL_DRILL\"",
-        "move_destination = \"SEVENTEEN_CHARS_XX\"",
-    ));
-    has(&f, Error, "drill[0].move_destination");
+    for (destination, says) in [
+        // The ingest AE: its C-STOREs would land in the spool.
+        ("LOCAL", Some("not a drill receiver")),
+        ("PRIMARY", Some("remote AE")),
+        ("NOBODY", Some("not the AE title")),
+        // Not an AE title.
+        ("SEVENTEEN_CHARS_XX", None),
+    ] {
+        let f = findings(&edit(
+            MOVE_DRILL,
+            "move_destination = \"LOCAL_DRILL\"",
+            &format!("move_destination = \"{destination}\""),
+        ));
+        let e = has(&f, Error, "drill[0].move_destination");
+        if let Some(says) = says {
+            assert!(e.message.contains(says), "{destination}: {e}");
+        }
+    }
 }
 
 #[test]
