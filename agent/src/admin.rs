@@ -113,31 +113,18 @@ fn status_from(
     })
 }
 
-/// What [`targets_status`] reads of each queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivered {
-    /// Count the delivered objects (one index row each).
-    Count,
-    /// Leave `delivered` at 0: queue and dead letters only (cheap).
-    Skip,
-}
-
 /// [`target_status`] of every target, live health merged.
 pub fn targets_status(
     index: &Index,
     targets: &[(String, Option<Health>)],
     now_ms: u64,
-    delivered: Delivered,
 ) -> Result<BTreeMap<String, TargetStatus>, IndexError> {
     let mut out = BTreeMap::new();
     for (name, health) in targets {
         let h = health
             .as_ref()
             .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone());
-        let summary = match delivered {
-            Delivered::Count => index.outbox_summary(name)?,
-            Delivered::Skip => index.queue_summary(name)?,
-        };
+        let summary = index.outbox_summary(name)?;
         out.insert(name.clone(), status_from(summary, h.as_ref(), now_ms)?);
     }
     Ok(out)
@@ -171,7 +158,7 @@ impl Source {
     pub fn status(&self) -> Result<Status, IndexError> {
         let now = crate::unix_ms();
         let c = &self.ingest.counters;
-        let targets = targets_status(&self.index, &self.targets, now, Delivered::Count)?;
+        let targets = targets_status(&self.index, &self.targets, now)?;
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").into(),
             running: true,

@@ -12,6 +12,7 @@
 //! x/<target>\0<blake3:32>                          -> DeadLetter     (refused by that target for good)
 //! r/<target>\0<started ms:u64 BE>                 -> drill result (see [`studies`])
 //! m/<name>                                        -> counters and markers
+//! m/delivered\0<target>                           -> u64 BE: how many d/<target> rows (see [`outbox`])
 //! a/<calling AE title>                            -> last store time (see [`sources`])
 //! f/<kind>\0<subject>                              -> a firing alert (see [`sources`])
 //! ```
@@ -152,6 +153,10 @@ pub struct Index {
     /// so that two of them never both see an object unqueued and each
     /// write it a row. Shared by the clones.
     queue_moves: Arc<std::sync::Mutex<()>>,
+    /// Held by every write of a delivered row (`d/`) together with the
+    /// per-target count of them (`m/delivered`), a read-modify-write that
+    /// must see every other one. Shared by the clones.
+    delivered_rows: Arc<std::sync::Mutex<()>>,
 }
 
 impl Index {
@@ -160,6 +165,7 @@ impl Index {
         Index {
             kv,
             queue_moves: Arc::default(),
+            delivered_rows: Arc::default(),
         }
     }
 
@@ -167,6 +173,14 @@ impl Index {
     /// batch: each batch is atomic, so a poisoned lock is taken as is).
     fn lock_queue_moves(&self) -> std::sync::MutexGuard<'_, ()> {
         self.queue_moves
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Take the delivered-rows lock (poisoning as in
+    /// [`Index::lock_queue_moves`]).
+    fn lock_delivered_rows(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.delivered_rows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

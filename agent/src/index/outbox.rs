@@ -22,6 +22,13 @@
 //!   and every configured target, in the same atomic batch as the object's
 //!   index rows.
 //!
+//! - `m/delivered\0<target>` counts the `d/<target>` rows, so that status
+//!   and metrics read one row instead of one per object ever delivered.
+//!   Every batch that adds or removes a delivered row carries the new count
+//!   (same atomic batch), under one lock, so the two never disagree. An
+//!   index without the count (older than it) is counted once, by a scan, the
+//!   first time the count is read.
+//!
 //! # Crash behaviour
 //! Queue moves are flushed lazily (with the next ingest batch or the sender's
 //! own flush). A crash can lose the latest moves: a delivered object is then
@@ -35,6 +42,17 @@ use std::collections::HashSet;
 pub(super) const OUTBOX: &[u8] = b"q/";
 const DELIVERED: &[u8] = b"d/";
 const DEAD: &[u8] = b"x/";
+const COUNTS: &[u8] = b"m/";
+
+fn delivered_count_key(target: &str) -> Vec<u8> {
+    key(&[COUNTS, b"delivered", target.as_bytes()])
+}
+
+fn delivered_key(target: &str, hash: &Hash) -> Vec<u8> {
+    let mut k = target_prefix(DELIVERED, target);
+    k.extend_from_slice(hash);
+    k
+}
 
 /// The key of a pending row.
 pub(super) fn outbox_key(target: &str, next_attempt_ms: u64, hash: &Hash) -> Vec<u8> {
@@ -170,11 +188,50 @@ impl Index {
         hash: &Hash,
         record: &DeliveryRecord,
     ) -> Result<(), IndexError> {
-        let mut dkey = target_prefix(DELIVERED, target);
-        dkey.extend_from_slice(hash);
-        self.kv
-            .apply(vec![Op::Put(dkey, records::encode(record))])?;
+        let _rows = self.lock_delivered_rows();
+        let dkey = delivered_key(target, hash);
+        let mut ops = Vec::with_capacity(2);
+        if self.kv.get(&dkey)?.is_none() {
+            ops.push(self.delivered_count_op(target, 1)?);
+        }
+        ops.push(Op::Put(dkey, records::encode(record)));
+        self.kv.apply(ops)?;
         Ok(())
+    }
+
+    /// How many objects `target` has as delivered. Call with the
+    /// delivered-rows lock held. Counted by a scan (and stored) only when the
+    /// index has no count yet, or an unreadable one.
+    fn delivered_count_locked(&self, target: &str) -> Result<u64, IndexError> {
+        let k = delivered_count_key(target);
+        if let Some(n) = self
+            .kv
+            .get(&k)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        {
+            return Ok(u64::from_be_bytes(n));
+        }
+        let mut n = 0u64;
+        self.kv
+            .for_each_prefix(&target_prefix(DELIVERED, target), &mut |_, _| {
+                n += 1;
+                true
+            })?;
+        self.kv.apply(vec![Op::Put(k, n.to_be_bytes().to_vec())])?;
+        Ok(n)
+    }
+
+    /// The write of `target`'s delivered count changed by `delta`, for the
+    /// batch that adds or removes that many delivered rows. Call with the
+    /// delivered-rows lock held.
+    fn delivered_count_op(&self, target: &str, delta: i64) -> Result<Op, IndexError> {
+        let n = self
+            .delivered_count_locked(target)?
+            .saturating_add_signed(delta);
+        Ok(Op::Put(
+            delivered_count_key(target),
+            n.to_be_bytes().to_vec(),
+        ))
     }
 
     /// The target confirmed the object: pending → delivered.
@@ -191,6 +248,7 @@ impl Index {
         now_ms: u64,
         stored_blake3: Option<String>,
     ) -> Result<bool, IndexError> {
+        let _rows = self.lock_delivered_rows();
         if !self.still_pending(target, due)? {
             return Ok(false);
         }
@@ -200,12 +258,18 @@ impl Index {
             enqueued_at_ms: due.record.enqueued_at_ms,
             stored_blake3,
         };
-        let mut dkey = target_prefix(DELIVERED, target);
-        dkey.extend_from_slice(&due.hash);
-        self.kv.apply(vec![
-            Op::Put(dkey, records::encode(&delivered)),
-            Op::Delete(outbox_key(target, due.next_attempt_ms, &due.hash)),
-        ])?;
+        let dkey = delivered_key(target, &due.hash);
+        let mut ops = Vec::with_capacity(3);
+        if self.kv.get(&dkey)?.is_none() {
+            ops.push(self.delivered_count_op(target, 1)?);
+        }
+        ops.push(Op::Put(dkey, records::encode(&delivered)));
+        ops.push(Op::Delete(outbox_key(
+            target,
+            due.next_attempt_ms,
+            &due.hash,
+        )));
+        self.kv.apply(ops)?;
         Ok(true)
     }
 
@@ -360,8 +424,7 @@ impl Index {
             if pending.contains(hash) || !seen.insert(*hash) {
                 continue;
             }
-            let mut dkey = target_prefix(DELIVERED, target);
-            dkey.extend_from_slice(hash);
+            let dkey = delivered_key(target, hash);
             let mut xkey = target_prefix(DEAD, target);
             xkey.extend_from_slice(hash);
             let record = OutboxRecord {
@@ -369,11 +432,19 @@ impl Index {
                 attempts: 0,
                 last_error: None,
             };
-            self.kv.apply(vec![
+            // The lock per object, not for the whole (possibly long) resync:
+            // senders record deliveries in between.
+            let _rows = self.lock_delivered_rows();
+            let mut ops = Vec::with_capacity(4);
+            if self.kv.get(&dkey)?.is_some() {
+                ops.push(self.delivered_count_op(target, -1)?);
+            }
+            ops.extend([
                 Op::Put(outbox_key(target, now_ms, hash), records::encode(&record)),
                 Op::Delete(dkey),
                 Op::Delete(xkey),
-            ])?;
+            ]);
+            self.kv.apply(ops)?;
             queued += 1;
         }
         Ok(queued)
@@ -419,22 +490,18 @@ impl Index {
         Ok(out)
     }
 
-    /// Lag figures of `target`.
+    /// Lag figures of `target`: the queue and dead letters are read row by
+    /// row (both bounded by what is not delivered), the delivered objects
+    /// from their maintained count.
     pub fn outbox_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
         let mut s = self.queue_summary(target)?;
-        self.kv
-            .for_each_prefix(&target_prefix(DELIVERED, target), &mut |_, _| {
-                s.delivered += 1;
-                true
-            })?;
+        let _rows = self.lock_delivered_rows();
+        s.delivered = self.delivered_count_locked(target)?;
         Ok(s)
     }
 
-    /// [`Index::outbox_summary`] without the count of delivered objects
-    /// (`delivered` is 0): it reads only the queue and the dead letters,
-    /// not one row per object ever delivered, so it stays cheap on an
-    /// archive of millions (the monitors call it every check).
-    pub fn queue_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
+    /// [`Index::outbox_summary`] but for `delivered` (left at 0).
+    fn queue_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
         let mut s = OutboxSummary::default();
         let prefix = target_prefix(OUTBOX, target);
         let mut pending = Vec::new();
@@ -525,6 +592,97 @@ mod tests {
         idx
     }
 
+    /// The delivered rows of `target`, counted by a scan.
+    fn scanned_delivered(idx: &Index, target: &str) -> u64 {
+        let mut n = 0;
+        idx.kv
+            .for_each_prefix(&target_prefix(DELIVERED, target), &mut |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+        n
+    }
+
+    #[test]
+    fn the_delivered_count_follows_every_move_in_and_out_of_delivered() {
+        let idx = index_with(&[(1, 100), (2, 100), (3, 100), (4, 100)]);
+        let check = |want: u64| {
+            assert_eq!(scanned_delivered(&idx, "mirror"), want, "rows");
+            assert_eq!(
+                idx.outbox_summary("mirror").unwrap().delivered,
+                want,
+                "count"
+            );
+        };
+        check(0);
+        let due = idx.due("mirror", 100, 10).unwrap();
+        for d in &due[..3] {
+            assert!(idx.mark_delivered("mirror", d, 150, None).unwrap());
+        }
+        check(3);
+        // a stale `due` moves nothing and counts nothing
+        assert!(!idx.mark_delivered("mirror", &due[0], 160, None).unwrap());
+        check(3);
+        // rebuilt from the target's copy: once per object, however often
+        let record = DeliveryRecord {
+            delivered_at_ms: 170,
+            attempts: 1,
+            enqueued_at_ms: 100,
+            stored_blake3: None,
+        };
+        idx.record_delivered("mirror", &due[0].hash, &record)
+            .unwrap();
+        idx.record_delivered("mirror", &[9; 32], &record).unwrap();
+        idx.record_delivered("mirror", &[9; 32], &record).unwrap();
+        check(4);
+        // requeue: the delivered ones leave the count, the pending one does not
+        let hashes: Vec<Hash> = due.iter().map(|d| d.hash).collect();
+        assert_eq!(idx.requeue("mirror", &hashes[..2], 200).unwrap(), 2);
+        check(2);
+        assert_eq!(idx.requeue("mirror", &hashes[3..], 200).unwrap(), 0);
+        check(2);
+        // resync: everything pending again
+        idx.resync("mirror", 300).unwrap();
+        check(1); // [9; 32] has no object row: resync does not queue it
+        // the other target never moved
+        assert_eq!(idx.outbox_summary("bucket").unwrap().delivered, 0);
+    }
+
+    #[test]
+    fn an_index_without_the_count_is_counted_once_then_kept_up() {
+        let idx = index_with(&[(1, 100), (2, 100)]);
+        // rows written as an index older than the count would have them
+        for b in [1u8, 2] {
+            let v = records::encode(&DeliveryRecord {
+                delivered_at_ms: 1,
+                attempts: 1,
+                enqueued_at_ms: 1,
+                stored_blake3: None,
+            });
+            idx.kv
+                .apply(vec![Op::Put(delivered_key("mirror", &[b; 32]), v)])
+                .unwrap();
+        }
+        assert!(
+            idx.kv
+                .get(&delivered_count_key("mirror"))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(idx.outbox_summary("mirror").unwrap().delivered, 2);
+        assert_eq!(
+            idx.kv.get(&delivered_count_key("mirror")).unwrap(),
+            Some(2u64.to_be_bytes().to_vec()),
+            "the count is stored after the first scan"
+        );
+        // an unreadable count is counted again
+        idx.kv
+            .apply(vec![Op::Put(delivered_count_key("mirror"), b"x".to_vec())])
+            .unwrap();
+        assert_eq!(idx.outbox_summary("mirror").unwrap().delivered, 2);
+    }
+
     #[test]
     fn due_rows_come_oldest_first_and_stop_at_now() {
         let idx = index_with(&[(1, 100), (2, 50), (3, 300)]);
@@ -547,7 +705,7 @@ mod tests {
             .unwrap();
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.delivered, s.dead_letters), (1, 1, 1));
-        // The cheap summary: the same but for the delivered count.
+        // The queue-only summary: the same but for the delivered count.
         let q = idx.queue_summary("mirror").unwrap();
         assert_eq!(
             q,

@@ -541,12 +541,7 @@ impl Monitor {
         let mut statuses = BTreeMap::new();
         let mut unknown_targets = BTreeSet::new();
         for t in targets {
-            match crate::admin::targets_status(
-                index,
-                std::slice::from_ref(t),
-                now,
-                crate::admin::Delivered::Skip,
-            ) {
+            match crate::admin::targets_status(index, std::slice::from_ref(t), now) {
                 Ok(s) => statuses.extend(s),
                 Err(e) => {
                     unknown_targets.insert(t.0.clone());
