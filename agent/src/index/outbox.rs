@@ -460,33 +460,30 @@ impl Index {
         retain_ms: u64,
         limit: usize,
     ) -> Result<Vec<Hash>, IndexError> {
-        if targets.is_empty() {
+        if targets.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut candidates = Vec::new();
-        self.for_each_object(&mut |hash, o| {
-            if o.evicted_at_ms.is_none() {
-                candidates.push(hash);
-            }
-        })?;
+        // Checked during the scan, which stops at `limit`: nothing is
+        // collected per object held, so a sweep over an archive of millions
+        // needs no more memory than its result.
         let mut out = Vec::new();
-        'objects: for hash in candidates {
-            if out.len() >= limit {
-                break;
+        self.try_for_each_object(&mut |hash, o| {
+            if o.evicted_at_ms.is_some() {
+                return Ok(true);
             }
             for t in targets {
-                let mut dkey = target_prefix(DELIVERED, t);
-                dkey.extend_from_slice(&hash);
+                let dkey = delivered_key(t, &hash);
                 let Some(v) = self.kv.get(&dkey)? else {
-                    continue 'objects;
+                    return Ok(true);
                 };
                 let d: DeliveryRecord = decode_at(&dkey, &v)?;
                 if d.delivered_at_ms.saturating_add(retain_ms) > now_ms {
-                    continue 'objects;
+                    return Ok(true);
                 }
             }
             out.push(hash);
-        }
+            Ok(out.len() < limit)
+        })?;
         Ok(out)
     }
 
@@ -841,11 +838,16 @@ mod tests {
         );
         let e = idx.evictable(&targets, 3_000, 1_000, 10).unwrap();
         assert_eq!(e, vec![m[0].hash]);
+        // the limit: the scan stops once it has that many
+        idx.mark_delivered("bucket", &b[1], 2_000, None).unwrap();
+        assert_eq!(idx.evictable(&targets, 3_000, 1_000, 10).unwrap().len(), 2);
+        assert_eq!(idx.evictable(&targets, 3_000, 1_000, 1).unwrap(), e);
+        assert!(idx.evictable(&targets, 3_000, 1_000, 0).unwrap().is_empty());
         assert!(idx.mark_evicted(&e[0], 3_000).unwrap());
-        assert!(
-            idx.evictable(&targets, 9_000, 1_000, 10)
-                .unwrap()
-                .is_empty()
+        assert_eq!(
+            idx.evictable(&targets, 9_000, 1_000, 10).unwrap(),
+            vec![m[1].hash],
+            "evicted objects are not offered again"
         );
         let s = idx.stats().unwrap();
         assert_eq!((s.objects, s.evicted, s.bytes), (2, 1, 102));
