@@ -119,9 +119,14 @@ fn trimmed(s: &str) -> String {
 /// Where the data set starts in a Part-10 file: 128 + "DICM" + the (0002,0000)
 /// element + the group length it states. Reads 144 bytes.
 pub fn dataset_offset(path: &Path) -> std::io::Result<u64> {
-    use std::io::Read;
+    dataset_offset_in(&mut std::fs::File::open(path)?)
+}
+
+/// [`dataset_offset`] of a file already open, read from its current
+/// position (its start): consumes the first 144 bytes.
+pub fn dataset_offset_in(file: &mut impl std::io::Read) -> std::io::Result<u64> {
     let mut head = [0u8; 144];
-    std::fs::File::open(path)?.read_exact(&mut head)?;
+    file.read_exact(&mut head)?;
     let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     if &head[128..132] != b"DICM" {
         return Err(invalid("no DICM prefix"));

@@ -31,7 +31,6 @@ use dicom_ul::pdu::{
     PresentationContextResultReason,
 };
 use dicom_ul::{ClientAssociationOptions, Pdu};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpStream;
 
 use crate::dimse::{self, CStoreRq, CommandSet, Status};
@@ -112,8 +111,8 @@ pub enum ScuError {
     /// The peer broke the protocol, or the network failed.
     #[error("{addr}: {message}")]
     Protocol { addr: String, message: String },
-    /// The object's file could not be opened (nothing was sent; a local
-    /// problem, not the peer's: permanent for this object).
+    /// The object's file could not be opened or read (nothing was sent; a
+    /// local problem, not the peer's: permanent for this object).
     #[error("reading {path}: {source}")]
     File {
         path: PathBuf,
@@ -211,6 +210,95 @@ pub struct Scu {
     queued: VecDeque<PDataValue>,
     /// Command fragments collected so far, and their context.
     command: Option<(u8, Vec<u8>)>,
+    /// The object to read ahead once the current one is sent.
+    next: Option<Outgoing>,
+    /// Its first block, being read.
+    read_ahead: Option<ReadAhead>,
+    /// Block buffers for reuse (at most two).
+    spare: Vec<Vec<u8>>,
+}
+
+/// A spool file being sent: the open file and how much of its data set is
+/// still to be read, framed for one presentation context.
+struct Source {
+    file: std::fs::File,
+    remaining: u64,
+    pc: u8,
+    chunk: usize,
+}
+
+/// What reading a block hands back: the source, the buffer, and how many
+/// of its bytes are PDUs to send.
+type ReadResult = std::io::Result<(Source, Vec<u8>, usize)>;
+
+/// The first block of the next object, read in the blocking pool.
+struct ReadAhead {
+    path: PathBuf,
+    pc: u8,
+    chunk: usize,
+    task: tokio::task::JoinHandle<ReadResult>,
+}
+
+/// P-DATA-TF PDU header (type, reserved, length) plus PDV header (length,
+/// context, control): what precedes each fragment's bytes.
+const PDU_PDV_HEADER: usize = 12;
+
+/// Open a spool file, find its data set, and read the first block.
+fn open_source(path: PathBuf, pc: u8, chunk: usize, mut buf: Vec<u8>) -> ReadResult {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(&path)?;
+    let offset = crate::part10::dataset_offset_in(&mut file)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(offset))?;
+    let mut source = Source {
+        file,
+        remaining: len.saturating_sub(offset),
+        pc,
+        chunk,
+    };
+    let used = read_block(&mut source, &mut buf)?;
+    Ok((source, buf, used))
+}
+
+/// Read the next block of the data set (at most [`MAX_SEND_CHUNK`] bytes)
+/// from `source` straight into `buf` as complete P-DATA-TF PDUs of one data
+/// fragment each, at most `source.chunk` bytes, the data set's last one
+/// flagged last. Returns how many bytes of `buf` to send. An empty data set
+/// is one empty last fragment.
+fn read_block(source: &mut Source, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::io::Read;
+    let chunk = source.chunk.clamp(1, MAX_SEND_CHUNK);
+    let mut budget = MAX_SEND_CHUNK;
+    let mut used = 0;
+    loop {
+        let n = source.remaining.min((chunk.min(budget)) as u64) as usize;
+        let end = used + PDU_PDV_HEADER + n;
+        if buf.len() < end {
+            // Grows once; a reused buffer is not cleared or zeroed again.
+            buf.resize(end, 0);
+        }
+        source
+            .file
+            .read_exact(&mut buf[used + PDU_PDV_HEADER..end])?;
+        source.remaining -= n as u64;
+        budget -= n;
+        let last = source.remaining == 0;
+        let header = &mut buf[used..used + PDU_PDV_HEADER];
+        header[0] = 0x04; // P-DATA-TF
+        header[1] = 0;
+        header[2..6].copy_from_slice(&(n as u32 + 6).to_be_bytes());
+        header[6..10].copy_from_slice(&(n as u32 + 2).to_be_bytes());
+        header[10] = source.pc;
+        header[11] = if last { 0x02 } else { 0x00 }; // data; last fragment
+        used = end;
+        if last || budget == 0 {
+            return Ok(used);
+        }
+    }
+}
+
+fn join_read(r: Result<ReadResult, tokio::task::JoinError>) -> ReadResult {
+    r.map_err(|e| std::io::Error::other(format!("reading task failed: {e}")))?
 }
 
 /// C-ECHO `peer`: associate with Verification, echo, release.
@@ -312,6 +400,9 @@ impl Scu {
             next_message_id: 1,
             queued: VecDeque::new(),
             command: None,
+            next: None,
+            read_ahead: None,
+            spare: Vec::new(),
         })
     }
 
@@ -391,6 +482,8 @@ impl Scu {
         &mut self,
         object: &Outgoing,
     ) -> Result<(Status, Option<Reencoded>), ScuError> {
+        // The hint is for this store only: a failure drops it.
+        let next = self.next.take();
         let no_context = || ScuError::NoContext {
             addr: self.peer.addr(),
             sop_class: object.sop_class_uid.clone(),
@@ -403,58 +496,111 @@ impl Scu {
                 return Err(no_context());
             };
             return self
-                .store_transcoded(object, ts, pc)
+                .store_transcoded(object, ts, pc, next)
                 .await
                 .map(|(st, r)| (st, Some(r)));
         };
-        let file_err = |source| ScuError::File {
+        let chunk = self.max_pdv_payload();
+        // The first block: read ahead while the previous object was being
+        // answered, or now (one blocking-pool hop: open, meta, first block).
+        let first = match self.read_ahead.take() {
+            Some(r) if r.path == object.path && r.pc == pc && r.chunk == chunk => {
+                join_read(r.task.await)
+            }
+            _ => {
+                let buf = self.spare.pop().unwrap_or_default();
+                let path = object.path.clone();
+                join_read(
+                    tokio::task::spawn_blocking(move || open_source(path, pc, chunk, buf)).await,
+                )
+            }
+        };
+        // Nothing is sent yet: a file that cannot be opened or read is this
+        // object's problem, not the peer's.
+        let (mut source, mut buf, mut used) = first.map_err(|source| ScuError::File {
             path: object.path.clone(),
             source,
-        };
-        let offset = crate::part10::dataset_offset(&object.path).map_err(file_err)?;
-        let mut file = tokio::fs::File::open(&object.path)
-            .await
-            .map_err(file_err)?;
-        let len = file.metadata().await.map_err(file_err)?.len();
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(file_err)?;
+        })?;
         let id = self.send_store_rq(object, pc).await?;
-        let chunk = self.max_pdv_payload();
-        // Read up to MAX_SEND_CHUNK at a time (one blocking-pool hop), send
-        // it as PDUs of the peer's size: against a 16 KiB peer that is one
-        // file read per 64 PDUs instead of one per PDU.
-        let mut remaining = len.saturating_sub(offset);
-        let mut block = vec![0u8; (remaining as usize).min(MAX_SEND_CHUNK)];
         loop {
-            let n = (remaining as usize).min(block.len());
+            self.write_pdus(&buf[..used]).await?;
+            if source.remaining == 0 {
+                break;
+            }
             // The command is out: a read failure now leaves the association
             // mid-message, so it is not reusable (a transient failure).
-            file.read_exact(&mut block[..n]).await.map_err(|e| {
+            let task = tokio::task::spawn_blocking(move || {
+                let r = read_block(&mut source, &mut buf);
+                (source, buf, r)
+            })
+            .await;
+            let (s, b, r) = task.map_err(|e| self.protocol(format!("reading task failed: {e}")))?;
+            (source, buf) = (s, b);
+            used = r.map_err(|e| {
                 self.protocol(format!(
                     "reading {} in the middle of sending it: {e}",
                     object.path.display()
                 ))
             })?;
-            remaining -= n as u64;
-            let pieces: Vec<&[u8]> = if n == 0 {
-                vec![&[][..]]
-            } else {
-                block[..n].chunks(chunk).collect()
-            };
-            let count = pieces.len();
-            for (i, piece) in pieces.into_iter().enumerate() {
-                let last = remaining == 0 && i + 1 == count;
-                self.send_pdv(pc, PDataValueType::Data, last, piece.to_vec())
-                    .await?;
-            }
-            if remaining == 0 {
-                break;
-            }
         }
+        if self.spare.len() < 2 {
+            self.spare.push(buf);
+        }
+        self.start_read_ahead(next);
         let rsp = self.read_response(id).await?;
         let status = rsp.status().map_err(|e| self.protocol(e.to_string()))?;
         Ok((status, None))
+    }
+
+    /// Say which object will be stored after the next [`Scu::store`] (or
+    /// [`Scu::store_reporting`]): once that one's data set is sent, this
+    /// one's file is opened and its first block read while the peer
+    /// processes the first (one block, at most [`MAX_SEND_CHUNK`] bytes, is
+    /// held ahead). Storing another object instead just drops it, and so
+    /// does a store that fails before its data set is sent.
+    pub fn read_ahead(&mut self, next: &Outgoing) {
+        self.next = Some(next.clone());
+    }
+
+    /// Start reading the object named by [`Scu::read_ahead`], if it goes
+    /// out as it is (not re-encoded).
+    fn start_read_ahead(&mut self, next: Option<Outgoing>) {
+        self.read_ahead = None;
+        let Some(next) = next else {
+            return;
+        };
+        let Some(pc) = self.context_for(&next.sop_class_uid, &next.transfer_syntax_uid) else {
+            return;
+        };
+        let chunk = self.max_pdv_payload();
+        let buf = self.spare.pop().unwrap_or_default();
+        let path = next.path.clone();
+        self.read_ahead = Some(ReadAhead {
+            path: next.path,
+            pc,
+            chunk,
+            task: tokio::task::spawn_blocking(move || open_source(path, pc, chunk, buf)),
+        });
+    }
+
+    /// Write whole PDUs straight to the socket (dicom-ul's own send buffer
+    /// is empty between its sends), within the peer timeout.
+    async fn write_pdus(&mut self, pdus: &[u8]) -> Result<(), ScuError> {
+        use tokio::io::AsyncWriteExt;
+        let addr = self.peer.addr();
+        let timeout = self.peer.timeout;
+        let stream = self.assoc.inner_stream();
+        match tokio::time::timeout(timeout, stream.write_all(pdus)).await {
+            Err(_) => Err(ScuError::Timeout {
+                addr,
+                secs: timeout.as_secs(),
+            }),
+            Ok(Err(e)) => Err(ScuError::Protocol {
+                addr,
+                message: format!("sending data: {e}"),
+            }),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 
     /// Send the C-STORE-RQ command of `object` on `pc`; its Message ID.
@@ -479,6 +625,7 @@ impl Scu {
         object: &Outgoing,
         ts: &str,
         pc: u8,
+        next: Option<Outgoing>,
     ) -> Result<(Status, Reencoded), ScuError> {
         let file_err = |source| ScuError::File {
             path: object.path.clone(),
@@ -526,6 +673,7 @@ impl Scu {
             self.send_pdv(pc, PDataValueType::Data, i + 1 == count, piece.to_vec())
                 .await?;
         }
+        self.start_read_ahead(next);
         let rsp = self.read_response(id).await?;
         let status = rsp.status().map_err(|e| self.protocol(e.to_string()))?;
         Ok((status, reencoded))
@@ -1003,6 +1151,142 @@ mod tests {
             many.iter()
                 .all(|o| c.contains(&(o.sop_class_uid.clone(), vec![EXPLICIT_LE.to_string()])))
         );
+    }
+
+    /// Split `bytes` into PDUs with dicom-ul's own reader: (context, last,
+    /// data) of each single-PDV P-DATA-TF.
+    fn parse_pdus(mut bytes: &[u8], max_pdu: u32) -> Vec<(u8, bool, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = u32::from_be_bytes(bytes[2..6].try_into().unwrap()) as usize;
+            let pdu = dicom_ul::pdu::read_pdu(&bytes[..6 + len], max_pdu, true)
+                .unwrap()
+                .expect("a whole PDU");
+            let Pdu::PData { data } = pdu else {
+                panic!("not P-DATA-TF: {pdu:?}")
+            };
+            assert_eq!(data.len(), 1, "one PDV per PDU");
+            let pdv = data.into_iter().next().unwrap();
+            assert_eq!(pdv.value_type, PDataValueType::Data);
+            out.push((pdv.presentation_context_id, pdv.is_last, pdv.data));
+            bytes = &bytes[6 + len..];
+        }
+        out
+    }
+
+    /// Blocks are complete P-DATA-TF PDUs within the peer's limit, at most
+    /// MAX_SEND_CHUNK data bytes each, only the data set's very last
+    /// fragment flagged last, and together exactly the data set; a reused
+    /// buffer does not leak bytes of the previous object.
+    #[test]
+    fn blocks_are_framed_pdus_of_the_data_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let (o, body) = write_object(dir.path(), "1.2.3.301", EXPLICIT_LE);
+        // A big data set: the file's own, padded with a large private-ish
+        // tail of known bytes (the framing does not parse it).
+        let big: Vec<u8> = (0..(MAX_SEND_CHUNK * 2 + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut bytes = std::fs::read(&o.path).unwrap();
+        bytes.extend_from_slice(&big);
+        let big_path = dir.path().join("big.dcm");
+        std::fs::write(&big_path, &bytes).unwrap();
+        let mut want_big = body.clone();
+        want_big.extend_from_slice(&big);
+
+        for (path, want, chunk) in [
+            (o.path.clone(), body.clone(), 16_378usize),
+            (big_path.clone(), want_big.clone(), 16_378),
+            (big_path.clone(), want_big.clone(), 1_000_000),
+            (big_path.clone(), want_big.clone(), MAX_SEND_CHUNK),
+        ] {
+            let max_pdu = chunk as u32 + 6;
+            let (mut source, mut buf, mut used) =
+                open_source(path.clone(), 7, chunk, vec![0xEE; 64]).unwrap();
+            let mut got = Vec::new();
+            let mut blocks = 0;
+            loop {
+                blocks += 1;
+                let pdus = parse_pdus(&buf[..used], max_pdu);
+                let data: usize = pdus.iter().map(|p| p.2.len()).sum();
+                assert!(data <= MAX_SEND_CHUNK, "block of {data} bytes");
+                for (i, (pc, last, d)) in pdus.iter().enumerate() {
+                    assert_eq!(*pc, 7);
+                    assert!(d.len() <= chunk);
+                    let final_one = source.remaining == 0 && i + 1 == pdus.len();
+                    assert_eq!(*last, final_one, "{}: last flag of PDU {i}", path.display());
+                    got.extend_from_slice(d);
+                }
+                if source.remaining == 0 {
+                    break;
+                }
+                used = read_block(&mut source, &mut buf).unwrap();
+            }
+            assert_eq!(got.len(), want.len());
+            assert!(got == want, "{}: data differs", path.display());
+            assert_eq!(blocks, want.len().div_ceil(MAX_SEND_CHUNK).max(1));
+        }
+
+        // An empty data set: one empty fragment, flagged last.
+        let meta_only = dir.path().join("meta-only.dcm");
+        let offset = crate::part10::dataset_offset(&o.path).unwrap() as usize;
+        std::fs::write(&meta_only, &std::fs::read(&o.path).unwrap()[..offset]).unwrap();
+        let (source, buf, used) = open_source(meta_only, 3, 16_378, Vec::new()).unwrap();
+        assert_eq!(source.remaining, 0);
+        assert_eq!(
+            parse_pdus(&buf[..used], 16_384),
+            vec![(3, true, Vec::new())]
+        );
+
+        // Not a Part-10 file, or gone: an error before anything is sent.
+        let junk = dir.path().join("junk.dcm");
+        std::fs::write(&junk, vec![0u8; 300]).unwrap();
+        assert!(open_source(junk, 1, 16_378, Vec::new()).is_err());
+        assert!(open_source(dir.path().join("gone.dcm"), 1, 16_378, Vec::new()).is_err());
+    }
+
+    /// Reading ahead: each object's bytes arrive intact whether its first
+    /// block was read ahead, announced but not stored next (the stale read
+    /// is dropped), or not announced at all.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn read_ahead_keeps_every_object_byte_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received");
+        let (_guard, peer) = start_storescp(&["+B"], &out).await;
+        let objects: Vec<(Outgoing, Vec<u8>)> = (0..5)
+            .map(|i| write_object(dir.path(), &format!("1.2.3.40{i}"), EXPLICIT_LE))
+            .collect();
+        let outgoing: Vec<Outgoing> = objects.iter().map(|(o, _)| o.clone()).collect();
+        let mut scu = Scu::connect(&peer, &contexts_for(&outgoing)).await.unwrap();
+        // 0 announces 1 (used), 1 announces 3 (stale: 2 comes next),
+        // 2 announces nothing, 3 announces 4 (used), 4 last.
+        let plan: [(usize, Option<usize>); 5] = [
+            (0, Some(1)),
+            (1, Some(3)),
+            (2, None),
+            (3, Some(4)),
+            (4, None),
+        ];
+        for (i, next) in plan {
+            if let Some(n) = next {
+                scu.read_ahead(&outgoing[n]);
+            }
+            assert_eq!(scu.store(&outgoing[i]).await.unwrap(), Status::Success);
+        }
+        assert!(scu.spare.len() <= 2, "at most two spare buffers");
+        scu.release().await;
+        let mut received: Vec<Vec<u8>> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let off = crate::part10::dataset_offset(&p).unwrap() as usize;
+                std::fs::read(&p).unwrap()[off..].to_vec()
+            })
+            .collect();
+        received.sort();
+        let mut sent: Vec<Vec<u8>> = objects.into_iter().map(|(_, b)| b).collect();
+        sent.sort();
+        assert_eq!(received, sent);
     }
 
     /// Against a real DCMTK storescp in bit-preserving mode (+B), which

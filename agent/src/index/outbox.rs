@@ -22,6 +22,10 @@
 //!   and every configured target, in the same atomic batch as the object's
 //!   index rows.
 //!
+//! - A move to delivered is written only after the target confirmed the
+//!   object. A sender may collect the confirmations of one batch and record
+//!   them together ([`Index::mark_delivered_many`]: one atomic batch holding
+//!   each object's whole move) before it flushes and releases its claims.
 //! - `m/delivered\0<target>` counts the `d/<target>` rows, so that status
 //!   and metrics read one row instead of one per object ever delivered.
 //!   Every batch that adds or removes a delivered row carries the new count
@@ -31,7 +35,8 @@
 //!
 //! # Crash behaviour
 //! Queue moves are flushed lazily (with the next ingest batch or the sender's
-//! own flush). A crash can lose the latest moves: a delivered object is then
+//! own flush). A crash can lose the latest moves, including confirmations a
+//! sender collected but had not recorded yet: a delivered object is then
 //! still pending and is sent again; it is never lost.
 
 use super::records::{self, OutboxRecord};
@@ -104,6 +109,17 @@ pub struct Due {
     pub next_attempt_ms: u64,
     /// Its row.
     pub record: OutboxRecord,
+}
+
+/// A confirmed delivery not yet recorded (see [`Index::mark_delivered_many`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The row that was sent.
+    pub due: Due,
+    /// When the target confirmed it (Unix ms).
+    pub delivered_at_ms: u64,
+    /// Object-storage targets: blake3 (hex) of the file the bucket holds.
+    pub stored_blake3: Option<String>,
 }
 
 /// Lag figures of one target.
@@ -203,34 +219,47 @@ impl Index {
     /// delivered-rows lock held. Counted by a scan (and stored) only when the
     /// index has no count yet, or an unreadable one.
     fn delivered_count_locked(&self, target: &str) -> Result<u64, IndexError> {
-        let k = delivered_count_key(target);
-        if let Some(n) = self
-            .kv
-            .get(&k)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        {
-            return Ok(u64::from_be_bytes(n));
+        if let Some(n) = self.delivered_count_stored(target)? {
+            return Ok(n);
         }
+        let n = self.delivered_rows_scanned(target)?;
+        self.kv.apply(vec![Op::Put(
+            delivered_count_key(target),
+            n.to_be_bytes().to_vec(),
+        )])?;
+        Ok(n)
+    }
+
+    fn delivered_count_stored(&self, target: &str) -> Result<Option<u64>, IndexError> {
+        Ok(self
+            .kv
+            .get(&delivered_count_key(target))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    fn delivered_rows_scanned(&self, target: &str) -> Result<u64, IndexError> {
         let mut n = 0u64;
         self.kv
             .for_each_prefix(&target_prefix(DELIVERED, target), &mut |_, _| {
                 n += 1;
                 true
             })?;
-        self.kv.apply(vec![Op::Put(k, n.to_be_bytes().to_vec())])?;
         Ok(n)
     }
 
     /// The write of `target`'s delivered count changed by `delta`, for the
-    /// batch that adds or removes that many delivered rows. Call with the
+    /// batch that adds or removes that many delivered rows (a missing count
+    /// is counted first, and written by that same batch). Call with the
     /// delivered-rows lock held.
     fn delivered_count_op(&self, target: &str, delta: i64) -> Result<Op, IndexError> {
-        let n = self
-            .delivered_count_locked(target)?
-            .saturating_add_signed(delta);
+        let n = match self.delivered_count_stored(target)? {
+            Some(n) => n,
+            None => self.delivered_rows_scanned(target)?,
+        };
         Ok(Op::Put(
             delivered_count_key(target),
-            n.to_be_bytes().to_vec(),
+            n.saturating_add_signed(delta).to_be_bytes().to_vec(),
         ))
     }
 
@@ -248,29 +277,59 @@ impl Index {
         now_ms: u64,
         stored_blake3: Option<String>,
     ) -> Result<bool, IndexError> {
-        let _rows = self.lock_delivered_rows();
-        if !self.still_pending(target, due)? {
-            return Ok(false);
-        }
-        let delivered = DeliveryRecord {
+        let delivery = Delivery {
+            due: due.clone(),
             delivered_at_ms: now_ms,
-            attempts: due.record.attempts + 1,
-            enqueued_at_ms: due.record.enqueued_at_ms,
             stored_blake3,
         };
-        let dkey = delivered_key(target, &due.hash);
-        let mut ops = Vec::with_capacity(3);
-        if self.kv.get(&dkey)?.is_none() {
-            ops.push(self.delivered_count_op(target, 1)?);
+        Ok(self.mark_delivered_many(target, std::slice::from_ref(&delivery))? == 1)
+    }
+
+    /// [`Index::mark_delivered`] for several objects in **one** atomic batch
+    /// (each object's delivered row and the removal of its pending row are
+    /// in it together, so every object is still in exactly one state; the
+    /// delivered count is in it too). Rows no longer where their `due` says
+    /// are skipped. Returns how many were moved. One batch instead of one
+    /// per object: the engine writes its log once for all of them.
+    pub fn mark_delivered_many(
+        &self,
+        target: &str,
+        deliveries: &[Delivery],
+    ) -> Result<usize, IndexError> {
+        let _rows = self.lock_delivered_rows();
+        let mut ops = Vec::with_capacity(deliveries.len() * 2 + 1);
+        let mut moved = 0;
+        let mut fresh = HashSet::new();
+        for d in deliveries {
+            let due = &d.due;
+            if !self.still_pending(target, due)? {
+                continue;
+            }
+            let delivered = DeliveryRecord {
+                delivered_at_ms: d.delivered_at_ms,
+                attempts: due.record.attempts + 1,
+                enqueued_at_ms: due.record.enqueued_at_ms,
+                stored_blake3: d.stored_blake3.clone(),
+            };
+            let dkey = delivered_key(target, &due.hash);
+            if self.kv.get(&dkey)?.is_none() {
+                fresh.insert(due.hash);
+            }
+            ops.push(Op::Put(dkey, records::encode(&delivered)));
+            ops.push(Op::Delete(outbox_key(
+                target,
+                due.next_attempt_ms,
+                &due.hash,
+            )));
+            moved += 1;
         }
-        ops.push(Op::Put(dkey, records::encode(&delivered)));
-        ops.push(Op::Delete(outbox_key(
-            target,
-            due.next_attempt_ms,
-            &due.hash,
-        )));
-        self.kv.apply(ops)?;
-        Ok(true)
+        if moved > 0 {
+            if !fresh.is_empty() {
+                ops.push(self.delivered_count_op(target, fresh.len() as i64)?);
+            }
+            self.kv.apply(ops)?;
+        }
+        Ok(moved)
     }
 
     /// The attempt failed for now: move the row to `next_attempt_ms`, with
@@ -561,7 +620,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{InstanceRecord, MemKv, hash_hex};
+    use crate::index::{InstanceRecord, Kv, MemKv, hash_hex};
     use std::collections::HashMap;
     use std::sync::Arc;
 
@@ -874,6 +933,100 @@ mod tests {
         assert!(idx.mark_delivered("mirror", &fresh, 600, None).unwrap());
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.delivered), (0, 1));
+    }
+
+    /// Counts the batches applied to a [`MemKv`].
+    #[derive(Default)]
+    struct CountingKv {
+        inner: MemKv,
+        applies: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::index::Kv for CountingKv {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::index::KvError> {
+            self.inner.get(key)
+        }
+        fn scan_prefix(
+            &self,
+            prefix: &[u8],
+        ) -> Result<crate::index::kv::KvPairs, crate::index::KvError> {
+            self.inner.scan_prefix(prefix)
+        }
+        fn for_each_prefix(
+            &self,
+            prefix: &[u8],
+            f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), crate::index::KvError> {
+            self.inner.for_each_prefix(prefix, f)
+        }
+        fn apply(&self, ops: Vec<Op>) -> Result<(), crate::index::KvError> {
+            self.applies
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.apply(ops)
+        }
+        fn flush(&self) -> Result<(), crate::index::KvError> {
+            self.inner.flush()
+        }
+    }
+
+    /// A batch of confirmations is recorded in one engine batch; each object
+    /// ends delivered with its own record, a stale row is skipped (never
+    /// duplicated), and nothing else moves.
+    #[test]
+    fn deliveries_are_recorded_in_one_batch() {
+        let kv = Arc::new(CountingKv::default());
+        let idx = Index::new(kv.clone());
+        let seeded = index_with(&[(1, 100), (2, 110), (3, 120), (4, 130)]);
+        // Same rows in the counting engine.
+        seeded
+            .kv
+            .for_each_prefix(b"", &mut |k, v| {
+                kv.inner
+                    .apply(vec![Op::Put(k.to_vec(), v.to_vec())])
+                    .unwrap();
+                true
+            })
+            .unwrap();
+        let due = idx.due("mirror", 1_000, 10).unwrap();
+        assert_eq!(due.len(), 4);
+        // Object 3's row moved since it was read (rescheduled elsewhere).
+        assert!(idx.reschedule("mirror", &due[2], "A700", 5_000).unwrap());
+        let deliveries: Vec<Delivery> = [0usize, 1, 2]
+            .iter()
+            .map(|&i| Delivery {
+                due: due[i].clone(),
+                delivered_at_ms: 2_000 + i as u64,
+                stored_blake3: (i == 1).then(|| "ab".repeat(32)),
+            })
+            .collect();
+        let before = kv.applies.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(idx.mark_delivered_many("mirror", &deliveries).unwrap(), 2);
+        assert_eq!(
+            kv.applies.load(std::sync::atomic::Ordering::SeqCst) - before,
+            1,
+            "one engine batch for the whole set"
+        );
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.delivered, s.dead_letters), (2, 2, 0));
+        let pending = idx.pending("mirror").unwrap();
+        assert!(pending.contains(&due[2].hash) && pending.contains(&due[3].hash));
+        for (i, d) in deliveries.iter().take(2).enumerate() {
+            let mut dkey = target_prefix(DELIVERED, "mirror");
+            dkey.extend_from_slice(&d.due.hash);
+            let rec: DeliveryRecord =
+                decode_at(&dkey, &idx.kv.get(&dkey).unwrap().unwrap()).unwrap();
+            assert_eq!(rec.delivered_at_ms, 2_000 + i as u64);
+            assert_eq!(rec.attempts, 1);
+            assert_eq!(rec.enqueued_at_ms, d.due.record.enqueued_at_ms);
+            assert_eq!(rec.stored_blake3, d.stored_blake3);
+        }
+        // Recording the same set again moves nothing and writes nothing.
+        let before = kv.applies.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(idx.mark_delivered_many("mirror", &deliveries).unwrap(), 0);
+        assert_eq!(kv.applies.load(std::sync::atomic::Ordering::SeqCst), before);
+        assert_eq!(idx.mark_delivered_many("mirror", &[]).unwrap(), 0);
+        // The other target is untouched.
+        assert_eq!(idx.outbox_summary("bucket").unwrap().pending, 4);
     }
 
     #[test]

@@ -39,6 +39,9 @@ impl Worker {
             }
         };
         for (i, (d, o)) in objects.iter().enumerate() {
+            if let Some((_, next)) = objects.get(i + 1) {
+                scu.read_ahead(next);
+            }
             match scu.store(o).await {
                 Ok(status) if status.is_stored() => self.delivered(d, &o.sop_instance_uid, None),
                 Ok(status @ Status::OutOfResources(_)) => self.retry(d, &status.to_string()),

@@ -4,7 +4,10 @@
 //!
 //! A worker claims up to [`BATCH`] due objects (claims are in memory, so two
 //! workers of a target never send the same object at once), hands them to
-//! its target's sender, and moves each row by the outcome:
+//! its target's sender, and moves each row by the outcome. Confirmed
+//! deliveries are collected during the batch and recorded in one index batch
+//! at its end, before the index flush and before the claims are released (a
+//! crash in between loses only the record: the object is sent again):
 //!
 //! | outcome | row |
 //! |---|---|
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::index::outbox::{Backoff, Due};
+use crate::index::outbox::{Backoff, Delivery, Due};
 use crate::index::{Hash, Index, hash_hex};
 use crate::scu::{self, Peer};
 use crate::spool::Spool;
@@ -117,6 +120,7 @@ pub fn spawn(
             claimed: claimed.clone(),
             health: health.clone(),
             worker,
+            confirmed: Mutex::default(),
         };
         let shutdown = shutdown.clone();
         tracker.spawn(async move { w.run(shutdown).await });
@@ -130,6 +134,8 @@ struct Worker {
     claimed: Arc<Mutex<HashSet<Hash>>>,
     health: Health,
     worker: usize,
+    /// Deliveries confirmed in the current batch, not recorded yet.
+    confirmed: Mutex<Vec<Delivery>>,
 }
 
 enum Pass {
@@ -205,6 +211,7 @@ impl Worker {
             Destination::Dicom(peer) => self.send_dicom(peer, &due).await,
             Destination::Bucket(bucket) => self.send_bucket(bucket, &due).await,
         };
+        self.record_deliveries();
         if let Err(e) = self.r.index.flush() {
             tracing::error!(error = %e, "index flush after delivery failed (rows are re-sent if lost)");
         }
@@ -264,15 +271,15 @@ impl Worker {
         }
     }
 
+    /// The target confirmed `d`: collected, recorded with the rest of the
+    /// batch by [`Worker::record_deliveries`].
     fn delivered(&self, d: &Due, sop_instance_uid: &str, stored_blake3: Option<String>) {
         let now = crate::unix_ms();
-        if let Err(e) = self
-            .r
-            .index
-            .mark_delivered(&self.target.name, d, now, stored_blake3)
-        {
-            tracing::error!(error = %e, "recording a delivery failed (it will be sent again)");
-        }
+        self.confirmed_list().push(Delivery {
+            due: d.clone(),
+            delivered_at_ms: now,
+            stored_blake3,
+        });
         self.health().last_success_at_ms = Some(now);
         tracing::debug!(
             target = %self.target.name,
@@ -280,6 +287,26 @@ impl Worker {
             lag_ms = now.saturating_sub(d.record.enqueued_at_ms),
             "delivered"
         );
+    }
+
+    fn confirmed_list(&self) -> std::sync::MutexGuard<'_, Vec<Delivery>> {
+        self.confirmed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record the deliveries confirmed since the last call: pending →
+    /// delivered, one atomic index batch for all of them.
+    fn record_deliveries(&self) {
+        let confirmed = std::mem::take(&mut *self.confirmed_list());
+        if confirmed.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .r
+            .index
+            .mark_delivered_many(&self.target.name, &confirmed)
+        {
+            tracing::error!(error = %e, objects = confirmed.len(), "recording deliveries failed (they will be sent again)");
+        }
     }
 
     /// The object's index record, or why it cannot be sent (refused: it
