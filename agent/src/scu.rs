@@ -1275,7 +1275,15 @@ mod tests {
         }
         assert!(scu.spare.len() <= 2, "at most two spare buffers");
         scu.release().await;
-        let mut received: Vec<Vec<u8>> = std::fs::read_dir(&out)
+        let received = received_datasets(&out);
+        let mut sent: Vec<Vec<u8>> = objects.into_iter().map(|(_, b)| b).collect();
+        sent.sort();
+        assert_eq!(received, sent);
+    }
+
+    /// The data sets of the files storescp wrote into `dir`, sorted.
+    fn received_datasets(dir: &Path) -> Vec<Vec<u8>> {
+        let mut received: Vec<Vec<u8>> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| {
                 let p = e.unwrap().path();
@@ -1284,9 +1292,7 @@ mod tests {
             })
             .collect();
         received.sort();
-        let mut sent: Vec<Vec<u8>> = objects.into_iter().map(|(_, b)| b).collect();
-        sent.sort();
-        assert_eq!(received, sent);
+        received
     }
 
     /// Against a real DCMTK storescp in bit-preserving mode (+B), which
@@ -1324,15 +1330,7 @@ mod tests {
         scu.release().await;
 
         // What storescp wrote holds exactly our data set bytes.
-        let mut received: Vec<Vec<u8>> = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                let off = crate::part10::dataset_offset(&p).unwrap() as usize;
-                std::fs::read(&p).unwrap()[off..].to_vec()
-            })
-            .collect();
-        received.sort();
+        let received = received_datasets(&out);
         let mut sent = vec![body_a, body_b];
         sent.sort();
         assert_eq!(received, sent);
