@@ -10,17 +10,36 @@
 //! them again. The reverse order could leave the index claiming a file that
 //! is gone. Objects are never evicted when no target is configured (the spool
 //! is then the only copy), and their index rows stay.
+//!
+//! Each sweep reads at most [`ROWS_PER_SWEEP`] object rows of the index,
+//! taking up where the previous sweep stopped (from the start after a
+//! restart), so its cost does not grow with the archive; on a very large
+//! archive an object may be removed some sweeps after it became removable,
+//! never before.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::index::outbox::EvictScan;
 use crate::index::{Index, IndexError};
 use crate::spool::Spool;
 
 /// Objects removed per sweep at most.
 const PER_SWEEP: usize = 10_000;
+/// Object rows read per sweep at most: a sweep takes up where the previous
+/// one stopped, so an archive of millions is gone round in several sweeps
+/// at a bounded cost each (10 million: 100 sweeps, at most every 5 minutes).
+const ROWS_PER_SWEEP: usize = 100_000;
+
+/// Where the next sweep takes up its scan of the index.
+pub fn new_scan() -> EvictScan {
+    EvictScan {
+        after: None,
+        max_rows: ROWS_PER_SWEEP,
+    }
+}
 
 /// One sweep: returns how many files were removed.
 pub fn sweep(
@@ -29,8 +48,9 @@ pub fn sweep(
     targets: &[String],
     retain: Duration,
     now_ms: u64,
+    scan: &mut EvictScan,
 ) -> Result<usize, IndexError> {
-    let hashes = index.evictable(targets, now_ms, retain.as_millis() as u64, PER_SWEEP)?;
+    let hashes = index.evictable(targets, now_ms, retain.as_millis() as u64, PER_SWEEP, scan)?;
     if hashes.is_empty() {
         return Ok(0);
     }
@@ -66,6 +86,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let every = (retain / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let mut scan = new_scan();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -73,7 +94,17 @@ pub async fn run(
         }
         let (i, s, t) = (index.clone(), spool.clone(), targets.clone());
         let now = crate::unix_ms();
-        match tokio::task::spawn_blocking(move || sweep(&i, &s, &t, retain, now)).await {
+        let mut taken = scan.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let r = sweep(&i, &s, &t, retain, now, &mut taken);
+            (r, taken)
+        })
+        .await
+        .map(|(r, taken)| {
+            scan = taken;
+            r
+        });
+        match swept {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(
                 files = n,

@@ -52,6 +52,14 @@ pub trait Kv: Send + Sync {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), KvError>;
+    /// [`Kv::for_each_prefix`] over the keys after `after` only (all of
+    /// them for `None`): a long scan can be taken up where it stopped.
+    fn for_each_prefix_after(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError>;
     /// Apply a batch atomically (not yet durable).
     fn apply(&self, ops: Vec<Op>) -> Result<(), KvError>;
     /// Make everything applied so far durable.
@@ -121,6 +129,25 @@ impl Kv for SledKv {
         Ok(())
     }
 
+    fn for_each_prefix_after(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError> {
+        let Some(after) = after else {
+            return self.for_each_prefix(prefix, f);
+        };
+        let start = std::ops::Bound::Excluded(after.to_vec());
+        for item in self.db.range((start, std::ops::Bound::Unbounded)) {
+            let (k, v) = item.map_err(engine)?;
+            if !k.starts_with(prefix) || !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn apply(&self, ops: Vec<Op>) -> Result<(), KvError> {
         let mut batch = sled::Batch::default();
         for op in ops {
@@ -171,6 +198,32 @@ impl Kv for MemKv {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), KvError> {
         for (k, v) in self.scan_prefix(prefix)? {
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each_prefix_after(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError> {
+        let Some(after) = after else {
+            return self.for_each_prefix(prefix, f);
+        };
+        let pairs: KvPairs = self
+            .lock()
+            .range((
+                std::ops::Bound::Excluded(after.to_vec()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in pairs {
             if !f(&k, &v) {
                 break;
             }
@@ -234,6 +287,27 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, 2);
+        // taken up after a key: that key's successors under the prefix only
+        kv.apply(vec![
+            Op::Put(b"a/3".to_vec(), b"three".to_vec()),
+            Op::Put(b"a/4".to_vec(), b"four".to_vec()),
+        ])
+        .unwrap();
+        let after = |after: Option<&[u8]>, stop_after: usize| {
+            let mut keys = Vec::new();
+            kv.for_each_prefix_after(b"a/", after, &mut |k, _| {
+                keys.push(String::from_utf8(k.to_vec()).unwrap());
+                keys.len() < stop_after
+            })
+            .unwrap();
+            keys
+        };
+        assert_eq!(after(None, 9), ["a/2", "a/3", "a/4"]);
+        assert_eq!(after(Some(b"a/2"), 9), ["a/3", "a/4"]);
+        assert_eq!(after(Some(b"a/25"), 9), ["a/3", "a/4"], "a key not held");
+        assert_eq!(after(Some(b"a/2"), 1), ["a/3"], "stops when told");
+        assert!(after(Some(b"a/4"), 9).is_empty(), "never into b/");
+        assert!(after(Some(b"a/9"), 9).is_empty());
     }
 
     #[test]

@@ -354,32 +354,36 @@ impl Index {
 
     /// Visit every object record with its hash.
     pub fn for_each_object(&self, f: &mut dyn FnMut(Hash, ObjectRecord)) -> Result<(), IndexError> {
-        self.try_for_each_object(&mut |h, r| {
+        self.try_for_each_object(None, &mut |h, r| {
             f(h, r);
             Ok(true)
         })
     }
 
-    /// [`Index::for_each_object`] until `f` returns `Ok(false)` or an error
-    /// (which is returned).
+    /// [`Index::for_each_object`] from the object after `after` (ascending
+    /// by hash), until `f` returns `Ok(false)` or an error (which is
+    /// returned).
     pub(crate) fn try_for_each_object(
         &self,
+        after: Option<&Hash>,
         f: &mut dyn FnMut(Hash, ObjectRecord) -> Result<bool, IndexError>,
     ) -> Result<(), IndexError> {
         let mut err = None;
-        self.kv.for_each_prefix(OBJ, &mut |k, v| {
-            let Ok(hash) = <Hash>::try_from(&k[OBJ.len()..]) else {
-                err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into()));
-                return false;
-            };
-            match decode_at(k, v).and_then(|r| f(hash, r)) {
-                Ok(more) => more,
-                Err(e) => {
-                    err = Some(e);
-                    false
+        let after = after.map(|h| key(&[OBJ, h]));
+        self.kv
+            .for_each_prefix_after(OBJ, after.as_deref(), &mut |k, v| {
+                let Ok(hash) = <Hash>::try_from(&k[OBJ.len()..]) else {
+                    err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into()));
+                    return false;
+                };
+                match decode_at(k, v).and_then(|r| f(hash, r)) {
+                    Ok(more) => more,
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
                 }
-            }
-        })?;
+            })?;
         err.map_or(Ok(()), Err)
     }
 

@@ -100,6 +100,15 @@ pub struct DeadLetter {
     pub enqueued_at_ms: u64,
 }
 
+/// Where [`Index::evictable`] takes up its scan, and how far one call reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictScan {
+    /// The last object read by the previous call (`None`: from the start).
+    pub after: Option<Hash>,
+    /// Object rows read per call at most.
+    pub max_rows: usize,
+}
+
 /// A pending row that is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
@@ -512,38 +521,66 @@ impl Index {
     /// Objects whose spool file retention may remove: delivered to every one
     /// of `targets` at least `retain_ms` before `now_ms`, not evicted yet. No
     /// targets: none (the spool is then the only copy).
+    ///
+    /// One call reads at most `scan.max_rows` object rows, from the one
+    /// after `scan.after`, and stops early once it has `limit`; `scan.after`
+    /// is left where it stopped (`None` once the end was reached), so that
+    /// successive calls go round the whole index at a bounded cost each and
+    /// nothing is collected per object held.
     pub fn evictable(
         &self,
         targets: &[String],
         now_ms: u64,
         retain_ms: u64,
         limit: usize,
+        scan: &mut EvictScan,
     ) -> Result<Vec<Hash>, IndexError> {
-        if targets.is_empty() || limit == 0 {
+        if targets.is_empty() || limit == 0 || scan.max_rows == 0 {
             return Ok(Vec::new());
         }
-        // Checked during the scan, which stops at `limit`: nothing is
-        // collected per object held, so a sweep over an archive of millions
-        // needs no more memory than its result.
         let mut out = Vec::new();
-        self.try_for_each_object(&mut |hash, o| {
-            if o.evicted_at_ms.is_some() {
-                return Ok(true);
+        let mut rows = 0;
+        let mut last = None;
+        let mut ended = true;
+        self.try_for_each_object(scan.after.as_ref(), &mut |hash, o| {
+            rows += 1;
+            last = Some(hash);
+            let more = rows < scan.max_rows;
+            if o.evicted_at_ms.is_none()
+                && self.delivered_everywhere(targets, &hash, now_ms, retain_ms)?
+            {
+                out.push(hash);
             }
-            for t in targets {
-                let dkey = delivered_key(t, &hash);
-                let Some(v) = self.kv.get(&dkey)? else {
-                    return Ok(true);
-                };
-                let d: DeliveryRecord = decode_at(&dkey, &v)?;
-                if d.delivered_at_ms.saturating_add(retain_ms) > now_ms {
-                    return Ok(true);
-                }
+            if out.len() >= limit || !more {
+                ended = false;
+                return Ok(false);
             }
-            out.push(hash);
-            Ok(out.len() < limit)
+            Ok(true)
         })?;
+        scan.after = if ended { None } else { last };
         Ok(out)
+    }
+
+    /// Delivered to every one of `targets` at least `retain_ms` before
+    /// `now_ms`?
+    fn delivered_everywhere(
+        &self,
+        targets: &[String],
+        hash: &Hash,
+        now_ms: u64,
+        retain_ms: u64,
+    ) -> Result<bool, IndexError> {
+        for t in targets {
+            let dkey = delivered_key(t, hash);
+            let Some(v) = self.kv.get(&dkey)? else {
+                return Ok(false);
+            };
+            let d: DeliveryRecord = decode_at(&dkey, &v)?;
+            if d.delivered_at_ms.saturating_add(retain_ms) > now_ms {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Lag figures of `target`: the queue and dead letters are read row by
@@ -879,32 +916,38 @@ mod tests {
         }
     }
 
+    /// One full [`Index::evictable`] pass from the start.
+    fn evict(idx: &Index, targets: &[String], now: u64, retain: u64, limit: usize) -> Vec<Hash> {
+        let mut scan = EvictScan {
+            after: None,
+            max_rows: usize::MAX,
+        };
+        idx.evictable(targets, now, retain, limit, &mut scan)
+            .unwrap()
+    }
+
     #[test]
     fn only_objects_delivered_everywhere_long_enough_are_evictable() {
         let idx = index_with(&[(1, 100), (2, 100)]);
         let targets = vec!["mirror".to_string(), "bucket".to_string()];
-        assert!(idx.evictable(&[], 1_000_000, 0, 10).unwrap().is_empty());
+        assert!(evict(&idx, &[], 1_000_000, 0, 10).is_empty());
         let m = idx.due("mirror", 100, 10).unwrap();
         let b = idx.due("bucket", 100, 10).unwrap();
         idx.mark_delivered("mirror", &m[0], 1_000, None).unwrap();
         idx.mark_delivered("mirror", &m[1], 1_000, None).unwrap();
         idx.mark_delivered("bucket", &b[0], 2_000, None).unwrap();
         // object 2 is not in the bucket yet; object 1 is, since 2_000
-        assert!(
-            idx.evictable(&targets, 2_500, 1_000, 10)
-                .unwrap()
-                .is_empty()
-        );
-        let e = idx.evictable(&targets, 3_000, 1_000, 10).unwrap();
+        assert!(evict(&idx, &targets, 2_500, 1_000, 10).is_empty());
+        let e = evict(&idx, &targets, 3_000, 1_000, 10);
         assert_eq!(e, vec![m[0].hash]);
         // the limit: the scan stops once it has that many
         idx.mark_delivered("bucket", &b[1], 2_000, None).unwrap();
-        assert_eq!(idx.evictable(&targets, 3_000, 1_000, 10).unwrap().len(), 2);
-        assert_eq!(idx.evictable(&targets, 3_000, 1_000, 1).unwrap(), e);
-        assert!(idx.evictable(&targets, 3_000, 1_000, 0).unwrap().is_empty());
+        assert_eq!(evict(&idx, &targets, 3_000, 1_000, 10).len(), 2);
+        assert_eq!(evict(&idx, &targets, 3_000, 1_000, 1), e);
+        assert!(evict(&idx, &targets, 3_000, 1_000, 0).is_empty());
         assert!(idx.mark_evicted(&e[0], 3_000).unwrap());
         assert_eq!(
-            idx.evictable(&targets, 9_000, 1_000, 10).unwrap(),
+            evict(&idx, &targets, 9_000, 1_000, 10),
             vec![m[1].hash],
             "evicted objects are not offered again"
         );
@@ -914,6 +957,45 @@ mod tests {
         assert_eq!(idx.resync("mirror", 9_000).unwrap(), 1);
         idx.unevict(&e[0]).unwrap();
         assert_eq!(idx.stats().unwrap().evicted, 0);
+    }
+
+    #[test]
+    fn the_evictable_scan_is_bounded_and_goes_round() {
+        let idx = index_with(&[(1, 100), (2, 100), (3, 100), (4, 100), (5, 100)]);
+        let targets = vec!["mirror".to_string()];
+        for d in idx.due("mirror", 100, 10).unwrap() {
+            idx.mark_delivered("mirror", &d, 1_000, None).unwrap();
+        }
+        let mut scan = EvictScan {
+            after: None,
+            max_rows: 2,
+        };
+        let mut pass = |limit| {
+            let got = idx
+                .evictable(&targets, 5_000, 1_000, limit, &mut scan)
+                .unwrap();
+            (
+                got.iter().map(|h| h[0]).collect::<Vec<u8>>(),
+                scan.after.map(|h| h[0]),
+            )
+        };
+        assert_eq!(pass(10), (vec![1, 2], Some(2)), "two rows read");
+        assert_eq!(
+            pass(10),
+            (vec![3, 4], Some(4)),
+            "taken up after the last one read"
+        );
+        assert_eq!(
+            pass(10),
+            (vec![5], None),
+            "the end: the next call starts over"
+        );
+        assert_eq!(pass(1), (vec![1], Some(1)), "the limit stops it too");
+        assert_eq!(pass(10), (vec![2, 3], Some(3)));
+        // evicted objects are read (they count against max_rows) but not offered
+        assert!(idx.mark_evicted(&[4; 32], 5_000).unwrap());
+        assert_eq!(pass(10), (vec![5], Some(5)));
+        assert_eq!(pass(10), (vec![], None), "nothing after the last row");
     }
 
     /// A row moved by someone else since it was read is not moved again:
@@ -958,6 +1040,14 @@ mod tests {
             f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
         ) -> Result<(), crate::index::KvError> {
             self.inner.for_each_prefix(prefix, f)
+        }
+        fn for_each_prefix_after(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), crate::index::KvError> {
+            self.inner.for_each_prefix_after(prefix, after, f)
         }
         fn apply(&self, ops: Vec<Op>) -> Result<(), crate::index::KvError> {
             self.applies
