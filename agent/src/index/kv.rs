@@ -5,7 +5,8 @@
 //!   visible or none is.
 //! - after `flush` returns `Ok`, every batch applied before the call survives a
 //!   crash (process kill or power loss).
-//! - `scan_prefix` yields keys in ascending byte order.
+//! - `for_each_prefix_after` (under every scan) yields keys in ascending byte
+//!   order, only keys under the prefix, and only those after `after`.
 //!
 //! sled keeps writes in memory; nothing is durable until `flush` returns (its
 //! 500 ms background flusher is turned off: every write path flushes
@@ -13,6 +14,7 @@
 //! `flush` on the ingest path.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -45,13 +47,22 @@ pub trait Kv: Send + Sync {
     /// Read a key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     /// All pairs whose key starts with `prefix`, ascending.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, KvError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, KvError> {
+        let mut out = Vec::new();
+        self.for_each_prefix(prefix, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        Ok(out)
+    }
     /// Visit pairs whose key starts with `prefix`, ascending, until `f` returns false.
     fn for_each_prefix(
         &self,
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), KvError>;
+    ) -> Result<(), KvError> {
+        self.for_each_prefix_after(prefix, None, f)
+    }
     /// [`Kv::for_each_prefix`] over the keys after `after` only (all of
     /// them for `None`): a long scan can be taken up where it stopped.
     fn for_each_prefix_after(
@@ -64,6 +75,15 @@ pub trait Kv: Send + Sync {
     fn apply(&self, ops: Vec<Op>) -> Result<(), KvError>;
     /// Make everything applied so far durable.
     fn flush(&self) -> Result<(), KvError>;
+}
+
+/// Where a scan of `prefix` after `after` starts: after `after`, or at the
+/// prefix when `after` is `None` or sorts before it.
+fn scan_start(prefix: &[u8], after: Option<&[u8]>) -> Bound<Vec<u8>> {
+    match after {
+        Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
+        _ => Bound::Included(prefix.to_vec()),
+    }
 }
 
 /// The production engine: one sled tree.
@@ -106,40 +126,13 @@ impl Kv for SledKv {
         Ok(self.db.get(key).map_err(engine)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, KvError> {
-        let mut out = Vec::new();
-        self.for_each_prefix(prefix, &mut |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            true
-        })?;
-        Ok(out)
-    }
-
-    fn for_each_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), KvError> {
-        for item in self.db.scan_prefix(prefix) {
-            let (k, v) = item.map_err(engine)?;
-            if !f(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     fn for_each_prefix_after(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), KvError> {
-        let Some(after) = after else {
-            return self.for_each_prefix(prefix, f);
-        };
-        let start = std::ops::Bound::Excluded(after.to_vec());
-        for item in self.db.range((start, std::ops::Bound::Unbounded)) {
+        for item in self.db.range((scan_start(prefix, after), Bound::Unbounded)) {
             let (k, v) = item.map_err(engine)?;
             if !k.starts_with(prefix) || !f(&k, &v) {
                 break;
@@ -183,43 +176,16 @@ impl Kv for MemKv {
         Ok(self.lock().get(key).cloned())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, KvError> {
-        Ok(self
-            .lock()
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
-    }
-
-    fn for_each_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), KvError> {
-        for (k, v) in self.scan_prefix(prefix)? {
-            if !f(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     fn for_each_prefix_after(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), KvError> {
-        let Some(after) = after else {
-            return self.for_each_prefix(prefix, f);
-        };
+        // Copied out first: `f` may read the map.
         let pairs: KvPairs = self
             .lock()
-            .range((
-                std::ops::Bound::Excluded(after.to_vec()),
-                std::ops::Bound::Unbounded,
-            ))
+            .range((scan_start(prefix, after), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -308,6 +274,11 @@ mod tests {
         assert_eq!(after(Some(b"a/2"), 1), ["a/3"], "stops when told");
         assert!(after(Some(b"a/4"), 9).is_empty(), "never into b/");
         assert!(after(Some(b"a/9"), 9).is_empty());
+        assert_eq!(
+            after(Some(b"a"), 9),
+            ["a/2", "a/3", "a/4"],
+            "`after` before the prefix"
+        );
     }
 
     #[test]

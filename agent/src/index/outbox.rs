@@ -1028,19 +1028,6 @@ mod tests {
         fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::index::KvError> {
             self.inner.get(key)
         }
-        fn scan_prefix(
-            &self,
-            prefix: &[u8],
-        ) -> Result<crate::index::kv::KvPairs, crate::index::KvError> {
-            self.inner.scan_prefix(prefix)
-        }
-        fn for_each_prefix(
-            &self,
-            prefix: &[u8],
-            f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-        ) -> Result<(), crate::index::KvError> {
-            self.inner.for_each_prefix(prefix, f)
-        }
         fn for_each_prefix_after(
             &self,
             prefix: &[u8],
