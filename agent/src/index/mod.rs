@@ -273,6 +273,7 @@ impl Index {
                         enqueued_at_ms: now_ms,
                         attempts: 0,
                         last_error: None,
+                        file_bytes: Some(rec.file_bytes),
                     }),
                 ));
             }

@@ -357,6 +357,7 @@ impl Index {
             enqueued_at_ms: due.record.enqueued_at_ms,
             attempts: due.record.attempts + 1,
             last_error: Some(error.to_string()),
+            file_bytes: due.record.file_bytes,
         };
         let old = outbox_key(target, due.next_attempt_ms, &due.hash);
         let new = outbox_key(target, next_attempt_ms, &due.hash);
@@ -428,6 +429,7 @@ impl Index {
                 enqueued_at_ms: letter.enqueued_at_ms,
                 attempts: 0,
                 last_error: Some(format!("retried after: {}", letter.reason)),
+                file_bytes: self.object(hash)?.map(|o| o.file_bytes),
             };
             self.kv.apply(vec![
                 Op::Put(outbox_key(target, now_ms, hash), records::encode(&record)),
@@ -499,6 +501,7 @@ impl Index {
                 enqueued_at_ms: now_ms,
                 attempts: 0,
                 last_error: None,
+                file_bytes: self.object(hash)?.map(|o| o.file_bytes),
             };
             // The lock per object, not for the whole (possibly long) resync:
             // senders record deliveries in between.
@@ -597,29 +600,44 @@ impl Index {
     fn queue_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
         let mut s = OutboxSummary::default();
         let prefix = target_prefix(OUTBOX, target);
-        let mut pending = Vec::new();
+        // Summed as the rows go by: nothing is collected per pending object
+        // (a long outage can leave millions), and the object row is read
+        // only for rows written before they carried their size.
         let mut err = None;
         self.kv.for_each_prefix(&prefix, &mut |k, v| {
-            match (
+            let row = match (
                 parse_outbox_key(prefix.len(), k),
                 decode_at::<OutboxRecord>(k, v),
             ) {
-                (Some((_, hash)), Ok(r)) => pending.push((hash, r.enqueued_at_ms)),
-                (_, Err(e)) => err = Some(e),
-                (None, _) => err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into())),
+                (Some((_, hash)), Ok(r)) => Ok((hash, r)),
+                (_, Err(e)) => Err(e),
+                (None, _) => Err(IndexError::BadHash(String::from_utf8_lossy(k).into())),
+            };
+            let bytes = row.and_then(|(hash, r)| {
+                let bytes = match r.file_bytes {
+                    Some(b) => b,
+                    None => self.object(&hash)?.map_or(0, |o| o.file_bytes),
+                };
+                Ok((bytes, r.enqueued_at_ms))
+            });
+            match bytes {
+                Ok((bytes, enqueued)) => {
+                    s.pending += 1;
+                    s.pending_bytes += bytes;
+                    s.oldest_enqueued_at_ms = Some(
+                        s.oldest_enqueued_at_ms
+                            .map_or(enqueued, |o| o.min(enqueued)),
+                    );
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
             }
-            err.is_none()
         })?;
         if let Some(e) = err {
             return Err(e);
-        }
-        for (hash, enqueued) in pending {
-            s.pending += 1;
-            s.pending_bytes += self.object(&hash)?.map_or(0, |o| o.file_bytes);
-            s.oldest_enqueued_at_ms = Some(
-                s.oldest_enqueued_at_ms
-                    .map_or(enqueued, |o| o.min(enqueued)),
-            );
         }
         self.kv
             .for_each_prefix(&target_prefix(DEAD, target), &mut |_, _| {
@@ -695,6 +713,42 @@ mod tests {
             })
             .unwrap();
         n
+    }
+
+    #[test]
+    fn pending_bytes_come_from_each_row_or_for_older_rows_from_the_object() {
+        let idx = index_with(&[(1, 100), (2, 100)]);
+        let due = idx.due("mirror", 100, 10).unwrap();
+        assert_eq!(due[0].record.file_bytes, Some(101), "written at ingest");
+        // row 2 as a build from before the size was recorded wrote it
+        let older = OutboxRecord {
+            file_bytes: None,
+            ..due[1].record.clone()
+        };
+        let k = outbox_key("mirror", due[1].next_attempt_ms, &due[1].hash);
+        idx.kv
+            .apply(vec![Op::Put(k, records::encode(&older))])
+            .unwrap();
+        assert_eq!(
+            idx.outbox_summary("mirror").unwrap().pending_bytes,
+            101 + 102
+        );
+        // kept by a reschedule; written again by a dead-letter retry and a requeue
+        assert!(idx.reschedule("mirror", &due[0], "A700", 50).unwrap());
+        let due = idx.due("mirror", 100, 10).unwrap();
+        assert_eq!(due[0].record.file_bytes, Some(101));
+        assert!(idx.dead_letter("mirror", &due[1], "C000", 60).unwrap());
+        assert_eq!(idx.outbox_summary("mirror").unwrap().pending_bytes, 101);
+        assert_eq!(idx.retry_dead_letters("mirror", 70).unwrap(), 1);
+        let due = idx.due("mirror", 100, 10).unwrap();
+        assert_eq!(
+            due.iter().map(|d| d.record.file_bytes).collect::<Vec<_>>(),
+            [Some(101), Some(102)]
+        );
+        assert!(idx.mark_delivered("mirror", &due[1], 80, None).unwrap());
+        assert_eq!(idx.requeue("mirror", &[due[1].hash], 90).unwrap(), 1);
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.pending_bytes), (2, 101 + 102));
     }
 
     #[test]

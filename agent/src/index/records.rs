@@ -104,6 +104,10 @@ pub struct OutboxRecord {
     pub attempts: u32,
     /// The last error, if any attempt failed.
     pub last_error: Option<String>,
+    /// The spool file's length, for the lag figures (absent in rows written
+    /// before it was recorded: then read from the object row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_bytes: Option<u64>,
 }
 
 /// A SOP Instance UID received with different contents.
@@ -131,7 +135,21 @@ mod tests {
             enqueued_at_ms: 5,
             attempts: 0,
             last_error: None,
+            file_bytes: Some(7),
         };
+        // a row written before `file_bytes` existed still decodes
+        let old = [
+            &[RECORD_V1][..],
+            br#"{"enqueued_at_ms":5,"attempts":0,"last_error":null}"#,
+        ]
+        .concat();
+        assert_eq!(
+            decode::<OutboxRecord>(&old).unwrap(),
+            OutboxRecord {
+                file_bytes: None,
+                ..r.clone()
+            }
+        );
         let bytes = encode(&r);
         assert_eq!(bytes[0], RECORD_V1);
         assert_eq!(decode::<OutboxRecord>(&bytes).unwrap(), r);
