@@ -58,9 +58,14 @@ pub struct FailbackArgs {
     pub to: String,
     /// Studies dated (Study Date) on or after DATE (YYYY-MM-DD): the start
     /// of the outage. Studies without a Study Date on the mirror are not
-    /// considered (the report says how to check them).
+    /// considered unless --include-undated is given.
     #[arg(long, value_name = "DATE")]
     pub since: String,
+    /// Also bring back the mirror's studies that have no Study Date (one
+    /// more C-FIND lists every study the mirror holds, which can take a
+    /// while on a large mirror).
+    #[arg(long)]
+    pub include_undated: bool,
     /// Our calling AE title (default: the target's, or the configuration's
     /// local AE). Both PACS must allow it C-FIND and C-GET.
     #[arg(long)]
@@ -296,6 +301,7 @@ fn peers(args: &FailbackArgs) -> anyhow::Result<FailbackSettings> {
         mirror,
         primary,
         since,
+        include_undated: args.include_undated,
     })
 }
 
@@ -386,15 +392,18 @@ fn failback_status(report: &FailbackReport) -> ExitCode {
 }
 
 /// What the window of `--since` cannot show.
-fn print_blind_spots(truncated: bool, studies_read: usize, mirror: &str) {
+fn print_blind_spots(truncated: bool, studies_read: usize, undated: Option<usize>, mirror: &str) {
     if truncated {
         println!(
             "  THE MIRROR CAPPED ITS ANSWER at {studies_read} studies: the studies past the cap were never looked at; narrow --since (or run it again per period)"
         );
     }
-    println!(
-        "  studies without a Study Date on the mirror are not considered: check them with a C-FIND on the mirror {mirror} listing every study with its Study Date (e.g. findscu -S -k QueryRetrieveLevel=STUDY -k StudyInstanceUID -k StudyDate -k PatientID), and bring any undated one back by hand"
-    );
+    match undated {
+        Some(n) => println!("  studies without a Study Date on the mirror: {n}, included"),
+        None => println!(
+            "  studies without a Study Date on the mirror are not considered: run again with --include-undated (lists every study on the mirror {mirror})"
+        ),
+    }
 }
 
 fn print_plan(plan: &Plan) {
@@ -411,7 +420,12 @@ fn print_plan(plan: &Plan) {
             s.missing.len()
         );
     }
-    print_blind_spots(plan.truncated, plan.studies_on_mirror, &plan.mirror);
+    print_blind_spots(
+        plan.truncated,
+        plan.studies_on_mirror,
+        plan.undated_on_mirror,
+        &plan.mirror,
+    );
 }
 
 fn print_failback(r: &FailbackReport) {
@@ -420,7 +434,12 @@ fn print_failback(r: &FailbackReport) {
             "failback from {} to {} (studies since {}): nothing to bring back; {} study(ies) on the mirror in the window, all complete on the primary",
             r.mirror, r.primary, r.since, r.studies_on_mirror
         );
-        print_blind_spots(r.truncated, r.studies_on_mirror, &r.mirror);
+        print_blind_spots(
+            r.truncated,
+            r.studies_on_mirror,
+            r.undated_on_mirror,
+            &r.mirror,
+        );
         if r.truncated {
             println!("INCOMPLETE: the mirror's answer was capped (see above)");
         }
@@ -451,7 +470,12 @@ fn print_failback(r: &FailbackReport) {
             r.reencoded
         );
     }
-    print_blind_spots(r.truncated, r.studies_on_mirror, &r.mirror);
+    print_blind_spots(
+        r.truncated,
+        r.studies_on_mirror,
+        r.undated_on_mirror,
+        &r.mirror,
+    );
     if let Some(why) = &r.stopped {
         println!("  STOPPED EARLY: {why}; the studies left were not attempted");
     }

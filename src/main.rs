@@ -93,7 +93,8 @@ enum Command {
     /// studies since DATE the primary lacks (C-FIND both), retrieve them
     /// from the mirror (C-GET), C-STORE them to the primary and verify every
     /// instance (C-FIND, and C-GET back compared by hash). Studies without
-    /// a Study Date on the mirror are not considered. Exit status: 0 when
+    /// a Study Date on the mirror are considered only with
+    /// --include-undated. Exit status: 0 when
     /// every missing instance is verified on the primary (and the mirror's
     /// answer was not capped); 1 when not; 2 when it could not run or
     /// stopped after 3 consecutive association failures to one peer. With

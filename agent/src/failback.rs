@@ -27,7 +27,9 @@
 //!
 //! # What is not seen
 //! - Studies without a Study Date on the mirror never match `StudyDate >=
-//!   since`: they are not considered (the report says so).
+//!   since`: they are not considered (the report says so) unless asked for
+//!   ([`FailbackSettings::include_undated`]: one more C-FIND lists every
+//!   study on the mirror, and the undated ones join the plan).
 //! - A mirror that answers more studies than we read
 //!   ([`QrOptions::max_matches`]): the rest are not seen; the report says
 //!   so and is never complete (narrow `since`).
@@ -99,6 +101,9 @@ pub struct FailbackSettings {
     pub primary: Peer,
     /// Studies dated on or after this day (YYYYMMDD).
     pub since: String,
+    /// Also the mirror's studies with no Study Date (found by listing every
+    /// study it holds).
+    pub include_undated: bool,
 }
 
 /// One instance to bring back.
@@ -146,6 +151,9 @@ pub struct Plan {
     pub studies_complete: usize,
     /// The mirror listed more studies than we read (the rest is not seen).
     pub truncated: bool,
+    /// Undated studies on the mirror, when they were looked for (`None`:
+    /// not considered).
+    pub undated_on_mirror: Option<usize>,
     /// Studies with something to send.
     pub studies: Vec<PlannedStudy>,
 }
@@ -201,15 +209,28 @@ async fn plan_with(
     primary: &mut Session,
     settings: &FailbackSettings,
 ) -> Result<Plan, (bool, QrError)> {
-    let on_mirror = mirror
+    let mut on_mirror = mirror
         .studies(Some(&settings.since))
         .await
         .map_err(|e| (true, e))?;
+    let mut undated_on_mirror = None;
+    if settings.include_undated {
+        let every = mirror.studies(None).await.map_err(|e| (true, e))?;
+        let undated: Vec<_> = every
+            .studies
+            .into_iter()
+            .filter(|(_, m)| m.study_date.trim().is_empty())
+            .collect();
+        undated_on_mirror = Some(undated.len());
+        on_mirror.truncated |= every.truncated;
+        on_mirror.studies.extend(undated);
+    }
     let uids: Vec<String> = on_mirror.studies.keys().cloned().collect();
     let on_primary = primary.lookup(&uids).await.map_err(|e| (false, e))?;
     let mut plan = Plan {
         studies_on_mirror: on_mirror.studies.len(),
         truncated: on_mirror.truncated,
+        undated_on_mirror,
         ..Plan::default()
     };
     for (uid, m) in &on_mirror.studies {
@@ -320,6 +341,10 @@ pub struct FailbackReport {
     /// rest were never looked at (never complete; narrow `since`).
     #[serde(default)]
     pub truncated: bool,
+    /// Undated studies on the mirror, when they were looked for (`None`:
+    /// not considered).
+    #[serde(default)]
+    pub undated_on_mirror: Option<usize>,
     /// Why the failback stopped before the last study (the studies left
     /// are [`Outcome::NotAttempted`]).
     #[serde(default)]
@@ -359,6 +384,7 @@ impl FailbackReport {
             studies_on_mirror: plan.studies_on_mirror,
             studies_complete: plan.studies_complete,
             truncated: plan.truncated,
+            undated_on_mirror: plan.undated_on_mirror,
             studies: plan.studies.len(),
             instances: plan.instances(),
             ..FailbackReport::default()
@@ -980,6 +1006,7 @@ mod tests {
             mirror: peer("MIRROR"),
             primary: peer("PRIMARY"),
             since: "20240101".into(),
+            include_undated: false,
         };
         let plan = Plan {
             studies: (1..=5)

@@ -73,6 +73,20 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
             .args(&old),
         Duration::from_secs(60),
     );
+    // A study sent with an empty Study Date (Type 2: present, no value).
+    let undated = synth_small_with(
+        &dir.path().join("undated"),
+        1,
+        2,
+        32,
+        &["--patient-id", "NODATE", "--seed", "99"],
+    );
+    run_ok(
+        Command::new(&dcmodify)
+            .args(["-nb", "-m", "(0008,0020)="])
+            .args(&undated),
+        Duration::from_secs(60),
+    );
     let sent: Vec<Sent> = files.iter().map(|f| sent_info(f)).collect();
     let study = |k: usize| &sent[5 * k].study_instance_uid;
     // Study 0: on both before the outage. Study 1: 2 of its 5 reached the
@@ -80,14 +94,16 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
     store(&primary, &files[0..7]);
     store(&mirror, &files);
     store(&mirror, &old);
+    store(&mirror, &undated);
     assert_eq!(primary.count_instances(), 7);
-    assert_eq!(mirror.count_instances(), 22);
+    assert_eq!(mirror.count_instances(), 24);
 
     // Dry run: the plan names studies 1, 2, 3 and the 13 missing instances
     // (exit 1: something to send).
     let (code, plan) = failback(&mirror, &primary, &["--dry-run"]);
     assert_eq!(code, 1, "{plan}");
     assert_eq!(plan["truncated"], false, "{plan}");
+    assert_eq!(plan["undated_on_mirror"], Value::Null, "{plan}");
     assert_eq!(plan["studies_on_mirror"], 4, "{plan}");
     assert_eq!(plan["studies_complete"], 1, "{plan}");
     let planned: Vec<(String, usize, Option<u64>)> = plan["studies"]
@@ -169,6 +185,31 @@ fn failback_brings_mirror_only_studies_to_the_primary_verified() {
         "{r}"
     );
     assert_eq!(primary.count_instances(), 20);
+
+    // With --include-undated: the undated study too, verified.
+    let (code, r) = failback(&mirror, &primary, &["--include-undated"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["undated_on_mirror"], 1, "{r}");
+    assert_eq!(r["studies_on_mirror"], 5, "{r}");
+    assert_eq!(
+        (
+            r["studies"].as_u64(),
+            r["instances"].as_u64(),
+            r["verified"].as_u64()
+        ),
+        (Some(1), Some(2), Some(2)),
+        "{r}"
+    );
+    assert_eq!(primary.count_instances(), 22);
+    for f in &undated {
+        let s = sent_info(f);
+        assert_eq!(
+            blake3_hex(dataset_bytes(&primary.instance_file(&s.sop_instance_uid))),
+            s.blake3,
+            "{}",
+            s.sop_instance_uid
+        );
+    }
     // A dry run with nothing to send exits 0, and its text says what the
     // window cannot show.
     let dry = run(
