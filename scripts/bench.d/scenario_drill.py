@@ -220,6 +220,22 @@ def timed(argv: list[str], log_path: Path, *, env: dict | None, stdout_path: Pat
 
 # ---------------------------------------------------------------- the runs
 
+def check_retrieved(what: str, rc: int, files: list[Path], where: Path, n: int, nbytes: int,
+                    logs: list[Path]) -> int:
+    """A DCMTK retrieval (getscu, or movescu into storescp) must exit 0 and
+    leave the study's n files, ~all its bytes, in `where`; returns the bytes."""
+    got = sum(p.stat().st_size for p in files)
+    names = ", ".join(str(p) for p in logs)
+    if rc != 0:
+        raise BenchError(f"{what} exited {rc}; log {names}:\n{benchlib.tail(logs[0])}")
+    if len(files) != n:
+        raise BenchError(f"{what}: {len(files)} files in {where}, expected {n}; log {names}:\n"
+                         f"{benchlib.tail(logs[0])}")
+    if got < nbytes - 4096 * n:
+        raise BenchError(f"{what}: {got} bytes retrieved into {where}, the study has {nbytes}")
+    return got
+
+
 def run_getscu(o: MirrorOrthanc, uid: str, n: int, nbytes: int, tag: str, args, ctx) -> dict:
     outdir = ctx.workdir / f"getscu-{tag}"
     benchlib.drop_tree(outdir)
@@ -234,15 +250,8 @@ def run_getscu(o: MirrorOrthanc, uid: str, n: int, nbytes: int, tag: str, args, 
     ocpu0 = cpu_secs(o.proc)
     secs, rc, cpu = timed(argv, log_path, env=receivers.DCMTK_ENV, stdout_path=None, timeout=args.timeout)
     ocpu = cpu_secs(o.proc) - ocpu0
-    files = [p for p in outdir.iterdir() if p.is_file()]
-    got = sum(p.stat().st_size for p in files)
-    if rc != 0:
-        raise BenchError(f"getscu {tag} exited {rc}; log {log_path}:\n{benchlib.tail(log_path)}")
-    if len(files) != n:
-        raise BenchError(f"getscu {tag}: {len(files)} files in {outdir}, expected {n}; log {log_path}:\n"
-                         f"{benchlib.tail(log_path)}")
-    if got < nbytes - 4096 * n:
-        raise BenchError(f"getscu {tag}: {got} bytes retrieved, the study has {nbytes}")
+    got = check_retrieved(f"getscu {tag}", rc, [p for p in outdir.iterdir() if p.is_file()], outdir, n, nbytes,
+                          [log_path])
     log(f"getscu {tag}: {secs:.3f}s, {n / secs:.1f} files/s, {got / secs / 1e6:.1f} MB/s; "
         f"CPU getscu {cpu:.2f}s, orthanc {ocpu:.2f}s")
     benchlib.drop_tree(outdir)
@@ -347,15 +356,8 @@ def run_movescu(o: MirrorOrthanc, scp: receivers.StoreScp, uid: str, n: int, nby
         time.sleep(0.05)
     time.sleep(0.2)
     ocpu, scpu = cpu_secs(o.proc) - ocpu0, group_cpu(scp.proc.pid) - scpu0
-    files = [p for p in scp.out.rglob("*") if p.is_file()]
-    got = sum(p.stat().st_size for p in files)
-    if rc != 0:
-        raise BenchError(f"movescu {tag} exited {rc}; log {log_path}:\n{benchlib.tail(log_path)}")
-    if len(files) != n:
-        raise BenchError(f"movescu {tag}: {len(files)} files in {scp.out}, expected {n}; logs {log_path}, "
-                         f"{scp.log_path}:\n{benchlib.tail(log_path)}")
-    if got < nbytes - 4096 * n:
-        raise BenchError(f"movescu {tag}: {got} bytes moved to storescp, the study has {nbytes}")
+    got = check_retrieved(f"movescu {tag}", rc, [p for p in scp.out.rglob("*") if p.is_file()], scp.out, n,
+                          nbytes, [log_path, scp.log_path])
     log(f"movescu {tag}: {secs:.3f}s, {n / secs:.1f} files/s, {got / secs / 1e6:.1f} MB/s; "
         f"CPU movescu {cpu:.2f}s, storescp {scpu:.2f}s, orthanc {ocpu:.2f}s")
     clear_dir(scp.out)

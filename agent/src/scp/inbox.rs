@@ -617,6 +617,16 @@ mod tests {
         assert_eq!(inbox.counters.refused.load(Ordering::Relaxed), 1);
     }
 
+    /// Expect study 1.2.3 from MIRROR, moved for AGENT, into `dir`.
+    fn expect_study(inbox: &Arc<DrillInbox>, dir: &Path) -> Expecting {
+        inbox.expect(Expectation {
+            study_instance_uid: "1.2.3".into(),
+            originator_ae: "AGENT".into(),
+            callers: vec!["MIRROR".into()],
+            dir: dir.to_path_buf(),
+        })
+    }
+
     #[tokio::test]
     async fn a_drill_never_takes_the_space_ingest_needs() {
         let d = tempfile::tempdir().unwrap();
@@ -624,12 +634,7 @@ mod tests {
         // Keep more than there is: the expected study is refused, no file.
         let inbox = DrillInbox::with_reserve(free.saturating_add(1 << 30));
         let dir = d.path().join("drill-1");
-        let mut expecting = inbox.expect(Expectation {
-            study_instance_uid: "1.2.3".into(),
-            originator_ae: "AGENT".into(),
-            callers: vec!["MIRROR".into()],
-            dir: dir.clone(),
-        });
+        let mut expecting = expect_study(&inbox, &dir);
         let e = store(
             &inbox,
             "MIRROR",
@@ -651,12 +656,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let inbox = DrillInbox::new();
         let dir = d.path().join("drill-1");
-        let mut expecting = inbox.expect(Expectation {
-            study_instance_uid: "1.2.3".into(),
-            originator_ae: "AGENT".into(),
-            callers: vec!["MIRROR".into()],
-            dir: dir.clone(),
-        });
+        let mut expecting = expect_study(&inbox, &dir);
         // The study asked for, from the mirror, moved for us: handed over.
         let data = body("1.2.3", "1.2.3.1");
         store(&inbox, "MIRROR", rq("1.2.3.1", Some("AGENT")), data.clone())
