@@ -53,7 +53,9 @@ pub struct RestoreArgs {
     /// Seconds to wait for the PACS to connect and to answer.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
-    /// Where downloads wait to be sent (default: a new temporary directory).
+    /// Where downloads over 8 MiB wait to be sent, and smaller ones when
+    /// the PACS is not reachable (default: a new temporary directory).
+    /// Smaller ones wait in memory, at most 128 MiB in all.
     #[arg(long)]
     pub scratch: Option<PathBuf>,
     /// Print only what would be restored.

@@ -813,6 +813,7 @@ async fn store_all(
             .iter()
             .map(|(_, g)| Outgoing {
                 path: g.path.clone(),
+                memory: None,
                 sop_class_uid: g.sop_class_uid.clone(),
                 sop_instance_uid: g.sop_instance_uid.clone(),
                 transfer_syntax_uid: g.transfer_syntax_uid.clone(),

@@ -7,9 +7,14 @@
 //! listing of `objects/` for blobs no manifest names (an upload cut off
 //! between its blob and its manifest entry).
 //!
-//! Every object is downloaded to a scratch file and its data set hashed to
-//! its key **before** it is sent; an object that does not match is reported
-//! and never sent. Scratch files are removed as soon as they are sent.
+//! Every object is downloaded and its data set hashed to its key **before**
+//! it is sent; an object that does not match is reported and never sent.
+//! An object of at most [`MAX_IN_MEMORY`] bytes whose manifest names it is
+//! held in memory, within [`MEMORY_BUDGET_KIB`] for all associations
+//! together (a download waits for room); anything else goes to a scratch
+//! file, removed as soon as it is sent. An object in memory whose
+//! association fails is written to its scratch file before it waits for a
+//! new association, so waiting never holds the budget.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -32,6 +37,12 @@ const CHUNK: usize = 64;
 const DOWNLOADS: usize = 8;
 /// Attempts of a chunk whose association failed for a network reason.
 const CHUNK_ATTEMPTS: u32 = 3;
+/// Objects at most this large are downloaded into memory, not to a scratch
+/// file (so the [`DOWNLOADS`] of an association fit in the budget).
+const MAX_IN_MEMORY: u64 = 8 << 20;
+/// Memory for downloaded objects not sent yet, all associations together,
+/// in KiB (128 MiB).
+const MEMORY_BUDGET_KIB: u32 = 128 << 10;
 
 /// Errors of restore and reindex.
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +323,7 @@ pub async fn restore(
         unlisted_blobs: plan.unlisted_blobs,
         ..Report::default()
     };
+    let memory = Arc::new(tokio::sync::Semaphore::new(MEMORY_BUDGET_KIB as usize));
     let chunks: Vec<Vec<Planned>> = plan
         .objects
         .chunks(CHUNK)
@@ -322,9 +334,18 @@ pub async fn restore(
             let bucket = bucket.clone();
             let progress = progress.clone();
             let settings = settings.clone();
+            let memory = memory.clone();
             async move {
                 let dir = settings.scratch.join(format!("chunk-{n}"));
-                let out = send_chunk(bucket, chunk, &settings.peer, &dir, progress.as_ref()).await;
+                let out = send_chunk(
+                    bucket,
+                    chunk,
+                    &settings.peer,
+                    &dir,
+                    memory,
+                    progress.as_ref(),
+                )
+                .await;
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 out
             }
@@ -361,6 +382,7 @@ async fn send_chunk(
     chunk: Vec<Planned>,
     peer: &Peer,
     dir: &Path,
+    memory: Arc<tokio::sync::Semaphore>,
     progress: &(dyn Fn(&Done) + Send + Sync),
 ) -> Vec<Done> {
     let mut done = Vec::new();
@@ -390,9 +412,9 @@ async fn send_chunk(
         tokio::spawn(async move {
             let mut results = futures::stream::iter(0..chunk.len())
                 .map(|i| {
-                    let (bucket, hash, file) =
-                        (&bucket, chunk[i].hash, dir.join(format!("{i}.dcm")));
-                    async move { (i, bucket.download(&hash, &file).await) }
+                    let (bucket, p, file, memory) =
+                        (&bucket, &chunk[i], dir.join(format!("{i}.dcm")), &memory);
+                    async move { (i, fetch(bucket, p, &file, memory).await) }
                 })
                 .buffer_unordered(DOWNLOADS);
             while let Some(r) = results.next().await {
@@ -417,7 +439,7 @@ async fn send_chunk(
     let mut ready: Vec<(usize, Outgoing, u64)> = Vec::new();
     while let Some((i, result)) = rx.recv().await {
         let p = &chunk[i];
-        let (o, bytes) = match verified(p, file_of(i), result) {
+        let (o, bytes, permit) = match verified(p, file_of(i), result) {
             Ok(v) => v,
             Err(outcome) => {
                 let d = Done {
@@ -431,19 +453,28 @@ async fn send_chunk(
             }
         };
         let Some(s) = scu.as_mut().filter(|_| !broken) else {
-            ready.push((i, o, bytes));
+            match spill(o, permit, &p.hash).await {
+                Ok(o) => ready.push((i, o, bytes)),
+                Err(d) => finish(d, &mut done),
+            }
             continue;
         };
         let outcome = match s.store(&o).await {
             Ok(st) => stored_outcome(st),
             Err(e) if e.is_transient() && attempt < CHUNK_ATTEMPTS => {
                 broken = true;
-                ready.push((i, o, bytes));
+                match spill(o, permit, &p.hash).await {
+                    Ok(o) => ready.push((i, o, bytes)),
+                    Err(d) => finish(d, &mut done),
+                }
                 continue;
             }
             Err(e) => Outcome::SendFailed(e.to_string()),
         };
-        let _ = tokio::fs::remove_file(&o.path).await;
+        drop(permit);
+        if o.memory.is_none() {
+            let _ = tokio::fs::remove_file(&o.path).await;
+        }
         let d = Done {
             blake3: hash_hex(&p.hash),
             sop_instance_uid: o.sop_instance_uid.clone(),
@@ -518,34 +549,95 @@ async fn send_chunk(
 fn outgoing_of(e: &ManifestEntry, path: PathBuf) -> Outgoing {
     Outgoing {
         path,
+        memory: None,
         sop_class_uid: e.record.sop_class_uid.clone(),
         sop_instance_uid: e.record.sop_instance_uid.clone(),
         transfer_syntax_uid: e.record.transfer_syntax_uid.clone(),
     }
 }
 
-/// A downloaded object ready to send, with its size, or why not: its data
-/// set must hash to its key, and a blob no manifest names must be readable
-/// as Part 10.
+/// A downloaded object: its hashes, and its bytes when they are in memory
+/// (with their share of the memory budget, given back once it is sent);
+/// otherwise they are in its scratch file.
+struct Fetched {
+    hashes: crate::part10::StreamHashes,
+    memory: Option<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+/// Download `p`: into memory when its manifest names it and it is small
+/// enough (waiting for room in `memory`), else into `file`.
+async fn fetch(
+    bucket: &Bucket,
+    p: &Planned,
+    file: &Path,
+    memory: &Arc<tokio::sync::Semaphore>,
+) -> Result<Fetched, BucketError> {
+    if p.entry.is_some() && p.bytes <= MAX_IN_MEMORY {
+        let kib = u32::try_from(p.bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        // A closed semaphore (never closed here) would mean: use the file.
+        if let Ok(permit) = memory.clone().acquire_many_owned(kib).await {
+            let (bytes, hashes) = bucket.fetch(&p.hash, p.bytes).await?;
+            return Ok(Fetched {
+                hashes,
+                memory: Some((bytes, permit)),
+            });
+        }
+    }
+    let hashes = bucket.download(&p.hash, file).await?;
+    Ok(Fetched {
+        hashes,
+        memory: None,
+    })
+}
+
+/// A downloaded object ready to send, with its size and its share of the
+/// memory budget, or why not: its data set must hash to its key, and a
+/// blob no manifest names must be readable as Part 10.
 fn verified(
     p: &Planned,
     file: PathBuf,
-    result: Result<crate::part10::StreamHashes, BucketError>,
-) -> Result<(Outgoing, u64), Outcome> {
-    match result {
-        Ok(h) if h.dataset != p.hash => Err(Outcome::Corrupt(format!(
+    result: Result<Fetched, BucketError>,
+) -> Result<(Outgoing, u64, Option<tokio::sync::OwnedSemaphorePermit>), Outcome> {
+    let f = result.map_err(|e| Outcome::DownloadFailed(e.to_string()))?;
+    if f.hashes.dataset != p.hash {
+        return Err(Outcome::Corrupt(format!(
             "the data set hashes to {}, not to its key",
-            hash_hex(&h.dataset)
-        ))),
-        Ok(h) => {
-            let outgoing = match &p.entry {
-                Some(e) => Ok(outgoing_of(e, file)),
-                None => scu::outgoing(&file).map_err(|e| Outcome::Corrupt(e.to_string())),
-            };
-            outgoing.map(|o| (o, h.file_bytes))
-        }
-        Err(e) => Err(Outcome::DownloadFailed(e.to_string())),
+            hash_hex(&f.hashes.dataset)
+        )));
     }
+    let mut o = match &p.entry {
+        Some(e) => outgoing_of(e, file),
+        None => scu::outgoing(&file).map_err(|e| Outcome::Corrupt(e.to_string()))?,
+    };
+    let permit = f.memory.map(|(bytes, permit)| {
+        o.memory = Some(scu::InMemory(bytes));
+        permit
+    });
+    Ok((o, f.hashes.file_bytes, permit))
+}
+
+/// Move an object held in memory to its scratch file and give its memory
+/// back, before it waits for another association (waiting must not hold
+/// the budget the downloads need). Why not, as its outcome.
+async fn spill(
+    mut o: Outgoing,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    hash: &Hash,
+) -> Result<Outgoing, Done> {
+    if let Some(m) = o.memory.take() {
+        if let Err(e) = tokio::fs::write(&o.path, &m.0).await {
+            return Err(Done {
+                blake3: hash_hex(hash),
+                sop_instance_uid: o.sop_instance_uid.clone(),
+                bytes: 0,
+                outcome: Outcome::DownloadFailed(format!("{}: {e}", o.path.display())),
+            });
+        }
+    }
+    drop(permit);
+    Ok(o)
 }
 
 /// The outcome of a C-STORE answered with `status`.
@@ -629,6 +721,168 @@ pub async fn reindex_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bucket::BucketSettings;
+    use crate::bucket::manifest::ManifestEntry;
+    use crate::index::InstanceRecord;
+    use crate::part10::{Receipt, file_header};
+    use crate::scu::tests::{free_port, received_datasets, start_storescp, start_storescp_on};
+
+    const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+    const STUDY: &str = "1.2.826.0.1.3680043.2.1143.7";
+
+    /// A folder bucket holding one study: `small` objects of a few hundred
+    /// bytes and, with `big`, one larger than [`MAX_IN_MEMORY`] (a 9 MiB
+    /// Pixel Data element). Returns the bucket and each object's data set.
+    async fn bucket_with(dir: &Path, small: usize, big: bool) -> (Arc<Bucket>, Vec<Vec<u8>>) {
+        let bucket = Bucket::open(&BucketSettings {
+            url: format!("file://{}", dir.join("bucket").display()),
+            options: vec![],
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let files = dir.join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        let receipt = Receipt {
+            source_ip: "127.0.0.1".into(),
+            received_at_ms: 1,
+        };
+        let (mut bodies, mut entries) = (Vec::new(), Vec::new());
+        for i in 0..small + usize::from(big) {
+            let uid = format!("1.2.826.0.1.3680043.2.1143.7.{}", i + 1);
+            let mut body = crate::testutil::dataset(SC, &uid, "PID");
+            if i == small {
+                let pixels = (MAX_IN_MEMORY + (1 << 20)) as u32;
+                body.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0]);
+                body.extend_from_slice(&pixels.to_le_bytes());
+                body.extend((0..pixels).map(|n| (n % 253) as u8));
+            }
+            let mut file = file_header(SC, &uid, EXPLICIT_LE, "CT", &receipt).unwrap();
+            file.extend_from_slice(&body);
+            let path = files.join(format!("{i}.dcm"));
+            std::fs::write(&path, &file).unwrap();
+            let hash = *blake3::hash(&body).as_bytes();
+            let up = bucket.upload(&path, &hash).await.unwrap();
+            entries.push(ManifestEntry {
+                record: InstanceRecord {
+                    sop_instance_uid: uid,
+                    sop_class_uid: SC.into(),
+                    transfer_syntax_uid: EXPLICIT_LE.into(),
+                    blake3: hash_hex(&hash),
+                    dataset_bytes: body.len() as u64,
+                    file_bytes: file.len() as u64,
+                    patient_id: "PID".into(),
+                    study_instance_uid: STUDY.into(),
+                    series_instance_uid: format!("{STUDY}.1"),
+                    calling_ae: "CT".into(),
+                    source_ip: "127.0.0.1".into(),
+                    received_at_ms: 1,
+                },
+                key: crate::bucket::object_key(&hash),
+                file_blake3: hash_hex(&up.file_blake3()),
+                study_date: "20261123".into(),
+            });
+            bodies.push(body);
+        }
+        bucket.add_to_manifest(STUDY, &entries).await.unwrap();
+        (Arc::new(bucket), bodies)
+    }
+
+    fn settings(peer: Peer, scratch: PathBuf) -> SendSettings {
+        SendSettings {
+            peer,
+            associations: 2,
+            scratch,
+        }
+    }
+
+    fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        v.sort();
+        v
+    }
+
+    /// Small objects go through memory, one larger than [`MAX_IN_MEMORY`]
+    /// through a scratch file; all arrive byte-exact. A blob whose bytes no
+    /// longer hash to its key is reported corrupt and never sent. No
+    /// scratch file is left.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn restores_from_memory_and_files_byte_exact_and_never_sends_a_corrupt_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bucket, mut bodies) = bucket_with(dir.path(), 6, true).await;
+        assert!(bodies[6].len() as u64 > MAX_IN_MEMORY);
+        // Replace object 2's blob with another valid object's bytes.
+        let victim = *blake3::hash(&bodies[2]).as_bytes();
+        let blob = dir
+            .path()
+            .join("bucket")
+            .join(crate::bucket::object_key(&victim));
+        let other = std::fs::read(dir.path().join("files/3.dcm")).unwrap();
+        std::fs::write(&blob, other).unwrap();
+        bodies.remove(2);
+
+        let out = dir.path().join("received");
+        let (_scp, peer) = start_storescp(&["+B"], &out).await;
+        let plan = plan(&bucket, &Selection::default()).await.unwrap();
+        assert_eq!(plan.objects.len(), 7);
+        let scratch = dir.path().join("scratch");
+        let report = restore(
+            bucket,
+            plan,
+            &settings(peer, scratch.clone()),
+            Arc::new(|_| {}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.stored, 6, "{report:?}");
+        assert_eq!(report.corrupt.len(), 1, "{report:?}");
+        assert_eq!(report.corrupt[0].blake3, hash_hex(&victim));
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert_eq!(received_datasets(&out), sorted(bodies));
+        let left: Vec<_> = walk(&scratch);
+        assert!(left.is_empty(), "scratch files left: {left:?}");
+    }
+
+    /// With the PACS not up yet, the objects downloaded into memory are
+    /// moved to scratch files (giving the memory back) and sent once a
+    /// later association opens: all arrive byte-exact.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn objects_in_memory_wait_in_scratch_files_for_a_late_pacs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bucket, bodies) = bucket_with(dir.path(), 5, false).await;
+        let port = free_port();
+        let peer = Peer {
+            calling_ae: "PACS_MIRROR".into(),
+            called_ae: "MIRROR".into(),
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(10),
+        };
+        let plan = plan(&bucket, &Selection::default()).await.unwrap();
+        let scratch = dir.path().join("scratch");
+        let running = tokio::spawn({
+            let settings = settings(peer, scratch.clone());
+            async move { restore(bucket, plan, &settings, Arc::new(|_| {})).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let out = dir.path().join("received");
+        let (_scp, _) = start_storescp_on(&["+B"], &out, port).await;
+        let report = running.await.unwrap().unwrap();
+        assert_eq!(report.stored, 5, "{report:?}");
+        assert_eq!(received_datasets(&out), sorted(bodies));
+        assert!(walk(&scratch).is_empty());
+    }
+
+    /// Every file under `dir` (none if it is gone).
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        rd.flat_map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { walk(&p) } else { vec![p] }
+        })
+        .collect()
+    }
 
     #[test]
     fn dates() {

@@ -150,14 +150,27 @@ pub struct EchoOk {
 /// A Part-10 file to send: its identity and where its data set starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
-    /// The file.
+    /// The file; with [`Outgoing::memory`] set, only its name in messages.
     pub path: PathBuf,
+    /// The whole Part-10 file, when it is held in memory rather than read
+    /// from `path` (a restore's small downloads).
+    pub memory: Option<InMemory>,
     /// SOP Class UID.
     pub sop_class_uid: String,
     /// SOP Instance UID.
     pub sop_instance_uid: String,
     /// The transfer syntax its data set is encoded in.
     pub transfer_syntax_uid: String,
+}
+
+/// A whole Part-10 file in memory (its `Debug` shows only its length).
+#[derive(Clone, PartialEq, Eq)]
+pub struct InMemory(pub bytes::Bytes);
+
+impl std::fmt::Debug for InMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InMemory({} bytes)", self.0.len())
+    }
 }
 
 /// What to propose when associating.
@@ -218,13 +231,55 @@ pub struct Scu {
     spare: Vec<Vec<u8>>,
 }
 
-/// A spool file being sent: the open file and how much of its data set is
-/// still to be read, framed for one presentation context.
+/// An object being sent: where its bytes are and how much of its data set
+/// is still to be read, framed for one presentation context.
 struct Source {
-    file: std::fs::File,
+    reader: Reader,
     remaining: u64,
     pc: u8,
     chunk: usize,
+}
+
+/// The bytes of an object being sent: an open file (read in the blocking
+/// pool) or memory (read in place).
+enum Reader {
+    File(std::fs::File),
+    Memory(std::io::Cursor<bytes::Bytes>),
+}
+
+impl std::io::Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Reader::File(f) => f.read(buf),
+            Reader::Memory(m) => m.read(buf),
+        }
+    }
+}
+
+impl std::io::Seek for Reader {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Reader::File(f) => f.seek(pos),
+            Reader::Memory(m) => m.seek(pos),
+        }
+    }
+}
+
+impl Reader {
+    /// Open `object`'s bytes: its memory, else its file.
+    fn open(object: &Outgoing) -> std::io::Result<(Self, u64)> {
+        Ok(match &object.memory {
+            Some(m) => (
+                Reader::Memory(std::io::Cursor::new(m.0.clone())),
+                m.0.len() as u64,
+            ),
+            None => {
+                let file = std::fs::File::open(&object.path)?;
+                let len = file.metadata()?.len();
+                (Reader::File(file), len)
+            }
+        })
+    }
 }
 
 /// What reading a block hands back: the source, the buffer, and how many
@@ -243,15 +298,14 @@ struct ReadAhead {
 /// context, control): what precedes each fragment's bytes.
 const PDU_PDV_HEADER: usize = 12;
 
-/// Open a spool file, find its data set, and read the first block.
-fn open_source(path: PathBuf, pc: u8, chunk: usize, mut buf: Vec<u8>) -> ReadResult {
+/// Open an object's bytes, find its data set, and read the first block.
+fn open_source(object: &Outgoing, pc: u8, chunk: usize, mut buf: Vec<u8>) -> ReadResult {
     use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(&path)?;
-    let offset = crate::part10::dataset_offset_in(&mut file)?;
-    let len = file.metadata()?.len();
-    file.seek(SeekFrom::Start(offset))?;
+    let (mut reader, len) = Reader::open(object)?;
+    let offset = crate::part10::dataset_offset_in(&mut reader)?;
+    reader.seek(SeekFrom::Start(offset))?;
     let mut source = Source {
-        file,
+        reader,
         remaining: len.saturating_sub(offset),
         pc,
         chunk,
@@ -278,7 +332,7 @@ fn read_block(source: &mut Source, buf: &mut Vec<u8>) -> std::io::Result<usize> 
             buf.resize(end, 0);
         }
         source
-            .file
+            .reader
             .read_exact(&mut buf[used + PDU_PDV_HEADER..end])?;
         source.remaining -= n as u64;
         budget -= n;
@@ -509,10 +563,15 @@ impl Scu {
             }
             _ => {
                 let buf = self.spare.pop().unwrap_or_default();
-                let path = object.path.clone();
-                join_read(
-                    tokio::task::spawn_blocking(move || open_source(path, pc, chunk, buf)).await,
-                )
+                if object.memory.is_some() {
+                    open_source(object, pc, chunk, buf)
+                } else {
+                    let object = object.clone();
+                    join_read(
+                        tokio::task::spawn_blocking(move || open_source(&object, pc, chunk, buf))
+                            .await,
+                    )
+                }
             }
         };
         // Nothing is sent yet: a file that cannot be opened or read is this
@@ -529,13 +588,19 @@ impl Scu {
             }
             // The command is out: a read failure now leaves the association
             // mid-message, so it is not reusable (a transient failure).
-            let task = tokio::task::spawn_blocking(move || {
-                let r = read_block(&mut source, &mut buf);
-                (source, buf, r)
-            })
-            .await;
-            let (s, b, r) = task.map_err(|e| self.protocol(format!("reading task failed: {e}")))?;
-            (source, buf) = (s, b);
+            let r = if matches!(source.reader, Reader::Memory(_)) {
+                read_block(&mut source, &mut buf)
+            } else {
+                let task = tokio::task::spawn_blocking(move || {
+                    let r = read_block(&mut source, &mut buf);
+                    (source, buf, r)
+                })
+                .await;
+                let (s, b, r) =
+                    task.map_err(|e| self.protocol(format!("reading task failed: {e}")))?;
+                (source, buf) = (s, b);
+                r
+            };
             used = r.map_err(|e| {
                 self.protocol(format!(
                     "reading {} in the middle of sending it: {e}",
@@ -563,10 +628,10 @@ impl Scu {
     }
 
     /// Start reading the object named by [`Scu::read_ahead`], if it goes
-    /// out as it is (not re-encoded).
+    /// out as it is (not re-encoded) and is not in memory already.
     fn start_read_ahead(&mut self, next: Option<Outgoing>) {
         self.read_ahead = None;
-        let Some(next) = next else {
+        let Some(next) = next.filter(|n| n.memory.is_none()) else {
             return;
         };
         let Some(pc) = self.context_for(&next.sop_class_uid, &next.transfer_syntax_uid) else {
@@ -574,12 +639,11 @@ impl Scu {
         };
         let chunk = self.max_pdv_payload();
         let buf = self.spare.pop().unwrap_or_default();
-        let path = next.path.clone();
         self.read_ahead = Some(ReadAhead {
-            path: next.path,
+            path: next.path.clone(),
             pc,
             chunk,
-            task: tokio::task::spawn_blocking(move || open_source(path, pc, chunk, buf)),
+            task: tokio::task::spawn_blocking(move || open_source(&next, pc, chunk, buf)),
         });
     }
 
@@ -631,10 +695,13 @@ impl Scu {
             path: object.path.clone(),
             source,
         };
-        let len = tokio::fs::metadata(&object.path)
-            .await
-            .map_err(file_err)?
-            .len();
+        let len = match &object.memory {
+            Some(m) => m.0.len() as u64,
+            None => tokio::fs::metadata(&object.path)
+                .await
+                .map_err(file_err)?
+                .len(),
+        };
         if len > MAX_TRANSCODE_BYTES {
             return Err(ScuError::NoContext {
                 addr: self.peer.addr(),
@@ -645,9 +712,9 @@ impl Scu {
                 ),
             });
         }
-        let path = object.path.clone();
+        let source = object.clone();
         let target = ts.to_string();
-        let encoded = tokio::task::spawn_blocking(move || reencode(&path, &target))
+        let encoded = tokio::task::spawn_blocking(move || reencode(&source, &target))
             .await
             .map_err(|e| file_err(std::io::Error::other(e.to_string())))?
             .map_err(|e| file_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
@@ -976,12 +1043,20 @@ pub struct Reencoded {
     pub blake3: [u8; 32],
 }
 
-/// Re-encode a Part-10 file's data set into another uncompressed
+/// Re-encode a Part-10 object's data set into another uncompressed
 /// transfer syntax.
-fn reencode(path: &Path, ts: &str) -> Result<Vec<u8>, String> {
+fn reencode(object: &Outgoing, ts: &str) -> Result<Vec<u8>, String> {
     use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
     use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-    let obj = dicom_object::open_file(path).map_err(|e| e.to_string())?;
+    let obj = match &object.memory {
+        // from_reader starts at "DICM": skip the preamble.
+        Some(m) => {
+            m.0.get(128..)
+                .ok_or_else(|| "shorter than a Part-10 preamble".to_string())
+                .and_then(|b| dicom_object::from_reader(b).map_err(|e| e.to_string()))?
+        }
+        None => dicom_object::open_file(&object.path).map_err(|e| e.to_string())?,
+    };
     let target = TransferSyntaxRegistry
         .get(ts)
         .ok_or_else(|| format!("unknown transfer syntax {ts}"))?;
@@ -996,6 +1071,7 @@ pub fn outgoing(path: &Path) -> Result<Outgoing, crate::part10::Part10Error> {
     let h = crate::part10::read_header(path)?;
     Ok(Outgoing {
         path: path.to_path_buf(),
+        memory: None,
         sop_class_uid: h.sop_class_uid,
         sop_instance_uid: h.sop_instance_uid,
         transfer_syntax_uid: h.transfer_syntax_uid,
@@ -1003,7 +1079,7 @@ pub fn outgoing(path: &Path) -> Result<Outgoing, crate::part10::Part10Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::part10::{Receipt, file_header};
     use crate::testutil::dataset;
@@ -1012,6 +1088,15 @@ mod tests {
     const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
     const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
     const RLE: &str = "1.2.840.10008.1.2.5";
+
+    /// The same object held in memory, under a name that is no file.
+    fn in_memory(o: &Outgoing) -> Outgoing {
+        Outgoing {
+            path: o.path.with_extension("in-memory"),
+            memory: Some(InMemory(std::fs::read(&o.path).unwrap().into())),
+            ..o.clone()
+        }
+    }
 
     fn write_object(dir: &Path, uid: &str, ts: &str) -> (Outgoing, Vec<u8>) {
         let body = dataset(SC, uid, "P1");
@@ -1026,6 +1111,7 @@ mod tests {
         (
             Outgoing {
                 path,
+                memory: None,
                 sop_class_uid: SC.into(),
                 sop_instance_uid: uid.into(),
                 transfer_syntax_uid: ts.into(),
@@ -1034,7 +1120,7 @@ mod tests {
         )
     }
 
-    struct Storescp(Child);
+    pub(crate) struct Storescp(Child);
     impl Drop for Storescp {
         fn drop(&mut self) {
             let _ = self.0.kill();
@@ -1044,9 +1130,17 @@ mod tests {
 
     /// DCMTK storescp as AE MIRROR with `args`, writing into `out`
     /// (created); returns once it answers C-ECHO.
-    async fn start_storescp(args: &[&str], out: &Path) -> (Storescp, Peer) {
+    pub(crate) async fn start_storescp(args: &[&str], out: &Path) -> (Storescp, Peer) {
+        start_storescp_on(args, out, free_port()).await
+    }
+
+    /// [`start_storescp`] on `port`.
+    pub(crate) async fn start_storescp_on(
+        args: &[&str],
+        out: &Path,
+        port: u16,
+    ) -> (Storescp, Peer) {
         std::fs::create_dir_all(out).unwrap();
-        let port = free_port();
         let child = Command::new("storescp")
             .args(args)
             .args(["-aet", "MIRROR", "-od"])
@@ -1074,7 +1168,7 @@ mod tests {
         panic!("storescp did not answer C-ECHO");
     }
 
-    fn free_port() -> u16 {
+    pub(crate) fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1106,6 +1200,11 @@ mod tests {
         assert_eq!(status, Status::Success);
         let reencoded = reencoded.expect("sent re-encoded");
         assert_eq!(reencoded.transfer_syntax_uid, IMPLICIT_VR_LE);
+        // The same object from memory is re-encoded to the same bytes (the
+        // peer stores it under the same SOP Instance UID: still one file).
+        let (status, again) = scu.store_reporting(&in_memory(&a)).await.unwrap();
+        assert_eq!(status, Status::Success);
+        assert_eq!(again, Some(reencoded.clone()));
         // No lossless fallback for a compressed object.
         assert!(matches!(
             scu.store(&r).await,
@@ -1177,7 +1276,8 @@ mod tests {
     /// Blocks are complete P-DATA-TF PDUs within the peer's limit, at most
     /// MAX_SEND_CHUNK data bytes each, only the data set's very last
     /// fragment flagged last, and together exactly the data set; a reused
-    /// buffer does not leak bytes of the previous object.
+    /// buffer does not leak bytes of the previous object. The same from a
+    /// file and from memory.
     #[test]
     fn blocks_are_framed_pdus_of_the_data_set() {
         let dir = tempfile::tempdir().unwrap();
@@ -1194,15 +1294,29 @@ mod tests {
         let mut want_big = body.clone();
         want_big.extend_from_slice(&big);
 
-        for (path, want, chunk) in [
-            (o.path.clone(), body.clone(), 16_378usize),
-            (big_path.clone(), want_big.clone(), 16_378),
-            (big_path.clone(), want_big.clone(), 1_000_000),
-            (big_path.clone(), want_big.clone(), MAX_SEND_CHUNK),
-        ] {
+        let at = |path: &Path| Outgoing {
+            path: path.to_path_buf(),
+            ..o.clone()
+        };
+        let big_o = at(&big_path);
+        let cases = [
+            (o.clone(), body.clone(), 16_378usize),
+            (big_o.clone(), want_big.clone(), 16_378),
+            (big_o.clone(), want_big.clone(), 1_000_000),
+            (big_o.clone(), want_big.clone(), MAX_SEND_CHUNK),
+        ];
+        let from_memory = cases
+            .clone()
+            .map(|(object, want, chunk)| (in_memory(&object), want, chunk));
+        for (object, want, chunk) in cases.into_iter().chain(from_memory) {
+            let path = object.path.clone();
+            assert_eq!(
+                matches!(Reader::open(&object).unwrap().0, Reader::Memory(_)),
+                object.memory.is_some()
+            );
             let max_pdu = chunk as u32 + 6;
             let (mut source, mut buf, mut used) =
-                open_source(path.clone(), 7, chunk, vec![0xEE; 64]).unwrap();
+                open_source(&object, 7, chunk, vec![0xEE; 64]).unwrap();
             let mut got = Vec::new();
             let mut blocks = 0;
             loop {
@@ -1231,7 +1345,7 @@ mod tests {
         let meta_only = dir.path().join("meta-only.dcm");
         let offset = crate::part10::dataset_offset(&o.path).unwrap() as usize;
         std::fs::write(&meta_only, &std::fs::read(&o.path).unwrap()[..offset]).unwrap();
-        let (source, buf, used) = open_source(meta_only, 3, 16_378, Vec::new()).unwrap();
+        let (source, buf, used) = open_source(&at(&meta_only), 3, 16_378, Vec::new()).unwrap();
         assert_eq!(source.remaining, 0);
         assert_eq!(
             parse_pdus(&buf[..used], 16_384),
@@ -1241,13 +1355,15 @@ mod tests {
         // Not a Part-10 file, or gone: an error before anything is sent.
         let junk = dir.path().join("junk.dcm");
         std::fs::write(&junk, vec![0u8; 300]).unwrap();
-        assert!(open_source(junk, 1, 16_378, Vec::new()).is_err());
-        assert!(open_source(dir.path().join("gone.dcm"), 1, 16_378, Vec::new()).is_err());
+        assert!(open_source(&at(&junk), 1, 16_378, Vec::new()).is_err());
+        assert!(open_source(&in_memory(&at(&junk)), 1, 16_378, Vec::new()).is_err());
+        assert!(open_source(&at(&dir.path().join("gone.dcm")), 1, 16_378, Vec::new()).is_err());
     }
 
     /// Reading ahead: each object's bytes arrive intact whether its first
     /// block was read ahead, announced but not stored next (the stale read
-    /// is dropped), or not announced at all.
+    /// is dropped), or not announced at all; objects held in memory (2 and
+    /// 4, whose files are gone) mixed in, announced or not.
     #[tokio::test(flavor = "multi_thread")]
     async fn read_ahead_keeps_every_object_byte_exact() {
         let dir = tempfile::tempdir().unwrap();
@@ -1256,7 +1372,20 @@ mod tests {
         let objects: Vec<(Outgoing, Vec<u8>)> = (0..5)
             .map(|i| write_object(dir.path(), &format!("1.2.3.40{i}"), EXPLICIT_LE))
             .collect();
-        let outgoing: Vec<Outgoing> = objects.iter().map(|(o, _)| o.clone()).collect();
+        let outgoing: Vec<Outgoing> = objects
+            .iter()
+            .enumerate()
+            .map(|(i, (o, _))| {
+                if i % 2 == 0 && i > 0 {
+                    in_memory(o)
+                } else {
+                    o.clone()
+                }
+            })
+            .collect();
+        for o in outgoing.iter().filter(|o| o.memory.is_some()) {
+            std::fs::remove_file(o.path.with_extension("dcm")).unwrap();
+        }
         let mut scu = Scu::connect(&peer, &contexts_for(&outgoing)).await.unwrap();
         // 0 announces 1 (used), 1 announces 3 (stale: 2 comes next),
         // 2 announces nothing, 3 announces 4 (used), 4 last.
@@ -1282,7 +1411,7 @@ mod tests {
     }
 
     /// The data sets of the files storescp wrote into `dir`, sorted.
-    fn received_datasets(dir: &Path) -> Vec<Vec<u8>> {
+    pub(crate) fn received_datasets(dir: &Path) -> Vec<Vec<u8>> {
         let mut received: Vec<Vec<u8>> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| {

@@ -177,6 +177,18 @@ pub struct Provenance {
 /// Bytes kept of an existing object to read its file meta.
 const HEAD_BYTES: usize = 256 << 10;
 
+/// Where [`Bucket::read_object`] puts the bytes it hashes.
+enum Sink<'a> {
+    /// Nowhere: only the hashes are wanted.
+    Nothing,
+    /// A file, created or truncated.
+    File(&'a FsPath),
+    /// The first [`HEAD_BYTES`] bytes (enough for the file meta group).
+    Head(&'a mut Vec<u8>),
+    /// Every byte; more than the limit is an error.
+    Memory(&'a mut Vec<u8>, usize),
+}
+
 /// How an upload ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Uploaded {
@@ -370,7 +382,7 @@ impl Bucket {
             Some(file_blake3) => Ok(Uploaded::Created { file_blake3 }),
             None => {
                 let mut head = Vec::new();
-                let found = self.read_object(&key, None, Some(&mut head)).await?;
+                let found = self.read_object(&key, Sink::Head(&mut head)).await?;
                 if found.dataset != *hash {
                     return Err(BucketError::Conflict {
                         key: key.to_string(),
@@ -466,31 +478,52 @@ impl Bucket {
 
     /// Stream an object and hash it (file and data set), keeping nothing.
     pub async fn read_hashes(&self, key: &Path) -> Result<StreamHashes, BucketError> {
-        self.read_object(key, None, None).await
+        self.read_object(key, Sink::Nothing).await
     }
 
     /// Download object `hash` into `dest` (created or truncated), hashing as
     /// it arrives. The caller checks the data set hash against `hash`.
     pub async fn download(&self, hash: &Hash, dest: &FsPath) -> Result<StreamHashes, BucketError> {
-        self.read_object(&Path::from(object_key(hash)), Some(dest), None)
+        self.read_object(&Path::from(object_key(hash)), Sink::File(dest))
             .await
     }
 
-    async fn read_object(
+    /// Download object `hash` into memory, hashing as it arrives. `size`
+    /// is its size in the bucket: the memory allocated once, and the most
+    /// that is read (a longer body is an error). The caller bounds `size`
+    /// and checks the data set hash against `hash`.
+    pub async fn fetch(
         &self,
-        key: &Path,
-        dest: Option<&FsPath>,
-        mut head: Option<&mut Vec<u8>>,
-    ) -> Result<StreamHashes, BucketError> {
+        hash: &Hash,
+        size: u64,
+    ) -> Result<(bytes::Bytes, StreamHashes), BucketError> {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut body = Vec::with_capacity(size);
+        let hashes = self
+            .read_object(&Path::from(object_key(hash)), Sink::Memory(&mut body, size))
+            .await?;
+        Ok((body.into(), hashes))
+    }
+
+    async fn read_object(&self, key: &Path, sink: Sink<'_>) -> Result<StreamHashes, BucketError> {
         use tokio::io::AsyncWriteExt;
         // Buffered: the body arrives in pieces of a few KiB, and each write
         // to a tokio file is a hop to the blocking pool; one per MiB instead.
-        let mut out = match dest {
-            Some(p) => Some(tokio::io::BufWriter::with_capacity(
-                READ_BYTES,
-                tokio::fs::File::create(p).await.map_err(io_err(p))?,
-            )),
-            None => None,
+        let (mut file, mut kept, limit) = match sink {
+            Sink::Nothing => (None, None, 0),
+            Sink::File(p) => (
+                Some((
+                    p,
+                    tokio::io::BufWriter::with_capacity(
+                        READ_BYTES,
+                        tokio::fs::File::create(p).await.map_err(io_err(p))?,
+                    ),
+                )),
+                None,
+                0,
+            ),
+            Sink::Head(h) => (None, Some((h, false)), HEAD_BYTES),
+            Sink::Memory(m, limit) => (None, Some((m, true)), limit),
         };
         let mut stream = self.store.get(key).await?.into_stream();
         let mut hasher = StreamHasher::default();
@@ -500,15 +533,21 @@ impl Bucket {
                 key: key.to_string(),
                 message: e.to_string(),
             })?;
-            if let (Some(f), Some(p)) = (out.as_mut(), dest) {
+            if let Some((p, f)) = file.as_mut() {
                 f.write_all(&chunk).await.map_err(io_err(p))?;
             }
-            if let Some(h) = head.as_deref_mut() {
-                let room = HEAD_BYTES.saturating_sub(h.len()).min(chunk.len());
+            if let Some((h, whole)) = kept.as_mut() {
+                let room = limit.saturating_sub(h.len()).min(chunk.len());
+                if *whole && room < chunk.len() {
+                    return Err(BucketError::Invalid {
+                        key: key.to_string(),
+                        message: format!("longer than its listed size of {limit} bytes"),
+                    });
+                }
                 h.extend_from_slice(&chunk[..room]);
             }
         }
-        if let (Some(mut f), Some(p)) = (out, dest) {
+        if let Some((p, mut f)) = file {
             f.flush().await.map_err(io_err(p))?;
         }
         hasher.finish().map_err(|e| BucketError::Invalid {
@@ -860,6 +899,14 @@ mod tests {
         let got = dir.path().join("got.dcm");
         bucket.download(&hash, &got).await.unwrap();
         assert_eq!(std::fs::read(&got).unwrap(), other);
+        // Into memory: the same bytes and hashes; a body longer than the
+        // size it was listed with is an error, not a silent truncation.
+        let size = other.len() as u64;
+        let (bytes, hashes) = bucket.fetch(&hash, size).await.unwrap();
+        assert_eq!(&bytes[..], &other[..]);
+        assert_eq!(hashes, bucket.download(&hash, &got).await.unwrap());
+        let err = bucket.fetch(&hash, size - 1).await.unwrap_err();
+        assert!(matches!(err, BucketError::Invalid { .. }), "{err}");
         let listed = bucket.objects().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].0, hash);

@@ -68,6 +68,7 @@ impl Worker {
         }
         Ok(Outgoing {
             path,
+            memory: None,
             sop_class_uid: record.sop_class_uid,
             sop_instance_uid: record.sop_instance_uid,
             transfer_syntax_uid: record.transfer_syntax_uid,
