@@ -10,6 +10,7 @@ directory under the work dir, on free 127.0.0.1 ports, and verified after a run:
 and, for the object-storage scenario, the S3 server:
 
   MotoS3      moto_server (S3 in memory), one bucket, unsigned admin calls
+  LocalBucket localbucket (PyPI; S3 on folders, ThreadingHTTPServer), one bucket
 
 Life cycle: r = Cls(...); r.start()  (raises BenchError if it is not ready);
 … send …; info = r.finish(expected, sent_bytes)  (reads peak RSS, stops it,
@@ -367,3 +368,52 @@ class MotoS3(Receiver):
         if self.proc.poll() is not None:
             raise BenchError(f"moto died during the run (status {self.proc.returncode}); log {self.log_path}")
         stop(self.proc, signal.SIGTERM, 10.0)
+
+
+class LocalBucket(MotoS3):
+    """localbucket 1.2.1 (PyPI): a small S3-compatible server that keeps each
+    bucket as a folder under DATA_ROOT (here the receiver's own directory) and
+    serves requests from a ThreadingHTTPServer. Its per-request CPU is a
+    fraction of moto's, so it shows what the client side does when the server
+    is not the bottleneck. It honours If-None-Match: * (PutMode::Create) but
+    has no bulk delete and no If-Match; the bench needs neither. Installed by
+    `scripts/bench` on first use into ~/.cache/pacs-mirror/localbucket-1.2.1
+    (or $PACS_MIRROR_LOCALBUCKET names the executable)."""
+
+    system = "localbucket"
+    VERSION = "1.2.1"
+
+    @classmethod
+    def binary(cls) -> Path:
+        explicit = os.environ.get("PACS_MIRROR_LOCALBUCKET")
+        if explicit:
+            return Path(explicit)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cache / "pacs-mirror" / f"localbucket-{cls.VERSION}" / "bin" / "localbucket"
+
+    @classmethod
+    def install(cls) -> None:
+        """Create the venv and install the pinned version (a few seconds)."""
+        if cls.binary().is_file() or os.environ.get("PACS_MIRROR_LOCALBUCKET"):
+            return
+        venv = cls.binary().parent.parent
+        log(f"installing localbucket=={cls.VERSION} into {venv}")
+        for argv in (["python3", "-m", "venv", str(venv)],
+                     [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                      f"localbucket=={cls.VERSION}"]):
+            if subprocess.run(argv, stdin=subprocess.DEVNULL).returncode:
+                raise BenchError(f"installing localbucket failed: {' '.join(argv)}")
+
+    def prepare(self) -> None:
+        self.install()
+        (self.dir / "data").mkdir(exist_ok=True)
+
+    def argv(self) -> list[str]:
+        return [str(self.binary()), "--host", LOOPBACK, "--port", str(self.port), str(self.dir / "data")]
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.endpoint}/", timeout=2) as r:
+            return r.status == 200
+
+
+S3_SERVERS = {"moto": MotoS3, "localbucket": LocalBucket}

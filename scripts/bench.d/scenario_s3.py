@@ -31,6 +31,11 @@ $PACS_MIRROR_MOTO_SERVER, else ~/.cache/pacs-mirror/moto-5.2.5/bin/moto_server),
 `moto_server -H 127.0.0.1 -p PORT`, one bucket created by an unsigned PUT;
 objects are kept in RAM; a fresh server for every upload run. Data: the same
 synthetic CT set as `ingest` (--count, --data, --generator).
+With --s3-server localbucket: localbucket 1.2.1 from PyPI (installed into
+~/.cache/pacs-mirror/localbucket-1.2.1 on first use), which keeps the bucket
+as a folder on disk. It is also one Python process, but spends about a third
+of moto's CPU per GET and half per PUT, so the client side (pacs-mirror, the
+put loop, Orthanc) shows more of its own speed. Everything else is the same.
 
 put-loop   (baseline) fresh moto; agent/examples/put_loop.rs (built with
            `cargo build --release --example put_loop -p pacs-mirror-agent`):
@@ -90,6 +95,7 @@ S3_OPTIONS = {"allow_http": "true", "region": "us-east-1", "access_key_id": "tes
               "secret_access_key": "test", "virtual_hosted_style_request": "false"}
 
 ANOMALIES: list[str] = []
+S3_SERVER: type = receivers.MotoS3  # --s3-server
 
 
 def anomaly(msg: str) -> None:
@@ -105,6 +111,9 @@ def add_args(p) -> None:
     g.add_argument("--put-loop", metavar="PATH",
                    help="put_loop example binary to use as is (default: target/release/examples/put_loop, "
                         "built unless --no-build or --bin)")
+    g.add_argument("--s3-server", choices=sorted(receivers.S3_SERVERS), default="moto",
+                   help="the local S3 server of every run (default moto, the one the tests use; "
+                        "localbucket serves each request with far less CPU, see the scenario text)")
     g.add_argument("--repeat", type=int, default=1, metavar="N", help="timed runs of each (default 1)")
     g.add_argument("--stat", choices=("median", "best"), default="median",
                    help="which of the --repeat runs the table shows (default median)")
@@ -177,7 +186,7 @@ def check_listing(s3: receivers.MotoS3, prefix: str, n: int, nbytes: int, exact:
 
 def run_put_loop(files, nbytes, tag, args, ctx, put_loop: Path) -> dict:
     n = len(files)
-    s3 = receivers.MotoS3(ctx.workdir, f"putloop-{tag}", BUCKET)
+    s3 = S3_SERVER(ctx.workdir, f"putloop-{tag}", BUCKET)
     ok = False
     try:
         sync_disks()
@@ -186,7 +195,7 @@ def run_put_loop(files, nbytes, tag, args, ctx, put_loop: Path) -> dict:
         listing.write_text("".join(f"{f}\n" for f in files))
         prefix = f"putloop-{tag}"
         warm(files)
-        log(f"put-loop: {n} files, sequential puts into moto")
+        log(f"put-loop: {n} files, sequential puts into {s3.system}")
         m0, c0 = s3.cpu_secs(), children_cpu()
         t0 = time.perf_counter()
         with open(s3.dir / "put_loop.out", "wb") as fo, open(s3.dir / "put_loop.log", "wb") as fe:
@@ -197,7 +206,7 @@ def run_put_loop(files, nbytes, tag, args, ctx, put_loop: Path) -> dict:
                 raise BenchError(f"put_loop did not finish in {args.timeout:.0f}s")
         wall = time.perf_counter() - t0
         stop(p, grace=1.0)  # exited: unregister
-        ccpu, mcpu = children_cpu() - c0, s3.cpu_secs() - m0
+        ccpu, scpu = children_cpu() - c0, s3.cpu_secs() - m0
         text = (s3.dir / "put_loop.out").read_text()
         if p.returncode != 0:
             raise BenchError(f"put_loop exited {p.returncode}: {(s3.dir / 'put_loop.log').read_text()[-2000:]}")
@@ -210,9 +219,9 @@ def run_put_loop(files, nbytes, tag, args, ctx, put_loop: Path) -> dict:
         s3.stop_server()
         log(f"put-loop {tag}: {secs:.3f}s in the loop ({wall:.3f}s whole process), {n / secs:.1f} files/s, "
             f"{nbytes / secs / 1e6:.1f} MB/s, {secs / n * 1000:.2f} ms/put; CPU put_loop {ccpu:.2f}s, "
-            f"moto {mcpu:.2f}s; moto RSS {rss or 0:.0f} MiB")
+            f"{s3.system} {scpu:.2f}s; {s3.system} RSS {rss or 0:.0f} MiB")
         ok = True
-        return {"seconds": secs, "wall": wall, "client_cpu": ccpu, "moto_cpu": mcpu}
+        return {"seconds": secs, "wall": wall, "client_cpu": ccpu, "server_cpu": scpu}
     finally:
         if not ok:
             s3.kill()
@@ -226,7 +235,7 @@ def run_upload(files, nbytes, tag, args, ctx, binary) -> tuple[dict, receivers.M
     fresh moto. Returns the figures and the still-running server (for the
     restore) with the prefix."""
     n = len(files)
-    s3 = receivers.MotoS3(ctx.workdir, f"upload-{tag}", BUCKET)  # port reserved, not started yet
+    s3 = S3_SERVER(ctx.workdir, f"upload-{tag}", BUCKET)  # port reserved, not started yet
     prefix = f"backup-{tag}"
     pm = s3_agent(binary, ctx.workdir, f"upload-{tag}", s3, prefix, args.concurrency)
     ok = False
@@ -264,9 +273,9 @@ def run_upload(files, nbytes, tag, args, ctx, binary) -> tuple[dict, receivers.M
                 seen["first"] = time.perf_counter()
             return t["pending"] == 0
 
-        t1 = poll_until(done, "pacs-mirror upload: pending == 0", args.timeout, [(pm, "pacs-mirror"), (s3, "moto")])
+        t1 = poll_until(done, "pacs-mirror upload: pending == 0", args.timeout, [(pm, "pacs-mirror"), (s3, s3.system)])
         secs = t1 - t0
-        pcpu, mcpu = cpu_secs(pm.proc), s3.cpu_secs() - m0
+        pcpu, scpu = cpu_secs(pm.proc), s3.cpu_secs() - m0
         t = admin_target(pm)
         if t["dead_letters"] != 0:
             raise BenchError(f"pacs-mirror after the upload: dead_letters {t['dead_letters']}: {t}")
@@ -278,9 +287,9 @@ def run_upload(files, nbytes, tag, args, ctx, binary) -> tuple[dict, receivers.M
         log(f"pacs-mirror upload {tag}: {secs:.3f}s (first delivered at {seen.get('first', t1) - t0:.3f}s), "
             f"{n / secs:.1f} files/s, {nbytes / secs / 1e6:.1f} MB/s; delivered {t['delivered']}; bucket: {n} "
             f"objects, {stored / 1e6:.1f} MB, {len(manifests)} study manifests; CPU agent {pcpu:.2f}s "
-            f"(start-up included), moto {mcpu:.2f}s; moto RSS {s3.rss_mib() or 0:.0f} MiB")
+            f"(start-up included), {s3.system} {scpu:.2f}s; {s3.system} RSS {s3.rss_mib() or 0:.0f} MiB")
         ok = True
-        return ({"seconds": secs, "fill": res.seconds, "agent_cpu": pcpu, "moto_cpu": mcpu,
+        return ({"seconds": secs, "fill": res.seconds, "agent_cpu": pcpu, "server_cpu": scpu,
                  "first": seen.get("first", t1) - t0}, s3, prefix)
     finally:
         if not ok:
@@ -323,7 +332,7 @@ def run_restore(files, nbytes, tag, args, ctx, binary, s3: receivers.MotoS3, pre
         t1 = poll_until(lambda: orthanc_count(o) == n, "restore: orthanc CountInstances", args.timeout,
                         [(o, "orthanc")])
         secs = t1 - t0
-        rcpu, mcpu, ocpu = children_cpu() - c0, s3.cpu_secs() - m0, cpu_secs(o.proc)
+        rcpu, scpu, ocpu = children_cpu() - c0, s3.cpu_secs() - m0, cpu_secs(o.proc)
         rep = json.loads(report_path.read_text())
         bad = {k: rep.get(k) for k in ("corrupt", "failed", "missing_blobs") if rep.get(k)}
         if rep.get("stored") != n or rep.get("planned") != n or bad:
@@ -333,10 +342,10 @@ def run_restore(files, nbytes, tag, args, ctx, binary, s3: receivers.MotoS3, pre
         log(f"pacs-mirror restore {tag}: {secs:.3f}s (process {t_exit - t0:.3f}s, its report "
             f"{rep['seconds']:.3f}s after planning), {n / secs:.1f} files/s; stored {rep['stored']}; "
             f"orthanc holds {info['stored']}, {info['stored_bytes'] / 1e6:.1f} MB; CPU restore {rcpu:.2f}s, "
-            f"moto {mcpu:.2f}s, orthanc {ocpu:.2f}s (orthanc's includes start-up)")
+            f"{s3.system} {scpu:.2f}s, orthanc {ocpu:.2f}s (orthanc's includes start-up)")
         ok = True
         return {"seconds": secs, "process": t_exit - t0, "report": rep["seconds"], "restore_cpu": rcpu,
-                "moto_cpu": mcpu, "orthanc_cpu": ocpu}
+                "server_cpu": scpu, "orthanc_cpu": ocpu}
     finally:
         if not ok:
             o.kill()
@@ -353,8 +362,12 @@ def run_s3(args, ctx) -> int:
         raise BenchError(f"--count must be >= {ASSOCS}")
     if args.concurrency < 1:
         raise BenchError("--concurrency must be >= 1")
-    if not receivers.MotoS3.binary().is_file():
-        raise BenchError(f"the S3 test server is not at {receivers.MotoS3.binary()} (set "
+    global S3_SERVER
+    S3_SERVER = receivers.S3_SERVERS[args.s3_server]
+    if S3_SERVER is receivers.LocalBucket:
+        S3_SERVER.install()
+    if not S3_SERVER.binary().is_file():
+        raise BenchError(f"the S3 test server is not at {S3_SERVER.binary()} (for moto set "
                          "$PACS_MIRROR_MOTO_SERVER, or run scripts/test, which installs moto there)")
     binary = prepare_binary(args, True, wanted_for_synth=True)
     put_loop = put_loop_binary(args, binary)
@@ -364,10 +377,11 @@ def run_s3(args, ctx) -> int:
 
     print_context(ctx.workdir, binary)
     out(f"# data: {n} files, {nbytes / 1e6:.1f} MB ({nbytes / n / 1e3:.1f} KB each); {how}")
-    out(f"# S3: moto {receivers.MotoS3.VERSION} server mode on loopback ({receivers.MotoS3.binary()}), "
-        f"objects in RAM, fresh server per upload run")
+    where = "objects in RAM" if S3_SERVER is receivers.MotoS3 else "objects in folders on disk"
+    out(f"# S3: {S3_SERVER.system} {S3_SERVER.VERSION} on loopback ({S3_SERVER.binary()}), "
+        f"{where}, fresh server per upload run")
     out(f"# upload: put-loop = agent/examples/put_loop (object_store, 1 put at a time; time measured inside "
-        f"the program around the loop); pacs-mirror = spool filled with S3 down, then agent start -> moto, "
+        f"the program around the loop); pacs-mirror = spool filled with S3 down, then agent start -> {S3_SERVER.system}, "
         f"object_store target concurrency {args.concurrency}")
     out(f"# restore: storescu = {ASSOCS} x storescu (TCP_NODELAY=1) from disk -> fresh Orthanc; pacs-mirror = "
         f"`pacs-mirror restore --associations {ASSOCS}` from the bucket -> fresh Orthanc (max PDU 16384)")
@@ -403,14 +417,14 @@ def run_s3(args, ctx) -> int:
     lp, up, d, rs = agg(loops), agg(uploads), aggregate(directs, args.stat), agg(restores)
     out(f"# put-loop whole process (start-up included): {fmt(loops, 'wall')} s; in the loop: "
         f"{fmt(loops, 'seconds')} s")
-    out(f"# CPU s per run: put-loop client {fmt(loops, 'client_cpu')} / moto {fmt(loops, 'moto_cpu')}; "
-        f"upload agent {fmt(uploads, 'agent_cpu')} / moto {fmt(uploads, 'moto_cpu')}; restore "
-        f"pacs-mirror {fmt(restores, 'restore_cpu')} / moto {fmt(restores, 'moto_cpu')} / orthanc "
+    out(f"# CPU s per run: put-loop client {fmt(loops, 'client_cpu')} / {S3_SERVER.system} {fmt(loops, 'server_cpu')}; "
+        f"upload agent {fmt(uploads, 'agent_cpu')} / {S3_SERVER.system} {fmt(uploads, 'server_cpu')}; restore "
+        f"pacs-mirror {fmt(restores, 'restore_cpu')} / {S3_SERVER.system} {fmt(restores, 'server_cpu')} / orthanc "
         f"{fmt(restores, 'orthanc_cpu')}")
-    out("# moto busy (its CPU s / timed s; one Python process, so ~1 core at most): put-loop "
-        + " ".join(f"{r['moto_cpu'] / r['seconds']:.0%}" for r in loops) + "; upload "
-        + " ".join(f"{r['moto_cpu'] / r['seconds']:.0%}" for r in uploads) + "; restore "
-        + " ".join(f"{r['moto_cpu'] / r['seconds']:.0%}" for r in restores))
+    out(f"# {S3_SERVER.system} busy (its CPU s / timed s; one Python process, so ~1 core at most): put-loop "
+        + " ".join(f"{r['server_cpu'] / r['seconds']:.0%}" for r in loops) + "; upload "
+        + " ".join(f"{r['server_cpu'] / r['seconds']:.0%}" for r in uploads) + "; restore "
+        + " ".join(f"{r['server_cpu'] / r['seconds']:.0%}" for r in restores))
     out(f"# fill (untimed, storescu x{ASSOCS} into pacs-mirror, S3 down): {fmt(uploads, 'fill')} s; first "
         f"object delivered after the agent start: {fmt(uploads, 'first')} s")
     out(f"# restore process exit after: {fmt(restores, 'process')} s (its own report, planning excluded: "
@@ -443,6 +457,6 @@ def run_s3(args, ctx) -> int:
 
 
 SCENARIOS = [
-    Scenario("s3", "backup to S3 (moto): agent upload vs sequential put loop; restore vs storescu",
+    Scenario("s3", "backup to S3 (moto or localbucket): agent upload vs sequential put loop; restore vs storescu",
              S3_DOC, add_args, run_s3),
 ]
