@@ -11,6 +11,7 @@ and, for the object-storage scenario, the S3 server:
 
   MotoS3      moto_server (S3 in memory), one bucket, unsigned admin calls
   LocalBucket localbucket (PyPI; S3 on folders, ThreadingHTTPServer), one bucket
+  S3sFs       s3s-fs (crates.io; Rust, S3 on folders, checks SigV4), one bucket
 
 Life cycle: r = Cls(...); r.start()  (raises BenchError if it is not ready);
 … send …; info = r.finish(expected, sent_bytes)  (reads peak RSS, stops it,
@@ -28,6 +29,7 @@ import json
 import os
 import signal
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -294,6 +296,7 @@ class MotoS3(Receiver):
     system = "moto"
     ae = "-"
     VERSION = "5.2.5"
+    BUSY_NOTE = "; one Python process, so ~1 core at most"
 
     def __init__(self, workdir: Path, tag: str, bucket: str = "pacs-mirror-bench"):
         super().__init__(workdir, tag)
@@ -416,4 +419,65 @@ class LocalBucket(MotoS3):
             return r.status == 200
 
 
-S3_SERVERS = {"moto": MotoS3, "localbucket": LocalBucket}
+class S3sFs(MotoS3):
+    """s3s-fs 0.14.1 (crates.io, Rust, multi-threaded): S3 on a folder,
+    checking SigV4 (key and secret "test", as the bench's clients use).
+    Every GET costs it ~35 ms of latency whatever the size (see
+    s3-test-server.md), so it suits the upload rows better than restore.
+    The bucket is a directory made before start; listings read that
+    directory (an unsigned ListObjects would be refused). Installed by
+    `scripts/bench` on first use with `cargo install` (~2 min) into
+    ~/.cache/pacs-mirror/s3s-fs-0.14.1 (or $PACS_MIRROR_S3S_FS names it)."""
+
+    system = "s3s-fs"
+    VERSION = "0.14.1"
+    BUSY_NOTE = "; multi-threaded"
+
+    @classmethod
+    def binary(cls) -> Path:
+        explicit = os.environ.get("PACS_MIRROR_S3S_FS")
+        if explicit:
+            return Path(explicit)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cache / "pacs-mirror" / f"s3s-fs-{cls.VERSION}" / "bin" / "s3s-fs"
+
+    @classmethod
+    def install(cls) -> None:
+        if cls.binary().is_file() or os.environ.get("PACS_MIRROR_S3S_FS"):
+            return
+        root = cls.binary().parent.parent
+        log(f"installing s3s-fs@{cls.VERSION} into {root} (cargo install, ~2 min)")
+        argv = ["cargo", "install", f"s3s-fs@{cls.VERSION}", "--locked", "--features", "binary",
+                "--root", str(root), "--quiet"]
+        if subprocess.run(argv, stdin=subprocess.DEVNULL).returncode:
+            raise BenchError(f"installing s3s-fs failed: {' '.join(argv)}")
+
+    def prepare(self) -> None:
+        self.install()
+        (self.dir / "data" / self.bucket).mkdir(parents=True, exist_ok=True)
+
+    def argv(self) -> list[str]:
+        return [str(self.binary()), "--host", LOOPBACK, "--port", str(self.port),
+                "--access-key", "test", "--secret-key", "test", str(self.dir / "data")]
+
+    def ready(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.endpoint}/", timeout=2).close()
+        except urllib.error.HTTPError:
+            pass  # any answer (403: unsigned) means it serves
+        return True
+
+    def after_ready(self) -> None:
+        pass  # the bucket is the directory made in prepare()
+
+    def list_objects(self, prefix: str) -> list[tuple[str, int]]:
+        root = self.dir / "data" / self.bucket
+        out = []
+        for p in root.rglob("*"):
+            key = p.relative_to(root).as_posix()
+            if p.is_file() and key.startswith(prefix) and not p.name.startswith("."):
+                out.append((key, p.stat().st_size))
+        return out
+
+
+S3_SERVERS = {"moto": MotoS3, "localbucket": LocalBucket, "s3s-fs": S3sFs}

@@ -31,6 +31,9 @@ $PACS_MIRROR_MOTO_SERVER, else ~/.cache/pacs-mirror/moto-5.2.5/bin/moto_server),
 `moto_server -H 127.0.0.1 -p PORT`, one bucket created by an unsigned PUT;
 objects are kept in RAM; a fresh server for every upload run. Data: the same
 synthetic CT set as `ingest` (--count, --data, --generator).
+With --s3-server s3s-fs: s3s-fs 0.14.1 from crates.io (Rust, multi-threaded,
+checks SigV4; `cargo install`ed on first use, ~2 min), a folder on disk; its
+GETs carry ~35 ms of latency each.
 With --s3-server localbucket: localbucket 1.2.1 from PyPI (installed into
 ~/.cache/pacs-mirror/localbucket-1.2.1 on first use), which keeps the bucket
 as a folder on disk. It is also one Python process, but spends about a third
@@ -364,7 +367,7 @@ def run_s3(args, ctx) -> int:
         raise BenchError("--concurrency must be >= 1")
     global S3_SERVER
     S3_SERVER = receivers.S3_SERVERS[args.s3_server]
-    if S3_SERVER is receivers.LocalBucket:
+    if S3_SERVER is not receivers.MotoS3:
         S3_SERVER.install()
     if not S3_SERVER.binary().is_file():
         raise BenchError(f"the S3 test server is not at {S3_SERVER.binary()} (for moto set "
@@ -421,7 +424,7 @@ def run_s3(args, ctx) -> int:
         f"upload agent {fmt(uploads, 'agent_cpu')} / {S3_SERVER.system} {fmt(uploads, 'server_cpu')}; restore "
         f"pacs-mirror {fmt(restores, 'restore_cpu')} / {S3_SERVER.system} {fmt(restores, 'server_cpu')} / orthanc "
         f"{fmt(restores, 'orthanc_cpu')}")
-    out(f"# {S3_SERVER.system} busy (its CPU s / timed s; one Python process, so ~1 core at most): put-loop "
+    out(f"# {S3_SERVER.system} busy (its CPU s / timed s{S3_SERVER.BUSY_NOTE}): put-loop "
         + " ".join(f"{r['server_cpu'] / r['seconds']:.0%}" for r in loops) + "; upload "
         + " ".join(f"{r['server_cpu'] / r['seconds']:.0%}" for r in uploads) + "; restore "
         + " ".join(f"{r['server_cpu'] / r['seconds']:.0%}" for r in restores))
