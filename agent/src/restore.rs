@@ -725,7 +725,9 @@ mod tests {
     use crate::bucket::manifest::ManifestEntry;
     use crate::index::InstanceRecord;
     use crate::part10::{Receipt, file_header};
-    use crate::scu::tests::{free_port, received_datasets, start_storescp, start_storescp_on};
+    use crate::scu::tests::{
+        free_port, received_datasets, start_storescp, start_storescp_on, storescp_peer,
+    };
 
     const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
     const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -850,13 +852,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (bucket, bodies) = bucket_with(dir.path(), 5, false).await;
         let port = free_port();
-        let peer = Peer {
-            calling_ae: "PACS_MIRROR".into(),
-            called_ae: "MIRROR".into(),
-            host: "127.0.0.1".into(),
-            port,
-            timeout: Duration::from_secs(10),
-        };
+        let peer = storescp_peer(port);
         let plan = plan(&bucket, &Selection::default()).await.unwrap();
         let scratch = dir.path().join("scratch");
         let running = tokio::spawn({

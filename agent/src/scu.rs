@@ -1152,13 +1152,7 @@ pub(crate) mod tests {
             .spawn()
             .expect("storescp not found: run scripts/test, which installs dcmtk");
         let guard = Storescp(child);
-        let peer = Peer {
-            calling_ae: "PACS_MIRROR".into(),
-            called_ae: "MIRROR".into(),
-            host: "127.0.0.1".into(),
-            port,
-            timeout: Duration::from_secs(10),
-        };
+        let peer = storescp_peer(port);
         for _ in 0..100 {
             if echo(&peer).await.is_ok() {
                 return (guard, peer);
@@ -1166,6 +1160,17 @@ pub(crate) mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("storescp did not answer C-ECHO");
+    }
+
+    /// How we call the storescp of [`start_storescp_on`] on `port`.
+    pub(crate) fn storescp_peer(port: u16) -> Peer {
+        Peer {
+            calling_ae: "PACS_MIRROR".into(),
+            called_ae: "MIRROR".into(),
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(10),
+        }
     }
 
     pub(crate) fn free_port() -> u16 {

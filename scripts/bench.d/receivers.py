@@ -297,6 +297,8 @@ class MotoS3(Receiver):
     ae = "-"
     VERSION = "5.2.5"
     BUSY_NOTE = "; one Python process, so ~1 core at most"
+    ENV = "PACS_MIRROR_MOTO_SERVER"  # names the executable, if set
+    EXE = "moto_server"  # else ~/.cache/pacs-mirror/<system>-<VERSION>/bin/EXE
 
     def __init__(self, workdir: Path, tag: str, bucket: str = "pacs-mirror-bench"):
         super().__init__(workdir, tag)
@@ -304,11 +306,11 @@ class MotoS3(Receiver):
 
     @classmethod
     def binary(cls) -> Path:
-        explicit = os.environ.get("PACS_MIRROR_MOTO_SERVER")
+        explicit = os.environ.get(cls.ENV)
         if explicit:
             return Path(explicit)
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cache / "pacs-mirror" / f"moto-{cls.VERSION}" / "bin" / "moto_server"
+        return cache / "pacs-mirror" / f"{cls.system}-{cls.VERSION}" / "bin" / cls.EXE
 
     def prepare(self) -> None:
         if not self.binary().is_file():
@@ -385,19 +387,13 @@ class LocalBucket(MotoS3):
 
     system = "localbucket"
     VERSION = "1.2.1"
-
-    @classmethod
-    def binary(cls) -> Path:
-        explicit = os.environ.get("PACS_MIRROR_LOCALBUCKET")
-        if explicit:
-            return Path(explicit)
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cache / "pacs-mirror" / f"localbucket-{cls.VERSION}" / "bin" / "localbucket"
+    ENV = "PACS_MIRROR_LOCALBUCKET"
+    EXE = "localbucket"
 
     @classmethod
     def install(cls) -> None:
         """Create the venv and install the pinned version (a few seconds)."""
-        if cls.binary().is_file() or os.environ.get("PACS_MIRROR_LOCALBUCKET"):
+        if cls.binary().is_file() or os.environ.get(cls.ENV):
             return
         venv = cls.binary().parent.parent
         log(f"installing localbucket=={cls.VERSION} into {venv}")
@@ -432,18 +428,12 @@ class S3sFs(MotoS3):
     system = "s3s-fs"
     VERSION = "0.14.1"
     BUSY_NOTE = "; multi-threaded"
-
-    @classmethod
-    def binary(cls) -> Path:
-        explicit = os.environ.get("PACS_MIRROR_S3S_FS")
-        if explicit:
-            return Path(explicit)
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cache / "pacs-mirror" / f"s3s-fs-{cls.VERSION}" / "bin" / "s3s-fs"
+    ENV = "PACS_MIRROR_S3S_FS"
+    EXE = "s3s-fs"
 
     @classmethod
     def install(cls) -> None:
-        if cls.binary().is_file() or os.environ.get("PACS_MIRROR_S3S_FS"):
+        if cls.binary().is_file() or os.environ.get(cls.ENV):
             return
         root = cls.binary().parent.parent
         log(f"installing s3s-fs@{cls.VERSION} into {root} (cargo install, ~2 min)")
