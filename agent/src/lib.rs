@@ -56,6 +56,8 @@ pub mod commit;
 pub mod dimse;
 pub mod failback;
 pub mod failover;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod monitor;
 pub mod part10;

@@ -7,9 +7,14 @@
 
 use std::path::Path;
 
+use std::io::{Read, Seek, SeekFrom};
+
 use dicom_dictionary_std::tags;
+use dicom_object::meta::FileMetaTable;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 use serde::{Deserialize, Serialize};
+
+use crate::structure::Walker;
 
 /// Implementation Class UID of pacs-mirror (a UUID-derived 2.25 UID).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.10786319485681046702925272269099423959";
@@ -139,30 +144,142 @@ pub fn dataset_offset_in(file: &mut impl std::io::Read) -> std::io::Result<u64> 
     Ok(144 + u64::from(len))
 }
 
+/// Largest file meta group read (its group length value). Real ones are a
+/// few hundred bytes; this only stops a corrupt length from being trusted.
+pub const MAX_META_GROUP_BYTES: u32 = 64 * 1024;
+
+/// Parse a file meta group: `meta` is `DICM`, the (0002,0000) group length
+/// element, then exactly the group's elements. The elements are walked
+/// ([`Walker`]) before dicom-object reads them, so that no declared length
+/// beyond the bytes present reaches it (it allocates a value's declared
+/// length before reading it).
+pub fn parse_meta(meta: &[u8]) -> Result<FileMetaTable, Part10Error> {
+    let parse = |m: &str| Part10Error::Parse(format!("file meta group: {m}"));
+    if meta.get(..4) != Some(b"DICM".as_slice())
+        || meta.get(4..12) != Some([2, 0, 0, 0, b'U', b'L', 4, 0].as_slice())
+    {
+        return Err(parse("no DICM and (0002,0000) UL group length"));
+    }
+    let declared = u32::from_le_bytes([meta[12], meta[13], meta[14], meta[15]]);
+    let elements = &meta[16..];
+    if u64::from(declared) != elements.len() as u64 {
+        return Err(parse(&format!(
+            "group length {declared}, but {} bytes of elements",
+            elements.len()
+        )));
+    }
+    let mut walker = Walker::for_dicom_rs("1.2.840.10008.1.2.1");
+    walker
+        .feed(elements)
+        .and_then(|()| walker.finish())
+        .map_err(|e| parse(&e.to_string()))?;
+    FileMetaTable::from_reader(meta).map_err(|e| parse(&e.to_string()))
+}
+
 /// Parse a Part-10 file up to (not including) Pixel Data.
 pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
+    let file = std::fs::File::open(path).map_err(|e| Part10Error::Parse(e.to_string()))?;
+    read_header_from(std::io::BufReader::with_capacity(64 * 1024, file))
+}
+
+/// [`read_header`] of a Part-10 byte stream (preamble, `DICM`, file meta
+/// group, data set), read twice: first walked with a [`Walker`] up to Pixel
+/// Data, then, only if the walk found every length honest, parsed with
+/// dicom-object from the start.
+pub fn read_header_from(mut reader: impl Read + Seek) -> Result<ObjectHeader, Part10Error> {
+    let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
+    let mut head = [0u8; 144];
+    reader.read_exact(&mut head).map_err(io)?;
+    let declared = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
+    if declared > MAX_META_GROUP_BYTES {
+        return Err(Part10Error::Parse(format!(
+            "file meta group length {declared} is implausible (over {MAX_META_GROUP_BYTES} bytes)"
+        )));
+    }
+    let mut meta = head[128..].to_vec();
+    meta.resize(16 + declared as usize, 0);
+    reader.read_exact(&mut meta[16..]).map_err(io)?;
+    let ts = parse_meta(&meta)?.transfer_syntax().to_string();
+    let mut walker = Walker::for_dicom_rs(ts.trim_end_matches('\0'));
+    let mut buf = vec![0u8; 64 * 1024];
+    while !walker.reached_pixel_data() {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        walker.feed(&buf[..n]).map_err(unparseable)?;
+    }
+    if !walker.reached_pixel_data() {
+        walker.finish().map_err(unparseable)?;
+    }
+    reader.seek(SeekFrom::Start(128)).map_err(io)?;
+    parse_header(reader)
+}
+
+fn unparseable(e: crate::structure::StructureError) -> Part10Error {
+    Part10Error::Parse(e.to_string())
+}
+
+/// dicom-object's parse of `DICM`, meta group and data set, up to Pixel Data.
+fn parse_header(without_preamble: impl Read) -> Result<ObjectHeader, Part10Error> {
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
-        .open_file(path)
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .from_reader(without_preamble)
         .map_err(|e| Part10Error::Parse(e.to_string()))?;
     header_of(&obj)
 }
 
 /// Parse the header from the first bytes of an object still being received:
 /// `header` is what [`file_header`] returned, `data` the data set bytes so
-/// far. Fails (and the caller parses the whole file later) when the
-/// attributes needed are not all within `data`. Because data set elements are
-/// in tag order and every attribute read here precedes Pixel Data, a success
-/// on a prefix gives the same result as on the whole object.
+/// far. Fails (and the caller parses the whole file later) unless `data`
+/// reaches Pixel Data, where a whole-file parse stops too: every attribute
+/// read then comes from `data`, so the result is the whole object's (a
+/// shorter prefix could be followed by a second SOP Instance UID, which a
+/// whole-file parse would read instead). `data` is walked first ([`Walker`]),
+/// so no declared length beyond the bytes reaches dicom-object.
 pub fn read_header_prefix(header: &[u8], data: &[u8]) -> Result<ObjectHeader, Part10Error> {
-    let without_preamble = header.get(128..).ok_or(Part10Error::Missing("file meta"))?;
-    let reader = std::io::Read::chain(without_preamble, data);
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(reader)
-        .map_err(|e| Part10Error::Parse(e.to_string()))?;
-    header_of(&obj)
+    let meta = header.get(128..).ok_or(Part10Error::Missing("file meta"))?;
+    let ts = parse_meta(meta)?.transfer_syntax().to_string();
+    let mut walker = Walker::for_dicom_rs(ts.trim_end_matches('\0'));
+    walker.feed(data).map_err(unparseable)?;
+    if !walker.reached_pixel_data() {
+        return Err(Part10Error::Parse(
+            "the data set bytes so far do not reach Pixel Data".into(),
+        ));
+    }
+    parse_header(std::io::Read::chain(meta, data))
+}
+
+/// Who sent an object, from its file meta group: (0002,0016) and the
+/// receipt pacs-mirror keeps in (0002,0102).
+fn origin_of(meta: &FileMetaTable) -> (String, Option<Receipt>) {
+    let receipt = meta
+        .private_information
+        .as_deref()
+        .filter(|_| {
+            meta.private_information_creator_uid()
+                .map(|u| u.trim_end_matches(['\0', ' ']))
+                == Some(RECEIPT_CREATOR_UID)
+        })
+        .and_then(|b| {
+            let b = b.trim_ascii_end();
+            serde_json::from_slice(b.strip_suffix(b"\0").unwrap_or(b)).ok()
+        });
+    let source_ae = meta
+        .source_application_entity_title()
+        .map(trimmed)
+        .unwrap_or_default();
+    (source_ae, receipt)
+}
+
+/// The source AE title and receipt of a Part-10 file from its first bytes:
+/// preamble, `DICM` and the whole file meta group (the data set is not read).
+pub fn read_origin(header: &[u8]) -> Result<(String, Option<Receipt>), Part10Error> {
+    let meta = header.get(128..).ok_or(Part10Error::Missing("file meta"))?;
+    Ok(origin_of(&parse_meta(meta)?))
 }
 
 fn header_of(obj: &dicom_object::DefaultDicomObject) -> Result<ObjectHeader, Part10Error> {
@@ -184,24 +301,10 @@ fn header_of(obj: &dicom_object::DefaultDicomObject) -> Result<ObjectHeader, Par
             Ok(v)
         }
     };
-    let receipt = meta
-        .private_information
-        .as_deref()
-        .filter(|_| {
-            meta.private_information_creator_uid()
-                .map(|u| u.trim_end_matches(['\0', ' ']))
-                == Some(RECEIPT_CREATOR_UID)
-        })
-        .and_then(|b| {
-            let b = b.trim_ascii_end();
-            serde_json::from_slice(b.strip_suffix(b"\0").unwrap_or(b)).ok()
-        });
+    let (source_ae, receipt) = origin_of(meta);
     Ok(ObjectHeader {
         transfer_syntax_uid: trimmed(meta.transfer_syntax()),
-        source_ae: meta
-            .source_application_entity_title()
-            .map(trimmed)
-            .unwrap_or_default(),
+        source_ae,
         receipt,
         sop_class_uid: required(tags::SOP_CLASS_UID, "SOP Class UID (0008,0016)")?,
         sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?,
@@ -371,9 +474,89 @@ mod tests {
         assert_eq!(h.source_ae, "SENDER");
         assert_eq!(h.receipt, Some(receipt));
         let header = &file[..header_len as usize];
-        let from_prefix = read_header_prefix(header, &body).unwrap();
+        // No Pixel Data: an early parse cannot know nothing follows.
+        assert!(read_header_prefix(header, &body).is_err());
+        // With Pixel Data, the first bytes up to its header are enough.
+        let mut image = body.clone();
+        image.extend_from_slice(&[0xE0, 0x7F, 0x10, 0, b'O', b'W', 0, 0, 8, 0, 0, 0]);
+        image.extend_from_slice(&[0; 8]);
+        let from_prefix = read_header_prefix(header, &image[..image.len() - 4]).unwrap();
         assert_eq!(from_prefix, h);
         assert!(read_header_prefix(header, &body[..20]).is_err());
+    }
+
+    /// A data set in tag order up to a second SOP Instance UID: a first PDV
+    /// ending before the duplicate parsed "1.2.3.4" while the whole file
+    /// reads "9.9.9.9" (the later element wins), so the index recorded a UID
+    /// the stored file does not have. Caught by the oracle of the
+    /// `store_ingest` fuzz target; the early parse now needs the bytes up to
+    /// Pixel Data.
+    #[test]
+    fn early_header_is_the_whole_files_header() {
+        let receipt = Receipt {
+            source_ip: "::1".into(),
+            received_at_ms: 1,
+        };
+        let ts = "1.2.840.10008.1.2.1";
+        let header =
+            file_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", ts, "A", &receipt).unwrap();
+        let mut body = crate::testutil::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", "P");
+        let first_pdv = body.len();
+        body.extend_from_slice(&[0x08, 0, 0x18, 0, b'U', b'I', 8, 0]);
+        body.extend_from_slice(b"9.9.9.9\0");
+        let mut file = header.clone();
+        file.extend_from_slice(&body);
+        let whole = read_header_from(std::io::Cursor::new(&file)).unwrap();
+        assert_eq!(whole.sop_instance_uid, "9.9.9.9");
+        assert!(read_header_prefix(&header, &body[..first_pdv]).is_err());
+    }
+
+    /// A 12-byte element declaring 0xFFFFFFF0 bytes (T13 a): dicom-object
+    /// allocated and zero-filled 4 GiB before finding the bytes missing
+    /// ("memory allocation of 4294967280 bytes failed" under a 3 GB limit),
+    /// on the first PDV of a C-STORE, and on a C-FIND match whose lie was
+    /// nested in a defined-length sequence. Found by the fuzz corpus
+    /// (`dataset_structure`); the walker now refuses both first.
+    #[test]
+    fn lying_lengths_never_reach_dicom_object() {
+        let receipt = Receipt {
+            source_ip: "::1".into(),
+            received_at_ms: 1,
+        };
+        for (ts, data) in [
+            // Implicit VR: SOP Instance UID declaring 0xFFFFFFF0 bytes.
+            (
+                "1.2.840.10008.1.2",
+                [
+                    &[0x08, 0, 0x18, 0, 0xF0, 0xFF, 0xFF, 0xFF][..],
+                    b"1.2.3.4\0",
+                ]
+                .concat(),
+            ),
+            // Explicit VR: a UT inside a defined-length sequence whose own
+            // length is honest.
+            (
+                "1.2.840.10008.1.2.1",
+                [
+                    &[0x40, 0, 0x30, 0xA7, b'S', b'Q', 0, 0, 24, 0, 0, 0][..],
+                    &[0xFE, 0xFF, 0, 0xE0, 16, 0, 0, 0],
+                    &[
+                        0x18, 0, 0x30, 0x10, b'U', b'T', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF,
+                    ],
+                    b"abcd",
+                    &[0xE0, 0x7F, 0x10, 0, b'O', b'W', 0, 0, 2, 0, 0, 0, 0, 0],
+                ]
+                .concat(),
+            ),
+        ] {
+            let header = file_header("1.2.3", "1.2.3.4", ts, "A", &receipt).unwrap();
+            assert!(read_header_prefix(&header, &data).is_err(), "{ts}");
+            let file = [header, data].concat();
+            assert!(
+                read_header_from(std::io::Cursor::new(&file)).is_err(),
+                "{ts}"
+            );
+        }
     }
 
     #[test]

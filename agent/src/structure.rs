@@ -15,7 +15,20 @@
 //! [`MAX_DEPTH`] is refused (a 39 KB file with 1,100 nested sequences crashes
 //! parsers that recurse; this one does not recurse, but nothing legitimate
 //! nests that deep).
+//!
+//! Defined-length sequences and items are descended into too (a sequence by
+//! its VR, or in Implicit VR by the data dictionary, as dicom-rs reads it):
+//! every element, item and fragment inside must end within its container.
+//! So once a data set is accepted, no declared length in it exceeds the
+//! bytes present, which is what makes it safe to hand to dicom-object: its
+//! parser allocates (and zero-fills) a value's declared length before
+//! reading it, 4 GiB for a 12-byte lie. [`Walker::for_dicom_rs`] checks a
+//! data set the way dicom-rs will read it, for the callers that parse it
+//! with dicom-object next.
 
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::StandardDataDictionary;
 use flate2::{Decompress, FlushDecompress, Status as ZStatus};
 
 /// Deepest nesting of sequences and items accepted.
@@ -25,6 +38,7 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const ITEM_DELIMITER: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQUENCE_DELIMITER: (u16, u16) = (0xFFFE, 0xE0DD);
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 
 /// Why a data set is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,9 +52,10 @@ pub struct StructureError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Undefined-length sequence: holds items.
+    /// Sequence: holds items.
     Sequence,
-    /// Undefined-length item: holds elements, ends with an item delimiter.
+    /// Item: holds elements; an undefined-length one ends with an item
+    /// delimiter.
     Item,
     /// Encapsulated pixel data: holds fragments (defined-length items).
     Fragments,
@@ -51,6 +66,9 @@ struct Frame {
     kind: Kind,
     /// Contents are Implicit VR LE (inside an undefined-length UN).
     implicit: bool,
+    /// Offset where a defined-length sequence or item ends (None: it ends
+    /// with a delimiter).
+    end: Option<u64>,
 }
 
 /// The checker; feed it the data set bytes in order, then call `finish`.
@@ -67,6 +85,10 @@ pub struct Walker {
     skip: u64,
     offset: u64,
     failed: Option<StructureError>,
+    /// Check the data set as dicom-rs 0.10 reads it ([`Walker::for_dicom_rs`]).
+    dicom_rs: bool,
+    /// A top-level element at or after Pixel Data (7FE0,0010) has started.
+    reached_pixel_data: bool,
 }
 
 impl Walker {
@@ -85,7 +107,32 @@ impl Walker {
             skip: 0,
             offset: 0,
             failed: None,
+            dicom_rs: false,
+            reached_pixel_data: false,
         }
+    }
+
+    /// A checker for a data set about to be parsed with dicom-object, which
+    /// reads two things differently from PS3.5: the contents of an
+    /// undefined-length UN element in the data set's own encoding (not as
+    /// Implicit VR LE, §6.2.2), and a binary value whose length is not a
+    /// multiple of its value size only up to the last whole value, going on
+    /// with the next element from there (out of step with the lengths).
+    /// This checker reads the first like dicom-rs and refuses the second.
+    /// What it accepts, dicom-object reads without a declared length
+    /// exceeding the bytes.
+    pub fn for_dicom_rs(transfer_syntax: &str) -> Self {
+        Walker {
+            dicom_rs: true,
+            ..Walker::new(transfer_syntax)
+        }
+    }
+
+    /// Whether a top-level element at or after Pixel Data (7FE0,0010) has
+    /// started: everything before it has been fed and checked, and a parse
+    /// that stops at Pixel Data reads nothing after this point.
+    pub fn reached_pixel_data(&self) -> bool {
+        self.reached_pixel_data
     }
 
     /// Feed the next bytes of the data set (as received).
@@ -200,6 +247,9 @@ impl Walker {
                 self.skip -= n;
                 self.offset += n;
                 bytes = &bytes[n as usize..];
+                if self.skip == 0 {
+                    self.close_ended();
+                }
                 continue;
             }
             // Collect the header: 8 bytes first, 12 when the VR says so.
@@ -212,6 +262,9 @@ impl Walker {
             if self.header_len == want && self.header_size() == want {
                 self.header_len = 0;
                 self.element(want)?;
+                if self.skip == 0 {
+                    self.close_ended();
+                }
             }
         }
         Ok(())
@@ -249,42 +302,107 @@ impl Walker {
         if tag.0 == 0xFFFE || self.implicit_here() {
             return 8;
         }
+        // PS3.5 §7.1.2: these VRs have a 2-byte length; every other one,
+        // including a VR this build does not know, a reserved field and a
+        // 4-byte length (as dicom-rs reads an unknown VR: UN).
         match &self.header[4..6] {
-            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN"
-            | b"UR" | b"UT" | b"UV" => 12,
-            _ => 8,
+            b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FL" | b"FD" | b"IS"
+            | b"LO" | b"LT" | b"PN" | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL"
+            | b"US" => 8,
+            _ => 12,
+        }
+    }
+
+    /// Where the innermost defined-length container ends (inner ones end
+    /// within outer ones, so this is the tightest bound).
+    fn limit(&self) -> Option<u64> {
+        self.stack.iter().rev().find_map(|f| f.end)
+    }
+
+    /// Check that a value (or item) of `len` bytes starting here ends within
+    /// its containers; the offset where it ends.
+    fn value_end(&self, len: u32, what: &str) -> Result<u64, StructureError> {
+        let end = self.offset + u64::from(len);
+        match self.limit() {
+            Some(limit) if end > limit => Err(self.error(format!(
+                "{what} of {len} bytes runs {} bytes past the end of its sequence or item",
+                end - limit
+            ))),
+            _ => Ok(end),
+        }
+    }
+
+    /// Pop the defined-length containers that end here.
+    fn close_ended(&mut self) {
+        while self
+            .stack
+            .last()
+            .is_some_and(|f| f.end == Some(self.offset))
+        {
+            self.stack.pop();
+        }
+    }
+
+    /// Whether a defined-length element is a sequence, as dicom-rs decides:
+    /// by its VR, or in Implicit VR by the standard data dictionary.
+    fn is_sequence(&self, tag: (u16, u16), vr: Option<[u8; 2]>) -> bool {
+        Self::dicom_rs_vr(tag, vr) == VR::SQ
+    }
+
+    /// The VR dicom-rs reads an element with: the explicit one (UN when
+    /// unknown), or in Implicit VR the data dictionary's (OW for Pixel Data
+    /// and Overlay Data, UN when the tag is not in it).
+    fn dicom_rs_vr(tag: (u16, u16), vr: Option<[u8; 2]>) -> VR {
+        match vr {
+            Some(vr) => VR::from_binary(vr).unwrap_or(VR::UN),
+            None if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) => VR::OW,
+            None => StandardDataDictionary
+                .by_tag(Tag(tag.0, tag.1))
+                .map_or(VR::UN, |e| e.vr().relaxed()),
         }
     }
 
     fn element(&mut self, header_size: usize) -> Result<(), StructureError> {
         let tag = (self.u16_at(0), self.u16_at(2));
-        let top = self.stack.last().map(|f| f.kind);
+        if self.limit().is_some_and(|limit| self.offset > limit) {
+            return Err(self.error(format!(
+                "header of ({:04X},{:04X}) runs past the end of its sequence or item",
+                tag.0, tag.1
+            )));
+        }
+        let top = self.stack.last().map(|f| (f.kind, f.end.is_some()));
         if tag.0 == 0xFFFE {
             let len = self.u32_at(4);
             return match tag {
                 ITEM => match top {
-                    Some(Kind::Fragments) if len != UNDEFINED => {
+                    Some((Kind::Fragments, _)) if len != UNDEFINED => {
+                        self.value_end(len, "fragment")?;
                         self.skip = u64::from(len);
                         Ok(())
                     }
-                    Some(Kind::Sequence) if len == UNDEFINED => self.push(Kind::Item, false),
-                    Some(Kind::Sequence) => {
-                        self.skip = u64::from(len);
-                        Ok(())
+                    Some((Kind::Sequence, _)) if len == UNDEFINED => {
+                        self.push(Kind::Item, false, None)
+                    }
+                    Some((Kind::Sequence, _)) => {
+                        let end = self.value_end(len, "item")?;
+                        self.push(Kind::Item, false, Some(end))
                     }
                     _ => Err(self.error("item outside a sequence".into())),
                 },
-                ITEM_DELIMITER if top == Some(Kind::Item) => {
+                ITEM_DELIMITER if top == Some((Kind::Item, false)) => {
                     self.stack.pop();
                     Ok(())
                 }
-                SEQUENCE_DELIMITER if matches!(top, Some(Kind::Sequence | Kind::Fragments)) => {
+                SEQUENCE_DELIMITER
+                    if matches!(top, Some((Kind::Sequence, false) | (Kind::Fragments, _))) =>
+                {
                     self.stack.pop();
                     Ok(())
                 }
                 _ => Err(self.error(format!("delimiter (FFFE,{:04X}) where it cannot be", tag.1))),
             };
         }
+        let top = top.map(|(kind, _)| kind);
         if top == Some(Kind::Sequence) || top == Some(Kind::Fragments) {
             return Err(self.error(format!(
                 "element ({:04X},{:04X}) directly inside a sequence (items expected)",
@@ -301,14 +419,35 @@ impl Walker {
                 u32::from(self.u16_at(6)),
             )
         };
+        if self.stack.is_empty() && tag >= PIXEL_DATA {
+            self.reached_pixel_data = true;
+        }
         if len != UNDEFINED {
+            let end = self.value_end(len, &format!("value of ({:04X},{:04X})", tag.0, tag.1))?;
+            if len > 0 && self.is_sequence(tag, vr) {
+                return self.push(Kind::Sequence, false, Some(end));
+            }
+            if self.dicom_rs {
+                let vr = Self::dicom_rs_vr(tag, vr);
+                let unit = value_size(vr);
+                if len % unit != 0 {
+                    return Err(self.error(format!(
+                        "value of ({:04X},{:04X}) {vr:?} has {len} bytes, not a multiple of {unit}",
+                        tag.0, tag.1
+                    )));
+                }
+            }
             self.skip = u64::from(len);
             return Ok(());
         }
+        if tag == PIXEL_DATA {
+            // Encapsulated, whatever the VR says (as dicom-rs reads it).
+            return self.push(Kind::Fragments, false, None);
+        }
         match vr.as_ref().map(|v| &v[..]) {
-            None | Some(b"SQ") => self.push(Kind::Sequence, false),
-            Some(b"UN") => self.push(Kind::Sequence, true),
-            Some(b"OB" | b"OW") => self.push(Kind::Fragments, false),
+            None | Some(b"SQ") => self.push(Kind::Sequence, false, None),
+            Some(b"UN") => self.push(Kind::Sequence, !self.dicom_rs, None),
+            Some(b"OB" | b"OW") => self.push(Kind::Fragments, false, None),
             Some(v) => Err(self.error(format!(
                 "undefined length on VR {} of ({:04X},{:04X})",
                 String::from_utf8_lossy(v),
@@ -318,12 +457,26 @@ impl Walker {
         }
     }
 
-    fn push(&mut self, kind: Kind, implicit: bool) -> Result<(), StructureError> {
+    fn push(&mut self, kind: Kind, implicit: bool, end: Option<u64>) -> Result<(), StructureError> {
         if self.stack.len() >= MAX_DEPTH {
             return Err(self.error(format!("sequences nested deeper than {MAX_DEPTH}")));
         }
-        self.stack.push(Frame { kind, implicit });
+        self.stack.push(Frame {
+            kind,
+            implicit,
+            end,
+        });
         Ok(())
+    }
+}
+
+/// Bytes per value of a binary VR (1 for text and bytes).
+fn value_size(vr: VR) -> u32 {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::AT | VR::UL | VR::SL | VR::FL | VR::OF | VR::OL => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
     }
 }
 
@@ -496,6 +649,141 @@ mod tests {
             check(DEFLATED, &deflated, chunk).unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
         }
         assert!(check(DEFLATED, &deflated[..deflated.len() - 3], 7).is_err());
+    }
+
+    /// A lie nested in a defined-length sequence whose own length is
+    /// honest: the walker skipped the sequence whole and accepted it, then
+    /// dicom-object descended into it and allocated the 0xFFFFFFF0 bytes the
+    /// inner UT declared (an identifier of a C-FIND match, or a C-STORE data
+    /// set at commit). Found by the fuzz corpus (`dataset_structure`).
+    #[test]
+    fn lies_inside_defined_length_sequences_are_caught() {
+        let inner = long(0x0018, 0x1030, b"UT", 0xFFFF_FFF0, b"abcd");
+        let mut item = tag_len(0xFFFE, 0xE000, inner.len() as u32);
+        item.extend(&inner);
+        let mut d = short(0x0008, 0x0018, b"UI", b"1.2\0");
+        d.extend(long(0x0040, 0xA730, b"SQ", item.len() as u32, &item));
+        let e = check(EXPLICIT, &d, 5).unwrap_err();
+        assert!(
+            e.what.contains("past the end of its sequence or item"),
+            "{e}"
+        );
+
+        // Honest nesting passes: a defined-length sequence, a defined and an
+        // undefined-length item, another defined-length sequence inside.
+        let leaf = short(0x0008, 0x1155, b"UI", b"1.3\0");
+        let mut inner_item = tag_len(0xFFFE, 0xE000, leaf.len() as u32);
+        inner_item.extend(&leaf);
+        let inner_seq = long(0x0008, 0x1140, b"SQ", inner_item.len() as u32, &inner_item);
+        let mut items = tag_len(0xFFFE, 0xE000, inner_seq.len() as u32);
+        items.extend(&inner_seq);
+        items.extend(tag_len(0xFFFE, 0xE000, UNDEFINED));
+        items.extend(&leaf);
+        items.extend(tag_len(0xFFFE, 0xE00D, 0));
+        let mut d = long(0x0040, 0xA730, b"SQ", items.len() as u32, &items);
+        d.extend(short(0x0040, 0xA731, b"UI", b"1.4\0"));
+        for chunk in [1, 3, 8, d.len()] {
+            check(EXPLICIT, &d, chunk).unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
+        }
+        // An item longer than its sequence, an element longer than its item.
+        let mut short_seq = d.clone();
+        short_seq[8..12].copy_from_slice(&(items.len() as u32 - 4).to_le_bytes());
+        assert!(check(EXPLICIT, &short_seq, 7).is_err());
+        // A delimiter inside a defined-length item or sequence.
+        let mut item = tag_len(0xFFFE, 0xE000, 8);
+        item.extend(tag_len(0xFFFE, 0xE00D, 0));
+        let d = long(0x0040, 0xA730, b"SQ", item.len() as u32, &item);
+        assert!(check(EXPLICIT, &d, 4).is_err());
+    }
+
+    /// In Implicit VR a defined-length sequence is known by the data
+    /// dictionary, as dicom-rs reads it.
+    #[test]
+    fn implicit_defined_length_sequences_by_the_dictionary() {
+        let mut leaf = tag_len(0x0008, 0x1155, 0xFFFF_FFF0);
+        leaf.extend(b"1.3\0");
+        let mut item = tag_len(0xFFFE, 0xE000, leaf.len() as u32);
+        item.extend(&leaf);
+        let mut d = tag_len(0x0008, 0x1140, item.len() as u32); // Referenced Image Sequence
+        d.extend(&item);
+        assert!(check(IMPLICIT, &d, 6).is_err(), "the lie inside is seen");
+        // The same bytes under a private tag are an opaque value.
+        let mut private = tag_len(0x0009, 0x1140, item.len() as u32);
+        private.extend(&item);
+        check(IMPLICIT, &private, 6).unwrap();
+    }
+
+    /// A VR this build does not know has a 4-byte length, as dicom-rs reads
+    /// it (as UN): read with a 2-byte length the walker and dicom-object saw
+    /// different elements.
+    #[test]
+    fn unknown_vrs_have_a_four_byte_length() {
+        let d = long(0x0009, 0x1010, b"ZZ", 4, b"abcd");
+        check(EXPLICIT, &d, 3).unwrap();
+        let d = short(0x0009, 0x1010, b"ZZ", b"abcd");
+        assert!(check(EXPLICIT, &d, 3).is_err());
+    }
+
+    /// Pixel Data reached at the top level, not inside a sequence; and an
+    /// undefined-length UN read as dicom-rs reads it.
+    #[test]
+    fn pixel_data_reached_and_dicom_rs_mode() {
+        let mut w = Walker::new(EXPLICIT);
+        let mut d = short(0x0008, 0x0018, b"UI", b"1.2\0");
+        d.extend(long(0x0040, 0xA730, b"SQ", UNDEFINED, &[]));
+        d.extend(tag_len(0xFFFE, 0xE000, UNDEFINED));
+        d.extend(long(0x7FE0, 0x0010, b"OB", 2, &[0, 0]));
+        w.feed(&d).unwrap();
+        assert!(!w.reached_pixel_data(), "nested Pixel Data does not count");
+        d.extend(tag_len(0xFFFE, 0xE00D, 0));
+        d.extend(tag_len(0xFFFE, 0xE0DD, 0));
+        d.extend(long(0x7FE0, 0x0010, b"OW", 100, &[0; 10]));
+        let mut w = Walker::new(EXPLICIT);
+        w.feed(&d).unwrap();
+        assert!(w.reached_pixel_data());
+        assert!(w.finish().is_err(), "and still cut short");
+
+        // PS3.5 contents (Implicit VR) of an undefined-length UN: fine for
+        // the standard walker, not for dicom-rs, which reads them as
+        // Explicit VR (a 4-byte length taken from the value).
+        let mut d = long(0x0009, 0x1010, b"UN", UNDEFINED, &[]);
+        d.extend(tag_len(0xFFFE, 0xE000, UNDEFINED));
+        d.extend(tag_len(0x0009, 0x1011, 8));
+        d.extend(b"1.2.3.4\0");
+        d.extend(tag_len(0xFFFE, 0xE00D, 0));
+        d.extend(tag_len(0xFFFE, 0xE0DD, 0));
+        check(EXPLICIT, &d, 5).unwrap();
+        let mut w = Walker::for_dicom_rs(EXPLICIT);
+        assert!(w.feed(&d).and_then(|()| w.finish()).is_err());
+    }
+
+    /// Implicit VR (6030,0000), a UL by the dictionary, of 2 bytes: dicom-rs
+    /// reads 2 >> 2 = 0 values, does not consume "CT", reads it as the next
+    /// tag and what follows as a length of 0xFFFF1140, which it allocated
+    /// (an identifier or a header that the walker had accepted). Found by
+    /// the `dataset_structure` fuzz target (out-of-memory).
+    #[test]
+    fn binary_values_are_whole_for_dicom_rs() {
+        let mut d = tag_len(0x6030, 0x0000, 2);
+        d.extend(b"CT");
+        d.extend(tag_len(0x0008, 0x1140, UNDEFINED));
+        d.extend(tag_len(0xFFFE, 0xE0DD, 0));
+        check(IMPLICIT, &d, 3).unwrap();
+        let mut w = Walker::for_dicom_rs(IMPLICIT);
+        let e = w.feed(&d).unwrap_err();
+        assert!(e.what.contains("not a multiple of 4"), "{e}");
+        // Explicit VR: a US of 3 bytes, an FD of 4; text of any length.
+        for d in [
+            short(0x0028, 0x0010, b"US", &[1, 0, 0]),
+            short(0x0018, 0x0050, b"FD", &[0; 4]),
+        ] {
+            let mut w = Walker::for_dicom_rs(EXPLICIT);
+            assert!(w.feed(&d).and_then(|()| w.finish()).is_err());
+        }
+        let mut w = Walker::for_dicom_rs(EXPLICIT);
+        let d = short(0x0010, 0x0010, b"PN", b"Doe");
+        w.feed(&d).unwrap();
+        w.finish().unwrap();
     }
 
     proptest::proptest! {

@@ -507,8 +507,8 @@ impl Reader<'_> {
                 return refuse(reserved, Step::Fatal(e.to_string()));
             }
             if std::mem::take(&mut first) {
-                // The header is parsed from the first chunk when it is all
-                // there; else the committer parses the file.
+                // The header is parsed from the first chunk when it reaches
+                // Pixel Data; else the committer parses the file.
                 early = part10::read_header_prefix(&header, chunk).ok();
             }
         }

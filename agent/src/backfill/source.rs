@@ -6,7 +6,6 @@
 //! a bound on the meta group's size; the data set is streamed by the caller
 //! from the returned file position, never read whole.
 
-use std::fs::File;
 use std::io::Read;
 
 use dicom_encoding::TransferSyntaxIndex;
@@ -42,7 +41,7 @@ fn trimmed(s: &str) -> String {
 /// Read and check the preamble and file meta group of `file` (of length
 /// `len`). On success the file position is at the first data set byte. The
 /// error is the reason the file is skipped, in words for the operator.
-pub fn read_meta(file: &mut File, len: u64) -> Result<SourceMeta, String> {
+pub fn read_meta(file: &mut impl Read, len: u64) -> Result<SourceMeta, String> {
     let io = |e: std::io::Error| format!("cannot read: {e}");
     if len < 132 {
         return Err(format!(
@@ -77,7 +76,7 @@ pub fn read_meta(file: &mut File, len: u64) -> Result<SourceMeta, String> {
     meta_bytes.extend_from_slice(&head[128..144]);
     meta_bytes.resize(16 + group_len as usize, 0);
     file.read_exact(&mut meta_bytes[16..]).map_err(io)?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(meta_bytes.as_slice())
+    let meta = crate::part10::parse_meta(&meta_bytes)
         .map_err(|e| format!("unreadable file meta group: {e}"))?;
     let out = SourceMeta {
         sop_class_uid: trimmed(meta.media_storage_sop_class_uid()),
@@ -126,6 +125,7 @@ impl SourceMeta {
 mod tests {
     use super::*;
     use crate::part10::{Receipt, file_header};
+    use std::fs::File;
     use std::io::Seek;
 
     const CT: &str = "1.2.840.10008.5.1.4.1.1.2";

@@ -224,13 +224,13 @@ pub fn object_key(hash: &Hash) -> String {
     format!("objects/{}/{hex}.dcm", &hex[..2])
 }
 
-/// The object address in a key written by [`object_key`].
+/// The object address in a key written by [`object_key`] (only such a key:
+/// a listed key that parses is the one a download of its address reads).
 pub fn parse_object_key(key: &str) -> Option<Hash> {
     let name = key.strip_prefix("objects/")?;
-    let (dir, file) = name.split_once('/')?;
-    let hex = file.strip_suffix(".dcm")?;
-    let hash = parse_hash(hex).ok()?;
-    (hex.get(..2) == Some(dir)).then_some(hash)
+    let (_, file) = name.split_once('/')?;
+    let hash = parse_hash(file.strip_suffix(".dcm")?).ok()?;
+    (object_key(&hash) == key).then_some(hash)
 }
 
 /// The key of a study's manifest.
@@ -392,16 +392,14 @@ impl Bucket {
                 let offset = usize::try_from(found.dataset_offset).unwrap_or(usize::MAX);
                 let provenance = head
                     .get(..offset)
-                    .zip(head.get(offset..))
-                    .and_then(|(meta, data)| crate::part10::read_header_prefix(meta, data).ok())
-                    .map(|h| Provenance {
-                        calling_ae: h.source_ae,
-                        source_ip: h
-                            .receipt
+                    .and_then(|meta| crate::part10::read_origin(meta).ok())
+                    .map(|(calling_ae, receipt)| Provenance {
+                        calling_ae,
+                        source_ip: receipt
                             .as_ref()
                             .map(|r| r.source_ip.clone())
                             .unwrap_or_default(),
-                        received_at_ms: h.receipt.map_or(0, |r| r.received_at_ms),
+                        received_at_ms: receipt.map_or(0, |r| r.received_at_ms),
                         file_bytes: found.file_bytes,
                     });
                 Ok(Uploaded::AlreadyThere {
@@ -827,6 +825,16 @@ mod tests {
         assert_eq!(parse_object_key("objects/cd/abab.dcm"), None);
         assert_eq!(
             parse_object_key(&k.replace("objects/ab", "objects/cd")),
+            None
+        );
+        // Upper case is not a key we write: a download of the address it
+        // parses to would read objects/ab/abab…, not this object.
+        assert_eq!(
+            parse_object_key(
+                &k.to_uppercase()
+                    .replace("OBJECTS/", "objects/")
+                    .replace(".DCM", ".dcm")
+            ),
             None
         );
         let m = manifest_key("1.2.840.1");

@@ -4,9 +4,10 @@
 //! Decoding never trusts the peer: an identifier is at most
 //! [`MAX_IDENTIFIER_BYTES`], only the two uncompressed little-endian transfer
 //! syntaxes we propose are accepted, and the bytes are walked structurally
-//! ([`crate::structure::Walker`]) before dicom-object sees them, so no
-//! declared length can exceed the bytes actually present (dicom-object zero-
-//! fills a value buffer of the declared length before reading it).
+//! ([`crate::structure::Walker::for_dicom_rs`], nested sequences and items
+//! included) before dicom-object sees them, so no declared length can exceed
+//! the bytes actually present (dicom-object zero-fills a value buffer of the
+//! declared length before reading it).
 //!
 //! Values put into a query are checked: UIDs with [`dimse::check_uid`], other
 //! keys for the value separator `\` and their VR's length, dates as
@@ -83,7 +84,7 @@ pub fn decode(bytes: &[u8], transfer_syntax_uid: &str) -> Result<InMemDicomObjec
         ));
     }
     let ts = transfer_syntax(transfer_syntax_uid)?;
-    let mut walker = crate::structure::Walker::new(transfer_syntax_uid);
+    let mut walker = crate::structure::Walker::for_dicom_rs(transfer_syntax_uid);
     walker.feed(bytes).map_err(|e| e.to_string())?;
     walker.finish().map_err(|e| e.to_string())?;
     InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| e.to_string())

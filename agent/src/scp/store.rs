@@ -233,8 +233,8 @@ impl IncomingStore {
             self.refuse(Failure::from(e));
             return;
         }
-        // The header is parsed from the first chunk; if it does not fit
-        // there, from the whole file at the end.
+        // The header is parsed from the first chunk when it reaches Pixel
+        // Data; else from the whole file at the end.
         if std::mem::take(first) {
             *early = part10::read_header_prefix(header, &chunk).ok();
         }
