@@ -4,12 +4,22 @@
 //! The data set bytes are never decoded into memory and re-encoded: they go to
 //! disk exactly as they arrived. Only the attributes up to Pixel Data are
 //! parsed, from the file, to check and index the object.
+//!
+//! dicom-object is only ever given bytes that [`crate::structure::Walker`]
+//! accepted: it allocates each value's declared length before reading it
+//! (a 1 KiB data set declaring a 4 GiB value would make it allocate 4 GiB)
+//! and recurses into nested sequences (thousands of levels overflow the
+//! stack and abort the process). [`read_header_prefix`] cuts the prefix
+//! before the first incomplete element; [`read_header`] first walks the
+//! file up to Pixel Data.
 
 use std::path::Path;
 
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 use serde::{Deserialize, Serialize};
+
+use crate::structure::Walker;
 
 /// Implementation Class UID of pacs-mirror (a UUID-derived 2.25 UID).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.10786319485681046702925272269099423959";
@@ -139,8 +149,65 @@ pub fn dataset_offset_in(file: &mut impl std::io::Read) -> std::io::Result<u64> 
     Ok(144 + u64::from(len))
 }
 
-/// Parse a Part-10 file up to (not including) Pixel Data.
+/// Largest file meta group read (a real one is a few hundred bytes).
+const MAX_META_BYTES: u64 = 1 << 20;
+
+/// Walk a Part-10 file's data set from its start up to Pixel Data (or its
+/// end): nesting, lengths and delimiters must be sound there before
+/// dicom-object may parse it (see the module doc).
+pub fn check_until_pixel_data(path: &Path) -> Result<(), Part10Error> {
+    check_data_set(path, true)
+}
+
+/// Walk a Part-10 file's whole data set ([`check_until_pixel_data`] for
+/// a parse that reads Pixel Data too, e.g. `dicom_object::open_file`).
+pub fn check_whole_data_set(path: &Path) -> Result<(), Part10Error> {
+    check_data_set(path, false)
+}
+
+fn check_data_set(path: &Path, until_pixel_data: bool) -> Result<(), Part10Error> {
+    use std::io::{Read, Seek};
+    let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let offset = dataset_offset_in(&mut f).map_err(io)?;
+    if offset > MAX_META_BYTES {
+        return Err(Part10Error::Parse(format!(
+            "file meta group of {offset} bytes"
+        )));
+    }
+    // Read from the start again: the preamble, DICM and the whole meta group.
+    let mut meta = vec![0u8; offset as usize];
+    f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+    f.read_exact(&mut meta).map_err(io)?;
+    let table = dicom_object::meta::FileMetaTable::from_reader(&meta[128..])
+        .map_err(|e| Part10Error::Parse(e.to_string()))?;
+    let mut walker = if until_pixel_data {
+        Walker::until_pixel_data(table.transfer_syntax())
+    } else {
+        Walker::new(table.transfer_syntax())
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        walker
+            .feed(&buf[..n])
+            .map_err(|e| Part10Error::Parse(e.to_string()))?;
+        if walker.reached_pixel_data() {
+            break;
+        }
+    }
+    walker
+        .finish()
+        .map_err(|e| Part10Error::Parse(e.to_string()))
+}
+
+/// Parse a Part-10 file up to (not including) Pixel Data (after
+/// [`check_until_pixel_data`]).
 pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
+    check_until_pixel_data(path)?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -154,8 +221,24 @@ pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
 /// attributes needed are not all within `data`. Because data set elements are
 /// in tag order and every attribute read here precedes Pixel Data, a success
 /// on a prefix gives the same result as on the whole object.
+///
+/// Only the complete elements of `data` are parsed ([`Walker::complete_len`]):
+/// an element whose declared length goes past `data` is never read, so a
+/// lying length cannot make the parser allocate it. Deflated data sets are
+/// never parsed from a prefix (the caller parses the whole file).
 pub fn read_header_prefix(header: &[u8], data: &[u8]) -> Result<ObjectHeader, Part10Error> {
     let without_preamble = header.get(128..).ok_or(Part10Error::Missing("file meta"))?;
+    let table = dicom_object::meta::FileMetaTable::from_reader(without_preamble)
+        .map_err(|e| Part10Error::Parse(e.to_string()))?;
+    let mut walker = Walker::until_pixel_data(table.transfer_syntax());
+    walker
+        .feed(data)
+        .map_err(|e| Part10Error::Parse(e.to_string()))?;
+    let complete = walker
+        .complete_len()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| Part10Error::Parse("not parsed from a prefix".into()))?;
+    let data = data.get(..complete).unwrap_or(data);
     let reader = std::io::Read::chain(without_preamble, data);
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
@@ -374,6 +457,74 @@ mod tests {
         let from_prefix = read_header_prefix(header, &body).unwrap();
         assert_eq!(from_prefix, h);
         assert!(read_header_prefix(header, &body[..20]).is_err());
+    }
+
+    /// Explicit VR LE element.
+    fn el(tag: (u16, u16), vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
+        let mut v = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
+        v.extend_from_slice(vr);
+        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(&len.to_le_bytes());
+        } else {
+            v.extend_from_slice(&(len as u16).to_le_bytes());
+        }
+        v.extend_from_slice(value);
+        v
+    }
+
+    /// Our file meta header and a data set with the four UIDs.
+    fn uids() -> (Vec<u8>, Vec<u8>) {
+        let receipt = Receipt {
+            source_ip: "::1".into(),
+            received_at_ms: 1,
+        };
+        let sc = "1.2.840.10008.5.1.4.1.1.7";
+        let header = file_header(sc, "1.2.3.4", "1.2.840.10008.1.2.1", "A", &receipt).unwrap();
+        let mut d = el((0x0008, 0x0016), b"UI", 26, b"1.2.840.10008.5.1.4.1.1.7\0");
+        d.extend(el((0x0008, 0x0018), b"UI", 8, b"1.2.3.4\0"));
+        d.extend(el((0x0020, 0x000D), b"UI", 6, b"1.2.3\0"));
+        d.extend(el((0x0020, 0x000E), b"UI", 8, b"1.2.3.1\0"));
+        (header, d)
+    }
+
+    /// A value declaring 0xFFFFFFF0 bytes with 1 KiB behind it: the header
+    /// parser never sees it (dicom-object would allocate the declared 4 GiB
+    /// before reading: with the cut missing, the parse fails after that
+    /// allocation instead of returning the UIDs before it).
+    #[test]
+    fn a_lying_length_is_never_handed_to_the_parser() {
+        let (header, mut d) = uids();
+        d.extend(el((0x0040, 0xA160), b"UT", 0xFFFF_FFF0, &[b'x'; 1024]));
+        let h = read_header_prefix(&header, &d).unwrap();
+        assert_eq!(h.sop_instance_uid, "1.2.3.4");
+        assert_eq!(h.series_instance_uid, "1.2.3.1");
+        // The whole file: refused by the walk, before dicom-object.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lying.dcm");
+        std::fs::write(&p, [header.as_slice(), &d].concat()).unwrap();
+        let e = read_header(&p).unwrap_err().to_string();
+        assert!(e.contains("short"), "{e}");
+    }
+
+    /// Sequences nested 5000 deep with defined lengths (100 KB): refused by
+    /// the walk; dicom-object recursing into them overflows the stack and
+    /// aborts the whole process (this test binary, or the agent).
+    #[test]
+    fn deep_nesting_is_refused_before_the_parser_recurses() {
+        let (header, mut d) = uids();
+        d.extend(crate::structure::tests::nested_defined(5000, false));
+        let e = read_header_prefix(&header, &d).unwrap_err().to_string();
+        assert!(e.contains("nested deeper"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("deep.dcm");
+        std::fs::write(&p, [header.as_slice(), &d].concat()).unwrap();
+        let e = read_header(&p).unwrap_err().to_string();
+        assert!(e.contains("nested deeper"), "{e}");
+        // Nested within the limit, the header is read.
+        let (header, mut d) = uids();
+        d.extend(crate::structure::tests::nested_defined(20, false));
+        assert_eq!(read_header_prefix(&header, &d).unwrap().patient_id, "");
     }
 
     #[test]

@@ -1,20 +1,30 @@
 //! Streaming structural check of a data set as it arrives.
 //!
-//! Every element header is read and every defined-length value is skipped
-//! unread; only undefined-length sequences, items and encapsulated pixel data
-//! are descended into. At the end the stream must stop exactly on an element
-//! boundary with every sequence and item closed. So a data set cut short —
-//! in a header, in a value, in Pixel Data, in a fragment — or with delimiters
-//! in impossible places is refused before it could be acknowledged, without
+//! Every element header is read and every other defined-length value is
+//! skipped unread; sequences and items (of defined or undefined length) and
+//! encapsulated pixel data are descended into. At the end the stream must
+//! stop exactly on an element boundary with every sequence and item closed,
+//! and every element must lie inside the sequence or item that holds it. So a
+//! data set cut short — in a header, in a value, in Pixel Data, in a
+//! fragment —, with a length larger than what holds it, or with delimiters in
+//! impossible places is refused before it could be acknowledged, without
 //! decoding pixels and without buffering more than one element header
 //! (deflated data sets are inflated on the fly, 64 KiB at a time).
 //!
 //! Encodings: Implicit VR LE, Explicit VR LE and BE, and the deflated
 //! explicit LE syntaxes. Per PS3.5 §6.2.2 the contents of an undefined-length
-//! UN element are Implicit VR Little Endian. Nesting deeper than
-//! [`MAX_DEPTH`] is refused (a 39 KB file with 1,100 nested sequences crashes
-//! parsers that recurse; this one does not recurse, but nothing legitimate
-//! nests that deep).
+//! UN element are Implicit VR Little Endian; in Implicit VR a defined-length
+//! element is a sequence when the data dictionary says SQ (as the parser
+//! that reads the header later decides). Nesting deeper than [`MAX_DEPTH`]
+//! is refused, whether the sequences and items have defined lengths or not
+//! (a 39 KB file with 1,100 nested sequences crashes parsers that recurse,
+//! dicom-object's among them; this walker does not recurse).
+//!
+//! The same walk guards the header parser (`crate::part10`): dicom-object
+//! allocates a value's declared length before reading it, and recurses into
+//! sequences, so it is only ever given bytes this walker accepted —
+//! [`Walker::complete_len`] for a prefix, [`Walker::until_pixel_data`] for
+//! the attributes before Pixel Data.
 
 use flate2::{Decompress, FlushDecompress, Status as ZStatus};
 
@@ -38,9 +48,9 @@ pub struct StructureError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Undefined-length sequence: holds items.
+    /// Sequence: holds items.
     Sequence,
-    /// Undefined-length item: holds elements, ends with an item delimiter.
+    /// Item: holds elements; of undefined length, ends with an item delimiter.
     Item,
     /// Encapsulated pixel data: holds fragments (defined-length items).
     Fragments,
@@ -51,6 +61,9 @@ struct Frame {
     kind: Kind,
     /// Contents are Implicit VR LE (inside an undefined-length UN).
     implicit: bool,
+    /// Where a defined-length sequence or item ends (offset in the data
+    /// set); None for one that ends with a delimiter.
+    end: Option<u64>,
 }
 
 /// The checker; feed it the data set bytes in order, then call `finish`.
@@ -65,8 +78,14 @@ pub struct Walker {
     header_len: usize,
     /// Value bytes still to skip.
     skip: u64,
+    /// Where the header of the value being skipped starts.
+    pending_start: u64,
     offset: u64,
     failed: Option<StructureError>,
+    /// Stop at the first top-level element from (7FE0,0010) on.
+    stop_before_pixel_data: bool,
+    /// Where that element starts, once reached (the rest is not looked at).
+    stopped_at: Option<u64>,
 }
 
 impl Walker {
@@ -83,15 +102,57 @@ impl Walker {
             header: [0; 12],
             header_len: 0,
             skip: 0,
+            pending_start: 0,
             offset: 0,
             failed: None,
+            stop_before_pixel_data: false,
+            stopped_at: None,
         }
+    }
+
+    /// A checker of the attributes before Pixel Data only: it stops at the
+    /// first top-level element whose tag is (7FE0,0010) or greater (where
+    /// dicom-object's `read_until(PIXEL_DATA)` stops), and [`Walker::finish`]
+    /// accepts a data set that ends there.
+    pub fn until_pixel_data(transfer_syntax: &str) -> Self {
+        let mut w = Walker::new(transfer_syntax);
+        w.stop_before_pixel_data = true;
+        w
+    }
+
+    /// Whether [`Walker::until_pixel_data`] has reached Pixel Data.
+    pub fn reached_pixel_data(&self) -> bool {
+        self.stopped_at.is_some()
+    }
+
+    /// How many bytes of what was fed form complete elements: the offset
+    /// where the first element whose header or value is not complete yet
+    /// starts (at any depth), or where Pixel Data starts. Every element
+    /// before it has all its bytes there, so a parser given only that many
+    /// bytes never meets a length larger than what it holds. None for a
+    /// deflated data set (offsets are those of the inflated bytes) and after
+    /// an error.
+    pub fn complete_len(&self) -> Option<u64> {
+        if self.inflate.is_some() || self.failed.is_some() {
+            return None;
+        }
+        if let Some(at) = self.stopped_at {
+            return Some(at);
+        }
+        Some(if self.skip > 0 {
+            self.pending_start
+        } else {
+            self.offset - self.header_len as u64
+        })
     }
 
     /// Feed the next bytes of the data set (as received).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), StructureError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
+        }
+        if self.stopped_at.is_some() {
+            return Ok(());
         }
         let result = match self.inflate.take() {
             None => self.walk(bytes),
@@ -138,6 +199,9 @@ impl Walker {
     pub fn finish(mut self) -> Result<(), StructureError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
+        }
+        if self.stopped_at.is_some() {
+            return Ok(());
         }
         if let Some(mut z) = self.inflate.take() {
             // Drain what the inflater still holds.
@@ -195,11 +259,17 @@ impl Walker {
 
     fn walk(&mut self, mut bytes: &[u8]) -> Result<(), StructureError> {
         while !bytes.is_empty() {
+            if self.stopped_at.is_some() {
+                return Ok(());
+            }
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len() as u64);
                 self.skip -= n;
                 self.offset += n;
                 bytes = &bytes[n as usize..];
+                if self.skip == 0 {
+                    self.close_finished();
+                }
                 continue;
             }
             // Collect the header: 8 bytes first, 12 when the VR says so.
@@ -257,39 +327,52 @@ impl Walker {
     }
 
     fn element(&mut self, header_size: usize) -> Result<(), StructureError> {
+        let start = self.offset - header_size as u64;
+        if self.limit().is_some_and(|limit| self.offset > limit) {
+            return Err(self.error(
+                "element header runs past the end of the sequence or item holding it".into(),
+            ));
+        }
         let tag = (self.u16_at(0), self.u16_at(2));
-        let top = self.stack.last().map(|f| f.kind);
+        let top = self.stack.last().copied();
+        let top_kind = top.map(|f| f.kind);
         if tag.0 == 0xFFFE {
             let len = self.u32_at(4);
             return match tag {
-                ITEM => match top {
-                    Some(Kind::Fragments) if len != UNDEFINED => {
-                        self.skip = u64::from(len);
-                        Ok(())
-                    }
-                    Some(Kind::Sequence) if len == UNDEFINED => self.push(Kind::Item, false),
-                    Some(Kind::Sequence) => {
-                        self.skip = u64::from(len);
-                        Ok(())
-                    }
+                ITEM => match top_kind {
+                    Some(Kind::Fragments) if len != UNDEFINED => self.value(start, len),
+                    Some(Kind::Sequence) if len == UNDEFINED => self.push(Kind::Item, false, None),
+                    Some(Kind::Sequence) => self.push_defined(Kind::Item, len),
                     _ => Err(self.error("item outside a sequence".into())),
                 },
-                ITEM_DELIMITER if top == Some(Kind::Item) => {
+                ITEM_DELIMITER
+                    if top_kind == Some(Kind::Item) && top.and_then(|f| f.end).is_none() =>
+                {
                     self.stack.pop();
+                    self.close_finished();
                     Ok(())
                 }
-                SEQUENCE_DELIMITER if matches!(top, Some(Kind::Sequence | Kind::Fragments)) => {
+                SEQUENCE_DELIMITER
+                    if top.is_some_and(|f| {
+                        f.kind == Kind::Fragments || (f.kind == Kind::Sequence && f.end.is_none())
+                    }) =>
+                {
                     self.stack.pop();
+                    self.close_finished();
                     Ok(())
                 }
                 _ => Err(self.error(format!("delimiter (FFFE,{:04X}) where it cannot be", tag.1))),
             };
         }
-        if top == Some(Kind::Sequence) || top == Some(Kind::Fragments) {
+        if top_kind == Some(Kind::Sequence) || top_kind == Some(Kind::Fragments) {
             return Err(self.error(format!(
                 "element ({:04X},{:04X}) directly inside a sequence (items expected)",
                 tag.0, tag.1
             )));
+        }
+        if self.stop_before_pixel_data && self.stack.is_empty() && tag >= (0x7FE0, 0x0010) {
+            self.stopped_at = Some(start);
+            return Ok(());
         }
         let (vr, len) = if header_size == 12 {
             (Some([self.header[4], self.header[5]]), self.u32_at(8))
@@ -302,13 +385,19 @@ impl Walker {
             )
         };
         if len != UNDEFINED {
-            self.skip = u64::from(len);
-            return Ok(());
+            let sequence = match vr {
+                Some(v) => &v == b"SQ",
+                None => implicit_vr_is_sequence(tag),
+            };
+            if sequence {
+                return self.push_defined(Kind::Sequence, len);
+            }
+            return self.value(start, len);
         }
         match vr.as_ref().map(|v| &v[..]) {
-            None | Some(b"SQ") => self.push(Kind::Sequence, false),
-            Some(b"UN") => self.push(Kind::Sequence, true),
-            Some(b"OB" | b"OW") => self.push(Kind::Fragments, false),
+            None | Some(b"SQ") => self.push(Kind::Sequence, false, None),
+            Some(b"UN") => self.push(Kind::Sequence, true, None),
+            Some(b"OB" | b"OW") => self.push(Kind::Fragments, false, None),
             Some(v) => Err(self.error(format!(
                 "undefined length on VR {} of ({:04X},{:04X})",
                 String::from_utf8_lossy(v),
@@ -318,17 +407,79 @@ impl Walker {
         }
     }
 
-    fn push(&mut self, kind: Kind, implicit: bool) -> Result<(), StructureError> {
+    /// The end of the innermost defined-length sequence or item, if any:
+    /// nothing inside it may go past it.
+    fn limit(&self) -> Option<u64> {
+        self.stack.iter().rev().find_map(|f| f.end)
+    }
+
+    /// A value of `len` bytes follows the header that started at `start`:
+    /// skip it (it must fit in what holds it).
+    fn value(&mut self, start: u64, len: u32) -> Result<(), StructureError> {
+        let end = self.offset + u64::from(len);
+        if self.limit().is_some_and(|limit| end > limit) {
+            return Err(self.error(format!(
+                "a value of {len} bytes runs past the end of the sequence or item holding it"
+            )));
+        }
+        self.skip = u64::from(len);
+        self.pending_start = start;
+        if len == 0 {
+            self.close_finished();
+        }
+        Ok(())
+    }
+
+    /// A defined-length sequence or item of `len` bytes starts here.
+    fn push_defined(&mut self, kind: Kind, len: u32) -> Result<(), StructureError> {
+        let end = self.offset + u64::from(len);
+        if self.limit().is_some_and(|limit| end > limit) {
+            return Err(self.error(format!(
+                "a sequence or item of {len} bytes runs past the end of the one holding it"
+            )));
+        }
+        self.push(kind, false, Some(end))?;
+        if len == 0 {
+            self.close_finished();
+        }
+        Ok(())
+    }
+
+    /// Close the defined-length sequences and items that end here.
+    fn close_finished(&mut self) {
+        while self
+            .stack
+            .last()
+            .is_some_and(|f| f.end == Some(self.offset))
+        {
+            self.stack.pop();
+        }
+    }
+
+    fn push(&mut self, kind: Kind, implicit: bool, end: Option<u64>) -> Result<(), StructureError> {
         if self.stack.len() >= MAX_DEPTH {
             return Err(self.error(format!("sequences nested deeper than {MAX_DEPTH}")));
         }
-        self.stack.push(Frame { kind, implicit });
+        self.stack.push(Frame {
+            kind,
+            implicit,
+            end,
+        });
         Ok(())
     }
 }
 
+/// In Implicit VR, whether the data dictionary makes `tag` a sequence (the
+/// rule dicom-parser applies when it reads the header).
+fn implicit_vr_is_sequence(tag: (u16, u16)) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(tag.0, tag.1))
+        .is_some_and(|e| e.vr().relaxed() == dicom_core::VR::SQ)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
@@ -484,6 +635,122 @@ mod tests {
         }
         let e = check(EXPLICIT, &d, 64).unwrap_err();
         assert!(e.what.contains("nested"), "{e}");
+    }
+
+    /// `depth` levels of defined-length sequence + item around one element
+    /// (Content Sequence, which the dictionary knows as SQ). Explicit VR LE,
+    /// or Implicit VR LE when `implicit`.
+    pub(crate) fn nested_defined(depth: usize, implicit: bool) -> Vec<u8> {
+        let mut inner = if implicit {
+            let mut v = tag_len(0x0008, 0x0100, 2);
+            v.extend(b"AB");
+            v
+        } else {
+            short(0x0008, 0x0100, b"SH", b"AB")
+        };
+        for _ in 0..depth {
+            let mut item = tag_len(0xFFFE, 0xE000, inner.len() as u32);
+            item.extend(&inner);
+            inner = if implicit {
+                let mut v = tag_len(0x0040, 0xA730, item.len() as u32);
+                v.extend(item);
+                v
+            } else {
+                long(0x0040, 0xA730, b"SQ", item.len() as u32, &item)
+            };
+        }
+        inner
+    }
+
+    #[test]
+    fn defined_length_nesting_is_walked_and_limited() {
+        // 32 levels = 64 frames (sequence + item each): the limit, accepted.
+        for implicit in [false, true] {
+            let ts = if implicit { IMPLICIT } else { EXPLICIT };
+            let ok = nested_defined(MAX_DEPTH / 2, implicit);
+            check(ts, &ok, 7).unwrap_or_else(|e| panic!("implicit {implicit}: {e}"));
+            // One level more, and 5000 more: refused, without recursion.
+            for depth in [MAX_DEPTH / 2 + 1, 5000] {
+                let e = check(ts, &nested_defined(depth, implicit), 4096).unwrap_err();
+                assert!(
+                    e.what.contains("nested"),
+                    "implicit {implicit}, {depth}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lengths_inside_defined_length_sequences_must_fit() {
+        // A value longer than the item holding it (it would end inside the
+        // next element): refused, though the data set's total length adds up.
+        let inner = short(0x0008, 0x0100, b"SH", b"AB");
+        let mut item = tag_len(0xFFFE, 0xE000, inner.len() as u32);
+        item.extend(&inner);
+        let mut d = long(0x0040, 0xA730, b"SQ", item.len() as u32, &item);
+        check(EXPLICIT, &d, 5).unwrap();
+        let lying = d.len() - 2 - 2; // the SH value length
+        d[lying] = 40;
+        d.extend([b'x'; 38]);
+        let e = check(EXPLICIT, &d, 5).unwrap_err();
+        assert!(e.what.contains("runs past"), "{e}");
+        // An item longer than its sequence.
+        let mut d = long(0x0040, 0xA730, b"SQ", item.len() as u32, &item);
+        let item_len_at = 12 + 4;
+        d[item_len_at] += 2;
+        d.extend([0, 0]);
+        let e = check(EXPLICIT, &d, 5).unwrap_err();
+        assert!(e.what.contains("runs past"), "{e}");
+        // A sequence delimiter in a defined-length sequence.
+        let mut d = long(0x0040, 0xA730, b"SQ", 8, &[]);
+        d.extend(tag_len(0xFFFE, 0xE0DD, 0));
+        assert!(check(EXPLICIT, &d, 8).is_err());
+    }
+
+    #[test]
+    fn complete_len_stops_before_the_first_incomplete_element() {
+        // A 1 KiB data set whose UT declares 0xFFFFFFF0 bytes.
+        let mut d = short(0x0008, 0x0018, b"UI", b"1.2.3.4\0");
+        let ut_at = d.len() as u64;
+        d.extend(long(0x0040, 0xA160, b"UT", 0xFFFF_FFF0, &[b'x'; 1024]));
+        let mut w = Walker::new(EXPLICIT);
+        w.feed(&d).unwrap();
+        assert_eq!(w.complete_len(), Some(ut_at));
+        assert!(w.finish().unwrap_err().what.contains("short"));
+        // Inside a header: the element starts where the header does.
+        let mut w = Walker::new(EXPLICIT);
+        w.feed(&d[..ut_at as usize + 5]).unwrap();
+        assert_eq!(w.complete_len(), Some(ut_at));
+        // Inside a defined-length sequence: its elements before the cut are
+        // complete, the one cut is not.
+        let seq = nested_defined(3, false);
+        let mut w = Walker::new(EXPLICIT);
+        w.feed(&seq[..seq.len() - 1]).unwrap();
+        assert_eq!(w.complete_len(), Some((seq.len() - 10) as u64));
+        // Deflated: offsets are not those of the input.
+        let mut w = Walker::new(DEFLATED);
+        w.feed(&[]).unwrap();
+        assert_eq!(w.complete_len(), None);
+    }
+
+    #[test]
+    fn until_pixel_data_stops_there() {
+        let mut d = short(0x0008, 0x0018, b"UI", b"1.2.3.4\0");
+        let pixels_at = d.len() as u64;
+        // Pixel Data declaring more than follows: not looked at.
+        d.extend(long(0x7FE0, 0x0010, b"OW", 0xFFFF_FFF0, &[0; 16]));
+        let mut w = Walker::until_pixel_data(EXPLICIT);
+        w.feed(&d[..d.len() - 3]).unwrap();
+        assert!(w.reached_pixel_data());
+        assert_eq!(w.complete_len(), Some(pixels_at));
+        w.finish().unwrap();
+        // Without Pixel Data the data set must be complete.
+        let mut w = Walker::until_pixel_data(EXPLICIT);
+        w.feed(&d[..pixels_at as usize - 1]).unwrap();
+        assert!(!w.reached_pixel_data());
+        assert!(w.finish().is_err());
+        // The ordinary walker goes on into Pixel Data.
+        assert!(check(EXPLICIT, &d, 64).is_err());
     }
 
     #[test]
