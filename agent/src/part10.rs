@@ -188,19 +188,7 @@ pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
 /// dicom-object from the start.
 pub fn read_header_from(mut reader: impl Read + Seek) -> Result<ObjectHeader, Part10Error> {
     let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
-    let mut head = [0u8; 144];
-    reader.read_exact(&mut head).map_err(io)?;
-    let declared = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
-    if declared > MAX_META_GROUP_BYTES {
-        return Err(Part10Error::Parse(format!(
-            "file meta group length {declared} is implausible (over {MAX_META_GROUP_BYTES} bytes)"
-        )));
-    }
-    let mut meta = head[128..].to_vec();
-    meta.resize(16 + declared as usize, 0);
-    reader.read_exact(&mut meta[16..]).map_err(io)?;
-    let ts = parse_meta(&meta)?.transfer_syntax().to_string();
-    let mut walker = Walker::for_dicom_rs(ts.trim_end_matches('\0'));
+    let mut walker = walker_after_meta(&mut reader)?;
     let mut buf = vec![0u8; 64 * 1024];
     while !walker.reached_pixel_data() {
         let n = match reader.read(&mut buf) {
@@ -216,6 +204,47 @@ pub fn read_header_from(mut reader: impl Read + Seek) -> Result<ObjectHeader, Pa
     }
     reader.seek(SeekFrom::Start(128)).map_err(io)?;
     parse_header(reader)
+}
+
+/// Walk a Part-10 file's whole data set ([`Walker::for_dicom_rs`]): every
+/// declared length must fit and nesting stay within the limit before a
+/// parse that reads the whole object (e.g. `dicom_object::open_file`) may
+/// see it. For copies that come back from a target (drills).
+pub fn check_whole_data_set(path: &Path) -> Result<(), Part10Error> {
+    let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
+    let mut reader =
+        std::io::BufReader::with_capacity(64 * 1024, std::fs::File::open(path).map_err(io)?);
+    let mut walker = walker_after_meta(&mut reader)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        walker.feed(&buf[..n]).map_err(unparseable)?;
+    }
+    walker.finish().map_err(unparseable)
+}
+
+/// Read a Part-10 stream's preamble and file meta group ([`parse_meta`]);
+/// a [`Walker::for_dicom_rs`] for the data set that follows.
+fn walker_after_meta(reader: &mut impl Read) -> Result<Walker, Part10Error> {
+    let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
+    let mut head = [0u8; 144];
+    reader.read_exact(&mut head).map_err(io)?;
+    let declared = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
+    if declared > MAX_META_GROUP_BYTES {
+        return Err(Part10Error::Parse(format!(
+            "file meta group length {declared} is implausible (over {MAX_META_GROUP_BYTES} bytes)"
+        )));
+    }
+    let mut meta = head[128..].to_vec();
+    meta.resize(16 + declared as usize, 0);
+    reader.read_exact(&mut meta[16..]).map_err(io)?;
+    let ts = parse_meta(&meta)?.transfer_syntax().to_string();
+    Ok(Walker::for_dicom_rs(ts.trim_end_matches('\0')))
 }
 
 fn unparseable(e: crate::structure::StructureError) -> Part10Error {
@@ -557,6 +586,62 @@ mod tests {
                 "{ts}"
             );
         }
+    }
+
+    /// Explicit VR LE element.
+    fn el(tag: (u16, u16), vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
+        let mut v = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
+        v.extend_from_slice(vr);
+        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(&len.to_le_bytes());
+        } else {
+            v.extend_from_slice(&(len as u16).to_le_bytes());
+        }
+        v.extend_from_slice(value);
+        v
+    }
+
+    /// Our file meta header and a data set with the four UIDs.
+    fn uids() -> (Vec<u8>, Vec<u8>) {
+        let receipt = Receipt {
+            source_ip: "::1".into(),
+            received_at_ms: 1,
+        };
+        let sc = "1.2.840.10008.5.1.4.1.1.7";
+        let header = file_header(sc, "1.2.3.4", "1.2.840.10008.1.2.1", "A", &receipt).unwrap();
+        let mut d = el((0x0008, 0x0016), b"UI", 26, b"1.2.840.10008.5.1.4.1.1.7\0");
+        d.extend(el((0x0008, 0x0018), b"UI", 8, b"1.2.3.4\0"));
+        d.extend(el((0x0020, 0x000D), b"UI", 6, b"1.2.3\0"));
+        d.extend(el((0x0020, 0x000E), b"UI", 8, b"1.2.3.1\0"));
+        (header, d)
+    }
+
+    /// Sequences nested 5000 deep with defined lengths (100 KB): refused by
+    /// the walk; dicom-object recursing into them overflows the stack and
+    /// aborts the whole process (this test binary, or the agent).
+    #[test]
+    fn deep_nesting_is_refused_before_the_parser_recurses() {
+        let (header, mut d) = uids();
+        d.extend(crate::structure::tests::nested_defined(5000, false));
+        assert!(read_header_prefix(&header, &d).is_err());
+        let file = [header.as_slice(), &d].concat();
+        let e = read_header_from(std::io::Cursor::new(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nested deeper"), "{e}");
+        // Nested within the limit, the header is read, early (Pixel Data
+        // follows) and from the whole file.
+        let (header, mut d) = uids();
+        d.extend(crate::structure::tests::nested_defined(20, false));
+        d.extend(el((0x7FE0, 0x0010), b"OW", 2, &[0, 0]));
+        let early = read_header_prefix(&header, &d).unwrap();
+        assert_eq!(early.sop_instance_uid, "1.2.3.4");
+        let file = [header.as_slice(), &d].concat();
+        assert_eq!(
+            read_header_from(std::io::Cursor::new(&file)).unwrap(),
+            early
+        );
     }
 
     #[test]

@@ -481,7 +481,7 @@ fn value_size(vr: VR) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
@@ -792,6 +792,48 @@ mod tests {
                         chunk in 1usize..64,
                         ts in proptest::sample::select(vec![EXPLICIT, IMPLICIT, BIG, DEFLATED])) {
             let _ = check(ts, &bytes, chunk);
+        }
+    }
+
+    /// Sequences with defined lengths nested `depth` deep (explicit or
+    /// implicit VR), around one short element.
+    pub(crate) fn nested_defined(depth: usize, implicit: bool) -> Vec<u8> {
+        let mut inner = if implicit {
+            let mut v = tag_len(0x0008, 0x0100, 2);
+            v.extend(b"AB");
+            v
+        } else {
+            short(0x0008, 0x0100, b"SH", b"AB")
+        };
+        for _ in 0..depth {
+            let mut item = tag_len(0xFFFE, 0xE000, inner.len() as u32);
+            item.extend(&inner);
+            inner = if implicit {
+                let mut v = tag_len(0x0040, 0xA730, item.len() as u32);
+                v.extend(item);
+                v
+            } else {
+                long(0x0040, 0xA730, b"SQ", item.len() as u32, &item)
+            };
+        }
+        inner
+    }
+
+    #[test]
+    fn defined_length_nesting_is_walked_and_limited() {
+        // 32 levels = 64 frames (sequence + item each): the limit, accepted.
+        for implicit in [false, true] {
+            let ts = if implicit { IMPLICIT } else { EXPLICIT };
+            let ok = nested_defined(MAX_DEPTH / 2, implicit);
+            check(ts, &ok, 7).unwrap_or_else(|e| panic!("implicit {implicit}: {e}"));
+            // One level more, and 5000 more: refused, without recursion.
+            for depth in [MAX_DEPTH / 2 + 1, 5000] {
+                let e = check(ts, &nested_defined(depth, implicit), 4096).unwrap_err();
+                assert!(
+                    e.what.contains("nested"),
+                    "implicit {implicit}, {depth}: {e}"
+                );
+            }
         }
     }
 }

@@ -240,3 +240,61 @@ fn echo_succeeds_and_diagnoses_a_closed_port() {
         o.all()
     );
 }
+
+/// T20: a listener on every interface (0.0.0.0) with no allow-list and
+/// without `accept_any_calling_ae`: `config check` fails and `pacs-mirror
+/// run` refuses to start, both saying why, and nothing listens on the port.
+/// With the explicit override (`accept_any_calling_ae = true`) the agent
+/// starts, and says at start that anyone who can reach the port may store.
+#[test]
+fn an_exposed_listener_without_an_allow_list_does_not_start() {
+    let dir = tempdir();
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.hostname = "0.0.0.0".into();
+    let exposed = cfg.to_toml().replace("accept_any_calling_ae = true\n", "");
+    assert_ne!(exposed, cfg.to_toml());
+    let path = dir.path().join("exposed.toml");
+    std::fs::write(&path, exposed).expect("writing the config");
+    let why = "listener on 0.0.0.0:";
+    let check = run(
+        Command::new(bin()).args(["config", "check"]).arg(&path),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "config check: {}",
+        check.all()
+    );
+    assert!(
+        check.all().contains(why) && check.all().contains("has no allow-list"),
+        "config check: {}",
+        check.all()
+    );
+    let out = run(
+        Command::new(bin()).args(["run", "--config"]).arg(&path),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success(), "the agent started: {}", out.all());
+    assert!(
+        out.stderr.contains("has no allow-list"),
+        "run does not say why: {}",
+        out.stderr
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", cfg.port)).is_err(),
+        "something listens on port {}",
+        cfg.port
+    );
+
+    // The explicit override: it starts, and warns.
+    let agent = Agent::start(&cfg);
+    assert!(
+        agent
+            .log()
+            .contains("accept_any_calling_ae = true on a listener reachable from the network"),
+        "no warning at start{}",
+        agent.log_tail()
+    );
+    agent.stop();
+}

@@ -71,16 +71,9 @@ fn read_pdu(s: &mut TcpStream) -> io::Result<Option<(u8, Vec<u8>)>> {
     Ok(Some((h[0], body)))
 }
 
-/// Open an association: contexts are (id, abstract syntax, transfer syntaxes).
-pub fn associate(
-    port: u16,
-    calling: &str,
-    called: &str,
-    contexts: &[(u8, &str, &[&str])],
-) -> io::Result<Outcome> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+/// The bytes of an A-ASSOCIATE-RQ PDU: contexts are (id, abstract syntax,
+/// transfer syntaxes).
+pub fn associate_rq(calling: &str, called: &str, contexts: &[(u8, &str, &[&str])]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&1u16.to_be_bytes());
     body.extend_from_slice(&[0, 0]);
@@ -103,7 +96,20 @@ pub fn associate(
     let mut pdu = vec![0x01, 0];
     pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
     pdu.extend(body);
-    stream.write_all(&pdu)?;
+    pdu
+}
+
+/// Open an association: contexts are (id, abstract syntax, transfer syntaxes).
+pub fn associate(
+    port: u16,
+    calling: &str,
+    called: &str,
+    contexts: &[(u8, &str, &[&str])],
+) -> io::Result<Outcome> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(&associate_rq(calling, called, contexts))?;
     let Some((t, b)) = read_pdu(&mut stream)? else {
         return Ok(Outcome::Closed);
     };
@@ -181,7 +187,7 @@ fn uid_value(s: &str) -> Vec<u8> {
 }
 
 /// A C-STORE-RQ command set (Implicit VR Little Endian).
-fn store_command(msg_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u8> {
+pub fn store_command(msg_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u8> {
     let mut body = Vec::new();
     elem(&mut body, 0x0000, 0x0002, &uid_value(sop_class));
     elem(&mut body, 0x0000, 0x0100, &0x0001u16.to_le_bytes());
@@ -211,7 +217,87 @@ fn command_us(cmd: &[u8], group: u16, element: u16) -> Option<u16> {
     None
 }
 
+/// A request command set (Implicit VR Little Endian) with this command
+/// field, Message ID, Affected SOP Class UID and Command Data Set Type
+/// (0x0101: none follows): a C-FIND-RQ, an N-ACTION-RQ…
+pub fn request_command(field: u16, msg_id: u16, sop_class: &str, data_set_type: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    elem(&mut body, 0x0000, 0x0002, &uid_value(sop_class));
+    elem(&mut body, 0x0000, 0x0100, &field.to_le_bytes());
+    elem(&mut body, 0x0000, 0x0110, &msg_id.to_le_bytes());
+    elem(&mut body, 0x0000, 0x0700, &0u16.to_le_bytes());
+    elem(&mut body, 0x0000, 0x0800, &data_set_type.to_le_bytes());
+    let mut cmd = Vec::new();
+    elem(&mut cmd, 0x0000, 0x0000, &(body.len() as u32).to_le_bytes());
+    cmd.extend(body);
+    cmd
+}
+
+/// One P-DATA-TF PDU holding one PDV.
+pub fn p_data(pc: u8, is_command: bool, last: bool, data: &[u8]) -> Vec<u8> {
+    let pdv_len = (data.len() + 2) as u32;
+    let mut pdu = vec![0x04, 0];
+    pdu.extend_from_slice(&(pdv_len + 4).to_be_bytes());
+    pdu.extend_from_slice(&pdv_len.to_be_bytes());
+    pdu.push(pc);
+    pdu.push(u8::from(is_command) | if last { 2 } else { 0 });
+    pdu.extend_from_slice(data);
+    pdu
+}
+
 impl Association {
+    /// The peer's Maximum Length (from its A-ASSOCIATE-AC).
+    pub fn peer_max_pdu(&self) -> usize {
+        self.peer_max_pdu
+    }
+
+    /// Write bytes as they are (hand-made PDUs).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Wait (up to `limit`) for the next PDU: (type, body), or None when the
+    /// peer closed.
+    pub fn next_pdu(&mut self, limit: Duration) -> io::Result<Option<(u8, Vec<u8>)>> {
+        self.stream.set_read_timeout(Some(limit))?;
+        read_pdu(&mut self.stream)
+    }
+
+    /// Send a command (and a data set, if any) on `pc` and read the
+    /// response: (command field, status).
+    pub fn request(
+        &mut self,
+        pc: u8,
+        command: &[u8],
+        data: Option<&[u8]>,
+    ) -> io::Result<(u16, u16)> {
+        self.send_pdvs(pc, true, command)?;
+        if let Some(d) = data {
+            self.send_pdvs(pc, false, d)?;
+        }
+        let response = self.read_response()?;
+        let field = command_us(&response, 0x0000, 0x0100)
+            .ok_or_else(|| io::Error::other("response without a command field"))?;
+        let status = command_us(&response, 0x0000, 0x0900)
+            .ok_or_else(|| io::Error::other("response without a status"))?;
+        Ok((field, status))
+    }
+
+    /// Send a C-STORE-RQ command and the first `first` bytes of its data set
+    /// (not the last fragment): the store is left in the middle.
+    pub fn begin_store(
+        &mut self,
+        pc: u8,
+        msg_id: u16,
+        sop_class: &str,
+        sop_instance: &str,
+        first: &[u8],
+    ) -> io::Result<()> {
+        let cmd = store_command(msg_id, sop_class, sop_instance);
+        self.send_pdvs(pc, true, &cmd)?;
+        self.send_pdvs_ending(pc, false, first, false)
+    }
+
     pub fn accepted_ts(&self, pc: u8) -> Option<&str> {
         self.contexts
             .iter()
@@ -302,6 +388,19 @@ impl Association {
         } else {
             self.send_pdvs(pc, false, first)?;
         }
+        let response = self.read_response()?;
+        let command_field = command_us(&response, 0x0000, 0x0100);
+        if command_field != Some(0x8001) {
+            return Err(io::Error::other(format!(
+                "expected a C-STORE-RSP (8001H), got command field {command_field:?}"
+            )));
+        }
+        command_us(&response, 0x0000, 0x0900)
+            .ok_or_else(|| io::Error::other("C-STORE-RSP without a status"))
+    }
+
+    /// Read PDUs until a complete command set arrives; its bytes.
+    fn read_response(&mut self) -> io::Result<Vec<u8>> {
         let mut response = Vec::new();
         loop {
             let Some((t, b)) = read_pdu(&mut self.stream)? else {
@@ -333,24 +432,17 @@ impl Association {
                 0x07 => {
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
-                        "A-ABORT instead of a C-STORE-RSP",
+                        "A-ABORT instead of a response",
                     ));
                 }
                 other => {
                     return Err(io::Error::other(format!(
-                        "unexpected PDU type {other:#04x} waiting for a C-STORE-RSP"
+                        "unexpected PDU type {other:#04x} waiting for a response"
                     )));
                 }
             }
         }
-        let command_field = command_us(&response, 0x0000, 0x0100);
-        if command_field != Some(0x8001) {
-            return Err(io::Error::other(format!(
-                "expected a C-STORE-RSP (8001H), got command field {command_field:?}"
-            )));
-        }
-        command_us(&response, 0x0000, 0x0900)
-            .ok_or_else(|| io::Error::other("C-STORE-RSP without a status"))
+        Ok(response)
     }
 
     /// Wait (up to the socket's read timeout) for the next PDU without

@@ -27,6 +27,7 @@ pub fn tool(name: &str) -> PathBuf {
     let package = match name {
         "opj_compress" => "libopenjp2-tools",
         "python3" => "python3",
+        "strace" => "strace",
         _ => "dcmtk",
     };
     let path = std::env::var_os("PATH").unwrap_or_default();

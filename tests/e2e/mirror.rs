@@ -369,3 +369,203 @@ fn retention_removes_only_what_the_mirror_holds() {
         out.all()
     );
 }
+
+/// DCMTK storescp as `ae` on `port`, writing into `out`, with `extra`
+/// options (+B: bit-preserving; its fault switches).
+fn storescp(port: u16, ae: &str, out: &std::path::Path, extra: &[&str]) -> StoreScp {
+    std::fs::create_dir_all(out).expect("mkdir");
+    StoreScp(
+        std::process::Command::new(tool("storescp"))
+            .args(["-aet", ae, "-od"])
+            .arg(out)
+            .args(extra)
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting storescp"),
+    )
+}
+
+/// T32: a mirror that receives the whole object and then aborts instead of
+/// answering (storescp --abort-after), that aborts in the middle of
+/// receiving it (--abort-during), or that stalls in the middle of it
+/// for longer than the target's timeout (storescp --sleep-during 12, timeout
+/// 3 s), never gets an object recorded as delivered: everything stays
+/// pending and is retried, the reason is shown, and once a sound storescp
+/// listens on the same port every object arrives, byte-exact.
+#[test]
+fn a_mirror_that_aborts_or_stalls_mid_store_gets_nothing_marked_delivered() {
+    let dir = tempdir();
+    let port = free_port();
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.ae_extra = "association_initiator = true\n".into();
+    cfg.extra_toml = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        mirror_target_toml(port, "").replace("timeout_secs = 5", "timeout_secs = 3"),
+        free_port()
+    );
+    let files = synth_small(&dir.path().join("src"), 1, 3, 64);
+
+    let mut faulty = storescp(
+        port,
+        "MIRROR",
+        &dir.path().join("got-abort"),
+        &["+B", "--abort-after"],
+    );
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let t = wait_status(&agent.config_path, "aborted stores reported", |t| {
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ended the association"))
+    });
+    // A few more rounds of retries.
+    std::thread::sleep(Duration::from_secs(5));
+    let t2 = mirror_status(&agent.config_path);
+    assert_eq!(
+        t2["delivered"], 0,
+        "an aborted store counted as delivered: {t2}"
+    );
+    assert_eq!(t2["pending"], 3, "{t2}");
+    eprintln!("abort-after: {t}");
+    faulty.stop();
+
+    // Aborted in the middle of receiving the data set: a half-sent object.
+    let mut faulty = storescp(
+        port,
+        "MIRROR",
+        &dir.path().join("got-abort-during"),
+        &["+B", "--abort-during"],
+    );
+    let since = unix_ms();
+    wait_status(&agent.config_path, "a store aborted mid-transfer", |t| {
+        t["last_error_at_ms"].as_u64().is_some_and(|at| at > since)
+            && t["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("ended the association"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let t2 = mirror_status(&agent.config_path);
+    assert_eq!(
+        t2["delivered"], 0,
+        "a half-sent store counted as delivered: {t2}"
+    );
+    assert_eq!(t2["pending"], 3, "{t2}");
+    eprintln!("abort-during: {t2}");
+    faulty.stop();
+
+    let mut faulty = storescp(
+        port,
+        "MIRROR",
+        &dir.path().join("got-sleep"),
+        &["+B", "--sleep-during", "12"],
+    );
+    let t = wait_status(&agent.config_path, "stalled stores reported", |t| {
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("within 3 s"))
+    });
+    let t2 = mirror_status(&agent.config_path);
+    assert_eq!(
+        t2["delivered"], 0,
+        "a stalled store counted as delivered: {t2}"
+    );
+    assert_eq!(t2["pending"], 3, "{t2}");
+    eprintln!("sleep-during: {t}");
+    faulty.stop();
+
+    let got = dir.path().join("got");
+    let mut sound = storescp(port, "MIRROR", &got, &["+B"]);
+    let t = wait_status(&agent.config_path, "delivered to a sound mirror", |t| {
+        t["pending"] == 0 && t["delivered"] == 3
+    });
+    eprintln!("sound: {t}");
+    agent.stop();
+    sound.stop();
+    let mut received = std::collections::HashMap::new();
+    for f in files_under(&got) {
+        let (m, ds) = raw_info(&f);
+        received.insert(m.sop_instance_uid, ds);
+    }
+    for f in &files {
+        let (m, ds) = raw_info(f);
+        let held = received
+            .get(&m.sop_instance_uid)
+            .unwrap_or_else(|| panic!("{} never reached the sound mirror", m.sop_instance_uid));
+        assert!(
+            held == &ds,
+            "{}: the mirror's copy differs",
+            m.sop_instance_uid
+        );
+    }
+}
+
+/// T33 (A7xx): a mirror out of disk space — DCMTK storescp writing into a
+/// full tmpfs answers 0xA700 (Refused: Out of Resources) — gets its objects
+/// again and again, never dead-lettered (`refused_attempts = 2`): they stay
+/// pending with the status as the reason, and once space is freed every one
+/// arrives byte-exact. (Permanent refusals go to the dead-letter list:
+/// `an_object_the_mirror_refuses_goes_to_the_dead_letter_list`.)
+#[test]
+fn a_mirror_out_of_resources_is_retried_never_dead_lettered() {
+    let dir = tempdir();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    let _tmpfs = crate::resources::Tmpfs::mount(&mnt, "256k");
+    let got = mnt.join("got");
+    let port = free_port();
+    // Not bit-preserving: with +B, storescp hangs instead of answering when
+    // it cannot write.
+    let mut scp = storescp(port, "MIRROR", &got, &[]);
+    // Fill the filesystem: the write stops at ENOSPC, keeping what fit.
+    let filler = mnt.join("filler");
+    let _ = std::fs::write(&filler, vec![0x5Au8; 512 << 10]);
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.ae_extra = "association_initiator = true\n".into();
+    cfg.extra_toml = format!(
+        "{}refused_attempts = 2\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        mirror_target_toml(port, ""),
+        free_port()
+    );
+    let files = synth_small(&dir.path().join("src"), 1, 3, 64);
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let t = wait_status(&agent.config_path, "A700 reported", |t| {
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("0xA700"))
+    });
+    eprintln!("{t}");
+    // More rounds than refused_attempts: still pending, no dead letter.
+    std::thread::sleep(Duration::from_secs(6));
+    let t = mirror_status(&agent.config_path);
+    assert_eq!(t["dead_letters"], 0, "an A700 was dead-lettered: {t}");
+    assert_eq!(t["delivered"], 0, "{t}");
+    assert_eq!(t["pending"], 3, "{t}");
+
+    std::fs::remove_file(&filler).expect("freeing space");
+    let t = wait_status(&agent.config_path, "delivered once space is free", |t| {
+        t["pending"] == 0 && t["delivered"] == 3
+    });
+    assert_eq!(t["dead_letters"], 0, "{t}");
+    agent.stop();
+    scp.stop();
+    let mut received = std::collections::HashMap::new();
+    for f in files_under(&got) {
+        let (m, ds) = raw_info(&f);
+        received.insert(m.sop_instance_uid, ds);
+    }
+    for f in &files {
+        let (m, ds) = raw_info(f);
+        let held = received
+            .get(&m.sop_instance_uid)
+            .unwrap_or_else(|| panic!("{} never reached the mirror", m.sop_instance_uid));
+        assert!(
+            held == &ds,
+            "{}: the mirror's copy differs",
+            m.sop_instance_uid
+        );
+    }
+}

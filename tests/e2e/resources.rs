@@ -91,10 +91,10 @@ fn quota_exceeded_answers_a700_and_nothing_is_half_written() {
 }
 
 /// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Tmpfs {
         let o = run(
             Command::new("mount")
                 .args([

@@ -552,6 +552,12 @@ fn judge(spool: &Spool, versions: &[InstanceRecord], got: &Retrieved) -> Instanc
 /// identical, else MISMATCH with the reason.
 fn compare_attributes(local: &Path, retrieved: &Path) -> Result<(Verdict, String), String> {
     use dicom_dictionary_std::tags;
+    // The retrieved copy comes from the target: walked before dicom-object
+    // parses it (which allocates declared lengths and recurses into nested
+    // sequences: a hostile or broken copy must not take the agent down).
+    for p in [local, retrieved] {
+        pacs_mirror_agent::part10::check_whole_data_set(p).map_err(|e| e.to_string())?;
+    }
     let a = dicom_object::open_file(local).map_err(|e| e.to_string())?;
     let b = dicom_object::open_file(retrieved).map_err(|e| e.to_string())?;
     let tsa = a
@@ -865,6 +871,110 @@ mod tests {
             rto_secs: None,
             timeout: Duration::from_secs(5),
         }
+    }
+
+    /// A Part-10 file (Explicit VR LE unless `implicit`) of one CT instance,
+    /// with `patient` as Patient's Name and `pixel` as every pixel byte.
+    fn instance(
+        dir: &Path,
+        name: &str,
+        sop: &str,
+        patient: &str,
+        pixel: u8,
+        implicit: bool,
+    ) -> PathBuf {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        let ct = "1.2.840.10008.5.1.4.1.1.2";
+        let mut obj = dicom_object::InMemDicomObject::new_empty();
+        for (tag, vr, v) in [
+            (tags::SOP_CLASS_UID, VR::UI, ct),
+            (tags::SOP_INSTANCE_UID, VR::UI, sop),
+            (tags::PATIENT_NAME, VR::PN, patient),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
+        ] {
+            obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        }
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U8(vec![pixel; 64].into()),
+        ));
+        let ts = if implicit {
+            "1.2.840.10008.1.2"
+        } else {
+            "1.2.840.10008.1.2.1"
+        };
+        let file = obj
+            .with_meta(
+                dicom_object::FileMetaTableBuilder::new()
+                    .transfer_syntax(ts)
+                    .media_storage_sop_class_uid(ct)
+                    .media_storage_sop_instance_uid(sop),
+            )
+            .unwrap();
+        let path = dir.join(name);
+        file.write_to_file(&path).unwrap();
+        path
+    }
+
+    /// T40 (c): a copy whose header attributes differ (Patient's Name, or
+    /// the transfer syntax) but whose SOP UIDs and pixel data are the same
+    /// is COERCED, naming what changed; other pixels or another SOP Instance
+    /// UID are a MISMATCH saying why; a copy that cannot be walked (nested
+    /// 5000 deep: dicom-object would overflow the stack) is an error, not a
+    /// crash.
+    #[test]
+    fn coerced_copies_are_told_from_mismatches() {
+        let d = tempfile::tempdir().unwrap();
+        let local = instance(d.path(), "local.dcm", "1.2.3.1.1", "DOE^JANE", 7, false);
+        let renamed = instance(d.path(), "renamed.dcm", "1.2.3.1.1", "DOE^J", 7, false);
+        let (verdict, detail) = compare_attributes(&local, &renamed).unwrap();
+        assert_eq!(verdict, Verdict::Coerced, "{detail}");
+        assert_eq!(detail, "attributes changed: (0010,0010)");
+
+        let implicit = instance(d.path(), "implicit.dcm", "1.2.3.1.1", "DOE^JANE", 7, true);
+        let (verdict, detail) = compare_attributes(&local, &implicit).unwrap();
+        assert_eq!(verdict, Verdict::Coerced, "{detail}");
+        assert_eq!(
+            detail,
+            "attributes changed: transfer syntax 1.2.840.10008.1.2.1 -> 1.2.840.10008.1.2"
+        );
+
+        let pixels = instance(d.path(), "pixels.dcm", "1.2.3.1.1", "DOE^JANE", 8, false);
+        let (verdict, detail) = compare_attributes(&local, &pixels).unwrap();
+        assert_eq!(verdict, Verdict::Mismatch, "{detail}");
+        assert_eq!(detail, "Pixel Data differs");
+
+        let other = instance(d.path(), "other.dcm", "1.2.3.1.2", "DOE^JANE", 7, false);
+        let (verdict, detail) = compare_attributes(&local, &other).unwrap();
+        assert_eq!(verdict, Verdict::Mismatch, "{detail}");
+        assert!(detail.starts_with("SOP Instance UID differs"), "{detail}");
+
+        // 5000 levels of defined-length sequences after the UIDs.
+        let mut deep = std::fs::read(&local).unwrap();
+        let offset = pacs_mirror_agent::part10::dataset_offset(&local).unwrap() as usize;
+        let mut inner = vec![0x08, 0x00, 0x00, 0x01, b'S', b'H', 2, 0, b'A', b'B'];
+        for _ in 0..5000 {
+            let mut item = vec![0xFE, 0xFF, 0x00, 0xE0];
+            item.extend((inner.len() as u32).to_le_bytes());
+            item.extend(&inner);
+            inner = vec![0x40, 0x00, 0x30, 0xA7, b'S', b'Q', 0, 0];
+            inner.extend((item.len() as u32).to_le_bytes());
+            inner.extend(item);
+        }
+        // Before Pixel Data: (0040,A730) sorts after (0020,000E).
+        let pixel_at = offset
+            + deep[offset..]
+                .windows(4)
+                .position(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+                .unwrap();
+        deep.splice(pixel_at..pixel_at, inner);
+        let deep_path = d.path().join("deep.dcm");
+        std::fs::write(&deep_path, deep).unwrap();
+        let err = compare_attributes(&local, &deep_path).unwrap_err();
+        assert!(err.contains("nested deeper"), "{err}");
     }
 
     /// Over `rotation` consecutive drills every study is drilled.

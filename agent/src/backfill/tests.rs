@@ -81,6 +81,47 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// T15: a Part-10 file whose preamble carries an executable header (a
+/// polyglot: ELF, or PE's "MZ", in the 128 bytes before DICM) is kept as
+/// its data set only: the spool file starts with 128 zero bytes and DICM,
+/// and is never made executable nor writable by others.
+#[test]
+fn a_preamble_is_never_carried_into_the_spool() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let cfg = config(&d.path().join("data"));
+    let mut sent = Vec::new();
+    for (sop, magic) in [
+        ("1.2.3.201", &b"\x7fELF\x02\x01\x01"[..]),
+        ("1.2.3.202", b"MZ\x90\0"),
+    ] {
+        let (mut file, ds) = part10_file(sop, "P");
+        file[..128].fill(0x41);
+        file[..magic.len()].copy_from_slice(magic);
+        write(&src, &format!("{sop}.dcm"), &file);
+        sent.push(ds);
+    }
+    let report = run(&cfg, &options(&src), &Recorder::default()).unwrap();
+    assert_eq!(report.totals.imported, 2, "{report:#?}");
+    let dirs = app::DataDirs::new(&cfg.device.data_dir);
+    let spool = Spool::open(&dirs.spool, app::spool_limits(&cfg)).unwrap();
+    for ds in &sent {
+        let path = spool.object_path(blake3::hash(ds).as_bytes());
+        let stored = std::fs::read(&path).unwrap();
+        assert!(stored[..128].iter().all(|&b| b == 0), "preamble kept");
+        assert_eq!(&stored[128..132], b"DICM");
+        assert!(stored.ends_with(ds));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0, "spool file mode {mode:o} is executable");
+        assert_eq!(
+            mode & 0o002,
+            0,
+            "spool file mode {mode:o} is world-writable"
+        );
+    }
+}
+
 #[test]
 fn imports_checks_and_reports() {
     let d = tempfile::tempdir().unwrap();

@@ -469,7 +469,7 @@ async fn end(
     match result {
         Ok(instance) => {
             tracing::debug!(
-                sop_instance_uid = %instance.sop_instance_uid,
+                sop_instance_uid = %instance.sop_instance_uid.escape_debug(),
                 bytes = instance.dataset_bytes,
                 last_byte_ms = ms(instance.last_byte_after),
                 "C-GET sub-operation stored"
@@ -478,9 +478,9 @@ async fn end(
         }
         Err((status, reason)) => {
             tracing::warn!(
-                sop_instance_uid = %s.rq.sop_instance_uid,
+                sop_instance_uid = %s.rq.sop_instance_uid.escape_debug(),
                 %status,
-                %reason,
+                reason = %reason.escape_debug(),
                 "C-GET sub-operation refused"
             );
             outcome.refused.push(RefusedSubOperation {

@@ -5,7 +5,14 @@
 //! fragments are handed to the [`IncomingStore`] one by one, never collected.
 //! Any protocol violation (data without a command, a context that was not
 //! accepted, a command in the middle of a data set, an undecodable command)
-//! aborts the association; an in-flight store is then discarded.
+//! aborts the association; an in-flight store is then discarded. The
+//! A-ABORT names the service provider with the PS3.8 §9.3.8 reason:
+//! unrecognized PDU (1) for an unknown PDU type, unexpected PDU (2) for one
+//! wrong in this state (a second A-ASSOCIATE-RQ…), invalid PDU parameter
+//! value (6) for a malformed PDU (lengths that do not add up, a PDU larger
+//! than we announced) or a PDV on a context that was not accepted, and
+//! reason not specified (0) otherwise (DIMSE-level violations, idle timeout,
+//! shutdown).
 //!
 //! Every store failure is logged with the fields `calling_ae` and `peer`
 //! (address:port) on the event itself, not only on the enclosing span, so
@@ -18,7 +25,10 @@ use std::time::Duration;
 
 use dicom_ul::Pdu;
 use dicom_ul::association::AsyncServerAssociation;
-use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType,
+    PresentationContextResultReason,
+};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +55,9 @@ pub struct AssociationContext {
 enum End {
     /// The peer released (we answered) or closed.
     Done,
-    /// We abort (protocol violation, timeout, shutdown).
-    Abort(String),
+    /// We abort (protocol violation, timeout, shutdown): the A-ABORT reason
+    /// and, for the log, why.
+    Abort(AbortRQServiceProviderReason, String),
 }
 
 enum Inbound {
@@ -74,7 +85,7 @@ pub async fn serve(
         .trim()
         .to_string();
     let called_ae = assoc.called_ae_title().trim().to_string();
-    tracing::debug!(called_ae = %called_ae, contexts = assoc.presentation_contexts().len(), "association accepted");
+    tracing::debug!(called_ae = %called_ae.escape_debug(), contexts = assoc.presentation_contexts().len(), "association accepted");
     if let Some(ingest) = &ctx.ingest {
         ingest
             .activity
@@ -89,15 +100,18 @@ pub async fn serve(
         let idle = matches!(inbound, Inbound::Idle);
         let pdu = tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if idle => break End::Abort("agent shutting down".into()),
+            _ = shutdown.cancelled(), if idle => break End::Abort(
+                AbortRQServiceProviderReason::ReasonNotSpecified,
+                "agent shutting down".into(),
+            ),
             r = tokio::time::timeout(ctx.idle_timeout, assoc.receive()) => r,
         };
         let pdu = match pdu {
             Err(_) => {
-                break End::Abort(format!(
-                    "no PDU for {} s (idle timeout)",
-                    ctx.idle_timeout.as_secs()
-                ));
+                break End::Abort(
+                    AbortRQServiceProviderReason::ReasonNotSpecified,
+                    format!("no PDU for {} s (idle timeout)", ctx.idle_timeout.as_secs()),
+                );
             }
             Ok(Err(dicom_ul::association::Error::ConnectionClosed { .. })) => {
                 if !matches!(inbound, Inbound::Idle) {
@@ -105,22 +119,30 @@ pub async fn serve(
                 }
                 break End::Done;
             }
-            Ok(Err(e)) => break End::Abort(format!("receive failed: {e}")),
+            Ok(Err(e)) => break End::Abort(receive_failure(&e), format!("receive failed: {e}")),
             Ok(Ok(pdu)) => pdu,
         };
         match pdu {
             Pdu::PData { data } => {
                 let mut violation = None;
                 for pdv in data {
+                    let pc_id = pdv.presentation_context_id;
+                    if !context_accepted(&assoc, pc_id) {
+                        violation = Some((
+                            AbortRQServiceProviderReason::InvalidPduParameter,
+                            format!("PDV on presentation context {pc_id}, which was not accepted"),
+                        ));
+                        break;
+                    }
                     if let Err(v) =
                         on_pdv(&mut assoc, &ctx, &origin, &called_ae, &mut inbound, pdv).await
                     {
-                        violation = Some(v);
+                        violation = Some((AbortRQServiceProviderReason::ReasonNotSpecified, v));
                         break;
                     }
                 }
-                if let Some(v) = violation {
-                    break End::Abort(v);
+                if let Some((reason, v)) = violation {
+                    break End::Abort(reason, v);
                 }
             }
             Pdu::ReleaseRQ => {
@@ -137,25 +159,33 @@ pub async fn serve(
                 break End::Done;
             }
             other => {
-                break End::Abort(format!("unexpected PDU: {}", other.short_description()));
+                let reason = if matches!(other, Pdu::Unknown { .. }) {
+                    AbortRQServiceProviderReason::UnrecognizedPdu
+                } else {
+                    AbortRQServiceProviderReason::UnexpectedPdu
+                };
+                break End::Abort(
+                    reason,
+                    format!("unexpected PDU: {}", other.short_description()),
+                );
             }
         }
     };
     match inbound {
         Inbound::Store(store) => {
             tracing::warn!(
-                calling_ae = %origin.calling_ae,
+                calling_ae = %origin.calling_ae.escape_debug(),
                 peer = %origin.peer,
-                sop_instance_uid = %store.rq.sop_instance_uid,
+                sop_instance_uid = %store.rq.sop_instance_uid.escape_debug(),
                 "association ended during a C-STORE; the partial object is discarded (never acknowledged)"
             );
             store.abandon();
         }
         Inbound::DrillStore(store) => {
             tracing::warn!(
-                calling_ae = %origin.calling_ae,
+                calling_ae = %origin.calling_ae.escape_debug(),
                 peer = %origin.peer,
-                sop_instance_uid = %store.rq.sop_instance_uid,
+                sop_instance_uid = %store.rq.sop_instance_uid.escape_debug(),
                 "association ended during a drill C-STORE; the partial object is discarded"
             );
             store.abandon();
@@ -164,11 +194,37 @@ pub async fn serve(
     }
     match end {
         End::Done => tracing::debug!("association ended"),
-        End::Abort(reason) => {
-            tracing::warn!(%reason, "aborting association");
-            let _ = assoc.abort().await;
+        End::Abort(reason, why) => {
+            tracing::warn!(reason = %why.escape_debug(), "aborting association");
+            // dicom-ul's own abort() always says "reason not specified".
+            let abort = Pdu::AbortRQ {
+                source: AbortRQSource::ServiceProvider(reason),
+            };
+            let _ = assoc.send(&abort).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(assoc.inner_stream()).await;
         }
     }
+}
+
+/// The A-ABORT reason for a PDU that could not be received: invalid PDU
+/// parameter value for a malformed one, not specified for an I/O failure.
+fn receive_failure(e: &dicom_ul::association::Error) -> AbortRQServiceProviderReason {
+    match e {
+        dicom_ul::association::Error::ReceivePdu { source, .. }
+            if !matches!(source, dicom_ul::pdu::ReadError::ReadPdu { .. }) =>
+        {
+            AbortRQServiceProviderReason::InvalidPduParameter
+        }
+        _ => AbortRQServiceProviderReason::ReasonNotSpecified,
+    }
+}
+
+/// Whether presentation context `pc_id` was accepted.
+fn context_accepted(assoc: &AsyncServerAssociation<TcpStream>, pc_id: u8) -> bool {
+    assoc
+        .presentation_contexts()
+        .iter()
+        .any(|pc| pc.id == pc_id && pc.reason == PresentationContextResultReason::Acceptance)
 }
 
 /// Handle one PDV. `Err` is a protocol violation (abort).
@@ -400,13 +456,13 @@ async fn respond_store(
         Ok(outcome) => {
             match outcome {
                 CommitOutcome::New => {
-                    tracing::debug!(sop_instance_uid = %rq.sop_instance_uid, "stored")
+                    tracing::debug!(sop_instance_uid = %rq.sop_instance_uid.escape_debug(), "stored")
                 }
                 CommitOutcome::Duplicate => {
-                    tracing::info!(sop_instance_uid = %rq.sop_instance_uid, "identical re-send: already stored")
+                    tracing::info!(sop_instance_uid = %rq.sop_instance_uid.escape_debug(), "identical re-send: already stored")
                 }
                 CommitOutcome::Conflict { other_versions } => tracing::warn!(
-                    sop_instance_uid = %rq.sop_instance_uid,
+                    sop_instance_uid = %rq.sop_instance_uid.escape_debug(),
                     versions = other_versions.len() + 1,
                     "SOP instance received again with different contents: both versions kept"
                 ),
@@ -415,11 +471,11 @@ async fn respond_store(
         }
         Err(f) => {
             tracing::warn!(
-                calling_ae = %origin.calling_ae,
+                calling_ae = %origin.calling_ae.escape_debug(),
                 peer = %origin.peer,
-                sop_instance_uid = %rq.sop_instance_uid,
+                sop_instance_uid = %rq.sop_instance_uid.escape_debug(),
                 status = %f.status,
-                reason = %f.comment,
+                reason = %f.comment.escape_debug(),
                 "C-STORE refused"
             );
             dimse::c_store_rsp(rq, f.status, Some(&f.comment))
@@ -438,17 +494,17 @@ async fn respond_drill_store(
 ) -> Result<(), String> {
     let rsp = match &result {
         Ok(()) => {
-            tracing::debug!(sop_instance_uid = %rq.sop_instance_uid, "handed to the restore drill");
+            tracing::debug!(sop_instance_uid = %rq.sop_instance_uid.escape_debug(), "handed to the restore drill");
             dimse::c_store_rsp(rq, Status::Success, None)
         }
         Err(f) => {
             tracing::warn!(
-                calling_ae = %origin.calling_ae,
+                calling_ae = %origin.calling_ae.escape_debug(),
                 peer = %origin.peer,
-                called_ae = %called_ae,
-                sop_instance_uid = %rq.sop_instance_uid,
+                called_ae = %called_ae.escape_debug(),
+                sop_instance_uid = %rq.sop_instance_uid.escape_debug(),
                 status = %f.status,
-                reason = %f.comment,
+                reason = %f.comment.escape_debug(),
                 "C-STORE to the drill receiver refused (nothing kept)"
             );
             dimse::c_store_rsp(rq, f.status, Some(&f.comment))

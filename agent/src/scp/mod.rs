@@ -12,6 +12,11 @@
 //! the fields `calling_ae` and `peer` (address:port): by the access check
 //! ([`access`]), by the busy path, or here when dicom-ul refused by itself
 //! (then `calling_ae` is empty if the check never saw the request).
+//!
+//! Values that come off the wire (AE titles, UIDs, refusal reasons quoting
+//! them) are logged with control characters escaped (`str::escape_debug`):
+//! a peer must not be able to forge a log line of the text format with a
+//! newline in its calling AE title or in a SOP Instance UID.
 
 pub mod access;
 pub mod association;
@@ -260,7 +265,7 @@ async fn admit(
             match seen.get() {
                 // Refused by the access check, which logged it (WARN).
                 Some(s) if s.refusal.is_some() => tracing::debug!(
-                    calling_ae = %s.calling_ae,
+                    calling_ae = %s.calling_ae.escape_debug(),
                     %peer,
                     rj = ?association_rj.source,
                     "A-ASSOCIATE-RJ sent"
@@ -289,7 +294,7 @@ async fn admit(
         }
         Ok(Ok(a)) => a,
     };
-    let span = tracing::info_span!("association", %peer, calling_ae = %dicom_ul::association::Association::peer_ae_title(&established).trim());
+    let span = tracing::info_span!("association", %peer, calling_ae = %dicom_ul::association::Association::peer_ae_title(&established).trim().escape_debug());
     association::serve(established, context, peer, shutdown)
         .instrument(span)
         .await;
@@ -315,8 +320,8 @@ async fn reject_busy(
         return;
     };
     tracing::warn!(
-        calling_ae = %rq.calling_ae_title.trim(),
-        called_ae = %rq.called_ae_title.trim(),
+        calling_ae = %rq.calling_ae_title.trim().escape_debug(),
+        called_ae = %rq.called_ae_title.trim().escape_debug(),
         %peer,
         limit,
         "association refused: too many associations (transient)"

@@ -177,7 +177,7 @@ impl IncomingStore {
                 .map_err(|e| Failure::new(Status::INVALID_UID, format!("{what}: {e}")))?;
             if dimse::uid_has_leading_zero(uid) {
                 tracing::warn!(
-                    calling_ae = %origin.calling_ae,
+                    calling_ae = %origin.calling_ae.escape_debug(),
                     peer = %origin.peer,
                     "{what} {uid} has a component with a leading zero (not conformant to PS3.5 9.1); stored as received"
                 );
@@ -310,7 +310,7 @@ impl IncomingStore {
         let result = self.ingest.committer.commit(pending).await;
         let reserved = std::mem::take(&mut self.reserved);
         tracing::debug!(
-            sop_instance_uid = %self.rq.sop_instance_uid,
+            sop_instance_uid = %self.rq.sop_instance_uid.escape_debug(),
             receive_us = (received_at - self.started).as_micros() as u64,
             commit_us = received_at.elapsed().as_micros() as u64,
             "store timings"
