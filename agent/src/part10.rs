@@ -188,20 +188,8 @@ pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
 /// dicom-object from the start.
 pub fn read_header_from(mut reader: impl Read + Seek) -> Result<ObjectHeader, Part10Error> {
     let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
-    let mut walker = walker_after_meta(&mut reader)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    while !walker.reached_pixel_data() {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
-        };
-        walker.feed(&buf[..n]).map_err(unparseable)?;
-    }
-    if !walker.reached_pixel_data() {
-        walker.finish().map_err(unparseable)?;
-    }
+    let walker = walker_after_meta(&mut reader)?;
+    walk(&mut reader, walker, true)?;
     reader.seek(SeekFrom::Start(128)).map_err(io)?;
     parse_header(reader)
 }
@@ -214,16 +202,32 @@ pub fn check_whole_data_set(path: &Path) -> Result<(), Part10Error> {
     let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
     let mut reader =
         std::io::BufReader::with_capacity(64 * 1024, std::fs::File::open(path).map_err(io)?);
-    let mut walker = walker_after_meta(&mut reader)?;
+    let walker = walker_after_meta(&mut reader)?;
+    walk(&mut reader, walker, false)
+}
+
+/// Feed the rest of `reader` to `walker` and finish it; with
+/// `until_pixel_data`, stop (sound so far) where Pixel Data starts.
+fn walk(
+    reader: &mut impl Read,
+    mut walker: Walker,
+    until_pixel_data: bool,
+) -> Result<(), Part10Error> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        if until_pixel_data && walker.reached_pixel_data() {
+            return Ok(());
+        }
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(Part10Error::Parse(e.to_string())),
         };
         walker.feed(&buf[..n]).map_err(unparseable)?;
+    }
+    if until_pixel_data && walker.reached_pixel_data() {
+        return Ok(());
     }
     walker.finish().map_err(unparseable)
 }
