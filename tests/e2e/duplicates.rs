@@ -83,26 +83,7 @@ fn identical_resend_is_stored_once_and_a_changed_one_is_kept_beside_it() {
     // The index is rebuildable from the spool alone: `reindex` gives back
     // the same rows (both versions, with calling AE, source address and
     // receive time from each file's meta), and `verify spool` passes.
-    let key = |r: &Row| {
-        format!(
-            "{} {} {} {} {} {} {} {} {} {} {} {} {}",
-            r.sop_instance_uid,
-            r.sop_class_uid,
-            r.transfer_syntax_uid,
-            r.blake3,
-            r.dataset_bytes,
-            r.file_bytes,
-            r.patient_id,
-            r.study_instance_uid,
-            r.series_instance_uid,
-            r.calling_ae,
-            r.source_ip,
-            r.received_at_ms,
-            r.path.display()
-        )
-    };
-    let mut before: Vec<String> = rows.iter().map(key).collect();
-    before.sort();
+    let before = row_keys(&rows, true);
     let out = run(
         Command::new(bin())
             .args(["reindex", "--config"])
@@ -110,9 +91,11 @@ fn identical_resend_is_stored_once_and_a_changed_one_is_kept_beside_it() {
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "reindex failed: {}", out.all());
-    let mut after: Vec<String> = index_dump(&config_path).iter().map(key).collect();
-    after.sort();
-    assert_eq!(after, before, "reindex from the spool changed the index");
+    assert_eq!(
+        row_keys(&index_dump(&config_path), true),
+        before,
+        "reindex from the spool changed the index"
+    );
     assert_eq!(stat_u64(&index_stats(&config_path), "conflicts"), 1);
     let verify = || {
         run(

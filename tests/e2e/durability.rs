@@ -209,33 +209,6 @@ fn every_success_follows_file_directory_and_index_syncs() {
     assert_eq!(checked, 20);
 }
 
-/// Index rows without the spool path, sorted (what a rebuild must give back).
-fn rows_key(rows: &[Row]) -> Vec<String> {
-    let mut v: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {} {} {} {} {} {} {} {} {} {} {} {}",
-                r.sop_instance_uid,
-                r.sop_class_uid,
-                r.transfer_syntax_uid,
-                r.blake3,
-                r.dataset_bytes,
-                r.file_bytes,
-                r.patient_id,
-                r.study_instance_uid,
-                r.series_instance_uid,
-                r.calling_ae,
-                r.source_ip,
-                r.received_at_ms,
-                r.path.display()
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 fn index_files(cfg: &AgentConfig) -> Vec<PathBuf> {
     files_under(&cfg.data_dir.join("index"))
 }
@@ -255,7 +228,7 @@ fn a_damaged_index_is_refused_then_rebuilt_from_the_spool() {
     store_all_ok(cfg.port, SENDER_AE, &[], &files[..19]);
     let config_path = agent.config_path.clone();
     agent.stop();
-    let before = rows_key(&index_dump(&config_path));
+    let before = row_keys(&index_dump(&config_path), true);
     assert_eq!(before.len(), 19);
 
     // Snapshots gone: sled replays its log.
@@ -270,7 +243,7 @@ fn a_damaged_index_is_refused_then_rebuilt_from_the_spool() {
         std::fs::remove_file(s).expect("removing a snapshot");
     }
     assert_eq!(
-        rows_key(&index_dump(&config_path)),
+        row_keys(&index_dump(&config_path), true),
         before,
         "after deleting {snaps:?}"
     );
@@ -337,7 +310,7 @@ fn a_damaged_index_is_refused_then_rebuilt_from_the_spool() {
         );
         assert!(out.stderr.contains("old index kept at"), "{}", out.all());
         assert_eq!(
-            rows_key(&index_dump(&config_path)),
+            row_keys(&index_dump(&config_path), true),
             before,
             "the index rebuilt after {damage} differs from the one before"
         );

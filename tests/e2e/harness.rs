@@ -828,6 +828,37 @@ pub struct Row {
     pub path: PathBuf,
 }
 
+/// Every field of each row as one line, sorted: what an index rebuild must
+/// give back (`with_path: false` when the spool it points into is gone).
+pub fn row_keys(rows: &[Row], with_path: bool) -> Vec<String> {
+    let mut v: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let mut k = format!(
+                "{} {} {} {} {} {} {} {} {} {} {} {}",
+                r.sop_instance_uid,
+                r.sop_class_uid,
+                r.transfer_syntax_uid,
+                r.blake3,
+                r.dataset_bytes,
+                r.file_bytes,
+                r.patient_id,
+                r.study_instance_uid,
+                r.series_instance_uid,
+                r.calling_ae,
+                r.source_ip,
+                r.received_at_ms
+            );
+            if with_path {
+                k.push_str(&format!(" {}", r.path.display()));
+            }
+            k
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn field_str(v: &Value, k: &str, line: &str) -> String {
     v.get(k)
         .and_then(Value::as_str)
