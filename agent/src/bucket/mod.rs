@@ -358,10 +358,7 @@ impl Bucket {
     /// Upload the spool file `file` of object `hash`, create-only.
     pub async fn upload(&self, file: &FsPath, hash: &Hash) -> Result<Uploaded, BucketError> {
         let key = Path::from(object_key(hash));
-        let size = tokio::fs::metadata(file).await.map_err(io_err(file))?.len();
-        let created = if size <= SINGLE_PUT_MAX_BYTES {
-            let bytes = tokio::fs::read(file).await.map_err(io_err(file))?;
-            let hashes = hash_whole(&bytes, hash)?;
+        let created = if let Some((bytes, hashes)) = read_small(file, hash).await? {
             match self
                 .store
                 .put_opts(
@@ -698,6 +695,39 @@ impl Bucket {
         }
         Ok(out)
     }
+}
+
+/// Read a spool file of at most [`SINGLE_PUT_MAX_BYTES`] and check that it
+/// hashes to its address, in one hop to a blocking thread (`None`: larger,
+/// to be streamed).
+async fn read_small(
+    file: &FsPath,
+    hash: &Hash,
+) -> Result<Option<(Vec<u8>, StreamHashes)>, BucketError> {
+    let (path, hash) = (file.to_path_buf(), *hash);
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path).map_err(io_err(&path))?;
+        let size = f.metadata().map_err(io_err(&path))?.len();
+        if size > SINGLE_PUT_MAX_BYTES {
+            return Ok(None);
+        }
+        // The file may have grown since: never read more than a single put.
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        (&mut f)
+            .take(SINGLE_PUT_MAX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err(&path))?;
+        if bytes.len() as u64 > SINGLE_PUT_MAX_BYTES {
+            return Ok(None);
+        }
+        let hashes = hash_whole(&bytes, &hash)?;
+        Ok(Some((bytes, hashes)))
+    });
+    read.await.map_err(|e| BucketError::Io {
+        path: file.display().to_string(),
+        source: std::io::Error::other(e),
+    })?
 }
 
 /// Hash a whole file held in memory and check its data set address.

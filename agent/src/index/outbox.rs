@@ -156,6 +156,18 @@ fn parse_outbox_key(prefix_len: usize, k: &[u8]) -> Option<(u64, Hash)> {
 impl Index {
     /// Up to `limit` pending rows of `target` due at `now_ms`, oldest first.
     pub fn due(&self, target: &str, now_ms: u64, limit: usize) -> Result<Vec<Due>, IndexError> {
+        self.due_skipping(target, now_ms, limit, &|_| false)
+    }
+
+    /// [`Index::due`] without the rows whose object `skip` names (objects
+    /// that workers hold already): `limit` counts only the rows returned.
+    pub fn due_skipping(
+        &self,
+        target: &str,
+        now_ms: u64,
+        limit: usize,
+        skip: &dyn Fn(&Hash) -> bool,
+    ) -> Result<Vec<Due>, IndexError> {
         let prefix = target_prefix(OUTBOX, target);
         let mut out = Vec::new();
         let mut err = None;
@@ -166,6 +178,9 @@ impl Index {
             };
             if when > now_ms || out.len() >= limit {
                 return false;
+            }
+            if skip(&hash) {
+                return true;
             }
             match decode_at(k, v) {
                 Ok(record) => {
@@ -837,6 +852,18 @@ mod tests {
         let hashes: Vec<u8> = due.iter().map(|d| d.hash[0]).collect();
         assert_eq!(hashes, vec![2, 1]);
         assert_eq!(idx.due("mirror", 200, 1).unwrap().len(), 1);
+        // rows held elsewhere are skipped and do not count against the limit
+        let rest = idx
+            .due_skipping("mirror", 400, 1, &|h: &Hash| h[0] == 2)
+            .unwrap();
+        assert_eq!(rest.iter().map(|d| d.hash[0]).collect::<Vec<_>>(), vec![1]);
+        let rest = idx
+            .due_skipping("mirror", 400, 10, &|h: &Hash| h[0] == 1)
+            .unwrap();
+        assert_eq!(
+            rest.iter().map(|d| d.hash[0]).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(idx.next_due_at("mirror").unwrap(), Some(50));
         assert_eq!(idx.next_due_at("nobody").unwrap(), None);
     }

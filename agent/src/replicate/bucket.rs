@@ -1,16 +1,21 @@
-//! The object-storage sender: a batch is uploaded with bounded concurrency
-//! (create-only, see [`crate::bucket`]), then each study's manifest is
-//! updated once for the batch, and only then are the rows marked delivered.
+//! The object-storage sender: a worker uploads its batch with bounded
+//! concurrency (create-only, see [`crate::bucket`]) and hands what was
+//! stored to the target's publisher, which adds it to the study manifests
+//! and only then marks the rows delivered (see [`super`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use super::Worker;
 use crate::bucket::manifest::ManifestEntry;
 use crate::bucket::{Bucket, BucketError, object_key};
 use crate::index::outbox::Due;
-use crate::index::{InstanceRecord, hash_hex};
+use crate::index::{Hash, InstanceRecord, hash_hex};
+
+/// Study manifests written at once by the publisher.
+const MANIFESTS_IN_FLIGHT: usize = 4;
 
 /// An object ready to upload.
 struct Item<'a> {
@@ -19,10 +24,20 @@ struct Item<'a> {
     study_date: String,
 }
 
+/// Objects whose blobs are in the bucket, waiting for their manifest
+/// entries; their claims are held until the publisher has recorded them.
+pub(super) struct Stored(Vec<(Due, ManifestEntry)>);
+
 impl Worker {
-    /// Upload `due`; `Err` when the store is unreachable (every attempt in
-    /// the batch failed for a store or network reason; all rescheduled).
-    pub(super) async fn send_bucket(&self, bucket: &Bucket, due: &[Due]) -> Result<(), String> {
+    /// Upload `due` and hand what was stored to the publisher. Returns `Err`
+    /// when the store is unreachable (every attempt in the batch failed for
+    /// a store or network reason; all rescheduled), and the objects handed
+    /// over (the publisher releases their claims).
+    pub(super) async fn send_bucket(
+        &self,
+        bucket: &Bucket,
+        due: &[Due],
+    ) -> (Result<(), String>, HashSet<Hash>) {
         let mut items = Vec::with_capacity(due.len());
         for d in due {
             match self.instance_record(d) {
@@ -31,7 +46,7 @@ impl Worker {
             }
         }
         if items.is_empty() {
-            return Ok(());
+            return (Ok(()), HashSet::new());
         }
         let jobs: Vec<(usize, crate::index::Hash, std::path::PathBuf)> = items
             .iter()
@@ -61,7 +76,7 @@ impl Worker {
                 .buffer_unordered(self.target.uploads_per_worker.max(1))
                 .collect()
                 .await;
-        let mut stored: BTreeMap<String, Vec<(usize, ManifestEntry)>> = BTreeMap::new();
+        let mut stored = Vec::new();
         let mut transient = None;
         for (i, result) in results {
             let item = &items[i];
@@ -89,10 +104,7 @@ impl Worker {
                         file_blake3: hash_hex(&up.file_blake3()),
                         study_date: item.study_date.clone(),
                     };
-                    stored
-                        .entry(item.record.study_instance_uid.clone())
-                        .or_default()
-                        .push((i, entry));
+                    stored.push((item.due.clone(), entry));
                 }
                 Err(e) if e.is_transient() => {
                     self.retry(item.due, &e.to_string());
@@ -101,38 +113,86 @@ impl Worker {
                 Err(e) => self.refused(item.due, &e.to_string()),
             }
         }
-        let mut any_delivered = false;
-        for (study, entries) in stored {
-            let list: Vec<ManifestEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
-            match bucket.add_to_manifest(&study, &list).await {
-                Ok(()) => {
-                    for (i, e) in entries {
-                        any_delivered = true;
-                        self.delivered(
-                            items[i].due,
-                            &e.record.sop_instance_uid,
-                            Some(e.file_blake3),
-                        );
-                    }
-                }
-                Err(e) => {
-                    let reason = format!("stored, but its study manifest was not updated: {e}");
-                    for (i, _) in entries {
-                        if e.is_transient() {
-                            self.retry(items[i].due, &reason);
-                        } else {
-                            self.refused(items[i].due, &reason);
-                        }
-                    }
-                    if e.is_transient() {
-                        transient = Some(e.to_string());
-                    }
-                }
-            }
+        let any_stored = !stored.is_empty();
+        let mut handed_over: HashSet<Hash> = stored.iter().map(|(d, _)| d.hash).collect();
+        if let Some(publish) = &self.publish
+            && let Err(mpsc::error::SendError(Stored(back))) = publish.send(Stored(stored)).await
+        {
+            // The publisher is gone (shutting down): left due, sent again
+            // (found in the bucket, verified) after the restart.
+            tracing::debug!(target = %self.target.name, objects = back.len(), "publisher stopped: uploads left due");
+            handed_over.clear();
         }
         match transient {
-            Some(e) if !any_delivered => Err(e),
-            _ => Ok(()),
+            Some(e) if !any_stored => (Err(e), handed_over),
+            _ => (Ok(()), handed_over),
+        }
+    }
+
+    /// The publisher: add what the workers stored to the study manifests,
+    /// then record those deliveries and release their claims. Batches that
+    /// wait meanwhile are merged, so a study's manifest is rewritten once
+    /// for all of them. Ends when every worker has dropped its sender.
+    pub(super) async fn publish(self, bucket: &Bucket, mut rx: mpsc::Receiver<Stored>) {
+        while let Some(Stored(first)) = rx.recv().await {
+            let mut objects = first;
+            while let Ok(Stored(more)) = rx.try_recv() {
+                objects.extend(more);
+            }
+            let started = std::time::Instant::now();
+            let mut by_study: BTreeMap<String, Vec<(Due, ManifestEntry)>> = BTreeMap::new();
+            for (due, entry) in objects {
+                by_study
+                    .entry(entry.record.study_instance_uid.clone())
+                    .or_default()
+                    .push((due, entry));
+            }
+            let studies = by_study.len();
+            let written: Vec<_> = futures::stream::iter(by_study)
+                .map(|(study, entries)| async move {
+                    let list: Vec<ManifestEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
+                    (bucket.add_to_manifest(&study, &list).await, entries)
+                })
+                .buffer_unordered(MANIFESTS_IN_FLIGHT)
+                .collect()
+                .await;
+            let mut done = Vec::new();
+            for (result, entries) in written {
+                match result {
+                    Ok(()) => {
+                        for (due, e) in &entries {
+                            self.delivered(
+                                due,
+                                &e.record.sop_instance_uid,
+                                Some(e.file_blake3.clone()),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let reason = format!("stored, but its study manifest was not updated: {e}");
+                        for (due, _) in &entries {
+                            if e.is_transient() {
+                                self.retry(due, &reason);
+                            } else {
+                                self.refused(due, &reason);
+                            }
+                        }
+                    }
+                }
+                done.extend(entries.into_iter().map(|(d, _)| d));
+            }
+            self.record_deliveries();
+            if let Err(e) = self.r.index.flush() {
+                tracing::error!(error = %e, "index flush after delivery failed (rows are re-sent if lost)");
+            }
+            self.release(&done);
+            tracing::debug!(
+                target = %self.target.name,
+                objects = done.len(),
+                studies,
+                ms = started.elapsed().as_millis() as u64,
+                "published"
+            );
         }
     }
 

@@ -7,7 +7,16 @@
 //! its target's sender, and moves each row by the outcome. Confirmed
 //! deliveries are collected during the batch and recorded in one index batch
 //! at its end, before the index flush and before the claims are released (a
-//! crash in between loses only the record: the object is sent again):
+//! crash in between loses only the record: the object is sent again).
+//!
+//! An object-store target splits that work in two: its workers only upload
+//! and hand what they stored to the target's one *publisher*, then claim
+//! their next batch; the publisher writes the study manifests (the
+//! batches waiting for it merged into one rewrite per study), then records
+//! the deliveries and releases those claims. So uploads never wait for a
+//! manifest, and an object is still delivered only once its blob and its
+//! manifest entry are both written.
+//!
 //!
 //! | outcome | row |
 //! |---|---|
@@ -25,6 +34,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::index::outbox::{Backoff, Delivery, Due};
@@ -34,6 +44,8 @@ use crate::spool::Spool;
 
 mod bucket;
 mod dicom;
+#[cfg(test)]
+mod tests;
 
 /// Objects claimed by a worker at a time (one association). At most 64
 /// objects means at most 64 distinct presentation contexts, within the 128
@@ -113,15 +125,32 @@ pub fn spawn(
 ) -> Health {
     let claimed: Arc<Mutex<HashSet<Hash>>> = Arc::default();
     let health: Health = Arc::default();
-    for worker in 0..target.workers.max(1) {
-        let w = Worker {
-            r: replication.clone(),
-            target: target.clone(),
-            claimed: claimed.clone(),
-            health: health.clone(),
-            worker,
-            confirmed: Mutex::default(),
-        };
+    let workers = target.workers.max(1);
+    let worker = |worker, publish| Worker {
+        r: replication.clone(),
+        target: target.clone(),
+        claimed: claimed.clone(),
+        health: health.clone(),
+        worker,
+        confirmed: Mutex::default(),
+        publish,
+    };
+    let publish = match &target.destination {
+        Destination::Bucket(bucket) => {
+            // Room for one finished batch per worker: a worker waits only
+            // when the publisher is that far behind.
+            let (tx, rx) = mpsc::channel(workers);
+            let publisher = worker(workers, None);
+            let bucket = bucket.clone();
+            // Ends when every worker has stopped (the channel closes), after
+            // publishing what they handed over.
+            tracker.spawn(async move { publisher.publish(&bucket, rx).await });
+            Some(tx)
+        }
+        Destination::Dicom(_) => None,
+    };
+    for n in 0..workers {
+        let w = worker(n, publish.clone());
         let shutdown = shutdown.clone();
         tracker.spawn(async move { w.run(shutdown).await });
     }
@@ -136,6 +165,8 @@ struct Worker {
     worker: usize,
     /// Deliveries confirmed in the current batch, not recorded yet.
     confirmed: Mutex<Vec<Delivery>>,
+    /// Object stores: where finished uploads go (the publisher).
+    publish: Option<mpsc::Sender<bucket::Stored>>,
 }
 
 enum Pass {
@@ -207,15 +238,26 @@ impl Worker {
         if due.is_empty() {
             return Pass::Done { idle: true };
         }
-        let result = match &self.target.destination {
-            Destination::Dicom(peer) => self.send_dicom(peer, &due).await,
+        let started = std::time::Instant::now();
+        let (result, handed_over) = match &self.target.destination {
+            Destination::Dicom(peer) => (self.send_dicom(peer, &due).await, HashSet::new()),
             Destination::Bucket(bucket) => self.send_bucket(bucket, &due).await,
         };
+        let sent = started.elapsed();
         self.record_deliveries();
         if let Err(e) = self.r.index.flush() {
             tracing::error!(error = %e, "index flush after delivery failed (rows are re-sent if lost)");
         }
-        self.release(&due);
+        // The publisher releases what it was handed.
+        self.release(due.iter().filter(|d| !handed_over.contains(&d.hash)));
+        tracing::debug!(
+            target = %name,
+            worker = self.worker,
+            objects = due.len(),
+            send_ms = sent.as_millis() as u64,
+            record_ms = (started.elapsed() - sent).as_millis() as u64,
+            "batch done"
+        );
         match result {
             Ok(()) => Pass::Done { idle: false },
             Err(e) => Pass::Unreachable(e),
@@ -243,13 +285,13 @@ impl Worker {
     }
 
     fn claim(&self, now: u64) -> Result<Vec<Due>, crate::index::IndexError> {
-        let candidates = self.r.index.due(&self.target.name, now, BATCH * 4)?;
         let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        let candidates = self
+            .r
+            .index
+            .due_skipping(&self.target.name, now, BATCH, &|h| claimed.contains(h))?;
         let mut out = Vec::new();
         for d in candidates {
-            if out.len() >= BATCH {
-                break;
-            }
             if !claimed.insert(d.hash) {
                 continue;
             }
@@ -264,7 +306,7 @@ impl Worker {
         Ok(out)
     }
 
-    fn release(&self, due: &[Due]) {
+    fn release<'a>(&self, due: impl IntoIterator<Item = &'a Due>) {
         let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
         for d in due {
             claimed.remove(&d.hash);
