@@ -817,6 +817,7 @@ async fn store_all(
                 sop_class_uid: g.sop_class_uid.clone(),
                 sop_instance_uid: g.sop_instance_uid.clone(),
                 transfer_syntax_uid: g.transfer_syntax_uid.clone(),
+                dataset_blake3: None,
             })
             .collect();
         let mut results: Vec<Option<Result<Option<Reencoded>, String>>> =

@@ -553,6 +553,8 @@ fn outgoing_of(e: &ManifestEntry, path: PathBuf) -> Outgoing {
         sop_class_uid: e.record.sop_class_uid.clone(),
         sop_instance_uid: e.record.sop_instance_uid.clone(),
         transfer_syntax_uid: e.record.transfer_syntax_uid.clone(),
+        // Checked as it was downloaded, moments before.
+        dataset_blake3: None,
     }
 }
 

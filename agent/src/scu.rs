@@ -122,6 +122,19 @@ pub enum ScuError {
     /// More presentation contexts than one association can carry.
     #[error("{0} presentation contexts requested; at most {MAX_CONTEXTS} per association")]
     TooManyContexts(usize),
+    /// The object's data set does not hash to the address it was sent for
+    /// ([`Outgoing::dataset_blake3`]): its last fragment was never sent.
+    /// With `aborted`, part of it was, and the association was aborted so
+    /// that the peer discards it; the association is gone.
+    #[error(
+        "{path}: the data set does not hash to its address (found {found}): not sent{}; run `pacs-mirror verify spool`",
+        if *aborted { ", association aborted before its last fragment" } else { "" }
+    )]
+    Corrupt {
+        path: PathBuf,
+        found: String,
+        aborted: bool,
+    },
 }
 
 impl ScuError {
@@ -134,8 +147,33 @@ impl ScuError {
                 | ScuError::NoAcceptedContexts { .. }
                 | ScuError::TooManyContexts(_)
                 | ScuError::File { .. }
+                | ScuError::Corrupt { .. }
         )
     }
+}
+
+/// A data set that does not hash to [`Outgoing::dataset_blake3`] (carried
+/// inside an `io::Error` out of the reading code).
+#[derive(Debug)]
+struct NotItsAddress([u8; 32]);
+
+impl std::fmt::Display for NotItsAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the data set hashes to {}, not to its address",
+            crate::index::hash_hex(&self.0)
+        )
+    }
+}
+
+impl std::error::Error for NotItsAddress {}
+
+/// The hash found, when `e` is a [`NotItsAddress`].
+fn not_its_address(e: &std::io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<NotItsAddress>())
+        .map(|n| crate::index::hash_hex(&n.0))
 }
 
 /// A successful C-ECHO.
@@ -161,6 +199,11 @@ pub struct Outgoing {
     pub sop_instance_uid: String,
     /// The transfer syntax its data set is encoded in.
     pub transfer_syntax_uid: String,
+    /// The blake3 its data set must hash to (a spool file's address). The
+    /// data set is hashed as it is read, and its last fragment is sent only
+    /// if it matches ([`ScuError::Corrupt`] otherwise), so a spool copy
+    /// damaged since it was received never becomes a peer's copy.
+    pub dataset_blake3: Option<[u8; 32]>,
 }
 
 /// A whole Part-10 file in memory (its `Debug` shows only its length).
@@ -238,6 +281,8 @@ struct Source {
     remaining: u64,
     pc: u8,
     chunk: usize,
+    /// The data set's hash so far, and what it must come to.
+    check: Option<(blake3::Hasher, [u8; 32])>,
 }
 
 /// The bytes of an object being sent: an open file (read in the blocking
@@ -309,6 +354,9 @@ fn open_source(object: &Outgoing, pc: u8, chunk: usize, mut buf: Vec<u8>) -> Rea
         remaining: len.saturating_sub(offset),
         pc,
         chunk,
+        check: object
+            .dataset_blake3
+            .map(|want| (blake3::Hasher::new(), want)),
     };
     let used = read_block(&mut source, &mut buf)?;
     Ok((source, buf, used))
@@ -318,7 +366,8 @@ fn open_source(object: &Outgoing, pc: u8, chunk: usize, mut buf: Vec<u8>) -> Rea
 /// from `source` straight into `buf` as complete P-DATA-TF PDUs of one data
 /// fragment each, at most `source.chunk` bytes, the data set's last one
 /// flagged last. Returns how many bytes of `buf` to send. An empty data set
-/// is one empty last fragment.
+/// is one empty last fragment. With a hash to check, the block holding the
+/// last fragment is returned only when the whole data set matched it.
 fn read_block(source: &mut Source, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     use std::io::Read;
     let chunk = source.chunk.clamp(1, MAX_SEND_CHUNK);
@@ -337,6 +386,18 @@ fn read_block(source: &mut Source, buf: &mut Vec<u8>) -> std::io::Result<usize> 
         source.remaining -= n as u64;
         budget -= n;
         let last = source.remaining == 0;
+        if let Some((hasher, want)) = &mut source.check {
+            hasher.update(&buf[used + PDU_PDV_HEADER..end]);
+            if last {
+                let found = *hasher.finalize().as_bytes();
+                if found != *want {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        NotItsAddress(found),
+                    ));
+                }
+            }
+        }
         let header = &mut buf[used..used + PDU_PDV_HEADER];
         header[0] = 0x04; // P-DATA-TF
         header[1] = 0;
@@ -576,10 +637,18 @@ impl Scu {
         };
         // Nothing is sent yet: a file that cannot be opened or read is this
         // object's problem, not the peer's.
-        let (mut source, mut buf, mut used) = first.map_err(|source| ScuError::File {
-            path: object.path.clone(),
-            source,
-        })?;
+        let (mut source, mut buf, mut used) =
+            first.map_err(|source| match not_its_address(&source) {
+                Some(found) => ScuError::Corrupt {
+                    path: object.path.clone(),
+                    found,
+                    aborted: false,
+                },
+                None => ScuError::File {
+                    path: object.path.clone(),
+                    source,
+                },
+            })?;
         let id = self.send_store_rq(object, pc).await?;
         loop {
             self.write_pdus(&buf[..used]).await?;
@@ -601,12 +670,26 @@ impl Scu {
                 (source, buf) = (s, b);
                 r
             };
-            used = r.map_err(|e| {
-                self.protocol(format!(
-                    "reading {} in the middle of sending it: {e}",
-                    object.path.display()
-                ))
-            })?;
+            used = match r {
+                Ok(used) => used,
+                Err(e) => match not_its_address(&e) {
+                    // Part of it is out: abort, so the peer keeps nothing.
+                    Some(found) => {
+                        self.abort_in_place().await;
+                        return Err(ScuError::Corrupt {
+                            path: object.path.clone(),
+                            found,
+                            aborted: true,
+                        });
+                    }
+                    None => {
+                        return Err(self.protocol(format!(
+                            "reading {} in the middle of sending it: {e}",
+                            object.path.display()
+                        )));
+                    }
+                },
+            };
         }
         if self.spare.len() < 2 {
             self.spare.push(buf);
@@ -717,7 +800,14 @@ impl Scu {
         let encoded = tokio::task::spawn_blocking(move || reencode(&source, &target))
             .await
             .map_err(|e| file_err(std::io::Error::other(e.to_string())))?
-            .map_err(|e| file_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+            .map_err(|e| match not_its_address(&e) {
+                Some(found) => ScuError::Corrupt {
+                    path: object.path.clone(),
+                    found,
+                    aborted: false,
+                },
+                None => file_err(e),
+            })?;
         tracing::debug!(
             sop_instance_uid = %object.sop_instance_uid,
             from = %object.transfer_syntax_uid,
@@ -755,6 +845,20 @@ impl Scu {
     /// or to give up in the middle of an operation.
     pub async fn abort(self) {
         let _ = self.assoc.abort().await;
+    }
+
+    /// Send an A-ABORT (service user, no reason) and shut the connection
+    /// down, without giving up `self`: the peer discards the message in
+    /// progress, and every later operation on this association fails.
+    async fn abort_in_place(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        const A_ABORT: [u8; 10] = [0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+        let stream = self.assoc.inner_stream();
+        let _ = tokio::time::timeout(self.peer.timeout, async {
+            let _ = stream.write_all(&A_ABORT).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
     }
 
     /// A fresh Message ID (1, 2, … wrapping, never 0).
@@ -1045,24 +1149,43 @@ pub struct Reencoded {
 
 /// Re-encode a Part-10 object's data set into another uncompressed
 /// transfer syntax.
-fn reencode(object: &Outgoing, ts: &str) -> Result<Vec<u8>, String> {
+fn reencode(object: &Outgoing, ts: &str) -> std::io::Result<Vec<u8>> {
     use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
     use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-    let obj = match &object.memory {
-        // from_reader starts at "DICM": skip the preamble.
-        Some(m) => {
-            m.0.get(128..)
-                .ok_or_else(|| "shorter than a Part-10 preamble".to_string())
-                .and_then(|b| dicom_object::from_reader(b).map_err(|e| e.to_string()))?
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let read;
+    let bytes: &[u8] = match &object.memory {
+        Some(m) => &m.0,
+        None => {
+            read = std::fs::read(&object.path)?;
+            &read
         }
-        None => dicom_object::open_file(&object.path).map_err(|e| e.to_string())?,
     };
+    if let Some(want) = object.dataset_blake3 {
+        let offset = crate::part10::dataset_offset_in(&mut std::io::Cursor::new(bytes))?;
+        let dataset = usize::try_from(offset)
+            .ok()
+            .and_then(|o| bytes.get(o..))
+            .unwrap_or_default();
+        let found = *blake3::hash(dataset).as_bytes();
+        if found != want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                NotItsAddress(found),
+            ));
+        }
+    }
+    // from_reader starts at "DICM": skip the preamble.
+    let obj = bytes
+        .get(128..)
+        .ok_or_else(|| invalid("shorter than a Part-10 preamble".into()))
+        .and_then(|b| dicom_object::from_reader(b).map_err(|e| invalid(e.to_string())))?;
     let target = TransferSyntaxRegistry
         .get(ts)
-        .ok_or_else(|| format!("unknown transfer syntax {ts}"))?;
+        .ok_or_else(|| invalid(format!("unknown transfer syntax {ts}")))?;
     let mut out = Vec::new();
     obj.write_dataset_with_ts(&mut out, target)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(out)
 }
 
@@ -1075,6 +1198,7 @@ pub fn outgoing(path: &Path) -> Result<Outgoing, crate::part10::Part10Error> {
         sop_class_uid: h.sop_class_uid,
         sop_instance_uid: h.sop_instance_uid,
         transfer_syntax_uid: h.transfer_syntax_uid,
+        dataset_blake3: None,
     })
 }
 
@@ -1115,6 +1239,7 @@ pub(crate) mod tests {
                 sop_class_uid: SC.into(),
                 sop_instance_uid: uid.into(),
                 transfer_syntax_uid: ts.into(),
+                dataset_blake3: None,
             },
             body,
         )
@@ -1179,6 +1304,102 @@ pub(crate) mod tests {
             .local_addr()
             .unwrap()
             .port()
+    }
+
+    /// A spool file damaged after it was received is never stored at a peer:
+    /// found before anything is sent (the association stays usable), or
+    /// before the last fragment of a large data set (the association is
+    /// aborted, so the peer discards what it got); the same on the
+    /// re-encoding fallback.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_spool_file_that_no_longer_matches_its_address_is_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let checked = |(o, body): (Outgoing, Vec<u8>)| {
+            let hash = *blake3::hash(&body).as_bytes();
+            (
+                Outgoing {
+                    dataset_blake3: Some(hash),
+                    ..o
+                },
+                body,
+            )
+        };
+        let damage = |o: &Outgoing, at_end: u64| {
+            let mut bytes = std::fs::read(&o.path).unwrap();
+            let i = bytes.len() - 1 - at_end as usize;
+            bytes[i] ^= 0x5A;
+            std::fs::write(&o.path, bytes).unwrap();
+        };
+        // small: one block
+        let (small, _) = checked(write_object(dir.path(), "1.2.3.301", EXPLICIT_LE));
+        damage(&small, 0);
+        // large: 3 MiB of pixel-like data, damaged in its first MiB
+        let uid = "1.2.3.302";
+        let mut body = dataset(SC, uid, "P1");
+        let pad = 3u32 << 20;
+        body.extend_from_slice(&[0x09, 0, 0x10, 0x10, b'O', b'B', 0, 0]);
+        body.extend_from_slice(&pad.to_le_bytes());
+        body.extend((0..pad).map(|i| (i % 253) as u8));
+        let receipt = Receipt {
+            source_ip: "127.0.0.1".into(),
+            received_at_ms: 1,
+        };
+        let mut file = file_header(SC, uid, EXPLICIT_LE, "SENDER", &receipt).unwrap();
+        file.extend_from_slice(&body);
+        let path = dir.path().join(format!("{uid}.dcm"));
+        std::fs::write(&path, &file).unwrap();
+        let (large, _) = checked((
+            Outgoing {
+                path,
+                memory: None,
+                sop_class_uid: SC.into(),
+                sop_instance_uid: uid.into(),
+                transfer_syntax_uid: EXPLICIT_LE.into(),
+                dataset_blake3: None,
+            },
+            body,
+        ));
+        damage(&large, u64::from(pad) - 1000);
+        let (good, good_body) = checked(write_object(dir.path(), "1.2.3.303", EXPLICIT_LE));
+
+        let out = dir.path().join("received");
+        let (_guard, peer) = start_storescp(&["+B"], &out).await;
+        let contexts = contexts_for(&[small.clone(), good.clone()]);
+        let mut scu = Scu::connect(&peer, &contexts).await.unwrap();
+        match scu.store(&small).await {
+            Err(ScuError::Corrupt { aborted: false, .. }) => {}
+            other => panic!("a damaged small object: {other:?}"),
+        }
+        // nothing was sent: the association goes on
+        assert_eq!(scu.store(&good).await.unwrap(), Status::Success);
+        let e = scu.store(&large).await.unwrap_err();
+        assert!(
+            matches!(e, ScuError::Corrupt { aborted: true, .. }),
+            "a damaged large object: {e:?}"
+        );
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("verify spool"), "{e}");
+        // the association is gone
+        assert!(scu.store(&good).await.is_err());
+        // storescp needs a moment to notice the abort
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(received_datasets(&out), vec![good_body.clone()]);
+
+        // The fallback: re-encoded only from a data set that matches.
+        let out = dir.path().join("received-implicit");
+        let (_guard, peer) = start_storescp(&["+B", "+xi"], &out).await;
+        let mut scu = Scu::connect(&peer, &contexts_for(std::slice::from_ref(&small)))
+            .await
+            .unwrap();
+        match scu.store_reporting(&small).await {
+            Err(ScuError::Corrupt { aborted: false, .. }) => {}
+            other => panic!("a damaged object on the fallback: {other:?}"),
+        }
+        let (status, reencoded) = scu.store_reporting(&good).await.unwrap();
+        assert_eq!(status, Status::Success);
+        assert!(reencoded.is_some());
+        scu.release().await;
+        assert_eq!(received_datasets(&out).len(), 1);
     }
 
     /// A peer that accepts Implicit VR Little Endian only (storescp +xi):

@@ -249,6 +249,101 @@ fn an_object_the_mirror_refuses_goes_to_the_dead_letter_list() {
     storescp.stop();
 }
 
+/// A spool file damaged after its Success (bit rot, a bad disk, a stray
+/// write) is never sent to the mirror and never counted as delivered: it is
+/// refused with the reason, then dead-lettered; everything else arrives
+/// byte-exact.
+#[test]
+fn a_spool_file_damaged_before_replication_never_reaches_the_mirror() {
+    let dir = tempdir();
+    let received = dir.path().join("received");
+    std::fs::create_dir_all(&received).expect("mkdir");
+    let port = free_port();
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.ae_extra = "association_initiator = true\n".into();
+    cfg.extra_toml = format!(
+        "\n[[remote_device]]\nname = \"m\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {port}\n\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
+         retry_initial_secs = 1\nretry_max_secs = 1\nrefused_attempts = 2\ntimeout_secs = 5\n\
+         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    let agent = Agent::start(&cfg);
+    // The mirror is down: everything waits in the spool.
+    let files = &corpus_1000()[..6];
+    store_all_ok(cfg.port, SENDER_AE, &[], files);
+    wait_status(&agent.config_path, "six queued", |t| t["pending"] == 6);
+    // One byte of one stored object flips.
+    let (meta, dataset) = raw_info(&files[2]);
+    let hex = blake3_hex(&dataset);
+    let spool_file = cfg
+        .spool_dir()
+        .join("objects")
+        .join(&hex[..2])
+        .join(format!("{hex}.dcm"));
+    let mut bytes = std::fs::read(&spool_file).expect("the spool file of the object");
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01;
+    std::fs::write(&spool_file, &bytes).expect("damaging it");
+
+    let _storescp = StoreScp(
+        std::process::Command::new(tool("storescp"))
+            .args(["+B", "-aet", "MIRROR", "-od"])
+            .arg(&received)
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting storescp"),
+    );
+    let t = wait_status(&agent.config_path, "five delivered, one dead letter", |t| {
+        t["pending"] == 0 && t["dead_letters"] == 1
+    });
+    assert_eq!(t["delivered"], 5, "{t}");
+    // The mirror holds exactly the five others, each byte-exact.
+    let mut got: Vec<String> = std::fs::read_dir(&received)
+        .expect("read_dir")
+        .map(|e| {
+            blake3_hex(dataset_bytes(
+                &std::fs::read(e.expect("entry").path()).expect("read"),
+            ))
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = files
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, f)| blake3_hex(&raw_info(f).1))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    let config_path = agent.config_path.clone();
+    agent.stop();
+    let out = run(
+        std::process::Command::new(bin())
+            .args(["dead-letter", "list", "--target", "mirror", "--config"])
+            .arg(&config_path),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", out.all());
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    assert_eq!(lines[0]["sop_instance_uid"], meta.sop_instance_uid.as_str());
+    let reason = lines[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("does not hash to its address") && reason.contains("verify spool"),
+        "{reason}"
+    );
+}
+
 struct StoreScp(std::process::Child);
 
 impl StoreScp {

@@ -52,6 +52,13 @@ impl Worker {
                     }
                     return Err(e.to_string());
                 }
+                Err(e @ scu::ScuError::Corrupt { aborted: true, .. }) => {
+                    // The association is gone; the rest stay due as they
+                    // are (no attempt counted) for the next pass.
+                    tracing::error!(target = %self.target.name, error = %e, "a spool file no longer matches its address");
+                    self.refused(d, &e.to_string());
+                    return Ok(());
+                }
                 Err(e) => self.refused(d, &e.to_string()),
             }
         }
@@ -62,9 +69,15 @@ impl Worker {
     fn outgoing(&self, d: &Due) -> Result<Outgoing, String> {
         let record = self.object_record(d)?;
         let path = self.r.spool.object_path(&d.hash);
+        // Sent only if the spool file still hashes to its address.
         if record.sop_class_uid.is_empty() || record.transfer_syntax_uid.is_empty() {
             // Older index records: read the identity from the file.
-            return scu::outgoing(&path).map_err(|e| e.to_string());
+            return scu::outgoing(&path)
+                .map(|o| Outgoing {
+                    dataset_blake3: Some(d.hash),
+                    ..o
+                })
+                .map_err(|e| e.to_string());
         }
         Ok(Outgoing {
             path,
@@ -72,6 +85,7 @@ impl Worker {
             sop_class_uid: record.sop_class_uid,
             sop_instance_uid: record.sop_instance_uid,
             transfer_syntax_uid: record.transfer_syntax_uid,
+            dataset_blake3: Some(d.hash),
         })
     }
 }
