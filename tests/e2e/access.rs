@@ -298,3 +298,115 @@ fn an_exposed_listener_without_an_allow_list_does_not_start() {
     );
     agent.stop();
 }
+
+/// T07: connections from addresses no AE allows never take the association
+/// slots. With `max_associations = 2`, 30 silent connections from 127.0.0.2
+/// (a slowloris outside the allow-list) do not keep the allowed sender out:
+/// it still gets both slots. Eight of them are held (to be refused after
+/// ARTIM), the other 22 are closed unread, and that is logged.
+#[test]
+fn strangers_cannot_lock_the_allowed_sender_out() {
+    use crate::dimse::{self, Outcome};
+    use std::io::Read;
+    let dir = tempdir();
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.access = Access::Allow {
+        ae: SENDER_AE.into(),
+        sources: vec!["127.0.0.1/32".into()],
+    };
+    cfg.ae_extra = "max_associations = 2\nartim_timeout_secs = 10\n".into();
+    let agent = Agent::start(&cfg);
+    let port = cfg.port;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut strangers: Vec<std::net::TcpStream> = (0..30)
+        .map(|_| {
+            rt.block_on(async {
+                let s = tokio::net::TcpSocket::new_v4().expect("socket");
+                s.bind("127.0.0.2:0".parse().expect("address"))
+                    .expect("bind 127.0.0.2");
+                let c = s
+                    .connect(([127, 0, 0, 1], port).into())
+                    .await
+                    .expect("connecting from 127.0.0.2");
+                c.into_std().expect("std stream")
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The allowed sender gets both slots, and the limit still holds for it.
+    let verification = || {
+        dimse::associate(
+            port,
+            SENDER_AE,
+            AGENT_AE,
+            &[(1, dimse::VERIFICATION, &[dimse::IMPLICIT_LE])],
+        )
+        .expect("connecting to the agent")
+    };
+    let Outcome::Accepted(first) = verification() else {
+        panic!(
+            "the allowed sender was refused while strangers wait{}",
+            agent.log_tail()
+        );
+    };
+    let Outcome::Accepted(second) = verification() else {
+        panic!(
+            "the allowed sender's second association was refused{}",
+            agent.log_tail()
+        );
+    };
+    assert!(
+        matches!(
+            verification(),
+            Outcome::Rejected {
+                result: 2,
+                source: 3,
+                reason: 2
+            }
+        ),
+        "a third association of the allowed sender was not rejected as over the limit"
+    );
+    first.release().expect("release");
+    second.release().expect("release");
+
+    // Which strangers were closed unread, which are held.
+    let (mut closed, mut held) = (0, 0);
+    for s in &mut strangers {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                held += 1
+            }
+            other => panic!("a stranger's connection: {other:?}"),
+        }
+    }
+    assert_eq!(
+        (held, closed),
+        (
+            pacs_mirror_agent::scp::STRANGER_SLOTS,
+            30 - pacs_mirror_agent::scp::STRANGER_SLOTS
+        ),
+        "strangers held and closed"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("closed unread"),
+        "no warning about strangers closed unread{}",
+        agent.log_tail()
+    );
+    agent.stop();
+}

@@ -96,6 +96,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The policies of the AEs served on one listener.
 pub type Policies = Arc<Vec<AePolicy>>;
 
+/// Whether any AE of the listener could accept an association from `peer`
+/// (it accepts any caller, or allows some calling AE from that address).
+/// When not, every request from there will be refused, whatever it says.
+pub fn may_be_admitted(policies: &[AePolicy], peer: IpAddr) -> bool {
+    let peer = canonical(peer);
+    policies.iter().any(|p| {
+        p.accept_any_calling_ae
+            || p.allowed
+                .iter()
+                .any(|(_, nets)| nets.iter().any(|n| n.contains(&peer)))
+    })
+}
+
 /// Per-connection access control handed to dicom-ul.
 #[derive(Debug, Clone)]
 pub struct PeerAccess {
@@ -185,6 +198,29 @@ mod tests {
             }]),
             SocketAddr::new(peer.parse().unwrap(), 4000),
         )
+    }
+
+    #[test]
+    fn strangers_are_the_addresses_no_policy_allows() {
+        let policies = access("10.0.0.5").policies;
+        let admitted = |ip: &str| may_be_admitted(&policies, ip.parse().unwrap());
+        assert!(admitted("10.0.0.5"));
+        assert!(admitted("::ffff:10.0.0.5"), "IPv4-mapped compares as IPv4");
+        assert!(admitted("fd12::1"));
+        assert!(!admitted("10.0.0.6"));
+        assert!(!admitted("192.0.2.1"));
+        assert!(!admitted("fe80::1"));
+        // every request from there would be refused, whatever it says
+        for calling in ["PRIMARY", "ANYONE"] {
+            assert!(access("10.0.0.6").decide(calling, "PACS_MIRROR").is_err());
+        }
+        let mut open = (*policies).clone();
+        open.push(AePolicy {
+            ae_title: "OPEN".into(),
+            accept_any_calling_ae: true,
+            allowed: vec![],
+        });
+        assert!(may_be_admitted(&open, "192.0.2.1".parse().unwrap()));
     }
 
     #[test]

@@ -8,6 +8,14 @@
 //! local limit exceeded). On shutdown the listener stops accepting and every
 //! association finishes the store it is receiving, then is aborted.
 //!
+//! Connections from addresses that no AE of the listener allows (strangers:
+//! their requests will be refused whatever they say) never take one of those
+//! permits: they share [`STRANGER_SLOTS`] of their own, where their request
+//! is read and refused with the reason as usual, and past that they are
+//! closed at once. So scanners or a slowloris from outside the allow-lists
+//! cannot lock the primary out; a listener that accepts any caller has no
+//! strangers.
+//!
 //! Every refused association is logged (WARN, "association refused") with
 //! the fields `calling_ae` and `peer` (address:port): by the access check
 //! ([`access`]), by the busy path, or here when dicom-ul refused by itself
@@ -88,6 +96,13 @@ pub struct ListenerSettings {
     /// Association closed after this long without a PDU.
     pub idle_timeout: Duration,
 }
+
+/// Connections at once from addresses no AE of a listener allows (each
+/// held at most for the ARTIM timeout, then refused); more are closed
+/// unread.
+pub const STRANGER_SLOTS: usize = 8;
+/// Shortest time between two warnings about strangers closed unread.
+const STRANGER_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// SCP errors.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +216,9 @@ impl Scp {
     /// Accept associations until `shutdown`; association tasks go to `tracker`.
     pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
         let permits = Arc::new(Semaphore::new(self.settings.max_associations));
+        let strangers = Arc::new(Semaphore::new(STRANGER_SLOTS));
+        let mut closed_unread: u64 = 0;
+        let mut warned_at: Option<std::time::Instant> = None;
         let mut backoff = Duration::from_millis(10);
         loop {
             let accepted = tokio::select! {
@@ -224,7 +242,9 @@ impl Scp {
                 tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
             }
             let artim = self.settings.artim_timeout;
-            match permits.clone().try_acquire_owned() {
+            let stranger = !access::may_be_admitted(&self.policies, peer.ip());
+            let pool = if stranger { &strangers } else { &permits };
+            match pool.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let access = PeerAccess::new(self.policies.clone(), peer);
                     let seen = access.seen.clone();
@@ -235,6 +255,20 @@ impl Scp {
                         admit(sock, peer, options, seen, context, artim, shutdown).await;
                         drop(permit);
                     });
+                }
+                Err(_) if stranger => {
+                    closed_unread += 1;
+                    if warned_at.is_none_or(|t| t.elapsed() >= STRANGER_WARN_EVERY) {
+                        tracing::warn!(
+                            %peer,
+                            closed = closed_unread,
+                            slots = STRANGER_SLOTS,
+                            "connections from addresses no AE allows closed unread: all their slots are taken"
+                        );
+                        warned_at = Some(std::time::Instant::now());
+                        closed_unread = 0;
+                    }
+                    drop(sock);
                 }
                 Err(_) => {
                     let max_pdu = self.settings.max_pdu_bytes;
