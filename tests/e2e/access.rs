@@ -306,7 +306,7 @@ fn an_exposed_listener_without_an_allow_list_does_not_start() {
 /// ARTIM), the other 22 are closed unread, and that is logged.
 #[test]
 fn strangers_cannot_lock_the_allowed_sender_out() {
-    use crate::dimse::{self, Outcome};
+    use crate::dimse::Outcome;
     use std::io::Read;
     let dir = tempdir();
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
@@ -339,15 +339,7 @@ fn strangers_cannot_lock_the_allowed_sender_out() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The allowed sender gets both slots, and the limit still holds for it.
-    let verification = || {
-        dimse::associate(
-            port,
-            SENDER_AE,
-            AGENT_AE,
-            &[(1, dimse::VERIFICATION, &[dimse::IMPLICIT_LE])],
-        )
-        .expect("connecting to the agent")
-    };
+    let verification = || crate::limits::verification(port);
     let Outcome::Accepted(first) = verification() else {
         panic!(
             "the allowed sender was refused while strangers wait{}",

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crate::dimse::{self, Outcome};
 use crate::harness::*;
 
-fn verification(port: u16) -> Outcome {
+/// A Verification association of the sender with the agent.
+pub(crate) fn verification(port: u16) -> Outcome {
     dimse::associate(
         port,
         SENDER_AE,

@@ -157,28 +157,9 @@ fn an_object_the_mirror_refuses_goes_to_the_dead_letter_list() {
     let received = dir.path().join("received");
     std::fs::create_dir_all(&received).expect("mkdir");
     let port = free_port();
-    let mut storescp = StoreScp(
-        std::process::Command::new(tool("storescp"))
-            .args(["+B", "-aet", "STRICT_MIRROR", "-od"])
-            .arg(&received)
-            .arg(port.to_string())
-            .env("TCP_NODELAY", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting storescp"),
-    );
+    let mut storescp = storescp(port, "STRICT_MIRROR", &received, &["+B"]);
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
-    cfg.ae_extra = "association_initiator = true\n".into();
-    cfg.extra_toml = format!(
-        "\n[[remote_device]]\nname = \"strict\"\n\
-         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {port}\n\
-         [[remote_device.network_ae]]\nae_title = \"STRICT_MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
-         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"STRICT_MIRROR\"\n\
-         retry_initial_secs = 1\nretry_max_secs = 1\nrefused_attempts = 2\ntimeout_secs = 5\n\
-         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        free_port()
-    );
+    storescp_target(&mut cfg, "STRICT_MIRROR", port);
     let agent = Agent::start(&cfg);
 
     let plain = &corpus_1000()[..5];
@@ -212,19 +193,8 @@ fn an_object_the_mirror_refuses_goes_to_the_dead_letter_list() {
     let config_path = agent.config_path.clone();
     agent.stop();
 
-    let out = run(
-        std::process::Command::new(bin())
-            .args(["dead-letter", "list", "--target", "mirror", "--config"])
-            .arg(&config_path),
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success(), "{}", out.all());
-    let lines: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    let lines = dead_letters(&config_path);
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["sop_instance_uid"], j2k_uid.as_str());
     assert_eq!(lines[0]["attempts"], 2);
     assert!(
@@ -260,16 +230,7 @@ fn a_spool_file_damaged_before_replication_never_reaches_the_mirror() {
     std::fs::create_dir_all(&received).expect("mkdir");
     let port = free_port();
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
-    cfg.ae_extra = "association_initiator = true\n".into();
-    cfg.extra_toml = format!(
-        "\n[[remote_device]]\nname = \"m\"\n\
-         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {port}\n\
-         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
-         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
-         retry_initial_secs = 1\nretry_max_secs = 1\nrefused_attempts = 2\ntimeout_secs = 5\n\
-         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        free_port()
-    );
+    storescp_target(&mut cfg, "MIRROR", port);
     let agent = Agent::start(&cfg);
     // The mirror is down: everything waits in the spool.
     let files = &corpus_1000()[..6];
@@ -288,17 +249,7 @@ fn a_spool_file_damaged_before_replication_never_reaches_the_mirror() {
     bytes[n - 3] ^= 0x01;
     std::fs::write(&spool_file, &bytes).expect("damaging it");
 
-    let _storescp = StoreScp(
-        std::process::Command::new(tool("storescp"))
-            .args(["+B", "-aet", "MIRROR", "-od"])
-            .arg(&received)
-            .arg(port.to_string())
-            .env("TCP_NODELAY", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting storescp"),
-    );
+    let _storescp = storescp(port, "MIRROR", &received, &["+B"]);
     let t = wait_status(&agent.config_path, "five delivered, one dead letter", |t| {
         t["pending"] == 0 && t["dead_letters"] == 1
     });
@@ -323,25 +274,44 @@ fn a_spool_file_damaged_before_replication_never_reaches_the_mirror() {
     assert_eq!(got, want);
     let config_path = agent.config_path.clone();
     agent.stop();
-    let out = run(
-        std::process::Command::new(bin())
-            .args(["dead-letter", "list", "--target", "mirror", "--config"])
-            .arg(&config_path),
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success(), "{}", out.all());
-    let lines: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    let lines = dead_letters(&config_path);
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["sop_instance_uid"], meta.sop_instance_uid.as_str());
     let reason = lines[0]["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("does not hash to its address") && reason.contains("verify spool"),
         "{reason}"
     );
+}
+
+/// A DICOM target `mirror` to `ae` on 127.0.0.1:`port`: retries every
+/// second, an object refused twice is dead-lettered.
+fn storescp_target(cfg: &mut AgentConfig, ae: &str, port: u16) {
+    cfg.ae_extra = "association_initiator = true\n".into();
+    cfg.extra_toml = format!(
+        "\n[[remote_device]]\nname = \"m\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {port}\n\
+         [[remote_device.network_ae]]\nae_title = \"{ae}\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"{ae}\"\n\
+         retry_initial_secs = 1\nretry_max_secs = 1\nrefused_attempts = 2\ntimeout_secs = 5\n\
+         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+}
+
+/// `pacs-mirror dead-letter list --target mirror` of a stopped agent.
+fn dead_letters(config_path: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = run(
+        std::process::Command::new(bin())
+            .args(["dead-letter", "list", "--target", "mirror", "--config"])
+            .arg(config_path),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", out.all());
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
 }
 
 struct StoreScp(std::process::Child);

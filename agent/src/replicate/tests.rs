@@ -107,6 +107,20 @@ async fn stop(shutdown: CancellationToken, tracker: tokio_util::task::TaskTracke
         .expect("workers and publisher stop");
 }
 
+/// Wait until nothing is pending for `backup`, then stop the workers and
+/// the publisher.
+async fn drained(
+    index: &Index,
+    shutdown: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    wait_until("every row delivered", || {
+        index.outbox_summary("backup").unwrap().pending == 0
+    })
+    .await;
+    stop(shutdown, tracker).await;
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -145,11 +159,7 @@ async fn every_object_is_uploaded_once_listed_in_its_study_and_then_delivered() 
     let objects = seed(&rig.replication.spool, &rig.replication.index, 300, 3);
     let (shutdown, tracker) = start(&rig);
     let index = rig.replication.index.clone();
-    wait_until("every row delivered", || {
-        index.outbox_summary("backup").unwrap().pending == 0
-    })
-    .await;
-    stop(shutdown, tracker).await;
+    drained(&index, shutdown, tracker).await;
 
     let summary = index.outbox_summary("backup").unwrap();
     assert_eq!((summary.delivered, summary.dead_letters), (300, 0));
@@ -215,11 +225,7 @@ async fn nothing_is_delivered_before_its_manifest_entry_is_written() {
     // The manifests can be written again: everything is delivered, and the
     // blobs (already there) are verified, not written twice.
     std::fs::remove_file(&blocker).unwrap();
-    wait_until("every row delivered", || {
-        index.outbox_summary("backup").unwrap().pending == 0
-    })
-    .await;
-    stop(shutdown, tracker).await;
+    drained(&index, shutdown, tracker).await;
     let summary = index.outbox_summary("backup").unwrap();
     assert_eq!((summary.delivered, summary.dead_letters), (80, 0));
     let listed = listed(&rig.bucket).await;
