@@ -114,15 +114,20 @@ impl Worker {
             }
         }
         let any_stored = !stored.is_empty();
-        let mut handed_over: HashSet<Hash> = stored.iter().map(|(d, _)| d.hash).collect();
-        if let Some(publish) = &self.publish
-            && let Err(mpsc::error::SendError(Stored(back))) = publish.send(Stored(stored)).await
-        {
-            // The publisher is gone (shutting down): left due, sent again
-            // (found in the bucket, verified) after the restart.
-            tracing::debug!(target = %self.target.name, objects = back.len(), "publisher stopped: uploads left due");
-            handed_over.clear();
-        }
+        let hashes: HashSet<Hash> = stored.iter().map(|(d, _)| d.hash).collect();
+        let handed_over = match &self.publish {
+            Some(publish) if any_stored => match publish.send(Stored(stored)).await {
+                Ok(()) => hashes,
+                Err(mpsc::error::SendError(Stored(back))) => {
+                    // The publisher is gone (shutting down): left due, sent
+                    // again (found in the bucket, verified) after the restart.
+                    tracing::debug!(target = %self.target.name, objects = back.len(), "publisher stopped: uploads left due");
+                    HashSet::new()
+                }
+            },
+            // Nothing stored, or no publisher: nothing held, all left due.
+            _ => HashSet::new(),
+        };
         match transient {
             Some(e) if !any_stored => (Err(e), handed_over),
             _ => (Ok(()), handed_over),
