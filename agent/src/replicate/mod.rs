@@ -17,7 +17,6 @@
 //! manifest, and an object is still delivered only once its blob and its
 //! manifest entry are both written.
 //!
-//!
 //! | outcome | row |
 //! |---|---|
 //! | DICOM Success or a warning (Bxxx); object stored (or found, verified) with its manifest entry | delivered |
