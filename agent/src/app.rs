@@ -267,6 +267,9 @@ pub async fn listener_settings(config: &Config) -> Result<Vec<ListenerSettings>,
                     bind,
                     aes: vec![settings.clone()],
                     max_associations: ae.max_associations as usize,
+                    max_associations_per_address: ae
+                        .max_associations_per_address
+                        .map(|n| n as usize),
                     max_pdu_bytes: ae.max_pdu_bytes,
                     artim_timeout: Duration::from_secs(ae.artim_timeout_secs),
                     idle_timeout: Duration::from_secs(ae.idle_timeout_secs),

@@ -145,6 +145,13 @@ pub struct NetworkAe {
     /// association requests are rejected. Default: 32.
     #[serde(default = "default_max_associations")]
     pub max_associations: u32,
+    /// Most of those at once from one source address, 1 to
+    /// `max_associations`; further requests from that address are rejected
+    /// (transient, local limit exceeded), so one misbehaving sender cannot
+    /// take every slot from the others (the primary). Default: unset, only
+    /// `max_associations` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_associations_per_address: Option<u32>,
     /// Largest PDU this AE receives, in bytes, announced in the association
     /// negotiation; 1018 to 16777216. Default: 262144 (256 KiB).
     #[serde(default = "default_max_pdu_bytes")]

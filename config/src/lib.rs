@@ -29,7 +29,7 @@
 //! | `….network_ae.association_initiator` | `dicomAssociationInitiator` |
 //! | `….network_ae.network_connections` | `dicomNetworkConnectionReference` |
 //! | `….network_ae.accept_any_calling_ae`, `allowed_calling_aes` | — (pacs-mirror: calling AE allow-list) |
-//! | `….network_ae.max_associations`, `max_pdu_bytes`, `artim_timeout_secs`, `idle_timeout_secs` | — (pacs-mirror: association limits) |
+//! | `….network_ae.max_associations`, `max_associations_per_address`, `max_pdu_bytes`, `artim_timeout_secs`, `idle_timeout_secs` | — (pacs-mirror: association limits) |
 //! | `….network_ae.drill_receiver` | — (pacs-mirror: the Move Destination of C-MOVE restore drills) |
 //! | `[[device.network_ae.transfer_capability]]` | Transfer Capability (`dicomTransferCapability`) |
 //! | `….transfer_capability.name` | `cn` |
@@ -191,6 +191,7 @@ impl Config {
                     allowed_calling_aes: Vec::new(),
                     transfer_capabilities: Vec::new(),
                     max_associations: DEFAULT_MAX_ASSOCIATIONS,
+                    max_associations_per_address: None,
                     max_pdu_bytes: DEFAULT_MAX_PDU_BYTES,
                     artim_timeout_secs: DEFAULT_ARTIM_TIMEOUT_SECS,
                     idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,

@@ -289,6 +289,13 @@ impl Config {
             ae.max_associations,
             &MAX_ASSOCIATIONS_RANGE,
         );
+        if let Some(per) = ae.max_associations_per_address {
+            r.range(
+                format!("{p}.max_associations_per_address"),
+                per,
+                &(1..=ae.max_associations.max(1)),
+            );
+        }
         r.range(
             format!("{p}.max_pdu_bytes"),
             ae.max_pdu_bytes,

@@ -402,3 +402,65 @@ fn strangers_cannot_lock_the_allowed_sender_out() {
     );
     agent.stop();
 }
+
+/// T07: `max_associations_per_address` keeps one sender from taking every
+/// slot: with 3 slots and 2 per address, the third association from
+/// 127.0.0.1 is rejected (transient, local limit) while 127.0.0.2 still gets
+/// the slot left, and a released association gives its address's share back.
+#[test]
+fn one_address_cannot_take_every_slot() {
+    use crate::dimse::Outcome;
+    let dir = tempdir();
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.access = Access::Allow {
+        ae: SENDER_AE.into(),
+        sources: vec!["127.0.0.1/32".into(), "127.0.0.2/32".into()],
+    };
+    cfg.ae_extra = "max_associations = 3\nmax_associations_per_address = 2\n".into();
+    let agent = Agent::start(&cfg);
+    let port = cfg.port;
+    let verification = || crate::limits::verification(port);
+    let Outcome::Accepted(first) = verification() else {
+        panic!("first association refused{}", agent.log_tail());
+    };
+    let Outcome::Accepted(second) = verification() else {
+        panic!("second association refused{}", agent.log_tail());
+    };
+    assert!(
+        matches!(
+            verification(),
+            Outcome::Rejected {
+                result: 2,
+                source: 3,
+                reason: 2
+            }
+        ),
+        "a third association from 127.0.0.1 was not rejected as over its address's limit{}",
+        agent.log_tail()
+    );
+    let other = raw_associate("127.0.0.2", port, SENDER_AE, AGENT_AE);
+    assert_eq!(
+        other,
+        "ACCEPT",
+        "127.0.0.2 did not get the slot left{}",
+        agent.log_tail()
+    );
+    first.release().expect("release");
+    std::thread::sleep(Duration::from_millis(200));
+    let Outcome::Accepted(again) = verification() else {
+        panic!(
+            "a released association did not give its slot back{}",
+            agent.log_tail()
+        );
+    };
+    again.release().expect("release");
+    second.release().expect("release");
+    assert!(
+        agent
+            .log()
+            .contains("too many associations from this address"),
+        "the refusal is not logged with its reason{}",
+        agent.log_tail()
+    );
+    agent.stop();
+}

@@ -8,6 +8,10 @@
 //! local limit exceeded). On shutdown the listener stops accepting and every
 //! association finishes the store it is receiving, then is aborted.
 //!
+//! With `max_associations_per_address`, one source address holds at most
+//! that many of the permits; its further requests are rejected like those
+//! over the limit, so one sender cannot take every slot from the others.
+//!
 //! Connections from addresses that no AE of the listener allows (strangers:
 //! their requests will be refused whatever they say) never take one of those
 //! permits: they share [`STRANGER_SLOTS`] of their own, where their request
@@ -89,6 +93,9 @@ pub struct ListenerSettings {
     pub aes: Vec<AeSettings>,
     /// Concurrent associations.
     pub max_associations: usize,
+    /// Concurrent associations from one source address (`None`: no limit
+    /// but `max_associations`).
+    pub max_associations_per_address: Option<usize>,
     /// Largest PDU we receive.
     pub max_pdu_bytes: u32,
     /// Time allowed for the A-ASSOCIATE-RQ.
@@ -217,6 +224,7 @@ impl Scp {
     pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
         let permits = Arc::new(Semaphore::new(self.settings.max_associations));
         let strangers = Arc::new(Semaphore::new(STRANGER_SLOTS));
+        let per_address = PerAddress::default();
         let mut closed_unread: u64 = 0;
         let mut warned_at: Option<std::time::Instant> = None;
         let mut backoff = Duration::from_millis(10);
@@ -244,6 +252,18 @@ impl Scp {
             let artim = self.settings.artim_timeout;
             let stranger = !access::may_be_admitted(&self.policies, peer.ip());
             let pool = if stranger { &strangers } else { &permits };
+            let address_slot = match self.settings.max_associations_per_address {
+                Some(cap) if !stranger => match per_address.take(peer.ip(), cap) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        let max_pdu = self.settings.max_pdu_bytes;
+                        let over = Over::PerAddress(cap);
+                        tracker.spawn(reject_busy(sock, peer, artim, max_pdu, over));
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             match pool.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let access = PeerAccess::new(self.policies.clone(), peer);
@@ -253,7 +273,7 @@ impl Scp {
                     let shutdown = shutdown.clone();
                     tracker.spawn(async move {
                         admit(sock, peer, options, seen, context, artim, shutdown).await;
-                        drop(permit);
+                        drop((permit, address_slot));
                     });
                 }
                 Err(_) if stranger => {
@@ -272,8 +292,8 @@ impl Scp {
                 }
                 Err(_) => {
                     let max_pdu = self.settings.max_pdu_bytes;
-                    let limit = self.settings.max_associations;
-                    tracker.spawn(reject_busy(sock, peer, artim, max_pdu, limit));
+                    let over = Over::Listener(self.settings.max_associations);
+                    tracker.spawn(reject_busy(sock, peer, artim, max_pdu, over));
                 }
             }
         }
@@ -336,13 +356,79 @@ async fn admit(
 
 /// Over the association limit: read the request (within ARTIM), answer
 /// A-ASSOCIATE-RJ transient "local limit exceeded", close.
+/// Which limit a rejected association is over.
+#[derive(Debug, Clone, Copy)]
+enum Over {
+    /// `max_associations`.
+    Listener(usize),
+    /// `max_associations_per_address`.
+    PerAddress(usize),
+}
+
+impl Over {
+    fn describe(self) -> &'static str {
+        match self {
+            Over::Listener(_) => "too many associations",
+            Over::PerAddress(_) => "too many associations from this address",
+        }
+    }
+
+    fn limit(self) -> usize {
+        match self {
+            Over::Listener(n) | Over::PerAddress(n) => n,
+        }
+    }
+}
+
+/// Associations held per source address, for
+/// `max_associations_per_address`.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>);
+
+/// One association's share of its address's count, given back on drop.
+struct AddressSlot {
+    counts: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// A slot for `ip` if it holds fewer than `cap`.
+    fn take(&self, ip: std::net::IpAddr, cap: usize) -> Option<AddressSlot> {
+        let ip = access::canonical(ip);
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn reject_busy(
     mut sock: TcpStream,
     peer: SocketAddr,
     artim: Duration,
     max_pdu: u32,
-    limit: usize,
+    over: Over,
 ) {
+    let limit = over.limit();
+    let why = over.describe();
     let mut buf = bytes::BytesMut::with_capacity(4096);
     let read = tokio::time::timeout(
         artim,
@@ -350,7 +436,7 @@ async fn reject_busy(
     )
     .await;
     let Ok(Ok(Pdu::AssociationRQ(rq))) = read else {
-        tracing::warn!(%peer, limit, "too many associations, and no A-ASSOCIATE-RQ: connection closed");
+        tracing::warn!(%peer, limit, "{why}, and no A-ASSOCIATE-RQ: connection closed");
         return;
     };
     tracing::warn!(
@@ -358,7 +444,7 @@ async fn reject_busy(
         called_ae = %rq.called_ae_title.trim().escape_debug(),
         %peer,
         limit,
-        "association refused: too many associations (transient)"
+        "association refused: {why} (transient)"
     );
     let rj = Pdu::AssociationRJ(AssociationRJ {
         result: AssociationRJResult::Transient,

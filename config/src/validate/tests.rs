@@ -589,6 +589,9 @@ fn association_limits_out_of_range() {
         ("artim_timeout_secs", "3601"),
         ("idle_timeout_secs", "0"),
         ("idle_timeout_secs", "86401"),
+        ("max_associations_per_address", "0"),
+        // more than max_associations (default 32)
+        ("max_associations_per_address", "33"),
     ];
     for (key, value) in cases {
         let f = findings(&format!("{MINIMAL}{key} = {value}\n"));
@@ -602,6 +605,8 @@ fn association_limits_out_of_range() {
         ("max_associations", "1000"),
         ("artim_timeout_secs", "3600"),
         ("idle_timeout_secs", "86400"),
+        ("max_associations_per_address", "1"),
+        ("max_associations_per_address", "32"),
     ];
     for (key, value) in edges {
         only(&findings(&format!("{MINIMAL}{key} = {value}\n")), &[]);
