@@ -306,7 +306,6 @@ fn an_exposed_listener_without_an_allow_list_does_not_start() {
 /// ARTIM), the other 22 are closed unread, and that is logged.
 #[test]
 fn strangers_cannot_lock_the_allowed_sender_out() {
-    use crate::dimse::Outcome;
     use std::io::Read;
     let dir = tempdir();
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
@@ -339,30 +338,8 @@ fn strangers_cannot_lock_the_allowed_sender_out() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The allowed sender gets both slots, and the limit still holds for it.
-    let verification = || crate::limits::verification(port);
-    let Outcome::Accepted(first) = verification() else {
-        panic!(
-            "the allowed sender was refused while strangers wait{}",
-            agent.log_tail()
-        );
-    };
-    let Outcome::Accepted(second) = verification() else {
-        panic!(
-            "the allowed sender's second association was refused{}",
-            agent.log_tail()
-        );
-    };
-    assert!(
-        matches!(
-            verification(),
-            Outcome::Rejected {
-                result: 2,
-                source: 3,
-                reason: 2
-            }
-        ),
-        "a third association of the allowed sender was not rejected as over the limit"
-    );
+    let [first, second] =
+        two_held_third_over_the_limit(&agent, "the allowed sender, strangers waiting");
     first.release().expect("release");
     second.release().expect("release");
 
@@ -419,25 +396,7 @@ fn one_address_cannot_take_every_slot() {
     cfg.ae_extra = "max_associations = 3\nmax_associations_per_address = 2\n".into();
     let agent = Agent::start(&cfg);
     let port = cfg.port;
-    let verification = || crate::limits::verification(port);
-    let Outcome::Accepted(first) = verification() else {
-        panic!("first association refused{}", agent.log_tail());
-    };
-    let Outcome::Accepted(second) = verification() else {
-        panic!("second association refused{}", agent.log_tail());
-    };
-    assert!(
-        matches!(
-            verification(),
-            Outcome::Rejected {
-                result: 2,
-                source: 3,
-                reason: 2
-            }
-        ),
-        "a third association from 127.0.0.1 was not rejected as over its address's limit{}",
-        agent.log_tail()
-    );
+    let [first, second] = two_held_third_over_the_limit(&agent, "127.0.0.1, 2 per address");
     let other = raw_associate("127.0.0.2", port, SENDER_AE, AGENT_AE);
     assert_eq!(
         other,
@@ -447,7 +406,7 @@ fn one_address_cannot_take_every_slot() {
     );
     first.release().expect("release");
     std::thread::sleep(Duration::from_millis(200));
-    let Outcome::Accepted(again) = verification() else {
+    let Outcome::Accepted(again) = crate::limits::verification(port) else {
         panic!(
             "a released association did not give its slot back{}",
             agent.log_tail()
@@ -463,4 +422,27 @@ fn one_address_cannot_take_every_slot() {
         agent.log_tail()
     );
     agent.stop();
+}
+
+/// Two Verification associations of the sender from 127.0.0.1, held; a
+/// third gets A-ASSOCIATE-RJ transient/provider/local-limit.
+fn two_held_third_over_the_limit(agent: &Agent, what: &str) -> [crate::dimse::Association; 2] {
+    use crate::dimse::Outcome;
+    let held = [1, 2].map(|n| match crate::limits::verification(agent.config.port) {
+        Outcome::Accepted(a) => a,
+        _ => panic!("{what}: association {n} refused{}", agent.log_tail()),
+    });
+    assert!(
+        matches!(
+            crate::limits::verification(agent.config.port),
+            Outcome::Rejected {
+                result: 2,
+                source: 3,
+                reason: 2
+            }
+        ),
+        "{what}: a third association was not rejected as over the limit{}",
+        agent.log_tail()
+    );
+    held
 }
