@@ -10,6 +10,7 @@
 //! leading parameter bytes) is documented in `pacs_mirror_agent::fuzzing`.
 //! Run `scripts/fuzz cmin` afterwards to keep only inputs that add coverage.
 
+use pacs_mirror_agent::fuzzing::element::{long, short};
 use std::error::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -169,25 +170,6 @@ fn uids(out: &Out) -> Result<(), Box<dyn Error>> {
 
 fn le16(v: u16) -> [u8; 2] {
     v.to_le_bytes()
-}
-
-/// Explicit VR LE element with a 2-byte length.
-fn short(g: u16, e: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-    let mut v = [le16(g), le16(e)].concat();
-    v.extend_from_slice(vr);
-    v.extend_from_slice(&(value.len() as u16).to_le_bytes());
-    v.extend_from_slice(value);
-    v
-}
-
-/// Explicit VR LE element with a 4-byte length.
-fn long(g: u16, e: u16, vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-    let mut v = [le16(g), le16(e)].concat();
-    v.extend_from_slice(vr);
-    v.extend_from_slice(&[0, 0]);
-    v.extend_from_slice(&len.to_le_bytes());
-    v.extend_from_slice(value);
-    v
 }
 
 /// Implicit VR LE element, or an item / delimiter.

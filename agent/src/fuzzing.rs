@@ -535,3 +535,39 @@ pub fn config_toml(data: &[u8]) {
         }
     }
 }
+
+/// Explicit VR Little Endian element bytes, written by hand (lengths need
+/// not match the value: hostile inputs are the point), for fuzz seeds and
+/// the tests of the readers.
+pub mod element {
+    /// An element with a 2-byte length, the value's own.
+    pub fn short(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = [group.to_le_bytes(), element.to_le_bytes()].concat();
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    /// An element with a 4-byte length field (`len`, whatever `value` is).
+    pub fn long(group: u16, element: u16, vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
+        let mut v = [group.to_le_bytes(), element.to_le_bytes()].concat();
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    /// [`long`] for OB, OW, SQ, UN and UT, else a 2-byte length of `len`.
+    pub fn by_vr(group: u16, element: u16, vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
+        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+            return long(group, element, vr, len, value);
+        }
+        let mut v = [group.to_le_bytes(), element.to_le_bytes()].concat();
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&(len as u16).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+}

@@ -594,16 +594,7 @@ mod tests {
 
     /// Explicit VR LE element.
     fn el(tag: (u16, u16), vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-        let mut v = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
-        v.extend_from_slice(vr);
-        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
-            v.extend_from_slice(&[0, 0]);
-            v.extend_from_slice(&len.to_le_bytes());
-        } else {
-            v.extend_from_slice(&(len as u16).to_le_bytes());
-        }
-        v.extend_from_slice(value);
-        v
+        crate::fuzzing::element::by_vr(tag.0, tag.1, vr, len, value)
     }
 
     /// Our file meta header and a data set with the four UIDs.

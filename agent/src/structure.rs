@@ -494,23 +494,7 @@ pub(crate) mod tests {
         v.to_le_bytes()
     }
 
-    /// Explicit VR LE element with a short (2-byte) length.
-    fn short(g: u16, e: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut v = [le16(g), le16(e)].concat();
-        v.extend_from_slice(vr);
-        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        v.extend_from_slice(value);
-        v
-    }
-
-    fn long(g: u16, e: u16, vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-        let mut v = [le16(g), le16(e)].concat();
-        v.extend_from_slice(vr);
-        v.extend_from_slice(&[0, 0]);
-        v.extend_from_slice(&len.to_le_bytes());
-        v.extend_from_slice(value);
-        v
-    }
+    use crate::fuzzing::element::{long, short};
 
     fn tag_len(g: u16, e: u16, len: u32) -> Vec<u8> {
         [

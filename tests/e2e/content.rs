@@ -5,6 +5,8 @@
 //! bytes, never becomes a path or a forged log line, leaves nothing in the
 //! spool or the index, and the association and the agent go on.
 
+// Explicit VR LE element (4-byte length for OB, OW, SQ, UN, UT).
+use pacs_mirror_agent::fuzzing::element::by_vr as el;
 use std::path::Path;
 use std::time::Duration;
 
@@ -221,20 +223,6 @@ fn hostile_uids_are_refused_and_never_reach_a_path_or_a_log_line() {
             );
         }
     }
-}
-
-/// Explicit VR LE element (4-byte length for OB, OW, SQ, UN, UT).
-fn el(group: u16, element: u16, vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-    let mut v = [group.to_le_bytes(), element.to_le_bytes()].concat();
-    v.extend_from_slice(vr);
-    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
-        v.extend_from_slice(&[0, 0]);
-        v.extend_from_slice(&len.to_le_bytes());
-    } else {
-        v.extend_from_slice(&(len as u16).to_le_bytes());
-    }
-    v.extend_from_slice(value);
-    v
 }
 
 fn item_header(tag: u16, len: u32) -> Vec<u8> {

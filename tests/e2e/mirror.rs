@@ -157,9 +157,9 @@ fn an_object_the_mirror_refuses_goes_to_the_dead_letter_list() {
     let received = dir.path().join("received");
     std::fs::create_dir_all(&received).expect("mkdir");
     let port = free_port();
-    let mut storescp = storescp(port, "STRICT_MIRROR", &received, &["+B"]);
+    let mut storescp = storescp(port, "MIRROR", &received, &["+B"]);
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
-    storescp_target(&mut cfg, "STRICT_MIRROR", port);
+    storescp_target(&mut cfg, port);
     let agent = Agent::start(&cfg);
 
     let plain = &corpus_1000()[..5];
@@ -230,7 +230,7 @@ fn a_spool_file_damaged_before_replication_never_reaches_the_mirror() {
     std::fs::create_dir_all(&received).expect("mkdir");
     let port = free_port();
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
-    storescp_target(&mut cfg, "MIRROR", port);
+    storescp_target(&mut cfg, port);
     let agent = Agent::start(&cfg);
     // The mirror is down: everything waits in the spool.
     let files = &corpus_1000()[..6];
@@ -284,19 +284,36 @@ fn a_spool_file_damaged_before_replication_never_reaches_the_mirror() {
     );
 }
 
-/// A DICOM target `mirror` to `ae` on 127.0.0.1:`port`: retries every
-/// second, an object refused twice is dead-lettered.
-fn storescp_target(cfg: &mut AgentConfig, ae: &str, port: u16) {
+/// The harness's DICOM target `mirror` (AE `MIRROR` on 127.0.0.1:`port`)
+/// with an object refused twice dead-lettered, and an admin endpoint.
+fn storescp_target(cfg: &mut AgentConfig, port: u16) {
     cfg.ae_extra = "association_initiator = true\n".into();
     cfg.extra_toml = format!(
-        "\n[[remote_device]]\nname = \"m\"\n\
-         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {port}\n\
-         [[remote_device.network_ae]]\nae_title = \"{ae}\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
-         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"{ae}\"\n\
-         retry_initial_secs = 1\nretry_max_secs = 1\nrefused_attempts = 2\ntimeout_secs = 5\n\
-         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        "{}refused_attempts = 2\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        mirror_target_toml(port, ""),
         free_port()
     );
+}
+
+/// Every one of `files` is in the storescp folder `got`, its data set
+/// byte-exact.
+fn assert_mirror_holds(got: &std::path::Path, files: &[std::path::PathBuf]) {
+    let mut received = std::collections::HashMap::new();
+    for f in files_under(got) {
+        let (m, ds) = raw_info(&f);
+        received.insert(m.sop_instance_uid, ds);
+    }
+    for f in files {
+        let (m, ds) = raw_info(f);
+        let held = received
+            .get(&m.sop_instance_uid)
+            .unwrap_or_else(|| panic!("{} never reached the mirror", m.sop_instance_uid));
+        assert!(
+            held == &ds,
+            "{}: the mirror's copy differs",
+            m.sop_instance_uid
+        );
+    }
 }
 
 /// `pacs-mirror dead-letter list --target mirror` of a stopped agent.
@@ -473,73 +490,48 @@ fn a_mirror_that_aborts_or_stalls_mid_store_gets_nothing_marked_delivered() {
     );
     let files = synth_small(&dir.path().join("src"), 1, 3, 64);
 
-    let mut faulty = storescp(
-        port,
-        "MIRROR",
-        &dir.path().join("got-abort"),
-        &["+B", "--abort-after"],
-    );
+    // Each faulty mirror in turn: its failure is reported (after `since`),
+    // a few more rounds of retries go by, and nothing is delivered.
+    let faulty_round = |agent: &Agent, fault: &[&str], since: u64, reason: &str| {
+        let flag = fault[0];
+        let args: Vec<&str> = std::iter::once("+B").chain(fault.iter().copied()).collect();
+        let mut faulty = storescp(
+            port,
+            "MIRROR",
+            &dir.path().join(format!("got{flag}")),
+            &args,
+        );
+        let t = wait_status(
+            &agent.config_path,
+            &format!("{flag}: failures reported"),
+            |t| {
+                t["last_error_at_ms"].as_u64().is_some_and(|at| at > since)
+                    && t["last_error"].as_str().is_some_and(|e| e.contains(reason))
+            },
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let t2 = mirror_status(&agent.config_path);
+        assert_eq!(
+            t2["delivered"], 0,
+            "{flag}: a store counted as delivered: {t2}"
+        );
+        assert_eq!(t2["pending"], 3, "{flag}: {t2}");
+        eprintln!("{flag}: {t}");
+        faulty.stop();
+    };
     let agent = Agent::start(&cfg);
     store_all_ok(cfg.port, SENDER_AE, &[], &files);
-    let t = wait_status(&agent.config_path, "aborted stores reported", |t| {
-        t["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("ended the association"))
-    });
-    // A few more rounds of retries.
-    std::thread::sleep(Duration::from_secs(5));
-    let t2 = mirror_status(&agent.config_path);
-    assert_eq!(
-        t2["delivered"], 0,
-        "an aborted store counted as delivered: {t2}"
-    );
-    assert_eq!(t2["pending"], 3, "{t2}");
-    eprintln!("abort-after: {t}");
-    faulty.stop();
-
+    // The whole object received, then aborted instead of answered.
+    faulty_round(&agent, &["--abort-after"], 0, "ended the association");
     // Aborted in the middle of receiving the data set: a half-sent object.
-    let mut faulty = storescp(
-        port,
-        "MIRROR",
-        &dir.path().join("got-abort-during"),
-        &["+B", "--abort-during"],
+    faulty_round(
+        &agent,
+        &["--abort-during"],
+        unix_ms(),
+        "ended the association",
     );
-    let since = unix_ms();
-    wait_status(&agent.config_path, "a store aborted mid-transfer", |t| {
-        t["last_error_at_ms"].as_u64().is_some_and(|at| at > since)
-            && t["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("ended the association"))
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    let t2 = mirror_status(&agent.config_path);
-    assert_eq!(
-        t2["delivered"], 0,
-        "a half-sent store counted as delivered: {t2}"
-    );
-    assert_eq!(t2["pending"], 3, "{t2}");
-    eprintln!("abort-during: {t2}");
-    faulty.stop();
-
-    let mut faulty = storescp(
-        port,
-        "MIRROR",
-        &dir.path().join("got-sleep"),
-        &["+B", "--sleep-during", "12"],
-    );
-    let t = wait_status(&agent.config_path, "stalled stores reported", |t| {
-        t["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("within 3 s"))
-    });
-    let t2 = mirror_status(&agent.config_path);
-    assert_eq!(
-        t2["delivered"], 0,
-        "a stalled store counted as delivered: {t2}"
-    );
-    assert_eq!(t2["pending"], 3, "{t2}");
-    eprintln!("sleep-during: {t}");
-    faulty.stop();
+    // Stalled mid-object for longer than the target's timeout.
+    faulty_round(&agent, &["--sleep-during", "12"], unix_ms(), "within 3 s");
 
     let got = dir.path().join("got");
     let mut sound = storescp(port, "MIRROR", &got, &["+B"]);
@@ -549,22 +541,7 @@ fn a_mirror_that_aborts_or_stalls_mid_store_gets_nothing_marked_delivered() {
     eprintln!("sound: {t}");
     agent.stop();
     sound.stop();
-    let mut received = std::collections::HashMap::new();
-    for f in files_under(&got) {
-        let (m, ds) = raw_info(&f);
-        received.insert(m.sop_instance_uid, ds);
-    }
-    for f in &files {
-        let (m, ds) = raw_info(f);
-        let held = received
-            .get(&m.sop_instance_uid)
-            .unwrap_or_else(|| panic!("{} never reached the sound mirror", m.sop_instance_uid));
-        assert!(
-            held == &ds,
-            "{}: the mirror's copy differs",
-            m.sop_instance_uid
-        );
-    }
+    assert_mirror_holds(&got, &files);
 }
 
 /// T33 (A7xx): a mirror out of disk space — DCMTK storescp writing into a
@@ -588,12 +565,7 @@ fn a_mirror_out_of_resources_is_retried_never_dead_lettered() {
     let filler = mnt.join("filler");
     let _ = std::fs::write(&filler, vec![0x5Au8; 512 << 10]);
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
-    cfg.ae_extra = "association_initiator = true\n".into();
-    cfg.extra_toml = format!(
-        "{}refused_attempts = 2\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        mirror_target_toml(port, ""),
-        free_port()
-    );
+    storescp_target(&mut cfg, port);
     let files = synth_small(&dir.path().join("src"), 1, 3, 64);
     let agent = Agent::start(&cfg);
     store_all_ok(cfg.port, SENDER_AE, &[], &files);
@@ -617,20 +589,5 @@ fn a_mirror_out_of_resources_is_retried_never_dead_lettered() {
     assert_eq!(t["dead_letters"], 0, "{t}");
     agent.stop();
     scp.stop();
-    let mut received = std::collections::HashMap::new();
-    for f in files_under(&got) {
-        let (m, ds) = raw_info(&f);
-        received.insert(m.sop_instance_uid, ds);
-    }
-    for f in &files {
-        let (m, ds) = raw_info(f);
-        let held = received
-            .get(&m.sop_instance_uid)
-            .unwrap_or_else(|| panic!("{} never reached the mirror", m.sop_instance_uid));
-        assert!(
-            held == &ds,
-            "{}: the mirror's copy differs",
-            m.sop_instance_uid
-        );
-    }
+    assert_mirror_holds(&got, &files);
 }
