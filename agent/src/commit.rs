@@ -6,8 +6,9 @@
 //! 1. fsync the data of every temp file of the batch (their writeback was
 //!    started as the chunks arrived, so these mostly wait on one journal
 //!    commit);
-//! 2. check each object's header against its C-STORE command (parsing the
-//!    file if the header was not already parsed from the first chunk);
+//! 2. identify each object by its C-STORE command and the attributes its
+//!    walk captured ([`crate::identify`]): an identity conflict is refused,
+//!    anything else non-conformant is kept with its findings;
 //! 3. rename each into `objects/` with `RENAME_NOREPLACE` (never replacing a
 //!    durable object: identical contents leave the temp file to be removed);
 //! 4. fsync each distinct `objects/<hh>` directory once;
@@ -38,10 +39,10 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-use crate::dimse;
-use crate::index::{CommitOutcome, Index, InstanceRecord, hash_hex};
-use crate::part10::{self, ObjectHeader};
+use crate::identify;
+use crate::index::{CommitOutcome, Finding, Index, InstanceRecord, hash_hex};
 use crate::spool::{ObjectWriter, Spool, SpoolError, sync_dir};
+use crate::structure::Observed;
 
 /// Largest number of objects committed by one flush.
 const MAX_BATCH: usize = 256;
@@ -51,8 +52,9 @@ const MAX_BATCH: usize = 256;
 pub struct Pending {
     /// The temp file, complete but not yet fsynced.
     pub writer: ObjectWriter,
-    /// The header, when it could be parsed from the first chunk.
-    pub header: Option<ObjectHeader>,
+    /// The walk of the data set as it arrived: its verdict and the
+    /// identifying attributes it captured ([`identify::walker`]).
+    pub observed: Observed,
     /// The C-STORE's Affected SOP Class UID.
     pub command_sop_class: String,
     /// The C-STORE's Affected SOP Instance UID.
@@ -78,21 +80,17 @@ pub struct Committed {
     pub file_bytes: u64,
     /// The SOP Instance UID.
     pub sop_instance_uid: String,
+    /// What is not conformant about it (kept all the same).
+    pub findings: Vec<Finding>,
 }
 
 /// Why an object was not committed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommitError {
-    /// The data set cannot be parsed far enough to read its UIDs.
-    #[error("{0}")]
-    Unparseable(String),
-    /// Command and data set disagree.
-    #[error("{0}")]
-    UidMismatch(String),
-    /// A UID in the data set is unusable.
-    #[error("{0}")]
-    InvalidUid(String),
+    /// Command and data set name different SOP instances.
+    #[error(transparent)]
+    IdentityConflict(#[from] identify::IdentityConflict),
     /// Spool I/O (fsync, rename…).
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -246,6 +244,7 @@ fn commit_batch(spool: &Spool, index: &Index, targets: &[String], jobs: Vec<Job>
                     created: installed.created,
                     file_bytes: record.file_bytes,
                     sop_instance_uid: record.sop_instance_uid.clone(),
+                    findings: record.findings.clone(),
                 })
                 .map_err(|e| CommitError::Index(e.to_string()))
         };
@@ -267,49 +266,30 @@ fn commit_batch(spool: &Spool, index: &Index, targets: &[String], jobs: Vec<Job>
     }
 }
 
-/// Steps 1–3 for one object: fsync data, check header, rename into place.
+/// Steps 1–3 for one object: fsync data, identify, rename into place.
 fn durable_file(
     spool: &Spool,
     p: Pending,
 ) -> Result<(InstanceRecord, crate::index::Hash, crate::spool::Installed), CommitError> {
-    let header = match p.header {
-        Some(h) => h,
-        None => part10::read_header(p.writer.path())
-            .map_err(|e| CommitError::Unparseable(e.to_string()))?,
-    };
-    if header.sop_instance_uid != p.command_sop_instance {
-        return Err(CommitError::UidMismatch(format!(
-            "SOP Instance UID {} in data set, {} in command",
-            header.sop_instance_uid, p.command_sop_instance
-        )));
-    }
-    if header.sop_class_uid != p.command_sop_class {
-        return Err(CommitError::UidMismatch(format!(
-            "SOP Class UID {} in data set, {} in command",
-            header.sop_class_uid, p.command_sop_class
-        )));
-    }
-    for (what, uid) in [
-        ("Study Instance UID", &header.study_instance_uid),
-        ("Series Instance UID", &header.series_instance_uid),
-    ] {
-        dimse::check_uid(uid).map_err(|e| CommitError::InvalidUid(format!("{what}: {e}")))?;
-    }
+    let id = identify::identify(&p.command_sop_class, &p.command_sop_instance, &p.observed)?;
     let written = p.writer.finish()?;
     let installed = spool.place(written.temp.path(), &written.hash)?;
     let record = InstanceRecord {
-        sop_instance_uid: header.sop_instance_uid,
-        sop_class_uid: header.sop_class_uid,
+        sop_instance_uid: id.sop_instance_uid,
+        sop_class_uid: id.sop_class_uid,
         transfer_syntax_uid: p.transfer_syntax,
         blake3: hash_hex(&written.hash),
         dataset_bytes: written.dataset_bytes,
         file_bytes: written.file_bytes(),
-        patient_id: header.patient_id,
-        study_instance_uid: header.study_instance_uid,
-        series_instance_uid: header.series_instance_uid,
+        patient_id: id.patient_id,
+        study_instance_uid: id.study_instance_uid,
+        series_instance_uid: id.series_instance_uid,
         calling_ae: p.calling_ae,
         source_ip: p.source_ip,
         received_at_ms: p.received_at_ms,
+        study_date: id.study_date,
+        modality: id.modality,
+        findings: id.findings,
     };
     let hash = written.hash;
     written.temp.keep();
@@ -330,19 +310,19 @@ mod tests {
         crate::testutil::dataset(CT, sop, patient)
     }
 
-    fn pending(spool: &Spool, command_sop: &str, body: &[u8], parse_early: bool) -> Pending {
+    fn pending(spool: &Spool, command_sop: &str, body: &[u8]) -> Pending {
         let receipt = Receipt {
             source_ip: "127.0.0.1".into(),
             received_at_ms: 7,
         };
-        let header = part10::file_header(CT, command_sop, TS, "SCU", &receipt).unwrap();
+        let header = crate::part10::file_header(CT, command_sop, TS, "SCU", &receipt).unwrap();
         let (file, path) = spool.begin().unwrap();
         let mut writer = ObjectWriter::new(file, path, &header).unwrap();
         writer.write_chunk(body).unwrap();
+        let mut walker = identify::walker(TS);
+        let _ = walker.feed(body);
         Pending {
-            header: parse_early
-                .then(|| part10::read_header_prefix(&header, body).ok())
-                .flatten(),
+            observed: walker.finish_observing(),
             writer,
             command_sop_class: CT.into(),
             command_sop_instance: command_sop.into(),
@@ -366,9 +346,9 @@ mod tests {
         let (_d, spool, index, c) = setup();
         let body = dataset("1.2.3.9", "P");
         let mut tasks = Vec::new();
-        for i in 0..20 {
+        for _ in 0..20 {
             let c = c.clone();
-            let p = pending(&spool, "1.2.3.9", &body, i % 2 == 0);
+            let p = pending(&spool, "1.2.3.9", &body);
             tasks.push(tokio::spawn(async move { c.commit(p).await }));
         }
         let mut created = 0;
@@ -389,29 +369,44 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn mismatch_and_garbage_are_refused_and_cleaned_up() {
+    async fn conflicts_are_refused_and_garbage_is_kept_with_findings() {
         let (_d, spool, index, c) = setup();
         let body = dataset("1.2.3.9", "P");
-        let r = c.commit(pending(&spool, "1.2.3.8", &body, true)).await;
-        assert!(matches!(r, Err(CommitError::UidMismatch(_))), "{r:?}");
-        let r = c
-            .commit(pending(&spool, "1.2.3.8", &[0xFF; 9], false))
-            .await;
-        assert!(matches!(r, Err(CommitError::Unparseable(_))), "{r:?}");
+        let r = c.commit(pending(&spool, "1.2.3.8", &body)).await;
+        assert!(matches!(r, Err(CommitError::IdentityConflict(_))), "{r:?}");
         assert_eq!(index.stats().unwrap().instances, 0);
         assert_eq!(spool.list_objects().unwrap().0.len(), 0);
         assert_eq!(std::fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
+        // Bytes that are no data set at all, under a command that names
+        // them: kept byte-exact, with what is wrong.
+        let r = c
+            .commit(pending(&spool, "1.2.3.8", &[0xFF; 9]))
+            .await
+            .unwrap();
+        assert_eq!(r.outcome, CommitOutcome::New);
+        let classes: Vec<_> = r.findings.iter().map(|f| f.class).collect();
+        use crate::index::FindingClass as F;
+        assert_eq!(
+            classes,
+            [F::MissingAttribute, F::MissingAttribute, F::MissingAttribute, F::MissingAttribute, F::Structure]
+        );
+        let (objects, _) = spool.list_objects().unwrap();
+        assert_eq!(objects.len(), 1);
+        assert!(std::fs::read(&objects[0].1).unwrap().ends_with(&[0xFF; 9]));
+        let v = index.versions("1.2.3.8").unwrap();
+        assert_eq!(v[0].findings, r.findings);
+        assert_eq!(v[0].study_instance_uid, "");
         // a conflicting second version is kept beside the first
-        c.commit(pending(&spool, "1.2.3.9", &body, true))
+        c.commit(pending(&spool, "1.2.3.9", &body))
             .await
             .unwrap();
         let other = dataset("1.2.3.9", "Q");
         let r = c
-            .commit(pending(&spool, "1.2.3.9", &other, true))
+            .commit(pending(&spool, "1.2.3.9", &other))
             .await
             .unwrap();
         assert!(matches!(r.outcome, CommitOutcome::Conflict { .. }));
-        assert_eq!(spool.list_objects().unwrap().0.len(), 2);
+        assert_eq!(spool.list_objects().unwrap().0.len(), 3);
         assert_eq!(index.versions("1.2.3.9").unwrap().len(), 2);
     }
 }

@@ -222,6 +222,23 @@ pub struct FailoverReport {
     pub dead_letters: u64,
     /// What the repair did, when asked.
     pub repair: Option<Repair>,
+    /// Instance versions held with no (usable) Study Instance UID: a
+    /// study-level C-FIND cannot ask the mirror for them, so they are not
+    /// in the check; the queue figures above still cover their delivery,
+    /// and `pacs-mirror findings list` names them.
+    #[serde(default)]
+    pub without_study: u64,
+}
+
+/// How a report says what a study-level check could not reach.
+pub fn without_study_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(
+            "; {n} instance version(s) without a Study Instance UID cannot be checked by study (delivery tracked by the queue; `pacs-mirror findings list`)"
+        )
+    }
 }
 
 impl FailoverReport {
@@ -253,13 +270,14 @@ impl FailoverReport {
             )
         };
         format!(
-            "failover check of {} ({}){window}: {verdict}; {} study(ies), {} instance(s) checked; {} object(s) still queued, {} dead letter(s)",
+            "failover check of {} ({}){window}: {verdict}; {} study(ies), {} instance(s) checked; {} object(s) still queued, {} dead letter(s){}",
             self.target,
             self.mirror,
             self.studies_checked,
             self.instances_checked,
             self.queued,
-            self.dead_letters
+            self.dead_letters,
+            without_study_note(self.without_study)
         )
     }
 }
@@ -337,11 +355,15 @@ fn indexed_studies(
         let mut newest: BTreeMap<String, Newest> = BTreeMap::new();
         let mut first_ms = u64::MAX;
         let mut patient_id = None;
+        let mut study_date = String::new();
         // One study's records at a time; only the UID and hash are kept.
         for r in index.study_instances(&s.study_instance_uid)? {
             first_ms = first_ms.min(r.received_at_ms);
             if patient_id.is_none() {
                 patient_id = Some(r.patient_id.clone());
+            }
+            if study_date.is_empty() {
+                study_date = r.study_date;
             }
             match newest.get(&r.sop_instance_uid) {
                 Some(held) if held.received_at_ms >= r.received_at_ms => {}
@@ -361,10 +383,12 @@ fn indexed_studies(
         };
         let study = IndexedStudy {
             patient_id,
-            study_date: if since.is_some() {
+            // Indexed with each record; records written before it was kept
+            // have none, and then it is read from a spooled copy.
+            study_date: if since.is_some() && study_date.is_empty() {
                 spooled_study_date(spool, newest.values())
             } else {
-                String::new()
+                study_date
             },
             received_day: crate::restore::yyyymmdd_of_ms(first_ms),
             newest,
@@ -514,7 +538,7 @@ pub async fn check(
         ..FailoverReport::default()
     };
     // The index, then the queue, both before the mirror is asked.
-    let (studies, queue) = {
+    let studies = {
         let (index, spool, since, target) = (
             index.clone(),
             spool.clone(),
@@ -524,10 +548,12 @@ pub async fn check(
         blocking(move || {
             let studies = indexed_studies(&index, &spool, since.as_deref())?;
             let queue = QueueSnapshot::take(&index, &target)?;
-            Ok((studies, queue))
+            Ok((studies, queue, index.without_study()?))
         })
         .await?
     };
+    let (studies, queue, without_study) = (studies.0, studies.1, studies.2);
+    report.without_study = without_study;
     report.studies_checked = studies.len();
     report.instances_checked = studies.values().map(|s| s.newest.len()).sum();
     let expected: BTreeMap<String, BTreeSet<String>> = studies
@@ -968,6 +994,9 @@ mod tests {
             calling_ae: "A".into(),
             source_ip: "127.0.0.1".into(),
             received_at_ms: at,
+            study_date: String::new(),
+            modality: String::new(),
+            findings: Vec::new(),
         };
         let t = ["m".to_string()];
         idx.commit_instance(&rec("1.7.1.1", &[1; 32], 10), &[1; 32], &t, 10)

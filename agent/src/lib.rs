@@ -7,7 +7,10 @@
 //! - [`index`]: the sled index behind a small KV trait; versioned records.
 //! - [`commit`]: the group committer (one index flush for many stores).
 //! - [`part10`]: the file meta header we write; parsing received headers.
-//! - [`structure`]: streaming structural check of each data set as it arrives.
+//! - [`structure`]: streaming structural check of each data set as it arrives,
+//!   and the reader of its identifying attributes.
+//! - [`identify`]: the ingest policy: what is kept, refused, and recorded as
+//!   not conformant.
 //! - [`recovery`]: start-up recovery and `reindex` from the spool.
 //! - [`replicate`]: workers that drain each DICOM target's queue by C-STORE.
 //! - [`bucket`]: object-storage targets: the bucket layout, create-only
@@ -58,6 +61,7 @@ pub mod failback;
 pub mod failover;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod identify;
 pub mod index;
 pub mod monitor;
 pub mod part10;

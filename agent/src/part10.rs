@@ -1,20 +1,21 @@
 //! Part-10 files: the file meta header we write in front of the data set
-//! bytes, and reading the identifying attributes back from a received object.
+//! bytes, and reading the identifying attributes back from a stored object.
 //!
 //! The data set bytes are never decoded into memory and re-encoded: they go to
-//! disk exactly as they arrived. Only the attributes up to Pixel Data are
-//! parsed, from the file, to check and index the object.
+//! disk exactly as they arrived. The identifying attributes are read by the
+//! structure walker ([`crate::identify::walker`]), never by dicom-object, so
+//! that an object that does not parse still gives what it has.
 
 use std::path::Path;
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 
-use dicom_dictionary_std::tags;
+use dicom_object::FileMetaTableBuilder;
 use dicom_object::meta::FileMetaTable;
-use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::structure::Walker;
+use crate::identify;
+use crate::structure::{Observed, StructureError, Walker};
 
 /// Implementation Class UID of pacs-mirror (a UUID-derived 2.25 UID).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.10786319485681046702925272269099423959";
@@ -115,6 +116,27 @@ pub struct ObjectHeader {
     pub study_date: String,
     /// Bytes of preamble + DICM + meta group (where the data set starts).
     pub dataset_offset: u64,
+    /// Where the walk stopped at a flaw before reaching Pixel Data (the
+    /// attributes after it are missing), if it did.
+    pub flaw: Option<StructureError>,
+}
+
+/// The file meta group of a Part-10 file, as pacs-mirror wrote it from the
+/// C-STORE command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// (0002,0002): the command's Affected SOP Class UID.
+    pub sop_class_uid: String,
+    /// (0002,0003): the command's Affected SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// (0002,0010).
+    pub transfer_syntax_uid: String,
+    /// (0002,0016), the calling AE that sent it.
+    pub source_ae: String,
+    /// (0002,0102) decoded, when written by pacs-mirror.
+    pub receipt: Option<Receipt>,
+    /// Where the data set starts.
+    pub dataset_offset: u64,
 }
 
 fn trimmed(s: &str) -> String {
@@ -176,22 +198,99 @@ pub fn parse_meta(meta: &[u8]) -> Result<FileMetaTable, Part10Error> {
     FileMetaTable::from_reader(meta).map_err(|e| parse(&e.to_string()))
 }
 
-/// Parse a Part-10 file up to (not including) Pixel Data.
+/// Read a Part-10 file's identifying attributes, up to Pixel Data.
+/// Fails only when the preamble or file meta group cannot be read; a data
+/// set that does not parse gives the attributes before its flaw.
 pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
     let file = std::fs::File::open(path).map_err(|e| Part10Error::Parse(e.to_string()))?;
     read_header_from(std::io::BufReader::with_capacity(64 * 1024, file))
 }
 
 /// [`read_header`] of a Part-10 byte stream (preamble, `DICM`, file meta
-/// group, data set), read twice: first walked with a [`Walker`] up to Pixel
-/// Data, then, only if the walk found every length honest, parsed with
-/// dicom-object from the start.
-pub fn read_header_from(mut reader: impl Read + Seek) -> Result<ObjectHeader, Part10Error> {
+/// group, data set).
+pub fn read_header_from(mut reader: impl Read) -> Result<ObjectHeader, Part10Error> {
+    let (meta, table) = read_meta(&mut reader)?;
+    let mut walker = identify::walker(&meta.transfer_syntax_uid);
+    walk(&mut reader, &mut walker, true, &mut |_| ())?;
+    let reached = walker.reached_pixel_data();
+    let mut observed = walker.finish_observing();
+    if reached {
+        observed.structure = Ok(());
+    }
+    Ok(header_of(&meta, &table, &observed))
+}
+
+/// What [`read_identity`] read of a spool file: its meta group, one walk of
+/// its whole data set, and the data set's hash.
+#[derive(Debug, Clone)]
+pub struct FileIdentity {
+    /// The file meta group.
+    pub meta: FileMeta,
+    /// The walk of the whole data set.
+    pub observed: Observed,
+    /// blake3 of the data set bytes (the spool address).
+    pub dataset_blake3: [u8; 32],
+    /// Length of the data set bytes.
+    pub dataset_bytes: u64,
+}
+
+/// Read a spool file as ingest saw it: the file meta group (the command's
+/// UIDs), and in one pass over the data set its walk (structure and
+/// identifying attributes, for [`identify::identify`]) and its hash. For
+/// start-up recovery and `reindex`, so a file indexed again gets the same
+/// record, findings included.
+pub fn read_identity(path: &Path) -> Result<FileIdentity, Part10Error> {
     let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
-    let walker = walker_after_meta(&mut reader)?;
-    walk(&mut reader, walker, true)?;
-    reader.seek(SeekFrom::Start(128)).map_err(io)?;
-    parse_header(reader)
+    let mut reader =
+        std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path).map_err(io)?);
+    let (meta, _) = read_meta(&mut reader)?;
+    let mut walker = identify::walker(&meta.transfer_syntax_uid);
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = 0u64;
+    walk(&mut reader, &mut walker, false, &mut |chunk| {
+        hasher.update(chunk);
+        bytes += chunk.len() as u64;
+    })?;
+    Ok(FileIdentity {
+        meta,
+        observed: walker.finish_observing(),
+        dataset_blake3: *hasher.finalize().as_bytes(),
+        dataset_bytes: bytes,
+    })
+}
+
+/// Read only a Part-10 file's preamble and file meta group.
+pub fn read_file_meta(path: &Path) -> Result<FileMeta, Part10Error> {
+    let file = std::fs::File::open(path).map_err(|e| Part10Error::Parse(e.to_string()))?;
+    read_meta(&mut std::io::BufReader::with_capacity(4096, file)).map(|(m, _)| m)
+}
+
+/// Read the preamble and file meta group ([`parse_meta`]) off `reader`,
+/// leaving it at the data set.
+fn read_meta(reader: &mut impl Read) -> Result<(FileMeta, FileMetaTable), Part10Error> {
+    let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
+    let mut head = [0u8; 144];
+    reader.read_exact(&mut head).map_err(io)?;
+    let declared = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
+    if declared > MAX_META_GROUP_BYTES {
+        return Err(Part10Error::Parse(format!(
+            "file meta group length {declared} is implausible (over {MAX_META_GROUP_BYTES} bytes)"
+        )));
+    }
+    let mut raw = head[128..].to_vec();
+    raw.resize(16 + declared as usize, 0);
+    reader.read_exact(&mut raw[16..]).map_err(io)?;
+    let table = parse_meta(&raw)?;
+    let (source_ae, receipt) = origin_of(&table);
+    let meta = FileMeta {
+        sop_class_uid: trimmed(table.media_storage_sop_class_uid()),
+        sop_instance_uid: trimmed(table.media_storage_sop_instance_uid()),
+        transfer_syntax_uid: trimmed(table.transfer_syntax()),
+        source_ae,
+        receipt,
+        dataset_offset: 144 + u64::from(declared),
+    };
+    Ok((meta, table))
 }
 
 /// Walk a Part-10 file's whole data set ([`Walker::for_dicom_rs`]): every
@@ -202,67 +301,42 @@ pub fn check_whole_data_set(path: &Path) -> Result<(), Part10Error> {
     let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
     let mut reader =
         std::io::BufReader::with_capacity(64 * 1024, std::fs::File::open(path).map_err(io)?);
-    let walker = walker_after_meta(&mut reader)?;
-    walk(&mut reader, walker, false)
+    let (meta, _) = read_meta(&mut reader)?;
+    let mut walker = Walker::for_dicom_rs(&meta.transfer_syntax_uid);
+    walk(&mut reader, &mut walker, false, &mut |_| ())?;
+    walker.finish().map_err(unparseable)
 }
 
-/// Feed the rest of `reader` to `walker` and finish it; with
-/// `until_pixel_data`, stop (sound so far) where Pixel Data starts.
+/// Feed the rest of `reader` to `walker` (and to `also`); with
+/// `until_pixel_data`, stop where Pixel Data starts. A flaw stops the
+/// feeding, not the reading (`also` sees every byte); only I/O fails.
 fn walk(
     reader: &mut impl Read,
-    mut walker: Walker,
+    walker: &mut Walker,
     until_pixel_data: bool,
+    also: &mut dyn FnMut(&[u8]),
 ) -> Result<(), Part10Error> {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut sound = true;
     loop {
-        if until_pixel_data && walker.reached_pixel_data() {
+        if until_pixel_data && (walker.reached_pixel_data() || !sound) {
             return Ok(());
         }
         let n = match reader.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Part10Error::Parse(e.to_string())),
         };
-        walker.feed(&buf[..n]).map_err(unparseable)?;
+        if sound {
+            sound = walker.feed(&buf[..n]).is_ok();
+        }
+        also(&buf[..n]);
     }
-    if until_pixel_data && walker.reached_pixel_data() {
-        return Ok(());
-    }
-    walker.finish().map_err(unparseable)
-}
-
-/// Read a Part-10 stream's preamble and file meta group ([`parse_meta`]);
-/// a [`Walker::for_dicom_rs`] for the data set that follows.
-fn walker_after_meta(reader: &mut impl Read) -> Result<Walker, Part10Error> {
-    let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
-    let mut head = [0u8; 144];
-    reader.read_exact(&mut head).map_err(io)?;
-    let declared = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
-    if declared > MAX_META_GROUP_BYTES {
-        return Err(Part10Error::Parse(format!(
-            "file meta group length {declared} is implausible (over {MAX_META_GROUP_BYTES} bytes)"
-        )));
-    }
-    let mut meta = head[128..].to_vec();
-    meta.resize(16 + declared as usize, 0);
-    reader.read_exact(&mut meta[16..]).map_err(io)?;
-    let ts = parse_meta(&meta)?.transfer_syntax().to_string();
-    Ok(Walker::for_dicom_rs(ts.trim_end_matches('\0')))
 }
 
 fn unparseable(e: crate::structure::StructureError) -> Part10Error {
     Part10Error::Parse(e.to_string())
-}
-
-/// dicom-object's parse of `DICM`, meta group and data set, up to Pixel Data.
-fn parse_header(without_preamble: impl Read) -> Result<ObjectHeader, Part10Error> {
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(without_preamble)
-        .map_err(|e| Part10Error::Parse(e.to_string()))?;
-    header_of(&obj)
 }
 
 /// Parse the header from the first bytes of an object still being received:
@@ -274,16 +348,17 @@ fn parse_header(without_preamble: impl Read) -> Result<ObjectHeader, Part10Error
 /// whole-file parse would read instead). `data` is walked first ([`Walker`]),
 /// so no declared length beyond the bytes reaches dicom-object.
 pub fn read_header_prefix(header: &[u8], data: &[u8]) -> Result<ObjectHeader, Part10Error> {
-    let meta = header.get(128..).ok_or(Part10Error::Missing("file meta"))?;
-    let ts = parse_meta(meta)?.transfer_syntax().to_string();
-    let mut walker = Walker::for_dicom_rs(ts.trim_end_matches('\0'));
+    let (meta, table) = read_meta(&mut &header[..])?;
+    let mut walker = identify::walker(&meta.transfer_syntax_uid);
     walker.feed(data).map_err(unparseable)?;
     if !walker.reached_pixel_data() {
         return Err(Part10Error::Parse(
             "the data set bytes so far do not reach Pixel Data".into(),
         ));
     }
-    parse_header(std::io::Read::chain(meta, data))
+    let mut observed = walker.finish_observing();
+    observed.structure = Ok(());
+    Ok(header_of(&meta, &table, &observed))
 }
 
 /// Who sent an object, from its file meta group: (0002,0016) and the
@@ -315,42 +390,22 @@ pub fn read_origin(header: &[u8]) -> Result<(String, Option<Receipt>), Part10Err
     Ok(origin_of(&parse_meta(meta)?))
 }
 
-fn header_of(obj: &dicom_object::DefaultDicomObject) -> Result<ObjectHeader, Part10Error> {
-    let meta = obj.meta();
-    let get = |tag, name: &'static str| -> Result<String, Part10Error> {
-        let v = obj
-            .get(tag)
-            .map(|e| e.to_str().map(|s| trimmed(&s)))
-            .transpose()
-            .map_err(|e| Part10Error::Parse(format!("{name}: {e}")))?
-            .unwrap_or_default();
-        Ok(v)
-    };
-    let required = |tag, name: &'static str| -> Result<String, Part10Error> {
-        let v = get(tag, name)?;
-        if v.is_empty() {
-            Err(Part10Error::Missing(name))
-        } else {
-            Ok(v)
-        }
-    };
-    let (source_ae, receipt) = origin_of(meta);
-    Ok(ObjectHeader {
-        transfer_syntax_uid: trimmed(meta.transfer_syntax()),
+fn header_of(meta: &FileMeta, table: &FileMetaTable, observed: &Observed) -> ObjectHeader {
+    let (source_ae, receipt) = origin_of(table);
+    let get = |tag| identify::attribute(observed, tag);
+    ObjectHeader {
+        transfer_syntax_uid: meta.transfer_syntax_uid.clone(),
         source_ae,
         receipt,
-        sop_class_uid: required(tags::SOP_CLASS_UID, "SOP Class UID (0008,0016)")?,
-        sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?,
-        study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?,
-        series_instance_uid: required(
-            tags::SERIES_INSTANCE_UID,
-            "Series Instance UID (0020,000E)",
-        )?,
-        patient_id: get(tags::PATIENT_ID, "Patient ID (0010,0020)")?,
-        // A malformed date is not a reason to refuse an object.
-        study_date: get(tags::STUDY_DATE, "Study Date (0008,0020)").unwrap_or_default(),
-        dataset_offset: 132 + 12 + u64::from(meta.information_group_length),
-    })
+        sop_class_uid: get((0x0008, 0x0016)),
+        sop_instance_uid: get((0x0008, 0x0018)),
+        study_instance_uid: get((0x0020, 0x000D)),
+        series_instance_uid: get((0x0020, 0x000E)),
+        patient_id: get((0x0010, 0x0020)),
+        study_date: get((0x0008, 0x0020)),
+        dataset_offset: meta.dataset_offset,
+        flaw: observed.structure.clone().err(),
+    }
 }
 
 /// Hashes a Part-10 byte stream fed in pieces: the blake3 of the whole file
@@ -585,10 +640,11 @@ mod tests {
             let header = file_header("1.2.3", "1.2.3.4", ts, "A", &receipt).unwrap();
             assert!(read_header_prefix(&header, &data).is_err(), "{ts}");
             let file = [header, data].concat();
-            assert!(
-                read_header_from(std::io::Cursor::new(&file)).is_err(),
-                "{ts}"
-            );
+            // Read whole: the attributes before the lie, and the flaw;
+            // nothing is allocated by the declared length.
+            let h = read_header_from(std::io::Cursor::new(&file)).unwrap();
+            assert!(h.flaw.is_some(), "{ts}");
+            assert_eq!(h.sop_instance_uid, "", "{ts}: the lying value is not read");
         }
     }
 
@@ -621,10 +677,10 @@ mod tests {
         d.extend(crate::structure::tests::nested_defined(5000, false));
         assert!(read_header_prefix(&header, &d).is_err());
         let file = [header.as_slice(), &d].concat();
-        let e = read_header_from(std::io::Cursor::new(&file))
-            .unwrap_err()
-            .to_string();
+        let h = read_header_from(std::io::Cursor::new(&file)).unwrap();
+        let e = h.flaw.unwrap().to_string();
         assert!(e.contains("nested deeper"), "{e}");
+        assert_eq!(h.study_instance_uid, "1.2.3", "read before the flaw");
         // Nested within the limit, the header is read, early (Pixel Data
         // follows) and from the whole file.
         let (header, mut d) = uids();
@@ -640,7 +696,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_a_parse_error() {
+    fn garbage_gives_a_flaw_and_no_attributes() {
         let receipt = Receipt {
             source_ip: "::1".into(),
             received_at_ms: 1,
@@ -650,6 +706,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.dcm");
         std::fs::write(&p, &file).unwrap();
-        assert!(read_header(&p).is_err());
+        let h = read_header(&p).unwrap();
+        assert!(h.flaw.is_some());
+        assert_eq!(h.sop_instance_uid, "");
+        std::fs::write(&p, &file[..100]).unwrap();
+        assert!(read_header(&p).is_err(), "no file meta group");
     }
 }

@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::index::{Hash, Index, InstanceRecord, hash_hex};
+use crate::identify;
 use crate::part10;
 use crate::spool::{Spool, SpoolError};
 
@@ -84,40 +85,52 @@ pub fn recover(
     Ok(report)
 }
 
-/// Rebuild an index record from a spool file, checking its hash.
+/// Rebuild an index record from a spool file, checking its hash: the
+/// same record ingest wrote ([`identify::identify`] on the command's UIDs
+/// from the file meta group and one walk of the data set), findings
+/// included. Fails when the file does not hash to its name, its meta group
+/// cannot be read or does not identify it, or its data set names another
+/// SOP instance.
 pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, String> {
-    let header = part10::read_header(path).map_err(|e| e.to_string())?;
-    let (hash, dataset_bytes, file_bytes) =
-        hash_dataset(path, header.dataset_offset).map_err(|e| format!("read: {e}"))?;
-    if &hash != expected {
+    let file = part10::read_identity(path).map_err(|e| e.to_string())?;
+    if &file.dataset_blake3 != expected {
         return Err(format!(
             "contents hash to {}, not to the name {}",
-            hash_hex(&hash),
+            hash_hex(&file.dataset_blake3),
             hash_hex(expected)
         ));
     }
+    let meta = file.meta;
+    for uid in [&meta.sop_class_uid, &meta.sop_instance_uid] {
+        identify::usable_key(uid).map_err(|e| format!("file meta group: {e}"))?;
+    }
+    let id = identify::identify(&meta.sop_class_uid, &meta.sop_instance_uid, &file.observed)
+        .map_err(|e| e.to_string())?;
     let modified_ms = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as u64);
     Ok(InstanceRecord {
-        sop_instance_uid: header.sop_instance_uid,
-        sop_class_uid: header.sop_class_uid,
-        transfer_syntax_uid: header.transfer_syntax_uid,
-        blake3: hash_hex(&hash),
-        dataset_bytes,
-        file_bytes,
-        patient_id: header.patient_id,
-        study_instance_uid: header.study_instance_uid,
-        series_instance_uid: header.series_instance_uid,
-        calling_ae: header.source_ae,
-        source_ip: header
+        sop_instance_uid: id.sop_instance_uid,
+        sop_class_uid: id.sop_class_uid,
+        transfer_syntax_uid: meta.transfer_syntax_uid,
+        blake3: hash_hex(&file.dataset_blake3),
+        dataset_bytes: file.dataset_bytes,
+        file_bytes: meta.dataset_offset + file.dataset_bytes,
+        patient_id: id.patient_id,
+        study_instance_uid: id.study_instance_uid,
+        series_instance_uid: id.series_instance_uid,
+        calling_ae: meta.source_ae,
+        source_ip: meta
             .receipt
             .as_ref()
             .map(|r| r.source_ip.clone())
             .unwrap_or_default(),
-        received_at_ms: header.receipt.map_or(modified_ms, |r| r.received_at_ms),
+        received_at_ms: meta.receipt.map_or(modified_ms, |r| r.received_at_ms),
+        study_date: id.study_date,
+        modality: id.modality,
+        findings: id.findings,
     })
 }
 

@@ -1189,15 +1189,16 @@ fn reencode(object: &Outgoing, ts: &str) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Read an [`Outgoing`] from a spool file's meta group.
+/// Read an [`Outgoing`] from a spool file's meta group (the command it
+/// arrived with: the data set itself need not parse).
 pub fn outgoing(path: &Path) -> Result<Outgoing, crate::part10::Part10Error> {
-    let h = crate::part10::read_header(path)?;
+    let m = crate::part10::read_file_meta(path)?;
     Ok(Outgoing {
         path: path.to_path_buf(),
         memory: None,
-        sop_class_uid: h.sop_class_uid,
-        sop_instance_uid: h.sop_instance_uid,
-        transfer_syntax_uid: h.transfer_syntax_uid,
+        sop_class_uid: m.sop_class_uid,
+        sop_instance_uid: m.sop_instance_uid,
+        transfer_syntax_uid: m.transfer_syntax_uid,
         dataset_blake3: None,
     })
 }

@@ -48,6 +48,64 @@ pub struct StructureError {
     pub offset: u64,
     /// What is wrong.
     pub what: String,
+    /// Which kind of flaw it is.
+    pub flaw: Flaw,
+}
+
+/// The kind of flaw that stopped a walk: the ingest policy keeps such
+/// objects and records the flaw as a finding of its class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    /// The data set ends inside an element header or value, an open
+    /// sequence or item, or a deflate stream.
+    Truncated,
+    /// Bytes follow the end of the deflate stream.
+    TrailingBytes,
+    /// An undefined-length item inside encapsulated Pixel Data (seen from
+    /// an independent Storage SCU; PS3.5 A.4 requires defined lengths).
+    UndefinedLengthFragment,
+    /// Any other impossible structure: a length that runs past its
+    /// container, a misplaced delimiter, nesting too deep, a bad deflate
+    /// stream.
+    Malformed,
+}
+
+/// Largest value kept of a captured element ([`Walker::capturing`]); the
+/// declared length is kept too, so a longer value is known to be longer.
+pub const CAPTURE_LIMIT: usize = 1026;
+
+/// The value of one captured top-level element: at most [`CAPTURE_LIMIT`]
+/// bytes of it, and its declared length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// (group, element).
+    pub tag: (u16, u16),
+    /// The first bytes of the value, as they are in the data set.
+    pub value: Vec<u8>,
+    /// The declared length of the value.
+    pub length: u32,
+}
+
+/// What one walk of a data set saw: its verdict, the captured elements and
+/// the deviations it noticed along the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Whether the data set is well formed (the first flaw, if not).
+    pub structure: Result<(), StructureError>,
+    /// Captured top-level elements that were read whole, in order; an
+    /// element cut short by the end of the data set is not among them.
+    pub captured: Vec<Captured>,
+    /// Top-level Pixel Data with undefined length (encapsulated) under a
+    /// native transfer syntax.
+    pub encapsulated_on_native: bool,
+}
+
+impl Observed {
+    /// The last captured value of `tag` (a later element wins, as in a
+    /// parse into a map).
+    pub fn get(&self, tag: (u16, u16)) -> Option<&Captured> {
+        self.captured.iter().rev().find(|c| c.tag == tag)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +147,16 @@ pub struct Walker {
     dicom_rs: bool,
     /// A top-level element at or after Pixel Data (7FE0,0010) has started.
     reached_pixel_data: bool,
+    /// Top-level tags whose values are captured.
+    wanted: &'static [(u16, u16)],
+    /// What has been captured; the last one may still be filling.
+    captured: Vec<Captured>,
+    /// Whether the value being skipped is the last captured one.
+    capturing: bool,
+    /// The transfer syntax is native (not encapsulated).
+    native: bool,
+    /// Encapsulated Pixel Data met under a native transfer syntax.
+    encapsulated_on_native: bool,
 }
 
 impl Walker {
@@ -109,7 +177,27 @@ impl Walker {
             failed: None,
             dicom_rs: false,
             reached_pixel_data: false,
+            wanted: &[],
+            captured: Vec::new(),
+            capturing: false,
+            native: matches!(
+                ts,
+                "1.2.840.10008.1.2"
+                    | "1.2.840.10008.1.2.1"
+                    | "1.2.840.10008.1.2.2"
+                    | "1.2.840.10008.1.2.1.99"
+            ),
+            encapsulated_on_native: false,
         }
+    }
+
+    /// Also keep the values of these top-level elements (at most
+    /// [`CAPTURE_LIMIT`] bytes each, never allocated by the declared
+    /// length): the walk is then also the reader of the identifying
+    /// attributes, with no second parse.
+    pub fn capturing(mut self, tags: &'static [(u16, u16)]) -> Self {
+        self.wanted = tags;
+        self
     }
 
     /// A checker for a data set about to be parsed with dicom-object, which
@@ -176,13 +264,37 @@ impl Walker {
             }
         }
         if self.inflate_done && !input.is_empty() {
-            return Err(self.error("bytes after the end of the deflate stream".into()));
+            return Err(self.flawed(
+                Flaw::TrailingBytes,
+                format!(
+                    "{} bytes after the end of the deflate stream",
+                    input.len()
+                ),
+            ));
         }
         Ok(())
     }
 
     /// The whole data set has been fed: it must end on an element boundary.
-    pub fn finish(mut self) -> Result<(), StructureError> {
+    pub fn finish(self) -> Result<(), StructureError> {
+        self.finish_observing().structure
+    }
+
+    /// [`Walker::finish`], with what the walk captured and noticed.
+    pub fn finish_observing(mut self) -> Observed {
+        let structure = self.check_end();
+        if self.capturing {
+            // Cut short inside a captured value: not read whole.
+            self.captured.pop();
+        }
+        Observed {
+            structure,
+            captured: self.captured,
+            encapsulated_on_native: self.encapsulated_on_native,
+        }
+    }
+
+    fn check_end(&mut self) -> Result<(), StructureError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
@@ -199,21 +311,27 @@ impl Walker {
                 if status == ZStatus::StreamEnd {
                     self.inflate_done = true;
                 } else if produced == 0 {
-                    return Err(self.error("deflate stream cut short".into()));
+                    return Err(self.flawed(Flaw::Truncated, "deflate stream cut short".into()));
                 }
             }
         }
         if self.skip > 0 {
-            return Err(self.error(format!(
-                "data set ends {} bytes short of the end of an element value",
-                self.skip
-            )));
+            return Err(self.flawed(
+                Flaw::Truncated,
+                format!(
+                    "data set ends {} bytes short of the end of an element value",
+                    self.skip
+                ),
+            ));
         }
         if self.header_len > 0 {
-            return Err(self.error("data set ends inside an element header".into()));
+            return Err(self.flawed(
+                Flaw::Truncated,
+                "data set ends inside an element header".into(),
+            ));
         }
         if let Some(open) = self.stack.last() {
-            return Err(self.error(format!(
+            return Err(self.flawed(Flaw::Truncated, format!(
                 "data set ends inside an open {}",
                 match open.kind {
                     Kind::Sequence => "sequence",
@@ -226,9 +344,14 @@ impl Walker {
     }
 
     fn error(&self, what: String) -> StructureError {
+        self.flawed(Flaw::Malformed, what)
+    }
+
+    fn flawed(&self, flaw: Flaw, what: String) -> StructureError {
         StructureError {
             offset: self.offset,
             what,
+            flaw,
         }
     }
 
@@ -244,10 +367,18 @@ impl Walker {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len() as u64);
+                if self.capturing
+                    && let Some(c) = self.captured.last_mut()
+                {
+                    let room = CAPTURE_LIMIT.saturating_sub(c.value.len());
+                    c.value
+                        .extend_from_slice(&bytes[..room.min(n as usize)]);
+                }
                 self.skip -= n;
                 self.offset += n;
                 bytes = &bytes[n as usize..];
                 if self.skip == 0 {
+                    self.capturing = false;
                     self.close_ended();
                 }
                 continue;
@@ -387,6 +518,12 @@ impl Walker {
                         let end = self.value_end(len, "item")?;
                         self.push(Kind::Item, false, Some(end))
                     }
+                    Some((Kind::Fragments, _)) => Err(self.flawed(
+                        Flaw::UndefinedLengthFragment,
+                        "undefined-length item inside encapsulated Pixel Data \
+                         (PS3.5 A.4: fragments have defined lengths)"
+                            .into(),
+                    )),
                     _ => Err(self.error("item outside a sequence".into())),
                 },
                 ITEM_DELIMITER if top == Some((Kind::Item, false)) => {
@@ -437,10 +574,21 @@ impl Walker {
                     )));
                 }
             }
+            if self.stack.is_empty() && self.wanted.contains(&tag) {
+                self.captured.push(Captured {
+                    tag,
+                    value: Vec::with_capacity((len as usize).min(CAPTURE_LIMIT)),
+                    length: len,
+                });
+                self.capturing = len > 0;
+            }
             self.skip = u64::from(len);
             return Ok(());
         }
         if tag == PIXEL_DATA {
+            if self.stack.is_empty() && self.native {
+                self.encapsulated_on_native = true;
+            }
             // Encapsulated, whatever the VR says (as dicom-rs reads it).
             return self.push(Kind::Fragments, false, None);
         }

@@ -218,6 +218,11 @@ pub struct DrillReport {
     pub ok: bool,
     /// Why it failed, in one line.
     pub failure: Option<String>,
+    /// Instance versions held with no (usable) Study Instance UID: a drill
+    /// retrieves by study and cannot reach them (reported, never skipped
+    /// silently; `pacs-mirror findings list` names them).
+    #[serde(default)]
+    pub without_study: u64,
 }
 
 impl DrillReport {
@@ -250,6 +255,12 @@ impl DrillReport {
         }
         if let Some(f) = &self.failure {
             s.push_str(&format!(": {f}"));
+        }
+        if self.without_study > 0 {
+            s.push_str(&format!(
+                "; {} instance version(s) without a Study Instance UID cannot be drilled by study (`pacs-mirror findings list`)",
+                self.without_study
+            ));
         }
         s
     }
@@ -352,7 +363,9 @@ pub async fn run_drill(
     let started_at_ms = pacs_mirror_agent::unix_ms();
     let start = Instant::now();
     let picked = pick_studies(index, settings, number)?;
+    let without_study = index.without_study()?;
     let mut report = DrillReport {
+        without_study,
         target: settings.target.clone(),
         kind: match target {
             DrillTarget::Dicom(_) | DrillTarget::DicomMove(_) => "dicom".into(),

@@ -96,7 +96,6 @@ use crate::index::{CommitOutcome, Index, IndexError, KvError, hash_hex};
 use crate::part10::{self, Receipt};
 use crate::recovery::{self, RecoveryReport};
 use crate::spool::{ObjectWriter, Spool, SpoolError};
-use crate::structure::Walker;
 use source::SourceMeta;
 use walk::Entry;
 
@@ -352,13 +351,9 @@ impl BackfillReport {
                 Err(e) => {
                     spool.release(reserved);
                     match e {
-                        CommitError::Unparseable(m) => {
-                            Err(Some(format!("data set cannot be read far enough: {m}")))
-                        }
-                        CommitError::UidMismatch(m) => {
+                        CommitError::IdentityConflict(m) => {
                             Err(Some(format!("file meta group and data set disagree: {m}")))
                         }
-                        CommitError::InvalidUid(m) => Err(Some(format!("unusable UID: {m}"))),
                         e => {
                             self.stop_with(&path, e.to_string(), stop);
                             return;
@@ -475,9 +470,9 @@ impl Reader<'_> {
             Ok(w) => w,
             Err(e) => return Step::Fatal(e.to_string()),
         };
-        let mut structure = Walker::new(&meta.transfer_syntax_uid);
-        let mut early = None;
-        let mut first = true;
+        // The walk checks the structure and reads the identifying
+        // attributes; a flaw becomes a finding, the file is kept.
+        let mut structure = crate::identify::walker(&meta.transfer_syntax_uid);
         let mut reserved = 0u64;
         // On every early return below, dropping `writer` removes the temp file.
         let refuse = |reserved: u64, step: Step| {
@@ -492,9 +487,7 @@ impl Reader<'_> {
                 Err(e) => return refuse(reserved, Step::Skipped(format!("cannot read: {e}"))),
             };
             let chunk = &buf[..n];
-            if let Err(e) = structure.feed(chunk) {
-                return refuse(reserved, Step::Skipped(e.to_string()));
-            }
+            let _ = structure.feed(chunk);
             if let Err(e) = self.spool.reserve(reserved, n as u64) {
                 let step = match e {
                     SpoolError::ObjectTooLarge { .. } => Step::Skipped(e.to_string()),
@@ -506,21 +499,14 @@ impl Reader<'_> {
             if let Err(e) = writer.write_chunk(chunk) {
                 return refuse(reserved, Step::Fatal(e.to_string()));
             }
-            if std::mem::take(&mut first) {
-                // The header is parsed from the first chunk when it reaches
-                // Pixel Data; else the committer parses the file.
-                early = part10::read_header_prefix(&header, chunk).ok();
-            }
         }
-        if let Err(e) = structure.finish() {
-            return refuse(reserved, Step::Skipped(e.to_string()));
-        }
+        let observed = structure.finish_observing();
         if let Err(e) = writer.sync_early() {
             return refuse(reserved, Step::Fatal(e.to_string()));
         }
         let pending = Pending {
             writer,
-            header: early,
+            observed,
             command_sop_class: meta.sop_class_uid,
             command_sop_instance: meta.sop_instance_uid,
             transfer_syntax: meta.transfer_syntax_uid,

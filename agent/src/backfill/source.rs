@@ -11,7 +11,6 @@ use std::io::Read;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use crate::dimse;
 
 /// Largest file meta group accepted (group length value). Real ones are a
 /// few hundred bytes; this only stops a corrupt length from being trusted.
@@ -103,7 +102,7 @@ impl SourceMeta {
             ),
             ("Transfer Syntax UID (0002,0010)", &self.transfer_syntax_uid),
         ] {
-            dimse::check_uid(uid).map_err(|e| format!("unusable {what}: {e}"))?;
+            crate::identify::usable_key(uid).map_err(|e| format!("unusable {what}: {e}"))?;
         }
         if self.sop_class_uid == MEDIA_STORAGE_DIRECTORY {
             return Err("a DICOMDIR (media directory), not a SOP instance".into());

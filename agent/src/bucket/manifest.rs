@@ -32,6 +32,7 @@ impl Descriptor {
             layout: vec![
                 "objects/<hh>/<blake3>.dcm: a DICOM Part-10 file exactly as the agent received it; <blake3> is the blake3 hash (hex) of its data set bytes (everything after the file meta group), <hh> its first two hex digits. Written once, never overwritten.".into(),
                 "studies/<blake3 of the Study Instance UID>/manifest.json: every instance of one study held here: its SOP, series, patient and transfer syntax UIDs, the object key, the data set and file hashes and sizes, who sent it and when. Rewritten as the study grows.".into(),
+                "unfiled/<blake3 of the SOP Instance UID>/manifest.json: the same for one instance kept without a Study Instance UID (study UID empty; its findings say why).".into(),
                 "staging/: multipart uploads in progress (copied to objects/ when complete, then removed); safe to delete when no agent is running.".into(),
                 "Restore with: pacs-mirror restore --from <url> --to AE@host:port".into(),
             ],
@@ -156,6 +157,9 @@ pub(crate) mod tests {
                 calling_ae: "CT".into(),
                 source_ip: "127.0.0.1".into(),
                 received_at_ms: 5,
+                study_date: String::new(),
+                modality: String::new(),
+                findings: Vec::new(),
             },
             key: format!("objects/{}/{hash}.dcm", &hash[..2]),
             file_blake3: "ff".into(),

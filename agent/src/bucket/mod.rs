@@ -7,6 +7,7 @@
 //! pacs-mirror-bucket.json                  what this bucket is (format, layout in words)
 //! objects/<hh>/<blake3>.dcm                a Part-10 file exactly as received
 //! studies/<blake3(study UID)>/manifest.json  every instance of one study held here
+//! unfiled/<blake3(SOP UID)>/manifest.json    an instance with no Study Instance UID
 //! staging/<blake3>-<random>.dcm            a large upload in progress
 //! ```
 //! - `<blake3>` is the blake3 (hex) of the object's **data set bytes**, the
@@ -14,7 +15,11 @@
 //!   that receive the same instance (with their own file meta: source AE,
 //!   receipt) address it with the same key, so the bucket holds it once.
 //! - The study key is the blake3 of the Study Instance UID: keys are paths on
-//!   a local-folder target, and a path is never built from a UID.
+//!   a local-folder target, and a path is never built from a UID. An
+//!   instance kept without a (usable) Study Instance UID has no study to be
+//!   listed under: its own manifest (study UID "") is keyed by the blake3 of
+//!   its SOP Instance UID under `unfiled/`, so `restore` and `reindex
+//!   --from` find it like any other.
 //! - A manifest ([`manifest::StudyManifest`], JSON) lists each instance with
 //!   the agent's whole index record (SOP/series/study/patient, transfer
 //!   syntax, sizes, data set hash, sender, receive time), its key and the
@@ -238,6 +243,14 @@ pub fn manifest_key(study_instance_uid: &str) -> String {
     format!(
         "studies/{}/manifest.json",
         blake3::hash(study_instance_uid.as_bytes()).to_hex()
+    )
+}
+
+/// The key of the manifest of an instance with no Study Instance UID.
+pub fn unfiled_manifest_key(sop_instance_uid: &str) -> String {
+    format!(
+        "unfiled/{}/manifest.json",
+        blake3::hash(sop_instance_uid.as_bytes()).to_hex()
     )
 }
 
@@ -583,13 +596,39 @@ impl Bucket {
         Ok(self.read_manifest(&key).await?.map(|(m, _)| m))
     }
 
-    /// Add `entries` (all of one study) to its manifest.
+    /// Add `entries` (all of one study) to its manifest; entries of no
+    /// study (`""`) each to its own manifest under `unfiled/`.
     pub async fn add_to_manifest(
         &self,
         study_instance_uid: &str,
         entries: &[manifest::ManifestEntry],
     ) -> Result<(), BucketError> {
-        let key_str = manifest_key(study_instance_uid);
+        if !study_instance_uid.is_empty() {
+            return self
+                .add_to_manifest_at(manifest_key(study_instance_uid), study_instance_uid, entries)
+                .await;
+        }
+        let mut by_sop: std::collections::BTreeMap<&str, Vec<manifest::ManifestEntry>> =
+            std::collections::BTreeMap::new();
+        for e in entries {
+            by_sop
+                .entry(e.record.sop_instance_uid.as_str())
+                .or_default()
+                .push(e.clone());
+        }
+        for (sop, list) in by_sop {
+            self.add_to_manifest_at(unfiled_manifest_key(sop), "", &list)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn add_to_manifest_at(
+        &self,
+        key_str: String,
+        study_instance_uid: &str,
+        entries: &[manifest::ManifestEntry],
+    ) -> Result<(), BucketError> {
         let key = Path::from(key_str.clone());
         let lock = {
             let mut locks = self
@@ -656,14 +695,17 @@ impl Bucket {
         ))
     }
 
-    /// Every study manifest in the bucket.
+    /// Every manifest in the bucket: each study's, and those of instances
+    /// with no study (`unfiled/`).
     pub async fn manifests(&self) -> Result<Vec<StudyManifest>, BucketError> {
         let mut keys = Vec::new();
-        let mut list = self.store.list(Some(&Path::from("studies")));
-        while let Some(meta) = list.next().await {
-            let meta = meta?;
-            if meta.location.filename() == Some("manifest.json") {
-                keys.push(meta.location);
+        for prefix in ["studies", "unfiled"] {
+            let mut list = self.store.list(Some(&Path::from(prefix)));
+            while let Some(meta) = list.next().await {
+                let meta = meta?;
+                if meta.location.filename() == Some("manifest.json") {
+                    keys.push(meta.location);
+                }
             }
         }
         let mut out = Vec::with_capacity(keys.len());

@@ -7,6 +7,7 @@
 //! i/<sop uid>\0<blake3:32>                        -> InstanceRecord (one row per version)
 //! h/<study>\0<series>\0<sop uid>\0<blake3:32>     -> ""             (study → series → instances)
 //! c/<sop uid>\0<blake3:32>                        -> ConflictRecord (same UID, other bytes)
+//! n/<sop uid>\0<blake3:32>                        -> [FindingClass] (kept, not conformant)
 //! q/<target>\0<next attempt ms:u64 BE>\0<blake3>  -> OutboxRecord   (per-target queue, see [`outbox`])
 //! d/<target>\0<blake3:32>                          -> DeliveryRecord (delivered to that target)
 //! x/<target>\0<blake3:32>                          -> DeadLetter     (refused by that target for good)
@@ -16,6 +17,10 @@
 //! a/<calling AE title>                            -> last store time (see [`sources`])
 //! f/<kind>\0<subject>                              -> a firing alert (see [`sources`])
 //! ```
+//! An instance kept without a usable Study (or Series) Instance UID has an
+//! empty component in its `h/` key: [`Index::studies`] leaves it out and
+//! [`Index::without_study`] counts it.
+//!
 //! UIDs never contain NUL (they are checked before they get here), so `\0`
 //! delimits components and a prefix scan of `i/<uid>\0` finds exactly the
 //! versions of that UID.
@@ -50,7 +55,9 @@ use std::sync::Arc;
 use outbox::{OUTBOX, outbox_key};
 
 pub use kv::{Kv, KvError, MemKv, Op, SledKv};
-pub use records::{ConflictRecord, InstanceRecord, ObjectRecord, OutboxRecord, RecordError};
+pub use records::{
+    ConflictRecord, Finding, FindingClass, InstanceRecord, ObjectRecord, OutboxRecord, RecordError,
+};
 
 /// Index errors.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +140,7 @@ const OBJ: &[u8] = b"o/";
 const INST: &[u8] = b"i/";
 const HIER: &[u8] = b"h/";
 const CONFLICT: &[u8] = b"c/";
+const FINDINGS: &[u8] = b"n/";
 
 fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
@@ -279,6 +287,13 @@ impl Index {
                 ));
             }
         }
+        if !rec.findings.is_empty() {
+            let classes: Vec<FindingClass> = rec.findings.iter().map(|f| f.class).collect();
+            ops.push(Op::Put(
+                key(&[FINDINGS, sop, hash]),
+                records::encode(&classes),
+            ));
+        }
         let outcome = if held.is_empty() {
             CommitOutcome::New
         } else {
@@ -335,6 +350,62 @@ impl Index {
             },
         )?;
         Ok(true)
+    }
+
+    /// Every instance version kept with findings (ascending by SOP
+    /// Instance UID): costs what is flagged, not the archive.
+    pub fn flagged(&self) -> Result<Vec<InstanceRecord>, IndexError> {
+        let mut wanted: Vec<Vec<u8>> = Vec::new();
+        self.kv.for_each_prefix(FINDINGS, &mut |k, _| {
+            let mut k2 = INST.to_vec();
+            k2.extend_from_slice(&k[FINDINGS.len()..]);
+            wanted.push(k2);
+            true
+        })?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for k in wanted {
+            if let Some(v) = self.kv.get(&k)? {
+                out.push(decode_at(&k, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many instance versions were kept with findings of each class
+    /// (an instance with two findings of one class counts once for it).
+    pub fn finding_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<FindingClass, u64>, IndexError> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut err = None;
+        self.kv.for_each_prefix(FINDINGS, &mut |k, v| {
+            match decode_at::<Vec<FindingClass>>(k, v) {
+                Ok(mut classes) => {
+                    classes.dedup();
+                    for c in classes {
+                        *out.entry(c).or_insert(0) += 1;
+                    }
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        err.map_or(Ok(out), Err)
+    }
+
+    /// How many instance versions have no (usable) Study Instance UID: no
+    /// study lists them, so study-level checks (drills, `failover check`)
+    /// cannot reach them and report them apart.
+    pub fn without_study(&self) -> Result<u64, IndexError> {
+        let mut n = 0u64;
+        self.kv.for_each_prefix(&key(&[HIER, b"\0"]), &mut |_, _| {
+            n += 1;
+            true
+        })?;
+        Ok(n)
     }
 
     /// Visit every instance record (ascending by SOP Instance UID).
@@ -513,6 +584,9 @@ mod tests {
             calling_ae: "SCU".into(),
             source_ip: "127.0.0.1".into(),
             received_at_ms: 1,
+            study_date: String::new(),
+            modality: String::new(),
+            findings: Vec::new(),
         }
     }
 

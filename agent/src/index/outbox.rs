@@ -711,6 +711,9 @@ mod tests {
                 calling_ae: "A".into(),
                 source_ip: "127.0.0.1".into(),
                 received_at_ms: *at,
+                study_date: String::new(),
+                modality: String::new(),
+                findings: Vec::new(),
             };
             idx.commit_instance(&rec, &h, &["mirror".into(), "bucket".into()], *at)
                 .unwrap();

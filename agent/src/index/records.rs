@@ -72,6 +72,90 @@ pub struct InstanceRecord {
     pub source_ip: String,
     /// When it was received (Unix time, milliseconds).
     pub received_at_ms: u64,
+    /// Study Date (0008,0020) as written (YYYYMMDD), may be empty (absent
+    /// in records written before it was kept: empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub study_date: String,
+    /// Modality (0008,0060), may be empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub modality: String,
+    /// What is not conformant about the object as received (kept
+    /// byte-exact all the same; see [`crate::identify`]). Empty for a
+    /// conformant object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+}
+
+/// Something not conformant about a kept object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Its class, for counting and filtering.
+    pub class: FindingClass,
+    /// What exactly, for the operator (e.g. "Study Instance UID of 77
+    /// characters (PS3.5 9.1: at most 64)").
+    pub detail: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.class.name(), self.detail)
+    }
+}
+
+/// The classes of [`Finding`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingClass {
+    /// A Study, Series, SOP Instance or SOP Class UID missing or empty in
+    /// the data set.
+    MissingAttribute,
+    /// A UID that breaks PS3.5 9.1 (over 64 characters, letters, empty or
+    /// leading-zero components), or one that cannot be an index key at all
+    /// (then the object is not indexed by it).
+    NonconformantUid,
+    /// The data set's SOP Class UID is not the command's.
+    SopClassMismatch,
+    /// The data set does not parse: cut short, lengths that lie, impossible
+    /// nesting or delimiters.
+    Structure,
+    /// Bytes after the end of the deflate stream.
+    TrailingBytes,
+    /// An undefined-length item inside encapsulated Pixel Data (a known
+    /// deviation of some Storage SCUs).
+    UndefinedLengthFragment,
+    /// Encapsulated (compressed) Pixel Data under a native transfer syntax
+    /// (a known deviation of some Storage SCUs).
+    EncapsulatedOnNative,
+    /// A class this build does not know (written by a newer one).
+    #[serde(other)]
+    Other,
+}
+
+impl FindingClass {
+    /// Every class, in order.
+    pub const ALL: [FindingClass; 7] = [
+        FindingClass::MissingAttribute,
+        FindingClass::NonconformantUid,
+        FindingClass::SopClassMismatch,
+        FindingClass::Structure,
+        FindingClass::TrailingBytes,
+        FindingClass::UndefinedLengthFragment,
+        FindingClass::EncapsulatedOnNative,
+    ];
+
+    /// The class's name, as serialized and in metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingClass::MissingAttribute => "missing_attribute",
+            FindingClass::NonconformantUid => "nonconformant_uid",
+            FindingClass::SopClassMismatch => "sop_class_mismatch",
+            FindingClass::Structure => "structure",
+            FindingClass::TrailingBytes => "trailing_bytes",
+            FindingClass::UndefinedLengthFragment => "undefined_length_fragment",
+            FindingClass::EncapsulatedOnNative => "encapsulated_on_native",
+            FindingClass::Other => "other",
+        }
+    }
 }
 
 /// Object-level record, keyed by blake3: which instance a spool file holds.

@@ -30,11 +30,16 @@ pub struct StudySummary {
 
 impl Index {
     /// Every study, ascending by UID, with its number of instance versions.
+    /// Instances with no Study Instance UID belong to none
+    /// ([`Index::without_study`] counts them).
     pub fn studies(&self) -> Result<Vec<StudySummary>, IndexError> {
         let mut out: Vec<StudySummary> = Vec::new();
         self.kv.for_each_prefix(HIER, &mut |k, _| {
             let rest = &k[HIER.len()..];
             let study = rest.split(|b| *b == 0).next().unwrap_or_default();
+            if study.is_empty() {
+                return true;
+            }
             match out.last_mut() {
                 Some(last) if last.study_instance_uid.as_bytes() == study => last.versions += 1,
                 _ => out.push(StudySummary {
@@ -172,6 +177,9 @@ mod tests {
             calling_ae: "A".into(),
             source_ip: "127.0.0.1".into(),
             received_at_ms: 1,
+            study_date: String::new(),
+            modality: String::new(),
+            findings: Vec::new(),
         }
     }
 

@@ -214,10 +214,16 @@ impl Worker {
             .into_iter()
             .find(|r| r.blake3 == hex)
             .ok_or_else(|| format!("object {hex} has no instance record in the index"))?;
-        let path = self.r.spool.object_path(&d.hash);
-        let study_date = crate::part10::read_header(&path)
-            .map(|h| h.study_date)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Indexed with the record; records written before it was kept
+        // have none, and then it is read from the spool file.
+        let study_date = if record.study_date.is_empty() {
+            let path = self.r.spool.object_path(&d.hash);
+            crate::part10::read_header(&path)
+                .map(|h| h.study_date)
+                .unwrap_or_default()
+        } else {
+            record.study_date.clone()
+        };
         Ok(Item {
             due: d,
             record,

@@ -4,8 +4,12 @@
 //! send them). Generated from `dicom_dictionary_std::uids` (whose full SOP
 //! class table is crate-private) by keeping the SOP classes named "...Storage"
 //! and those under the storage arc 1.2.840.10008.5.1.4.1.1, minus Q/R models.
-//! Private or newer SOP classes are accepted by listing them as transfer
-//! capabilities in the configuration.
+//! dicom-rs's table lacks most retired ones; those of PS3.6 Table A-1 are
+//! listed at the end (a 1994 ultrasound is still an image a legacy archive
+//! holds). A UID under the storage arc that this table does not know (a
+//! class newer than this build) is a storage SOP class too
+//! ([`storage_sop_class_name`]). Private SOP classes are accepted by
+//! listing them as transfer capabilities in the configuration.
 
 /// (UID, name) of every standard storage SOP class.
 pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
@@ -666,7 +670,32 @@ pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
         "Implant Assembly Template Storage",
     ),
     ("1.2.840.10008.5.1.4.45.1", "Implant Template Group Storage"),
+    // Retired storage SOP classes (PS3.6 Table A-1), absent from dicom-rs.
+    ("1.2.840.10008.5.1.1.27", "Stored Print Storage SOP Class (Retired)"),
+    ("1.2.840.10008.5.1.1.29", "Hardcopy Grayscale Image Storage SOP Class (Retired)"),
+    ("1.2.840.10008.5.1.1.30", "Hardcopy Color Image Storage SOP Class (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.3", "Ultrasound Multi-frame Image Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.5", "Nuclear Medicine Image Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.6", "Ultrasound Image Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.8", "Standalone Overlay Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.9", "Standalone Curve Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.9.1", "Waveform Storage - Trial (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.10", "Standalone Modality LUT Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.11", "Standalone VOI LUT Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.12.3", "X-Ray Angiographic Bi-Plane Image Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.77.1", "VL Image Storage - Trial (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.77.2", "VL Multi-frame Image Storage - Trial (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.88.1", "Text SR Storage - Trial (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.88.2", "Audio SR Storage - Trial (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.88.3", "Detail SR Storage - Trial (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.88.4", "Comprehensive SR Storage - Trial (Retired)"),
+    ("1.2.840.10008.5.1.4.1.1.129", "Standalone PET Curve Storage (Retired)"),
+    ("1.2.840.10008.5.1.4.34.1", "RT Beams Delivery Instruction Storage - Trial (Retired)"),
 ];
+
+/// The storage arc of PS3.4 Annex B: every UID under it is a storage SOP
+/// class (Query/Retrieve models are under 1.2.840.10008.5.1.4.1.2).
+const STORAGE_ARC: &str = "1.2.840.10008.5.1.4.1.1.";
 
 /// The name of a storage SOP class, if it is a standard one.
 pub fn storage_sop_class_name(uid: &str) -> Option<&'static str> {
@@ -674,6 +703,11 @@ pub fn storage_sop_class_name(uid: &str) -> Option<&'static str> {
         .iter()
         .find(|(u, _)| *u == uid)
         .map(|(_, n)| *n)
+        .or_else(|| {
+            uid.strip_prefix(STORAGE_ARC)
+                .filter(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+                .map(|_| "Storage SOP Class (newer than this build's table)")
+        })
 }
 
 #[cfg(test)]
@@ -688,6 +722,13 @@ mod tests {
             Some("CT Image Storage")
         );
         assert!(storage_sop_class_name("1.2.840.10008.5.1.4.1.2.2.1").is_none()); // Q/R FIND
+        assert_eq!(
+            storage_sop_class_name("1.2.840.10008.5.1.4.1.1.6"),
+            Some("Ultrasound Image Storage (Retired)")
+        );
+        assert!(storage_sop_class_name("1.2.840.10008.5.1.4.1.1.999.7").is_some());
+        assert!(storage_sop_class_name("1.2.840.10008.5.1.4.1.1.").is_none());
+        assert!(storage_sop_class_name("1.2.840.10008.5.1.4.1.2.1.1").is_none());
         let mut uids: Vec<_> = STORAGE_SOP_CLASSES.iter().map(|(u, _)| *u).collect();
         uids.sort_unstable();
         uids.dedup();

@@ -1,17 +1,21 @@
 //! One incoming C-STORE: each data PDV (at most one PDU, `max_pdu_bytes`) is
-//! appended to a spool temp file and hashed as it arrives; at the last PDV the
-//! header is checked against the command, the file is fsynced and
-//! renamed into the spool (its directory fsynced), the group committer makes it durable in the index,
-//! and only then is the status decided.
+//! appended to a spool temp file, hashed and walked as it arrives (the walk
+//! checks the structure and reads the identifying attributes: one pass, see
+//! [`crate::identify`]); at the last PDV the group committer fsyncs the file,
+//! identifies the object, renames it into the spool (its directory fsynced)
+//! and makes its index rows durable, and only then is the status decided.
 //!
-//! Status policy (PS3.4 B.2.3):
-//! - Success (0000): the object (or an identical copy) is durable in spool and index.
+//! Status policy (PS3.4 B.2.3), following the ingest policy of
+//! [`crate::identify`] (a faithful copy, not a validator):
+//! - Success (0000): the object (or an identical copy) is durable in spool
+//!   and index — conformant or not: what is wrong with it (no Study UID,
+//!   odd UIDs, a data set that does not parse…) is recorded as findings,
+//!   logged once as a WARN, counted and shown.
 //! - A700: no room (quota, free-space watermark, ENOSPC) or any local I/O
 //!   failure; A701: larger than `max_object_bytes`.
-//! - C000: the data set is malformed (cut short anywhere, even in Pixel Data,
-//!   or impossible nesting: [`crate::structure`]) or cannot be parsed far
-//!   enough to read its UIDs;
-//!   C001: command and data set UIDs disagree; C002: unusable UID.
+//! - C001: command and data set name different SOP Instance UIDs.
+//! - C002: a command UID unusable as an index key (empty, control
+//!   characters, over 1 KiB).
 //! - 0122: the SOP class is not accepted by this AE or does not match the
 //!   presentation context.
 //!
@@ -23,9 +27,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::commit::{CommitError, Committer, Pending};
-use crate::dimse::{self, CStoreRq, Status};
+use crate::dimse::{CStoreRq, Status};
+use crate::identify;
 use crate::index::CommitOutcome;
-use crate::part10::{self, ObjectHeader, Receipt};
+use crate::part10::{self, Receipt};
 use crate::spool::{ObjectWriter, Spool, SpoolError};
 use crate::structure::Walker;
 
@@ -40,6 +45,8 @@ pub struct IngestCounters {
     pub conflicts: AtomicU64,
     /// Stores answered with a failure status.
     pub failed: AtomicU64,
+    /// New objects kept with findings (not conformant).
+    pub kept_with_findings: AtomicU64,
 }
 
 /// What the store path shares across associations.
@@ -97,9 +104,8 @@ enum State {
 
 struct Writing {
     writer: ObjectWriter,
-    header: Vec<u8>,
-    early: Option<ObjectHeader>,
-    first: bool,
+    /// Walks the data set as it arrives: structure and identifying
+    /// attributes. A flaw stops the walk, never the store.
     structure: Walker,
 }
 
@@ -173,15 +179,12 @@ impl IncomingStore {
             ("Affected SOP Instance UID", &rq.sop_instance_uid),
             ("Affected SOP Class UID", &rq.sop_class_uid),
         ] {
-            dimse::check_uid(uid)
-                .map_err(|e| Failure::new(Status::INVALID_UID, format!("{what}: {e}")))?;
-            if dimse::uid_has_leading_zero(uid) {
-                tracing::warn!(
-                    calling_ae = %origin.calling_ae.escape_debug(),
-                    peer = %origin.peer,
-                    "{what} {uid} has a component with a leading zero (not conformant to PS3.5 9.1); stored as received"
-                );
-            }
+            identify::usable_key(uid).map_err(|e| {
+                Failure::new(
+                    Status::INVALID_UID,
+                    format!("{what} cannot identify the object: {e}"),
+                )
+            })?;
         }
         let receipt = Receipt {
             source_ip: origin.peer.ip().to_string(),
@@ -199,10 +202,7 @@ impl IncomingStore {
         let writer = ObjectWriter::new(file, path, &header)?;
         Ok(State::Writing(Box::new(Writing {
             writer,
-            header,
-            early: None,
-            first: true,
-            structure: Walker::new(transfer_syntax),
+            structure: identify::walker(transfer_syntax),
         })))
     }
 
@@ -212,17 +212,10 @@ impl IncomingStore {
         let State::Writing(w) = &mut self.state else {
             return;
         };
-        let Writing {
-            writer,
-            header,
-            early,
-            first,
-            structure,
-        } = w.as_mut();
-        if let Err(e) = structure.feed(&chunk) {
-            self.refuse(Failure::new(Status::UNPARSEABLE_DATA_SET, e.to_string()));
-            return;
-        }
+        let Writing { writer, structure } = w.as_mut();
+        // A flaw is recorded by the walker and becomes a finding at commit;
+        // the bytes are kept all the same.
+        let _ = structure.feed(&chunk);
         let len = chunk.len() as u64;
         if let Err(e) = self.ingest.spool.reserve(self.reserved, len) {
             self.refuse(Failure::from(e));
@@ -231,12 +224,6 @@ impl IncomingStore {
         self.reserved += len;
         if let Err(e) = writer.write_chunk(&chunk) {
             self.refuse(Failure::from(e));
-            return;
-        }
-        // The header is parsed from the first chunk when it reaches Pixel
-        // Data; else from the whole file at the end.
-        if std::mem::take(first) {
-            *early = part10::read_header_prefix(header, &chunk).ok();
         }
     }
 
@@ -273,22 +260,10 @@ impl IncomingStore {
             &mut self.state,
             State::Refusing(Failure::new(Status::OUT_OF_RESOURCES, "finished")),
         );
-        let (writer, early) = match state {
+        let (writer, observed) = match state {
             State::Writing(w) => {
-                let Writing {
-                    writer,
-                    early,
-                    structure,
-                    ..
-                } = *w;
-                if let Err(e) = structure.finish() {
-                    self.ingest.spool.release(self.reserved);
-                    self.reserved = 0;
-                    // dropping the writer removes the temp file
-                    drop(writer);
-                    return Err(Failure::new(Status::UNPARSEABLE_DATA_SET, e.to_string()));
-                }
-                (writer, early)
+                let Writing { writer, structure } = *w;
+                (writer, structure.finish_observing())
             }
             State::Refusing(f) => {
                 self.ingest.spool.release(self.reserved);
@@ -299,7 +274,7 @@ impl IncomingStore {
         let received_at = std::time::Instant::now();
         let pending = Pending {
             writer,
-            header: early,
+            observed,
             command_sop_class: self.rq.sop_class_uid.clone(),
             command_sop_instance: self.rq.sop_instance_uid.clone(),
             transfer_syntax: self.transfer_syntax.clone(),
@@ -320,14 +295,30 @@ impl IncomingStore {
                 self.ingest
                     .spool
                     .commit_reservation(reserved, if c.created { c.file_bytes } else { 0 });
+                if !c.findings.is_empty() && c.outcome != CommitOutcome::Duplicate {
+                    self.ingest
+                        .counters
+                        .kept_with_findings
+                        .fetch_add(1, Ordering::Relaxed);
+                    let findings: Vec<String> =
+                        c.findings.iter().map(ToString::to_string).collect();
+                    tracing::warn!(
+                        calling_ae = %self.origin.calling_ae.escape_debug(),
+                        peer = %self.origin.peer,
+                        sop_instance_uid = %self.rq.sop_instance_uid.escape_debug(),
+                        transfer_syntax = %self.transfer_syntax.escape_debug(),
+                        findings = %findings.join("; ").escape_debug(),
+                        "object is not conformant; kept byte-exact as received (pacs-mirror findings list)"
+                    );
+                }
                 Ok(c.outcome)
             }
             Err(e) => {
                 self.ingest.spool.release(reserved);
                 Err(match e {
-                    CommitError::Unparseable(m) => Failure::new(Status::UNPARSEABLE_DATA_SET, m),
-                    CommitError::UidMismatch(m) => Failure::new(Status::UID_MISMATCH, m),
-                    CommitError::InvalidUid(m) => Failure::new(Status::INVALID_UID, m),
+                    CommitError::IdentityConflict(c) => {
+                        Failure::new(Status::UID_MISMATCH, format!("identity conflict: {c}"))
+                    }
                     CommitError::Spool(e) => Failure::from(e),
                     e => Failure::new(Status::OUT_OF_RESOURCES, e.to_string()),
                 })
