@@ -125,6 +125,10 @@ enum Command {
     /// Objects a target refused for good (agent stopped).
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
+    /// Objects kept although not conformant (no Study UID, odd UIDs, data
+    /// sets that do not parse…), with what is wrong with each.
+    #[command(subcommand)]
+    Findings(FindingsCommand),
     /// Write synthetic CT studies (Part-10 files, no patient data) to test a
     /// link, a peer or a benchmark.
     Synth(synth::SynthArgs),
@@ -197,6 +201,23 @@ enum FailoverCommand {
     /// status: 0 when the mirror is complete; 1 when it is not; 2 when the
     /// mirror could not be asked or the check could not run.
     Check(failover_cmd::CheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum FindingsCommand {
+    /// Every instance version kept with findings: a table, or one JSON line
+    /// each with `--json` (SOP instance, study, sender, findings). From the
+    /// running agent (admin endpoint), or from the index when stopped.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only those with a finding of this class (e.g. missing_attribute,
+        /// nonconformant_uid, structure).
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -416,6 +437,62 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         "reason": letter.reason,
                     })
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Findings(FindingsCommand::List {
+            config,
+            class,
+            json,
+        }) => {
+            let config = load(config.as_deref())?;
+            if let Some(c) = &class
+                && !pacs_mirror_agent::index::FindingClass::ALL
+                    .iter()
+                    .any(|k| k.name() == c)
+            {
+                let names: Vec<&str> = pacs_mirror_agent::index::FindingClass::ALL
+                    .iter()
+                    .map(|k| k.name())
+                    .collect();
+                anyhow::bail!("no finding class {c:?} (classes: {})", names.join(", "));
+            }
+            let list: Vec<_> = flagged(&config)
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    class
+                        .as_deref()
+                        .is_none_or(|c| r.findings.iter().any(|f| f.class.name() == c))
+                })
+                .collect();
+            if json {
+                for r in &list {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else if list.is_empty() {
+                println!("no object kept with findings");
+            } else {
+                for r in &list {
+                    let or_dash = |s: &str| {
+                        if s.is_empty() {
+                            "-".to_string()
+                        } else {
+                            s.escape_debug().to_string()
+                        }
+                    };
+                    println!(
+                        "{}  study {}  from {}  blake3 {}",
+                        r.sop_instance_uid.escape_debug(),
+                        or_dash(&r.study_instance_uid),
+                        or_dash(&r.calling_ae),
+                        &r.blake3[..16.min(r.blake3.len())]
+                    );
+                    for f in &r.findings {
+                        println!("    {}", f.to_string().escape_debug());
+                    }
+                }
+                println!("{} instance version(s) kept with findings", list.len());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -715,7 +792,31 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
         spool_bytes: index.spool_bytes()?,
         targets,
         alerts: Vec::new(),
+        findings: admin::FindingsStatus::from_index(&index)?,
     })
+}
+
+/// Every instance version kept with findings: from the running agent, or
+/// from the index.
+async fn flagged(config: &Config) -> anyhow::Result<Vec<pacs_mirror_agent::index::InstanceRecord>> {
+    if let Some(a) = &config.admin {
+        let url = format!("http://{}/findings", a.listen);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        match client.get(&url).send().await {
+            Ok(r) => {
+                let r = r.error_for_status().with_context(|| format!("GET {url}"))?;
+                return r.json().await.with_context(|| format!("GET {url}"));
+            }
+            Err(e) if e.is_connect() => {}
+            Err(e) => return Err(e).with_context(|| format!("GET {url}")),
+        }
+    }
+    let index = open_index(config).context(
+        "no agent answered on the admin endpoint, and the index cannot be read (an agent without [admin] may be running)",
+    )?;
+    Ok(index.flagged()?)
 }
 
 fn ago(ms: Option<u64>) -> String {
@@ -742,8 +843,8 @@ fn print_status(s: &admin::Status) {
         }
         let i = &s.ingest;
         println!(
-            "  ingest since start: {} stored, {} identical re-sends, {} new versions, {} refused",
-            i.stored, i.duplicates, i.conflicts, i.failed
+            "  ingest since start: {} stored ({} not conformant, kept), {} identical re-sends, {} new versions, {} refused",
+            i.stored, i.kept_with_findings, i.duplicates, i.conflicts, i.failed
         );
     } else {
         println!(
@@ -752,6 +853,22 @@ fn print_status(s: &admin::Status) {
         );
     }
     println!("  spool: {:.1} MB", s.spool_bytes as f64 / 1e6);
+    let f = &s.findings;
+    if f.by_class.is_empty() {
+        println!("  non-conformant objects held: none");
+    } else {
+        let classes: Vec<String> = f.by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
+        println!(
+            "  non-conformant objects held (kept byte-exact; `pacs-mirror findings list`): {}",
+            classes.join(", ")
+        );
+    }
+    if f.without_study > 0 {
+        println!(
+            "  {} instance version(s) without a Study Instance UID: drills and failover checks cannot reach them by study",
+            f.without_study
+        );
+    }
     for w in &s.warnings {
         println!("  {w}");
     }

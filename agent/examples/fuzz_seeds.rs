@@ -494,6 +494,9 @@ fn bucket(out: &Out) -> Result<(), Box<dyn Error>> {
         calling_ae: "CT01".into(),
         source_ip: "192.0.2.1".into(),
         received_at_ms: 5,
+        study_date: String::new(),
+        modality: String::new(),
+        findings: Vec::new(),
     };
     let mut manifest = StudyManifest::new("1.2.3");
     manifest.merge(&[ManifestEntry {

@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint of a running agent (loopback only, no
-//! authentication): `/status` (JSON) and `/metrics` (Prometheus text).
+//! authentication): `/status` (JSON), `/metrics` (Prometheus text) and
+//! `/findings` (JSON: every instance version kept with findings).
 //!
 //! The same [`Status`] is computed offline from the index by
 //! `pacs-mirror status` when no agent is running.
@@ -55,6 +56,34 @@ pub struct IngestStatus {
     pub conflicts: u64,
     /// Stores answered with a failure status.
     pub failed: u64,
+    /// New objects kept with findings (not conformant).
+    #[serde(default)]
+    pub kept_with_findings: u64,
+}
+
+/// Non-conformant objects held: what the index records of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingsStatus {
+    /// Instance versions held with at least one finding of each class
+    /// (by class name: `pacs-mirror findings list` names them).
+    pub by_class: BTreeMap<String, u64>,
+    /// Instance versions held with no (usable) Study Instance UID: study
+    /// level checks (drills, failover check) cannot reach them.
+    pub without_study: u64,
+}
+
+impl FindingsStatus {
+    /// From the index (costs what is flagged, not the archive).
+    pub fn from_index(index: &Index) -> Result<Self, IndexError> {
+        Ok(FindingsStatus {
+            by_class: index
+                .finding_counts()?
+                .into_iter()
+                .map(|(c, n)| (c.name().to_string(), n))
+                .collect(),
+            without_study: index.without_study()?,
+        })
+    }
 }
 
 /// What `/status` answers.
@@ -80,6 +109,9 @@ pub struct Status {
     /// Alert conditions that hold now (running agent only).
     #[serde(default)]
     pub alerts: Vec<crate::monitor::Firing>,
+    /// Objects kept although not conformant.
+    #[serde(default)]
+    pub findings: FindingsStatus,
 }
 
 /// Per-target figures from the index, merged with live health if any.
@@ -170,7 +202,9 @@ impl Source {
                 duplicates: c.duplicates.load(Ordering::Relaxed),
                 conflicts: c.conflicts.load(Ordering::Relaxed),
                 failed: c.failed.load(Ordering::Relaxed),
+                kept_with_findings: c.kept_with_findings.load(Ordering::Relaxed),
             },
+            findings: FindingsStatus::from_index(&self.index)?,
             spool_bytes: self.ingest.spool.used_bytes(),
             targets,
             alerts: self
@@ -213,9 +247,32 @@ pub fn metrics(status: &Status) -> String {
             "Stores answered with a failure status since start.",
             i.failed,
         ),
+        (
+            "pacs_mirror_ingest_kept_with_findings_total",
+            "New objects kept although not conformant, since start.",
+            i.kept_with_findings,
+        ),
     ] {
         metric(name, help, "counter", vec![(String::new(), v)]);
     }
+    metric(
+        "pacs_mirror_findings",
+        "Instance versions held with findings of the class (kept, not conformant; pacs-mirror findings list).",
+        "gauge",
+        crate::index::FindingClass::ALL
+            .iter()
+            .map(|c| {
+                let n = status.findings.by_class.get(c.name()).copied().unwrap_or(0);
+                (format!("{{class=\"{}\"}}", c.name()), n)
+            })
+            .collect(),
+    );
+    metric(
+        "pacs_mirror_instances_without_study",
+        "Instance versions held with no usable Study Instance UID (not reachable by study-level drills or failover checks).",
+        "gauge",
+        vec![(String::new(), status.findings.without_study)],
+    );
     metric(
         "pacs_mirror_spool_bytes",
         "Bytes held in the spool.",
@@ -296,6 +353,15 @@ async fn status_handler(State(source): State<Arc<Source>>) -> Response {
     }
 }
 
+async fn findings_handler(State(source): State<Arc<Source>>) -> Response {
+    let s = source.clone();
+    match tokio::task::spawn_blocking(move || s.index.flagged()).await {
+        Ok(Ok(list)) => axum::Json(list).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 async fn metrics_handler(State(source): State<Arc<Source>>) -> Response {
     match current(&source).await {
         Ok(s) => (
@@ -327,6 +393,7 @@ pub async fn serve(
     let mut app = Router::new()
         .route("/status", get(status_handler))
         .route("/metrics", get(metrics_handler))
+        .route("/findings", get(findings_handler))
         .with_state(source);
     if let Some(r) = routes {
         app = app.merge(r);

@@ -388,7 +388,13 @@ mod tests {
         use crate::index::FindingClass as F;
         assert_eq!(
             classes,
-            [F::MissingAttribute, F::MissingAttribute, F::MissingAttribute, F::MissingAttribute, F::Structure]
+            [
+                F::MissingAttribute,
+                F::MissingAttribute,
+                F::MissingAttribute,
+                F::MissingAttribute,
+                F::Structure
+            ]
         );
         let (objects, _) = spool.list_objects().unwrap();
         assert_eq!(objects.len(), 1);
@@ -397,14 +403,9 @@ mod tests {
         assert_eq!(v[0].findings, r.findings);
         assert_eq!(v[0].study_instance_uid, "");
         // a conflicting second version is kept beside the first
-        c.commit(pending(&spool, "1.2.3.9", &body))
-            .await
-            .unwrap();
+        c.commit(pending(&spool, "1.2.3.9", &body)).await.unwrap();
         let other = dataset("1.2.3.9", "Q");
-        let r = c
-            .commit(pending(&spool, "1.2.3.9", &other))
-            .await
-            .unwrap();
+        let r = c.commit(pending(&spool, "1.2.3.9", &other)).await.unwrap();
         assert!(matches!(r.outcome, CommitOutcome::Conflict { .. }));
         assert_eq!(spool.list_objects().unwrap().0.len(), 3);
         assert_eq!(index.versions("1.2.3.9").unwrap().len(), 2);

@@ -263,18 +263,21 @@ pub fn dataset_structure(data: &[u8]) {
 
 const CT_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 
-/// What the SCP does with a received data set to read its identity
-/// ([`crate::scp::store`], [`crate::commit`]): the structure check on every
-/// PDV, [`part10::read_header_prefix`] on the first PDV, and when the data
-/// set is complete and well formed, [`part10::read_header_from`] on the whole
-/// Part-10 file (our header + the data set bytes).
+/// What the SCP does with a received data set to identify it
+/// ([`crate::scp::store`], [`crate::commit`], [`crate::identify`]): one
+/// walk that checks the structure and captures the identifying attributes,
+/// fed PDV by PDV, then the ingest policy's decision; and the same file read
+/// back as recovery and `reindex` read it.
 ///
 /// Input: a transfer-syntax selector byte, a byte choosing the length of the
 /// first PDV, the data set.
-/// Oracles: no parse allocates more than the input; when the data set is
-/// accepted, a header read early from the first PDV equals the header read
-/// from the whole file (the index would otherwise record attributes the
-/// stored file does not have); the data set offset is our header's length.
+/// Oracles: no walk allocates more than the input (and no captured value
+/// exceeds its cap); the walk fed in two PDVs sees what one walk of the
+/// whole sees (the index records what the stored file holds); a kept
+/// object's study and series keys are usable keys (no NUL, no control
+/// character, within the limit) or empty; reading the stored file back
+/// (`part10::read_identity`) gives the same decision, hash and offsets;
+/// the early header (drill copies) agrees with the whole file's meta.
 pub fn store_ingest(data: &[u8]) {
     let [selector, first_len, body @ ..] = data else {
         return;
@@ -293,30 +296,54 @@ pub fn store_ingest(data: &[u8]) {
     let (first, rest) = body.split_at(cut);
     let early = part10::read_header_prefix(&header, first);
 
-    let mut structure = Walker::new(ts);
-    let accepted =
-        structure.feed(first).is_ok() && structure.feed(rest).is_ok() && structure.finish().is_ok();
-    if !accepted {
-        return;
+    let mut split = crate::identify::walker(ts);
+    let _ = split.feed(first);
+    let _ = split.feed(rest);
+    let split = split.finish_observing();
+    let mut whole_walk = crate::identify::walker(ts);
+    let _ = whole_walk.feed(body);
+    let whole_walk = whole_walk.finish_observing();
+    assert_eq!(
+        split, whole_walk,
+        "the walk depends on where the PDVs split"
+    );
+    for c in &split.captured {
+        assert!(c.value.len() <= crate::structure::CAPTURE_LIMIT);
+        assert!(c.value.len() as u64 <= body.len() as u64);
     }
+    let decided = crate::identify::identify(CT_IMAGE, "1.2.3.4", &split);
+    if let Ok(id) = &decided {
+        for key in [&id.study_instance_uid, &id.series_instance_uid] {
+            assert!(
+                key.is_empty() || crate::identify::usable_key(key).is_ok(),
+                "an unusable key was kept: {key:?}"
+            );
+        }
+    }
+
     let file = [header.as_slice(), body].concat();
+    match part10::read_identity_from(file.as_slice()) {
+        Ok(back) => {
+            assert_eq!(back.meta.dataset_offset, header.len() as u64);
+            assert_eq!(back.meta.transfer_syntax_uid, ts);
+            assert_eq!(back.meta.receipt.as_ref(), Some(&receipt));
+            assert_eq!(back.dataset_blake3, *blake3::hash(body).as_bytes());
+            assert_eq!(back.dataset_bytes, body.len() as u64);
+            assert_eq!(back.observed, whole_walk, "read back differently");
+        }
+        Err(e) => panic!("our own file does not read back: {e}"),
+    }
     let whole = part10::read_header_from(std::io::Cursor::new(file.as_slice()));
     if let Ok(h) = &whole {
         assert_eq!(h.dataset_offset, header.len() as u64);
-        assert_eq!(h.transfer_syntax_uid, ts);
-        assert_eq!(h.receipt.as_ref(), Some(&receipt));
         assert_eq!(
             part10::dataset_offset_in(&mut file.as_slice()).ok(),
             Some(header.len() as u64)
         );
     }
-    if let Ok(e) = early {
-        assert_eq!(
-            whole.as_ref().ok(),
-            Some(&e),
-            "the header read from the first PDV differs from the whole file's ({:?})",
-            whole.as_ref().err()
-        );
+    if let (Ok(e), Ok(w)) = (&early, &whole) {
+        assert_eq!(e.sop_class_uid, w.sop_class_uid);
+        assert_eq!(e.transfer_syntax_uid, w.transfer_syntax_uid);
     }
 }
 
@@ -422,7 +449,7 @@ pub fn part10_stream(data: &[u8]) {
             "the reader is left at the data set"
         );
         for uid in [&meta.sop_class_uid, &meta.sop_instance_uid] {
-            assert!(dimse::check_uid(uid).is_ok(), "{uid:?}");
+            assert!(crate::identify::usable_key(uid).is_ok(), "{uid:?}");
         }
     }
 }

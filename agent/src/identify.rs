@@ -222,16 +222,13 @@ pub fn identify(
                 String::new()
             }
             Some((uid, length)) => {
-                if let Err(why) = usable_key(&uid)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        if length as usize > MAX_KEY_BYTES + 1 {
-                            Err(format!("value of {length} bytes"))
-                        } else {
-                            Ok(())
-                        }
-                    })
-                {
+                if let Err(why) = usable_key(&uid).map_err(|e| e.to_string()).and_then(|()| {
+                    if length as usize > MAX_KEY_BYTES + 1 {
+                        Err(format!("value of {length} bytes"))
+                    } else {
+                        Ok(())
+                    }
+                }) {
                     find(
                         FindingClass::NonconformantUid,
                         format!("{what} unusable as an index key ({why}): not indexed by it"),
@@ -348,7 +345,10 @@ mod tests {
     #[test]
     fn another_sop_instance_in_the_data_set_is_a_conflict() {
         let e = identify(CT, "1.2.3.5", &walk(EXPLICIT, &conformant())).unwrap_err();
-        assert_eq!(e.to_string(), "SOP Instance UID 1.2.3.4 in the data set, 1.2.3.5 in the command");
+        assert_eq!(
+            e.to_string(),
+            "SOP Instance UID 1.2.3.4 in the data set, 1.2.3.5 in the command"
+        );
     }
 
     #[test]
@@ -372,9 +372,20 @@ mod tests {
             ]
         );
         let text: Vec<String> = i.findings.iter().map(ToString::to_string).collect();
-        assert!(text.contains(&"missing_attribute: no Study Instance UID (0020,000D)".to_string()), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("Series Instance UID (0020,000E) of 77 characters")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("SOP Instance UID contains \"a\"")), "{text:?}");
+        assert!(
+            text.contains(&"missing_attribute: no Study Instance UID (0020,000D)".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("Series Instance UID (0020,000E) of 77 characters")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("SOP Instance UID contains \"a\"")),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -385,8 +396,14 @@ mod tests {
             d.extend(long(0x0020, 0x000D, b"UN", value.len() as u32, &value));
             let i = identify(CT, "1.2.3.4", &walk(EXPLICIT, &d)).unwrap();
             assert_eq!(i.study_instance_uid, "");
-            assert!(i.findings.iter().any(|f| f.class == FindingClass::NonconformantUid
-                && f.detail.contains("not indexed by it")), "{:?}", i.findings);
+            assert!(
+                i.findings
+                    .iter()
+                    .any(|f| f.class == FindingClass::NonconformantUid
+                        && f.detail.contains("not indexed by it")),
+                "{:?}",
+                i.findings
+            );
         }
     }
 
@@ -397,7 +414,11 @@ mod tests {
         let i = identify(CT, "1.2.3.4", &walk(EXPLICIT, &d)).unwrap();
         assert_eq!(i.study_instance_uid, "1.2.3");
         assert_eq!(classes(&i), [FindingClass::Structure]);
-        assert!(i.findings[0].detail.starts_with("truncated at byte"), "{:?}", i.findings);
+        assert!(
+            i.findings[0].detail.starts_with("truncated at byte"),
+            "{:?}",
+            i.findings
+        );
         // Cut inside the Study UID itself: it is missing, not half read.
         let d = conformant();
         // The Study UID element is the last but one (14 bytes, then 16).

@@ -241,8 +241,14 @@ pub struct FileIdentity {
 /// record, findings included.
 pub fn read_identity(path: &Path) -> Result<FileIdentity, Part10Error> {
     let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
-    let mut reader =
-        std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path).map_err(io)?);
+    read_identity_from(std::io::BufReader::with_capacity(
+        256 * 1024,
+        std::fs::File::open(path).map_err(io)?,
+    ))
+}
+
+/// [`read_identity`] of a Part-10 byte stream.
+pub fn read_identity_from(mut reader: impl Read) -> Result<FileIdentity, Part10Error> {
     let (meta, _) = read_meta(&mut reader)?;
     let mut walker = identify::walker(&meta.transfer_syntax_uid);
     let mut hasher = blake3::Hasher::new();

@@ -11,8 +11,8 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::index::{Hash, Index, InstanceRecord, hash_hex};
 use crate::identify;
+use crate::index::{Hash, Index, InstanceRecord, hash_hex};
 use crate::part10;
 use crate::spool::{Spool, SpoolError};
 

@@ -266,10 +266,7 @@ impl Walker {
         if self.inflate_done && !input.is_empty() {
             return Err(self.flawed(
                 Flaw::TrailingBytes,
-                format!(
-                    "{} bytes after the end of the deflate stream",
-                    input.len()
-                ),
+                format!("{} bytes after the end of the deflate stream", input.len()),
             ));
         }
         Ok(())
@@ -331,14 +328,17 @@ impl Walker {
             ));
         }
         if let Some(open) = self.stack.last() {
-            return Err(self.flawed(Flaw::Truncated, format!(
-                "data set ends inside an open {}",
-                match open.kind {
-                    Kind::Sequence => "sequence",
-                    Kind::Item => "item",
-                    Kind::Fragments => "encapsulated pixel data",
-                }
-            )));
+            return Err(self.flawed(
+                Flaw::Truncated,
+                format!(
+                    "data set ends inside an open {}",
+                    match open.kind {
+                        Kind::Sequence => "sequence",
+                        Kind::Item => "item",
+                        Kind::Fragments => "encapsulated pixel data",
+                    }
+                ),
+            ));
         }
         Ok(())
     }
@@ -371,8 +371,7 @@ impl Walker {
                     && let Some(c) = self.captured.last_mut()
                 {
                     let room = CAPTURE_LIMIT.saturating_sub(c.value.len());
-                    c.value
-                        .extend_from_slice(&bytes[..room.min(n as usize)]);
+                    c.value.extend_from_slice(&bytes[..room.min(n as usize)]);
                 }
                 self.skip -= n;
                 self.offset += n;

@@ -73,17 +73,22 @@ fn unexpected_files(dir: &Path, cfg: &AgentConfig) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// T10: UIDs that are paths, carry NUL, backslashes, letters or a newline
-/// (a forged log line), are 65 characters long or empty, in the command or
-/// in the data set (Study and Series Instance UIDs), are refused with C002
-/// and nothing of them is stored; no file is created but spool objects
-/// named by their blake3; no log line can be forged through a UID or a
-/// calling AE title; every refusal is counted in
-/// `pacs_mirror_ingest_failed_total` (T11's metric); a UID with a leading
-/// zero in a component (not conformant, but sent by legacy modalities) is
-/// stored, with a warning.
+/// T10 under the ingest policy (issue 14: a faithful copy, not a
+/// validator). A UID is an index key, never a path: UIDs that look like
+/// paths, carry backslashes or letters, or are 65 characters long are
+/// kept, byte-exact, with a `nonconformant_uid` finding, and nothing is
+/// ever built from them (no file but hash-named spool objects). Only a
+/// command UID that cannot be a key is refused with C002 before a byte is
+/// written: one with a NUL or a newline inside (a forged log line), or
+/// over 1 KiB. A Study UID with a newline cannot be a key either: the
+/// object is kept and indexed without a study. A command naming another
+/// SOP instance than its data set is an identity conflict (C001). No log
+/// line can be forged through a UID or a calling AE title; each refusal is
+/// counted in `pacs_mirror_ingest_failed_total` (T11), each kept
+/// non-conformant object in `pacs_mirror_ingest_kept_with_findings_total`;
+/// a leading zero in a component is kept with its finding.
 #[test]
-fn hostile_uids_are_refused_and_never_reach_a_path_or_a_log_line() {
+fn odd_uids_are_kept_as_keys_and_never_reach_a_path_or_a_log_line() {
     let dir = tempdir();
     let objects = objects_of(&dir.path().join("src"), 4, 64, "31");
     let mut cfg = AgentConfig::new(&dir.path().join("data"));
@@ -93,20 +98,15 @@ fn hostile_uids_are_refused_and_never_reach_a_path_or_a_log_line() {
     let ct = dimse::CT_IMAGE_STORAGE;
     let forged = "ERROR pacs_mirror_agent: forged";
 
-    // In the command: refused before a byte is written.
-    let (_, ds0) = &objects[0];
-    let long_uid = format!("1.{}", "2".repeat(63));
-    let command_uids = [
-        "../../../../pacs-mirror-escape-cmd".to_string(),
-        "/etc/passwd".to_string(),
+    // In the command, unusable as a key: refused before a byte is written.
+    let (m0, ds0) = &objects[0];
+    let refused_uids = [
         "1.2.3\0/x".to_string(),
-        "1.2.3\\..\\..\\x".to_string(),
-        "1.2.3.abc".to_string(),
-        long_uid,
         format!("1.2.3\n{forged} via a SOP Instance UID"),
+        format!("1.{}", "2".repeat(1100)),
     ];
     let mut a = open_as(cfg.port, SENDER_AE);
-    for (k, uid) in command_uids.iter().enumerate() {
+    for (k, uid) in refused_uids.iter().enumerate() {
         let st = a
             .store(1, k as u16 + 1, ct, uid, ds0)
             .unwrap_or_else(|e| panic!("{uid:?}: no C-STORE-RSP ({e}){}", agent.log_tail()));
@@ -115,46 +115,70 @@ fn hostile_uids_are_refused_and_never_reach_a_path_or_a_log_line() {
             "command SOP Instance UID {uid:?}: status {st:04X}"
         );
     }
-    // In the data set: the command's UID is fine, the Study or Series
-    // Instance UID is a path.
+    // Another SOP instance in the command than in the data set: C001.
+    let st = a.store(1, 9, ct, "1.2.3.4.5", ds0).expect("C-STORE-RSP");
+    assert_eq!(st, 0xC001, "identity conflict: status {st:04X}");
+
+    // Odd but usable UIDs, in command and data set alike (same length as
+    // the data set's value, so it stays well formed): kept.
+    let (_, len) = ui_value(ds0, 0x0008, 0x0018);
+    let kept_uids: Vec<String> = [
+        "../../../../pacs-mirror-escape-cmd/",
+        "/etc/passwd/",
+        "1.2.3\\..\\..\\x",
+        "1.2.3.abc.",
+    ]
+    .iter()
+    .map(|p| p.bytes().cycle().take(len).map(char::from).collect())
+    .collect();
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    for (k, uid) in kept_uids.iter().enumerate() {
+        let ds = with_ui(ds0, 0x0008, 0x0018, uid);
+        let st = a
+            .store(1, 10 + k as u16, ct, uid, &ds)
+            .expect("C-STORE-RSP");
+        assert_eq!(st, 0x0000, "{uid:?}: status {st:04X}{}", agent.log_tail());
+        kept.push((uid.clone(), ds));
+    }
+    // In the data set: Study or Series Instance UIDs that are paths (kept
+    // as keys), one with a newline (kept, not indexed by it).
     let (m1, ds1) = &objects[1];
-    for (what, ds) in [
+    let (m2, ds2) = &objects[2];
+    let study_with_newline = with_ui(
+        ds2,
+        0x0020,
+        0x000D,
+        &format!("1\n{forged} via a Study UID\n"),
+    );
+    let study_path = with_ui(ds1, 0x0020, 0x000D, "../../pacs-mirror-escape-study/");
+    for (what, uid, ds) in [
         (
-            "Study Instance UID",
-            with_ui(ds1, 0x0020, 0x000D, "../../pacs-mirror-escape-study/"),
-        ),
-        (
-            "Series Instance UID",
-            with_ui(ds1, 0x0020, 0x000E, "..\\..\\pacs-mirror-escape-series\\"),
+            "Study Instance UID that is a path",
+            &m1.sop_instance_uid,
+            &study_path,
         ),
         (
             "Study Instance UID with a newline",
-            with_ui(
-                ds1,
-                0x0020,
-                0x000D,
-                &format!("1\n{forged} via a Study UID\n"),
-            ),
+            &m2.sop_instance_uid,
+            &study_with_newline,
         ),
     ] {
-        let st = a
-            .store(1, 20, ct, &m1.sop_instance_uid, &ds)
-            .expect("C-STORE-RSP");
-        assert_eq!(st, 0xC002, "{what}: status {st:04X}");
+        let st = a.store(1, 20, ct, uid, ds).expect("C-STORE-RSP");
+        assert_eq!(st, 0x0000, "{what}: status {st:04X}");
     }
     a.release().expect("A-RELEASE");
 
     // A calling AE title with a newline (this listener accepts any caller),
     // whose store is then refused: the refusal is logged with its name.
     let mut a = open_as(cfg.port, "X\nERROR forged");
-    let st = a.store(1, 1, ct, "1.2.abc", ds0).expect("C-STORE-RSP");
+    let st = a.store(1, 1, ct, "1.2.\nabc", ds0).expect("C-STORE-RSP");
     assert_eq!(st, 0xC002);
     a.release().expect("A-RELEASE");
 
-    // A leading zero in a component: stored, with a warning.
+    // A leading zero in a component: kept, with its finding.
     let src = dicom_files(&dir.path().join("src"));
     let zero = dir.path().join("leading-zero.dcm");
-    std::fs::copy(&src[2], &zero).expect("copy");
+    std::fs::copy(&src[3], &zero).expect("copy");
     let zero_uid = "1.2.826.0.1.3680043.9.7433.031.7";
     run_ok(
         std::process::Command::new(tool("dcmodify"))
@@ -166,19 +190,17 @@ fn hostile_uids_are_refused_and_never_reach_a_path_or_a_log_line() {
     assert_eq!(mz.sop_instance_uid, zero_uid);
     let mut a = open_as(cfg.port, SENDER_AE);
     assert_eq!(a.store(1, 1, ct, zero_uid, &dz).expect("C-STORE"), 0x0000);
-    let (m3, ds3) = &objects[3];
-    assert_eq!(
-        a.store(1, 2, ct, &m3.sop_instance_uid, ds3)
-            .expect("C-STORE"),
-        0x0000
-    );
     a.release().expect("A-RELEASE");
 
-    // T11: each refusal is counted (7 + 3 + 1), and the 2 stores.
+    // T11: each refusal is counted (3 + 1 + 1), and the 7 kept objects,
+    // all with findings.
     let metrics = admin_get(admin, "/metrics");
     for line in [
-        "pacs_mirror_ingest_failed_total 11",
-        "pacs_mirror_ingest_stored_total 2",
+        "pacs_mirror_ingest_failed_total 5",
+        "pacs_mirror_ingest_stored_total 7",
+        "pacs_mirror_ingest_kept_with_findings_total 7",
+        "pacs_mirror_findings{class=\"nonconformant_uid\"} 7",
+        "pacs_mirror_instances_without_study 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -198,15 +220,51 @@ fn hostile_uids_are_refused_and_never_reach_a_path_or_a_log_line() {
         "log lines forged through a UID or an AE title: {forged_lines:#?}"
     );
     assert!(
-        log.contains("C-STORE refused") && log.contains("leading zero"),
-        "the refusals and the leading-zero warning are logged:\n{log}"
+        log.contains("C-STORE refused")
+            && log.contains("leading zero")
+            && log.contains("kept byte-exact"),
+        "the refusals and the findings are logged:\n{log}"
     );
 
     let rows = index_dump(&config_path);
     let by_uid = rows_by_uid(&rows);
-    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(rows.len(), 7, "{rows:#?}");
+    for (uid, ds) in &kept {
+        check_spool_file(&cfg, &by_uid[uid.as_str()], Some(ds));
+        let findings = &by_uid[uid.as_str()].findings;
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.starts_with("nonconformant_uid: SOP Instance UID")),
+            "{uid:?}: {findings:?}"
+        );
+    }
     check_spool_file(&cfg, &by_uid[zero_uid], Some(&dz));
-    check_spool_file(&cfg, &by_uid[&m3.sop_instance_uid], Some(ds3));
+    check_spool_file(&cfg, &by_uid[&m1.sop_instance_uid], Some(&study_path));
+    check_spool_file(
+        &cfg,
+        &by_uid[&m2.sop_instance_uid],
+        Some(&study_with_newline),
+    );
+    assert_eq!(by_uid[&m2.sop_instance_uid].study_instance_uid, "");
+    assert!(
+        by_uid[&m2.sop_instance_uid]
+            .findings
+            .iter()
+            .any(|f| f.contains("not indexed by it")),
+        "{:?}",
+        by_uid[&m2.sop_instance_uid]
+    );
+    assert_eq!(
+        by_uid[&m1.sop_instance_uid].study_instance_uid,
+        "../../pacs-mirror-escape-study/"
+            .bytes()
+            .cycle()
+            .take(ui_value(ds1, 0x0020, 0x000D).1)
+            .map(char::from)
+            .collect::<String>()
+    );
+    let _ = m0;
     assert_no_tmp(&cfg, "after a clean stop");
     let odd = unexpected_files(dir.path(), &cfg);
     assert!(
@@ -283,15 +341,16 @@ fn nested_undefined(depth: usize) -> Vec<u8> {
     d
 }
 
-/// T13, T14: a 1 KiB data set declaring a 4 GiB value (0xFFFFFFF0) is
-/// refused with C000 without the agent's peak RSS growing by more than
-/// 64 MiB; sequences nested 1,100 deep (undefined lengths) and 5,000 deep
-/// (defined lengths, 100 KB) are refused with C000 and the agent lives on;
-/// delimiters where they cannot be are refused with C000; an object over
-/// `max_object_bytes` gets A701 and leaves no temp file. The association
-/// goes on after each, and only the valid objects are indexed.
+/// T13, T14 under the ingest policy: a 1 KiB data set declaring a 4 GiB
+/// value (0xFFFFFFF0) is kept byte-exact with a `structure` finding,
+/// without the agent's peak RSS growing by more than 64 MiB (nothing is
+/// allocated by a declared length); sequences nested 1,100 deep (undefined
+/// lengths) and 5,000 deep (defined lengths, 100 KB), and delimiters where
+/// they cannot be, are kept with their finding and the agent lives on; an
+/// object over `max_object_bytes` gets A701 and leaves no temp file. The
+/// association goes on after each.
 #[test]
-fn lying_lengths_deep_nesting_and_oversized_objects_are_refused() {
+fn lying_lengths_and_deep_nesting_are_kept_flagged_and_oversized_objects_refused() {
     let dir = tempdir();
     let mut valid = objects_of(&dir.path().join("src"), 2, 64, "32");
     let big = objects_of(&dir.path().join("big"), 1, 512, "33").remove(0);
@@ -327,6 +386,7 @@ fn lying_lengths_deep_nesting_and_oversized_objects_are_refused() {
         ("an item delimiter at the top level", item_header(0xE00D, 0)),
         ("an element directly inside a sequence", sq_without_item),
     ];
+    let mut flagged = Vec::new();
     for (k, (what, rest)) in cases.iter().enumerate() {
         let uid = format!("1.2.826.0.1.3680043.9.7433.3.2.{k}");
         let ds = hand_made(&uid, rest);
@@ -334,8 +394,9 @@ fn lying_lengths_deep_nesting_and_oversized_objects_are_refused() {
             .store(1, 10 + k as u16, ct, &uid, &ds)
             .unwrap_or_else(|e| panic!("{what}: no C-STORE-RSP ({e}){}", agent.log_tail()));
         eprintln!("{what} ({} bytes): {st:04X}", ds.len());
-        assert_eq!(st, 0xC000, "{what}: status {st:04X}{}", agent.log_tail());
+        assert_eq!(st, 0x0000, "{what}: status {st:04X}{}", agent.log_tail());
         assert_no_tmp(&cfg, what);
+        flagged.push((uid, ds, *what));
     }
     let grown = agent.vm_hwm_kib().saturating_sub(hwm_before);
     eprintln!("peak RSS grew by {grown} KiB");
@@ -369,10 +430,23 @@ fn lying_lengths_deep_nesting_and_oversized_objects_are_refused() {
     agent.stop();
     let rows = index_dump(&config_path);
     let by_uid = rows_by_uid(&rows);
-    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(rows.len(), 2 + flagged.len(), "{rows:#?}");
     for (m, d) in valid.drain(..) {
         check_spool_file(&cfg, &by_uid[&m.sop_instance_uid], Some(&d));
+        assert!(by_uid[&m.sop_instance_uid].findings.is_empty());
     }
-    assert_eq!(spool_object_files(&cfg).len(), 2);
+    for (uid, ds, what) in &flagged {
+        check_spool_file(&cfg, &by_uid[uid.as_str()], Some(ds));
+        let findings = &by_uid[uid.as_str()].findings;
+        assert!(
+            findings.iter().any(|f| f.starts_with("structure: ")),
+            "{what}: {findings:?}"
+        );
+        assert_eq!(
+            by_uid[uid.as_str()].study_instance_uid,
+            "1.2.826.0.1.3680043.9.7433.3.1"
+        );
+    }
+    assert_eq!(spool_object_files(&cfg).len(), 2 + flagged.len());
     assert_no_tmp(&cfg, "after a clean stop");
 }

@@ -826,6 +826,8 @@ pub struct Row {
     pub source_ip: String,
     pub received_at_ms: u64,
     pub path: PathBuf,
+    /// Its findings, each as "class: detail" (empty when conformant).
+    pub findings: Vec<String>,
 }
 
 /// Every field of each row as one line, sorted: what an index rebuild must
@@ -835,7 +837,7 @@ pub fn row_keys(rows: &[Row], with_path: bool) -> Vec<String> {
         .iter()
         .map(|r| {
             let mut k = format!(
-                "{} {} {} {} {} {} {} {} {} {} {} {}",
+                "{} {} {} {} {} {} {} {} {} {} {} {} {:?}",
                 r.sop_instance_uid,
                 r.sop_class_uid,
                 r.transfer_syntax_uid,
@@ -847,7 +849,8 @@ pub fn row_keys(rows: &[Row], with_path: bool) -> Vec<String> {
                 r.series_instance_uid,
                 r.calling_ae,
                 r.source_ip,
-                r.received_at_ms
+                r.received_at_ms,
+                r.findings
             );
             if with_path {
                 k.push_str(&format!(" {}", r.path.display()));
@@ -900,6 +903,21 @@ pub fn index_dump(config_path: &Path) -> Vec<Row> {
                 source_ip: field_str(&v, "source_ip", line),
                 received_at_ms: field_u64(&v, "received_at_ms", line),
                 path: PathBuf::from(field_str(&v, "path", line)),
+                findings: v
+                    .get("findings")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .map(|f| {
+                                format!(
+                                    "{}: {}",
+                                    f["class"].as_str().unwrap_or("?"),
+                                    f["detail"].as_str().unwrap_or("?")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect()

@@ -867,6 +867,9 @@ mod tests {
                 calling_ae: "A".into(),
                 source_ip: "127.0.0.1".into(),
                 received_at_ms: i as u64,
+                study_date: String::new(),
+                modality: String::new(),
+                findings: Vec::new(),
             };
             idx.commit_instance(&rec, &hash, &[], 1).unwrap();
         }

@@ -149,6 +149,9 @@ mod tests {
                 calling_ae: "A".into(),
                 source_ip: "127.0.0.1".into(),
                 received_at_ms: 1,
+                study_date: String::new(),
+                modality: String::new(),
+                findings: Vec::new(),
             };
             index.commit_instance(&rec, &hash, &[], 1).unwrap();
             paths.push((placed.path, hash));

@@ -11,7 +11,6 @@ use std::io::Read;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-
 /// Largest file meta group accepted (group length value). Real ones are a
 /// few hundred bytes; this only stops a corrupt length from being trusted.
 pub const MAX_META_GROUP_BYTES: u32 = 64 * 1024;

@@ -240,14 +240,25 @@ fn imports_checks_and_reports() {
     // what is wrong with it (the ingest policy, crate::identify).
     let cut_versions = index.versions("1.2.3.999").unwrap();
     assert_eq!(cut_versions.len(), 1);
-    let cut_stored = std::fs::read(spool.object_path(&crate::index::parse_hash(&cut_versions[0].blake3).unwrap())).unwrap();
+    let cut_stored = std::fs::read(
+        spool.object_path(&crate::index::parse_hash(&cut_versions[0].blake3).unwrap()),
+    )
+    .unwrap();
     assert!(cut_stored.ends_with(&cut[cut.len() - 23..cut.len() - 3]));
-    assert_eq!(cut_versions[0].findings.len(), 1, "{cut_versions:?}");
+    // The cut falls in the Series UID, the last element: it is missing.
+    let findings: Vec<String> = cut_versions[0]
+        .findings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(findings.len(), 2, "{findings:?}");
+    assert_eq!(
+        findings[0],
+        "missing_attribute: no Series Instance UID (0020,000E)"
+    );
     assert!(
-        cut_versions[0].findings[0]
-            .to_string()
-            .starts_with("structure: truncated at byte"),
-        "{cut_versions:?}"
+        findings[1].starts_with("structure: truncated at byte"),
+        "{findings:?}"
     );
     assert_eq!(
         (stats.instances, stats.objects, stats.conflicts),

@@ -605,7 +605,11 @@ impl Bucket {
     ) -> Result<(), BucketError> {
         if !study_instance_uid.is_empty() {
             return self
-                .add_to_manifest_at(manifest_key(study_instance_uid), study_instance_uid, entries)
+                .add_to_manifest_at(
+                    manifest_key(study_instance_uid),
+                    study_instance_uid,
+                    entries,
+                )
                 .await;
         }
         let mut by_sop: std::collections::BTreeMap<&str, Vec<manifest::ManifestEntry>> =

@@ -378,8 +378,9 @@ impl Index {
     ) -> Result<std::collections::BTreeMap<FindingClass, u64>, IndexError> {
         let mut out = std::collections::BTreeMap::new();
         let mut err = None;
-        self.kv.for_each_prefix(FINDINGS, &mut |k, v| {
-            match decode_at::<Vec<FindingClass>>(k, v) {
+        self.kv.for_each_prefix(
+            FINDINGS,
+            &mut |k, v| match decode_at::<Vec<FindingClass>>(k, v) {
                 Ok(mut classes) => {
                     classes.dedup();
                     for c in classes {
@@ -391,8 +392,8 @@ impl Index {
                     err = Some(e);
                     false
                 }
-            }
-        })?;
+            },
+        )?;
         err.map_or(Ok(out), Err)
     }
 

@@ -671,26 +671,86 @@ pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
     ),
     ("1.2.840.10008.5.1.4.45.1", "Implant Template Group Storage"),
     // Retired storage SOP classes (PS3.6 Table A-1), absent from dicom-rs.
-    ("1.2.840.10008.5.1.1.27", "Stored Print Storage SOP Class (Retired)"),
-    ("1.2.840.10008.5.1.1.29", "Hardcopy Grayscale Image Storage SOP Class (Retired)"),
-    ("1.2.840.10008.5.1.1.30", "Hardcopy Color Image Storage SOP Class (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.3", "Ultrasound Multi-frame Image Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.5", "Nuclear Medicine Image Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.6", "Ultrasound Image Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.8", "Standalone Overlay Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.9", "Standalone Curve Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.9.1", "Waveform Storage - Trial (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.10", "Standalone Modality LUT Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.11", "Standalone VOI LUT Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.12.3", "X-Ray Angiographic Bi-Plane Image Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.77.1", "VL Image Storage - Trial (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.77.2", "VL Multi-frame Image Storage - Trial (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.88.1", "Text SR Storage - Trial (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.88.2", "Audio SR Storage - Trial (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.88.3", "Detail SR Storage - Trial (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.88.4", "Comprehensive SR Storage - Trial (Retired)"),
-    ("1.2.840.10008.5.1.4.1.1.129", "Standalone PET Curve Storage (Retired)"),
-    ("1.2.840.10008.5.1.4.34.1", "RT Beams Delivery Instruction Storage - Trial (Retired)"),
+    (
+        "1.2.840.10008.5.1.1.27",
+        "Stored Print Storage SOP Class (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.1.29",
+        "Hardcopy Grayscale Image Storage SOP Class (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.1.30",
+        "Hardcopy Color Image Storage SOP Class (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.3",
+        "Ultrasound Multi-frame Image Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.5",
+        "Nuclear Medicine Image Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.6",
+        "Ultrasound Image Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.8",
+        "Standalone Overlay Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.9",
+        "Standalone Curve Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.9.1",
+        "Waveform Storage - Trial (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.10",
+        "Standalone Modality LUT Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.11",
+        "Standalone VOI LUT Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.12.3",
+        "X-Ray Angiographic Bi-Plane Image Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.77.1",
+        "VL Image Storage - Trial (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.77.2",
+        "VL Multi-frame Image Storage - Trial (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.88.1",
+        "Text SR Storage - Trial (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.88.2",
+        "Audio SR Storage - Trial (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.88.3",
+        "Detail SR Storage - Trial (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.88.4",
+        "Comprehensive SR Storage - Trial (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.129",
+        "Standalone PET Curve Storage (Retired)",
+    ),
+    (
+        "1.2.840.10008.5.1.4.34.1",
+        "RT Beams Delivery Instruction Storage - Trial (Retired)",
+    ),
 ];
 
 /// The storage arc of PS3.4 Annex B: every UID under it is a storage SOP
@@ -705,7 +765,9 @@ pub fn storage_sop_class_name(uid: &str) -> Option<&'static str> {
         .map(|(_, n)| *n)
         .or_else(|| {
             uid.strip_prefix(STORAGE_ARC)
-                .filter(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+                .filter(|rest| {
+                    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                })
                 .map(|_| "Storage SOP Class (newer than this build's table)")
         })
 }
