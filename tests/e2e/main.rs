@@ -14,6 +14,7 @@ mod alerts;
 mod backfill;
 mod bad_input;
 mod content;
+mod corpus;
 mod crash;
 mod drill;
 mod duplicates;
