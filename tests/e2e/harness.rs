@@ -1465,7 +1465,7 @@ pub fn pynetdicom_python() -> PathBuf {
         .or_else(|| {
             let home = std::env::var_os("HOME")?;
             Some(PathBuf::from(home).join(
-                ".cache/pacs-mirror/pynetdicom-3.0.4-pydicom-3.0.2-deid-0.0.20-nibabel-5.4.2/bin/python",
+                ".cache/pacs-mirror/pynetdicom-3.0.4-pydicom-3.0.2-deid-0.0.20-nibabel-5.4.2-sqlalchemy-2.0.59/bin/python",
             ))
         })
         .unwrap_or_default();

@@ -17,6 +17,7 @@ mod content;
 mod corpus;
 mod crash;
 mod drill;
+mod drill_qrscp;
 mod duplicates;
 mod durability;
 mod failback;
