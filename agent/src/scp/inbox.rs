@@ -1034,6 +1034,145 @@ mod tests {
         assert_eq!(inbox.counters.tolerated.load(Ordering::Relaxed), 4);
     }
 
+    /// A raw mirror on the network: one association from `calling` to the
+    /// drill receiver at `addr`, one C-STORE-RQ per `(rq, data set)`
+    /// (the Move Originator as given), the statuses and comments answered.
+    async fn raw_mirror(
+        addr: SocketAddr,
+        calling: &str,
+        stores: Vec<(CStoreRq, Vec<u8>)>,
+    ) -> Vec<(u16, String)> {
+        use dicom_ul::pdu::{PDataValue, PDataValueType};
+        use dicom_ul::{ClientAssociationOptions, Pdu};
+        let mut assoc = ClientAssociationOptions::new()
+            .calling_ae_title(calling)
+            .called_ae_title("PM_DRILL")
+            .with_presentation_context(CT, vec![EXPLICIT])
+            .establish_async(addr.to_string().as_str())
+            .await
+            .unwrap();
+        let pc = assoc.presentation_contexts()[0].id;
+        let mut out = Vec::new();
+        for (rq, data) in stores {
+            for (value_type, bytes) in [
+                (PDataValueType::Command, rq.to_command().encode()),
+                (PDataValueType::Data, data),
+            ] {
+                assoc
+                    .send(&Pdu::PData {
+                        data: vec![PDataValue {
+                            presentation_context_id: pc,
+                            value_type,
+                            is_last: true,
+                            data: bytes,
+                        }],
+                    })
+                    .await
+                    .unwrap();
+            }
+            let mut command = Vec::new();
+            loop {
+                match assoc.receive().await.unwrap() {
+                    Pdu::PData { data } => {
+                        let last = data.iter().any(|v| v.is_last);
+                        for v in data {
+                            command.extend_from_slice(&v.data);
+                        }
+                        if last {
+                            break;
+                        }
+                    }
+                    other => panic!("raw mirror: {other:?} instead of a C-STORE-RSP"),
+                }
+            }
+            let rsp = dimse::CommandSet::decode(&command).unwrap();
+            out.push((
+                rsp.status().unwrap().code(),
+                rsp.string(dimse::tag::ERROR_COMMENT).unwrap_or_default(),
+            ));
+        }
+        let _ = assoc.release().await;
+        out
+    }
+
+    /// The same, over the network: the agent's drill receiver listener
+    /// (`app::serve_drill_receivers`), a raw mirror sending sub-operations
+    /// with a wrong and with no Move Originator (taken, WARN with the peer
+    /// and the rule), and strays (refused).
+    #[tokio::test]
+    async fn a_raw_mirror_with_a_wrong_move_originator_is_served_over_the_network() {
+        let d = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[device]\nname = \"t\"\ndata_dir = {:?}\n\
+             [[device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = 0\n\
+             [[device.network_ae]]\nae_title = \"PM_DRILL\"\nnetwork_connections = [\"dicom\"]\n\
+             drill_receiver = true\naccept_any_calling_ae = true\n",
+            d.path().join("data").display().to_string()
+        );
+        let config =
+            pacs_mirror_config::Config::from_toml_str(&toml, Path::new("test.toml")).unwrap();
+        let inbox = DrillInbox::new();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let dir = d.path().join("drill-1");
+        let mut expecting = expect_study(&inbox, &dir);
+        let ((), log) = logged(async {
+            let bound = crate::app::serve_drill_receivers(
+                &config,
+                inbox.clone(),
+                shutdown.clone(),
+                &tracker,
+            )
+            .await
+            .unwrap();
+            let addr = bound[0].0;
+            let answers = raw_mirror(
+                addr,
+                "MIRROR",
+                vec![
+                    (rq("1.2.3.1", Some("MIRROR")), body("1.2.3", "1.2.3.1")),
+                    (rq("1.2.3.2", None), body("1.2.3", "1.2.3.2")),
+                    (rq("1.2.4.1", Some("MIRROR")), body("1.2.4", "1.2.4.1")),
+                ],
+            )
+            .await;
+            assert_eq!(answers[0].0, 0x0000, "{answers:?}");
+            assert_eq!(answers[1].0, 0x0000, "{answers:?}");
+            assert_eq!(answers[2].0, 0xA700, "{answers:?}");
+            assert!(answers[2].1.contains("1.2.4"), "{answers:?}");
+            let stray = raw_mirror(
+                addr,
+                "OTHER",
+                vec![(rq("1.2.3.3", Some("MIRROR")), body("1.2.3", "1.2.3.3"))],
+            )
+            .await;
+            assert_eq!(stray[0].0, 0xA700, "{stray:?}");
+            assert!(stray[0].1.contains("OTHER"), "{stray:?}");
+            shutdown.cancel();
+            tracker.close();
+            tracker.wait().await;
+        })
+        .await;
+        let got: Vec<String> = std::iter::from_fn(|| expecting.try_recv())
+            .map(|a| a.sop_instance_uid)
+            .collect();
+        assert_eq!(got, ["1.2.3.1", "1.2.3.2"]);
+        let w: Vec<&str> = warnings(&log)
+            .into_iter()
+            .filter(|l| l.contains("Move Originator"))
+            .collect();
+        assert_eq!(w.len(), 1, "{log}");
+        for part in [
+            "calling_ae=MIRROR",
+            "peer=127.0.0.1:",
+            "move_originator=MIRROR",
+            "PS3.7",
+        ] {
+            assert!(w[0].contains(part), "{part:?} not in {}", w[0]);
+        }
+        assert_eq!(files(&dir), 2);
+    }
+
     #[tokio::test]
     async fn an_abandoned_store_leaves_no_file() {
         let d = tempfile::tempdir().unwrap();
