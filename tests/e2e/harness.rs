@@ -1469,3 +1469,45 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+// ---------------------------------------------------------------------------
+// pynetdicom (PyPI, in the venv scripts/test installs)
+// ---------------------------------------------------------------------------
+
+/// The Python interpreter of the venv with pydicom, pynetdicom and the
+/// public corpora (`PACS_MIRROR_PYNETDICOM_PYTHON`, exported by
+/// scripts/test; else its default place). Fails the test when missing.
+pub fn pynetdicom_python() -> PathBuf {
+    let p = std::env::var_os("PACS_MIRROR_PYNETDICOM_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            Some(PathBuf::from(home).join(
+                ".cache/pacs-mirror/pynetdicom-3.0.4-pydicom-3.0.2-deid-0.0.20-nibabel-5.4.2-sqlalchemy-2.0.59/bin/python",
+            ))
+        })
+        .unwrap_or_default();
+    assert!(
+        p.is_file(),
+        "the pynetdicom venv's python is not at {} (PACS_MIRROR_PYNETDICOM_PYTHON): run scripts/test, which installs pydicom and pynetdicom",
+        p.display()
+    );
+    let out = run(
+        Command::new(&p).args(["-c", "import pydicom, pynetdicom"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{} cannot import pydicom and pynetdicom: run scripts/test, which installs them\n{}",
+        p.display(),
+        out.stderr
+    );
+    p
+}
+
+/// A script of `tests/peers/`.
+pub fn peer_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
+}

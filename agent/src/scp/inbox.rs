@@ -14,11 +14,22 @@
 //! study it asked for, our calling AE (the Move Originator), the AE titles
 //! the mirror may call from, and the drill's scratch directory. A C-STORE-RQ
 //! is matched at its command against the registered expectations: the
-//! calling AE of the sub-association must be one of the mirror's, and a Move
-//! Originator AE Title (0000,1030), when the mirror sends one, must be ours.
-//! When the data set is complete its Study Instance UID must be a study an
-//! expectation is waiting for. Anything else — no drill running, a drill
-//! that gave up, another study — is answered 0xA700 (Refused) with an Error
+//! calling AE of the sub-association must be one of the mirror's. When the
+//! data set is complete its Study Instance UID must be a study an expectation
+//! is waiting for.
+//!
+//! The Move Originator AE Title (0000,1030) of a sub-operation should be the
+//! C-MOVE requester's, ours (PS3.7 9.3.1.1 and C.4.2). When it is, the object
+//! goes to a drill of that originator waiting for its study. Some mirrors
+//! send their own AE title there (pynetdicom's qrscp) or nothing at all: such
+//! an object is still taken when its calling AE and its Study Instance UID
+//! match **exactly one** running drill (the one whose C-MOVE it must be
+//! answering), and a WARN names the peer (calling AE, address) and the rule
+//! it broke, once per drill and peer. With more than one such drill nothing
+//! says which drill asked for it: it is refused.
+//!
+//! Anything else — no drill running, a drill that gave up, another study,
+//! another calling AE — is answered 0xA700 (Refused) with an Error
 //! Comment saying why ("no restore drill is running…"), and its file is
 //! removed: nothing is kept from a C-STORE that no drill asked for. A7xx
 //! rather than Cxxx because nothing is wrong with the object: a sender that
@@ -53,6 +64,9 @@ pub struct InboxCounters {
     pub accepted: AtomicU64,
     /// C-STOREs refused (no drill waiting, another study, local failure).
     pub refused: AtomicU64,
+    /// Of the accepted, those whose Move Originator AE Title was absent or
+    /// not the C-MOVE requester's (taken as the one drill they matched).
+    pub tolerated: AtomicU64,
 }
 
 /// What a drill waits for.
@@ -96,6 +110,27 @@ struct Registered {
     id: u64,
     expectation: Expectation,
     tx: mpsc::UnboundedSender<Arrival>,
+    /// Peers (calling AE, IP) already warned about a wrong or absent Move
+    /// Originator AE Title for this drill: one WARN each, not one per object.
+    warned: Vec<(String, std::net::IpAddr)>,
+}
+
+/// How a C-STORE-RQ's Move Originator AE Title relates to the running drills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Originator {
+    /// It names the originator of at least one candidate drill.
+    Matches,
+    /// The request has none (or an empty one).
+    Absent,
+    /// It names no running drill's originator (the mirror's own AE title…).
+    Wrong(String),
+}
+
+/// The drills a C-STORE-RQ may be for, judged at its command.
+struct Candidates {
+    /// (id, study, scratch directory, Move Originator we sent), oldest first.
+    list: Vec<(u64, String, PathBuf, String)>,
+    originator: Originator,
 }
 
 /// The drill receiver's shared state: the expectations of running drills.
@@ -184,6 +219,7 @@ impl DrillInbox {
             id,
             expectation,
             tx,
+            warned: Vec::new(),
         });
         Expecting {
             inbox: self.clone(),
@@ -210,47 +246,77 @@ impl DrillInbox {
     }
 
     /// The expectations a C-STORE-RQ may be for, oldest first, with their
-    /// studies and directories; or why none.
-    fn candidates(
-        &self,
-        calling_ae: &str,
-        rq: &CStoreRq,
-    ) -> Result<Vec<(u64, String, PathBuf)>, String> {
+    /// studies and directories, and how its Move Originator AE Title relates
+    /// to them; or why none.
+    fn candidates(&self, calling_ae: &str, rq: &CStoreRq) -> Result<Candidates, String> {
         let list = self.lock();
         if list.is_empty() {
             return Err(
                 "no restore drill is running: this AE (a drill receiver) accepts only the objects a C-MOVE drill asked for".into(),
             );
         }
+        let from_caller: Vec<&Registered> = list
+            .iter()
+            .filter(|r| {
+                let e = &r.expectation;
+                e.callers.is_empty() || e.callers.iter().any(|c| c.trim() == calling_ae)
+            })
+            .collect();
+        if from_caller.is_empty() {
+            return Err(format!(
+                "no running restore drill expects objects from {calling_ae}"
+            ));
+        }
+        let entry = |r: &&Registered| {
+            (
+                r.id,
+                r.expectation.study_instance_uid.clone(),
+                r.expectation.dir.clone(),
+                r.expectation.originator_ae.trim().to_string(),
+            )
+        };
         let originator = rq
             .move_originator_ae
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty());
-        let found: Vec<_> = list
+        let Some(o) = originator else {
+            return Ok(Candidates {
+                list: from_caller.iter().map(entry).collect(),
+                originator: Originator::Absent,
+            });
+        };
+        let matching: Vec<_> = from_caller
             .iter()
-            .filter(|r| {
-                let e = &r.expectation;
-                (e.callers.is_empty() || e.callers.iter().any(|c| c.trim() == calling_ae))
-                    && originator.is_none_or(|o| o == e.originator_ae.trim())
-            })
-            .map(|r| {
-                (
-                    r.id,
-                    r.expectation.study_instance_uid.clone(),
-                    r.expectation.dir.clone(),
-                )
-            })
+            .filter(|r| r.expectation.originator_ae.trim() == o)
+            .map(entry)
             .collect();
-        if found.is_empty() {
-            return Err(format!(
-                "no running restore drill expects objects from {calling_ae}{}",
-                originator
-                    .map(|o| format!(" moved for {o}"))
-                    .unwrap_or_default()
-            ));
+        if matching.is_empty() {
+            Ok(Candidates {
+                list: from_caller.iter().map(entry).collect(),
+                originator: Originator::Wrong(o.to_string()),
+            })
+        } else {
+            Ok(Candidates {
+                list: matching,
+                originator: Originator::Matches,
+            })
         }
-        Ok(found)
+    }
+
+    /// Record that `peer` was warned about drill `id`; false if it already
+    /// was (or the drill is gone).
+    fn first_warning(&self, id: u64, calling_ae: &str, peer: SocketAddr) -> bool {
+        let mut list = self.lock();
+        let Some(r) = list.iter_mut().find(|r| r.id == id) else {
+            return false;
+        };
+        let key = (calling_ae.to_string(), peer.ip());
+        if r.warned.contains(&key) {
+            return false;
+        }
+        r.warned.push(key);
+        true
     }
 
     /// Hand `arrival` to expectation `id`; false if it is gone.
@@ -275,8 +341,8 @@ struct Writing {
     header: Vec<u8>,
     early: Option<ObjectHeader>,
     first: bool,
-    /// Expectations it may be for: (id, study, directory), oldest first.
-    candidates: Vec<(u64, String, PathBuf)>,
+    /// Expectations it may be for, and how its Move Originator relates.
+    candidates: Candidates,
 }
 
 enum State {
@@ -293,6 +359,7 @@ pub struct InboxStore {
     inbox: Option<Arc<DrillInbox>>,
     transfer_syntax: String,
     calling_ae: String,
+    peer: Option<SocketAddr>,
     state: State,
 }
 
@@ -321,6 +388,7 @@ impl InboxStore {
             inbox: Some(inbox),
             transfer_syntax: transfer_syntax.to_string(),
             calling_ae: calling_ae.to_string(),
+            peer: Some(peer),
             state,
         }
     }
@@ -333,6 +401,7 @@ impl InboxStore {
             inbox: None,
             transfer_syntax: String::new(),
             calling_ae: String::new(),
+            peer: None,
             state: State::Refusing(failure),
         }
     }
@@ -378,7 +447,7 @@ impl InboxStore {
             status: Status::OUT_OF_RESOURCES,
             comment: e,
         };
-        let dir = &candidates[0].2;
+        let dir = &candidates.list[0].2;
         let (file, path) = inbox
             .create_file(dir)
             .map_err(|e| local(format!("creating a file in {}: {e}", dir.display())))?;
@@ -476,14 +545,42 @@ impl InboxStore {
             }
         };
         let study = header.map(|h| h.study_instance_uid);
-        // The expectation for its study; an unparseable data set goes to
-        // the first one (the drill judges it: its bytes do not match).
-        let chosen = match &study {
-            Some(s) => candidates.iter().find(|(_, cs, _)| cs == s),
-            None => candidates.first(),
+        let Candidates {
+            list: candidates,
+            originator,
+        } = candidates;
+        let chosen = if originator == Originator::Matches {
+            // The expectation for its study; an unparseable data set goes to
+            // the first one (the drill judges it: its bytes do not match).
+            match &study {
+                Some(s) => candidates.iter().find(|(_, cs, _, _)| cs == s),
+                None => candidates.first(),
+            }
+        } else {
+            // No Move Originator names the drill: its calling AE and study
+            // must match exactly one.
+            let same: Vec<_> = match &study {
+                Some(s) => candidates.iter().filter(|(_, cs, _, _)| cs == s).collect(),
+                None => Vec::new(),
+            };
+            if same.len() > 1 {
+                return Err(Failure {
+                    status: NOT_EXPECTED,
+                    comment: format!(
+                        "{} running restore drills asked for study {} and the Move Originator AE Title ({}) does not say which",
+                        same.len(),
+                        study.as_deref().unwrap_or("?"),
+                        match &originator {
+                            Originator::Wrong(o) => o.as_str(),
+                            _ => "absent",
+                        }
+                    ),
+                });
+            }
+            same.first().copied()
         };
-        let Some((id, _, dir)) = chosen else {
-            let asked: Vec<&str> = candidates.iter().map(|(_, s, _)| s.as_str()).collect();
+        let Some((id, _, dir, expected_originator)) = chosen else {
+            let asked: Vec<&str> = candidates.iter().map(|(_, s, _, _)| s.as_str()).collect();
             return Err(Failure {
                 status: NOT_EXPECTED,
                 comment: format!(
@@ -502,6 +599,7 @@ impl InboxStore {
                 path = to;
             }
         }
+        let study_uid = study.clone().unwrap_or_default();
         let arrival = Arrival {
             sop_instance_uid: self.rq.sop_instance_uid.clone(),
             sop_class_uid: self.rq.sop_class_uid.clone(),
@@ -519,6 +617,10 @@ impl InboxStore {
         };
         if inbox.deliver(*id, arrival) {
             written.temp.keep();
+            if originator != Originator::Matches {
+                inbox.counters.tolerated.fetch_add(1, Ordering::Relaxed);
+                self.warn_tolerated(inbox, *id, &originator, expected_originator, study_uid);
+            }
             Ok(())
         } else {
             let _ = std::fs::remove_file(&path);
@@ -526,6 +628,43 @@ impl InboxStore {
                 status: NOT_EXPECTED,
                 comment: "the restore drill that asked for this study is over".into(),
             })
+        }
+    }
+
+    /// The WARN for a sub-operation taken although its Move Originator AE
+    /// Title was absent or wrong: once per drill and peer.
+    fn warn_tolerated(
+        &self,
+        inbox: &DrillInbox,
+        id: u64,
+        originator: &Originator,
+        expected: &str,
+        study: String,
+    ) {
+        let Some(peer) = self.peer else { return };
+        let got = match originator {
+            Originator::Wrong(o) => format!("Move Originator AE Title {o:?}"),
+            _ => "no Move Originator AE Title".to_string(),
+        };
+        if inbox.first_warning(id, &self.calling_ae, peer) {
+            tracing::warn!(
+                calling_ae = %self.calling_ae,
+                peer = %peer,
+                move_originator = %match originator {
+                    Originator::Wrong(o) => o.as_str(),
+                    _ => "",
+                },
+                expected_move_originator = %expected,
+                study_instance_uid = %study,
+                "C-MOVE sub-operations from {} at {peer} carry {got}: PS3.7 (9.3.1.1, C.4.2) says the Move Originator AE Title of a C-STORE sub-operation is the C-MOVE requester's ({expected}); accepted as the only running restore drill of study {study} from that AE (further objects of this drill from this peer are accepted without repeating this warning)",
+                self.calling_ae
+            );
+        } else {
+            tracing::debug!(
+                calling_ae = %self.calling_ae,
+                peer = %peer,
+                "C-MOVE sub-operation with {got} accepted for the only running drill of study {study}"
+            );
         }
     }
 
@@ -679,13 +818,13 @@ mod tests {
             part10::read_header(&a.path).unwrap().sop_instance_uid,
             "1.2.3.1"
         );
-        // Another study, another caller, another originator: refused, no file.
+        // Another study, another caller: refused, no file.
         for (calling, rq, data) in [
             ("MIRROR", rq("1.2.4.1", None), body("1.2.4", "1.2.4.1")),
             ("OTHER", rq("1.2.3.2", None), body("1.2.3", "1.2.3.2")),
             (
-                "MIRROR",
-                rq("1.2.3.3", Some("SOMEONE")),
+                "OTHER",
+                rq("1.2.3.3", Some("AGENT")),
                 body("1.2.3", "1.2.3.3"),
             ),
         ] {
@@ -717,6 +856,321 @@ mod tests {
         .unwrap_err();
         assert!(e.comment.contains("no restore drill"), "{e:?}");
         assert_eq!(files(&dir), 1);
+    }
+
+    /// Everything logged while `f` runs (current-thread runtime), as text.
+    async fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        let out = f.await;
+        drop(guard);
+        let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+        (out, text)
+    }
+
+    fn warnings(log: &str) -> Vec<&str> {
+        log.lines().filter(|l| l.contains(" WARN ")).collect()
+    }
+
+    /// Acceptance 3 (issue 14): a mirror that puts its own AE title (or
+    /// nothing) as Move Originator AE Title is still a drill's mirror: an
+    /// object whose calling AE and study match exactly one running drill is
+    /// handed to it, with one WARN per drill and peer naming the peer and
+    /// the rule; strays from another AE, of a study no drill asked for, or
+    /// matching two drills are refused, as before.
+    #[tokio::test]
+    async fn a_wrong_or_absent_move_originator_is_tolerated_for_exactly_one_drill() {
+        let d = tempfile::tempdir().unwrap();
+        let inbox = DrillInbox::new();
+        let dir = d.path().join("drill-1");
+        let mut expecting = expect_study(&inbox, &dir);
+        let ((), log) = logged(async {
+            // The mirror's own AE title as Move Originator: accepted.
+            for uid in ["1.2.3.1", "1.2.3.2"] {
+                store(
+                    &inbox,
+                    "MIRROR",
+                    rq(uid, Some("MIRROR")),
+                    body("1.2.3", uid),
+                )
+                .await
+                .unwrap();
+            }
+            // No Move Originator at all: accepted.
+            store(
+                &inbox,
+                "MIRROR",
+                rq("1.2.3.3", None),
+                body("1.2.3", "1.2.3.3"),
+            )
+            .await
+            .unwrap();
+        })
+        .await;
+        let got: Vec<String> = std::iter::from_fn(|| expecting.try_recv())
+            .map(|a| a.sop_instance_uid)
+            .collect();
+        assert_eq!(got, ["1.2.3.1", "1.2.3.2", "1.2.3.3"]);
+        assert_eq!(inbox.counters.tolerated.load(Ordering::Relaxed), 3);
+        // One WARN for the peer, naming it, what it sent and the rule.
+        let w = warnings(&log);
+        assert_eq!(w.len(), 1, "{log}");
+        for part in [
+            "calling_ae=MIRROR",
+            "peer=127.0.0.1:4242",
+            "move_originator=MIRROR",
+            "expected_move_originator=AGENT",
+            "PS3.7",
+            "C-MOVE requester",
+            "study 1.2.3",
+        ] {
+            assert!(w[0].contains(part), "{part:?} not in {}", w[0]);
+        }
+
+        // Strays are refused as before: another AE (whatever its Move
+        // Originator), a study no drill asked for, an unreadable data set.
+        let ((), log) = logged(async {
+            for (calling, rq, data) in [
+                (
+                    "OTHER",
+                    rq("1.2.3.4", Some("MIRROR")),
+                    body("1.2.3", "1.2.3.4"),
+                ),
+                ("OTHER", rq("1.2.3.5", None), body("1.2.3", "1.2.3.5")),
+                (
+                    "OTHER",
+                    rq("1.2.3.6", Some("AGENT")),
+                    body("1.2.3", "1.2.3.6"),
+                ),
+                (
+                    "MIRROR",
+                    rq("1.2.4.1", Some("MIRROR")),
+                    body("1.2.4", "1.2.4.1"),
+                ),
+                ("MIRROR", rq("1.2.4.2", None), body("1.2.4", "1.2.4.2")),
+                (
+                    "MIRROR",
+                    rq("1.2.3.7", Some("MIRROR")),
+                    b"not a data set".to_vec(),
+                ),
+            ] {
+                let e = store(&inbox, calling, rq, data).await.unwrap_err();
+                assert_eq!(e.status, NOT_EXPECTED, "{e:?}");
+            }
+        })
+        .await;
+        assert!(warnings(&log).is_empty(), "{log}");
+        assert!(expecting.try_recv().is_none());
+        assert_eq!(files(&dir), 3, "nothing kept of the strays");
+
+        // Two drills waiting for the same study from the same mirror: only
+        // the right Move Originator says which; without it, refused.
+        let dir2 = d.path().join("drill-2");
+        let mut other = inbox.expect(Expectation {
+            study_instance_uid: "1.2.3".into(),
+            originator_ae: "AGENT2".into(),
+            callers: vec!["MIRROR".into()],
+            dir: dir2.clone(),
+        });
+        for rq in [rq("1.2.3.8", Some("MIRROR")), rq("1.2.3.9", None)] {
+            let e = store(&inbox, "MIRROR", rq, body("1.2.3", "1.2.3.8"))
+                .await
+                .unwrap_err();
+            assert_eq!(e.status, NOT_EXPECTED, "{e:?}");
+            assert!(e.comment.contains("does not say which"), "{e:?}");
+        }
+        store(
+            &inbox,
+            "MIRROR",
+            rq("1.2.3.10", Some("AGENT2")),
+            body("1.2.3", "1.2.3.10"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            other.try_recv().map(|a| a.sop_instance_uid).as_deref(),
+            Some("1.2.3.10")
+        );
+        assert!(expecting.try_recv().is_none());
+        drop(expecting);
+        // The first drill over: the second is the only one again.
+        let ((), log) = logged(async {
+            store(
+                &inbox,
+                "MIRROR",
+                rq("1.2.3.11", Some("MIRROR")),
+                body("1.2.3", "1.2.3.11"),
+            )
+            .await
+            .unwrap();
+        })
+        .await;
+        assert_eq!(
+            other.try_recv().map(|a| a.sop_instance_uid).as_deref(),
+            Some("1.2.3.11")
+        );
+        assert_eq!(warnings(&log).len(), 1, "{log}");
+        assert!(
+            warnings(&log)[0].contains("expected_move_originator=AGENT2"),
+            "{log}"
+        );
+        assert_eq!(inbox.counters.tolerated.load(Ordering::Relaxed), 4);
+    }
+
+    /// A raw mirror on the network: one association from `calling` to the
+    /// drill receiver at `addr`, one C-STORE-RQ per `(rq, data set)`
+    /// (the Move Originator as given), the statuses and comments answered.
+    async fn raw_mirror(
+        addr: SocketAddr,
+        calling: &str,
+        stores: Vec<(CStoreRq, Vec<u8>)>,
+    ) -> Vec<(u16, String)> {
+        use dicom_ul::pdu::{PDataValue, PDataValueType};
+        use dicom_ul::{ClientAssociationOptions, Pdu};
+        let mut assoc = ClientAssociationOptions::new()
+            .calling_ae_title(calling)
+            .called_ae_title("PM_DRILL")
+            .with_presentation_context(CT, vec![EXPLICIT])
+            .establish_async(addr.to_string().as_str())
+            .await
+            .unwrap();
+        let pc = assoc.presentation_contexts()[0].id;
+        let mut out = Vec::new();
+        for (rq, data) in stores {
+            for (value_type, bytes) in [
+                (PDataValueType::Command, rq.to_command().encode()),
+                (PDataValueType::Data, data),
+            ] {
+                assoc
+                    .send(&Pdu::PData {
+                        data: vec![PDataValue {
+                            presentation_context_id: pc,
+                            value_type,
+                            is_last: true,
+                            data: bytes,
+                        }],
+                    })
+                    .await
+                    .unwrap();
+            }
+            let mut command = Vec::new();
+            loop {
+                match assoc.receive().await.unwrap() {
+                    Pdu::PData { data } => {
+                        let last = data.iter().any(|v| v.is_last);
+                        for v in data {
+                            command.extend_from_slice(&v.data);
+                        }
+                        if last {
+                            break;
+                        }
+                    }
+                    other => panic!("raw mirror: {other:?} instead of a C-STORE-RSP"),
+                }
+            }
+            let rsp = dimse::CommandSet::decode(&command).unwrap();
+            out.push((
+                rsp.status().unwrap().code(),
+                rsp.string(dimse::tag::ERROR_COMMENT).unwrap_or_default(),
+            ));
+        }
+        let _ = assoc.release().await;
+        out
+    }
+
+    /// The same, over the network: the agent's drill receiver listener
+    /// (`app::serve_drill_receivers`), a raw mirror sending sub-operations
+    /// with a wrong and with no Move Originator (taken, WARN with the peer
+    /// and the rule), and strays (refused).
+    #[tokio::test]
+    async fn a_raw_mirror_with_a_wrong_move_originator_is_served_over_the_network() {
+        let d = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[device]\nname = \"t\"\ndata_dir = {:?}\n\
+             [[device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = 0\n\
+             [[device.network_ae]]\nae_title = \"PM_DRILL\"\nnetwork_connections = [\"dicom\"]\n\
+             drill_receiver = true\naccept_any_calling_ae = true\n",
+            d.path().join("data").display().to_string()
+        );
+        let config =
+            pacs_mirror_config::Config::from_toml_str(&toml, Path::new("test.toml")).unwrap();
+        let inbox = DrillInbox::new();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let dir = d.path().join("drill-1");
+        let mut expecting = expect_study(&inbox, &dir);
+        let ((), log) = logged(async {
+            let bound = crate::app::serve_drill_receivers(
+                &config,
+                inbox.clone(),
+                shutdown.clone(),
+                &tracker,
+            )
+            .await
+            .unwrap();
+            let addr = bound[0].0;
+            let answers = raw_mirror(
+                addr,
+                "MIRROR",
+                vec![
+                    (rq("1.2.3.1", Some("MIRROR")), body("1.2.3", "1.2.3.1")),
+                    (rq("1.2.3.2", None), body("1.2.3", "1.2.3.2")),
+                    (rq("1.2.4.1", Some("MIRROR")), body("1.2.4", "1.2.4.1")),
+                ],
+            )
+            .await;
+            assert_eq!(answers[0].0, 0x0000, "{answers:?}");
+            assert_eq!(answers[1].0, 0x0000, "{answers:?}");
+            assert_eq!(answers[2].0, 0xA700, "{answers:?}");
+            assert!(answers[2].1.contains("1.2.4"), "{answers:?}");
+            let stray = raw_mirror(
+                addr,
+                "OTHER",
+                vec![(rq("1.2.3.3", Some("MIRROR")), body("1.2.3", "1.2.3.3"))],
+            )
+            .await;
+            assert_eq!(stray[0].0, 0xA700, "{stray:?}");
+            assert!(stray[0].1.contains("OTHER"), "{stray:?}");
+            shutdown.cancel();
+            tracker.close();
+            tracker.wait().await;
+        })
+        .await;
+        let got: Vec<String> = std::iter::from_fn(|| expecting.try_recv())
+            .map(|a| a.sop_instance_uid)
+            .collect();
+        assert_eq!(got, ["1.2.3.1", "1.2.3.2"]);
+        let w: Vec<&str> = warnings(&log)
+            .into_iter()
+            .filter(|l| l.contains("Move Originator"))
+            .collect();
+        assert_eq!(w.len(), 1, "{log}");
+        for part in [
+            "calling_ae=MIRROR",
+            "peer=127.0.0.1:",
+            "move_originator=MIRROR",
+            "PS3.7",
+        ] {
+            assert!(w[0].contains(part), "{part:?} not in {}", w[0]);
+        }
+        assert_eq!(files(&dir), 2);
     }
 
     #[tokio::test]
