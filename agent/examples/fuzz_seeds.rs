@@ -494,7 +494,7 @@ fn bucket(out: &Out) -> Result<(), Box<dyn Error>> {
         calling_ae: "CT01".into(),
         source_ip: "192.0.2.1".into(),
         received_at_ms: 5,
-        study_date: String::new(),
+        study_date: "20260101".into(),
         modality: String::new(),
         findings: Vec::new(),
     };
@@ -503,7 +503,6 @@ fn bucket(out: &Out) -> Result<(), Box<dyn Error>> {
         record: record.clone(),
         key: pacs_mirror_agent::bucket::object_key(hash.as_bytes()),
         file_blake3: hex.clone(),
-        study_date: "20260101".into(),
     }]);
     let seeds: Vec<(&str, u8, Vec<u8>)> = vec![
         ("manifest", 0, serde_json::to_vec_pretty(&manifest)?),

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::io::Read;
 
 use dicom_object::FileMetaTableBuilder;
-use dicom_object::meta::FileMetaTable;
 use serde::{Deserialize, Serialize};
 
 use crate::identify;
@@ -170,12 +169,31 @@ pub fn dataset_offset_in(file: &mut impl std::io::Read) -> std::io::Result<u64> 
 /// few hundred bytes; this only stops a corrupt length from being trusted.
 pub const MAX_META_GROUP_BYTES: u32 = 64 * 1024;
 
+/// The elements of a file meta group that pacs-mirror reads, as written
+/// (values trimmed of their padding). Read by [`parse_meta`] itself, not by
+/// dicom-object, which refuses a UID that breaks PS3.5 9.1 — and a kept
+/// object's UIDs may (see [`crate::identify`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaGroup {
+    /// (0002,0002).
+    pub media_storage_sop_class_uid: String,
+    /// (0002,0003).
+    pub media_storage_sop_instance_uid: String,
+    /// (0002,0010).
+    pub transfer_syntax: String,
+    /// (0002,0016), if present.
+    pub source_application_entity_title: Option<String>,
+    /// (0002,0100), if present.
+    pub private_information_creator_uid: Option<String>,
+    /// (0002,0102), if present.
+    pub private_information: Option<Vec<u8>>,
+}
+
 /// Parse a file meta group: `meta` is `DICM`, the (0002,0000) group length
-/// element, then exactly the group's elements. The elements are walked
-/// ([`Walker`]) before dicom-object reads them, so that no declared length
-/// beyond the bytes present reaches it (it allocates a value's declared
-/// length before reading it).
-pub fn parse_meta(meta: &[u8]) -> Result<FileMetaTable, Part10Error> {
+/// element, then exactly the group's elements (Explicit VR Little Endian).
+/// The elements are walked ([`Walker`]) first, so every value read lies
+/// within the bytes.
+pub fn parse_meta(meta: &[u8]) -> Result<MetaGroup, Part10Error> {
     let parse = |m: &str| Part10Error::Parse(format!("file meta group: {m}"));
     if meta.get(..4) != Some(b"DICM".as_slice())
         || meta.get(4..12) != Some([2, 0, 0, 0, b'U', b'L', 4, 0].as_slice())
@@ -195,7 +213,47 @@ pub fn parse_meta(meta: &[u8]) -> Result<FileMetaTable, Part10Error> {
         .feed(elements)
         .and_then(|()| walker.finish())
         .map_err(|e| parse(&e.to_string()))?;
-    FileMetaTable::from_reader(meta).map_err(|e| parse(&e.to_string()))
+    let mut out = MetaGroup::default();
+    let mut at = 0usize;
+    let text = |v: &[u8]| trimmed(&String::from_utf8_lossy(v));
+    while at + 8 <= elements.len() {
+        let e = &elements[at..];
+        let tag = (
+            u16::from_le_bytes([e[0], e[1]]),
+            u16::from_le_bytes([e[2], e[3]]),
+        );
+        let (len, head): (usize, usize) = match &e[4..6] {
+            b"OB" | b"OW" | b"OF" | b"OD" | b"OL" | b"OV" | b"SQ" | b"UC" | b"UR" | b"UT"
+            | b"UN" | b"SV" | b"UV" => match e.get(8..12) {
+                Some(l) => (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12),
+                None => return Err(parse("element header cut short")),
+            },
+            _ => (usize::from(u16::from_le_bytes([e[6], e[7]])), 8),
+        };
+        let Some(value) = e.get(head..head.saturating_add(len)) else {
+            return Err(parse("element value runs past the group"));
+        };
+        if tag.0 != 0x0002 {
+            return Err(parse(&format!(
+                "element ({:04X},{:04X}) in the file meta group",
+                tag.0, tag.1
+            )));
+        }
+        match tag.1 {
+            0x0002 => out.media_storage_sop_class_uid = text(value),
+            0x0003 => out.media_storage_sop_instance_uid = text(value),
+            0x0010 => out.transfer_syntax = text(value),
+            0x0016 => out.source_application_entity_title = Some(text(value)),
+            0x0100 => out.private_information_creator_uid = Some(text(value)),
+            0x0102 => out.private_information = Some(value.to_vec()),
+            _ => {}
+        }
+        at += head + len;
+    }
+    if out.transfer_syntax.is_empty() {
+        return Err(parse("no Transfer Syntax UID (0002,0010)"));
+    }
+    Ok(out)
 }
 
 /// Read a Part-10 file's identifying attributes, up to Pixel Data.
@@ -273,7 +331,7 @@ pub fn read_file_meta(path: &Path) -> Result<FileMeta, Part10Error> {
 
 /// Read the preamble and file meta group ([`parse_meta`]) off `reader`,
 /// leaving it at the data set.
-fn read_meta(reader: &mut impl Read) -> Result<(FileMeta, FileMetaTable), Part10Error> {
+fn read_meta(reader: &mut impl Read) -> Result<(FileMeta, MetaGroup), Part10Error> {
     let io = |e: std::io::Error| Part10Error::Parse(e.to_string());
     let mut head = [0u8; 144];
     reader.read_exact(&mut head).map_err(io)?;
@@ -289,9 +347,9 @@ fn read_meta(reader: &mut impl Read) -> Result<(FileMeta, FileMetaTable), Part10
     let table = parse_meta(&raw)?;
     let (source_ae, receipt) = origin_of(&table);
     let meta = FileMeta {
-        sop_class_uid: trimmed(table.media_storage_sop_class_uid()),
-        sop_instance_uid: trimmed(table.media_storage_sop_instance_uid()),
-        transfer_syntax_uid: trimmed(table.transfer_syntax()),
+        sop_class_uid: table.media_storage_sop_class_uid.clone(),
+        sop_instance_uid: table.media_storage_sop_instance_uid.clone(),
+        transfer_syntax_uid: table.transfer_syntax.clone(),
         source_ae,
         receipt,
         dataset_offset: 144 + u64::from(declared),
@@ -369,22 +427,18 @@ pub fn read_header_prefix(header: &[u8], data: &[u8]) -> Result<ObjectHeader, Pa
 
 /// Who sent an object, from its file meta group: (0002,0016) and the
 /// receipt pacs-mirror keeps in (0002,0102).
-fn origin_of(meta: &FileMetaTable) -> (String, Option<Receipt>) {
+fn origin_of(meta: &MetaGroup) -> (String, Option<Receipt>) {
     let receipt = meta
         .private_information
         .as_deref()
-        .filter(|_| {
-            meta.private_information_creator_uid()
-                .map(|u| u.trim_end_matches(['\0', ' ']))
-                == Some(RECEIPT_CREATOR_UID)
-        })
+        .filter(|_| meta.private_information_creator_uid.as_deref() == Some(RECEIPT_CREATOR_UID))
         .and_then(|b| {
             let b = b.trim_ascii_end();
             serde_json::from_slice(b.strip_suffix(b"\0").unwrap_or(b)).ok()
         });
     let source_ae = meta
-        .source_application_entity_title()
-        .map(trimmed)
+        .source_application_entity_title
+        .clone()
         .unwrap_or_default();
     (source_ae, receipt)
 }
@@ -396,7 +450,7 @@ pub fn read_origin(header: &[u8]) -> Result<(String, Option<Receipt>), Part10Err
     Ok(origin_of(&parse_meta(meta)?))
 }
 
-fn header_of(meta: &FileMeta, table: &FileMetaTable, observed: &Observed) -> ObjectHeader {
+fn header_of(meta: &FileMeta, table: &MetaGroup, observed: &Observed) -> ObjectHeader {
     let (source_ae, receipt) = origin_of(table);
     let get = |tag| identify::attribute(observed, tag);
     ObjectHeader {

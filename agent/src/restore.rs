@@ -781,13 +781,12 @@ mod tests {
                     calling_ae: "CT".into(),
                     source_ip: "127.0.0.1".into(),
                     received_at_ms: 1,
-                    study_date: String::new(),
+                    study_date: "20261123".into(),
                     modality: String::new(),
                     findings: Vec::new(),
                 },
                 key: crate::bucket::object_key(&hash),
                 file_blake3: hash_hex(&up.file_blake3()),
-                study_date: "20261123".into(),
             });
             bodies.push(body);
         }

@@ -734,16 +734,18 @@ pub struct Meta {
     pub source_ae: Option<String>,
 }
 
+/// The meta group of a Part-10 file. Read with the agent's own meta-group
+/// reader: dicom-object refuses UIDs that break PS3.5 9.1, which kept
+/// objects may carry (issue 14).
 pub fn read_meta(bytes: &[u8]) -> Meta {
-    let m = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
+    let len = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
+    let m = pacs_mirror_agent::part10::parse_meta(&bytes[128..144 + len])
         .expect("parsing the file meta group");
     Meta {
-        transfer_syntax: trim_uid(m.transfer_syntax()),
-        sop_class_uid: trim_uid(m.media_storage_sop_class_uid()),
-        sop_instance_uid: trim_uid(m.media_storage_sop_instance_uid()),
-        source_ae: m
-            .source_application_entity_title()
-            .map(|s| s.trim_end_matches(['\0', ' ']).to_string()),
+        transfer_syntax: trim_uid(&m.transfer_syntax),
+        sop_class_uid: trim_uid(&m.media_storage_sop_class_uid),
+        sop_instance_uid: trim_uid(&m.media_storage_sop_instance_uid),
+        source_ae: m.source_application_entity_title,
     }
 }
 

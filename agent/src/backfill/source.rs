@@ -32,10 +32,6 @@ pub struct SourceMeta {
     pub dataset_offset: u64,
 }
 
-fn trimmed(s: &str) -> String {
-    s.trim_end_matches(['\0', ' ']).trim_start().to_string()
-}
-
 /// Read and check the preamble and file meta group of `file` (of length
 /// `len`). On success the file position is at the first data set byte. The
 /// error is the reason the file is skipped, in words for the operator.
@@ -77,9 +73,9 @@ pub fn read_meta(file: &mut impl Read, len: u64) -> Result<SourceMeta, String> {
     let meta = crate::part10::parse_meta(&meta_bytes)
         .map_err(|e| format!("unreadable file meta group: {e}"))?;
     let out = SourceMeta {
-        sop_class_uid: trimmed(meta.media_storage_sop_class_uid()),
-        sop_instance_uid: trimmed(meta.media_storage_sop_instance_uid()),
-        transfer_syntax_uid: trimmed(meta.transfer_syntax()),
+        sop_class_uid: meta.media_storage_sop_class_uid,
+        sop_instance_uid: meta.media_storage_sop_instance_uid,
+        transfer_syntax_uid: meta.transfer_syntax,
         dataset_offset,
     };
     out.check()?;

@@ -52,10 +52,9 @@ pub struct ManifestEntry {
     /// The object's key, relative to the bucket root of the target.
     pub key: String,
     /// blake3 (hex) of the whole Part-10 file stored under `key`.
+    /// (The Study Date, YYYYMMDD, is the record's `study_date`: the same
+    /// JSON key that manifests written before it was indexed carry.)
     pub file_blake3: String,
-    /// (0008,0020) of the instance, YYYYMMDD, may be empty.
-    #[serde(default)]
-    pub study_date: String,
 }
 
 /// `studies/<k>/manifest.json`.
@@ -129,7 +128,7 @@ impl StudyManifest {
                 self.study_date = self
                     .instances
                     .iter()
-                    .map(|e| e.study_date.clone())
+                    .map(|e| e.record.study_date.clone())
                     .find(|d| !d.is_empty())
                     .unwrap_or_default();
             }
@@ -157,13 +156,12 @@ pub(crate) mod tests {
                 calling_ae: "CT".into(),
                 source_ip: "127.0.0.1".into(),
                 received_at_ms: 5,
-                study_date: String::new(),
+                study_date: "20260101".into(),
                 modality: String::new(),
                 findings: Vec::new(),
             },
             key: format!("objects/{}/{hash}.dcm", &hash[..2]),
             file_blake3: "ff".into(),
-            study_date: "20260101".into(),
         }
     }
 

@@ -98,11 +98,11 @@ impl Worker {
                         record.received_at_ms = p.received_at_ms;
                         record.file_bytes = p.file_bytes;
                     }
+                    record.study_date = item.study_date.clone();
                     let entry = ManifestEntry {
                         record,
                         key: object_key(&item.due.hash),
                         file_blake3: hash_hex(&up.file_blake3()),
-                        study_date: item.study_date.clone(),
                     };
                     stored.push((item.due.clone(), entry));
                 }
