@@ -459,12 +459,12 @@ def aggregate(samples: list[float], how: str) -> float:
 
 def print_table(rows: list[dict]) -> None:
     """rows: dicts with system, mode, files, seconds, bytes (+ optional samples)."""
-    hdr = f"{'system':<12} {'mode':<8} {'files':>6} {'files/s':>9} {'MB/s':>9} {'seconds':>9}"
+    hdr = f"{'system':<13} {'mode':<12} {'files':>6} {'files/s':>9} {'MB/s':>9} {'seconds':>9}"
     out(hdr)
     out("-" * len(hdr))
     for r in rows:
         s = r["seconds"]
-        out(f"{r['system']:<12} {r['mode']:<8} {r['files']:>6} {r['files'] / s:>9.1f} "
+        out(f"{r['system']:<13} {r['mode']:<12} {r['files']:>6} {r['files'] / s:>9.1f} "
             f"{r['bytes'] / s / 1e6:>9.1f} {s:>9.3f}"
             + (f"   samples: {' '.join(f'{x:.3f}' for x in r['samples'])}" if len(r.get("samples", [])) > 1 else ""))
 

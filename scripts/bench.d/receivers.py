@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -151,6 +152,17 @@ class StoreScp(Receiver):
     def count_before_stop(self) -> tuple[int, int]:
         files = [p for p in self.out.rglob("*") if p.is_file()]
         return len(files), sum(p.stat().st_size for p in files)
+
+    def sync_output(self) -> float:
+        """Seconds one `sync -f` of the output folder takes (syncfs(2) of its
+        filesystem): what storescp would pay to make what it wrote durable
+        with a single flush."""
+        t0 = time.perf_counter()
+        r = subprocess.run(["sync", "-f", str(self.out)], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        secs = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise BenchError(f"sync -f {self.out} failed: {r.stderr.strip()}")
+        return secs
 
 
 class Orthanc(Receiver):

@@ -10,13 +10,16 @@ import receivers
 from benchlib import (BenchError, Scenario, SendResult, aggregate, build_release, check_send, log,
                       out, parse_systems, pm_binary, print_context, print_table, ratio_line, send,
                       sync_disks, warm)
-from datasets import add_data_args, ct_dataset, large_instance
+from datasets import SMALL_SIDE, add_data_args, ct_dataset, large_instance
 
 INGEST_DOC = """\
-Sends the same data set (default 1000 synthetic 512x512x16-bit CT instances,
-~525 KB each, 4 studies) with DCMTK storescu to each receiver, over 1
-association and over 4 parallel associations (4 storescu processes, one
-contiguous quarter of the files each), and reports files/s and MB/s.
+Sends a data set with DCMTK storescu to each receiver, over 1 association and
+over 4 parallel associations (4 storescu processes, one contiguous quarter of
+the files each), and reports files/s and MB/s. Two data sets (--sets):
+  ct     --count (default 1000) synthetic 512x512x16-bit CT instances,
+         ~525 KB each, 4 studies
+  small  --small-count (default 3000) 76x76x16-bit CT instances, ~12 KB
+         each, 4 studies: where per-object flushes, not bytes, set the pace
 
 Receivers (each started fresh for every timed run, on free 127.0.0.1 ports,
 storage under the work dir, stopped and checked afterwards):
@@ -29,6 +32,14 @@ storage under the work dir, stopped and checked afterwards):
                files sent
 Each receiver uses its own default max PDU unless --pdu is given.
 
+storescp+sync: the same storescp run, timed from the first storescu start to
+the end of one `sync -f DIR` of its output folder after the last storescu
+exit: the same bytes made durable by a single flush. storescp never flushes,
+so this, not bare storescp, is the fair reference for a receiver that answers
+only once an object is durable. (`sync -f` is syncfs(2): it also writes any
+other dirty data of that filesystem; `sync` runs before each timed run so
+that is only what other processes write meanwhile.)
+
 Sender: `storescu -v -aet BENCH -aec <AE> 127.0.0.1 <port> <files…>`, same
 flags and TCP_NODELAY=1 for every receiver. A run counts only if every
 storescu exits 0 and logs one "Received Store Response (Success)" per file.
@@ -37,14 +48,23 @@ post-run checks are not timed).
 
 Fairness: before each timed run `sync` (so no system pays for an earlier
 one's writeback) and every data file is read once (warm sender cache, same
-for all). Order: for each repeat, for each mode (1, then 4 associations):
-storescp, orthanc, pacs-mirror. With --repeat N the table shows the median
-(or, with --stat best, the fastest) of the N runs; samples are listed.
+for all). Order (interleaved): for each repeat, for each data set, for each
+mode (1, then 4 associations): storescp, orthanc, pacs-mirror. With
+--repeat N the table shows the median (or, with --stat best, the fastest)
+of the N runs; samples are listed. The issue-14 measurements use
+`--repeat 4 --stat best`.
 
-Output ends with, when both sides were measured:
-  ratio ingest_1assoc_vs_storescp X   ratio ingest_4assoc_vs_storescp X
-  ratio ingest_1assoc_vs_orthanc X    ratio ingest_4assoc_vs_orthanc X
-X = pacs-mirror files/s / peer files/s (> 1: pacs-mirror is faster).
+Output ends with, for each pair measured (X = pacs-mirror files/s / peer
+files/s; > 1: pacs-mirror is faster; the small set's lines say ingest_small_):
+  ratio ingest_1assoc_vs_storescp X        ratio ingest_4assoc_vs_storescp X
+  ratio ingest_1assoc_vs_storescp_sync X   ratio ingest_4assoc_vs_storescp_sync X
+  ratio ingest_1assoc_vs_orthanc X         ratio ingest_4assoc_vs_orthanc X
+  ratio ingest_small_1assoc_vs_storescp_sync X  … (same six)
+  peak_rss_mib ingest_1assoc_pacs_mirror MIB    peak_rss_mib ingest_small_4assoc_pacs_mirror MIB …
+and one `# acceptance:` line per target (issue 14): vs storescp+sync, ct
+>= 0.9 in both modes, small >= 0.4 over 1 association and >= 0.5 over 4;
+vs orthanc >= 1.5 everywhere; pacs-mirror peak RSS <= 32 MiB. A missed
+target makes the exit status 2 (--no-targets: report only).
 """
 
 LARGE_DOC = """\
@@ -71,6 +91,13 @@ def add_common_run_args(p: argparse.ArgumentParser) -> None:
 def add_ingest_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ingest options")
     add_data_args(g, "send")
+    g.add_argument("--sets", default="ct,small", metavar="LIST",
+                   help="data sets: ct (--count ~525 KB CT files) and/or small (--small-count ~12 KB "
+                        "files; --data does not apply to it) (default ct,small)")
+    g.add_argument("--small-count", type=int, default=3000, metavar="N",
+                   help="instances of the small set (default 3000)")
+    g.add_argument("--no-targets", action="store_true",
+                   help="print the acceptance lines but always exit 0")
     g.add_argument("--assocs", default="1,4", metavar="LIST",
                    help="comma list of parallel association counts (default 1,4)")
     g.add_argument("--systems", default="storescp,orthanc,pacs-mirror", metavar="LIST",
@@ -129,7 +156,11 @@ def one_run(system: str, mode_tag: str, files: list[Path], assocs: int, args, ct
         log(f"{system}: sending {len(files)} files over {assocs} association(s)")
         res = send(r.ae, r.port, files, assocs, r.dir, mode_tag, env=receivers.DCMTK_ENV)
         check_send(res, f"{system} {mode_tag}")
+        sync_secs = r.sync_output() if system == "storescp" else None
         info = r.finish(len(files), res.bytes)
+        info["sync_seconds"] = sync_secs
+        if sync_secs is not None:
+            log(f"{system} {mode_tag}: sync -f of its folder took {sync_secs:.3f}s")
         hwm = info["peak_rss_kib"]
         log(f"{system} {mode_tag}: {res.seconds:.3f}s, {len(files) / res.seconds:.1f} files/s, "
             f"{res.bytes / res.seconds / 1e6:.1f} MB/s; holds {info['stored']} instances, "
@@ -145,6 +176,18 @@ def one_run(system: str, mode_tag: str, files: list[Path], assocs: int, args, ct
             r.remove()
 
 
+# Issue-14 acceptance targets: (set, peer, assocs or None for every mode) -> minimum ratio.
+TARGETS = [
+    ("ct", "storescp_sync", None, 0.9),
+    ("small", "storescp_sync", 1, 0.4),
+    ("small", "storescp_sync", 4, 0.5),
+    ("ct", "orthanc", None, 1.5),
+    ("small", "orthanc", None, 1.5),
+]
+RSS_TARGET_MIB = 32.0
+SETS = ("ct", "small")
+
+
 def run_ingest(args, ctx) -> int:
     validate(args)
     systems = parse_systems(args.systems, receivers.SYSTEMS)
@@ -152,22 +195,35 @@ def run_ingest(args, ctx) -> int:
         modes = sorted({int(x) for x in args.assocs.split(",") if x.strip()})
     except ValueError:
         raise BenchError("--assocs: comma list of integers")
+    sets = [x.strip() for x in args.sets.split(",") if x.strip()]
+    if not sets or any(x not in SETS for x in sets):
+        raise BenchError(f"--sets: choose from {','.join(SETS)}")
+    sets = [x for x in SETS if x in sets]
     if not modes or min(modes) < 1:
         raise BenchError("--assocs: counts must be >= 1")
-    if args.count < 1:
-        raise BenchError("--count must be >= 1")
-    for m in modes:
-        if m > args.count:
-            raise BenchError(f"--assocs {m} > --count {args.count}")
+    counts = {"ct": args.count, "small": args.small_count}
+    for name in sets:
+        if counts[name] < 1:
+            raise BenchError(f"the {name} set needs a count >= 1")
+        for m in modes:
+            if m > counts[name]:
+                raise BenchError(f"--assocs {m} > the {name} set's {counts[name]} files")
 
     need_pm = "pacs-mirror" in systems
     reuse = args.data is not None and args.data.is_dir() and any(args.data.iterdir())
-    binary = prepare_binary(args, need_pm, wanted_for_synth=not reuse and args.generator != "python")
-    files, how = ct_dataset(args.data, args.count, args.generator, binary, ctx.workdir)
-    total = sum(f.stat().st_size for f in files)
-
+    binary = prepare_binary(args, need_pm,
+                            wanted_for_synth=args.generator != "python" and (not reuse or "small" in sets))
+    data: dict[str, tuple[list[Path], int]] = {}
     print_context(ctx.workdir, binary)
-    out(f"# data: {len(files)} files, {total / 1e6:.1f} MB ({total / len(files) / 1e3:.1f} KB each); {how}")
+    for name in sets:
+        if name == "ct":
+            files, how = ct_dataset(args.data, args.count, args.generator, binary, ctx.workdir)
+        else:
+            files, how = ct_dataset(None, args.small_count, args.generator, binary, ctx.workdir,
+                                    side=SMALL_SIDE, name="small")
+        total = sum(f.stat().st_size for f in files)
+        data[name] = (files, total)
+        out(f"# data {name}: {len(files)} files, {total / 1e6:.1f} MB ({total / len(files) / 1e3:.1f} KB each); {how}")
     notes = []
     for s in systems:
         r = receivers.make(s, workdir=ctx.workdir, tag="probe", pdu=args.pdu, binary=binary,
@@ -175,50 +231,81 @@ def run_ingest(args, ctx) -> int:
         notes.append(f"{s}: {r.pdu_note()}")
         r.remove()
     out("# " + "; ".join(notes))
-    out(f"# order: repeat x mode({','.join(map(str, modes))} assoc) x {','.join(systems)}; "
-        f"statistic: {args.stat} of {args.repeat}")
+    out(f"# order: repeat x set({','.join(sets)}) x mode({','.join(map(str, modes))} assoc) x "
+        f"{','.join(systems)}; statistic: {args.stat} of {args.repeat}")
 
-    samples: dict[tuple[str, int], list[float]] = {}
+    # (set, system, assocs) -> seconds per run; "storescp+sync" is the storescp
+    # run's time plus its one folder sync
+    samples: dict[tuple[str, str, int], list[float]] = {}
     rss: dict[tuple[str, int], int] = {}
-    nbytes = total
     for rep in range(args.repeat):
-        for assocs in modes:
-            for system in systems:
-                tag = f"{assocs}assoc-r{rep + 1}"
-                log(f"--- repeat {rep + 1}/{args.repeat}, {assocs} association(s), {system}")
-                res, info = one_run(system, tag, files, assocs, args, ctx, binary)
-                samples.setdefault((system, assocs), []).append(res.seconds)
-                if info.get("peak_rss_kib"):
-                    rss[(system, assocs)] = max(rss.get((system, assocs), 0), info["peak_rss_kib"])
+        for name in sets:
+            files, _ = data[name]
+            for assocs in modes:
+                for system in systems:
+                    tag = f"{name}-{assocs}assoc-r{rep + 1}"
+                    log(f"--- repeat {rep + 1}/{args.repeat}, set {name}, {assocs} association(s), {system}")
+                    res, info = one_run(system, tag, files, assocs, args, ctx, binary)
+                    samples.setdefault((name, system, assocs), []).append(res.seconds)
+                    if info.get("sync_seconds") is not None:
+                        samples.setdefault((name, "storescp+sync", assocs), []).append(
+                            res.seconds + info["sync_seconds"])
+                    if system == "pacs-mirror" and info.get("peak_rss_kib"):
+                        rss[(name, assocs)] = max(rss.get((name, assocs), 0), info["peak_rss_kib"])
 
+    shown = [s for s in ("storescp", "storescp+sync", "orthanc", "pacs-mirror")
+             if s in systems or (s == "storescp+sync" and "storescp" in systems)]
+    best: dict[tuple[str, str, int], float] = {}
     rows = []
-    best: dict[tuple[str, int], float] = {}
-    for assocs in modes:
-        for system in systems:
-            s = samples[(system, assocs)]
-            secs = aggregate(s, args.stat)
-            best[(system, assocs)] = secs
-            rows.append({"system": system, "mode": f"{assocs}assoc", "files": len(files),
-                         "seconds": secs, "bytes": nbytes, "samples": s})
+    for name in sets:
+        files, nbytes = data[name]
+        for assocs in modes:
+            for system in shown:
+                sm = samples[(name, system, assocs)]
+                secs = aggregate(sm, args.stat)
+                best[(name, system, assocs)] = secs
+                rows.append({"system": system, "mode": f"{name} {assocs}assoc", "files": len(files),
+                             "seconds": secs, "bytes": nbytes, "samples": sm})
     out()
     print_table(rows)
     out()
-    for assocs in modes:
-        for system in ("orthanc", "pacs-mirror"):
-            if (system, assocs) in rss:
-                out(f"peak_rss_mib ingest_{assocs}assoc_{system.replace('-', '_')} "
-                    f"{rss[(system, assocs)] / 1024:.1f}")
+
+    def prefix(name: str) -> str:
+        return "ingest_" if name == "ct" else f"ingest_{name}_"
+
+    rc = 0
+    verdicts = []
+    for name in sets:
+        for assocs in modes:
+            if (name, assocs) in rss:
+                mib = rss[(name, assocs)] / 1024
+                out(f"peak_rss_mib {prefix(name)}{assocs}assoc_pacs_mirror {mib:.1f}")
+                verdicts.append((f"pacs-mirror peak RSS, {name} {assocs}assoc: {mib:.1f} MiB <= {RSS_TARGET_MIB:g}",
+                                 mib <= RSS_TARGET_MIB))
     if not need_pm or len(systems) == 1:
         out("# no ratio lines: pacs-mirror and a peer were not both measured")
-    if need_pm:
-        for peer in ("storescp", "orthanc"):
-            if peer not in systems:
+        return 0
+    ratios: dict[tuple[str, str, int], float] = {}
+    for name in sets:
+        for peer, key in (("storescp", "storescp"), ("storescp+sync", "storescp_sync"), ("orthanc", "orthanc")):
+            if peer not in shown:
                 continue
             for assocs in modes:
                 # same file count on both sides: rate ratio = time ratio inverted
-                ratio_line(f"ingest_{assocs}assoc_vs_{peer}",
-                           best[(peer, assocs)] / best[("pacs-mirror", assocs)])
-    return 0
+                v = best[(name, peer, assocs)] / best[(name, "pacs-mirror", assocs)]
+                ratios[(name, key, assocs)] = v
+                ratio_line(f"{prefix(name)}{assocs}assoc_vs_{key}", v)
+    for name, key, want_assocs, minimum in TARGETS:
+        for assocs in modes:
+            if want_assocs not in (None, assocs) or (name, key, assocs) not in ratios:
+                continue
+            v = ratios[(name, key, assocs)]
+            verdicts.append((f"{prefix(name)}{assocs}assoc_vs_{key} {v:.3f} >= {minimum}", v >= minimum))
+    for text, ok in verdicts:
+        out(f"# acceptance: {text}: {'PASS' if ok else 'FAIL'}")
+        if not ok and not args.no_targets:
+            rc = 2
+    return rc
 
 
 def run_large(args, ctx) -> int:
