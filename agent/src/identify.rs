@@ -435,7 +435,7 @@ mod tests {
         assert!(usable_key(&"1".repeat(191)).is_ok());
         assert!(usable_key("").is_err());
         assert!(usable_key("1.2\n3").is_err());
-        assert!(usable_key("1.2\03").is_err());
+        assert!(usable_key("1.2\0.3").is_err());
         assert!(usable_key(&"1".repeat(MAX_KEY_BYTES + 1)).is_err());
         assert_eq!(nonconformance("1.2.840.10008.1.1"), None);
         assert!(nonconformance("1.02.3").unwrap().contains("leading zero"));
