@@ -69,7 +69,10 @@ fn find_el(ds: &[u8], group: u16, element: u16, vr: &[u8; 2]) -> (usize, usize) 
         .windows(6)
         .position(|w| w == needle.as_slice())
         .unwrap_or_else(|| panic!("({group:04X},{element:04X}) not found"));
-    (at + 8, u16::from_le_bytes([ds[at + 6], ds[at + 7]]) as usize)
+    (
+        at + 8,
+        u16::from_le_bytes([ds[at + 6], ds[at + 7]]) as usize,
+    )
 }
 
 fn fill(ds: &[u8], group: u16, element: u16, pattern: &str) -> Vec<u8> {
@@ -84,7 +87,16 @@ fn fill(ds: &[u8], group: u16, element: u16, pattern: &str) -> Vec<u8> {
 fn objects(dir: &std::path::Path) -> Vec<(&'static str, String, Vec<u8>)> {
     let src = synth(
         &dir.join("src"),
-        &["--instances-per-series", "6", "--rows", "32", "--columns", "32", "--seed", "14"],
+        &[
+            "--instances-per-series",
+            "6",
+            "--rows",
+            "32",
+            "--columns",
+            "32",
+            "--seed",
+            "14",
+        ],
     );
     let base: Vec<(Meta, Vec<u8>)> = src.iter().map(|f| raw_info(f)).collect();
     let pixel_at = |ds: &[u8]| {
@@ -95,22 +107,33 @@ fn objects(dir: &std::path::Path) -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
     // No (empty) Study Instance UID: every byte of its value a space.
     let (m, d) = &base[0];
-    out.push(("missing_attribute", m.sop_instance_uid.clone(), fill(d, 0x0020, 0x000D, " ")));
+    out.push((
+        "missing_attribute",
+        m.sop_instance_uid.clone(),
+        fill(d, 0x0020, 0x000D, " "),
+    ));
     // A SOP Instance UID with letters, in command and data set.
     let (_, d) = &base[1];
     let odd = fill(d, 0x0008, 0x0018, "1.2.826.0.1.abc.");
     let (at, len) = find_el(&odd, 0x0008, 0x0018, b"UI");
-    let uid = String::from_utf8_lossy(&odd[at..at + len]).trim_end_matches(['\0', ' ']).to_string();
+    let uid = String::from_utf8_lossy(&odd[at..at + len])
+        .trim_end_matches(['\0', ' '])
+        .to_string();
     out.push(("nonconformant_uid", uid, odd));
     // Cut 1000 bytes short inside Pixel Data.
     let (m, d) = &base[2];
-    out.push(("structure", m.sop_instance_uid.clone(), d[..d.len() - 1000].to_vec()));
+    out.push((
+        "structure",
+        m.sop_instance_uid.clone(),
+        d[..d.len() - 1000].to_vec(),
+    ));
     // A Secondary Capture SOP Class UID in the data set of a CT store.
     let (m, d) = &base[3];
-    let (at, len) = find_el(d, 0x0008, 0x0016, b"UI");
+    let (at, _) = find_el(d, 0x0008, 0x0016, b"UI");
     let mut sc = d.clone();
-    assert_eq!(&sc[at..at + len], dimse::CT_IMAGE_STORAGE.as_bytes());
-    sc[at..at + len].copy_from_slice(dimse::SECONDARY_CAPTURE.as_bytes());
+    let n = dimse::CT_IMAGE_STORAGE.len();
+    assert_eq!(&sc[at..at + n], dimse::CT_IMAGE_STORAGE.as_bytes());
+    sc[at..at + n].copy_from_slice(dimse::SECONDARY_CAPTURE.as_bytes());
     out.push(("sop_class_mismatch", m.sop_instance_uid.clone(), sc));
     // Encapsulated Pixel Data under Explicit VR Little Endian (as odil and
     // PixelMed were seen sending compressed pixels).
@@ -128,7 +151,11 @@ fn objects(dir: &std::path::Path) -> Vec<(&'static str, String, Vec<u8>)> {
     undef.extend(item(0, &[]));
     undef.extend(item(0xFFFF_FFFF, &[0xFF, 0xD8, 0xFF, 0xD9]));
     undef.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-    out.push(("undefined_length_fragment", m.sop_instance_uid.clone(), undef));
+    out.push((
+        "undefined_length_fragment",
+        m.sop_instance_uid.clone(),
+        undef,
+    ));
     out
 }
 
@@ -203,7 +230,10 @@ fn run_scenario() -> Scenario {
         if s["targets"]["mirror"]["pending"] == 0 && s["targets"]["backup"]["pending"] == 0 {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "targets never settled: {s}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "targets never settled: {s}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
     let metrics = admin_get(admin, "/metrics");
@@ -215,12 +245,21 @@ fn run_scenario() -> Scenario {
     );
     for line in listed.stdout.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).expect("findings list JSON");
-        let uid = v["sop_instance_uid"].as_str().unwrap_or_default().to_string();
+        let uid = v["sop_instance_uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let findings: Vec<String> = v["findings"]
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|f| format!("{}: {}", f["class"].as_str().unwrap_or("?"), f["detail"].as_str().unwrap_or("?")))
+                    .map(|f| {
+                        format!(
+                            "{}: {}",
+                            f["class"].as_str().unwrap_or("?"),
+                            f["detail"].as_str().unwrap_or("?")
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -301,25 +340,39 @@ fn check(class: &str) {
     let seen = &s.seen[class];
     assert_eq!(seen.status, 0x0000, "{class}: stored with Success");
     assert!(
-        seen.listed.iter().any(|f| f.starts_with(&format!("{class}: "))),
+        seen.listed
+            .iter()
+            .any(|f| f.starts_with(&format!("{class}: "))),
         "{class}: findings list shows {:?}",
         seen.listed
     );
-    let count = s.status["findings"]["by_class"][class].as_u64().unwrap_or(0);
+    let count = s.status["findings"]["by_class"][class]
+        .as_u64()
+        .unwrap_or(0);
     assert!(count >= 1, "{class}: status shows {}", s.status["findings"]);
     assert!(
-        s.metrics
-            .lines()
-            .any(|l| l.starts_with(&format!("pacs_mirror_findings{{class=\"{class}\"}} ")) && !l.ends_with(" 0")),
+        s.metrics.lines().any(|l| l
+            .starts_with(&format!("pacs_mirror_findings{{class=\"{class}\"}} "))
+            && !l.ends_with(" 0")),
         "{class}: /metrics:\n{}",
         s.metrics
     );
+    eprintln!(
+        "{class}: in Orthanc byte-exact {:?}, dead letter {:?}, findings {:?}",
+        seen.in_orthanc, seen.dead_letter, seen.listed
+    );
     match (seen.in_orthanc, &seen.dead_letter) {
         (Some(true), None) => {}
-        (None, Some(reason)) => assert!(!reason.is_empty(), "{class}: dead letter without a reason"),
+        (None, Some(reason)) => {
+            assert!(!reason.is_empty(), "{class}: dead letter without a reason")
+        }
         other => panic!("{class}: neither delivered byte-exact nor dead-lettered: {other:?}"),
     }
-    assert_eq!(seen.restored, Some(true), "{class}: not restored byte-exact from the bucket");
+    assert_eq!(
+        seen.restored,
+        Some(true),
+        "{class}: not restored byte-exact from the bucket"
+    );
     let _ = &seen.dataset;
 }
 

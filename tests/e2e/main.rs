@@ -22,6 +22,7 @@ mod duplicates;
 mod durability;
 mod failback;
 mod failover;
+mod findings;
 mod ingest;
 pub(crate) mod large;
 mod limits;

@@ -371,6 +371,14 @@ impl Index {
         Ok(out)
     }
 
+    /// Whether this instance version was kept with findings.
+    pub fn has_findings(&self, sop_instance_uid: &str, hash: &Hash) -> Result<bool, IndexError> {
+        Ok(self
+            .kv
+            .get(&key(&[FINDINGS, sop_instance_uid.as_bytes(), hash]))?
+            .is_some())
+    }
+
     /// How many instance versions were kept with findings of each class
     /// (an instance with two findings of one class counts once for it).
     pub fn finding_counts(

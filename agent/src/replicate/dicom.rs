@@ -42,12 +42,38 @@ impl Worker {
             if let Some((_, next)) = objects.get(i + 1) {
                 scu.read_ahead(next);
             }
+            // A non-conformant object (kept with findings) that the mirror
+            // answers A7xx for, or that its association fails on, is most
+            // likely one the mirror cannot take (Orthanc answers A700 to a
+            // data set it cannot parse): counted as a refusal, so it is
+            // dead-lettered with the mirror's own answer instead of being
+            // retried forever.
+            let flagged = || {
+                self.r
+                    .index
+                    .has_findings(&o.sop_instance_uid, &d.hash)
+                    .unwrap_or(false)
+            };
             match scu.store(o).await {
                 Ok(status) if status.is_stored() => self.delivered(d, &o.sop_instance_uid, None),
+                Ok(status @ Status::OutOfResources(_)) if flagged() => self.refused(
+                    d,
+                    &format!(
+                        "{status}, for an object kept with findings (`pacs-mirror findings list`)"
+                    ),
+                ),
                 Ok(status @ Status::OutOfResources(_)) => self.retry(d, &status.to_string()),
                 Ok(status) => self.refused(d, &status.to_string()),
                 Err(e) if e.is_transient() => {
-                    for (rest, _) in &objects[i..] {
+                    if flagged() {
+                        self.refused(
+                            d,
+                            &format!("{e}, while sending an object kept with findings (`pacs-mirror findings list`)"),
+                        );
+                    } else {
+                        self.retry(d, &e.to_string());
+                    }
+                    for (rest, _) in &objects[i + 1..] {
                         self.retry(rest, &e.to_string());
                     }
                     return Err(e.to_string());
