@@ -756,24 +756,40 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 /// The status from the running agent, or computed from the index.
-async fn status(config: &Config) -> anyhow::Result<admin::Status> {
-    if let Some(a) = &config.admin {
-        let url = format!("http://{}/status", a.listen);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        match client.get(&url).send().await {
-            Ok(r) => {
-                let r = r.error_for_status().with_context(|| format!("GET {url}"))?;
-                return r.json().await.with_context(|| format!("GET {url}"));
-            }
-            Err(e) if e.is_connect() => {}
-            Err(e) => return Err(e).with_context(|| format!("GET {url}")),
+/// `GET <path>` from the running agent's admin endpoint: `None` when no
+/// agent answers there (or none is configured).
+async fn from_agent<T: serde::de::DeserializeOwned>(
+    config: &Config,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<T>> {
+    let Some(a) = &config.admin else {
+        return Ok(None);
+    };
+    let url = format!("http://{}{path}", a.listen);
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    match client.get(&url).send().await {
+        Ok(r) => {
+            let r = r.error_for_status().with_context(|| format!("GET {url}"))?;
+            Ok(Some(r.json().await.with_context(|| format!("GET {url}"))?))
         }
+        Err(e) if e.is_connect() => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("GET {url}")),
     }
-    let index = open_index(config).context(
+}
+
+/// The index, when no agent answered on the admin endpoint.
+fn index_without_agent(config: &Config) -> anyhow::Result<pacs_mirror_agent::index::Index> {
+    open_index(config).context(
         "no agent answered on the admin endpoint, and the index cannot be read (an agent without [admin] may be running)",
-    )?;
+    )
+}
+
+async fn status(config: &Config) -> anyhow::Result<admin::Status> {
+    if let Some(s) = from_agent(config, "/status", Duration::from_secs(10)).await? {
+        return Ok(s);
+    }
+    let index = index_without_agent(config)?;
     let now = pacs_mirror_agent::unix_ms();
     let mut targets = std::collections::BTreeMap::new();
     for t in &config.targets {
@@ -799,24 +815,10 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
 /// Every instance version kept with findings: from the running agent, or
 /// from the index.
 async fn flagged(config: &Config) -> anyhow::Result<Vec<pacs_mirror_agent::index::InstanceRecord>> {
-    if let Some(a) = &config.admin {
-        let url = format!("http://{}/findings", a.listen);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?;
-        match client.get(&url).send().await {
-            Ok(r) => {
-                let r = r.error_for_status().with_context(|| format!("GET {url}"))?;
-                return r.json().await.with_context(|| format!("GET {url}"));
-            }
-            Err(e) if e.is_connect() => {}
-            Err(e) => return Err(e).with_context(|| format!("GET {url}")),
-        }
+    if let Some(list) = from_agent(config, "/findings", Duration::from_secs(60)).await? {
+        return Ok(list);
     }
-    let index = open_index(config).context(
-        "no agent answered on the admin endpoint, and the index cannot be read (an agent without [admin] may be running)",
-    )?;
-    Ok(index.flagged()?)
+    Ok(index_without_agent(config)?.flagged()?)
 }
 
 fn ago(ms: Option<u64>) -> String {
