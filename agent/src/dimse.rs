@@ -108,11 +108,12 @@ pub enum Status {
 impl Status {
     /// Out of resources (0xA700), the answer for a full disk or spool quota.
     pub const OUT_OF_RESOURCES: Status = Status::OutOfResources(0xA700);
-    /// The data set could not be parsed far enough to read its UIDs.
-    pub const UNPARSEABLE_DATA_SET: Status = Status::CannotUnderstand(0xC000);
-    /// The UIDs of the command and of the data set disagree.
+    /// The command and the data set name different SOP instances (an
+    /// identity conflict).
     pub const UID_MISMATCH: Status = Status::CannotUnderstand(0xC001);
-    /// A UID is unusable (empty, too long, characters other than digits and dots).
+    /// A UID is unusable: in a C-STORE command, one that cannot be an
+    /// index key ([`crate::identify::usable_key`]); in Q/R, one that breaks
+    /// PS3.5 9.1 ([`check_uid`]).
     pub const INVALID_UID: Status = Status::CannotUnderstand(0xC002);
     /// The data set is larger than the configured maximum object size.
     pub const OBJECT_TOO_LARGE: Status = Status::OutOfResources(0xA701);

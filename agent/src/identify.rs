@@ -35,6 +35,7 @@
 //! of each value, whatever length it declares. When the walk stops at a
 //! flaw, the attributes before it are used and the rest are missing.
 
+use crate::dimse;
 use crate::index::records::{Finding, FindingClass};
 use crate::structure::{Flaw, Observed, Walker};
 
@@ -118,25 +119,16 @@ pub fn usable_key(uid: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// What breaks PS3.5 9.1 in a usable UID, if anything.
+/// What breaks PS3.5 9.1 in a usable UID, if anything: the network UID
+/// check ([`dimse::check_uid`]) and a leading zero in a component.
 pub fn nonconformance(uid: &str) -> Option<String> {
-    let n = uid.chars().count();
-    if n > 64 {
-        return Some(format!("of {n} characters (PS3.5 9.1: at most 64)"));
+    match dimse::check_uid(uid) {
+        Err(e) => Some(format!("{e} (PS3.5 9.1)").escape_debug().to_string()),
+        Ok(()) if dimse::uid_has_leading_zero(uid) => {
+            Some("has a component with a leading zero (PS3.5 9.1)".into())
+        }
+        Ok(()) => None,
     }
-    if let Some(c) = uid.chars().find(|c| !(c.is_ascii_digit() || *c == '.')) {
-        return Some(format!(
-            "contains {:?} (PS3.5 9.1: digits and dots only)",
-            c.escape_debug().to_string()
-        ));
-    }
-    if uid.split('.').any(str::is_empty) {
-        return Some("has an empty component (PS3.5 9.1)".into());
-    }
-    if uid.split('.').any(|c| c.len() > 1 && c.starts_with('0')) {
-        return Some("has a component with a leading zero (PS3.5 9.1)".into());
-    }
-    None
 }
 
 /// A captured value as text: trailing NUL and spaces and leading spaces
@@ -206,7 +198,7 @@ pub fn identify(
         ("SOP Class UID", command_sop_class),
     ] {
         if let Some(why) = nonconformance(uid) {
-            find(FindingClass::NonconformantUid, format!("{what} {why}"));
+            find(FindingClass::NonconformantUid, format!("{what}: {why}"));
         }
     }
     // Study and series: kept when usable as keys, else the object is
@@ -236,7 +228,7 @@ pub fn identify(
                     String::new()
                 } else {
                     if let Some(why) = nonconformance(&uid) {
-                        find(FindingClass::NonconformantUid, format!("{what} {why}"));
+                        find(FindingClass::NonconformantUid, format!("{what}: {why}"));
                     }
                     uid
                 }
@@ -378,12 +370,12 @@ mod tests {
         );
         assert!(
             text.iter()
-                .any(|t| t.contains("Series Instance UID (0020,000E) of 77 characters")),
+                .any(|t| t.contains("Series Instance UID (0020,000E): UID of 77 characters")),
             "{text:?}"
         );
         assert!(
             text.iter()
-                .any(|t| t.contains("SOP Instance UID contains \"a\"")),
+                .any(|t| t.contains("SOP Instance UID: UID contains 'a'")),
             "{text:?}"
         );
     }

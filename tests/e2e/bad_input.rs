@@ -7,7 +7,7 @@
 
 use rand::{RngCore, SeedableRng};
 
-use crate::dimse::{self, Outcome};
+use crate::dimse;
 use crate::harness::*;
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
@@ -61,16 +61,7 @@ fn malformed_stores_are_kept_flagged_conflicts_refused_and_the_association_goes_
 
     let cfg = AgentConfig::new(&dir.path().join("data"));
     let agent = Agent::start(&cfg);
-    let outcome = dimse::associate(
-        cfg.port,
-        SENDER_AE,
-        AGENT_AE,
-        &[(1, dimse::CT_IMAGE_STORAGE, &[dimse::EXPLICIT_LE])],
-    )
-    .expect("associating");
-    let Outcome::Accepted(mut assoc) = outcome else {
-        panic!("association not accepted{}", agent.log_tail());
-    };
+    let mut assoc = dimse::associate_ct(cfg.port, SENDER_AE, &|| agent.log_tail());
     assert_eq!(assoc.accepted_ts(1), Some(dimse::EXPLICIT_LE));
 
     let ct = dimse::CT_IMAGE_STORAGE;

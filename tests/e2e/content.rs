@@ -10,22 +10,12 @@ use pacs_mirror_agent::fuzzing::element::by_vr as el;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::dimse::{self, Association, Outcome};
+use crate::dimse::{self, Association};
 use crate::harness::*;
 use crate::protocol::objects_of;
 
 fn open_as(port: u16, calling: &str) -> Association {
-    match dimse::associate(
-        port,
-        calling,
-        AGENT_AE,
-        &[(1, dimse::CT_IMAGE_STORAGE, &[dimse::EXPLICIT_LE])],
-    )
-    .expect("associating")
-    {
-        Outcome::Accepted(a) => a,
-        _ => panic!("association not accepted"),
-    }
+    dimse::associate_ct(port, calling, &String::new)
 }
 
 /// Where an explicit VR LE UI element's value is: (offset, length).
@@ -99,7 +89,7 @@ fn odd_uids_are_kept_as_keys_and_never_reach_a_path_or_a_log_line() {
     let forged = "ERROR pacs_mirror_agent: forged";
 
     // In the command, unusable as a key: refused before a byte is written.
-    let (m0, ds0) = &objects[0];
+    let (_, ds0) = &objects[0];
     let refused_uids = [
         "1.2.3\0/x".to_string(),
         format!("1.2.3\n{forged} via a SOP Instance UID"),
@@ -264,7 +254,6 @@ fn odd_uids_are_kept_as_keys_and_never_reach_a_path_or_a_log_line() {
             .map(char::from)
             .collect::<String>()
     );
-    let _ = m0;
     assert_no_tmp(&cfg, "after a clean stop");
     let odd = unexpected_files(dir.path(), &cfg);
     assert!(

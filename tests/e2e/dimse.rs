@@ -467,3 +467,20 @@ impl Association {
         }
     }
 }
+
+/// An association from `calling` to the agent on `port` proposing CT Image
+/// Storage in Explicit VR Little Endian only; panics unless accepted (with
+/// the agent's log tail when given).
+pub fn associate_ct(port: u16, calling: &str, log_tail: &dyn Fn() -> String) -> Association {
+    match associate(
+        port,
+        calling,
+        crate::harness::AGENT_AE,
+        &[(1, CT_IMAGE_STORAGE, &[EXPLICIT_LE])],
+    )
+    .expect("associating")
+    {
+        Outcome::Accepted(a) => a,
+        _ => panic!("association not accepted{}", log_tail()),
+    }
+}

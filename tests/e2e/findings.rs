@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::dimse::{self, Outcome};
+use crate::dimse;
 use crate::harness::*;
 
 /// What the scenario saw of one class's object.
@@ -184,16 +184,7 @@ fn run_scenario() -> Scenario {
     );
     let agent = Agent::start(&cfg);
     let objects = objects(&dir);
-    let outcome = dimse::associate(
-        cfg.port,
-        SENDER_AE,
-        AGENT_AE,
-        &[(1, dimse::CT_IMAGE_STORAGE, &[dimse::EXPLICIT_LE])],
-    )
-    .expect("associating");
-    let Outcome::Accepted(mut a) = outcome else {
-        panic!("association not accepted{}", agent.log_tail());
-    };
+    let mut a = dimse::associate_ct(cfg.port, SENDER_AE, &|| agent.log_tail());
     let mut seen = BTreeMap::new();
     for (k, (class, uid, ds)) in objects.iter().enumerate() {
         let status = a
@@ -249,20 +240,7 @@ fn run_scenario() -> Scenario {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let findings: Vec<String> = v["findings"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|f| {
-                        format!(
-                            "{}: {}",
-                            f["class"].as_str().unwrap_or("?"),
-                            f["detail"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let findings = finding_strings(&v);
         for s in seen.values_mut() {
             if s.sop_instance_uid == uid {
                 s.listed = findings.clone();
@@ -373,7 +351,6 @@ fn check(class: &str) {
         Some(true),
         "{class}: not restored byte-exact from the bucket"
     );
-    let _ = &seen.dataset;
 }
 
 #[test]

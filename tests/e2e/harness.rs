@@ -877,6 +877,26 @@ fn field_u64(v: &Value, k: &str, line: &str) -> u64 {
         .unwrap_or_else(|| panic!("index dump line lacks integer field {k:?}: {line}"))
 }
 
+/// The `findings` of an instance record (index dump, `findings list
+/// --json`), each as "class: detail".
+pub fn finding_strings(record: &Value) -> Vec<String> {
+    record
+        .get("findings")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    format!(
+                        "{}: {}",
+                        f["class"].as_str().unwrap_or("?"),
+                        f["detail"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `pacs-mirror index dump` (agent stopped).
 pub fn index_dump(config_path: &Path) -> Vec<Row> {
     let o = run_ok(
@@ -905,21 +925,7 @@ pub fn index_dump(config_path: &Path) -> Vec<Row> {
                 source_ip: field_str(&v, "source_ip", line),
                 received_at_ms: field_u64(&v, "received_at_ms", line),
                 path: PathBuf::from(field_str(&v, "path", line)),
-                findings: v
-                    .get("findings")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .map(|f| {
-                                format!(
-                                    "{}: {}",
-                                    f["class"].as_str().unwrap_or("?"),
-                                    f["detail"].as_str().unwrap_or("?")
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                findings: finding_strings(&v),
             }
         })
         .collect()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::dimse::{self, Outcome};
+use crate::dimse;
 use crate::harness::*;
 
 fn field<'a>(line: &'a Value, k: &str) -> Option<&'a str> {
@@ -57,16 +57,7 @@ fn json_logs_name_the_calling_ae_and_address_of_refusals_and_failed_stores() {
     );
 
     // A failed store: the command names another SOP instance.
-    let outcome = dimse::associate(
-        cfg.port,
-        SENDER_AE,
-        AGENT_AE,
-        &[(1, dimse::CT_IMAGE_STORAGE, &[dimse::EXPLICIT_LE])],
-    )
-    .expect("associating");
-    let Outcome::Accepted(mut assoc) = outcome else {
-        panic!("association not accepted{}", agent.log_tail());
-    };
+    let mut assoc = dimse::associate_ct(cfg.port, SENDER_AE, &|| agent.log_tail());
     let st = assoc
         .store(1, 1, dimse::CT_IMAGE_STORAGE, "1.2.3.4.5.6.7", &ds)
         .expect("C-STORE-RSP");

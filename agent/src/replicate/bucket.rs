@@ -21,7 +21,6 @@ const MANIFESTS_IN_FLIGHT: usize = 4;
 struct Item<'a> {
     due: &'a Due,
     record: InstanceRecord,
-    study_date: String,
 }
 
 /// Objects whose blobs are in the bucket, waiting for their manifest
@@ -98,7 +97,6 @@ impl Worker {
                         record.received_at_ms = p.received_at_ms;
                         record.file_bytes = p.file_bytes;
                     }
-                    record.study_date = item.study_date.clone();
                     let entry = ManifestEntry {
                         record,
                         key: object_key(&item.due.hash),
@@ -201,12 +199,12 @@ impl Worker {
         }
     }
 
-    /// What the manifest lists of an object: its index record, and the
-    /// study date read from its file.
+    /// What the manifest lists of an object: its index record (with the
+    /// study date read from its file when the record predates it).
     fn instance_record<'a>(&self, d: &'a Due) -> Result<Item<'a>, String> {
         let object = self.object_record(d)?;
         let hex = hash_hex(&d.hash);
-        let record = self
+        let mut record = self
             .r
             .index
             .versions(&object.sop_instance_uid)
@@ -216,18 +214,12 @@ impl Worker {
             .ok_or_else(|| format!("object {hex} has no instance record in the index"))?;
         // Indexed with the record; records written before it was kept
         // have none, and then it is read from the spool file.
-        let study_date = if record.study_date.is_empty() {
+        if record.study_date.is_empty() {
             let path = self.r.spool.object_path(&d.hash);
-            crate::part10::read_header(&path)
+            record.study_date = crate::part10::read_header(&path)
                 .map(|h| h.study_date)
-                .unwrap_or_default()
-        } else {
-            record.study_date.clone()
-        };
-        Ok(Item {
-            due: d,
-            record,
-            study_date,
-        })
+                .unwrap_or_default();
+        }
+        Ok(Item { due: d, record })
     }
 }
