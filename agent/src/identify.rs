@@ -123,7 +123,8 @@ pub fn usable_key(uid: &str) -> Result<(), String> {
 /// check ([`dimse::check_uid`]) and a leading zero in a component.
 pub fn nonconformance(uid: &str) -> Option<String> {
     match dimse::check_uid(uid) {
-        Err(e) => Some(format!("{e} (PS3.5 9.1)").escape_debug().to_string()),
+        // check_uid quotes the offending character with {:?} (escaped).
+        Err(e) => Some(format!("{e} (PS3.5 9.1)")),
         Ok(()) if dimse::uid_has_leading_zero(uid) => {
             Some("has a component with a leading zero (PS3.5 9.1)".into())
         }

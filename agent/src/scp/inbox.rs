@@ -544,7 +544,11 @@ impl InboxStore {
                     .flatten()
             }
         };
-        let study = header.map(|h| h.study_instance_uid);
+        // The header reader gives what it can read ("" when a copy has no
+        // readable Study UID): that is no study, as before it was lenient.
+        let study = header
+            .map(|h| h.study_instance_uid)
+            .filter(|s| !s.is_empty());
         let Candidates {
             list: candidates,
             originator,
