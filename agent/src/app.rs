@@ -383,6 +383,8 @@ pub async fn run_with(
         temp_files_removed = report.temp_files_removed,
         objects = report.objects_seen,
         reindexed = report.reindexed,
+        pending_kept = report.pending_kept,
+        pending_undone = report.pending_undone,
         quarantined = report.quarantined.len(),
         spool_bytes = spool.used_bytes(),
         "start-up recovery done"

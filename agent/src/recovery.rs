@@ -2,11 +2,22 @@
 //!
 //! The spool is the source of truth: every object file carries its UIDs, the
 //! calling AE (0002,0016), and the source address and receive time (0002,0102).
-//! Recovery (every start) removes temp files and indexes object files the
-//! index does not know (crash between link and index flush). `reindex` does
-//! the same for every file, into an empty index, and verifies each file's
-//! hash on the way. A file whose contents do not match its name, or that
-//! cannot be parsed, is moved to `quarantine/` and reported, never deleted.
+//! Recovery (every start), in this order:
+//! 1. removes temp files;
+//! 2. checks each object with a pending marker (a commit in flight at the
+//!    crash, see `crate::commit` and `crate::index::pending`): its file is
+//!    re-hashed; a good file keeps the rows (outbox rows written, marker
+//!    removed), a missing or torn one has them undone (the torn file is
+//!    quarantined). Such an object was never acknowledged unless its file
+//!    was durable and good. This costs as many re-hashes as objects were in
+//!    flight (at most a few batches), whatever the size of the archive;
+//! 3. indexes object files the index does not know (crash between the
+//!    rename and the index flush).
+//!
+//! `reindex` does the same for every file, into an empty index, and
+//! verifies each file's hash on the way. A file whose contents do not match
+//! its name, or that cannot be parsed, is moved to `quarantine/` and
+//! reported, never deleted.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -25,6 +36,11 @@ pub struct RecoveryReport {
     pub objects_seen: usize,
     /// Object files that were not indexed and now are.
     pub reindexed: usize,
+    /// Objects of commits in flight whose file was good: rows kept.
+    pub pending_kept: usize,
+    /// Objects of commits in flight whose file was missing or torn: rows
+    /// undone (never acknowledged).
+    pub pending_undone: usize,
     /// Files moved to quarantine (path after the move, reason).
     pub quarantined: Vec<(PathBuf, String)>,
 }
@@ -53,6 +69,36 @@ pub fn recover(
         temp_files_removed: spool.remove_temp_files()?,
         ..Default::default()
     };
+    for hash in index.pending_objects()? {
+        let path = spool.object_path(&hash);
+        let present = std::fs::symlink_metadata(&path).is_ok();
+        let verdict = if present {
+            record_from_file(&path, &hash).map(|_| ())
+        } else {
+            Err("missing".to_string())
+        };
+        match verdict {
+            Ok(()) => {
+                index.finalize_pending(&hash)?;
+                report.pending_kept += 1;
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    object = %hash_hex(&hash),
+                    %reason,
+                    "a commit in flight at the crash left no good file: its rows are undone (it was never acknowledged)"
+                );
+                index.undo_pending(&hash)?;
+                if present {
+                    let q = spool.quarantine(&path)?;
+                    report
+                        .quarantined
+                        .push((q, format!("in flight at a crash: {reason}")));
+                }
+                report.pending_undone += 1;
+            }
+        }
+    }
     let (objects, odd) = spool.list_objects()?;
     for p in odd {
         let q = spool.quarantine(&p)?;
@@ -222,5 +268,131 @@ mod tests {
         let again = recover(&spool, &index, &["backup".into()], false).unwrap();
         assert_eq!((again.reindexed, again.quarantined.len()), (0, 0));
         assert_eq!(index.stats().unwrap().instances, 1);
+    }
+
+    /// A commit in flight at a crash, as the committer leaves it before its
+    /// flushes are done: rows and pending marker applied (and possibly
+    /// durable), the object file renamed into place, good or not.
+    fn in_flight(spool: &Spool, index: &Index, sop: &str) -> (PathBuf, Hash, Vec<u8>) {
+        let (bytes, hash) = object(sop);
+        let path = spool.object_path(&hash);
+        std::fs::write(&path, &bytes).unwrap();
+        let rec = record_from_file(&path, &hash).unwrap();
+        index
+            .commit_instance_pending(&rec, &hash, &["backup".into()], 99)
+            .unwrap();
+        (path, hash, bytes)
+    }
+
+    /// Crash states of the concurrent flushes (`crate::commit`): a pending
+    /// marker with a good file keeps the rows (and writes the held-back
+    /// outbox row); with a missing or torn file the rows are undone, the
+    /// object is not reported as stored, and a torn file is quarantined.
+    #[test]
+    fn checks_commits_in_flight_by_hash() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&d.path().join("spool"), SpoolLimits::default()).unwrap();
+        let index = Index::new(Arc::new(MemKv::default()));
+        // 1. all three flushes done (or at least the file's): good file
+        let (good_path, good, good_bytes) = in_flight(&spool, &index, "1.2.3.1");
+        // 2. the name never became durable: no file
+        let (missing_path, missing, _) = in_flight(&spool, &index, "1.2.3.2");
+        std::fs::remove_file(&missing_path).unwrap();
+        // 3. the name became durable, the data not: a torn file
+        let (torn_path, torn, torn_bytes) = in_flight(&spool, &index, "1.2.3.3");
+        std::fs::write(&torn_path, &torn_bytes[..torn_bytes.len() / 2]).unwrap();
+        // 4. the data is there but a bit is wrong
+        let (flip_path, flip, mut flip_bytes) = in_flight(&spool, &index, "1.2.3.4");
+        let n = flip_bytes.len();
+        flip_bytes[n - 3] ^= 0x01;
+        std::fs::write(&flip_path, &flip_bytes).unwrap();
+        // Before recovery: rows of all four, outbox rows held back.
+        assert_eq!(index.pending_objects().unwrap().len(), 4);
+        assert_eq!(index.stats().unwrap().instances, 4);
+        assert_eq!(index.stats().unwrap().outbox.get("backup"), None);
+
+        let report = recover(&spool, &index, &["backup".into()], false).unwrap();
+        assert_eq!((report.pending_kept, report.pending_undone), (1, 3));
+        assert_eq!(report.reindexed, 0);
+        assert_eq!(report.quarantined.len(), 2, "{:?}", report.quarantined);
+        assert!(index.pending_objects().unwrap().is_empty());
+        // kept: rows, its outbox row, the file byte for byte
+        let v = index.versions("1.2.3.1").unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].blake3, hash_hex(&good));
+        assert!(index.object(&good).unwrap().is_some());
+        assert_eq!(std::fs::read(&good_path).unwrap(), good_bytes);
+        let s = index.stats().unwrap();
+        assert_eq!(s.outbox.get("backup"), Some(&1));
+        assert_eq!((s.instances, s.objects, s.studies), (1, 1, 1));
+        // undone: no row of any kind, nothing left under objects/
+        for (sop, h, path) in [
+            ("1.2.3.2", missing, &missing_path),
+            ("1.2.3.3", torn, &torn_path),
+            ("1.2.3.4", flip, &flip_path),
+        ] {
+            assert!(index.versions(sop).unwrap().is_empty(), "{sop}");
+            assert!(index.object(&h).unwrap().is_none(), "{sop}");
+            assert!(index.pending_marker(&h).unwrap().is_none(), "{sop}");
+            assert!(!path.exists(), "{sop}");
+        }
+        let quarantined: Vec<Vec<u8>> = report
+            .quarantined
+            .iter()
+            .map(|(p, _)| std::fs::read(p).unwrap())
+            .collect();
+        assert!(quarantined.contains(&torn_bytes[..torn_bytes.len() / 2].to_vec()));
+        assert!(quarantined.contains(&flip_bytes));
+        // Idempotent: a second start changes nothing.
+        let again = recover(&spool, &index, &["backup".into()], false).unwrap();
+        assert_eq!(
+            (again.pending_kept, again.pending_undone, again.reindexed),
+            (0, 0, 0)
+        );
+        assert_eq!(index.stats().unwrap(), s);
+    }
+
+    /// An evicted object re-sent: its commit clears the eviction mark. If
+    /// the file does not survive the crash, the mark comes back (the rows
+    /// were there before and stay); if it does, the object is held again.
+    #[test]
+    fn a_resend_of_an_evicted_object_in_flight() {
+        for file_survives in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let spool = Spool::open(&d.path().join("spool"), SpoolLimits::default()).unwrap();
+            let index = Index::new(Arc::new(MemKv::default()));
+            let (bytes, hash) = object("1.2.3.7");
+            let path = spool.object_path(&hash);
+            std::fs::write(&path, &bytes).unwrap();
+            let rec = record_from_file(&path, &hash).unwrap();
+            index
+                .commit_instance(&rec, &hash, &["backup".into()], 1)
+                .unwrap();
+            index.mark_evicted(&hash, 5).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            // the re-send, in flight
+            std::fs::write(&path, &bytes).unwrap();
+            let outcome = index
+                .commit_instance_pending(&rec, &hash, &["backup".into()], 9)
+                .unwrap();
+            assert_eq!(outcome, crate::index::CommitOutcome::Duplicate);
+            assert_eq!(index.object(&hash).unwrap().unwrap().evicted_at_ms, None);
+            if !file_survives {
+                std::fs::remove_file(&path).unwrap();
+            }
+            let report = recover(&spool, &index, &["backup".into()], false).unwrap();
+            let obj = index.object(&hash).unwrap().unwrap();
+            assert_eq!(
+                obj.evicted_at_ms,
+                (!file_survives).then_some(5),
+                "file survives: {file_survives}"
+            );
+            assert_eq!(
+                (report.pending_kept, report.pending_undone),
+                if file_survives { (1, 0) } else { (0, 1) }
+            );
+            assert_eq!(index.versions("1.2.3.7").unwrap().len(), 1);
+            assert!(index.pending_objects().unwrap().is_empty());
+        }
     }
 }

@@ -52,7 +52,9 @@ for all). Order (interleaved): for each repeat, for each data set, for each
 mode (1, then 4 associations): storescp, orthanc, pacs-mirror. With
 --repeat N the table shows the median (or, with --stat best, the fastest)
 of the N runs; samples are listed. The issue-14 measurements use
-`--repeat 4 --stat best`.
+`--repeat 4 --stat best`. --baseline-bin OLD also runs that pacs-mirror
+binary (as pacs-mirror-base, right after pacs-mirror in every round) and
+prints `ratio ..._vs_baseline` lines: before/after from the same rounds.
 
 Output ends with, for each pair measured (X = pacs-mirror files/s / peer
 files/s; > 1: pacs-mirror is faster; the small set's lines say ingest_small_):
@@ -98,6 +100,10 @@ def add_ingest_args(p: argparse.ArgumentParser) -> None:
                    help="instances of the small set (default 3000)")
     g.add_argument("--no-targets", action="store_true",
                    help="print the acceptance lines but always exit 0")
+    g.add_argument("--baseline-bin", type=Path, metavar="PATH",
+                   help="also measure this pacs-mirror binary (system pacs-mirror-base, run right "
+                        "after pacs-mirror in every round) and print `ratio ..._vs_baseline` lines: "
+                        "before/after figures from the same interleaved rounds")
     g.add_argument("--assocs", default="1,4", metavar="LIST",
                    help="comma list of parallel association counts (default 1,4)")
     g.add_argument("--systems", default="storescp,orthanc,pacs-mirror", metavar="LIST",
@@ -147,8 +153,12 @@ def prepare_binary(args, needed: bool, wanted_for_synth: bool) -> Path | None:
 
 def one_run(system: str, mode_tag: str, files: list[Path], assocs: int, args, ctx, binary) -> tuple[SendResult, dict]:
     sync_disks()
-    r = receivers.make(system, workdir=ctx.workdir, tag=mode_tag, pdu=args.pdu, binary=binary,
-                       storescp_bit_preserving=getattr(args, "storescp_bit_preserving", False))
+    if system == "pacs-mirror-base":
+        r = receivers.make("pacs-mirror", workdir=ctx.workdir, tag=f"base-{mode_tag}", pdu=args.pdu,
+                           binary=getattr(args, "baseline_bin").resolve())
+    else:
+        r = receivers.make(system, workdir=ctx.workdir, tag=mode_tag, pdu=args.pdu, binary=binary,
+                           storescp_bit_preserving=getattr(args, "storescp_bit_preserving", False))
     ok = False
     try:
         r.start()
@@ -231,8 +241,14 @@ def run_ingest(args, ctx) -> int:
         notes.append(f"{s}: {r.pdu_note()}")
         r.remove()
     out("# " + "; ".join(notes))
+    runs = list(systems)
+    if args.baseline_bin is not None:
+        if not need_pm or not args.baseline_bin.exists():
+            raise BenchError("--baseline-bin needs pacs-mirror measured and an existing binary")
+        runs.append("pacs-mirror-base")
+        out(f"# pacs-mirror-base: {args.baseline_bin.resolve()}")
     out(f"# order: repeat x set({','.join(sets)}) x mode({','.join(map(str, modes))} assoc) x "
-        f"{','.join(systems)}; statistic: {args.stat} of {args.repeat}")
+        f"{','.join(runs)}; statistic: {args.stat} of {args.repeat}")
 
     # (set, system, assocs) -> seconds per run; "storescp+sync" is the storescp
     # run's time plus its one folder sync
@@ -242,7 +258,7 @@ def run_ingest(args, ctx) -> int:
         for name in sets:
             files, _ = data[name]
             for assocs in modes:
-                for system in systems:
+                for system in runs:
                     tag = f"{name}-{assocs}assoc-r{rep + 1}"
                     log(f"--- repeat {rep + 1}/{args.repeat}, set {name}, {assocs} association(s), {system}")
                     res, info = one_run(system, tag, files, assocs, args, ctx, binary)
@@ -250,11 +266,13 @@ def run_ingest(args, ctx) -> int:
                     if info.get("sync_seconds") is not None:
                         samples.setdefault((name, "storescp+sync", assocs), []).append(
                             res.seconds + info["sync_seconds"])
+                    if system == "pacs-mirror-base" and info.get("peak_rss_kib"):
+                        rss[(name, -assocs)] = max(rss.get((name, -assocs), 0), info["peak_rss_kib"])
                     if system == "pacs-mirror" and info.get("peak_rss_kib"):
                         rss[(name, assocs)] = max(rss.get((name, assocs), 0), info["peak_rss_kib"])
 
-    shown = [s for s in ("storescp", "storescp+sync", "orthanc", "pacs-mirror")
-             if s in systems or (s == "storescp+sync" and "storescp" in systems)]
+    shown = [s for s in ("storescp", "storescp+sync", "orthanc", "pacs-mirror", "pacs-mirror-base")
+             if s in runs or (s == "storescp+sync" and "storescp" in systems)]
     best: dict[tuple[str, str, int], float] = {}
     rows = []
     for name in sets:
@@ -280,6 +298,8 @@ def run_ingest(args, ctx) -> int:
             if (name, assocs) in rss:
                 mib = rss[(name, assocs)] / 1024
                 out(f"peak_rss_mib {prefix(name)}{assocs}assoc_pacs_mirror {mib:.1f}")
+            if (name, -assocs) in rss:
+                out(f"peak_rss_mib {prefix(name)}{assocs}assoc_pacs_mirror_base {rss[(name, -assocs)] / 1024:.1f}")
                 verdicts.append((f"pacs-mirror peak RSS, {name} {assocs}assoc: {mib:.1f} MiB <= {RSS_TARGET_MIB:g}",
                                  mib <= RSS_TARGET_MIB))
     if not need_pm or len(systems) == 1:
@@ -287,7 +307,8 @@ def run_ingest(args, ctx) -> int:
         return 0
     ratios: dict[tuple[str, str, int], float] = {}
     for name in sets:
-        for peer, key in (("storescp", "storescp"), ("storescp+sync", "storescp_sync"), ("orthanc", "orthanc")):
+        for peer, key in (("storescp", "storescp"), ("storescp+sync", "storescp_sync"), ("orthanc", "orthanc"),
+                          ("pacs-mirror-base", "baseline")):
             if peer not in shown:
                 continue
             for assocs in modes:

@@ -13,6 +13,7 @@
 //! x/<target>\0<blake3:32>                          -> DeadLetter     (refused by that target for good)
 //! r/<target>\0<started ms:u64 BE>                 -> drill result (see [`studies`])
 //! m/<name>                                        -> counters and markers
+//! p/<blake3:32>                                   -> PendingRecord  (commit in flight, see [`pending`])
 //! m/delivered\0<target>                           -> u64 BE: how many d/<target> rows (see [`outbox`])
 //! a/<calling AE title>                            -> last store time (see [`sources`])
 //! f/<kind>\0<subject>                              -> a firing alert (see [`sources`])
@@ -29,8 +30,11 @@
 //! - Every row of one received object is written by one atomic batch
 //!   ([`Kv::apply`]); the batch is durable only after [`Kv::flush`], which the
 //!   group committer calls before any C-STORE-RSP Success is sent.
-//! - A row is never written for an object whose spool file is not durable
-//!   (the committer fsyncs the spool directory first).
+//! - A row written before its object's spool file is durable (the group
+//!   committer flushes file, directory and index at the same time) is
+//!   covered by a pending marker written in the same atomic batch
+//!   ([`pending`]); the object's outbox rows wait in the marker until the
+//!   file is known durable.
 //! - Rows are never removed by ingest; a second version of a SOP instance adds
 //!   rows and a conflict record, it does not replace the first.
 //! - Retention (`spool.retain_after_delivery_secs`) marks an object evicted,
@@ -40,12 +44,14 @@
 //! # Crash behaviour
 //! A crash loses at most the batches applied since the last flush; none of
 //! those was acknowledged. Their spool files are found by startup recovery and
-//! indexed again. The whole index can be rebuilt from the spool
+//! indexed again. Rows that became durable before their file did are found
+//! by their pending marker and undone if the file is missing or torn. The whole index can be rebuilt from the spool
 //! (`pacs-mirror reindex`), because each spool file carries its UIDs, the
 //! calling AE, source address and receive time.
 
 pub mod kv;
 pub mod outbox;
+pub mod pending;
 pub mod records;
 pub mod sources;
 pub mod studies;
@@ -55,6 +61,7 @@ use std::sync::Arc;
 use outbox::{OUTBOX, outbox_key};
 
 pub use kv::{Kv, KvError, MemKv, Op, SledKv};
+pub use pending::PendingRecord;
 pub use records::{
     ConflictRecord, Finding, FindingClass, InstanceRecord, ObjectRecord, OutboxRecord, RecordError,
 };
@@ -231,40 +238,94 @@ impl Index {
         targets: &[String],
         now_ms: u64,
     ) -> Result<CommitOutcome, IndexError> {
+        let (outcome, plan) = self.plan_instance(rec, hash, targets, now_ms)?;
+        let mut ops = plan.rows;
+        ops.extend(plan.outbox);
+        if !ops.is_empty() {
+            self.kv.apply(ops)?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`Index::commit_instance`] for an object whose file may not be
+    /// durable yet: its rows are written with a pending marker, in one
+    /// atomic batch, and its outbox rows are held in the marker until
+    /// [`Index::finalize_pending`] (or reverted by
+    /// [`Index::undo_pending`]). See [`pending`].
+    pub fn commit_instance_pending(
+        &self,
+        rec: &InstanceRecord,
+        hash: &Hash,
+        targets: &[String],
+        now_ms: u64,
+    ) -> Result<CommitOutcome, IndexError> {
+        self.commit_instance_pending_after(rec, hash, targets, now_ms, Vec::new())
+    }
+
+    /// [`Index::commit_instance_pending`], with `before` applied first in
+    /// the same atomic batch (finalize operations of earlier objects, see
+    /// [`Index::finalize_ops`]). On error nothing is applied, `before`
+    /// included.
+    pub fn commit_instance_pending_after(
+        &self,
+        rec: &InstanceRecord,
+        hash: &Hash,
+        targets: &[String],
+        now_ms: u64,
+        before: Vec<Op>,
+    ) -> Result<CommitOutcome, IndexError> {
+        let (outcome, plan) = self.plan_instance(rec, hash, targets, now_ms)?;
+        self.apply_pending(hash, plan, before)?;
+        Ok(outcome)
+    }
+
+    /// The rows indexing a received object writes, and what they create
+    /// or replace.
+    fn plan_instance(
+        &self,
+        rec: &InstanceRecord,
+        hash: &Hash,
+        targets: &[String],
+        now_ms: u64,
+    ) -> Result<(CommitOutcome, pending::Plan), IndexError> {
+        let mut plan = pending::Plan::default();
         let held = self.versions(&rec.sop_instance_uid)?;
         let hex = hash_hex(hash);
         if held.iter().any(|r| r.blake3 == hex) {
             // Re-sent after retention removed it: the file is back.
-            if let Some(mut obj) = self.object(hash)?
-                && obj.evicted_at_ms.is_some()
-            {
-                obj.evicted_at_ms = None;
-                self.kv
-                    .apply(vec![Op::Put(key(&[OBJ, hash]), records::encode(&obj))])?;
+            let obj_key = key(&[OBJ, hash]);
+            if let Some(old) = self.kv.get(&obj_key)? {
+                let mut obj: ObjectRecord = decode_at(&obj_key, &old)?;
+                if obj.evicted_at_ms.is_some() {
+                    obj.evicted_at_ms = None;
+                    plan.rows
+                        .push(Op::Put(obj_key.clone(), records::encode(&obj)));
+                    plan.replaced.push((obj_key, old));
+                }
             }
-            return Ok(CommitOutcome::Duplicate);
+            return Ok((CommitOutcome::Duplicate, plan));
         }
         let sop = rec.sop_instance_uid.as_bytes();
-        let mut ops = vec![
-            Op::Put(key(&[INST, sop, hash]), records::encode(rec)),
-            Op::Put(
-                key(&[
-                    HIER,
-                    rec.study_instance_uid.as_bytes(),
-                    rec.series_instance_uid.as_bytes(),
-                    sop,
-                    hash,
-                ]),
-                Vec::new(),
-            ),
-        ];
+        let inst_key = key(&[INST, sop, hash]);
+        let hier_key = key(&[
+            HIER,
+            rec.study_instance_uid.as_bytes(),
+            rec.series_instance_uid.as_bytes(),
+            sop,
+            hash,
+        ]);
+        plan.created.push(inst_key.clone());
+        plan.rows.push(Op::Put(inst_key, records::encode(rec)));
+        plan.created.push(hier_key.clone());
+        plan.rows.push(Op::Put(hier_key, Vec::new()));
         // The object row may exist already when the same bytes were indexed
         // under another SOP instance UID (impossible for well-formed DICOM,
         // as the UID is inside the bytes) — then it is kept as it is.
         let obj_key = key(&[OBJ, hash]);
         let new_object = self.kv.get(&obj_key)?.is_none();
         if new_object {
-            ops.push(Op::Put(
+            plan.created.push(obj_key.clone());
+            plan.rows.push(Op::Put(
                 obj_key,
                 records::encode(&ObjectRecord {
                     sop_instance_uid: rec.sop_instance_uid.clone(),
@@ -276,8 +337,10 @@ impl Index {
                 }),
             ));
             for target in targets {
-                ops.push(Op::Put(
-                    outbox_key(target, now_ms, hash),
+                let k = outbox_key(target, now_ms, hash);
+                plan.created.push(k.clone());
+                plan.outbox.push(Op::Put(
+                    k,
                     records::encode(&OutboxRecord {
                         enqueued_at_ms: now_ms,
                         attempts: 0,
@@ -289,17 +352,19 @@ impl Index {
         }
         if !rec.findings.is_empty() {
             let classes: Vec<FindingClass> = rec.findings.iter().map(|f| f.class).collect();
-            ops.push(Op::Put(
-                key(&[FINDINGS, sop, hash]),
-                records::encode(&classes),
-            ));
+            let findings_key = key(&[FINDINGS, sop, hash]);
+            plan.created.push(findings_key.clone());
+            plan.rows
+                .push(Op::Put(findings_key, records::encode(&classes)));
         }
         let outcome = if held.is_empty() {
             CommitOutcome::New
         } else {
             let other_versions: Vec<String> = held.into_iter().map(|r| r.blake3).collect();
-            ops.push(Op::Put(
-                key(&[CONFLICT, sop, hash]),
+            let conflict_key = key(&[CONFLICT, sop, hash]);
+            plan.created.push(conflict_key.clone());
+            plan.rows.push(Op::Put(
+                conflict_key,
                 records::encode(&ConflictRecord {
                     sop_instance_uid: rec.sop_instance_uid.clone(),
                     blake3: hex,
@@ -310,8 +375,7 @@ impl Index {
             ));
             CommitOutcome::Conflict { other_versions }
         };
-        self.kv.apply(ops)?;
-        Ok(outcome)
+        Ok((outcome, plan))
     }
 
     /// Index an instance version known from `target`'s copy (`reindex

@@ -505,8 +505,14 @@ impl Index {
         let pending = self.pending(target)?;
         let mut queued = 0;
         let mut seen = HashSet::new();
+        let outbox_prefix = target_prefix(OUTBOX, target);
         for hash in hashes {
-            if pending.contains(hash) || !seen.insert(*hash) {
+            // A commit in flight holds its outbox row back until the object
+            // is durable (`super::pending`): that row is its requeue.
+            if pending.contains(hash)
+                || !seen.insert(*hash)
+                || self.marker_holds(hash, &outbox_prefix)?
+            {
                 continue;
             }
             let dkey = delivered_key(target, hash);
@@ -719,6 +725,31 @@ mod tests {
                 .unwrap();
         }
         idx
+    }
+
+    /// A resync while a commit is in flight (rows and pending marker
+    /// written, flushes not done) does not queue the object a second time:
+    /// its outbox row is held in the marker and written by the finalize.
+    /// Once finalized, there is one row per target.
+    #[test]
+    fn resync_skips_a_commit_in_flight() {
+        let idx = index_with(&[(1, 100)]);
+        let h = [2u8; 32];
+        let mut rec = idx.versions("1.2.1").unwrap().remove(0);
+        rec.sop_instance_uid = "1.2.2".into();
+        rec.blake3 = hash_hex(&h);
+        idx.commit_instance_pending(&rec, &h, &["mirror".into()], 200)
+            .unwrap();
+        assert!(!idx.pending("mirror").unwrap().contains(&h));
+        // Object 1 is queued already: nothing to do for either.
+        assert_eq!(idx.resync("mirror", 300).unwrap(), 0);
+        idx.finalize_pending(&h).unwrap();
+        let rows = idx.due("mirror", u64::MAX, 10).unwrap();
+        let of_h: Vec<_> = rows.iter().filter(|d| d.hash == h).collect();
+        assert_eq!(of_h.len(), 1, "{rows:?}");
+        assert_eq!(of_h[0].next_attempt_ms, 200);
+        // A target the commit did not name is queued by the resync.
+        assert_eq!(idx.resync("other", 400).unwrap(), 2);
     }
 
     /// The delivered rows of `target`, counted by a scan.

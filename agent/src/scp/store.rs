@@ -1,9 +1,10 @@
 //! One incoming C-STORE: each data PDV (at most one PDU, `max_pdu_bytes`) is
 //! appended to a spool temp file, hashed and walked as it arrives (the walk
 //! checks the structure and reads the identifying attributes: one pass, see
-//! [`crate::identify`]); at the last PDV the group committer fsyncs the file,
-//! identifies the object, renames it into the spool (its directory fsynced)
-//! and makes its index rows durable, and only then is the status decided.
+//! [`crate::identify`]); at the last PDV the group committer
+//! (`crate::commit`) identifies the object, renames it into the spool,
+//! indexes it, and flushes file data, directory and index; only once all
+//! three are durable is the status decided.
 //!
 //! Status policy (PS3.4 B.2.3), following the ingest policy of
 //! [`crate::identify`] (a faithful copy, not a validator):

@@ -13,25 +13,32 @@
 //! built from a UID or any other value received from the network.
 //!
 //! # Invariants
-//! 1. A file under `objects/` is complete and fsynced before its name appears
-//!    there: the bytes are written to `tmp/`, fsynced, then renamed into
-//!    `objects/` with `RENAME_NOREPLACE` (an existing durable copy is never
+//! 1. A file under `objects/` is complete (in the page cache) before its name
+//!    appears there: the bytes are written to `tmp/`, then renamed into
+//!    `objects/` with `RENAME_NOREPLACE` (an existing copy is never
 //!    overwritten; identical contents leave the temp file to be removed).
-//! 2. The `objects/<hh>` directory is fsynced after the rename and before the
-//!    object is indexed; the index is flushed before Success is sent (the
-//!    group committer, `crate::commit`, does both, once per batch).
-//! 3. Files under `objects/` are never modified; the ingest path never
-//!    deletes them. Only retention does, for objects every target has had for
-//!    the configured time, after marking them evicted in the index
-//!    (`crate::retention`).
+//! 2. Before Success is sent, the group committer (`crate::commit`) has
+//!    flushed, after the rename, the file's data, the `objects/<hh>`
+//!    directory and the index, all three at the same time, once per batch.
+//!    Until then its data may not be durable under a durable name: such a
+//!    file is either unindexed or covered by a pending marker in the index,
+//!    and start-up recovery re-hashes both kinds (`crate::recovery`).
+//! 3. Files under `objects/` are never modified. The ingest path removes
+//!    only a file it has just placed whose data or directory flush failed
+//!    (never acknowledged; its rows are undone). Otherwise only retention
+//!    removes files, for objects every target has had for the configured
+//!    time, after marking them evicted in the index (`crate::retention`).
 //! 4. Quota: the bytes of indexed objects plus the bytes being received stay
 //!    under `max_bytes`, and the filesystem keeps `min_free_bytes` free;
 //!    otherwise the store is refused (A700) and its temp file removed.
 //!
 //! # Crash behaviour
-//! A crash can leave: temp files (removed at start-up; never acknowledged), and
-//! objects linked into `objects/` but not indexed (indexed again at start-up by
-//! recovery; never acknowledged either, but keeping them loses nothing).
+//! A crash can leave: temp files (removed at start-up; never acknowledged),
+//! objects linked into `objects/` but not indexed (re-hashed at start-up by
+//! recovery: indexed if good, keeping them loses nothing; quarantined if their
+//! data did not survive), and objects of a commit in flight, indexed with a
+//! pending marker (re-hashed: kept if good, rows undone if missing or torn).
+//! None of these was acknowledged, except pending objects whose file is good.
 
 mod writer;
 
@@ -101,7 +108,7 @@ pub struct SpoolLimits {
 pub struct Installed {
     /// The object's path.
     pub path: PathBuf,
-    /// The directory holding it (to fsync before indexing).
+    /// The directory holding it (fsynced by the committer before Success).
     pub dir: PathBuf,
     /// False when a file with these contents was already there.
     pub created: bool,
@@ -252,13 +259,13 @@ impl Spool {
         }
     }
 
-    /// Move a complete, fsynced temp file into `objects/` under its hash.
-    /// Never replaces an existing object: the rename is `RENAME_NOREPLACE`;
-    /// if the name exists (identical contents, as the name is their hash) the
-    /// temp file is removed instead. The caller fsyncs [`Installed::dir`]
-    /// before indexing the object, in both cases: another association may
-    /// have placed the same contents an instant ago, its directory fsync not
-    /// yet done.
+    /// Move a complete temp file into `objects/` under its hash. Never
+    /// replaces an existing object: the rename is `RENAME_NOREPLACE`; if the
+    /// name exists (identical contents, as the name is their hash) the temp
+    /// file is removed instead. Nothing is flushed here: before answering
+    /// Success the caller flushes the file's data, [`Installed::dir`] and the
+    /// index, in both cases (the existing name may be an instant old, its
+    /// flushes not yet done).
     pub fn place(&self, temp: &Path, hash: &Hash) -> Result<Installed, SpoolError> {
         let path = self.object_path(hash);
         let dir = path

@@ -193,6 +193,32 @@ impl ObjectWriter {
     }
 }
 
+impl ObjectWriter {
+    /// Return the finished object without flushing it, with the descriptor
+    /// that wrote it: the group committer renames the file into place first
+    /// and flushes its data by this descriptor (it sees any writeback error)
+    /// at the same time as the directory and the index; see `crate::commit`.
+    pub fn finish_unsynced(mut self) -> Result<(WrittenObject, File), SpoolError> {
+        let file = self.file.take();
+        let temp = TempGuard {
+            path: std::mem::take(&mut self.path),
+            armed: true,
+        };
+        let file = file.ok_or_else(|| {
+            io_err("finish", temp.path())(std::io::Error::other("already finished"))
+        })?;
+        Ok((
+            WrittenObject {
+                hash: *self.hasher.finalize().as_bytes(),
+                header_bytes: self.header_bytes,
+                dataset_bytes: self.dataset_bytes,
+                temp,
+            },
+            file,
+        ))
+    }
+}
+
 impl Drop for ObjectWriter {
     fn drop(&mut self) {
         if self.file.is_some() {
