@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use pacs_mirror_agent::app;
 use pacs_mirror_agent::bucket::{Bucket, BucketSettings};
-use pacs_mirror_agent::restore::{self, Done, Outcome, Selection, SendSettings};
-use pacs_mirror_agent::{app, index::Index, spool::Spool};
 use pacs_mirror_config::{Config, Target};
+use pacs_mirror_store::{index::Index, spool::Spool};
+use pacs_mirror_verifier::restore::{self, Done, Outcome, Selection, SendSettings};
 
 /// Arguments of `restore`.
 #[derive(clap::Args, Debug)]

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pacs_mirror_agent::alert::Alerter;
+use pacs_mirror_agent::app;
 use pacs_mirror_agent::scp::inbox::DrillInbox;
-use pacs_mirror_agent::{app, index::Index, spool::Spool};
 use pacs_mirror_config::Config;
+use pacs_mirror_store::{index::Index, spool::Spool};
 use pacs_mirror_verifier::drill::{self, DrillReport};
 use pacs_mirror_verifier::service::{alert_on, alerter, drill_target, settings_for, uses_c_move};
 use tokio_util::sync::CancellationToken;

@@ -15,9 +15,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use pacs_mirror_agent::failback::{self, FailbackReport, FailbackSettings, Outcome, Plan};
-use pacs_mirror_agent::failover::{self, CheckRequest, FailoverReport, QueueState};
-use pacs_mirror_agent::{app, index::Index, restore, spool::Spool};
+use pacs_mirror_agent::app;
+use pacs_mirror_store::{index::Index, spool::Spool};
+use pacs_mirror_verifier::failback::{self, FailbackReport, FailbackSettings, Outcome, Plan};
+use pacs_mirror_verifier::failover::{self, CheckRequest, FailoverReport, QueueState};
+use pacs_mirror_verifier::restore;
 
 /// Exit status when the command could not run.
 const COULD_NOT_RUN: u8 = 2;
@@ -516,7 +518,7 @@ fn print_failback(r: &FailbackReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pacs_mirror_agent::failback::PlannedStudy;
+    use pacs_mirror_verifier::failback::PlannedStudy;
 
     #[test]
     fn dry_run_exits_1_when_something_is_to_be_sent() {

@@ -15,9 +15,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use pacs_mirror_agent::backfill::{self, BackfillReport, DEFAULT_READERS, DEFAULT_SOURCE_AE};
-use pacs_mirror_agent::{admin, app, index::Index, scu, spool::Spool};
+use pacs_mirror_agent::{admin, app};
 use pacs_mirror_config::ldif::{DEFAULT_BASE_DN, LdifOptions};
 use pacs_mirror_config::{Config, ConfigError, Finding, Severity, validate_ae_title};
+use pacs_mirror_dicom::scu;
+use pacs_mirror_store::{index::Index, spool::Spool};
 use tokio_util::sync::CancellationToken;
 
 /// Mirrored PACS replication and backup agent: a DICOM Storage SCP that
@@ -430,7 +432,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "blake3": pacs_mirror_agent::index::hash_hex(&hash),
+                        "blake3": pacs_mirror_store::index::hash_hex(&hash),
                         "sop_instance_uid": sop,
                         "attempts": letter.attempts,
                         "failed_at_ms": letter.failed_at_ms,
@@ -447,11 +449,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }) => {
             let config = load(config.as_deref())?;
             if let Some(c) = &class
-                && !pacs_mirror_agent::index::FindingClass::ALL
+                && !pacs_mirror_store::index::FindingClass::ALL
                     .iter()
                     .any(|k| k.name() == c)
             {
-                let names: Vec<&str> = pacs_mirror_agent::index::FindingClass::ALL
+                let names: Vec<&str> = pacs_mirror_store::index::FindingClass::ALL
                     .iter()
                     .map(|k| k.name())
                     .collect();
@@ -689,7 +691,7 @@ fn index_dump(config: &Config) -> anyhow::Result<ExitCode> {
         if failure.is_some() {
             return;
         }
-        let path = pacs_mirror_agent::index::parse_hash(&rec.blake3)
+        let path = pacs_mirror_store::index::parse_hash(&rec.blake3)
             .map(|h| spool.object_path(&h))
             .map(|p| std::path::absolute(&p).unwrap_or(p));
         let mut v = match serde_json::to_value(&rec) {
@@ -779,7 +781,7 @@ async fn from_agent<T: serde::de::DeserializeOwned>(
 }
 
 /// The index, when no agent answered on the admin endpoint.
-fn index_without_agent(config: &Config) -> anyhow::Result<pacs_mirror_agent::index::Index> {
+fn index_without_agent(config: &Config) -> anyhow::Result<pacs_mirror_store::index::Index> {
     open_index(config).context(
         "no agent answered on the admin endpoint, and the index cannot be read (an agent without [admin] may be running)",
     )
@@ -795,7 +797,7 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
     for t in &config.targets {
         targets.insert(
             t.name().to_string(),
-            admin::target_status(&index, t.name(), None, now)?,
+            pacs_mirror_agent::replicate::status::target_status(&index, t.name(), None, now)?,
         );
     }
     Ok(admin::Status {
@@ -814,7 +816,7 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
 
 /// Every instance version kept with findings: from the running agent, or
 /// from the index.
-async fn flagged(config: &Config) -> anyhow::Result<Vec<pacs_mirror_agent::index::InstanceRecord>> {
+async fn flagged(config: &Config) -> anyhow::Result<Vec<pacs_mirror_store::index::InstanceRecord>> {
     if let Some(list) = from_agent(config, "/findings", Duration::from_secs(60)).await? {
         return Ok(list);
     }

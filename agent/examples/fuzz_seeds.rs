@@ -20,13 +20,13 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries;
 use pacs_mirror_agent::bucket::manifest::{Descriptor, ManifestEntry, StudyManifest};
-use pacs_mirror_agent::dimse::{
+use pacs_mirror_dicom::dimse::{
     self, CStoreRq, CommandField, QueryRetrieveRq, QueryRetrieveRsp, Status, priority,
 };
-use pacs_mirror_agent::index::records::{self, InstanceRecord, ObjectRecord, OutboxRecord};
-use pacs_mirror_agent::part10::{self, Receipt};
-use pacs_mirror_agent::qr::identifier;
-use pacs_mirror_agent::qr::{DateRange, FindQuery, InstanceQuery, RetrieveTarget, StudyQuery};
+use pacs_mirror_dicom::part10::{self, Receipt};
+use pacs_mirror_dicom::query as identifier;
+use pacs_mirror_dicom::query::{DateRange, FindQuery, InstanceQuery, RetrieveTarget, StudyQuery};
+use pacs_mirror_store::index::records::{self, InstanceRecord, ObjectRecord, OutboxRecord};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const UNDEFINED: u32 = 0xFFFF_FFFF;

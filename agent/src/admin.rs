@@ -18,32 +18,10 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::index::{Index, IndexError};
-use crate::replicate::{Health, TargetHealth};
+use crate::replicate::Health;
+use crate::replicate::status::{TargetStatus, targets_status};
 use crate::scp::store::Ingest;
-
-/// Lag and health of one replication target.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TargetStatus {
-    /// Objects not yet delivered (dead letters excluded).
-    pub pending: u64,
-    /// Their bytes.
-    pub pending_bytes: u64,
-    /// Age of the oldest undelivered object, in seconds.
-    pub oldest_pending_age_secs: Option<u64>,
-    /// Objects delivered.
-    pub delivered: u64,
-    /// Objects refused for good (`pacs-mirror dead-letter list`).
-    pub dead_letters: u64,
-    /// The last delivery (Unix ms); running agent only.
-    pub last_success_at_ms: Option<u64>,
-    /// The last failure (Unix ms); running agent only.
-    pub last_error_at_ms: Option<u64>,
-    /// The last failure; running agent only.
-    pub last_error: Option<String>,
-    /// Whether the target is unreachable (being probed with C-ECHO).
-    pub circuit_open: bool,
-}
+use pacs_mirror_store::index::{Index, IndexError};
 
 /// Ingest counters since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,54 +90,6 @@ pub struct Status {
     /// Objects kept although not conformant.
     #[serde(default)]
     pub findings: FindingsStatus,
-}
-
-/// Per-target figures from the index, merged with live health if any.
-pub fn target_status(
-    index: &Index,
-    name: &str,
-    health: Option<&TargetHealth>,
-    now_ms: u64,
-) -> Result<TargetStatus, IndexError> {
-    status_from(index.outbox_summary(name)?, health, now_ms)
-}
-
-fn status_from(
-    s: crate::index::outbox::OutboxSummary,
-    health: Option<&TargetHealth>,
-    now_ms: u64,
-) -> Result<TargetStatus, IndexError> {
-    let h = health.cloned().unwrap_or_default();
-    Ok(TargetStatus {
-        pending: s.pending,
-        pending_bytes: s.pending_bytes,
-        oldest_pending_age_secs: s
-            .oldest_enqueued_at_ms
-            .map(|t| now_ms.saturating_sub(t) / 1000),
-        delivered: s.delivered,
-        dead_letters: s.dead_letters,
-        last_success_at_ms: h.last_success_at_ms,
-        last_error_at_ms: h.last_error_at_ms,
-        last_error: h.last_error,
-        circuit_open: h.circuit_open,
-    })
-}
-
-/// [`target_status`] of every target, live health merged.
-pub fn targets_status(
-    index: &Index,
-    targets: &[(String, Option<Health>)],
-    now_ms: u64,
-) -> Result<BTreeMap<String, TargetStatus>, IndexError> {
-    let mut out = BTreeMap::new();
-    for (name, health) in targets {
-        let h = health
-            .as_ref()
-            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone());
-        let summary = index.outbox_summary(name)?;
-        out.insert(name.clone(), status_from(summary, h.as_ref(), now_ms)?);
-    }
-    Ok(out)
 }
 
 /// Extra Prometheus text for `/metrics`.
@@ -259,7 +189,7 @@ pub fn metrics(status: &Status) -> String {
         "pacs_mirror_findings",
         "Instance versions held with findings of the class (kept, not conformant; pacs-mirror findings list).",
         "gauge",
-        crate::index::FindingClass::ALL
+        pacs_mirror_store::index::FindingClass::ALL
             .iter()
             .map(|c| {
                 let n = status.findings.by_class.get(c.name()).copied().unwrap_or(0);

@@ -15,16 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bucket::{BucketError, BucketSettings};
-use crate::commit::Committer;
-use crate::index::{Index, IndexError};
-use crate::recovery::{self, RecoveryError, RecoveryReport};
 use crate::replicate::{Destination, TargetSpec};
 use crate::scp::access::AePolicy;
 use crate::scp::inbox::DrillInbox;
 use crate::scp::store::{Ingest, IngestCounters};
 use crate::scp::{AeSettings, ListenerSettings, Scp, ScpError, Services};
-use crate::scu::Peer;
-use crate::spool::{Spool, SpoolError, SpoolLimits};
+use pacs_mirror_dicom::scu::Peer;
+use pacs_mirror_store::commit::Committer;
+use pacs_mirror_store::index::{Index, IndexError};
+use pacs_mirror_store::recovery::{self, RecoveryError, RecoveryReport};
+use pacs_mirror_store::spool::{Spool, SpoolError, SpoolLimits};
 
 /// How long shutdown waits for in-flight stores before giving up.
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
@@ -156,7 +156,7 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
             destination,
             workers,
             uploads_per_worker,
-            backoff: crate::index::outbox::Backoff {
+            backoff: pacs_mirror_store::index::outbox::Backoff {
                 initial_ms: d.retry_initial_secs.saturating_mul(1000),
                 max_ms: d.retry_max_secs.saturating_mul(1000),
             },
@@ -468,7 +468,7 @@ pub async fn run_with(
         if targets.is_empty() {
             tracing::info!("spool retention configured but no targets: every object is kept");
         } else {
-            tracker.spawn(crate::retention::run(
+            tracker.spawn(pacs_mirror_store::retention::run(
                 index.clone(),
                 ingest.spool.clone(),
                 targets,
@@ -521,18 +521,10 @@ pub async fn run_with(
             extra_metrics: extension.metrics,
         });
         tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills, /failover/check");
-        let failover = crate::failover::routes(Arc::new(crate::failover::FailoverService::new(
-            index.clone(),
-            ingest.spool.clone(),
-            config.clone(),
-        )));
-        let routes = match extension.routes {
-            Some(r) => r.merge(failover),
-            None => failover,
-        };
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, source, shutdown, Some(routes)).await {
+            if let Err(e) = crate::admin::serve(listener, source, shutdown, extension.routes).await
+            {
                 tracing::error!(error = %e, "admin endpoint failed");
             }
         });

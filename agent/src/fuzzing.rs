@@ -17,12 +17,12 @@
 
 use dicom_transfer_syntax_registry::entries;
 
-use crate::dimse::{
+use pacs_mirror_dicom::dimse::{
     self, CStoreRq, CommandField, CommandSet, QueryRetrieveRq, QueryRetrieveRsp, Status,
 };
-use crate::part10::{self, Receipt};
-use crate::qr::identifier;
-use crate::structure::Walker;
+use pacs_mirror_dicom::part10::{self, Receipt};
+use pacs_mirror_dicom::query as identifier;
+use pacs_mirror_dicom::structure::Walker;
 
 /// A harness: panics only when an oracle fails.
 pub type Harness = fn(&[u8]);
@@ -68,7 +68,11 @@ fn registry_ts(uid: &str) -> dicom_encoding::TransferSyntax {
 }
 
 /// Feed `data` to a fresh [`Walker`] in pieces of `chunk` bytes.
-fn walk(ts: &str, data: &[u8], chunk: usize) -> Result<(), crate::structure::StructureError> {
+fn walk(
+    ts: &str,
+    data: &[u8],
+    chunk: usize,
+) -> Result<(), pacs_mirror_dicom::structure::StructureError> {
     let mut w = Walker::new(ts);
     for piece in data.chunks(chunk.max(1)) {
         w.feed(piece)?;
@@ -264,7 +268,7 @@ pub fn dataset_structure(data: &[u8]) {
 const CT_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 
 /// What the SCP does with a received data set to identify it
-/// ([`crate::scp::store`], [`crate::commit`], [`crate::identify`]): one
+/// ([`crate::scp::store`], [`pacs_mirror_store::commit`], [`pacs_mirror_store::identify`]): one
 /// walk that checks the structure and captures the identifying attributes,
 /// fed PDV by PDV, then the ingest policy's decision; and the same file read
 /// back as recovery and `reindex` read it.
@@ -296,11 +300,11 @@ pub fn store_ingest(data: &[u8]) {
     let (first, rest) = body.split_at(cut);
     let early = part10::read_header_prefix(&header, first);
 
-    let mut split = crate::identify::walker(ts);
+    let mut split = pacs_mirror_store::identify::walker(ts);
     let _ = split.feed(first);
     let _ = split.feed(rest);
     let split = split.finish_observing();
-    let mut whole_walk = crate::identify::walker(ts);
+    let mut whole_walk = pacs_mirror_store::identify::walker(ts);
     let _ = whole_walk.feed(body);
     let whole_walk = whole_walk.finish_observing();
     assert_eq!(
@@ -308,14 +312,14 @@ pub fn store_ingest(data: &[u8]) {
         "the walk depends on where the PDVs split"
     );
     for c in &split.captured {
-        assert!(c.value.len() <= crate::structure::CAPTURE_LIMIT);
+        assert!(c.value.len() <= pacs_mirror_dicom::structure::CAPTURE_LIMIT);
         assert!(c.value.len() as u64 <= body.len() as u64);
     }
-    let decided = crate::identify::identify(CT_IMAGE, "1.2.3.4", &split);
+    let decided = pacs_mirror_store::identify::identify(CT_IMAGE, "1.2.3.4", &split);
     if let Ok(id) = &decided {
         for key in [&id.study_instance_uid, &id.series_instance_uid] {
             assert!(
-                key.is_empty() || crate::identify::usable_key(key).is_ok(),
+                key.is_empty() || pacs_mirror_store::identify::usable_key(key).is_ok(),
                 "an unusable key was kept: {key:?}"
             );
         }
@@ -361,7 +365,7 @@ pub fn store_ingest(data: &[u8]) {
 /// encoding may differ from the input: dicom-object pads odd values, which
 /// changes how a binary-valued UN element reads as text.)
 pub fn qr_identifier(data: &[u8]) {
-    use crate::qr::{FindQuery, InstanceQuery, SeriesQuery, StudyQuery};
+    use pacs_mirror_dicom::query::{FindQuery, InstanceQuery, SeriesQuery, StudyQuery};
     let Some((selector, bytes)) = data.split_first() else {
         return;
     };
@@ -449,7 +453,10 @@ pub fn part10_stream(data: &[u8]) {
             "the reader is left at the data set"
         );
         for uid in [&meta.sop_class_uid, &meta.sop_instance_uid] {
-            assert!(crate::identify::usable_key(uid).is_ok(), "{uid:?}");
+            assert!(
+                pacs_mirror_store::identify::usable_key(uid).is_ok(),
+                "{uid:?}"
+            );
         }
     }
 }
@@ -466,7 +473,9 @@ pub fn part10_stream(data: &[u8]) {
 /// object key or hash that parses is the one we would write for it.
 pub fn bucket_json(data: &[u8]) {
     use crate::bucket::manifest::{Descriptor, StudyManifest};
-    use crate::index::records::{self, ConflictRecord, InstanceRecord, ObjectRecord, OutboxRecord};
+    use pacs_mirror_store::index::records::{
+        self, ConflictRecord, InstanceRecord, ObjectRecord, OutboxRecord,
+    };
     let Some((selector, doc)) = data.split_first() else {
         return;
     };
@@ -479,9 +488,9 @@ pub fn bucket_json(data: &[u8]) {
         5 => record_round_trip::<ConflictRecord>(doc),
         _ => {
             let s = String::from_utf8_lossy(doc);
-            if let Ok(h) = crate::index::parse_hash(&s) {
+            if let Ok(h) = pacs_mirror_store::index::parse_hash(&s) {
                 assert_eq!(
-                    crate::index::hash_hex(&h),
+                    pacs_mirror_store::index::hash_hex(&h),
                     s.to_ascii_lowercase(),
                     "a hash parses only from its hex digits"
                 );
@@ -563,38 +572,4 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
-/// Explicit VR Little Endian element bytes, written by hand (lengths need
-/// not match the value: hostile inputs are the point), for fuzz seeds and
-/// the tests of the readers.
-pub mod element {
-    /// An element with a 2-byte length, the value's own.
-    pub fn short(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut v = [group.to_le_bytes(), element.to_le_bytes()].concat();
-        v.extend_from_slice(vr);
-        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        v.extend_from_slice(value);
-        v
-    }
-
-    /// An element with a 4-byte length field (`len`, whatever `value` is).
-    pub fn long(group: u16, element: u16, vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-        let mut v = [group.to_le_bytes(), element.to_le_bytes()].concat();
-        v.extend_from_slice(vr);
-        v.extend_from_slice(&[0, 0]);
-        v.extend_from_slice(&len.to_le_bytes());
-        v.extend_from_slice(value);
-        v
-    }
-
-    /// [`long`] for OB, OW, SQ, UN and UT, else a 2-byte length of `len`.
-    pub fn by_vr(group: u16, element: u16, vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
-            return long(group, element, vr, len, value);
-        }
-        let mut v = [group.to_le_bytes(), element.to_le_bytes()].concat();
-        v.extend_from_slice(vr);
-        v.extend_from_slice(&(len as u16).to_le_bytes());
-        v.extend_from_slice(value);
-        v
-    }
-}
+pub use pacs_mirror_dicom::testing::element;

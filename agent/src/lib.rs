@@ -1,44 +1,26 @@
-//! pacs-mirror agent: the Storage SCP, the durable spool and the index.
+//! pacs-mirror agent: the services beside the primary PACS, built on the
+//! DICOM layer (`pacs-mirror-dicom`) and the store (`pacs-mirror-store`).
+//! See ARCHITECTURE.md at the repository root for the whole map.
 //!
 //! # Layout
-//! - [`dimse`]: typed DIMSE command sets and statuses (dicom-ul has none).
-//! - [`scp`]: listeners, access control, the association loop, the C-STORE path.
-//! - [`spool`]: content-addressed Part-10 files; durability by fsync + link + dir fsync.
-//! - [`index`]: the sled index behind a small KV trait; versioned records.
-//! - [`commit`]: the group committer (one index flush for many stores).
-//! - [`part10`]: the file meta header we write; parsing received headers.
-//! - [`structure`]: streaming structural check of each data set as it arrives,
-//!   and the reader of its identifying attributes.
-//! - [`identify`]: the ingest policy: what is kept, refused, and recorded as
-//!   not conformant.
-//! - [`recovery`]: start-up recovery and `reindex` from the spool.
-//! - [`replicate`]: workers that drain each DICOM target's queue by C-STORE.
+//! - [`scp`]: listeners, access control, the association loop, the C-STORE
+//!   path into the store's group committer.
+//! - [`replicate`]: workers that drain each target's queue (C-STORE to a
+//!   mirror, uploads to a bucket).
 //! - [`bucket`]: object-storage targets: the bucket layout, create-only
 //!   uploads, study manifests, reads for `restore`.
-//! - [`restore`]: `restore` into a PACS and `reindex --from`, reading only
-//!   a bucket.
-//! - [`retention`]: removes spool files every target has had long enough (opt-in).
-//! - [`scu`]: associations to remote AEs: C-ECHO with an operator-facing
-//!   diagnosis, C-STORE of spooled objects streamed from their files.
-//! - [`qr`]: the Query/Retrieve SCU: C-FIND, C-GET (sub-operations streamed
-//!   to scratch files and hashed), C-MOVE.
-//! - [`census`]: study-level census of a remote AE by C-FIND, and what it
-//!   lacks (shared by failover and failback).
-//! - [`failover`]: `failover check`: is the mirror complete against the
-//!   index; `--repair` queues the gaps again.
-//! - [`failback`]: after an outage, bring what only the mirror received
-//!   back to the primary (C-FIND both, C-GET, C-STORE, verify).
 //! - [`backfill`]: import a folder of Part-10 files through the same durable
 //!   path as network ingest.
+//! - [`monitor`]: lag, silence and disk monitors that raise alerts.
 //! - [`alert`]: alerts to the log and a webhook, retried, never blocking.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
 //! - [`admin`]: `/status` and `/metrics` on a loopback HTTP endpoint.
 //!
 //! # Delivery invariant
-//! A C-STORE is answered Success (0x0000) only after its file is fsynced and
-//! linked into the spool, the spool directory is fsynced, and its index rows
-//! are flushed. Every failure is answered with a failure status; nothing
-//! already acknowledged is ever removed or overwritten by ingest.
+//! A C-STORE is answered Success (0x0000) only after its file data, its name
+//! in the spool and its index rows are durable (the store's `commit`).
+//! Every failure is answered with a failure status; nothing already
+//! acknowledged is ever removed or overwritten by ingest.
 //!
 //! # Error policy
 //! Library code returns typed `thiserror` enums, one per module, carrying the
@@ -54,35 +36,14 @@ pub mod alert;
 pub mod app;
 pub mod backfill;
 pub mod bucket;
-pub mod census;
-pub mod commit;
-pub mod dimse;
-pub mod failback;
-pub mod failover;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod identify;
-pub mod index;
 pub mod monitor;
-pub mod part10;
-pub mod qr;
-pub mod recovery;
 pub mod replicate;
-pub mod restore;
-pub mod retention;
 pub mod scp;
-pub mod scu;
-pub mod spool;
-pub mod structure;
-#[cfg(test)]
-mod testutil;
 
 /// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use pacs_mirror_store::unix_ms;
 
 /// The UTC calendar date and time of a Unix time in ms:
 /// (year, month, day, hour, minute, second). Civil-from-days (H. Hinnant).

@@ -739,7 +739,7 @@ pub struct Meta {
 /// objects may carry (issue 14).
 pub fn read_meta(bytes: &[u8]) -> Meta {
     let len = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
-    let m = pacs_mirror_agent::part10::parse_meta(&bytes[128..144 + len])
+    let m = pacs_mirror_dicom::part10::parse_meta(&bytes[128..144 + len])
         .expect("parsing the file meta group");
     Meta {
         transfer_syntax: trim_uid(&m.transfer_syntax),

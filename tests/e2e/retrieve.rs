@@ -1,4 +1,4 @@
-//! The Query/Retrieve SCU (`pacs_mirror_agent::qr`) against a real Orthanc:
+//! The Query/Retrieve SCU (`pacs_mirror_verifier::qr`) against a real Orthanc:
 //! C-FIND at each level with exact counts and UIDs, C-GET of studies, series
 //! and instances with every data set byte-exact (uncompressed, JPEG 2000,
 //! RLE, implicit VR), C-MOVE into a DCMTK storescp, and the failures an
@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pacs_mirror_agent::dimse::Status;
-use pacs_mirror_agent::qr::{
+use pacs_mirror_dicom::dimse::Status;
+use pacs_mirror_dicom::scu::Peer;
+use pacs_mirror_verifier::qr::{
     self, DateRange, InformationModel, InstanceQuery, QrAssociation, QrError, QrOptions,
     RetrieveTarget, SeriesQuery, Service, StudyQuery,
 };
-use pacs_mirror_agent::scu::Peer;
 
 use crate::harness::*;
 
@@ -696,7 +696,7 @@ fn c_move_to_storescp_delivers_byte_exact() {
         };
         let mut ready = false;
         for _ in 0..100 {
-            if pacs_mirror_agent::scu::echo(&probe).await.is_ok() {
+            if pacs_mirror_dicom::scu::echo(&probe).await.is_ok() {
                 ready = true;
                 break;
             }
@@ -768,7 +768,7 @@ fn unknown_caller_is_refused_with_a_clear_error() {
         assert!(
             matches!(
                 e,
-                QrError::Association(pacs_mirror_agent::scu::ScuError::Aborted { .. })
+                QrError::Association(pacs_mirror_dicom::scu::ScuError::Aborted { .. })
             ),
             "{e}"
         );

@@ -35,15 +35,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::qr::{self, QrAssociation, QrOptions, RetrieveTarget, Service, StorageContext};
 use futures::StreamExt;
 use pacs_mirror_agent::bucket::Bucket;
-use pacs_mirror_agent::index::{Hash, Index, IndexError, InstanceRecord, hash_hex, parse_hash};
-use pacs_mirror_agent::qr::{
-    self, QrAssociation, QrOptions, RetrieveTarget, Service, StorageContext,
-};
 use pacs_mirror_agent::scp::inbox::{DrillInbox, Expectation};
-use pacs_mirror_agent::scu::Peer;
-use pacs_mirror_agent::spool::Spool;
+use pacs_mirror_dicom::scu::Peer;
+use pacs_mirror_store::index::{Hash, Index, IndexError, InstanceRecord, hash_hex, parse_hash};
+use pacs_mirror_store::spool::Spool;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -569,7 +567,7 @@ fn compare_attributes(local: &Path, retrieved: &Path) -> Result<(Verdict, String
     // parses it (which allocates declared lengths and recurses into nested
     // sequences: a hostile or broken copy must not take the agent down).
     for p in [local, retrieved] {
-        pacs_mirror_agent::part10::check_whole_data_set(p).map_err(|e| e.to_string())?;
+        pacs_mirror_dicom::part10::check_whole_data_set(p).map_err(|e| e.to_string())?;
     }
     let a = dicom_object::open_file(local).map_err(|e| e.to_string())?;
     let b = dicom_object::open_file(retrieved).map_err(|e| e.to_string())?;
@@ -751,7 +749,7 @@ async fn retrieve_move(
     // Unregister: anything later is refused (and removed).
     drop(expecting);
     if outcome.status.is_failure() && arrivals.is_empty() {
-        let hint = if outcome.status == pacs_mirror_agent::dimse::Status::MOVE_DESTINATION_UNKNOWN {
+        let hint = if outcome.status == pacs_mirror_dicom::dimse::Status::MOVE_DESTINATION_UNKNOWN {
             format!(
                 "; the mirror does not know the move destination {}: register it there (AE title, this host, its port)",
                 m.destination
@@ -848,7 +846,7 @@ async fn retrieve_bucket(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pacs_mirror_agent::index::MemKv;
+    use pacs_mirror_store::index::MemKv;
 
     fn index_with_studies(n: usize) -> Index {
         let idx = Index::new(Arc::new(MemKv::default()));
@@ -970,7 +968,7 @@ mod tests {
 
         // 5000 levels of defined-length sequences after the UIDs.
         let mut deep = std::fs::read(&local).unwrap();
-        let offset = pacs_mirror_agent::part10::dataset_offset(&local).unwrap() as usize;
+        let offset = pacs_mirror_dicom::part10::dataset_offset(&local).unwrap() as usize;
         let mut inner = vec![0x08, 0x00, 0x00, 0x01, b'S', b'H', 2, 0, b'A', b'B'];
         for _ in 0..5000 {
             let mut item = vec![0xFE, 0xFF, 0x00, 0xE0];

@@ -1,9 +1,9 @@
 //! Spool scrub: re-read and re-hash every indexed object.
 
-use pacs_mirror_agent::index::{Index, IndexError, hash_hex};
-use pacs_mirror_agent::part10;
-use pacs_mirror_agent::recovery::hash_dataset;
-use pacs_mirror_agent::spool::Spool;
+use pacs_mirror_dicom::part10;
+use pacs_mirror_store::index::{Index, IndexError, hash_hex};
+use pacs_mirror_store::recovery::hash_dataset;
+use pacs_mirror_store::spool::Spool;
 use serde::Serialize;
 
 /// What is wrong with one object.
@@ -103,9 +103,9 @@ pub fn scrub_spool(index: &Index, spool: &Spool) -> Result<ScrubReport, IndexErr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use pacs_mirror_agent::index::{InstanceRecord, MemKv};
-    use pacs_mirror_agent::part10::{Receipt, file_header};
-    use pacs_mirror_agent::spool::SpoolLimits;
+    use pacs_mirror_dicom::part10::{Receipt, file_header};
+    use pacs_mirror_store::index::{InstanceRecord, MemKv};
+    use pacs_mirror_store::spool::SpoolLimits;
     use std::io::Write;
     use std::sync::Arc;
 

@@ -19,10 +19,10 @@ use axum::routing::{get, post};
 use pacs_mirror_agent::alert::Alerter;
 use pacs_mirror_agent::app::{self, Extension, Running};
 use pacs_mirror_agent::bucket::{Bucket, BucketSettings};
-use pacs_mirror_agent::index::Index;
 use pacs_mirror_agent::scp::inbox::DrillInbox;
-use pacs_mirror_agent::spool::Spool;
 use pacs_mirror_config::{Config, DrillConfig, Retrieve, Target};
+use pacs_mirror_store::index::Index;
+use pacs_mirror_store::spool::Spool;
 
 use crate::drill::{self, DrillReport, DrillSettings, DrillTarget, MoveTarget, Verdict};
 
@@ -358,8 +358,15 @@ pub fn extension(config: Config) -> app::ExtensionFactory {
             .tracker
             .spawn(async move { s.start_schedules(shutdown).await });
         let m = service.clone();
+        // `/failover/check`: is the mirror complete, from the running
+        // agent's own index.
+        let failover = crate::failover::routes(Arc::new(crate::failover::FailoverService::new(
+            running.index.clone(),
+            running.spool.clone(),
+            service.config.clone(),
+        )));
         Extension {
-            routes: Some(service.routes()),
+            routes: Some(service.routes().merge(failover)),
             metrics: Some(Arc::new(move || m.metrics())),
         }
     })

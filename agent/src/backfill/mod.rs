@@ -5,8 +5,8 @@
 //! # One durable path, not two
 //! Each file's data set bytes are streamed into a spool temp file by
 //! [`ObjectWriter`] (hashed on the way), checked by the streaming structural
-//! walker ([`crate::structure`]), and handed to the group committer
-//! ([`crate::commit`]), exactly like a network store. So a file is reported
+//! walker ([`pacs_mirror_dicom::structure`]), and handed to the group committer
+//! ([`pacs_mirror_store::commit`]), exactly like a network store. So a file is reported
 //! imported only after its spool file is fsynced, renamed into `objects/`
 //! (never replacing anything), the directory fsynced, and its index rows and
 //! one outbox row per configured target flushed.
@@ -91,11 +91,11 @@ use pacs_mirror_config::{Config, validate_ae_title};
 use serde::Serialize;
 
 use crate::app::{self, AppError};
-use crate::commit::{CommitError, Committer, Pending, Ticket};
-use crate::index::{CommitOutcome, Index, IndexError, KvError, hash_hex};
-use crate::part10::{self, Receipt};
-use crate::recovery::{self, RecoveryReport};
-use crate::spool::{ObjectWriter, Spool, SpoolError};
+use pacs_mirror_dicom::part10::{self, Receipt};
+use pacs_mirror_store::commit::{CommitError, Committer, Pending, Ticket};
+use pacs_mirror_store::index::{CommitOutcome, Index, IndexError, KvError, hash_hex};
+use pacs_mirror_store::recovery::{self, RecoveryReport};
+use pacs_mirror_store::spool::{ObjectWriter, Spool, SpoolError};
 use source::SourceMeta;
 use walk::Entry;
 
@@ -472,7 +472,7 @@ impl Reader<'_> {
         };
         // The walk checks the structure and reads the identifying
         // attributes; a flaw becomes a finding, the file is kept.
-        let mut structure = crate::identify::walker(&meta.transfer_syntax_uid);
+        let mut structure = pacs_mirror_store::identify::walker(&meta.transfer_syntax_uid);
         let mut reserved = 0u64;
         // On every early return below, dropping `writer` removes the temp file.
         let refuse = |reserved: u64, step: Step| {

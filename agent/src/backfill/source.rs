@@ -70,7 +70,7 @@ pub fn read_meta(file: &mut impl Read, len: u64) -> Result<SourceMeta, String> {
     meta_bytes.extend_from_slice(&head[128..144]);
     meta_bytes.resize(16 + group_len as usize, 0);
     file.read_exact(&mut meta_bytes[16..]).map_err(io)?;
-    let meta = crate::part10::parse_meta(&meta_bytes)
+    let meta = pacs_mirror_dicom::part10::parse_meta(&meta_bytes)
         .map_err(|e| format!("unreadable file meta group: {e}"))?;
     let out = SourceMeta {
         sop_class_uid: meta.media_storage_sop_class_uid,
@@ -97,7 +97,8 @@ impl SourceMeta {
             ),
             ("Transfer Syntax UID (0002,0010)", &self.transfer_syntax_uid),
         ] {
-            crate::identify::usable_key(uid).map_err(|e| format!("unusable {what}: {e}"))?;
+            pacs_mirror_store::identify::usable_key(uid)
+                .map_err(|e| format!("unusable {what}: {e}"))?;
         }
         if self.sop_class_uid == MEDIA_STORAGE_DIRECTORY {
             return Err("a DICOMDIR (media directory), not a SOP instance".into());
@@ -118,7 +119,7 @@ impl SourceMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::part10::{Receipt, file_header};
+    use pacs_mirror_dicom::part10::{Receipt, file_header};
     use std::fs::File;
     use std::io::Seek;
 
@@ -140,7 +141,7 @@ mod tests {
         };
         let mut v = file_header(class, "1.2.3.4", ts, "ORIGIN", &receipt).unwrap();
         let offset = v.len();
-        v.extend_from_slice(&crate::testutil::dataset(CT, "1.2.3.4", "P"));
+        v.extend_from_slice(&pacs_mirror_dicom::testing::dataset(CT, "1.2.3.4", "P"));
         (v, offset)
     }
 

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use pacs_mirror_config::Config;
 
 use super::*;
-use crate::part10::read_header;
-use crate::testutil::dataset;
+use pacs_mirror_dicom::part10::read_header;
+use pacs_mirror_dicom::testing::dataset;
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const TS: &str = "1.2.840.10008.1.2.1";
@@ -237,11 +237,11 @@ fn imports_checks_and_reports() {
     );
     let stats = index.stats().unwrap();
     // A file cut short is kept as it is (the primary holds it so), with
-    // what is wrong with it (the ingest policy, crate::identify).
+    // what is wrong with it (the ingest policy, pacs_mirror_store::identify).
     let cut_versions = index.versions("1.2.3.999").unwrap();
     assert_eq!(cut_versions.len(), 1);
     let cut_stored = std::fs::read(
-        spool.object_path(&crate::index::parse_hash(&cut_versions[0].blake3).unwrap()),
+        spool.object_path(&pacs_mirror_store::index::parse_hash(&cut_versions[0].blake3).unwrap()),
     )
     .unwrap();
     assert!(cut_stored.ends_with(&cut[cut.len() - 23..cut.len() - 3]));

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::records::InstanceRecord;
+use pacs_mirror_store::index::records::InstanceRecord;
 
 /// `format` of a study manifest.
 pub const MANIFEST_FORMAT: &str = "pacs-mirror/study-manifest/1";
@@ -137,33 +137,36 @@ impl StudyManifest {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    pub(crate) fn entry(sop: &str, series: &str, hash: &str) -> ManifestEntry {
-        ManifestEntry {
-            record: InstanceRecord {
-                sop_instance_uid: sop.into(),
-                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
-                transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
-                blake3: hash.into(),
-                dataset_bytes: 10,
-                file_bytes: 300,
-                patient_id: "PID".into(),
-                study_instance_uid: "1.2.3".into(),
-                series_instance_uid: series.into(),
-                calling_ae: "CT".into(),
-                source_ip: "127.0.0.1".into(),
-                received_at_ms: 5,
-                study_date: "20260101".into(),
-                modality: String::new(),
-                findings: Vec::new(),
-            },
-            key: format!("objects/{}/{hash}.dcm", &hash[..2]),
-            file_blake3: "ff".into(),
-        }
+/// A manifest entry with made-up values, for tests (here and in the
+/// verifier's).
+#[doc(hidden)]
+pub fn entry(sop: &str, series: &str, hash: &str) -> ManifestEntry {
+    ManifestEntry {
+        record: InstanceRecord {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            blake3: hash.into(),
+            dataset_bytes: 10,
+            file_bytes: 300,
+            patient_id: "PID".into(),
+            study_instance_uid: "1.2.3".into(),
+            series_instance_uid: series.into(),
+            calling_ae: "CT".into(),
+            source_ip: "127.0.0.1".into(),
+            received_at_ms: 5,
+            study_date: "20260101".into(),
+            modality: String::new(),
+            findings: Vec::new(),
+        },
+        key: format!("objects/{}/{hash}.dcm", &hash[..2]),
+        file_blake3: "ff".into(),
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn merge_adds_once_sorts_and_keeps_the_first_provenance() {

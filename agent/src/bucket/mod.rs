@@ -66,9 +66,9 @@ use object_store::{
 };
 use tokio::io::AsyncReadExt;
 
-use crate::index::{Hash, hash_hex, parse_hash};
-use crate::part10::{StreamHasher, StreamHashes};
 use manifest::{Descriptor, StudyManifest};
+use pacs_mirror_dicom::part10::{StreamHasher, StreamHashes};
+use pacs_mirror_store::index::{Hash, hash_hex, parse_hash};
 
 /// Objects up to this size are sent in one PUT (held in memory while sent);
 /// larger ones by multipart upload in [`PART_BYTES`] parts.
@@ -402,7 +402,7 @@ impl Bucket {
                 let offset = usize::try_from(found.dataset_offset).unwrap_or(usize::MAX);
                 let provenance = head
                     .get(..offset)
-                    .and_then(|meta| crate::part10::read_origin(meta).ok())
+                    .and_then(|meta| pacs_mirror_dicom::part10::read_origin(meta).ok())
                     .map(|(calling_ae, receipt)| Provenance {
                         calling_ae,
                         source_ip: receipt
@@ -863,10 +863,10 @@ fn cloud_store(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::part10::{Receipt, file_header};
+    use pacs_mirror_dicom::part10::{Receipt, file_header};
 
     fn part10(uid: &str, meta_ae: &str) -> (Vec<u8>, Hash) {
-        let body = crate::testutil::dataset("1.2.840.10008.5.1.4.1.1.7", uid, "P");
+        let body = pacs_mirror_dicom::testing::dataset("1.2.840.10008.5.1.4.1.1.7", uid, "P");
         let receipt = Receipt {
             source_ip: "127.0.0.1".into(),
             received_at_ms: 1,
@@ -1030,7 +1030,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn manifests_merge_across_writers() {
-        use manifest::tests::entry;
+        use manifest::entry;
         let dir = tempfile::tempdir().unwrap();
         let bucket = Arc::new(folder_bucket(dir.path()));
         let mut tasks = Vec::new();

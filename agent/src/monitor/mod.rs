@@ -45,8 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use activity::{Activity, Seen};
 
-use crate::admin::TargetStatus;
 use crate::alert::Alerter;
+use crate::replicate::status::TargetStatus;
 
 /// The thresholds, from `[alerts]` and `[spool]`.
 #[derive(Debug, Clone)]
@@ -523,8 +523,8 @@ impl Monitor {
     /// apply; the last store times are saved to the index.
     pub fn check(
         &self,
-        index: &crate::index::Index,
-        spool: &crate::spool::Spool,
+        index: &pacs_mirror_store::index::Index,
+        spool: &pacs_mirror_store::spool::Spool,
         targets: &[(String, Option<crate::replicate::Health>)],
         alerter: &Alerter,
     ) {
@@ -541,7 +541,7 @@ impl Monitor {
         let mut statuses = BTreeMap::new();
         let mut unknown_targets = BTreeSet::new();
         for t in targets {
-            match crate::admin::targets_status(index, std::slice::from_ref(t), now) {
+            match crate::replicate::status::targets_status(index, std::slice::from_ref(t), now) {
                 Ok(s) => statuses.extend(s),
                 Err(e) => {
                     unknown_targets.insert(t.0.clone());
@@ -556,7 +556,7 @@ impl Monitor {
                 }
             }
         }
-        let room = match crate::spool::free_bytes(spool.root()) {
+        let room = match pacs_mirror_store::spool::free_bytes(spool.root()) {
             Ok(free) => Some(SpoolRoom {
                 free_bytes: free,
                 used_bytes: spool.used_bytes(),
@@ -673,8 +673,8 @@ impl Monitor {
 /// Check every `check_interval` until `shutdown`.
 pub async fn run(
     monitor: Arc<Monitor>,
-    index: crate::index::Index,
-    spool: Arc<crate::spool::Spool>,
+    index: pacs_mirror_store::index::Index,
+    spool: Arc<pacs_mirror_store::spool::Spool>,
     targets: Vec<(String, Option<crate::replicate::Health>)>,
     alerter: Alerter,
     shutdown: CancellationToken,

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use super::Worker;
 use crate::bucket::manifest::ManifestEntry;
 use crate::bucket::{Bucket, BucketError, object_key};
-use crate::index::outbox::Due;
-use crate::index::{Hash, InstanceRecord, hash_hex};
+use pacs_mirror_store::index::outbox::Due;
+use pacs_mirror_store::index::{Hash, InstanceRecord, hash_hex};
 
 /// Study manifests written at once by the publisher.
 const MANIFESTS_IN_FLIGHT: usize = 4;
@@ -47,7 +47,7 @@ impl Worker {
         if items.is_empty() {
             return (Ok(()), HashSet::new());
         }
-        let jobs: Vec<(usize, crate::index::Hash, std::path::PathBuf)> = items
+        let jobs: Vec<(usize, pacs_mirror_store::index::Hash, std::path::PathBuf)> = items
             .iter()
             .enumerate()
             .map(|(i, item)| (i, item.due.hash, self.r.spool.object_path(&item.due.hash)))
@@ -216,7 +216,7 @@ impl Worker {
         // have none, and then it is read from the spool file.
         if record.study_date.is_empty() {
             let path = self.r.spool.object_path(&d.hash);
-            record.study_date = crate::part10::read_header(&path)
+            record.study_date = pacs_mirror_dicom::part10::read_header(&path)
                 .map(|h| h.study_date)
                 .unwrap_or_default();
         }

@@ -3,9 +3,9 @@
 //! syntax).
 
 use super::Worker;
-use crate::dimse::Status;
-use crate::index::outbox::Due;
-use crate::scu::{self, Outgoing, Peer, Scu};
+use pacs_mirror_dicom::dimse::Status;
+use pacs_mirror_dicom::scu::{self, Outgoing, Peer, Scu};
+use pacs_mirror_store::index::outbox::Due;
 
 impl Worker {
     /// Send `due`; `Err` when the target became unreachable (the rest of the

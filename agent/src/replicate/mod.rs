@@ -1,5 +1,5 @@
 //! Replication: workers that drain each target's queue
-//! (`crate::index::outbox`). One mechanism, two kinds of target: a DICOM
+//! (`pacs_mirror_store::index::outbox`). One mechanism, two kinds of target: a DICOM
 //! peer (C-STORE, [`dicom`]) and an object store ([`bucket`]).
 //!
 //! A worker claims up to [`BATCH`] due objects (claims are in memory, so two
@@ -36,13 +36,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::index::outbox::{Backoff, Delivery, Due};
-use crate::index::{Hash, Index, hash_hex};
-use crate::scu::{self, Peer};
-use crate::spool::Spool;
+use pacs_mirror_dicom::scu::{self, Peer};
+use pacs_mirror_store::index::outbox::{Backoff, Delivery, Due};
+use pacs_mirror_store::index::{Hash, Index, hash_hex};
+use pacs_mirror_store::spool::Spool;
 
 mod bucket;
 mod dicom;
+pub mod status;
 #[cfg(test)]
 mod tests;
 
@@ -283,7 +284,7 @@ impl Worker {
         h.last_error = Some(error.to_string());
     }
 
-    fn claim(&self, now: u64) -> Result<Vec<Due>, crate::index::IndexError> {
+    fn claim(&self, now: u64) -> Result<Vec<Due>, pacs_mirror_store::index::IndexError> {
         let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
         let candidates = self
             .r
@@ -352,7 +353,7 @@ impl Worker {
 
     /// The object's index record, or why it cannot be sent (refused: it
     /// never will be until an operator acts).
-    fn object_record(&self, d: &Due) -> Result<crate::index::ObjectRecord, String> {
+    fn object_record(&self, d: &Due) -> Result<pacs_mirror_store::index::ObjectRecord, String> {
         let record = self
             .r
             .index

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::bucket::{Bucket, BucketSettings, object_key};
-use crate::index::{MemKv, hash_hex};
-use crate::part10::{Receipt, file_header};
-use crate::spool::SpoolLimits;
+use pacs_mirror_dicom::part10::{Receipt, file_header};
+use pacs_mirror_store::index::{MemKv, hash_hex};
+use pacs_mirror_store::spool::SpoolLimits;
 
 const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
 
@@ -27,7 +27,7 @@ fn seed(
     for i in 0..n {
         let sop = format!("1.2.826.0.1.3680043.2.1143.{i}");
         let study = format!("1.2.826.0.1.3680043.2.1144.{}", i % studies);
-        let mut body = crate::testutil::dataset_in_study(SC, &sop, "PID", &study);
+        let mut body = pacs_mirror_dicom::testing::dataset_in_study(SC, &sop, "PID", &study);
         // a private OB element of its own length, so sizes differ
         body.extend_from_slice(&[0x09, 0, 0x10, 0x10, b'O', b'B', 0, 0]);
         let pad = 2 * (i % 300) + 2;
@@ -43,7 +43,8 @@ fn seed(
         std::fs::write(spool.object_path(&hash), &file).unwrap();
         out.push((hash, sop, study, file));
     }
-    let report = crate::recovery::recover(spool, index, &["backup".into()], false).unwrap();
+    let report =
+        pacs_mirror_store::recovery::recover(spool, index, &["backup".into()], false).unwrap();
     assert_eq!(report.reindexed, n);
     out
 }

@@ -34,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::inbox::{DrillInbox, InboxStore};
 use super::store::{Failure, IncomingStore, Ingest, Origin};
-use crate::dimse::{self, CStoreRq, CommandField, CommandSet, Status};
-use crate::index::CommitOutcome;
+use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, CommandSet, Status};
+use pacs_mirror_store::index::CommitOutcome;
 
 /// What an association needs from the listener.
 pub struct AssociationContext {
@@ -433,7 +433,9 @@ fn sop_class_refusal(
     }
     let accepted = match ctx.accepted_classes.get(called_ae) {
         Some(Some(set)) => set.contains(&rq.sop_class_uid),
-        Some(None) => super::sop_classes::storage_sop_class_name(&rq.sop_class_uid).is_some(),
+        Some(None) => {
+            pacs_mirror_dicom::sop_classes::storage_sop_class_name(&rq.sop_class_uid).is_some()
+        }
         None => false,
     };
     (!accepted).then(|| Failure {

@@ -50,9 +50,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::store::Failure;
-use crate::dimse::{self, CStoreRq, Status};
-use crate::part10::{self, ObjectHeader, Receipt};
-use crate::spool::ObjectWriter;
+use pacs_mirror_dicom::dimse::{self, CStoreRq, Status};
+use pacs_mirror_dicom::part10::{self, ObjectHeader, Receipt};
+use pacs_mirror_store::spool::ObjectWriter;
 
 /// The status of a C-STORE no drill is waiting for (0xA700, Refused).
 pub const NOT_EXPECTED: Status = Status::OUT_OF_RESOURCES;
@@ -330,7 +330,7 @@ impl DrillInbox {
     /// A new file in `dir` (never an existing one).
     fn create_file(&self, dir: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
         std::fs::create_dir_all(dir)?;
-        crate::spool::create_scratch_file(dir, "move", self.prefix, &mut || {
+        pacs_mirror_store::spool::create_scratch_file(dir, "move", self.prefix, &mut || {
             self.next_file.fetch_add(1, Ordering::Relaxed)
         })
     }
@@ -471,7 +471,7 @@ impl InboxStore {
         let reserve = self.inbox.as_ref().map_or(0, |i| i.reserve_bytes);
         if reserve > 0 {
             let dir = w.writer.path().parent().unwrap_or(Path::new("."));
-            let free = crate::spool::free_bytes(dir).unwrap_or(0);
+            let free = pacs_mirror_store::spool::free_bytes(dir).unwrap_or(0);
             if free < reserve.saturating_add(chunk.len() as u64) {
                 // dropping the writer removes the file
                 self.state = State::Refusing(Failure {
@@ -773,7 +773,7 @@ mod tests {
     #[tokio::test]
     async fn a_drill_never_takes_the_space_ingest_needs() {
         let d = tempfile::tempdir().unwrap();
-        let free = crate::spool::free_bytes(d.path()).unwrap();
+        let free = pacs_mirror_store::spool::free_bytes(d.path()).unwrap();
         // Keep more than there is: the expected study is refused, no file.
         let inbox = DrillInbox::with_reserve(free.saturating_add(1 << 30));
         let dir = d.path().join("drill-1");

@@ -33,7 +33,6 @@
 pub mod access;
 pub mod association;
 pub mod inbox;
-pub mod sop_classes;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -160,14 +159,14 @@ impl Scp {
             )
             .max_pdu_length(settings.max_pdu_bytes)
             .strict(true)
-            .with_abstract_syntax(crate::dimse::VERIFICATION_SOP_CLASS);
+            .with_abstract_syntax(pacs_mirror_dicom::dimse::VERIFICATION_SOP_CLASS);
         let mut classes: Vec<String> = Vec::new();
         let mut any_ts = false;
         let mut tss: Vec<String> = Vec::new();
         for ae in &settings.aes {
             match &ae.sop_classes {
                 None => classes.extend(
-                    sop_classes::STORAGE_SOP_CLASSES
+                    pacs_mirror_dicom::sop_classes::STORAGE_SOP_CLASSES
                         .iter()
                         .map(|(u, _)| u.to_string()),
                 ),

@@ -1,13 +1,13 @@
 //! One incoming C-STORE: each data PDV (at most one PDU, `max_pdu_bytes`) is
 //! appended to a spool temp file, hashed and walked as it arrives (the walk
 //! checks the structure and reads the identifying attributes: one pass, see
-//! [`crate::identify`]); at the last PDV the group committer
-//! (`crate::commit`) identifies the object, renames it into the spool,
+//! [`pacs_mirror_store::identify`]); at the last PDV the group committer
+//! (`pacs_mirror_store::commit`) identifies the object, renames it into the spool,
 //! indexes it, and flushes file data, directory and index; only once all
 //! three are durable is the status decided.
 //!
 //! Status policy (PS3.4 B.2.3), following the ingest policy of
-//! [`crate::identify`] (a faithful copy, not a validator):
+//! [`pacs_mirror_store::identify`] (a faithful copy, not a validator):
 //! - Success (0000): the object (or an identical copy) is durable in spool
 //!   and index — conformant or not: what is wrong with it (no Study UID,
 //!   odd UIDs, a data set that does not parse…) is recorded as findings,
@@ -27,13 +27,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::commit::{CommitError, Committer, Pending};
-use crate::dimse::{CStoreRq, Status};
-use crate::identify;
-use crate::index::CommitOutcome;
-use crate::part10::{self, Receipt};
-use crate::spool::{ObjectWriter, Spool, SpoolError};
-use crate::structure::Walker;
+use pacs_mirror_dicom::dimse::{CStoreRq, Status};
+use pacs_mirror_dicom::part10::{self, Receipt};
+use pacs_mirror_dicom::structure::Walker;
+use pacs_mirror_store::commit::{CommitError, Committer, Pending};
+use pacs_mirror_store::identify;
+use pacs_mirror_store::index::CommitOutcome;
+use pacs_mirror_store::spool::{ObjectWriter, Spool, SpoolError};
 
 /// Counters of the ingest path.
 #[derive(Debug, Default)]

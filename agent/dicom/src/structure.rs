@@ -641,7 +641,7 @@ pub(crate) mod tests {
         v.to_le_bytes()
     }
 
-    use crate::fuzzing::element::{long, short};
+    use crate::testing::element::{long, short};
 
     fn tag_len(g: u16, e: u16, len: u32) -> Vec<u8> {
         [

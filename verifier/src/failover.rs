@@ -50,9 +50,9 @@ use pacs_mirror_config::{Config, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::census::{self, Session, Tally};
-use crate::index::{Hash, Index, IndexError, parse_hash};
-use crate::scu::Peer;
-use crate::spool::Spool;
+use pacs_mirror_dicom::scu::Peer;
+use pacs_mirror_store::index::{Hash, Index, IndexError, parse_hash};
+use pacs_mirror_store::spool::Spool;
 
 /// Why a check could not run at all (a mirror that cannot be asked is a
 /// result: [`FailoverReport::error`]).
@@ -308,11 +308,11 @@ pub fn mirror_of(config: &Config, target: &str) -> Result<(Peer, Vec<String>), F
             "target {target:?} is an object store: failover needs a DICOM mirror"
         )));
     };
-    let peer = crate::app::remote_peer(
+    let peer = pacs_mirror_agent::app::remote_peer(
         config,
         remote_ae,
         calling_ae.as_deref(),
-        &crate::app::default_calling_ae(config),
+        &pacs_mirror_agent::app::default_calling_ae(config),
         *timeout_secs,
     )
     .ok_or_else(|| {
@@ -415,7 +415,7 @@ fn spooled_study_date<'a>(spool: &Spool, records: impl Iterator<Item = &'a Newes
         if !path.exists() {
             continue;
         }
-        if let Ok(h) = crate::part10::read_header(&path) {
+        if let Ok(h) = pacs_mirror_dicom::part10::read_header(&path) {
             return h.study_date;
         }
     }
@@ -476,7 +476,7 @@ struct QueueSnapshot {
 impl QueueSnapshot {
     fn take(index: &Index, target: &str) -> Result<QueueSnapshot, FailoverError> {
         // Taken first: a row delivered after this instant is in flight.
-        let taken_at_ms = crate::unix_ms();
+        let taken_at_ms = pacs_mirror_agent::unix_ms();
         Ok(QueueSnapshot {
             taken_at_ms,
             pending: index.pending(target)?,
@@ -534,7 +534,7 @@ pub async fn check(
         target: target.to_string(),
         mirror: census::describe(&peer),
         since: since.clone(),
-        checked_at_ms: crate::unix_ms(),
+        checked_at_ms: pacs_mirror_agent::unix_ms(),
         ..FailoverReport::default()
     };
     // The index, then the queue, both before the mirror is asked.
@@ -614,7 +614,7 @@ pub async fn check(
                 && spool.object_path(&hash).exists();
             gap.missing.push(MissingInstance {
                 sop_instance_uid: sop,
-                blake3: crate::index::hash_hex(&hash),
+                blake3: pacs_mirror_store::index::hash_hex(&hash),
                 state,
                 in_spool,
                 requeued: false,
@@ -723,7 +723,7 @@ fn repair(
             m.requeued = true;
         }
     }
-    r.requeued = index.requeue(target, &hashes, crate::unix_ms())?;
+    r.requeued = index.requeue(target, &hashes, pacs_mirror_agent::unix_ms())?;
     index.flush()?;
     tracing::info!(
         target = %target,
@@ -795,8 +795,8 @@ async fn check_handler(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{InstanceRecord, hash_hex};
     use crate::qr::{InstanceMatch, StudyMatch};
+    use pacs_mirror_store::index::{InstanceRecord, hash_hex};
 
     fn sops(uids: &[&str]) -> BTreeSet<String> {
         uids.iter().map(|s| s.to_string()).collect()
@@ -933,7 +933,7 @@ mod tests {
         assert_eq!(q.state(&[5; 32], Some(1_200)), QueueState::InFlight);
         assert_eq!(q.state(&[4; 32], None), QueueState::NotQueued);
         // The repair leaves in-flight instances alone.
-        let idx = Index::new(Arc::new(crate::index::MemKv::default()));
+        let idx = Index::new(Arc::new(pacs_mirror_store::index::MemKv::default()));
         let mut gaps = vec![StudyGap {
             study_instance_uid: "1.1".into(),
             patient_id: String::new(),
@@ -979,7 +979,7 @@ mod tests {
     /// Several versions of one SOP instance count once.
     #[test]
     fn versions_count_once() {
-        use crate::index::MemKv;
+        use pacs_mirror_store::index::MemKv;
         let idx = Index::new(Arc::new(MemKv::default()));
         let rec = |sop: &str, hash: &Hash, at: u64| InstanceRecord {
             sop_instance_uid: sop.into(),
@@ -1006,7 +1006,8 @@ mod tests {
         idx.commit_instance(&rec("1.7.1.2", &[3; 32], 15), &[3; 32], &t, 15)
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), crate::spool::SpoolLimits::default()).unwrap();
+        let spool =
+            Spool::open(dir.path(), pacs_mirror_store::spool::SpoolLimits::default()).unwrap();
         let studies = indexed_studies(&idx, &spool, None).unwrap();
         let s = &studies["1.7"];
         assert_eq!(s.newest.len(), 2, "two SOP instances, three versions");

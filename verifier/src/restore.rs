@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::bucket::manifest::{ManifestEntry, StudyManifest};
-use crate::bucket::{Bucket, BucketError};
-use crate::dimse::Status;
-use crate::index::{Hash, Index, IndexError, hash_hex, parse_hash};
-use crate::scu::{self, Outgoing, Peer, Scu};
+use pacs_mirror_agent::bucket::manifest::{ManifestEntry, StudyManifest};
+use pacs_mirror_agent::bucket::{Bucket, BucketError};
+use pacs_mirror_dicom::dimse::Status;
+use pacs_mirror_dicom::scu::{self, Outgoing, Peer, Scu};
+use pacs_mirror_store::index::{Hash, Index, IndexError, hash_hex, parse_hash};
 
 /// Objects sent per association (within the 128 presentation contexts an
 /// association can carry).
@@ -131,7 +131,7 @@ pub fn parse_date(s: &str) -> Result<String, RestoreError> {
 
 /// The UTC day (YYYYMMDD) of a Unix time in ms.
 pub(crate) fn yyyymmdd_of_ms(ms: u64) -> String {
-    let (y, m, d, ..) = crate::utc_datetime(ms);
+    let (y, m, d, ..) = pacs_mirror_agent::utc_datetime(ms);
     format!("{y:04}{m:02}{d:02}")
 }
 
@@ -562,7 +562,7 @@ fn outgoing_of(e: &ManifestEntry, path: PathBuf) -> Outgoing {
 /// (with their share of the memory budget, given back once it is sent);
 /// otherwise they are in its scratch file.
 struct Fetched {
-    hashes: crate::part10::StreamHashes,
+    hashes: pacs_mirror_dicom::part10::StreamHashes,
     memory: Option<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit)>,
 }
 
@@ -683,7 +683,7 @@ pub struct ReindexReport {
 pub async fn reindex_from(
     bucket: &Bucket,
     index: &Index,
-    spool: &crate::spool::Spool,
+    spool: &pacs_mirror_store::spool::Spool,
     target: &str,
 ) -> Result<ReindexReport, RestoreError> {
     let manifests = bucket.manifests().await?;
@@ -698,7 +698,7 @@ pub async fn reindex_from(
         ..ReindexReport::default()
     };
     let mut listed = HashSet::new();
-    let now = crate::unix_ms();
+    let now = pacs_mirror_agent::unix_ms();
     for m in &manifests {
         for e in &m.instances {
             let hash = parse_hash(&e.record.blake3)?;
@@ -723,13 +723,13 @@ pub async fn reindex_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::BucketSettings;
-    use crate::bucket::manifest::ManifestEntry;
-    use crate::index::InstanceRecord;
-    use crate::part10::{Receipt, file_header};
-    use crate::scu::tests::{
+    use pacs_mirror_agent::bucket::BucketSettings;
+    use pacs_mirror_agent::bucket::manifest::ManifestEntry;
+    use pacs_mirror_dicom::part10::{Receipt, file_header};
+    use pacs_mirror_dicom::testing::peers::{
         free_port, received_datasets, start_storescp, start_storescp_on, storescp_peer,
     };
+    use pacs_mirror_store::index::InstanceRecord;
 
     const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
     const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -754,7 +754,7 @@ mod tests {
         let (mut bodies, mut entries) = (Vec::new(), Vec::new());
         for i in 0..small + usize::from(big) {
             let uid = format!("1.2.826.0.1.3680043.2.1143.7.{}", i + 1);
-            let mut body = crate::testutil::dataset(SC, &uid, "PID");
+            let mut body = pacs_mirror_dicom::testing::dataset(SC, &uid, "PID");
             if i == small {
                 let pixels = (MAX_IN_MEMORY + (1 << 20)) as u32;
                 body.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0]);
@@ -785,7 +785,7 @@ mod tests {
                     modality: String::new(),
                     findings: Vec::new(),
                 },
-                key: crate::bucket::object_key(&hash),
+                key: pacs_mirror_agent::bucket::object_key(&hash),
                 file_blake3: hash_hex(&up.file_blake3()),
             });
             bodies.push(body);
@@ -821,7 +821,7 @@ mod tests {
         let blob = dir
             .path()
             .join("bucket")
-            .join(crate::bucket::object_key(&victim));
+            .join(pacs_mirror_agent::bucket::object_key(&victim));
         let other = std::fs::read(dir.path().join("files/3.dcm")).unwrap();
         std::fs::write(&blob, other).unwrap();
         bodies.remove(2);
@@ -898,7 +898,7 @@ mod tests {
 
     #[test]
     fn selection() {
-        use crate::bucket::manifest::tests::entry;
+        use pacs_mirror_agent::bucket::manifest::entry;
         let mut m = StudyManifest::new("1.2.3");
         m.merge(&[entry("1.2.3.1", "1.1", "aa")]);
         assert!(Selection::default().wants(&m));

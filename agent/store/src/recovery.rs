@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 use crate::identify;
 use crate::index::{Hash, Index, InstanceRecord, hash_hex};
-use crate::part10;
 use crate::spool::{Spool, SpoolError};
+use pacs_mirror_dicom::part10;
 
 /// What recovery did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -205,9 +205,9 @@ pub fn hash_dataset(path: &Path, offset: u64) -> std::io::Result<(Hash, u64, u64
 mod tests {
     use super::*;
     use crate::index::MemKv;
-    use crate::part10::{Receipt, file_header};
     use crate::spool::SpoolLimits;
-    use crate::testutil::dataset;
+    use pacs_mirror_dicom::part10::{Receipt, file_header};
+    use pacs_mirror_dicom::testing::dataset;
     use std::io::Write;
     use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! The instances themselves travel on associations the peer opens to the
 //! destination AE (an SCP of the caller's choosing, which the peer must know
 //! by AE title, host and port); nothing arrives on this association. Set
-//! [`crate::scu::Peer::timeout`] longer than the gap between pending
+//! [`pacs_mirror_dicom::scu::Peer::timeout`] longer than the gap between pending
 //! responses: some SCPs answer only once per sub-operation.
 
 use std::time::{Duration, Instant};
@@ -14,8 +14,8 @@ use super::{
     expect_response, failed_uids_in_trailer, identifier, ms, next_inbound, qr_context,
     send_request,
 };
-use crate::dimse::{CommandField, QueryRetrieveRq, Status};
-use crate::scu::{Inbound, Scu};
+use pacs_mirror_dicom::dimse::{CommandField, QueryRetrieveRq, Status};
+use pacs_mirror_dicom::scu::{Inbound, Scu};
 
 /// The result of a C-MOVE that reached its final response.
 #[derive(Debug, Clone, PartialEq, Eq)]

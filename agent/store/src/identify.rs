@@ -31,42 +31,21 @@
 //! By the structure walker itself ([`Walker::capturing`]), one walk per
 //! object as the bytes arrive, never by dicom-object: the walker reads past
 //! undefined-length UN (as PS3.5 6.2.2 says its contents are encoded) and
-//! keeps at most [`CAPTURE_LIMIT`](crate::structure::CAPTURE_LIMIT) bytes
+//! keeps at most [`CAPTURE_LIMIT`](pacs_mirror_dicom::structure::CAPTURE_LIMIT) bytes
 //! of each value, whatever length it declares. When the walk stops at a
 //! flaw, the attributes before it are used and the rest are missing.
 
-use crate::dimse;
+use pacs_mirror_dicom::dimse;
+pub use pacs_mirror_dicom::identity::{IDENTIFYING, attribute, walker};
+use pacs_mirror_dicom::identity::{
+    MODALITY, PATIENT_ID, SERIES, SOP_CLASS, SOP_INSTANCE, STUDY, STUDY_DATE, text,
+};
+use pacs_mirror_dicom::structure::{Flaw, Observed};
+
 use crate::index::records::{Finding, FindingClass};
-use crate::structure::{Flaw, Observed, Walker};
 
 /// The longest UID (or other key value) used as an index key.
 pub const MAX_KEY_BYTES: usize = 1024;
-
-const SOP_CLASS: (u16, u16) = (0x0008, 0x0016);
-const SOP_INSTANCE: (u16, u16) = (0x0008, 0x0018);
-const STUDY_DATE: (u16, u16) = (0x0008, 0x0020);
-const MODALITY: (u16, u16) = (0x0008, 0x0060);
-const PATIENT_ID: (u16, u16) = (0x0010, 0x0020);
-const STUDY: (u16, u16) = (0x0020, 0x000D);
-const SERIES: (u16, u16) = (0x0020, 0x000E);
-
-/// The top-level elements the walker captures for the index.
-pub const IDENTIFYING: &[(u16, u16)] = &[
-    SOP_CLASS,
-    SOP_INSTANCE,
-    STUDY_DATE,
-    MODALITY,
-    PATIENT_ID,
-    STUDY,
-    SERIES,
-];
-
-/// A walker for a data set in `transfer_syntax` that also reads its
-/// identifying attributes.
-pub fn walker(transfer_syntax: &str) -> Walker {
-    Walker::new(transfer_syntax).capturing(IDENTIFYING)
-}
-
 /// What the index records of a kept object.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identified {
@@ -130,24 +109,6 @@ pub fn nonconformance(uid: &str) -> Option<String> {
         }
         Ok(()) => None,
     }
-}
-
-/// A captured value as text: trailing NUL and spaces and leading spaces
-/// trimmed; bytes that are not UTF-8 replaced.
-fn text(observed: &Observed, tag: (u16, u16)) -> Option<(String, u32)> {
-    observed.get(tag).map(|c| {
-        let s = String::from_utf8_lossy(&c.value);
-        (
-            s.trim_end_matches(['\0', ' ']).trim_start().to_string(),
-            c.length,
-        )
-    })
-}
-
-/// A captured attribute as text (trimmed), empty when absent. For readers
-/// that do not apply the policy (drill copies, old records' study date).
-pub fn attribute(observed: &Observed, tag: (u16, u16)) -> String {
-    text(observed, tag).map(|(v, _)| v).unwrap_or_default()
 }
 
 /// Decide what to record of an object the command identifies.
@@ -289,7 +250,7 @@ pub fn identify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzzing::element::{long, short};
+    use pacs_mirror_dicom::testing::element::{long, short};
 
     const EXPLICIT: &str = "1.2.840.10008.1.2.1";
     const CT: &str = "1.2.840.10008.5.1.4.1.1.2";

@@ -4,7 +4,7 @@
 //!
 //! Each sub-operation's data set is streamed to a new file in the caller's
 //! scratch directory, one data PDV at a time (at most one PDU in memory), as
-//! a Part-10 file: our file meta header ([`crate::part10::file_header`]) and
+//! a Part-10 file: our file meta header ([`pacs_mirror_dicom::part10::file_header`]) and
 //! the data set bytes exactly as received. blake3 is computed over those data
 //! set bytes while they are written — the spool's definition, so hashes
 //! compare with the index. The file name comes from a per-call random
@@ -25,10 +25,10 @@ use super::{
     expect_response, failed_uids_in_trailer, identifier, ms, next_inbound, qr_context,
     send_request,
 };
-use crate::dimse::{self, CStoreRq, CommandField, QueryRetrieveRq, Status};
-use crate::part10::{self, Receipt};
-use crate::scu::{Inbound, Scu};
-use crate::spool::{ObjectWriter, SpoolError, WrittenObject};
+use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, QueryRetrieveRq, Status};
+use pacs_mirror_dicom::part10::{self, Receipt};
+use pacs_mirror_dicom::scu::{Inbound, Scu};
+use pacs_mirror_store::spool::{ObjectWriter, SpoolError, WrittenObject};
 
 /// One instance retrieved and written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl Namer {
     /// A new file (never an existing one).
     fn create(&mut self) -> std::io::Result<(std::fs::File, PathBuf)> {
         let next = &mut self.next;
-        crate::spool::create_scratch_file(&self.dir, "get", self.prefix, &mut || {
+        pacs_mirror_store::spool::create_scratch_file(&self.dir, "get", self.prefix, &mut || {
             *next += 1;
             u64::from(*next - 1)
         })
@@ -394,7 +394,7 @@ fn open(
     }
     let receipt = Receipt {
         source_ip: source_ip.to_string(),
-        received_at_ms: crate::unix_ms(),
+        received_at_ms: pacs_mirror_agent::unix_ms(),
     };
     let header = part10::file_header(
         &rq.sop_class_uid,
@@ -534,7 +534,7 @@ mod tests {
     const RLE: &str = "1.2.840.10008.1.2.5";
 
     fn body(uid: &str, pad: usize) -> Vec<u8> {
-        let mut b = crate::testutil::dataset(CT, uid, "P1");
+        let mut b = pacs_mirror_dicom::testing::dataset(CT, uid, "P1");
         // an (0009,0010) OB private-ish trailer to make it larger
         b.extend_from_slice(&[0x09, 0, 0x00, 0x10, b'O', b'B', 0, 0]);
         b.extend_from_slice(&(pad as u32).to_le_bytes());
@@ -612,7 +612,7 @@ mod tests {
             );
             let file = std::fs::read(&inst.path).unwrap();
             assert_eq!(&file[inst.dataset_offset as usize..], &want[..]);
-            let h = crate::part10::read_header(&inst.path).unwrap();
+            let h = pacs_mirror_dicom::part10::read_header(&inst.path).unwrap();
             assert_eq!(h.sop_instance_uid, inst.sop_instance_uid);
             assert_eq!(h.transfer_syntax_uid, ts);
             assert_eq!(h.dataset_offset, inst.dataset_offset);
@@ -715,7 +715,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                QrError::Association(crate::scu::ScuError::Aborted { .. })
+                QrError::Association(pacs_mirror_dicom::scu::ScuError::Aborted { .. })
             ),
             "{e}"
         );
@@ -845,7 +845,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                QrError::Association(crate::scu::ScuError::TooManyContexts(_))
+                QrError::Association(pacs_mirror_dicom::scu::ScuError::TooManyContexts(_))
             ),
             "{e}"
         );

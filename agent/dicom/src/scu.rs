@@ -16,7 +16,7 @@
 //! association and why, timeout) and classified by [`ScuError::is_transient`].
 //!
 //! [`Scu`] is also the association layer of the Query/Retrieve SCU
-//! ([`crate::qr`]): [`AssociationRequest`] adds SCP role selection (C-GET)
+//! (the verifier's `qr`): [`AssociationRequest`] adds SCP role selection (C-GET)
 //! and a receive limit, commands and data sets are sent fragmented to the
 //! peer's PDU size, and [`Scu::receive_pdv`] reassembles command sets and
 //! hands data fragments over one by one (never collected here).
@@ -162,7 +162,7 @@ impl std::fmt::Display for NotItsAddress {
         write!(
             f,
             "the data set hashes to {}, not to its address",
-            crate::index::hash_hex(&self.0)
+            blake3::Hash::from_bytes(self.0).to_hex()
         )
     }
 }
@@ -173,7 +173,7 @@ impl std::error::Error for NotItsAddress {}
 fn not_its_address(e: &std::io::Error) -> Option<String> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<NotItsAddress>())
-        .map(|n| crate::index::hash_hex(&n.0))
+        .map(|n| blake3::Hash::from_bytes(n.0).to_hex().to_string())
 }
 
 /// A successful C-ECHO.
@@ -862,14 +862,14 @@ impl Scu {
     }
 
     /// A fresh Message ID (1, 2, … wrapping, never 0).
-    pub(crate) fn message_id(&mut self) -> u16 {
+    pub fn message_id(&mut self) -> u16 {
         let id = self.next_message_id;
         self.next_message_id = self.next_message_id.wrapping_add(1).max(1);
         id
     }
 
     /// A [`ScuError::Protocol`] naming this peer.
-    pub(crate) fn protocol(&self, message: String) -> ScuError {
+    pub fn protocol(&self, message: String) -> ScuError {
         ScuError::Protocol {
             addr: self.peer.addr(),
             message,
@@ -1207,8 +1207,8 @@ pub fn outgoing(path: &Path) -> Result<Outgoing, crate::part10::Part10Error> {
 pub(crate) mod tests {
     use super::*;
     use crate::part10::{Receipt, file_header};
-    use crate::testutil::dataset;
-    use std::process::{Child, Command, Stdio};
+    use crate::testing::dataset;
+    use crate::testing::peers::{free_port, received_datasets, start_storescp};
 
     const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
     const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -1244,67 +1244,6 @@ pub(crate) mod tests {
             },
             body,
         )
-    }
-
-    pub(crate) struct Storescp(Child);
-    impl Drop for Storescp {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    /// DCMTK storescp as AE MIRROR with `args`, writing into `out`
-    /// (created); returns once it answers C-ECHO.
-    pub(crate) async fn start_storescp(args: &[&str], out: &Path) -> (Storescp, Peer) {
-        start_storescp_on(args, out, free_port()).await
-    }
-
-    /// [`start_storescp`] on `port`.
-    pub(crate) async fn start_storescp_on(
-        args: &[&str],
-        out: &Path,
-        port: u16,
-    ) -> (Storescp, Peer) {
-        std::fs::create_dir_all(out).unwrap();
-        let child = Command::new("storescp")
-            .args(args)
-            .args(["-aet", "MIRROR", "-od"])
-            .arg(out)
-            .arg(port.to_string())
-            .env("TCP_NODELAY", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp not found: run scripts/test, which installs dcmtk");
-        let guard = Storescp(child);
-        let peer = storescp_peer(port);
-        for _ in 0..100 {
-            if echo(&peer).await.is_ok() {
-                return (guard, peer);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("storescp did not answer C-ECHO");
-    }
-
-    /// How we call the storescp of [`start_storescp_on`] on `port`.
-    pub(crate) fn storescp_peer(port: u16) -> Peer {
-        Peer {
-            calling_ae: "PACS_MIRROR".into(),
-            called_ae: "MIRROR".into(),
-            host: "127.0.0.1".into(),
-            port,
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    pub(crate) fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
     }
 
     /// A spool file damaged after it was received is never stored at a peer:
@@ -1635,20 +1574,6 @@ pub(crate) mod tests {
         let mut sent: Vec<Vec<u8>> = objects.into_iter().map(|(_, b)| b).collect();
         sent.sort();
         assert_eq!(received, sent);
-    }
-
-    /// The data sets of the files storescp wrote into `dir`, sorted.
-    pub(crate) fn received_datasets(dir: &Path) -> Vec<Vec<u8>> {
-        let mut received: Vec<Vec<u8>> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                let off = crate::part10::dataset_offset(&p).unwrap() as usize;
-                std::fs::read(&p).unwrap()[off..].to_vec()
-            })
-            .collect();
-        received.sort();
-        received
     }
 
     /// Against a real DCMTK storescp in bit-preserving mode (+B), which

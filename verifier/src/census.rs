@@ -26,7 +26,7 @@ use crate::qr::{
     DateRange, InformationModel, InstanceMatch, InstanceQuery, QrAssociation, QrError, QrOptions,
     Service, StudyMatch, StudyQuery,
 };
-use crate::scu::Peer;
+use pacs_mirror_dicom::scu::Peer;
 
 /// Study Instance UIDs per C-FIND when asking for studies by UID.
 pub const LOOKUP_BATCH: usize = 64;

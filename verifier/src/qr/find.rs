@@ -15,8 +15,8 @@ use super::{
     IdentifierBuf, InformationModel, QrError, QrOptions, expect_response, ms, next_inbound,
     qr_context, send_request,
 };
-use crate::dimse::{self, CommandField, QueryRetrieveRq, Status};
-use crate::scu::{Inbound, Scu};
+use pacs_mirror_dicom::dimse::{self, CommandField, QueryRetrieveRq, Status};
+use pacs_mirror_dicom::scu::{Inbound, Scu};
 
 /// The result of a C-FIND.
 #[derive(Debug, Clone, PartialEq)]
@@ -436,7 +436,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                QrError::Association(crate::scu::ScuError::Aborted { .. })
+                QrError::Association(pacs_mirror_dicom::scu::ScuError::Aborted { .. })
             ),
             "{e}"
         );
@@ -461,7 +461,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                QrError::Association(crate::scu::ScuError::Timeout { .. })
+                QrError::Association(pacs_mirror_dicom::scu::ScuError::Timeout { .. })
             ),
             "{e}"
         );

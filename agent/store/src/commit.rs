@@ -80,7 +80,7 @@ use tokio::sync::oneshot;
 use crate::identify;
 use crate::index::{CommitOutcome, Finding, Hash, Index, InstanceRecord, Op, hash_hex};
 use crate::spool::{ObjectWriter, Spool, SpoolError, sync_dir};
-use crate::structure::Observed;
+use pacs_mirror_dicom::structure::Observed;
 
 /// Largest number of objects committed by one flush.
 const MAX_BATCH: usize = 256;
@@ -575,14 +575,14 @@ fn durable_file(
 mod tests {
     use super::*;
     use crate::index::MemKv;
-    use crate::part10::Receipt;
     use crate::spool::SpoolLimits;
+    use pacs_mirror_dicom::part10::Receipt;
 
     const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
     const TS: &str = "1.2.840.10008.1.2.1";
 
     fn dataset(sop: &str, patient: &str) -> Vec<u8> {
-        crate::testutil::dataset(CT, sop, patient)
+        pacs_mirror_dicom::testing::dataset(CT, sop, patient)
     }
 
     fn pending(spool: &Spool, command_sop: &str, body: &[u8]) -> Pending {
@@ -590,7 +590,8 @@ mod tests {
             source_ip: "127.0.0.1".into(),
             received_at_ms: 7,
         };
-        let header = crate::part10::file_header(CT, command_sop, TS, "SCU", &receipt).unwrap();
+        let header =
+            pacs_mirror_dicom::part10::file_header(CT, command_sop, TS, "SCU", &receipt).unwrap();
         let (file, path) = spool.begin().unwrap();
         let mut writer = ObjectWriter::new(file, path, &header).unwrap();
         writer.write_chunk(body).unwrap();

@@ -11,7 +11,7 @@
 //! 2. **Send** ([`run`]), study by study: C-GET the missing instances from
 //!    the mirror (per series, by SOP Instance UID) into a scratch directory
 //!    (never the spool), C-STORE each to the primary on its own transfer
-//!    syntax (the lossless uncompressed fallback of [`crate::scu`] only if
+//!    syntax (the lossless uncompressed fallback of [`pacs_mirror_dicom::scu`] only if
 //!    the primary accepts nothing else).
 //! 3. **Verify**: C-FIND the study on the primary at IMAGE level (the
 //!    instance must be listed), then C-GET the stored instances back from the
@@ -50,7 +50,7 @@ use crate::qr::{
     self, GetOutcome, InstanceMatch, QrAssociation, QrError, QrOptions, RetrieveTarget,
     RetrievedInstance, Service, StorageContext,
 };
-use crate::scu::{self, Outgoing, Peer, Reencoded, Scu};
+use pacs_mirror_dicom::scu::{self, Outgoing, Peer, Reencoded, Scu};
 
 /// Instances per C-GET (each UID goes into the identifier).
 const GET_BATCH: usize = 500;
@@ -1089,13 +1089,13 @@ mod tests {
     #[test]
     fn get_outcomes_say_why_an_instance_did_not_come() {
         let outcome = GetOutcome {
-            status: crate::dimse::Status::Warning(0xB000),
+            status: pacs_mirror_dicom::dimse::Status::Warning(0xB000),
             sub_operations: Default::default(),
             instances: Vec::new(),
             refused: vec![qr::RefusedSubOperation {
                 sop_instance_uid: "1.1".into(),
                 sop_class_uid: "1.2".into(),
-                status: crate::dimse::Status::from_code(0xA900),
+                status: pacs_mirror_dicom::dimse::Status::from_code(0xA900),
                 reason: "no context".into(),
             }],
             failed_sop_instance_uids: vec!["1.2".into()],

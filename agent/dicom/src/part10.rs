@@ -3,7 +3,7 @@
 //!
 //! The data set bytes are never decoded into memory and re-encoded: they go to
 //! disk exactly as they arrived. The identifying attributes are read by the
-//! structure walker ([`crate::identify::walker`]), never by dicom-object, so
+//! structure walker ([`crate::identity::walker`]), never by dicom-object, so
 //! that an object that does not parse still gives what it has.
 
 use std::path::Path;
@@ -13,7 +13,7 @@ use std::io::Read;
 use dicom_object::FileMetaTableBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::identify;
+use crate::identity;
 use crate::structure::{Observed, StructureError, Walker};
 
 /// Implementation Class UID of pacs-mirror (a UUID-derived 2.25 UID).
@@ -172,7 +172,7 @@ pub const MAX_META_GROUP_BYTES: u32 = 64 * 1024;
 /// The elements of a file meta group that pacs-mirror reads, as written
 /// (values trimmed of their padding). Read by [`parse_meta`] itself, not by
 /// dicom-object, which refuses a UID that breaks PS3.5 9.1 — and a kept
-/// object's UIDs may (see [`crate::identify`]).
+/// object's UIDs may (see the store's `identify`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetaGroup {
     /// (0002,0002).
@@ -268,7 +268,7 @@ pub fn read_header(path: &Path) -> Result<ObjectHeader, Part10Error> {
 /// group, data set).
 pub fn read_header_from(mut reader: impl Read) -> Result<ObjectHeader, Part10Error> {
     let (meta, table) = read_meta(&mut reader)?;
-    let mut walker = identify::walker(&meta.transfer_syntax_uid);
+    let mut walker = identity::walker(&meta.transfer_syntax_uid);
     walk(&mut reader, &mut walker, true, &mut |_| ())?;
     let reached = walker.reached_pixel_data();
     let mut observed = walker.finish_observing();
@@ -294,7 +294,7 @@ pub struct FileIdentity {
 
 /// Read a spool file as ingest saw it: the file meta group (the command's
 /// UIDs), and in one pass over the data set its walk (structure and
-/// identifying attributes, for [`identify::identify`]) and its hash. For
+/// identifying attributes, for the store's `identify::identify`) and its hash. For
 /// start-up recovery and `reindex`, so a file indexed again gets the same
 /// record, findings included.
 pub fn read_identity(path: &Path) -> Result<FileIdentity, Part10Error> {
@@ -308,7 +308,7 @@ pub fn read_identity(path: &Path) -> Result<FileIdentity, Part10Error> {
 /// [`read_identity`] of a Part-10 byte stream.
 pub fn read_identity_from(mut reader: impl Read) -> Result<FileIdentity, Part10Error> {
     let (meta, _) = read_meta(&mut reader)?;
-    let mut walker = identify::walker(&meta.transfer_syntax_uid);
+    let mut walker = identity::walker(&meta.transfer_syntax_uid);
     let mut hasher = blake3::Hasher::new();
     let mut bytes = 0u64;
     walk(&mut reader, &mut walker, false, &mut |chunk| {
@@ -413,7 +413,7 @@ fn unparseable(e: crate::structure::StructureError) -> Part10Error {
 /// so no declared length beyond the bytes reaches dicom-object.
 pub fn read_header_prefix(header: &[u8], data: &[u8]) -> Result<ObjectHeader, Part10Error> {
     let (meta, table) = read_meta(&mut &header[..])?;
-    let mut walker = identify::walker(&meta.transfer_syntax_uid);
+    let mut walker = identity::walker(&meta.transfer_syntax_uid);
     walker.feed(data).map_err(unparseable)?;
     if !walker.reached_pixel_data() {
         return Err(Part10Error::Parse(
@@ -452,7 +452,7 @@ pub fn read_origin(header: &[u8]) -> Result<(String, Option<Receipt>), Part10Err
 
 fn header_of(meta: &FileMeta, table: &MetaGroup, observed: &Observed) -> ObjectHeader {
     let (source_ae, receipt) = origin_of(table);
-    let get = |tag| identify::attribute(observed, tag);
+    let get = |tag| identity::attribute(observed, tag);
     ObjectHeader {
         transfer_syntax_uid: meta.transfer_syntax_uid.clone(),
         source_ae,
@@ -559,7 +559,7 @@ mod tests {
     /// Any split of a file into pieces gives the same two hashes.
     #[test]
     fn stream_hasher_matches_whole_file_hashes() {
-        let body = crate::testutil::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.9", "P");
+        let body = crate::testing::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.9", "P");
         let receipt = Receipt {
             source_ip: "127.0.0.1".into(),
             received_at_ms: 1,
@@ -594,7 +594,7 @@ mod tests {
     #[test]
     fn header_round_trip_and_dataset_offset() {
         let ts = "1.2.840.10008.1.2.1";
-        let body = crate::testutil::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", "PID1");
+        let body = crate::testing::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", "PID1");
         let receipt = Receipt {
             source_ip: "127.0.0.1".into(),
             received_at_ms: 42,
@@ -648,7 +648,7 @@ mod tests {
         let ts = "1.2.840.10008.1.2.1";
         let header =
             file_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", ts, "A", &receipt).unwrap();
-        let mut body = crate::testutil::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", "P");
+        let mut body = crate::testing::dataset("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", "P");
         let first_pdv = body.len();
         body.extend_from_slice(&[0x08, 0, 0x18, 0, b'U', b'I', 8, 0]);
         body.extend_from_slice(b"9.9.9.9\0");
@@ -710,7 +710,7 @@ mod tests {
 
     /// Explicit VR LE element.
     fn el(tag: (u16, u16), vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-        crate::fuzzing::element::by_vr(tag.0, tag.1, vr, len, value)
+        crate::testing::element::by_vr(tag.0, tag.1, vr, len, value)
     }
 
     /// Our file meta header and a data set with the four UIDs.

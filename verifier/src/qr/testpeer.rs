@@ -11,11 +11,11 @@ use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason}
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::identifier;
-use crate::dimse::{
+use pacs_mirror_dicom::dimse::{
     self, CStoreRq, CommandField, CommandSet, QueryRetrieveRq, QueryRetrieveRsp, Status,
 };
-use crate::scu::Peer;
+use pacs_mirror_dicom::query as identifier;
+use pacs_mirror_dicom::scu::Peer;
 
 /// One thing the peer does.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 //! - [`moves`]: the C-MOVE loop (counts only; the objects go to the
 //!   destination AE on associations of its own).
 //!
-//! [`QrAssociation`] owns one association (built on [`crate::scu::Scu`]:
+//! [`QrAssociation`] owns one association (built on [`pacs_mirror_dicom::scu::Scu`]:
 //! TCP_NODELAY, connect and per-PDU timeouts from [`Peer::timeout`],
 //! fragmenting senders, the PDV reassembler). Operations run one at a time
 //! (no asynchronous operations window). After a network or protocol failure
@@ -28,7 +28,7 @@
 
 pub mod find;
 pub mod get;
-pub mod identifier;
+
 pub mod moves;
 #[cfg(test)]
 mod testpeer;
@@ -39,8 +39,9 @@ use std::time::Duration;
 use dicom_object::InMemDicomObject;
 use tokio_util::sync::CancellationToken;
 
-use crate::dimse::{self, Status};
-use crate::scu::{AssociationRequest, Inbound, MAX_CONTEXTS, Peer, Scu, ScuError};
+use pacs_mirror_dicom::dimse::{self, Status};
+use pacs_mirror_dicom::query as identifier;
+use pacs_mirror_dicom::scu::{AssociationRequest, Inbound, MAX_CONTEXTS, Peer, Scu, ScuError};
 
 pub use find::FindOutcome;
 pub use get::{GetOutcome, RefusedSubOperation, RetrievedInstance};
@@ -754,7 +755,7 @@ mod tests {
         assert_eq!(v.len(), 13 * 8 + 10 * 2);
         for sc in &v {
             assert!(
-                crate::scp::sop_classes::storage_sop_class_name(&sc.sop_class_uid).is_some(),
+                pacs_mirror_dicom::sop_classes::storage_sop_class_name(&sc.sop_class_uid).is_some(),
                 "{} is not a storage class",
                 sc.sop_class_uid
             );

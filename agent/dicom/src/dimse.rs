@@ -1,7 +1,7 @@
 //! The DIMSE layer that dicom-ul does not have: typed command sets, the status
 //! enum, and the command-set codec. Storage and verification messages for
 //! the SCP and the storage SCU; C-FIND / C-GET / C-MOVE / C-CANCEL requests
-//! and their responses for the Query/Retrieve SCU ([`crate::qr`]).
+//! and their responses for the Query/Retrieve SCU (the verifier's `qr`).
 //!
 //! Command sets are always encoded in Implicit VR Little Endian (PS3.7 §6.3.1)
 //! and contain only group 0000 elements. The codec is written by hand because
@@ -112,7 +112,7 @@ impl Status {
     /// identity conflict).
     pub const UID_MISMATCH: Status = Status::CannotUnderstand(0xC001);
     /// A UID is unusable: in a C-STORE command, one that cannot be an
-    /// index key ([`crate::identify::usable_key`]); in Q/R, one that breaks
+    /// index key (the store's `identify::usable_key`); in Q/R, one that breaks
     /// PS3.5 9.1 ([`check_uid`]).
     pub const INVALID_UID: Status = Status::CannotUnderstand(0xC002);
     /// The data set is larger than the configured maximum object size.
