@@ -88,8 +88,7 @@ pub async fn drill(config: &Config, args: DrillArgs) -> anyhow::Result<ExitCode>
     for name in targets {
         let settings = settings_for(config, &name, &args.studies);
         let inbox = receiver.as_ref().map(|r| &r.inbox);
-        let target =
-            drill_target(config, &name, settings.timeout, inbox).map_err(anyhow::Error::msg)?;
+        let target = drill_target(config, &name, settings.timeout, inbox)?;
         let report = drill::run_drill(&index, &spool, &target, &settings, scratch.path()).await?;
         alert_on(&alerts, &report);
         all_ok &= report.ok;

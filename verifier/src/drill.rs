@@ -559,18 +559,81 @@ fn judge(spool: &Spool, versions: &[InstanceRecord], got: &Retrieved) -> Instanc
     f
 }
 
+/// Why two copies cannot be compared attribute by attribute.
+#[derive(Debug, thiserror::Error)]
+enum Unparsable {
+    /// The structure walk refused it (cut short, nested too deep…).
+    #[error(transparent)]
+    Structure(#[from] pacs_mirror_dicom::part10::Part10Error),
+    /// dicom-object could not read it.
+    #[error(transparent)]
+    Object(#[from] dicom_object::ReadError),
+}
+
+/// Why a study could not be retrieved from a target at all (a drill error,
+/// not a verdict per instance).
+#[derive(Debug, thiserror::Error)]
+enum RetrieveError {
+    /// The C-GET, C-MOVE or its association failed.
+    #[error("{service}: {source}")]
+    Qr {
+        /// "C-GET" or "C-MOVE".
+        service: &'static str,
+        /// What failed.
+        #[source]
+        source: qr::QrError,
+    },
+    /// The peer answered a failure and nothing arrived.
+    #[error("{service} answered {status}{comment}{hint}")]
+    Refused {
+        /// "C-GET" or "C-MOVE".
+        service: &'static str,
+        /// The final status.
+        status: pacs_mirror_dicom::dimse::Status,
+        /// " (its Error Comment)", or empty.
+        comment: String,
+        /// What the operator may check, or empty.
+        hint: String,
+    },
+    /// The study manifest could not be read.
+    #[error("reading the manifest: {0}")]
+    Manifest(#[source] pacs_mirror_agent::bucket::BucketError),
+    /// A manifest entry's hash is not a blake3 hash.
+    #[error("manifest entry {sop}: bad hash {hash:?}")]
+    BadHash {
+        /// The entry's SOP Instance UID.
+        sop: String,
+        /// What it says.
+        hash: String,
+    },
+    /// An object GET failed (other than not found).
+    #[error("GET {key}: {source}")]
+    Get {
+        /// The object key.
+        key: String,
+        /// What failed.
+        #[source]
+        source: pacs_mirror_agent::bucket::BucketError,
+    },
+}
+
+/// " (comment)" for a final response's Error Comment, or empty.
+fn comment_of(comment: Option<&str>) -> String {
+    comment.map(|c| format!(" ({c})")).unwrap_or_default()
+}
+
 /// COERCED (with the differing tags) when SOP UIDs and Pixel Data are
 /// identical, else MISMATCH with the reason.
-fn compare_attributes(local: &Path, retrieved: &Path) -> Result<(Verdict, String), String> {
+fn compare_attributes(local: &Path, retrieved: &Path) -> Result<(Verdict, String), Unparsable> {
     use dicom_dictionary_std::tags;
     // The retrieved copy comes from the target: walked before dicom-object
     // parses it (which allocates declared lengths and recurses into nested
     // sequences: a hostile or broken copy must not take the agent down).
     for p in [local, retrieved] {
-        pacs_mirror_dicom::part10::check_whole_data_set(p).map_err(|e| e.to_string())?;
+        pacs_mirror_dicom::part10::check_whole_data_set(p)?;
     }
-    let a = dicom_object::open_file(local).map_err(|e| e.to_string())?;
-    let b = dicom_object::open_file(retrieved).map_err(|e| e.to_string())?;
+    let a = dicom_object::open_file(local)?;
+    let b = dicom_object::open_file(retrieved)?;
     let tsa = a
         .meta()
         .transfer_syntax()
@@ -641,7 +704,7 @@ async fn retrieve_dicom(
     expected: &HashMap<String, Vec<InstanceRecord>>,
     settings: &DrillSettings,
     dir: &Path,
-) -> Result<Vec<Retrieved>, String> {
+) -> Result<Vec<Retrieved>, RetrieveError> {
     // One context per (class, syntax) held, then common ones while room.
     let contexts = qr::storage_contexts_with(expected.values().flatten().map(|r| StorageContext {
         sop_class_uid: r.sop_class_uid.clone(),
@@ -664,17 +727,17 @@ async fn retrieve_dicom(
         &options,
     )
     .await
-    .map_err(|e| format!("C-GET: {e}"))?;
+    .map_err(|source| RetrieveError::Qr {
+        service: "C-GET",
+        source,
+    })?;
     if outcome.status.is_failure() && outcome.instances.is_empty() {
-        return Err(format!(
-            "C-GET answered {}{}",
-            outcome.status,
-            outcome
-                .error_comment
-                .as_deref()
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default()
-        ));
+        return Err(RetrieveError::Refused {
+            service: "C-GET",
+            status: outcome.status,
+            comment: comment_of(outcome.error_comment.as_deref()),
+            hint: String::new(),
+        });
     }
     Ok(outcome
         .instances
@@ -699,7 +762,7 @@ async fn retrieve_move(
     study: &str,
     settings: &DrillSettings,
     dir: &Path,
-) -> Result<Vec<Retrieved>, String> {
+) -> Result<Vec<Retrieved>, RetrieveError> {
     let mut peer = m.peer.clone();
     peer.timeout = settings.timeout;
     // Registered before the request: the first C-STORE may come at once.
@@ -709,9 +772,13 @@ async fn retrieve_move(
         callers: m.callers.clone(),
         dir: dir.to_path_buf(),
     });
+    let qr_error = |source| RetrieveError::Qr {
+        service: "C-MOVE",
+        source,
+    };
     let mut association = QrAssociation::connect(&peer, &[Service::Move])
         .await
-        .map_err(|e| format!("C-MOVE: {e}"))?;
+        .map_err(qr_error)?;
     let start = Instant::now();
     let outcome = association
         .move_to(
@@ -721,7 +788,7 @@ async fn retrieve_move(
         )
         .await;
     association.release().await;
-    let outcome = outcome.map_err(|e| format!("C-MOVE: {e}"))?;
+    let outcome = outcome.map_err(qr_error)?;
     let sub = outcome.sub_operations;
     let want = usize::from(sub.completed) + usize::from(sub.warning);
     let mut arrivals = Vec::new();
@@ -762,15 +829,12 @@ async fn retrieve_move(
         } else {
             String::new()
         };
-        return Err(format!(
-            "C-MOVE answered {}{}{hint}",
-            outcome.status,
-            outcome
-                .error_comment
-                .as_deref()
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default()
-        ));
+        return Err(RetrieveError::Refused {
+            service: "C-MOVE",
+            status: outcome.status,
+            comment: comment_of(outcome.error_comment.as_deref()),
+            hint,
+        });
     }
     Ok(arrivals
         .into_iter()
@@ -788,12 +852,12 @@ async fn retrieve_bucket(
     bucket: &Bucket,
     study: &str,
     dir: &Path,
-) -> Result<Vec<Retrieved>, String> {
+) -> Result<Vec<Retrieved>, RetrieveError> {
     let start = Instant::now();
     let manifest = bucket
         .study_manifest(study)
         .await
-        .map_err(|e| format!("reading the manifest: {e}"))?;
+        .map_err(RetrieveError::Manifest)?;
     let Some(manifest) = manifest else {
         return Ok(Vec::new());
     };
@@ -809,10 +873,10 @@ async fn retrieve_bucket(
             )
         })
         .collect();
-    let results: Vec<Result<Option<Retrieved>, String>> = futures::stream::iter(jobs)
+    let results: Vec<Result<Option<Retrieved>, RetrieveError>> = futures::stream::iter(jobs)
         .map(|(i, sop, hex)| async move {
             let Ok(hash) = parse_hash(&hex) else {
-                return Err(format!("manifest entry {sop}: bad hash {hex:?}"));
+                return Err(RetrieveError::BadHash { sop, hash: hex });
             };
             let path = dir.join(format!("{i}.dcm"));
             match bucket.download(&hash, &path).await {
@@ -825,10 +889,10 @@ async fn retrieve_bucket(
                 })),
                 // A blob gone from the bucket: MISSING.
                 Err(e) if e.is_not_found() => Ok(None),
-                Err(e) => Err(format!(
-                    "GET {}: {e}",
-                    pacs_mirror_agent::bucket::object_key(&hash)
-                )),
+                Err(source) => Err(RetrieveError::Get {
+                    key: pacs_mirror_agent::bucket::object_key(&hash),
+                    source,
+                }),
             }
         })
         .buffer_unordered(8)
@@ -987,7 +1051,9 @@ mod tests {
         deep.splice(pixel_at..pixel_at, inner);
         let deep_path = d.path().join("deep.dcm");
         std::fs::write(&deep_path, deep).unwrap();
-        let err = compare_attributes(&local, &deep_path).unwrap_err();
+        let err = compare_attributes(&local, &deep_path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nested deeper"), "{err}");
     }
 

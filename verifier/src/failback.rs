@@ -41,6 +41,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -594,7 +595,12 @@ async fn failback_study(
                 report.bytes += g.dataset_bytes;
                 sent.push((i, g, reencoded));
             }
-            Err(e) => results.push(result_of(study, i, Some(g), Outcome::StoreFailed(e))),
+            Err(e) => results.push(result_of(
+                study,
+                i,
+                Some(g),
+                Outcome::StoreFailed(e.to_string()),
+            )),
         }
         let _ = std::fs::remove_file(&g.path);
     }
@@ -797,6 +803,24 @@ fn note_get(
     }
 }
 
+/// Why an object was not stored into the primary.
+#[derive(Debug, Clone, thiserror::Error)]
+enum NotStored {
+    /// The primary answered a failure status.
+    #[error("the primary answered {0}")]
+    Refused(pacs_mirror_dicom::dimse::Status),
+    /// The association or the transfer failed.
+    #[error(transparent)]
+    Failed(Arc<scu::ScuError>),
+    /// The association broke before its turn, and every attempt is spent.
+    #[error("not sent")]
+    NotSent,
+    /// The primary refuses associations: the rest of the objects were not
+    /// tried.
+    #[error("not sent: no association to the primary")]
+    NoAssociation,
+}
+
 /// C-STORE each object, in chunks of [`STORE_CHUNK`] per association; an
 /// association that breaks is opened again for what is left (up to
 /// [`STORE_ATTEMPTS`]). One result per object, in order (Ok: stored, with
@@ -805,7 +829,7 @@ fn note_get(
 async fn store_all(
     peer: &Peer,
     objects: &[(&PlannedInstance, RetrievedInstance)],
-) -> (Vec<Result<Option<Reencoded>, String>>, Option<bool>) {
+) -> (Vec<Result<Option<Reencoded>, NotStored>>, Option<bool>) {
     let mut out = Vec::with_capacity(objects.len());
     let mut associated = None;
     for chunk in objects.chunks(STORE_CHUNK) {
@@ -820,7 +844,7 @@ async fn store_all(
                 dataset_blake3: None,
             })
             .collect();
-        let mut results: Vec<Option<Result<Option<Reencoded>, String>>> =
+        let mut results: Vec<Option<Result<Option<Reencoded>, NotStored>>> =
             vec![None; outgoing.len()];
         let mut attempt = 0;
         while results.iter().any(Option::is_none) {
@@ -840,8 +864,9 @@ async fn store_all(
                 }
                 Err(e) => {
                     associated = Some(false);
+                    let e = Arc::new(e);
                     for k in left {
-                        results[k] = Some(Err(e.to_string()));
+                        results[k] = Some(Err(NotStored::Failed(e.clone())));
                     }
                     break;
                 }
@@ -850,12 +875,12 @@ async fn store_all(
             for k in left {
                 match scu.store_reporting(&outgoing[k]).await {
                     Ok((st, re)) if st.is_stored() => results[k] = Some(Ok(re)),
-                    Ok((st, _)) => results[k] = Some(Err(format!("the primary answered {st}"))),
+                    Ok((st, _)) => results[k] = Some(Err(NotStored::Refused(st))),
                     Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
                         broken = true;
                         break;
                     }
-                    Err(e) => results[k] = Some(Err(e.to_string())),
+                    Err(e) => results[k] = Some(Err(NotStored::Failed(Arc::new(e)))),
                 }
             }
             if broken {
@@ -867,12 +892,12 @@ async fn store_all(
         out.extend(
             results
                 .into_iter()
-                .map(|r| r.unwrap_or_else(|| Err("not sent".into()))),
+                .map(|r| r.unwrap_or(Err(NotStored::NotSent))),
         );
         // A peer that refuses associations: the next chunks would too.
         if associated == Some(false) {
             let left = objects.len() - out.len();
-            out.extend((0..left).map(|_| Err("not sent: no association to the primary".into())));
+            out.extend((0..left).map(|_| Err(NotStored::NoAssociation)));
             break;
         }
     }

@@ -39,6 +39,49 @@ pub fn uses_c_move(config: &Config, target: &str) -> bool {
             .any(|t| t.name() == target && matches!(t, Target::Dicom { .. }))
 }
 
+/// Why a target cannot be drilled as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// No such target.
+    #[error("no target named {name:?} (targets: {known:?})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The configured targets.
+        known: Vec<String>,
+    },
+    /// Its remote AE has no connection to use.
+    #[error("target {0:?}: its remote AE has no usable connection")]
+    NoConnection(String),
+    /// A C-MOVE drill without a destination.
+    #[error("the drill of {0:?} is retrieve = \"c-move\" without a move_destination")]
+    NoMoveDestination(String),
+    /// A C-MOVE drill to an AE this process does not serve.
+    #[error(
+        "the drill of {name:?} is a C-MOVE to {destination}, which is not served here: it needs drill_receiver = true and an installed network connection"
+    )]
+    DestinationNotServed {
+        /// The target.
+        name: String,
+        /// The move destination AE.
+        destination: String,
+    },
+    /// The bucket cannot be opened.
+    #[error(transparent)]
+    Bucket(#[from] pacs_mirror_agent::bucket::BucketError),
+}
+
+/// Why a drill could not run (a drill that ran and failed is a report).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The target cannot be drilled as configured.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The drill could not start or read the index.
+    #[error(transparent)]
+    Drill(#[from] drill::DrillError),
+}
+
 /// How `target` is reached by a drill. A C-MOVE drill needs the inbox of
 /// the drill receiver (the agent's, or one the caller serves).
 pub fn drill_target(
@@ -46,10 +89,16 @@ pub fn drill_target(
     name: &str,
     timeout: Duration,
     inbox: Option<&Arc<DrillInbox>>,
-) -> Result<DrillTarget, String> {
+) -> Result<DrillTarget, TargetError> {
     let Some(t) = config.targets.iter().find(|t| t.name() == name) else {
-        let names: Vec<&str> = config.targets.iter().map(Target::name).collect();
-        return Err(format!("no target named {name:?} (targets: {names:?})"));
+        return Err(TargetError::Unknown {
+            name: name.to_string(),
+            known: config
+                .targets
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect(),
+        });
     };
     Ok(match t {
         Target::Dicom {
@@ -64,7 +113,7 @@ pub fn drill_target(
                 &app::default_calling_ae(config),
                 timeout.as_secs(),
             )
-            .ok_or_else(|| format!("target {name:?}: its remote AE has no usable connection"))?;
+            .ok_or_else(|| TargetError::NoConnection(name.to_string()))?;
             let drill = config.drills.iter().find(|d| d.target == name);
             match drill.filter(|d| d.retrieve == Retrieve::CMove) {
                 None => DrillTarget::Dicom(peer),
@@ -73,14 +122,14 @@ pub fn drill_target(
                         .move_destination
                         .as_deref()
                         .map(|s| s.trim().to_string())
-                        .ok_or_else(|| {
-                            format!("the drill of {name:?} is retrieve = \"c-move\" without a move_destination")
-                        })?;
-                    let inbox = inbox.cloned().ok_or_else(|| {
-                        format!(
-                            "the drill of {name:?} is a C-MOVE to {destination}, which is not served here: it needs drill_receiver = true and an installed network connection"
-                        )
-                    })?;
+                        .ok_or_else(|| TargetError::NoMoveDestination(name.to_string()))?;
+                    let inbox =
+                        inbox
+                            .cloned()
+                            .ok_or_else(|| TargetError::DestinationNotServed {
+                                name: name.to_string(),
+                                destination: destination.clone(),
+                            })?;
                     let callers = config
                         .remote_ae(remote_ae)
                         .map(|(device, _)| {
@@ -100,17 +149,16 @@ pub fn drill_target(
                 }
             }
         }
-        Target::ObjectStore { url, options, .. } => DrillTarget::Bucket(Arc::new(
-            Bucket::open(&BucketSettings {
+        Target::ObjectStore { url, options, .. } => {
+            DrillTarget::Bucket(Arc::new(Bucket::open(&BucketSettings {
                 url: url.clone(),
                 options: options
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 timeout,
-            })
-            .map_err(|e| e.to_string())?,
-        )),
+            })?))
+        }
     })
 }
 
@@ -172,7 +220,7 @@ pub struct DrillService {
 
 impl DrillService {
     /// Run one drill of `target` now.
-    pub async fn run(&self, target: &str, studies: &[String]) -> Result<DrillReport, String> {
+    pub async fn run(&self, target: &str, studies: &[String]) -> Result<DrillReport, RunError> {
         let _one = self.one_at_a_time.lock().await;
         let settings = settings_for(&self.config, target, studies);
         let t = drill_target(
@@ -182,9 +230,7 @@ impl DrillService {
             self.drill_inbox.as_ref(),
         )?;
         let _ = std::fs::remove_dir_all(&self.scratch);
-        let report = drill::run_drill(&self.index, &self.spool, &t, &settings, &self.scratch)
-            .await
-            .map_err(|e| e.to_string());
+        let report = drill::run_drill(&self.index, &self.spool, &t, &settings, &self.scratch).await;
         let _ = std::fs::remove_dir_all(&self.scratch);
         let report = report?;
         alert_on(&self.alerts, &report);
@@ -385,7 +431,7 @@ async fn run_now(
 ) -> Response {
     match s.run(&p.target, &p.study).await {
         Ok(r) => axum::Json(r).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }
 

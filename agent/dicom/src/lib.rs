@@ -22,6 +22,7 @@ pub mod dimse;
 pub mod identity;
 pub mod part10;
 pub mod query;
+pub mod reassembly;
 pub mod scu;
 pub mod sop_classes;
 pub mod structure;

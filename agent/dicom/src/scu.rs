@@ -34,6 +34,7 @@ use dicom_ul::{ClientAssociationOptions, Pdu};
 use tokio::net::TcpStream;
 
 use crate::dimse::{self, CStoreRq, CommandSet, Status};
+use crate::reassembly::{Message, Reassembler};
 
 /// Most presentation contexts proposed on one association.
 pub const MAX_CONTEXTS: usize = 128;
@@ -264,8 +265,8 @@ pub struct Scu {
     next_message_id: u16,
     /// PDVs of the last PDU not handed over yet.
     queued: VecDeque<PDataValue>,
-    /// Command fragments collected so far, and their context.
-    command: Option<(u8, Vec<u8>)>,
+    /// Command fragments collected so far ([`crate::reassembly`]).
+    reassembly: Reassembler,
     /// The object to read ahead once the current one is sent.
     next: Option<Outgoing>,
     /// Its first block, being read.
@@ -514,7 +515,7 @@ impl Scu {
             peer: peer.clone(),
             next_message_id: 1,
             queued: VecDeque::new(),
-            command: None,
+            reassembly: Reassembler::with_trailer(),
             next: None,
             read_ahead: None,
             spare: Vec::new(),
@@ -945,49 +946,23 @@ impl Scu {
     pub async fn receive_pdv(&mut self) -> Result<Inbound, ScuError> {
         loop {
             while let Some(pdv) = self.queued.pop_front() {
-                let pc_id = pdv.presentation_context_id;
-                match pdv.value_type {
-                    PDataValueType::Data => {
-                        if self.command.is_some() {
-                            return Err(self
-                                .protocol("data fragment in the middle of a command set".into()));
-                        }
-                        return Ok(Inbound::Data {
-                            pc_id,
-                            bytes: pdv.data,
-                            last: pdv.is_last,
-                        });
+                match self.reassembly.push(pdv) {
+                    Ok(Message::Partial) => {}
+                    Ok(Message::Data { pc_id, bytes, last }) => {
+                        return Ok(Inbound::Data { pc_id, bytes, last });
                     }
-                    PDataValueType::Command => {
-                        let mut bytes = match self.command.take() {
-                            None => Vec::new(),
-                            Some((id, bytes)) if id == pc_id => bytes,
-                            Some((id, _)) => {
-                                return Err(self.protocol(format!(
-                                    "command fragments on presentation contexts {id} and {pc_id}"
-                                )));
-                            }
-                        };
-                        bytes.extend_from_slice(&pdv.data);
-                        if bytes.len() > dimse::MAX_COMMAND_SET_BYTES {
-                            return Err(self.protocol(format!(
-                                "command set larger than {} bytes",
-                                dimse::MAX_COMMAND_SET_BYTES
-                            )));
-                        }
-                        if !pdv.is_last {
-                            self.command = Some((pc_id, bytes));
-                            continue;
-                        }
-                        let (command, trailer) = CommandSet::decode_with_trailer(&bytes)
-                            .map_err(|e| self.protocol(format!("undecodable command set: {e}")))?;
-                        let trailer = trailer.to_vec();
+                    Ok(Message::Command {
+                        pc_id,
+                        command,
+                        trailer,
+                    }) => {
                         return Ok(Inbound::Command {
                             pc_id,
                             command,
                             trailer,
                         });
                     }
+                    Err(e) => return Err(self.protocol(e.to_string())),
                 }
             }
             let pdu = self

@@ -95,7 +95,7 @@ use pacs_mirror_dicom::part10::{self, Receipt};
 use pacs_mirror_store::commit::{CommitError, Committer, Pending, Ticket};
 use pacs_mirror_store::index::{CommitOutcome, Index, IndexError, KvError, hash_hex};
 use pacs_mirror_store::recovery::{self, RecoveryReport};
-use pacs_mirror_store::spool::{ObjectWriter, Spool, SpoolError};
+use pacs_mirror_store::spool::{ObjectWriter, Reservation, Spool, SpoolError};
 use source::SourceMeta;
 use walk::Entry;
 
@@ -287,7 +287,7 @@ pub fn run(
         }
         drop(done_tx);
         for done in done_rx {
-            report.record(done, &spool, stop);
+            report.record(done, stop);
             progress.update(&report.totals);
         }
     });
@@ -312,14 +312,17 @@ enum Step {
     Skipped(String),
     /// Already held, found by the pre-check.
     Held,
-    /// Handed to the committer; `reserved` spool bytes to settle.
-    Submitted { ticket: Ticket, reserved: u64 },
+    /// Handed to the committer, with the spool room it holds.
+    Submitted {
+        ticket: Ticket,
+        reservation: Reservation,
+    },
     /// A local failure: stop the run.
     Fatal(String),
 }
 
 impl BackfillReport {
-    fn record(&mut self, done: Done, spool: &Spool, stop: &AtomicBool) {
+    fn record(&mut self, done: Done, stop: &AtomicBool) {
         let Done {
             path,
             bytes,
@@ -337,9 +340,12 @@ impl BackfillReport {
                 self.stop_with(&path, reason, stop);
                 return;
             }
-            Step::Submitted { ticket, reserved } => match ticket.wait_blocking() {
+            Step::Submitted {
+                ticket,
+                reservation,
+            } => match ticket.wait_blocking() {
                 Ok(c) => {
-                    spool.commit_reservation(reserved, if c.created { c.file_bytes } else { 0 });
+                    reservation.commit(if c.created { c.file_bytes } else { 0 });
                     if matches!(c.outcome, CommitOutcome::Conflict { .. }) {
                         self.conflicts.push(Conflict {
                             path: path.clone(),
@@ -348,18 +354,16 @@ impl BackfillReport {
                     }
                     Ok(c.outcome)
                 }
-                Err(e) => {
-                    spool.release(reserved);
-                    match e {
-                        CommitError::IdentityConflict(m) => {
-                            Err(Some(format!("file meta group and data set disagree: {m}")))
-                        }
-                        e => {
-                            self.stop_with(&path, e.to_string(), stop);
-                            return;
-                        }
+                // The reservation is released as it drops.
+                Err(e) => match e {
+                    CommitError::IdentityConflict(m) => {
+                        Err(Some(format!("file meta group and data set disagree: {m}")))
                     }
-                }
+                    e => {
+                        self.stop_with(&path, e.to_string(), stop);
+                        return;
+                    }
+                },
             },
         };
         match outcome {
@@ -440,7 +444,7 @@ impl Reader<'_> {
         };
         let meta = match source::read_meta(&mut file, len) {
             Ok(m) => m,
-            Err(reason) => return Step::Skipped(reason),
+            Err(reason) => return Step::Skipped(reason.to_string()),
         };
         match self.already_held(path, &meta) {
             Ok(true) => return Step::Held,
@@ -473,36 +477,31 @@ impl Reader<'_> {
         // The walk checks the structure and reads the identifying
         // attributes; a flaw becomes a finding, the file is kept.
         let mut structure = pacs_mirror_store::identify::walker(&meta.transfer_syntax_uid);
-        let mut reserved = 0u64;
-        // On every early return below, dropping `writer` removes the temp file.
-        let refuse = |reserved: u64, step: Step| {
-            self.spool.release(reserved);
-            step
-        };
+        // On every early return below, dropping `writer` removes the temp
+        // file and dropping `reservation` releases its room.
+        let mut reservation = self.spool.reservation();
         loop {
             let n = match file.read(buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return refuse(reserved, Step::Skipped(format!("cannot read: {e}"))),
+                Err(e) => return Step::Skipped(format!("cannot read: {e}")),
             };
             let chunk = &buf[..n];
             let _ = structure.feed(chunk);
-            if let Err(e) = self.spool.reserve(reserved, n as u64) {
-                let step = match e {
+            if let Err(e) = reservation.grow(n as u64) {
+                return match e {
                     SpoolError::ObjectTooLarge { .. } => Step::Skipped(e.to_string()),
                     e => Step::Fatal(e.to_string()),
                 };
-                return refuse(reserved, step);
             }
-            reserved += n as u64;
             if let Err(e) = writer.write_chunk(chunk) {
-                return refuse(reserved, Step::Fatal(e.to_string()));
+                return Step::Fatal(e.to_string());
             }
         }
         let observed = structure.finish_observing();
         if let Err(e) = writer.sync_early() {
-            return refuse(reserved, Step::Fatal(e.to_string()));
+            return Step::Fatal(e.to_string());
         }
         let pending = Pending {
             writer,
@@ -515,8 +514,11 @@ impl Reader<'_> {
             received_at_ms,
         };
         match self.committer.submit(pending) {
-            Ok(ticket) => Step::Submitted { ticket, reserved },
-            Err(e) => refuse(reserved, Step::Fatal(e.to_string())),
+            Ok(ticket) => Step::Submitted {
+                ticket,
+                reservation,
+            },
+            Err(e) => Step::Fatal(e.to_string()),
         }
     }
 

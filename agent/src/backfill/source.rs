@@ -32,46 +32,82 @@ pub struct SourceMeta {
     pub dataset_offset: u64,
 }
 
+/// Why a file is skipped, in words for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Skipped {
+    /// Shorter than a preamble and "DICM".
+    #[error(
+        "not a DICOM Part-10 file: {0} bytes, too short for the 128-byte preamble and \"DICM\""
+    )]
+    TooShort(u64),
+    /// No "DICM" after the preamble.
+    #[error("not a DICOM Part-10 file (no \"DICM\" at byte 128)")]
+    NoDicm,
+    /// The file ends inside its meta group.
+    #[error("DICOM file cut short inside its file meta group")]
+    CutShort,
+    /// The meta group does not open with (0002,0000) UL.
+    #[error("the file meta group does not start with its group length (0002,0000) UL")]
+    NoGroupLength,
+    /// A group length no real meta group has.
+    #[error("file meta group length {0} is implausible (over {MAX_META_GROUP_BYTES} bytes)")]
+    ImplausibleGroupLength(u32),
+    /// The meta group's elements do not parse.
+    #[error("unreadable file meta group: {0}")]
+    Meta(#[source] pacs_mirror_dicom::part10::Part10Error),
+    /// A UID the index would key the object by is unusable.
+    #[error("unusable {what}: {source}")]
+    UnusableKey {
+        /// Which attribute.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: pacs_mirror_store::identify::UnusableKey,
+    },
+    /// A media directory, not an object.
+    #[error("a DICOMDIR (media directory), not a SOP instance")]
+    Dicomdir,
+    /// A transfer syntax network ingest would not accept either.
+    #[error("unknown transfer syntax {0} (the agent would not accept it over the network either)")]
+    UnknownTransferSyntax(String),
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+}
+
 /// Read and check the preamble and file meta group of `file` (of length
 /// `len`). On success the file position is at the first data set byte. The
 /// error is the reason the file is skipped, in words for the operator.
-pub fn read_meta(file: &mut impl Read, len: u64) -> Result<SourceMeta, String> {
-    let io = |e: std::io::Error| format!("cannot read: {e}");
+pub fn read_meta(file: &mut impl Read, len: u64) -> Result<SourceMeta, Skipped> {
+    let io = Skipped::Read;
     if len < 132 {
-        return Err(format!(
-            "not a DICOM Part-10 file: {len} bytes, too short for the 128-byte preamble and \"DICM\""
-        ));
+        return Err(Skipped::TooShort(len));
     }
     let mut head = [0u8; 144];
     file.read_exact(&mut head[..132]).map_err(io)?;
     if &head[128..132] != b"DICM" {
-        return Err("not a DICOM Part-10 file (no \"DICM\" at byte 128)".into());
+        return Err(Skipped::NoDicm);
     }
     if len < 144 {
-        return Err("DICOM file cut short inside its file meta group".into());
+        return Err(Skipped::CutShort);
     }
     file.read_exact(&mut head[132..144]).map_err(io)?;
     if head[132..138] != [2, 0, 0, 0, b'U', b'L'] || head[138..140] != [4, 0] {
-        return Err(
-            "the file meta group does not start with its group length (0002,0000) UL".into(),
-        );
+        return Err(Skipped::NoGroupLength);
     }
     let group_len = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
     if group_len > MAX_META_GROUP_BYTES {
-        return Err(format!(
-            "file meta group length {group_len} is implausible (over {MAX_META_GROUP_BYTES} bytes)"
-        ));
+        return Err(Skipped::ImplausibleGroupLength(group_len));
     }
     let dataset_offset = 144 + u64::from(group_len);
     if dataset_offset > len {
-        return Err("DICOM file cut short inside its file meta group".into());
+        return Err(Skipped::CutShort);
     }
     let mut meta_bytes = Vec::with_capacity(16 + group_len as usize);
     meta_bytes.extend_from_slice(&head[128..144]);
     meta_bytes.resize(16 + group_len as usize, 0);
     file.read_exact(&mut meta_bytes[16..]).map_err(io)?;
-    let meta = pacs_mirror_dicom::part10::parse_meta(&meta_bytes)
-        .map_err(|e| format!("unreadable file meta group: {e}"))?;
+    let meta = pacs_mirror_dicom::part10::parse_meta(&meta_bytes).map_err(Skipped::Meta)?;
     let out = SourceMeta {
         sop_class_uid: meta.media_storage_sop_class_uid,
         sop_instance_uid: meta.media_storage_sop_instance_uid,
@@ -85,7 +121,7 @@ pub fn read_meta(file: &mut impl Read, len: u64) -> Result<SourceMeta, String> {
 impl SourceMeta {
     /// The checks network ingest makes on the C-STORE command and the
     /// negotiated transfer syntax, made on the file meta group instead.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Skipped> {
         for (what, uid) in [
             (
                 "Media Storage SOP Class UID (0002,0002)",
@@ -98,18 +134,17 @@ impl SourceMeta {
             ("Transfer Syntax UID (0002,0010)", &self.transfer_syntax_uid),
         ] {
             pacs_mirror_store::identify::usable_key(uid)
-                .map_err(|e| format!("unusable {what}: {e}"))?;
+                .map_err(|source| Skipped::UnusableKey { what, source })?;
         }
         if self.sop_class_uid == MEDIA_STORAGE_DIRECTORY {
-            return Err("a DICOMDIR (media directory), not a SOP instance".into());
+            return Err(Skipped::Dicomdir);
         }
         if TransferSyntaxRegistry
             .get(&self.transfer_syntax_uid)
             .is_none()
         {
-            return Err(format!(
-                "unknown transfer syntax {} (the agent would not accept it over the network either)",
-                self.transfer_syntax_uid
+            return Err(Skipped::UnknownTransferSyntax(
+                self.transfer_syntax_uid.clone(),
             ));
         }
         Ok(())
@@ -161,7 +196,7 @@ mod tests {
     fn skip_reasons() {
         let reason = |bytes: &[u8]| {
             let (_d, mut f, len) = file_with(bytes);
-            read_meta(&mut f, len).unwrap_err()
+            read_meta(&mut f, len).unwrap_err().to_string()
         };
         assert!(reason(b"hello").contains("too short"));
         assert!(reason(&[0u8; 300]).contains("no \"DICM\""));

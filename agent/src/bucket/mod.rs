@@ -309,7 +309,7 @@ impl Bucket {
             "s3" | "gs" | "az" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let root = format!("{scheme}://{bucket}");
-                let store = cloud_store(scheme, &root, settings).map_err(bad)?;
+                let store = cloud_store(scheme, &root, settings).map_err(|e| bad(e.to_string()))?;
                 (store, prefix.trim_matches('/').to_string())
             }
             other => return Err(bad(format!("unsupported scheme {other:?}"))),
@@ -793,13 +793,28 @@ fn hash_whole(bytes: &[u8], hash: &Hash) -> Result<StreamHashes, BucketError> {
     Ok(hashes)
 }
 
+/// Why an S3/GCS/Azure store cannot be built.
+#[derive(Debug, thiserror::Error)]
+enum CloudConfigError {
+    /// An option the store does not know, or a bad value.
+    #[error("option {key:?}: {source}")]
+    Option {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// The builder refused the URL or the options together.
+    #[error(transparent)]
+    Build(#[from] object_store::Error),
+}
+
 /// Build an S3/GCS/Azure store for `root` (scheme://bucket) from the
 /// environment plus `settings.options`.
 fn cloud_store(
     scheme: &str,
     root: &str,
     settings: &BucketSettings,
-) -> Result<Arc<dyn ObjectStore>, String> {
+) -> Result<Arc<dyn ObjectStore>, CloudConfigError> {
     let retry = object_store::RetryConfig {
         backoff: object_store::BackoffConfig::default(),
         // Short faults only: the persistent queue handles outages.
@@ -807,7 +822,10 @@ fn cloud_store(
         retry_timeout: settings.timeout,
     };
     let timeout = format!("{}s", settings.timeout.as_secs().max(1));
-    let unknown = |k: &str, e: &dyn std::fmt::Display| format!("option {k:?}: {e}");
+    let unknown = |k: &str, source: object_store::Error| CloudConfigError::Option {
+        key: k.to_string(),
+        source,
+    };
     match scheme {
         "s3" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -822,10 +840,10 @@ fn cloud_store(
                 // AWS-native way (UploadPartCopy + conditional complete).
                 .with_config(AmazonS3ConfigKey::CopyIfNotExists, "multipart");
             for (k, v) in &settings.options {
-                let key: AmazonS3ConfigKey = k.parse().map_err(|e| unknown(k, &e))?;
+                let key: AmazonS3ConfigKey = k.parse().map_err(|e| unknown(k, e))?;
                 b = b.with_config(key, v.clone());
             }
-            Ok(Arc::new(b.build().map_err(|e| e.to_string())?))
+            Ok(Arc::new(b.build()?))
         }
         "gs" => {
             use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -837,10 +855,10 @@ fn cloud_store(
                     timeout,
                 );
             for (k, v) in &settings.options {
-                let key: GoogleConfigKey = k.parse().map_err(|e| unknown(k, &e))?;
+                let key: GoogleConfigKey = k.parse().map_err(|e| unknown(k, e))?;
                 b = b.with_config(key, v.clone());
             }
-            Ok(Arc::new(b.build().map_err(|e| e.to_string())?))
+            Ok(Arc::new(b.build()?))
         }
         _ => {
             use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
@@ -852,10 +870,10 @@ fn cloud_store(
                     timeout,
                 );
             for (k, v) in &settings.options {
-                let key: AzureConfigKey = k.parse().map_err(|e| unknown(k, &e))?;
+                let key: AzureConfigKey = k.parse().map_err(|e| unknown(k, e))?;
                 b = b.with_config(key, v.clone());
             }
-            Ok(Arc::new(b.build().map_err(|e| e.to_string())?))
+            Ok(Arc::new(b.build()?))
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::Worker;
+use super::{Unreachable, Unsendable, Worker};
 use crate::bucket::manifest::ManifestEntry;
 use crate::bucket::{Bucket, BucketError, object_key};
 use pacs_mirror_store::index::outbox::Due;
@@ -36,12 +36,12 @@ impl Worker {
         &self,
         bucket: &Bucket,
         due: &[Due],
-    ) -> (Result<(), String>, HashSet<Hash>) {
+    ) -> (Result<(), Unreachable>, HashSet<Hash>) {
         let mut items = Vec::with_capacity(due.len());
         for d in due {
             match self.instance_record(d) {
                 Ok(item) => items.push(item),
-                Err(reason) => self.refused(d, &reason),
+                Err(reason) => self.refused(d, &reason.to_string()),
             }
         }
         if items.is_empty() {
@@ -106,7 +106,7 @@ impl Worker {
                 }
                 Err(e) if e.is_transient() => {
                     self.retry(item.due, &e.to_string());
-                    transient = Some(e.to_string());
+                    transient = Some(e);
                 }
                 Err(e) => self.refused(item.due, &e.to_string()),
             }
@@ -127,7 +127,7 @@ impl Worker {
             _ => HashSet::new(),
         };
         match transient {
-            Some(e) if !any_stored => (Err(e), handed_over),
+            Some(e) if !any_stored => (Err(e.into()), handed_over),
             _ => (Ok(()), handed_over),
         }
     }
@@ -201,17 +201,16 @@ impl Worker {
 
     /// What the manifest lists of an object: its index record (with the
     /// study date read from its file when the record predates it).
-    fn instance_record<'a>(&self, d: &'a Due) -> Result<Item<'a>, String> {
+    fn instance_record<'a>(&self, d: &'a Due) -> Result<Item<'a>, Unsendable> {
         let object = self.object_record(d)?;
         let hex = hash_hex(&d.hash);
         let mut record = self
             .r
             .index
-            .versions(&object.sop_instance_uid)
-            .map_err(|e| e.to_string())?
+            .versions(&object.sop_instance_uid)?
             .into_iter()
             .find(|r| r.blake3 == hex)
-            .ok_or_else(|| format!("object {hex} has no instance record in the index"))?;
+            .ok_or(Unsendable::NoInstanceRecord(hex))?;
         // Indexed with the record; records written before it was kept
         // have none, and then it is read from the spool file.
         if record.study_date.is_empty() {

@@ -2,7 +2,7 @@
 //! object streamed from its spool file, with its own SOP class and transfer
 //! syntax).
 
-use super::Worker;
+use super::{Unreachable, Unsendable, Worker};
 use pacs_mirror_dicom::dimse::Status;
 use pacs_mirror_dicom::scu::{self, Outgoing, Peer, Scu};
 use pacs_mirror_store::index::outbox::Due;
@@ -10,12 +10,12 @@ use pacs_mirror_store::index::outbox::Due;
 impl Worker {
     /// Send `due`; `Err` when the target became unreachable (the rest of the
     /// batch has been rescheduled).
-    pub(super) async fn send_dicom(&self, peer: &Peer, due: &[Due]) -> Result<(), String> {
+    pub(super) async fn send_dicom(&self, peer: &Peer, due: &[Due]) -> Result<(), Unreachable> {
         let mut objects = Vec::with_capacity(due.len());
         for d in due {
             match self.outgoing(d) {
                 Ok(o) => objects.push((d, o)),
-                Err(reason) => self.refused(d, &reason),
+                Err(reason) => self.refused(d, &reason.to_string()),
             }
         }
         if objects.is_empty() {
@@ -29,7 +29,7 @@ impl Worker {
                 for (d, _) in &objects {
                     self.retry(d, &e.to_string());
                 }
-                return Err(e.to_string());
+                return Err(e.into());
             }
             Err(e) => {
                 for (d, _) in &objects {
@@ -76,7 +76,7 @@ impl Worker {
                     for (rest, _) in &objects[i + 1..] {
                         self.retry(rest, &e.to_string());
                     }
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
                 Err(e @ scu::ScuError::Corrupt { aborted: true, .. }) => {
                     // The association is gone; the rest stay due as they
@@ -92,18 +92,16 @@ impl Worker {
         Ok(())
     }
 
-    fn outgoing(&self, d: &Due) -> Result<Outgoing, String> {
+    fn outgoing(&self, d: &Due) -> Result<Outgoing, Unsendable> {
         let record = self.object_record(d)?;
         let path = self.r.spool.object_path(&d.hash);
         // Sent only if the spool file still hashes to its address.
         if record.sop_class_uid.is_empty() || record.transfer_syntax_uid.is_empty() {
             // Older index records: read the identity from the file.
-            return scu::outgoing(&path)
-                .map(|o| Outgoing {
-                    dataset_blake3: Some(d.hash),
-                    ..o
-                })
-                .map_err(|e| e.to_string());
+            return Ok(scu::outgoing(&path).map(|o| Outgoing {
+                dataset_blake3: Some(d.hash),
+                ..o
+            })?);
         }
         Ok(Outgoing {
             path,

@@ -173,7 +173,40 @@ enum Pass {
     /// Work was done (or nothing was due).
     Done { idle: bool },
     /// The target is unreachable: open the circuit.
-    Unreachable(String),
+    Unreachable(Unreachable),
+}
+
+/// Why a target is unreachable (the batch was rescheduled, the circuit
+/// opens).
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    /// The mirror PACS: refused connection, timeout, abort, rejection.
+    #[error(transparent)]
+    Dicom(#[from] scu::ScuError),
+    /// The bucket: network or server.
+    #[error(transparent)]
+    Bucket(#[from] crate::bucket::BucketError),
+}
+
+/// Why an object cannot be sent at all: refused (dead-lettered) until an
+/// operator acts.
+#[derive(Debug, thiserror::Error)]
+pub enum Unsendable {
+    /// The index could not be read.
+    #[error(transparent)]
+    Index(#[from] pacs_mirror_store::index::IndexError),
+    /// The queue names an object the index does not hold.
+    #[error("object {0} is not in the index")]
+    NotIndexed(String),
+    /// The object has no instance record.
+    #[error("object {0} has no instance record in the index")]
+    NoInstanceRecord(String),
+    /// Retention removed its spool file.
+    #[error("removed from the spool by retention at {0} (Unix ms); re-send it from the primary")]
+    Evicted(u64),
+    /// Its spool file's header cannot be read.
+    #[error(transparent)]
+    Unreadable(#[from] pacs_mirror_dicom::part10::Part10Error),
 }
 
 impl Worker {
@@ -216,7 +249,7 @@ impl Worker {
                     if self.worker == 0 {
                         tracing::warn!(target = %name, error = %e, "target unreachable: probing it until it answers");
                     }
-                    self.note_error(&e);
+                    self.note_error(&e.to_string());
                     self.health().circuit_open = true;
                     open_since_attempts = Some(0);
                 }
@@ -265,12 +298,10 @@ impl Worker {
     }
 
     /// Is the target answering? (C-ECHO; a HEAD on the bucket.)
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), Unreachable> {
         match &self.target.destination {
-            Destination::Dicom(peer) => {
-                scu::echo(peer).await.map(|_| ()).map_err(|e| e.to_string())
-            }
-            Destination::Bucket(bucket) => bucket.probe().await.map_err(|e| e.to_string()),
+            Destination::Dicom(peer) => Ok(scu::echo(peer).await.map(|_| ())?),
+            Destination::Bucket(bucket) => Ok(bucket.probe().await?),
         }
     }
 
@@ -353,17 +384,14 @@ impl Worker {
 
     /// The object's index record, or why it cannot be sent (refused: it
     /// never will be until an operator acts).
-    fn object_record(&self, d: &Due) -> Result<pacs_mirror_store::index::ObjectRecord, String> {
+    fn object_record(&self, d: &Due) -> Result<pacs_mirror_store::index::ObjectRecord, Unsendable> {
         let record = self
             .r
             .index
-            .object(&d.hash)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("object {} is not in the index", hash_hex(&d.hash)))?;
+            .object(&d.hash)?
+            .ok_or_else(|| Unsendable::NotIndexed(hash_hex(&d.hash)))?;
         if let Some(at) = record.evicted_at_ms {
-            return Err(format!(
-                "removed from the spool by retention at {at} (Unix ms); re-send it from the primary"
-            ));
+            return Err(Unsendable::Evicted(at));
         }
         Ok(record)
     }

@@ -2,7 +2,7 @@
 //!
 //! PDVs are reassembled here (dicom-ul's `PDataReader` mixes command and data
 //! fragments): command fragments are collected up to a bound and decoded; data
-//! fragments are handed to the [`IncomingStore`] one by one, never collected.
+//! fragments are handed to the [`Incoming`] store one by one, never collected.
 //! Any protocol violation (data without a command, a context that was not
 //! accepted, a command in the middle of a data set, an undecodable command)
 //! aborts the association; an in-flight store is then discarded. The
@@ -32,9 +32,11 @@ use dicom_ul::pdu::{
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::inbox::{DrillInbox, InboxStore};
-use super::store::{Failure, IncomingStore, Ingest, Origin};
+use super::inbox::DrillInbox;
+use super::receive::{Failure, Incoming, Origin, context_refusal};
+use super::store::Ingest;
 use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, CommandSet, Status};
+use pacs_mirror_dicom::reassembly::{Message, Reassembler, ReassemblyError};
 use pacs_mirror_store::index::CommitOutcome;
 
 /// What an association needs from the listener.
@@ -52,6 +54,26 @@ pub struct AssociationContext {
     pub idle_timeout: Duration,
 }
 
+/// Why the association is aborted by us: the peer broke the protocol, or a
+/// response could not be sent.
+#[derive(Debug, thiserror::Error)]
+enum Violation {
+    #[error("PDV on presentation context {0}, which was not accepted")]
+    ContextNotAccepted(u8),
+    #[error("command received in the middle of a data set")]
+    CommandInDataSet,
+    #[error(transparent)]
+    Reassembly(#[from] ReassemblyError),
+    #[error(transparent)]
+    Command(#[from] dimse::DecodeError),
+    #[error("C-STORE-RQ without a data set")]
+    StoreWithoutDataSet,
+    #[error("data PDV without a matching command")]
+    DataWithoutCommand,
+    #[error("sending a response failed: {0}")]
+    Send(#[source] dicom_ul::association::Error),
+}
+
 enum End {
     /// The peer released (we answered) or closed.
     Done,
@@ -61,14 +83,20 @@ enum End {
 }
 
 enum Inbound {
-    /// No message in progress.
+    /// No data set in progress (a command set may be, in the reassembler).
     Idle,
-    /// Collecting a command set's fragments.
-    Command { pc_id: u8, bytes: Vec<u8> },
     /// Receiving a C-STORE's data set.
-    Store(Box<IncomingStore>),
+    Store(Box<Incoming<Ingest>>),
     /// Receiving a C-STORE's data set for a restore drill (never the spool).
-    DrillStore(Box<InboxStore>),
+    DrillStore(Box<Incoming<DrillInbox>>),
+    /// Draining the data set of a C-STORE refused at its command, by no
+    /// destination (a drill receiver with no drill running, a listener
+    /// that stores nothing); answered with `failure` at its last fragment.
+    Refused {
+        rq: CStoreRq,
+        pc_id: u8,
+        failure: Failure,
+    },
     /// Draining the data set of a request we refused (not a C-STORE).
     Discard { pc_id: u8 },
 }
@@ -96,8 +124,9 @@ pub async fn serve(
         peer,
     };
     let mut inbound = Inbound::Idle;
+    let mut reassembly = Reassembler::new();
     let end = loop {
-        let idle = matches!(inbound, Inbound::Idle);
+        let idle = matches!(inbound, Inbound::Idle) && !reassembly.in_command();
         let pdu = tokio::select! {
             biased;
             _ = shutdown.cancelled(), if idle => break End::Abort(
@@ -114,7 +143,7 @@ pub async fn serve(
                 );
             }
             Ok(Err(dicom_ul::association::Error::ConnectionClosed { .. })) => {
-                if !matches!(inbound, Inbound::Idle) {
+                if !idle {
                     tracing::warn!("peer closed the connection in the middle of a message");
                 }
                 break End::Done;
@@ -134,10 +163,21 @@ pub async fn serve(
                         ));
                         break;
                     }
-                    if let Err(v) =
-                        on_pdv(&mut assoc, &ctx, &origin, &called_ae, &mut inbound, pdv).await
+                    if let Err(v) = on_pdv(
+                        &mut assoc,
+                        &ctx,
+                        &origin,
+                        &called_ae,
+                        &mut inbound,
+                        &mut reassembly,
+                        pdv,
+                    )
+                    .await
                     {
-                        violation = Some((AbortRQServiceProviderReason::ReasonNotSpecified, v));
+                        violation = Some((
+                            AbortRQServiceProviderReason::ReasonNotSpecified,
+                            v.to_string(),
+                        ));
                         break;
                     }
                 }
@@ -146,7 +186,7 @@ pub async fn serve(
                 }
             }
             Pdu::ReleaseRQ => {
-                if !matches!(inbound, Inbound::Idle) {
+                if !idle {
                     tracing::warn!("release requested in the middle of a message");
                 }
                 if let Err(e) = assoc.send(&Pdu::ReleaseRP).await {
@@ -234,8 +274,9 @@ async fn on_pdv(
     origin: &Origin,
     called_ae: &str,
     inbound: &mut Inbound,
+    reassembly: &mut Reassembler,
     pdv: PDataValue,
-) -> Result<(), String> {
+) -> Result<(), Violation> {
     let pc_id = pdv.presentation_context_id;
     let (abstract_syntax, transfer_syntax) = assoc
         .presentation_contexts()
@@ -247,44 +288,28 @@ async fn on_pdv(
                 pc.transfer_syntax.trim_end_matches('\0').to_string(),
             )
         })
-        .ok_or_else(|| format!("PDV on presentation context {pc_id}, which was not accepted"))?;
-    match pdv.value_type {
-        PDataValueType::Command => {
-            let bytes = match std::mem::replace(inbound, Inbound::Idle) {
-                Inbound::Idle => pdv.data,
-                Inbound::Command {
-                    pc_id: id,
-                    mut bytes,
-                } if id == pc_id => {
-                    bytes.extend_from_slice(&pdv.data);
-                    bytes
-                }
-                Inbound::Command { .. } => {
-                    return Err("command fragments on two presentation contexts".into());
-                }
-                Inbound::Store(store) => {
-                    store.abandon();
-                    return Err("command received in the middle of a data set".into());
-                }
-                Inbound::DrillStore(store) => {
-                    store.abandon();
-                    return Err("command received in the middle of a data set".into());
-                }
-                Inbound::Discard { .. } => {
-                    return Err("command received in the middle of a data set".into());
-                }
-            };
-            if bytes.len() > dimse::MAX_COMMAND_SET_BYTES {
-                return Err(format!(
-                    "command set larger than {} bytes",
-                    dimse::MAX_COMMAND_SET_BYTES
-                ));
+        .ok_or(Violation::ContextNotAccepted(pc_id))?;
+    if pdv.value_type == PDataValueType::Command {
+        match std::mem::replace(inbound, Inbound::Idle) {
+            Inbound::Idle => {}
+            Inbound::Store(store) => {
+                store.abandon();
+                return Err(Violation::CommandInDataSet);
             }
-            if !pdv.is_last {
-                *inbound = Inbound::Command { pc_id, bytes };
-                return Ok(());
+            Inbound::DrillStore(store) => {
+                store.abandon();
+                return Err(Violation::CommandInDataSet);
             }
-            let cmd = CommandSet::decode(&bytes).map_err(|e| e.to_string())?;
+            Inbound::Discard { .. } | Inbound::Refused { .. } => {
+                return Err(Violation::CommandInDataSet);
+            }
+        }
+    } else if reassembly.in_command() {
+        return Err(Violation::DataWithoutCommand);
+    }
+    match reassembly.push(pdv)? {
+        Message::Partial => Ok(()),
+        Message::Command { command, .. } => {
             *inbound = on_command(
                 assoc,
                 ctx,
@@ -293,25 +318,23 @@ async fn on_pdv(
                 pc_id,
                 &abstract_syntax,
                 &transfer_syntax,
-                &cmd,
+                &command,
             )
             .await?;
             Ok(())
         }
-        PDataValueType::Data => match inbound {
+        Message::Data { pc_id, bytes, last } => match inbound {
             Inbound::Store(store) if store.pc_id == pc_id => {
-                store.data(pdv.data);
-                if pdv.is_last
-                    && let Inbound::Store(store) = std::mem::replace(inbound, Inbound::Idle)
-                {
+                store.data(&bytes);
+                if last && let Inbound::Store(store) = std::mem::replace(inbound, Inbound::Idle) {
                     let (rq, pc, result) = store.finish().await;
                     respond_store(assoc, origin, &rq, pc, result).await?;
                 }
                 Ok(())
             }
             Inbound::DrillStore(store) if store.pc_id == pc_id => {
-                store.data(pdv.data);
-                if pdv.is_last
+                store.data(&bytes);
+                if last
                     && let Inbound::DrillStore(store) = std::mem::replace(inbound, Inbound::Idle)
                 {
                     let (rq, pc, result) = store.finish().await;
@@ -320,12 +343,21 @@ async fn on_pdv(
                 Ok(())
             }
             Inbound::Discard { pc_id: id } if *id == pc_id => {
-                if pdv.is_last {
+                if last {
                     *inbound = Inbound::Idle;
                 }
                 Ok(())
             }
-            _ => Err("data PDV without a matching command".into()),
+            Inbound::Refused { pc_id: id, .. } if *id == pc_id => {
+                if last
+                    && let Inbound::Refused { rq, pc_id, failure } =
+                        std::mem::replace(inbound, Inbound::Idle)
+                {
+                    respond_drill_store(assoc, origin, called_ae, &rq, pc_id, Err(failure)).await?;
+                }
+                Ok(())
+            }
+            _ => Err(Violation::DataWithoutCommand),
         },
     }
 }
@@ -340,56 +372,53 @@ async fn on_command(
     abstract_syntax: &str,
     transfer_syntax: &str,
     cmd: &CommandSet,
-) -> Result<Inbound, String> {
-    let field = cmd.command_field().map_err(|e| e.to_string())?;
-    let has_data = cmd.has_data_set().map_err(|e| e.to_string())?;
+) -> Result<Inbound, Violation> {
+    let field = cmd.command_field()?;
+    let has_data = cmd.has_data_set()?;
     match field {
         CommandField::CEchoRq => {
-            let rsp = dimse::response_to(cmd, Status::Success).map_err(|e| e.to_string())?;
+            let rsp = dimse::response_to(cmd, Status::Success)?;
             send_command(assoc, pc_id, &rsp).await?;
             tracing::debug!("C-ECHO answered");
             Ok(Inbound::Idle)
         }
         CommandField::CStoreRq => {
-            let rq = CStoreRq::from_command(cmd).map_err(|e| e.to_string())?;
+            let rq = CStoreRq::from_command(cmd)?;
             if !has_data {
-                return Err("C-STORE-RQ without a data set".into());
+                return Err(Violation::StoreWithoutDataSet);
             }
             let refusal = sop_class_refusal(ctx, called_ae, abstract_syntax, &rq);
             if ctx.drill_aes.contains(called_ae) {
                 // A drill receiver: the drill inbox, never the spool.
-                let store = match &ctx.drill_inbox {
-                    Some(inbox) => InboxStore::begin(
+                return Ok(match &ctx.drill_inbox {
+                    Some(inbox) => Inbound::DrillStore(Box::new(Incoming::begin(
                         inbox.clone(),
                         rq,
                         pc_id,
                         transfer_syntax,
-                        &origin.calling_ae,
-                        origin.peer,
+                        origin.clone(),
                         refusal,
-                    ),
-                    None => InboxStore::refused(
+                    ))),
+                    None => Inbound::Refused {
                         rq,
                         pc_id,
-                        Failure {
-                            status: super::inbox::NOT_EXPECTED,
-                            comment: "no restore drill is running".into(),
-                        },
-                    ),
-                };
-                return Ok(Inbound::DrillStore(Box::new(store)));
+                        failure: Failure::new(
+                            super::inbox::NOT_EXPECTED,
+                            "no restore drill is running",
+                        ),
+                    },
+                });
             }
             let Some(ingest) = &ctx.ingest else {
-                return Ok(Inbound::DrillStore(Box::new(InboxStore::refused(
+                return Ok(Inbound::Refused {
                     rq,
                     pc_id,
-                    Failure {
-                        status: Status::OUT_OF_RESOURCES,
-                        comment: format!("{called_ae} does not store objects on this listener"),
-                    },
-                ))));
+                    failure: Failure::local(format!(
+                        "{called_ae} does not store objects on this listener"
+                    )),
+                });
             };
-            Ok(Inbound::Store(Box::new(IncomingStore::begin(
+            Ok(Inbound::Store(Box::new(Incoming::begin(
                 ingest.clone(),
                 rq,
                 pc_id,
@@ -404,8 +433,7 @@ async fn on_command(
                 command = format!("0x{:04X}", other.code()),
                 "refusing a service this agent does not offer"
             );
-            let rsp = dimse::response_to(cmd, Status::UnrecognizedOperation)
-                .map_err(|e| e.to_string())?;
+            let rsp = dimse::response_to(cmd, Status::UnrecognizedOperation)?;
             send_command(assoc, pc_id, &rsp).await?;
             Ok(if has_data {
                 Inbound::Discard { pc_id }
@@ -422,14 +450,8 @@ fn sop_class_refusal(
     abstract_syntax: &str,
     rq: &CStoreRq,
 ) -> Option<Failure> {
-    if rq.sop_class_uid != abstract_syntax {
-        return Some(Failure {
-            status: Status::SopClassNotSupported,
-            comment: format!(
-                "SOP class {} differs from the presentation context's {abstract_syntax}",
-                rq.sop_class_uid
-            ),
-        });
+    if let Some(f) = context_refusal(rq, abstract_syntax) {
+        return Some(f);
     }
     let accepted = match ctx.accepted_classes.get(called_ae) {
         Some(Some(set)) => set.contains(&rq.sop_class_uid),
@@ -453,7 +475,7 @@ async fn respond_store(
     rq: &CStoreRq,
     pc_id: u8,
     result: Result<CommitOutcome, Failure>,
-) -> Result<(), String> {
+) -> Result<(), Violation> {
     let rsp = match &result {
         Ok(outcome) => {
             match outcome {
@@ -493,7 +515,7 @@ async fn respond_drill_store(
     rq: &CStoreRq,
     pc_id: u8,
     result: Result<(), Failure>,
-) -> Result<(), String> {
+) -> Result<(), Violation> {
     let rsp = match &result {
         Ok(()) => {
             tracing::debug!(sop_instance_uid = %rq.sop_instance_uid.escape_debug(), "handed to the restore drill");
@@ -519,7 +541,7 @@ async fn send_command(
     assoc: &mut AsyncServerAssociation<TcpStream>,
     pc_id: u8,
     cmd: &CommandSet,
-) -> Result<(), String> {
+) -> Result<(), Violation> {
     let pdu = Pdu::PData {
         data: vec![PDataValue {
             presentation_context_id: pc_id,
@@ -528,8 +550,5 @@ async fn send_command(
             data: cmd.encode(),
         }],
     };
-    assoc
-        .send(&pdu)
-        .await
-        .map_err(|e| format!("sending a response failed: {e}"))
+    assoc.send(&pdu).await.map_err(Violation::Send)
 }

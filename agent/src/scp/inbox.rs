@@ -41,6 +41,7 @@
 //! expectation dropped (the drill ended) removes the files handed to it that
 //! it did not take.
 
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,10 +50,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::store::Failure;
-use pacs_mirror_dicom::dimse::{self, CStoreRq, Status};
-use pacs_mirror_dicom::part10::{self, ObjectHeader, Receipt};
-use pacs_mirror_store::spool::ObjectWriter;
+use super::receive::{Failure, Origin, Received, StoreSink, UidRule};
+use pacs_mirror_dicom::dimse::{CStoreRq, Status};
 
 /// The status of a C-STORE no drill is waiting for (0xA700, Refused).
 pub const NOT_EXPECTED: Status = Status::OUT_OF_RESOURCES;
@@ -248,12 +247,16 @@ impl DrillInbox {
     /// The expectations a C-STORE-RQ may be for, oldest first, with their
     /// studies and directories, and how its Move Originator AE Title relates
     /// to them; or why none.
-    fn candidates(&self, calling_ae: &str, rq: &CStoreRq) -> Result<Candidates, String> {
+    fn candidates(&self, calling_ae: &str, rq: &CStoreRq) -> Result<Candidates, Failure> {
+        let not_expected = |comment: String| Failure {
+            status: NOT_EXPECTED,
+            comment,
+        };
         let list = self.lock();
         if list.is_empty() {
-            return Err(
+            return Err(not_expected(
                 "no restore drill is running: this AE (a drill receiver) accepts only the objects a C-MOVE drill asked for".into(),
-            );
+            ));
         }
         let from_caller: Vec<&Registered> = list
             .iter()
@@ -263,9 +266,9 @@ impl DrillInbox {
             })
             .collect();
         if from_caller.is_empty() {
-            return Err(format!(
+            return Err(not_expected(format!(
                 "no running restore drill expects objects from {calling_ae}"
-            ));
+            )));
         }
         let entry = |r: &&Registered| {
             (
@@ -336,219 +339,72 @@ impl DrillInbox {
     }
 }
 
-struct Writing {
-    writer: ObjectWriter,
-    header: Vec<u8>,
-    early: Option<ObjectHeader>,
-    first: bool,
-    /// Expectations it may be for, and how its Move Originator relates.
+/// What a C-STORE to the drill receiver carries from its command to its
+/// last fragment: the expectations it may be for, and the directory its
+/// file is in.
+pub struct InboxTicket {
     candidates: Candidates,
+    dir: PathBuf,
 }
 
-enum State {
-    Writing(Box<Writing>),
-    Refusing(Failure),
-}
+impl StoreSink for DrillInbox {
+    type Ticket = InboxTicket;
+    type Kept = ();
 
-/// One C-STORE to a drill receiver, in progress.
-pub struct InboxStore {
-    /// The request.
-    pub rq: CStoreRq,
-    /// Its presentation context.
-    pub pc_id: u8,
-    inbox: Option<Arc<DrillInbox>>,
-    transfer_syntax: String,
-    calling_ae: String,
-    peer: Option<SocketAddr>,
-    state: State,
-}
-
-impl InboxStore {
-    /// Start receiving. `refusal` is set by the caller when the request is
-    /// refused before any byte is written (SOP class not accepted…).
-    pub fn begin(
-        inbox: Arc<DrillInbox>,
-        rq: CStoreRq,
-        pc_id: u8,
-        transfer_syntax: &str,
-        calling_ae: &str,
-        peer: SocketAddr,
-        refusal: Option<Failure>,
-    ) -> Self {
-        let state = match refusal.map_or_else(
-            || Self::start(&inbox, &rq, transfer_syntax, calling_ae, peer),
-            Err,
-        ) {
-            Ok(w) => State::Writing(Box::new(w)),
-            Err(f) => State::Refusing(f),
-        };
-        InboxStore {
-            rq,
-            pc_id,
-            inbox: Some(inbox),
-            transfer_syntax: transfer_syntax.to_string(),
-            calling_ae: calling_ae.to_string(),
-            peer: Some(peer),
-            state,
-        }
-    }
-
-    /// A C-STORE refused outright (its data set is drained and dropped).
-    pub fn refused(rq: CStoreRq, pc_id: u8, failure: Failure) -> Self {
-        InboxStore {
-            rq,
-            pc_id,
-            inbox: None,
-            transfer_syntax: String::new(),
-            calling_ae: String::new(),
-            peer: None,
-            state: State::Refusing(failure),
-        }
-    }
-
-    fn start(
-        inbox: &DrillInbox,
+    fn open(
+        &self,
         rq: &CStoreRq,
-        transfer_syntax: &str,
-        calling_ae: &str,
-        peer: SocketAddr,
-    ) -> Result<Writing, Failure> {
-        let candidates = inbox
-            .candidates(calling_ae, rq)
-            .map_err(|comment| Failure {
-                status: NOT_EXPECTED,
-                comment,
-            })?;
-        for (what, uid) in [
-            ("Affected SOP Instance UID", &rq.sop_instance_uid),
-            ("Affected SOP Class UID", &rq.sop_class_uid),
-        ] {
-            dimse::check_uid(uid).map_err(|e| Failure {
-                status: Status::INVALID_UID,
-                comment: format!("{what}: {e}"),
-            })?;
+        origin: &Origin,
+    ) -> Result<(InboxTicket, File, PathBuf), Failure> {
+        let candidates = self.candidates(&origin.calling_ae, rq)?;
+        UidRule::Conformant.check(rq)?;
+        let dir = candidates.list[0].2.clone();
+        let (file, path) = self
+            .create_file(&dir)
+            .map_err(|e| Failure::local(format!("creating a file in {}: {e}", dir.display())))?;
+        Ok((InboxTicket { candidates, dir }, file, path))
+    }
+
+    /// Scratch: no fsync, the file is only hashed, compared and removed.
+    fn scratch(&self) -> bool {
+        true
+    }
+
+    fn admit(&self, ticket: &mut InboxTicket, len: u64) -> Result<(), Failure> {
+        let reserve = self.reserve_bytes;
+        if reserve == 0 {
+            return Ok(());
         }
-        let receipt = Receipt {
-            source_ip: peer.ip().to_string(),
-            received_at_ms: crate::unix_ms(),
-        };
-        let header = part10::file_header(
-            &rq.sop_class_uid,
-            &rq.sop_instance_uid,
+        let free = pacs_mirror_store::spool::free_bytes(&ticket.dir).unwrap_or(0);
+        if free < reserve.saturating_add(len) {
+            return Err(Failure::local(format!(
+                "drill scratch: {free} bytes free, {reserve} are kept for ingest"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Finish the file and hand it to its drill.
+    async fn keep(&self, object: Received<InboxTicket>) -> Result<(), Failure> {
+        let Received {
+            ticket: InboxTicket { candidates, .. },
+            writer,
+            observed,
+            rq,
             transfer_syntax,
-            calling_ae,
-            &receipt,
-        )
-        .map_err(|e| Failure {
-            status: Status::INVALID_UID,
-            comment: e.to_string(),
-        })?;
-        let local = |e: String| Failure {
-            status: Status::OUT_OF_RESOURCES,
-            comment: e,
-        };
-        let dir = &candidates.list[0].2;
-        let (file, path) = inbox
-            .create_file(dir)
-            .map_err(|e| local(format!("creating a file in {}: {e}", dir.display())))?;
-        let writer = ObjectWriter::new(file, path, &header)
-            .map_err(|e| local(e.to_string()))?
-            .scratch();
-        Ok(Writing {
-            writer,
-            header,
-            early: None,
-            first: true,
-            candidates,
-        })
-    }
-
-    /// One data PDV's bytes: written (page cache) and hashed, inline.
-    pub fn data(&mut self, chunk: Vec<u8>) {
-        let State::Writing(w) = &mut self.state else {
-            return;
-        };
-        let reserve = self.inbox.as_ref().map_or(0, |i| i.reserve_bytes);
-        if reserve > 0 {
-            let dir = w.writer.path().parent().unwrap_or(Path::new("."));
-            let free = pacs_mirror_store::spool::free_bytes(dir).unwrap_or(0);
-            if free < reserve.saturating_add(chunk.len() as u64) {
-                // dropping the writer removes the file
-                self.state = State::Refusing(Failure {
-                    status: Status::OUT_OF_RESOURCES,
-                    comment: format!(
-                        "drill scratch: {free} bytes free, {reserve} are kept for ingest"
-                    ),
-                });
-                return;
-            }
-        }
-        if let Err(e) = w.writer.write_chunk(&chunk) {
-            // dropping the writer removes the file
-            self.state = State::Refusing(Failure {
-                status: Status::OUT_OF_RESOURCES,
-                comment: e.to_string(),
-            });
-            return;
-        }
-        if std::mem::take(&mut w.first) {
-            w.early = part10::read_header_prefix(&w.header, &chunk).ok();
-        }
-    }
-
-    /// The last PDV arrived: finish the file and hand it to its drill; the
-    /// result is the status to answer.
-    pub async fn finish(mut self) -> (CStoreRq, u8, Result<(), Failure>) {
-        let arrived_at = Instant::now();
-        let state = std::mem::replace(
-            &mut self.state,
-            State::Refusing(Failure {
-                status: Status::OUT_OF_RESOURCES,
-                comment: "finished".into(),
-            }),
-        );
-        let result = match state {
-            State::Refusing(f) => Err(f),
-            State::Writing(w) => self.hand_over(*w, arrived_at).await,
-        };
-        if let Some(inbox) = &self.inbox {
-            let c = match result {
-                Ok(()) => &inbox.counters.accepted,
-                Err(_) => &inbox.counters.refused,
-            };
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        (self.rq.clone(), self.pc_id, result)
-    }
-
-    async fn hand_over(&self, w: Writing, arrived_at: Instant) -> Result<(), Failure> {
-        let Writing {
-            writer,
-            early,
-            candidates,
+            origin,
+            last_byte_at: arrived_at,
             ..
-        } = w;
-        let local = |e: String| Failure {
-            status: Status::OUT_OF_RESOURCES,
-            comment: e,
-        };
+        } = object;
         // Scratch writer: no fsync, nothing to wait for.
-        let written = writer.finish().map_err(|e| local(e.to_string()))?;
-        let header = match early {
-            Some(h) => Some(h),
-            None => {
-                let path = written.temp.path().to_path_buf();
-                tokio::task::spawn_blocking(move || part10::read_header(&path).ok())
-                    .await
-                    .ok()
-                    .flatten()
-            }
-        };
-        // The header reader gives what it can read ("" when a copy has no
-        // readable Study UID): that is no study, as before it was lenient.
-        let study = header
-            .map(|h| h.study_instance_uid)
-            .filter(|s| !s.is_empty());
+        let written = writer.finish().map_err(|e| Failure::local(e.to_string()))?;
+        // What the walk read ("" when a copy has no readable Study UID: no
+        // study).
+        let study = Some(pacs_mirror_dicom::identity::attribute(
+            &observed,
+            pacs_mirror_dicom::identity::STUDY,
+        ))
+        .filter(|s| !s.is_empty());
         let Candidates {
             list: candidates,
             originator,
@@ -568,9 +424,9 @@ impl InboxStore {
                 None => Vec::new(),
             };
             if same.len() > 1 {
-                return Err(Failure {
-                    status: NOT_EXPECTED,
-                    comment: format!(
+                return Err(Failure::new(
+                    NOT_EXPECTED,
+                    format!(
                         "{} running restore drills asked for study {} and the Move Originator AE Title ({}) does not say which",
                         same.len(),
                         study.as_deref().unwrap_or("?"),
@@ -579,20 +435,20 @@ impl InboxStore {
                             _ => "absent",
                         }
                     ),
-                });
+                ));
             }
             same.first().copied()
         };
         let Some((id, _, dir, expected_originator)) = chosen else {
             let asked: Vec<&str> = candidates.iter().map(|(_, s, _, _)| s.as_str()).collect();
-            return Err(Failure {
-                status: NOT_EXPECTED,
-                comment: format!(
+            return Err(Failure::new(
+                NOT_EXPECTED,
+                format!(
                     "study {} is not one a running restore drill asked for ({})",
                     study.as_deref().unwrap_or("?"),
                     asked.join(", ")
                 ),
-            });
+            ));
         };
         let mut path = written.temp.path().to_path_buf();
         if let Some(name) = path.file_name()
@@ -605,54 +461,60 @@ impl InboxStore {
         }
         let study_uid = study.clone().unwrap_or_default();
         let arrival = Arrival {
-            sop_instance_uid: self.rq.sop_instance_uid.clone(),
-            sop_class_uid: self.rq.sop_class_uid.clone(),
-            transfer_syntax_uid: self.transfer_syntax.clone(),
+            sop_instance_uid: rq.sop_instance_uid.clone(),
+            sop_class_uid: rq.sop_class_uid.clone(),
+            transfer_syntax_uid: transfer_syntax,
             study_instance_uid: study,
             blake3: written.hash,
             dataset_bytes: written.dataset_bytes,
             path: path.clone(),
             arrived_at,
-            calling_ae: self.calling_ae.clone(),
+            calling_ae: origin.calling_ae.clone(),
         };
-        let Some(inbox) = &self.inbox else {
-            let _ = std::fs::remove_file(&path);
-            return Err(local("no drill inbox".into()));
-        };
-        if inbox.deliver(*id, arrival) {
+        if self.deliver(*id, arrival) {
             written.temp.keep();
             if originator != Originator::Matches {
-                inbox.counters.tolerated.fetch_add(1, Ordering::Relaxed);
-                self.warn_tolerated(inbox, *id, &originator, expected_originator, study_uid);
+                self.counters.tolerated.fetch_add(1, Ordering::Relaxed);
+                self.warn_tolerated(&origin, *id, &originator, expected_originator, study_uid);
             }
             Ok(())
         } else {
             let _ = std::fs::remove_file(&path);
-            Err(Failure {
-                status: NOT_EXPECTED,
-                comment: "the restore drill that asked for this study is over".into(),
-            })
+            Err(Failure::new(
+                NOT_EXPECTED,
+                "the restore drill that asked for this study is over",
+            ))
         }
     }
 
+    fn finished(&self, _origin: &Origin, result: Result<&(), &Failure>) {
+        let c = match result {
+            Ok(()) => &self.counters.accepted,
+            Err(_) => &self.counters.refused,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl DrillInbox {
     /// The WARN for a sub-operation taken although its Move Originator AE
     /// Title was absent or wrong: once per drill and peer.
     fn warn_tolerated(
         &self,
-        inbox: &DrillInbox,
+        origin: &Origin,
         id: u64,
         originator: &Originator,
         expected: &str,
         study: String,
     ) {
-        let Some(peer) = self.peer else { return };
+        let (calling_ae, peer) = (&origin.calling_ae, origin.peer);
         let got = match originator {
             Originator::Wrong(o) => format!("Move Originator AE Title {o:?}"),
             _ => "no Move Originator AE Title".to_string(),
         };
-        if inbox.first_warning(id, &self.calling_ae, peer) {
+        if self.first_warning(id, calling_ae, peer) {
             tracing::warn!(
-                calling_ae = %self.calling_ae,
+                calling_ae = %calling_ae,
                 peer = %peer,
                 move_originator = %match originator {
                     Originator::Wrong(o) => o.as_str(),
@@ -661,29 +523,23 @@ impl InboxStore {
                 expected_move_originator = %expected,
                 study_instance_uid = %study,
                 "C-MOVE sub-operations from {} at {peer} carry {got}: PS3.7 (9.3.1.1, C.4.2) says the Move Originator AE Title of a C-STORE sub-operation is the C-MOVE requester's ({expected}); accepted as the only running restore drill of study {study} from that AE (further objects of this drill from this peer are accepted without repeating this warning)",
-                self.calling_ae
+                calling_ae
             );
         } else {
             tracing::debug!(
-                calling_ae = %self.calling_ae,
+                calling_ae = %calling_ae,
                 peer = %peer,
                 "C-MOVE sub-operation with {got} accepted for the only running drill of study {study}"
             );
         }
-    }
-
-    /// The association ended mid-object: drop everything (file removed).
-    pub fn abandon(mut self) {
-        self.state = State::Refusing(Failure {
-            status: Status::OUT_OF_RESOURCES,
-            comment: "abandoned".into(),
-        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scp::receive::Incoming;
+    use pacs_mirror_dicom::{dimse, part10};
 
     const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
     const EXPLICIT: &str = "1.2.840.10008.1.2.1";
@@ -732,10 +588,14 @@ mod tests {
         rq: CStoreRq,
         data: Vec<u8>,
     ) -> Result<(), Failure> {
-        let mut s = InboxStore::begin(inbox.clone(), rq, 1, EXPLICIT, calling, peer(), None);
+        let origin = Origin {
+            calling_ae: calling.into(),
+            peer: peer(),
+        };
+        let mut s = Incoming::begin(inbox.clone(), rq, 1, EXPLICIT, origin, None);
         let (a, b) = data.split_at(data.len() / 2);
-        s.data(a.to_vec());
-        s.data(b.to_vec());
+        s.data(a);
+        s.data(b);
         s.finish().await.2
     }
 
@@ -1187,8 +1047,12 @@ mod tests {
             callers: vec![],
             dir: d.path().to_path_buf(),
         });
-        let mut s = InboxStore::begin(inbox, rq("1.2.3.1", None), 1, EXPLICIT, "M", peer(), None);
-        s.data(body("1.2.3", "1.2.3.1")[..10].to_vec());
+        let origin = Origin {
+            calling_ae: "M".into(),
+            peer: peer(),
+        };
+        let mut s = Incoming::begin(inbox, rq("1.2.3.1", None), 1, EXPLICIT, origin, None);
+        s.data(&body("1.2.3", "1.2.3.1")[..10]);
         assert_eq!(files(d.path()), 1);
         s.abandon();
         assert_eq!(files(d.path()), 0);

@@ -33,6 +33,7 @@
 pub mod access;
 pub mod association;
 pub mod inbox;
+pub mod receive;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};

@@ -78,7 +78,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::identify;
-use crate::index::{CommitOutcome, Finding, Hash, Index, InstanceRecord, Op, hash_hex};
+use crate::index::{CommitOutcome, Finding, Hash, Index, IndexError, InstanceRecord, Op, hash_hex};
 use crate::spool::{ObjectWriter, Spool, SpoolError, sync_dir};
 use pacs_mirror_dicom::structure::Observed;
 
@@ -132,9 +132,16 @@ pub enum CommitError {
     /// Spool I/O (fsync, rename…).
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    /// The index failed.
+    /// The object's index rows could not be written.
     #[error("index: {0}")]
-    Index(String),
+    Index(#[source] IndexError),
+    /// The batch's index flush failed (every job of the batch shares it).
+    #[error("index: flush: {0}")]
+    IndexFlush(#[source] Arc<IndexError>),
+    /// A flush of the batch did not run (its thread panicked): nothing of
+    /// the batch is acknowledged.
+    #[error("index: flush: a flush did not run")]
+    FlushNotRun,
     /// The committer is gone.
     #[error("index committer stopped")]
     Stopped,
@@ -311,21 +318,40 @@ enum Flush {
 /// What a [`Flush`] found: the error of the index flush, or the
 /// directories or files whose flush failed.
 enum Flushed {
-    Index(Option<String>),
-    Dirs(BTreeMap<PathBuf, String>),
-    Files(BTreeMap<PathBuf, String>),
+    Index(Option<IndexError>),
+    Dirs(BTreeMap<PathBuf, FlushFailure>),
+    Files(BTreeMap<PathBuf, FlushFailure>),
+}
+
+/// A failed file or directory flush, kept to be given to each job it
+/// concerns (an `io::Error` cannot be cloned; its kind and text can).
+#[derive(Debug, Clone)]
+struct FlushFailure(std::io::ErrorKind, String);
+
+impl FlushFailure {
+    fn of(e: &std::io::Error) -> Self {
+        Self(e.kind(), e.to_string())
+    }
+
+    fn to_io(&self) -> std::io::Error {
+        std::io::Error::new(self.0, self.1.clone())
+    }
 }
 
 impl Flush {
     fn run(self, index: &Index) -> Flushed {
         match self {
-            Flush::Index => Flushed::Index(index.flush().err().map(|e| e.to_string())),
+            Flush::Index => Flushed::Index(index.flush().err()),
             Flush::Dirs(dirs) => {
                 let mut failed = BTreeMap::new();
                 for d in dirs {
                     if let Err(e) = sync_dir(&d) {
                         tracing::error!(error = %e, "spool directory fsync failed");
-                        failed.insert(d, e.to_string());
+                        let kind = match &e {
+                            SpoolError::Io { source, .. } => source.kind(),
+                            _ => std::io::ErrorKind::Other,
+                        };
+                        failed.insert(d, FlushFailure(kind, e.to_string()));
                     }
                 }
                 Flushed::Dirs(failed)
@@ -339,7 +365,7 @@ impl Flush {
                     };
                     if let Err(e) = r {
                         tracing::error!(path = %path.display(), error = %e, "spool file fdatasync failed");
-                        failed.insert(path, e.to_string());
+                        failed.insert(path, FlushFailure::of(&e));
                     }
                 }
                 Flushed::Files(failed)
@@ -425,7 +451,7 @@ fn commit_batch(
                     sop_instance_uid: p.record.sop_instance_uid.clone(),
                     findings: p.record.findings.clone(),
                 })
-                .map_err(|e| CommitError::Index(e.to_string()))
+                .map_err(CommitError::Index)
         })
         .collect();
     // Step 3: the flushes, index first (see the module doc for why). A
@@ -458,23 +484,23 @@ fn commit_batch(
     if any_rows {
         tasks.push(Flush::Index);
     }
-    let mut index_err = None;
+    let mut index_failed: Option<CommitError> = None;
     let mut failed_dirs = BTreeMap::new();
     let mut failed_files = BTreeMap::new();
     for done in run_parallel(tasks, |t| t.run(index)) {
         match done {
-            Some(Flushed::Index(e)) => index_err = e,
+            Some(Flushed::Index(e)) => {
+                index_failed = e.map(|e| CommitError::IndexFlush(Arc::new(e)));
+            }
             Some(Flushed::Dirs(f)) => failed_dirs = f,
             Some(Flushed::Files(f)) => failed_files = f,
             // Only if a flush thread panicked (the scope then panics too):
             // nothing is acknowledged.
-            None => index_err = Some("a flush did not run".into()),
+            None => index_failed = Some(CommitError::FlushNotRun),
         }
     }
-    let mut index_failed = None;
-    if let Some(e) = index_err {
+    if let Some(e) = &index_failed {
         tracing::error!(error = %e, "index flush failed");
-        index_failed = Some(e);
     }
     // Step 4: answer.
     let mut fate: BTreeMap<Hash, (bool, Option<PathBuf>)> = BTreeMap::new();
@@ -503,10 +529,13 @@ fn commit_batch(
             *r = Err(CommitError::Spool(SpoolError::Io {
                 op,
                 path: path.clone(),
-                source: std::io::Error::other(e.clone()),
+                source: e.to_io(),
             }));
         } else if let Some(e) = &index_failed {
-            *r = Err(CommitError::Index(format!("flush: {e}")));
+            *r = Err(match e {
+                CommitError::IndexFlush(e) => CommitError::IndexFlush(e.clone()),
+                _ => CommitError::FlushNotRun,
+            });
         }
     }
     for (p, r) in placed.into_iter().zip(results) {
@@ -709,7 +738,7 @@ mod tests {
         let body = dataset("1.2.3.9", "P");
         let r = c.commit(pending(&spool, "1.2.3.9", &body)).await;
         assert!(
-            matches!(&r, Err(CommitError::Index(m)) if m.contains("device gone")),
+            matches!(&r, Err(CommitError::IndexFlush(e)) if e.to_string().contains("device gone")),
             "{r:?}"
         );
         tokio::task::spawn_blocking(move || c.finish())

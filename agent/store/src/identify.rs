@@ -79,21 +79,32 @@ pub struct IdentityConflict {
     pub command: String,
 }
 
+/// Why a UID cannot be an index key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableKey {
+    /// Nothing at all.
+    #[error("empty UID")]
+    Empty,
+    /// Longer than [`MAX_KEY_BYTES`].
+    #[error("UID of {0} bytes (more than {MAX_KEY_BYTES} cannot be an index key)")]
+    TooLong(usize),
+    /// A control character (other than the trimmed trailing NUL pad).
+    #[error("UID contains the control character {0:?}")]
+    Control(char),
+}
+
 /// Whether a UID can be an index key: not empty, no control characters
 /// (a trailing NUL pad is not part of it and must already be trimmed), at
 /// most [`MAX_KEY_BYTES`]. Nothing else is required: keys are never paths.
-pub fn usable_key(uid: &str) -> Result<(), String> {
+pub fn usable_key(uid: &str) -> Result<(), UnusableKey> {
     if uid.is_empty() {
-        return Err("empty UID".into());
+        return Err(UnusableKey::Empty);
     }
     if uid.len() > MAX_KEY_BYTES {
-        return Err(format!(
-            "UID of {} bytes (more than {MAX_KEY_BYTES} cannot be an index key)",
-            uid.len()
-        ));
+        return Err(UnusableKey::TooLong(uid.len()));
     }
     if let Some(c) = uid.chars().find(|c| c.is_control()) {
-        return Err(format!("UID contains the control character {c:?}"));
+        return Err(UnusableKey::Control(c));
     }
     Ok(())
 }

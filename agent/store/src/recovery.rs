@@ -75,7 +75,7 @@ pub fn recover(
         let verdict = if present {
             record_from_file(&path, &hash).map(|_| ())
         } else {
-            Err("missing".to_string())
+            Err(Unaccounted::Missing)
         };
         match verdict {
             Ok(()) => {
@@ -123,12 +123,38 @@ pub fn recover(
             Err(reason) => {
                 tracing::error!(path = %path.display(), %reason, "spool file quarantined");
                 let q = spool.quarantine(&path)?;
-                report.quarantined.push((q, reason));
+                report.quarantined.push((q, reason.to_string()));
             }
         }
     }
     index.flush()?;
     Ok(report)
+}
+
+/// Why a spool file cannot be accounted for (it is quarantined, or the
+/// commit that placed it undone).
+#[derive(Debug, thiserror::Error)]
+pub enum Unaccounted {
+    /// No file under the object's name.
+    #[error("missing")]
+    Missing,
+    /// The header or data set could not be read.
+    #[error(transparent)]
+    Unreadable(#[from] part10::Part10Error),
+    /// The data set does not hash to the file's name.
+    #[error("contents hash to {contents}, not to the name {name}")]
+    NotItsName {
+        /// The hash of what is there.
+        contents: String,
+        /// The hash the name says.
+        name: String,
+    },
+    /// The meta group's SOP Class or Instance UID cannot be an index key.
+    #[error("file meta group: {0}")]
+    UnusableKey(#[from] identify::UnusableKey),
+    /// The data set names another SOP instance than the meta group.
+    #[error(transparent)]
+    IdentityConflict(#[from] identify::IdentityConflict),
 }
 
 /// Rebuild an index record from a spool file, checking its hash: the
@@ -137,21 +163,19 @@ pub fn recover(
 /// included. Fails when the file does not hash to its name, its meta group
 /// cannot be read or does not identify it, or its data set names another
 /// SOP instance.
-pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, String> {
-    let file = part10::read_identity(path).map_err(|e| e.to_string())?;
+pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, Unaccounted> {
+    let file = part10::read_identity(path)?;
     if &file.dataset_blake3 != expected {
-        return Err(format!(
-            "contents hash to {}, not to the name {}",
-            hash_hex(&file.dataset_blake3),
-            hash_hex(expected)
-        ));
+        return Err(Unaccounted::NotItsName {
+            contents: hash_hex(&file.dataset_blake3),
+            name: hash_hex(expected),
+        });
     }
     let meta = file.meta;
     for uid in [&meta.sop_class_uid, &meta.sop_instance_uid] {
-        identify::usable_key(uid).map_err(|e| format!("file meta group: {e}"))?;
+        identify::usable_key(uid)?;
     }
-    let id = identify::identify(&meta.sop_class_uid, &meta.sop_instance_uid, &file.observed)
-        .map_err(|e| e.to_string())?;
+    let id = identify::identify(&meta.sop_class_uid, &meta.sop_instance_uid, &file.observed)?;
     let modified_ms = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()

@@ -10,14 +10,19 @@
 //! compare with the index. The file name comes from a per-call random
 //! prefix and a counter, never from a UID. C-STORE-RSP Success is sent only
 //! after the file is written and fsynced (written only, with
-//! [`QrOptions::fsync`] off); a partial or refused file is removed
-//! ([`ObjectWriter`] on drop).
+//! [`QrOptions::fsync`] off); a partial or refused file is removed. The
+//! receiving is the agent's one mechanism for every C-STORE
+//! ([`Incoming`], with [`GetSink`] as its destination).
 //!
 //! Per instance the outcome records when its first and last data bytes
 //! arrived, counted from the moment the C-GET request was sent: time to first
 //! instance and time to whole study for recovery-time measurements.
 
+use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
@@ -25,10 +30,11 @@ use super::{
     expect_response, failed_uids_in_trailer, identifier, ms, next_inbound, qr_context,
     send_request,
 };
+use pacs_mirror_agent::scp::receive::{
+    Failure, Incoming, Origin, Received, StoreSink, UidRule, context_refusal,
+};
 use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, QueryRetrieveRq, Status};
-use pacs_mirror_dicom::part10::{self, Receipt};
 use pacs_mirror_dicom::scu::{Inbound, Scu};
-use pacs_mirror_store::spool::{ObjectWriter, SpoolError, WrittenObject};
 
 /// One instance retrieved and written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,38 +110,72 @@ impl GetOutcome {
     }
 }
 
-enum Sink {
-    /// Boxed: the writer holds a blake3 hasher (~2 KB).
-    Writing(Box<ObjectWriter>),
-    Refusing(Status, String),
-}
-
-/// The C-STORE sub-operation being received.
-struct SubOp {
-    rq: CStoreRq,
-    pc_id: u8,
-    transfer_syntax: String,
-    sink: Sink,
-    first_byte_after: Option<Duration>,
-    /// Whether finishing the file fsyncs it ([`QrOptions::fsync`]).
-    fsync: bool,
-}
-
-/// Names files `get-<prefix>-<n>.dcm` in the scratch directory.
-struct Namer {
+/// Where C-GET sub-operations go: new files in the caller's scratch
+/// directory, named `get-<prefix>-<n>.dcm` (never from a UID), fsynced at
+/// the end unless [`QrOptions::fsync`] is off. One mechanism with the
+/// agent's ingest and drill receiver: [`Incoming`].
+struct GetSink {
     dir: PathBuf,
     prefix: u32,
-    next: u32,
+    next: AtomicU64,
+    fsync: bool,
+    /// When the C-GET request was sent: instance times count from it.
+    start: Instant,
 }
 
-impl Namer {
-    /// A new file (never an existing one).
-    fn create(&mut self) -> std::io::Result<(std::fs::File, PathBuf)> {
-        let next = &mut self.next;
-        pacs_mirror_store::spool::create_scratch_file(&self.dir, "get", self.prefix, &mut || {
-            *next += 1;
-            u64::from(*next - 1)
-        })
+impl StoreSink for GetSink {
+    type Ticket = ();
+    type Kept = RetrievedInstance;
+
+    fn open(&self, rq: &CStoreRq, _origin: &Origin) -> Result<((), File, PathBuf), Failure> {
+        UidRule::Conformant.check(rq)?;
+        let (file, path) = pacs_mirror_store::spool::create_scratch_file(
+            &self.dir,
+            "get",
+            self.prefix,
+            &mut || self.next.fetch_add(1, Ordering::Relaxed),
+        )
+        .map_err(|e| Failure::local(format!("creating a file in {}: {e}", self.dir.display())))?;
+        Ok(((), file, path))
+    }
+
+    fn scratch(&self) -> bool {
+        !self.fsync
+    }
+
+    /// Finish the file: on the blocking pool when it fsyncs; inline
+    /// otherwise, as nothing is left to wait for (a hop to the pool costs
+    /// two thread wake-ups per instance, on the peer's critical path).
+    async fn keep(&self, object: Received<()>) -> Result<RetrievedInstance, Failure> {
+        let Received {
+            writer,
+            rq,
+            transfer_syntax,
+            first_byte_at,
+            last_byte_at,
+            ..
+        } = object;
+        let written = if self.fsync {
+            tokio::task::spawn_blocking(move || writer.finish())
+                .await
+                .map_err(|e| Failure::local(format!("writer task: {e}")))?
+        } else {
+            writer.finish()
+        }
+        .map_err(|e| Failure::local(e.to_string()))?;
+        let instance = RetrievedInstance {
+            sop_instance_uid: rq.sop_instance_uid,
+            sop_class_uid: rq.sop_class_uid,
+            transfer_syntax_uid: transfer_syntax,
+            blake3: written.hash,
+            dataset_bytes: written.dataset_bytes,
+            path: written.temp.path().to_path_buf(),
+            dataset_offset: written.header_bytes,
+            first_byte_after: first_byte_at.saturating_duration_since(self.start),
+            last_byte_after: last_byte_at.saturating_duration_since(self.start),
+        };
+        written.temp.keep();
+        Ok(instance)
     }
 }
 
@@ -171,15 +211,15 @@ pub(super) async fn run(
         path: scratch_dir.to_path_buf(),
         source,
     })?;
-    let mut namer = Namer {
-        dir: scratch_dir.to_path_buf(),
-        prefix: rand::random(),
-        next: 0,
+    // The files record the AE retrieved from, and its address.
+    let origin = Origin {
+        calling_ae: scu.peer().called_ae.clone(),
+        peer: SocketAddr::new(
+            scu.peer_ip()
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            scu.peer().port,
+        ),
     };
-    let source_ip = scu
-        .peer_ip()
-        .map_or_else(|| scu.peer().host.clone(), |ip| ip.to_string());
-    let source_ae = scu.peer().called_ae.clone();
     let id = scu.message_id();
     let rq = QueryRetrieveRq {
         field: CommandField::CGetRq,
@@ -190,6 +230,13 @@ pub(super) async fn run(
     };
     send_request(scu, pc, &ts, &rq, &identifier).await?;
     let start = Instant::now();
+    let sink = Arc::new(GetSink {
+        dir: scratch_dir.to_path_buf(),
+        prefix: rand::random(),
+        next: AtomicU64::new(0),
+        fsync: options.fsync,
+        start,
+    });
     let mut outcome = GetOutcome {
         status: Status::Success,
         sub_operations: SubOperations::default(),
@@ -200,7 +247,7 @@ pub(super) async fn run(
         cancelled: false,
         elapsed: Duration::ZERO,
     };
-    let mut sub: Option<SubOp> = None;
+    let mut sub: Option<Incoming<GetSink>> = None;
     let mut final_identifier: Option<IdentifierBuf> = None;
     let mut responses = 0u32;
     loop {
@@ -255,15 +302,7 @@ pub(super) async fn run(
                     }
                     return Ok(finish(outcome, start));
                 }
-                sub = Some(begin(
-                    scu,
-                    pc_id,
-                    &command,
-                    &mut namer,
-                    &source_ae,
-                    &source_ip,
-                    options.fsync,
-                )?);
+                sub = Some(begin(scu, pc_id, &command, &sink, &origin)?);
                 responses += 1;
             }
             Inbound::Data { pc_id, bytes, last } => {
@@ -301,9 +340,9 @@ pub(super) async fn run(
                         ))
                         .into());
                 }
-                s.data(&bytes, start);
+                s.data(&bytes);
                 if last && let Some(s) = sub.take() {
-                    end(scu, s, start, &mut outcome).await?;
+                    end(scu, s, &mut outcome).await?;
                 }
             }
         }
@@ -316,11 +355,9 @@ fn begin(
     scu: &Scu,
     pc_id: u8,
     command: &dimse::CommandSet,
-    namer: &mut Namer,
-    source_ae: &str,
-    source_ip: &str,
-    fsync: bool,
-) -> Result<SubOp, QrError> {
+    sink: &Arc<GetSink>,
+    origin: &Origin,
+) -> Result<Incoming<GetSink>, QrError> {
     let field = command
         .command_field()
         .map_err(|e| scu.protocol(e.to_string()))?;
@@ -347,125 +384,25 @@ fn begin(
             ))
             .into());
     };
-    let sink = match open(
-        &rq,
-        &abstract_syntax,
-        &transfer_syntax,
-        namer,
-        source_ae,
-        source_ip,
-    ) {
-        Ok(w) if fsync => Sink::Writing(Box::new(w)),
-        Ok(w) => Sink::Writing(Box::new(w.scratch())),
-        Err((status, reason)) => Sink::Refusing(status, reason),
-    };
-    Ok(SubOp {
+    let refusal = context_refusal(&rq, &abstract_syntax);
+    Ok(Incoming::begin(
+        sink.clone(),
         rq,
         pc_id,
-        transfer_syntax,
-        sink,
-        first_byte_after: None,
-        fsync,
-    })
+        &transfer_syntax,
+        origin.clone(),
+        refusal,
+    ))
 }
 
-fn open(
-    rq: &CStoreRq,
-    abstract_syntax: &str,
-    transfer_syntax: &str,
-    namer: &mut Namer,
-    source_ae: &str,
-    source_ip: &str,
-) -> Result<ObjectWriter, (Status, String)> {
-    if rq.sop_class_uid != abstract_syntax {
-        return Err((
-            Status::SopClassNotSupported,
-            format!(
-                "SOP class {} differs from the presentation context's {abstract_syntax}",
-                rq.sop_class_uid
-            ),
-        ));
-    }
-    for (what, uid) in [
-        ("Affected SOP Instance UID", &rq.sop_instance_uid),
-        ("Affected SOP Class UID", &rq.sop_class_uid),
-    ] {
-        dimse::check_uid(uid).map_err(|e| (Status::INVALID_UID, format!("{what}: {e}")))?;
-    }
-    let receipt = Receipt {
-        source_ip: source_ip.to_string(),
-        received_at_ms: pacs_mirror_agent::unix_ms(),
+/// The last fragment arrived: keep the file (fsynced unless off), answer,
+/// record.
+async fn end(scu: &mut Scu, s: Incoming<GetSink>, outcome: &mut GetOutcome) -> Result<(), QrError> {
+    let (rq, pc_id, result) = s.finish().await;
+    let rsp = match &result {
+        Ok(_) => dimse::c_store_rsp(&rq, Status::Success, None),
+        Err(f) => dimse::c_store_rsp(&rq, f.status, Some(&f.comment)),
     };
-    let header = part10::file_header(
-        &rq.sop_class_uid,
-        &rq.sop_instance_uid,
-        transfer_syntax,
-        source_ae,
-        &receipt,
-    )
-    .map_err(|e| (Status::INVALID_UID, e.to_string()))?;
-    let (file, path) = namer.create().map_err(|e| {
-        (
-            Status::OUT_OF_RESOURCES,
-            format!("creating a file in {}: {e}", namer.dir.display()),
-        )
-    })?;
-    ObjectWriter::new(file, path, &header).map_err(|e| (Status::OUT_OF_RESOURCES, e.to_string()))
-}
-
-impl SubOp {
-    /// One data fragment: written and hashed (page-cache write, inline, as
-    /// on the SCP's store path).
-    fn data(&mut self, bytes: &[u8], start: Instant) {
-        if self.first_byte_after.is_none() {
-            self.first_byte_after = Some(start.elapsed());
-        }
-        if let Sink::Writing(w) = &mut self.sink
-            && let Err(e) = w.write_chunk(bytes)
-        {
-            // dropping the writer removes the file
-            self.sink = Sink::Refusing(Status::OUT_OF_RESOURCES, e.to_string());
-        }
-    }
-}
-
-/// The last fragment arrived: fsync unless off (blocking pool), answer, record.
-async fn end(
-    scu: &mut Scu,
-    s: SubOp,
-    start: Instant,
-    outcome: &mut GetOutcome,
-) -> Result<(), QrError> {
-    let last_byte_after = start.elapsed();
-    let first_byte_after = s.first_byte_after.unwrap_or(last_byte_after);
-    let result = match s.sink {
-        Sink::Refusing(status, reason) => Err((status, reason)),
-        Sink::Writing(w) => match finish_file(*w, s.fsync).await {
-            Ok(Ok(written)) => {
-                let path = written.temp.path().to_path_buf();
-                let instance = RetrievedInstance {
-                    sop_instance_uid: s.rq.sop_instance_uid.clone(),
-                    sop_class_uid: s.rq.sop_class_uid.clone(),
-                    transfer_syntax_uid: s.transfer_syntax.clone(),
-                    blake3: written.hash,
-                    dataset_bytes: written.dataset_bytes,
-                    path,
-                    dataset_offset: written.header_bytes,
-                    first_byte_after,
-                    last_byte_after,
-                };
-                written.temp.keep();
-                Ok(instance)
-            }
-            Ok(Err(e)) => Err((Status::OUT_OF_RESOURCES, e.to_string())),
-            Err(e) => Err((Status::OUT_OF_RESOURCES, format!("writer task: {e}"))),
-        },
-    };
-    let (status, comment) = match &result {
-        Ok(_) => (Status::Success, None),
-        Err((status, reason)) => (*status, Some(reason.as_str())),
-    };
-    let rsp = dimse::c_store_rsp(&s.rq, status, comment);
     match result {
         Ok(instance) => {
             tracing::debug!(
@@ -476,37 +413,23 @@ async fn end(
             );
             outcome.instances.push(instance);
         }
-        Err((status, reason)) => {
+        Err(Failure { status, comment }) => {
             tracing::warn!(
-                sop_instance_uid = %s.rq.sop_instance_uid.escape_debug(),
+                sop_instance_uid = %rq.sop_instance_uid.escape_debug(),
                 %status,
-                reason = %reason.escape_debug(),
+                reason = %comment.escape_debug(),
                 "C-GET sub-operation refused"
             );
             outcome.refused.push(RefusedSubOperation {
-                sop_instance_uid: s.rq.sop_instance_uid.clone(),
-                sop_class_uid: s.rq.sop_class_uid.clone(),
+                sop_instance_uid: rq.sop_instance_uid.clone(),
+                sop_class_uid: rq.sop_class_uid.clone(),
                 status,
-                reason,
+                reason: comment,
             });
         }
     }
-    scu.send_command(s.pc_id, &rsp).await?;
+    scu.send_command(pc_id, &rsp).await?;
     Ok(())
-}
-
-/// Finish the file: on the blocking pool when it fsyncs; inline otherwise,
-/// as nothing is left to wait for (a hop to the pool costs two thread
-/// wake-ups per instance, on the peer's critical path).
-async fn finish_file(
-    w: ObjectWriter,
-    fsync: bool,
-) -> Result<Result<WrittenObject, SpoolError>, tokio::task::JoinError> {
-    if fsync {
-        tokio::task::spawn_blocking(move || w.finish()).await
-    } else {
-        Ok(w.finish())
-    }
 }
 
 fn finish(mut outcome: GetOutcome, start: Instant) -> GetOutcome {

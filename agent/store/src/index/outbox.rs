@@ -19,8 +19,11 @@
 //!   the two must leave a duplicate row (the object is sent again; targets are
 //!   idempotent) and never no row (a replication silently lost).
 //! - Rows are written by ingest (the group committer) for every new object
-//!   and every configured target, in the same atomic batch as the object's
-//!   index rows.
+//!   and every configured target once the object is durable: they wait in
+//!   its pending marker (`super::pending`), written in the same atomic
+//!   batch as its index rows, and are written by the finalize that removes
+//!   the marker. A requeue or resync skips an object whose marker holds its
+//!   row.
 //!
 //! - A move to delivered is written only after the target confirmed the
 //!   object. A sender may collect the confirmations of one batch and record

@@ -47,6 +47,7 @@ pub use writer::{ObjectWriter, WrittenObject, create_scratch_file};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::index::{Hash, hash_hex};
@@ -236,6 +237,17 @@ impl Spool {
         self.used_bytes.fetch_add(file_bytes, Ordering::SeqCst);
     }
 
+    /// A reservation for one object being received, empty so far: grown
+    /// chunk by chunk ([`Reservation::grow`]), turned into held bytes when
+    /// the object is installed ([`Reservation::commit`]), released when
+    /// dropped otherwise (refused, failed, abandoned).
+    pub fn reservation(self: &Arc<Self>) -> Reservation {
+        Reservation {
+            spool: self.clone(),
+            bytes: 0,
+        }
+    }
+
     /// A file of `bytes` left the spool (retention).
     pub fn forget(&self, bytes: u64) {
         let _ = self
@@ -353,6 +365,44 @@ pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync dir", dir))
+}
+
+/// Room held in the spool for one object being received; released on
+/// drop unless committed. See [`Spool::reservation`].
+#[derive(Debug)]
+pub struct Reservation {
+    spool: Arc<Spool>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Reserve `additional` bytes more ([`Spool::reserve`]). On error the
+    /// reservation is unchanged.
+    pub fn grow(&mut self, additional: u64) -> Result<(), SpoolError> {
+        self.spool.reserve(self.bytes, additional)?;
+        self.bytes += additional;
+        Ok(())
+    }
+
+    /// Bytes reserved so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The object is installed: `file_bytes` are now held (0 when an
+    /// identical copy was there already), the reservation is gone.
+    pub fn commit(mut self, file_bytes: u64) {
+        self.spool
+            .commit_reservation(std::mem::take(&mut self.bytes), file_bytes);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.spool.release(self.bytes);
+        }
+    }
 }
 
 /// Free bytes for unprivileged users on the filesystem holding `path`.
