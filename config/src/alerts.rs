@@ -105,9 +105,31 @@ impl ActiveWindow {
 
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
+/// What is wrong with a silence rule's `active_hours` or `days`
+/// ([`SilenceRule::window`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WindowError {
+    /// `active_hours` is not `HH:MM-HH:MM`.
+    #[error("{hours:?} is not \"HH:MM-HH:MM\" (e.g. \"07:00-19:00\")")]
+    Hours {
+        /// The value as written.
+        hours: String,
+    },
+    /// `days` is an empty list.
+    #[error("days is empty: list at least one of mon … sun")]
+    NoDays,
+    /// An element of `days` that is not a day name.
+    #[error("{day:?} is not a day: write mon, tue … sun")]
+    Day {
+        /// The element as written.
+        day: String,
+    },
+}
+
 impl SilenceRule {
     /// The window, or what is wrong with `active_hours` / `days`.
-    pub fn window(&self) -> Result<ActiveWindow, String> {
+    pub fn window(&self) -> Result<ActiveWindow, WindowError> {
         let (start_min, end_min) = match &self.active_hours {
             None => (0, 0),
             Some(h) => parse_hours(h)?,
@@ -116,14 +138,14 @@ impl SilenceRule {
             None => [true; 7],
             Some(list) => {
                 if list.is_empty() {
-                    return Err("days is empty: list at least one of mon … sun".into());
+                    return Err(WindowError::NoDays);
                 }
                 let mut days = [false; 7];
                 for d in list {
                     let i = DAY_NAMES
                         .iter()
                         .position(|n| n.eq_ignore_ascii_case(d.trim()))
-                        .ok_or_else(|| format!("{d:?} is not a day: write mon, tue … sun"))?;
+                        .ok_or_else(|| WindowError::Day { day: d.clone() })?;
                     days[i] = true;
                 }
                 days
@@ -137,8 +159,10 @@ impl SilenceRule {
     }
 }
 
-fn parse_hours(h: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{h:?} is not \"HH:MM-HH:MM\" (e.g. \"07:00-19:00\")");
+fn parse_hours(h: &str) -> Result<(u32, u32), WindowError> {
+    let bad = || WindowError::Hours {
+        hours: h.to_string(),
+    };
     let (a, b) = h.split_once('-').ok_or_else(bad)?;
     let minute = |t: &str| -> Option<u32> {
         let (hh, mm) = t.trim().split_once(':')?;
@@ -223,19 +247,21 @@ mod tests {
     #[test]
     fn bad_windows_say_why() {
         for h in ["7-19", "07:00", "25:00-26:00", "07:60-08:00", "a:b-c:d"] {
-            let e = rule(Some(h), None).window().unwrap_err();
+            let e = rule(Some(h), None).window().unwrap_err().to_string();
             assert!(e.contains("HH:MM-HH:MM"), "{h}: {e}");
         }
         assert!(
             rule(None, Some(&["monday"]))
                 .window()
                 .unwrap_err()
+                .to_string()
                 .contains("not a day")
         );
         assert!(
             rule(None, Some(&[]))
                 .window()
                 .unwrap_err()
+                .to_string()
                 .contains("empty")
         );
     }

@@ -7,6 +7,96 @@ pub const AE_TITLE_MAX_CHARS: usize = 16;
 /// Longest UID, in characters (PS3.5 §9.1).
 pub const UID_MAX_CHARS: usize = 64;
 
+/// What is wrong with an AE title ([`validate_ae_title`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AeTitleError {
+    /// A control character.
+    #[error(
+        "{title:?} contains the control character {character:?}; an AE title has only printable ASCII characters"
+    )]
+    ControlCharacter {
+        /// The title as given.
+        title: String,
+        /// The first control character.
+        character: char,
+    },
+    /// A character outside printable ASCII.
+    #[error(
+        "{title:?} contains {character:?}, which is outside the DICOM default character repertoire (printable ASCII)"
+    )]
+    OutsideRepertoire {
+        /// The title as given.
+        title: String,
+        /// The first such character.
+        character: char,
+    },
+    /// A backslash (the value separator).
+    #[error("{title:?} contains a backslash, which is not allowed in an AE title")]
+    Backslash {
+        /// The title as given.
+        title: String,
+    },
+    /// The empty string.
+    #[error("the AE title is empty; an AE title has 1 to 16 characters")]
+    Empty,
+    /// Spaces only.
+    #[error("{title:?} is only spaces; an AE title has 1 to 16 characters other than spaces")]
+    OnlySpaces {
+        /// The title as given.
+        title: String,
+    },
+    /// More than [`AE_TITLE_MAX_CHARS`] characters once trimmed.
+    #[error("{title:?} is {chars} characters; an AE title has 1 to {AE_TITLE_MAX_CHARS}")]
+    TooLong {
+        /// The title without its leading and trailing spaces.
+        title: String,
+        /// Its length in characters.
+        chars: usize,
+    },
+}
+
+/// What is wrong with a UID ([`validate_uid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UidError {
+    /// The empty string.
+    #[error("the UID is empty")]
+    Empty,
+    /// A character other than a digit or a dot.
+    #[error("{uid:?} contains {character:?}; a UID has only digits and dots")]
+    Character {
+        /// The UID as given.
+        uid: String,
+        /// The first such character.
+        character: char,
+    },
+    /// More than [`UID_MAX_CHARS`] characters.
+    #[error("{uid:?} is {chars} characters; a UID has at most {UID_MAX_CHARS}")]
+    TooLong {
+        /// The UID as given.
+        uid: String,
+        /// Its length in characters.
+        chars: usize,
+    },
+    /// A leading, trailing or doubled dot.
+    #[error("{uid:?} has an empty component (a leading, trailing or doubled dot)")]
+    EmptyComponent {
+        /// The UID as given.
+        uid: String,
+    },
+    /// A component of more than one digit that starts with `0`.
+    #[error(
+        "{uid:?} has the component {component:?} with a leading zero; write it without the zero"
+    )]
+    LeadingZero {
+        /// The UID as given.
+        uid: String,
+        /// The component.
+        component: String,
+    },
+}
+
 /// Checks an AE title.
 ///
 /// Leading and trailing spaces are not significant (PS3.5 §6.2); what remains
@@ -16,35 +106,40 @@ pub const UID_MAX_CHARS: usize = 64;
 ///
 /// On failure the message names the value and what is wrong with it, e.g.
 /// `"TOO_LONG_AE_TITLE_X" is 19 characters; an AE title has 1 to 16`.
-pub fn validate_ae_title(s: &str) -> Result<(), String> {
-    if let Some(c) = s.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "{s:?} contains the control character {c:?}; an AE title has only printable ASCII characters"
-        ));
+pub fn validate_ae_title(s: &str) -> Result<(), AeTitleError> {
+    if let Some(character) = s.chars().find(|c| c.is_control()) {
+        return Err(AeTitleError::ControlCharacter {
+            title: s.to_string(),
+            character,
+        });
     }
-    if let Some(c) = s.chars().find(|c| !(' '..='~').contains(c)) {
-        return Err(format!(
-            "{s:?} contains {c:?}, which is outside the DICOM default character repertoire (printable ASCII)"
-        ));
+    if let Some(character) = s.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(AeTitleError::OutsideRepertoire {
+            title: s.to_string(),
+            character,
+        });
     }
     if s.contains('\\') {
-        return Err(format!(
-            "{s:?} contains a backslash, which is not allowed in an AE title"
-        ));
+        return Err(AeTitleError::Backslash {
+            title: s.to_string(),
+        });
     }
     let trimmed = s.trim_matches(' ');
     if trimmed.is_empty() {
         return Err(if s.is_empty() {
-            "the AE title is empty; an AE title has 1 to 16 characters".to_string()
+            AeTitleError::Empty
         } else {
-            format!("{s:?} is only spaces; an AE title has 1 to 16 characters other than spaces")
+            AeTitleError::OnlySpaces {
+                title: s.to_string(),
+            }
         });
     }
-    let n = trimmed.chars().count();
-    if n > AE_TITLE_MAX_CHARS {
-        return Err(format!(
-            "{trimmed:?} is {n} characters; an AE title has 1 to {AE_TITLE_MAX_CHARS}"
-        ));
+    let chars = trimmed.chars().count();
+    if chars > AE_TITLE_MAX_CHARS {
+        return Err(AeTitleError::TooLong {
+            title: trimmed.to_string(),
+            chars,
+        });
     }
     Ok(())
 }
@@ -52,32 +147,32 @@ pub fn validate_ae_title(s: &str) -> Result<(), String> {
 /// Checks a UID (PS3.5 §9.1): 1 to 64 characters, only digits and dots,
 /// no empty component (so no leading, trailing or doubled dot), and no
 /// leading zero in a component of more than one digit.
-pub fn validate_uid(s: &str) -> Result<(), String> {
+pub fn validate_uid(s: &str) -> Result<(), UidError> {
     if s.is_empty() {
-        return Err("the UID is empty".to_string());
+        return Err(UidError::Empty);
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_digit() || *c == '.')) {
-        return Err(format!(
-            "{s:?} contains {c:?}; a UID has only digits and dots"
-        ));
+    if let Some(character) = s.chars().find(|c| !(c.is_ascii_digit() || *c == '.')) {
+        return Err(UidError::Character {
+            uid: s.to_string(),
+            character,
+        });
     }
     // Only ASCII from here on, so bytes are characters.
     if s.len() > UID_MAX_CHARS {
-        return Err(format!(
-            "{s:?} is {} characters; a UID has at most {UID_MAX_CHARS}",
-            s.len()
-        ));
+        return Err(UidError::TooLong {
+            uid: s.to_string(),
+            chars: s.len(),
+        });
     }
     for component in s.split('.') {
         if component.is_empty() {
-            return Err(format!(
-                "{s:?} has an empty component (a leading, trailing or doubled dot)"
-            ));
+            return Err(UidError::EmptyComponent { uid: s.to_string() });
         }
         if component.len() > 1 && component.starts_with('0') {
-            return Err(format!(
-                "{s:?} has the component {component:?} with a leading zero; write it without the zero"
-            ));
+            return Err(UidError::LeadingZero {
+                uid: s.to_string(),
+                component: component.to_string(),
+            });
         }
     }
     Ok(())
@@ -105,12 +200,16 @@ mod tests {
 
     #[test]
     fn ae_title_rejects_17_chars() {
-        let e = validate_ae_title("SEVENTEEN_CHARS_X").unwrap_err();
+        let e = validate_ae_title("SEVENTEEN_CHARS_X")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "\"SEVENTEEN_CHARS_X\" is 17 characters; an AE title has 1 to 16"
         );
-        let e = validate_ae_title("TOO_LONG_AE_TITLE_X").unwrap_err();
+        let e = validate_ae_title("TOO_LONG_AE_TITLE_X")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "\"TOO_LONG_AE_TITLE_X\" is 19 characters; an AE title has 1 to 16"
@@ -119,32 +218,50 @@ mod tests {
 
     #[test]
     fn ae_title_rejects_backslash() {
-        let e = validate_ae_title("AE\\TITLE").unwrap_err();
+        let e = validate_ae_title("AE\\TITLE").unwrap_err().to_string();
         assert!(e.contains("backslash"), "{e}");
     }
 
     #[test]
     fn ae_title_rejects_empty_and_spaces() {
-        assert!(validate_ae_title("").unwrap_err().contains("empty"));
+        assert!(
+            validate_ae_title("")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
         assert!(
             validate_ae_title("    ")
                 .unwrap_err()
+                .to_string()
                 .contains("only spaces")
         );
     }
 
     #[test]
     fn ae_title_rejects_control_and_non_ascii() {
-        assert!(validate_ae_title("AE\tX").unwrap_err().contains("control"));
+        assert!(
+            validate_ae_title("AE\tX")
+                .unwrap_err()
+                .to_string()
+                .contains("control")
+        );
         assert!(
             validate_ae_title("AE\u{7f}")
                 .unwrap_err()
+                .to_string()
                 .contains("control")
         );
-        assert!(validate_ae_title("AE\n").unwrap_err().contains("control"));
+        assert!(
+            validate_ae_title("AE\n")
+                .unwrap_err()
+                .to_string()
+                .contains("control")
+        );
         assert!(
             validate_ae_title("ÄRZTE")
                 .unwrap_err()
+                .to_string()
                 .contains("repertoire")
         );
     }
@@ -169,7 +286,7 @@ mod tests {
 
     #[test]
     fn uid_rejects_leading_zero() {
-        let e = validate_uid("1.02.3").unwrap_err();
+        let e = validate_uid("1.02.3").unwrap_err().to_string();
         assert!(e.contains("\"02\"") && e.contains("leading zero"), "{e}");
         assert!(validate_uid("00").is_err());
     }
@@ -178,23 +295,23 @@ mod tests {
     fn uid_rejects_65_chars() {
         let long = format!("1.{}", "2".repeat(63));
         assert_eq!(long.len(), 65);
-        let e = validate_uid(&long).unwrap_err();
+        let e = validate_uid(&long).unwrap_err().to_string();
         assert!(e.contains("65 characters"), "{e}");
     }
 
     #[test]
     fn uid_rejects_empty_components() {
         for bad in ["1.2.", ".1.2", "1..2", "."] {
-            let e = validate_uid(bad).unwrap_err();
+            let e = validate_uid(bad).unwrap_err().to_string();
             assert!(e.contains("empty component"), "{bad:?}: {e}");
         }
-        assert!(validate_uid("").unwrap_err().contains("empty"));
+        assert!(validate_uid("").unwrap_err().to_string().contains("empty"));
     }
 
     #[test]
     fn uid_rejects_other_characters() {
         for bad in ["1.2.a", "1.2 ", " 1.2", "1,2", "1.2.3\0"] {
-            let e = validate_uid(bad).unwrap_err();
+            let e = validate_uid(bad).unwrap_err().to_string();
             assert!(e.contains("only digits and dots"), "{bad:?}: {e}");
         }
     }

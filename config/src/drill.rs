@@ -88,19 +88,35 @@ fn default_timeout_secs() -> u64 {
     60
 }
 
+/// What is wrong with the shape of a cron expression ([`check_cron`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CronError {
+    /// Not 6 or 7 fields.
+    #[error(
+        "{expr:?} has {fields} fields; write 6: \"sec min hour day-of-month month day-of-week\", e.g. \"0 30 2 * * *\""
+    )]
+    FieldCount { expr: String, fields: usize },
+    /// A field with characters cron does not use.
+    #[error("{expr:?}: field {field:?} is not cron syntax")]
+    Field { expr: String, field: String },
+}
+
 /// Checks the shape of a cron expression with seconds (6 or 7 fields of
 /// the characters cron uses). The scheduler parses it fully at start-up.
-pub(crate) fn check_cron(expr: &str) -> Result<(), String> {
+pub(crate) fn check_cron(expr: &str) -> Result<(), CronError> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
     if !(6..=7).contains(&fields.len()) {
-        return Err(format!(
-            "{expr:?} has {} fields; write 6: \"sec min hour day-of-month month day-of-week\", e.g. \"0 30 2 * * *\"",
-            fields.len()
-        ));
+        return Err(CronError::FieldCount {
+            expr: expr.to_string(),
+            fields: fields.len(),
+        });
     }
     let ok = |c: char| c.is_ascii_alphanumeric() || "*/,-?#LW".contains(c);
     if let Some(f) = fields.iter().find(|f| !f.chars().all(ok)) {
-        return Err(format!("{expr:?}: field {f:?} is not cron syntax"));
+        return Err(CronError::Field {
+            expr: expr.to_string(),
+            field: f.to_string(),
+        });
     }
     Ok(())
 }

@@ -48,36 +48,58 @@ pub(crate) fn listener_display(hostname: &str, port: u16) -> String {
     }
 }
 
+/// What is wrong with the spelling of a hostname ([`check_hostname`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HostnameError {
+    /// Empty or blank.
+    #[error("the hostname is empty; write an IP address or a DNS name")]
+    Empty,
+    /// Whitespace or control characters.
+    #[error("{0:?} contains whitespace or control characters")]
+    Whitespace(String),
+    /// An IPv6 address in brackets.
+    #[error("{0:?}: write IPv6 addresses without brackets, e.g. \"::1\"")]
+    Brackets(String),
+    /// A colon in something that is not an IPv6 address (`host:port`).
+    #[error("{0:?} contains ':' but is not an IPv6 address; put the port number in `port`")]
+    Colon(String),
+}
+
 /// Checks the spelling of a connection's hostname; pure, no DNS.
-pub(crate) fn check_hostname(hostname: &str) -> Result<(), String> {
+pub(crate) fn check_hostname(hostname: &str) -> Result<(), HostnameError> {
     if hostname.trim().is_empty() {
-        return Err("the hostname is empty; write an IP address or a DNS name".to_string());
+        return Err(HostnameError::Empty);
     }
     if hostname
         .chars()
         .any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(format!(
-            "{hostname:?} contains whitespace or control characters"
-        ));
+        return Err(HostnameError::Whitespace(hostname.to_string()));
     }
     if hostname.starts_with('[') || hostname.ends_with(']') {
-        return Err(format!(
-            "{hostname:?}: write IPv6 addresses without brackets, e.g. \"::1\""
-        ));
+        return Err(HostnameError::Brackets(hostname.to_string()));
     }
     if hostname.contains(':') && hostname.parse::<Ipv6Addr>().is_err() {
-        return Err(format!(
-            "{hostname:?} contains ':' but is not an IPv6 address; put the port number in `port`"
-        ));
+        return Err(HostnameError::Colon(hostname.to_string()));
     }
     Ok(())
+}
+
+/// A source address that is neither an IP address nor a CIDR network
+/// ([`parse_source_address`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid source address {address:?}: expected an IP address such as \"192.0.2.10\" or a CIDR network such as \"192.0.2.0/24\" (\"0.0.0.0/0\" allows any IPv4 address)"
+)]
+pub struct SourceAddressError {
+    /// The address as written.
+    pub address: String,
 }
 
 /// Parses a source address: a CIDR network (`10.1.0.0/16`, `2001:db8::/32`)
 /// or a bare IP address (`10.0.0.5`), which means that single address
 /// (`/32` for IPv4, `/128` for IPv6).
-pub fn parse_source_address(s: &str) -> Result<IpNet, String> {
+pub fn parse_source_address(s: &str) -> Result<IpNet, SourceAddressError> {
     let t = s.trim();
     if let Ok(net) = t.parse::<IpNet>() {
         return Ok(net);
@@ -85,9 +107,9 @@ pub fn parse_source_address(s: &str) -> Result<IpNet, String> {
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    Err(format!(
-        "invalid source address {s:?}: expected an IP address such as \"192.0.2.10\" or a CIDR network such as \"192.0.2.0/24\" (\"0.0.0.0/0\" allows any IPv4 address)"
-    ))
+    Err(SourceAddressError {
+        address: s.to_string(),
+    })
 }
 
 /// One element of `source_addresses`, deserialized from a string so that a

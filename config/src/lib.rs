@@ -76,17 +76,19 @@ mod target;
 mod validate;
 
 pub use admin::AdminConfig;
-pub use alerts::{ActiveWindow, AlertsConfig, SilenceRule};
+pub use alerts::{ActiveWindow, AlertsConfig, SilenceRule, WindowError};
 pub use device::{
     ARTIM_TIMEOUT_SECS_RANGE, DEFAULT_ARTIM_TIMEOUT_SECS, DEFAULT_DATA_DIR,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_PDU_BYTES, Device,
     IDLE_TIMEOUT_SECS_RANGE, MAX_ASSOCIATIONS_RANGE, MAX_PDU_BYTES_RANGE, NetworkAe,
     NetworkConnection, Role, TransferCapability,
 };
-pub use dicom::{AE_TITLE_MAX_CHARS, UID_MAX_CHARS, validate_ae_title, validate_uid};
+pub use dicom::{
+    AE_TITLE_MAX_CHARS, AeTitleError, UID_MAX_CHARS, UidError, validate_ae_title, validate_uid,
+};
 pub use drill::{DrillConfig, Retrieve};
 pub use error::{ConfigError, Finding, Severity};
-pub use host::{is_loopback_host, parse_source_address};
+pub use host::{SourceAddressError, is_loopback_host, parse_source_address};
 pub use remote::{RemoteAe, RemoteDevice};
 pub use spool::{DEFAULT_MIN_FREE_BYTES, MIN_MAX_OBJECT_BYTES, MIN_SPOOL_MAX_BYTES, SpoolConfig};
 pub use target::{Delivery, OBJECT_STORE_SCHEMES, Target};

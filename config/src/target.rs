@@ -161,24 +161,57 @@ impl Target {
     }
 }
 
+/// What is wrong with an object store URL ([`check_object_store_url`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ObjectStoreUrlError {
+    /// Whitespace or control characters.
+    #[error("{url:?} contains whitespace or control characters")]
+    Whitespace { url: String },
+    /// No `://`.
+    #[error(
+        "{url:?} is not a URL: write scheme://…, e.g. \"s3://bucket/prefix\" or \"file:///var/backup\""
+    )]
+    NotAUrl { url: String },
+    /// A cloud URL without a bucket or container.
+    #[error("{url:?} has no bucket or container name: write {scheme}://bucket/prefix")]
+    NoBucket { url: String, scheme: String },
+    /// A `file` URL without a usable directory.
+    #[error(
+        "{url:?}: a file URL needs a directory, absolute as in \"file:///var/backup\" (three slashes) or relative to the working directory as in \"file://./backup\""
+    )]
+    NoDirectory { url: String },
+    /// A `file` URL with a `..` component.
+    #[error("{url:?}: \"..\" is not allowed in a file URL")]
+    DotDot { url: String },
+    /// A scheme not among [`OBJECT_STORE_SCHEMES`].
+    #[error(
+        "{url:?} has the scheme {scheme:?}; supported schemes are {}",
+        OBJECT_STORE_SCHEMES.join(", ")
+    )]
+    Scheme { url: String, scheme: String },
+}
+
 /// Checks an object store URL: `scheme://rest` with a scheme among
 /// [`OBJECT_STORE_SCHEMES`]; cloud URLs need a bucket, `file` URLs an
 /// absolute path.
-pub(crate) fn check_object_store_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_object_store_url(url: &str) -> Result<(), ObjectStoreUrlError> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{url:?} contains whitespace or control characters"));
+        return Err(ObjectStoreUrlError::Whitespace {
+            url: url.to_string(),
+        });
     }
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!(
-            "{url:?} is not a URL: write scheme://…, e.g. \"s3://bucket/prefix\" or \"file:///var/backup\""
-        ));
+        return Err(ObjectStoreUrlError::NotAUrl {
+            url: url.to_string(),
+        });
     };
     match scheme {
         "s3" | "gs" | "az" => {
             if rest.split('/').next().is_none_or(str::is_empty) {
-                return Err(format!(
-                    "{url:?} has no bucket or container name: write {scheme}://bucket/prefix"
-                ));
+                return Err(ObjectStoreUrlError::NoBucket {
+                    url: url.to_string(),
+                    scheme: scheme.to_string(),
+                });
             }
             Ok(())
         }
@@ -186,19 +219,21 @@ pub(crate) fn check_object_store_url(url: &str) -> Result<(), String> {
             let absolute = rest.starts_with('/') && rest.len() >= 2;
             let relative = rest.starts_with("./") && rest.len() >= 3;
             if !absolute && !relative {
-                return Err(format!(
-                    "{url:?}: a file URL needs a directory, absolute as in \"file:///var/backup\" (three slashes) or relative to the working directory as in \"file://./backup\""
-                ));
+                return Err(ObjectStoreUrlError::NoDirectory {
+                    url: url.to_string(),
+                });
             }
             if rest.split('/').any(|c| c == "..") {
-                return Err(format!("{url:?}: \"..\" is not allowed in a file URL"));
+                return Err(ObjectStoreUrlError::DotDot {
+                    url: url.to_string(),
+                });
             }
             Ok(())
         }
-        other => Err(format!(
-            "{url:?} has the scheme {other:?}; supported schemes are {}",
-            OBJECT_STORE_SCHEMES.join(", ")
-        )),
+        other => Err(ObjectStoreUrlError::Scheme {
+            url: url.to_string(),
+            scheme: other.to_string(),
+        }),
     }
 }
 

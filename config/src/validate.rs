@@ -151,7 +151,7 @@ impl Config {
     ) {
         let p = format!("device.network_ae[{i}]");
         if let Err(e) = validate_ae_title(&ae.ae_title) {
-            r.error(format!("{p}.ae_title"), e);
+            r.error(format!("{p}.ae_title"), e.to_string());
         }
         if !ae.association_acceptor && !ae.association_initiator {
             r.warning(
@@ -315,11 +315,11 @@ impl Config {
         for (t, tc) in ae.transfer_capabilities.iter().enumerate() {
             let tp = format!("{p}.transfer_capability[{t}]");
             if let Err(e) = validate_uid(&tc.sop_class) {
-                r.error(format!("{tp}.sop_class"), e);
+                r.error(format!("{tp}.sop_class"), e.to_string());
             }
             for (s, ts) in tc.transfer_syntaxes.iter().enumerate() {
                 if let Err(e) = validate_uid(ts) {
-                    r.error(format!("{tp}.transfer_syntaxes[{s}]"), e);
+                    r.error(format!("{tp}.transfer_syntaxes[{s}]"), e.to_string());
                 }
             }
         }
@@ -402,7 +402,7 @@ impl Config {
                 }
                 Target::ObjectStore { url, options, .. } => {
                     if let Err(e) = check_object_store_url(url) {
-                        r.error(format!("{p}.url"), e);
+                        r.error(format!("{p}.url"), e.to_string());
                     }
                     check_delivery(&p, &target.delivery(), 64, r);
                     if url.starts_with("file://") && !options.is_empty() {
@@ -440,7 +440,7 @@ impl Config {
             if let Some(s) = &d.schedule
                 && let Err(e) = crate::drill::check_cron(s)
             {
-                r.error(format!("{p}.schedule"), e);
+                r.error(format!("{p}.schedule"), e.to_string());
             }
             if d.random_studies == 0 && d.rotation.unwrap_or(0) == 0 && !d.newest_study {
                 r.error(
@@ -497,7 +497,7 @@ impl Config {
             let p = format!("alerts.silence[{i}]");
             let title = trim_ae(&rule.calling_ae);
             if let Err(e) = crate::dicom::validate_ae_title(&rule.calling_ae) {
-                r.error(format!("{p}.calling_ae"), e);
+                r.error(format!("{p}.calling_ae"), e.to_string());
             } else if !seen.insert(title) {
                 r.error(
                     format!("{p}.calling_ae"),
@@ -516,7 +516,7 @@ impl Config {
                 &(1..=30 * 86_400),
             );
             match rule.window() {
-                Err(e) => r.error(p, e),
+                Err(e) => r.error(p, e.to_string()),
                 // Silence is counted over the last 4 weeks of active time.
                 Ok(w) if rule.after_secs > 4 * w.active_secs_per_week() => r.error(
                     format!("{p}.after_secs"),
@@ -567,7 +567,7 @@ impl Config {
         };
         let path = format!("{p}.move_destination");
         if let Err(e) = validate_ae_title(dest) {
-            r.error(path, e);
+            r.error(path, e.to_string());
             return;
         }
         let title = trim_ae(dest);
@@ -763,7 +763,7 @@ impl Config {
 
 fn check_remote_ae(p: &str, device: &RemoteDevice, ae: &RemoteAe, r: &mut Report) {
     if let Err(e) = validate_ae_title(&ae.ae_title) {
-        r.error(format!("{p}.ae_title"), e);
+        r.error(format!("{p}.ae_title"), e.to_string());
     }
     if !ae.association_acceptor && !ae.association_initiator {
         r.warning(
@@ -814,7 +814,7 @@ fn check_connections(prefix: &str, connections: &[NetworkConnection], r: &mut Re
             names.insert(&c.name, i);
         }
         if let Err(e) = check_hostname(&c.hostname) {
-            r.error(format!("{p}.hostname"), e);
+            r.error(format!("{p}.hostname"), e.to_string());
         }
         if c.port == 0 {
             r.error(format!("{p}.port"), "port 0 is not allowed; use 1 to 65535");

@@ -134,7 +134,7 @@ impl Session {
                             // Everything the peer holds, cut short, without
                             // ours: whether it holds ours is unknown.
                             None if outcome.truncated => {
-                                return Err(QrError::Malformed {
+                                return Err(QrError::Unacceptable {
                                     addr: self.describe(),
                                     what: "C-FIND answer",
                                     reason: format!(
@@ -198,7 +198,7 @@ impl Session {
             .find(InformationModel::StudyRoot, &query, &self.options)
             .await?;
         if outcome.truncated {
-            return Err(QrError::Malformed {
+            return Err(QrError::Unacceptable {
                 addr: self.describe(),
                 what: "C-FIND answer",
                 reason: format!(

@@ -651,24 +651,40 @@ impl QueryRetrieveRsp {
     }
 }
 
+/// Why a UID from the network is unusable ([`check_uid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UidError {
+    /// The UID is empty.
+    #[error("empty UID")]
+    Empty,
+    /// Longer than 64 characters (bytes).
+    #[error("UID of {0} characters (at most 64)")]
+    TooLong(usize),
+    /// A character other than a digit or a dot.
+    #[error("UID contains {0:?}; only digits and dots are allowed")]
+    Character(char),
+    /// A leading, trailing or doubled dot.
+    #[error("UID has an empty component")]
+    EmptyComponent,
+}
+
 /// Check that a UID from the network is usable: 1–64 characters, only digits
 /// and dots, no empty component. Leading zeros in a component are tolerated
 /// (legacy modalities send them; refusing would lose images) but reported by
 /// [`uid_has_leading_zero`].
-pub fn check_uid(uid: &str) -> Result<(), String> {
+pub fn check_uid(uid: &str) -> Result<(), UidError> {
     if uid.is_empty() {
-        return Err("empty UID".into());
+        return Err(UidError::Empty);
     }
     if uid.len() > 64 {
-        return Err(format!("UID of {} characters (at most 64)", uid.len()));
+        return Err(UidError::TooLong(uid.len()));
     }
     if let Some(c) = uid.chars().find(|c| !(c.is_ascii_digit() || *c == '.')) {
-        return Err(format!(
-            "UID contains {c:?}; only digits and dots are allowed"
-        ));
+        return Err(UidError::Character(c));
     }
     if uid.split('.').any(str::is_empty) {
-        return Err("UID has an empty component".into());
+        return Err(UidError::EmptyComponent);
     }
     Ok(())
 }
@@ -781,6 +797,23 @@ mod tests {
         assert!(check_uid("1.2.").is_err());
         assert!(check_uid(&"1".repeat(65)).is_err());
         assert!(check_uid("1.02.3").is_ok());
+        assert_eq!(check_uid("").unwrap_err().to_string(), "empty UID");
+        assert_eq!(
+            check_uid(&"1".repeat(65)).unwrap_err().to_string(),
+            "UID of 65 characters (at most 64)"
+        );
+        assert_eq!(
+            check_uid("1.2.3\0/x").unwrap_err(),
+            UidError::Character('\0')
+        );
+        assert_eq!(
+            check_uid("1.2.3\0/x").unwrap_err().to_string(),
+            "UID contains '\\0'; only digits and dots are allowed"
+        );
+        assert_eq!(
+            check_uid("1..2").unwrap_err().to_string(),
+            "UID has an empty component"
+        );
         assert!(uid_has_leading_zero("1.02.3"));
         assert!(!uid_has_leading_zero("1.0.3"));
     }

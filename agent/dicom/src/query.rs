@@ -15,12 +15,14 @@
 //! that is not a number, is malformed: the caller gets an error rather than a
 //! silently shorter list.
 
+use dicom_core::value::{CastValueError, ConvertValueError};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::InMemDicomObject;
+use dicom_object::{InMemDicomObject, ReadError, WriteError};
 use dicom_transfer_syntax_registry::entries;
 
-use crate::dimse;
+use crate::dimse::{self, UidError};
+use crate::structure::StructureError;
 
 /// Largest identifier accepted from a peer (a real one is well under 4 KiB).
 pub const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
@@ -55,39 +57,158 @@ impl Level {
     }
 }
 
-fn transfer_syntax(uid: &str) -> Result<dicom_encoding::TransferSyntax, String> {
+/// Why an identifier could not be built, encoded, decoded or read.
+///
+/// Building a query or retrieve identifier fails on a value we would not
+/// send ([`QueryError::InvalidUid`], [`QueryError::ValueSeparator`],
+/// [`QueryError::TooLong`], [`QueryError::BadDate`],
+/// [`QueryError::NothingToRetrieve`]); decoding and reading fail on what a
+/// peer sent ([`QueryError::TooLarge`], [`QueryError::Structure`],
+/// [`QueryError::Decode`], [`QueryError::BadValue`],
+/// [`QueryError::MissingKey`], [`QueryError::NotACount`]…).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The identifier is larger than [`MAX_IDENTIFIER_BYTES`].
+    #[error("identifier of {len} bytes (at most {MAX_IDENTIFIER_BYTES})")]
+    TooLarge {
+        /// Its size in bytes.
+        len: usize,
+    },
+    /// Not one of the two transfer syntaxes identifiers are proposed in.
+    #[error(
+        "identifiers in transfer syntax {uid} are not supported (only Explicit and Implicit VR Little Endian are proposed)"
+    )]
+    UnsupportedTransferSyntax {
+        /// The transfer syntax UID.
+        uid: String,
+    },
+    /// dicom-object could not write the identifier.
+    #[error("cannot encode the identifier: {source}")]
+    Encode {
+        /// Why.
+        #[source]
+        source: Box<WriteError>,
+    },
+    /// The bytes are not a well-formed data set (found by the structure
+    /// walker before dicom-object reads them).
+    #[error(transparent)]
+    Structure(#[from] StructureError),
+    /// dicom-object could not read the data set.
+    #[error(transparent)]
+    Decode(Box<ReadError>),
+    /// An element whose value cannot be read as text.
+    #[error("{tag}: {source}")]
+    BadValue {
+        /// The element.
+        tag: Tag,
+        /// Why.
+        #[source]
+        source: ConvertValueError,
+    },
+    /// A multi-valued element whose values cannot be read as text.
+    #[error("{tag}: {source}")]
+    BadValues {
+        /// The element.
+        tag: Tag,
+        /// Why.
+        #[source]
+        source: CastValueError,
+    },
+    /// A match without its level's unique key.
+    #[error("match without {name} {tag}")]
+    MissingKey {
+        /// The key's name, e.g. `Study Instance UID`.
+        name: &'static str,
+        /// The key.
+        tag: Tag,
+    },
+    /// A count (IS) that is not a number.
+    #[error("{tag} is {value:?}, not a count")]
+    NotACount {
+        /// The element.
+        tag: Tag,
+        /// Its (trimmed) text.
+        value: String,
+    },
+    /// A UID that breaks PS3.5 9.1 ([`dimse::check_uid`]).
+    #[error("{tag} {uid:?}: {source}")]
+    InvalidUid {
+        /// The key.
+        tag: Tag,
+        /// The UID.
+        uid: String,
+        /// What is wrong with it.
+        #[source]
+        source: UidError,
+    },
+    /// A single-valued key containing the value separator `\`.
+    #[error("{tag} {value:?} contains the value separator '\\'")]
+    ValueSeparator {
+        /// The key.
+        tag: Tag,
+        /// The value.
+        value: String,
+    },
+    /// A key longer than its VR allows.
+    #[error("{tag} {value:?} is longer than {max_len} characters")]
+    TooLong {
+        /// The key.
+        tag: Tag,
+        /// The value.
+        value: String,
+        /// The most characters allowed.
+        max_len: usize,
+    },
+    /// A date that is not `YYYYMMDD`.
+    #[error("date {date:?} is not YYYYMMDD")]
+    BadDate {
+        /// The date as given.
+        date: String,
+    },
+    /// A retrieve target with an empty list of UIDs.
+    #[error("no {what} to retrieve")]
+    NothingToRetrieve {
+        /// The key whose list is empty, e.g. `Study Instance UID`.
+        what: &'static str,
+    },
+}
+
+fn transfer_syntax(uid: &str) -> Result<dicom_encoding::TransferSyntax, QueryError> {
     match uid.trim_end_matches('\0') {
         EXPLICIT_VR_LE => Ok(entries::EXPLICIT_VR_LITTLE_ENDIAN.erased()),
         IMPLICIT_VR_LE => Ok(entries::IMPLICIT_VR_LITTLE_ENDIAN.erased()),
-        other => Err(format!(
-            "identifiers in transfer syntax {other} are not supported (only Explicit and Implicit VR Little Endian are proposed)"
-        )),
+        other => Err(QueryError::UnsupportedTransferSyntax {
+            uid: other.to_string(),
+        }),
     }
 }
 
 /// Encode an identifier in `transfer_syntax_uid` (Explicit or Implicit VR LE).
-pub fn encode(identifier: &InMemDicomObject, transfer_syntax_uid: &str) -> Result<Vec<u8>, String> {
+pub fn encode(
+    identifier: &InMemDicomObject,
+    transfer_syntax_uid: &str,
+) -> Result<Vec<u8>, QueryError> {
     let ts = transfer_syntax(transfer_syntax_uid)?;
     let mut out = Vec::new();
     identifier
         .write_dataset_with_ts(&mut out, &ts)
-        .map_err(|e| format!("cannot encode the identifier: {e}"))?;
+        .map_err(|e| QueryError::Encode {
+            source: Box::new(e),
+        })?;
     Ok(out)
 }
 
 /// Decode an identifier received in `transfer_syntax_uid`.
-pub fn decode(bytes: &[u8], transfer_syntax_uid: &str) -> Result<InMemDicomObject, String> {
+pub fn decode(bytes: &[u8], transfer_syntax_uid: &str) -> Result<InMemDicomObject, QueryError> {
     if bytes.len() > MAX_IDENTIFIER_BYTES {
-        return Err(format!(
-            "identifier of {} bytes (at most {MAX_IDENTIFIER_BYTES})",
-            bytes.len()
-        ));
+        return Err(QueryError::TooLarge { len: bytes.len() });
     }
     let ts = transfer_syntax(transfer_syntax_uid)?;
     let mut walker = crate::structure::Walker::for_dicom_rs(transfer_syntax_uid);
-    walker.feed(bytes).map_err(|e| e.to_string())?;
-    walker.finish().map_err(|e| e.to_string())?;
-    InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| e.to_string())
+    walker.feed(bytes)?;
+    walker.finish()?;
+    InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| QueryError::Decode(Box::new(e)))
 }
 
 // ---------------------------------------------------------------------------
@@ -100,27 +221,27 @@ fn clean(s: &str) -> String {
 
 /// A text value: None when absent, the trimmed text otherwise (possibly
 /// empty).
-pub fn text(obj: &InMemDicomObject, tag: Tag) -> Result<Option<String>, String> {
+pub fn text(obj: &InMemDicomObject, tag: Tag) -> Result<Option<String>, QueryError> {
     match obj.get(tag) {
         None => Ok(None),
         Some(e) => e
             .to_str()
             .map(|s| Some(clean(&s)))
-            .map_err(|err| format!("{tag}: {err}")),
+            .map_err(|source| QueryError::BadValue { tag, source }),
     }
 }
 
-fn text_or_empty(obj: &InMemDicomObject, tag: Tag) -> Result<String, String> {
+fn text_or_empty(obj: &InMemDicomObject, tag: Tag) -> Result<String, QueryError> {
     Ok(text(obj, tag)?.unwrap_or_default())
 }
 
 /// The values of a multi-valued text element (empty when absent).
-pub fn texts(obj: &InMemDicomObject, tag: Tag) -> Result<Vec<String>, String> {
+pub fn texts(obj: &InMemDicomObject, tag: Tag) -> Result<Vec<String>, QueryError> {
     match obj.get(tag) {
         None => Ok(Vec::new()),
         Some(e) => Ok(e
             .to_multi_str()
-            .map_err(|err| format!("{tag}: {err}"))?
+            .map_err(|source| QueryError::BadValues { tag, source })?
             .iter()
             .map(|s| clean(s))
             .filter(|s| !s.is_empty())
@@ -129,22 +250,22 @@ pub fn texts(obj: &InMemDicomObject, tag: Tag) -> Result<Vec<String>, String> {
 }
 
 /// A unique key that must be present and non-empty.
-fn required(obj: &InMemDicomObject, tag: Tag, name: &str) -> Result<String, String> {
+fn required(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<String, QueryError> {
     match text(obj, tag)? {
         Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(format!("match without {name} {tag}")),
+        _ => Err(QueryError::MissingKey { name, tag }),
     }
 }
 
 /// An IS count: None when absent or empty; an error when not a number.
-fn count(obj: &InMemDicomObject, tag: Tag) -> Result<Option<u32>, String> {
+fn count(obj: &InMemDicomObject, tag: Tag) -> Result<Option<u32>, QueryError> {
     match text(obj, tag)? {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
-        Some(v) => v
-            .parse::<u32>()
-            .map(Some)
-            .map_err(|_| format!("{tag} is {v:?}, not a count")),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(QueryError::NotACount { tag, value: v }),
+        },
     }
 }
 
@@ -173,15 +294,19 @@ fn ask(obj: &mut InMemDicomObject, tag: Tag, vr: VR) {
 }
 
 /// A list of UIDs (list matching), each checked.
-fn put_uids(obj: &mut InMemDicomObject, tag: Tag, uids: &[String]) -> Result<(), String> {
+fn put_uids(obj: &mut InMemDicomObject, tag: Tag, uids: &[String]) -> Result<(), QueryError> {
     for u in uids {
-        dimse::check_uid(u).map_err(|e| format!("{tag} {u:?}: {e}"))?;
+        dimse::check_uid(u).map_err(|source| QueryError::InvalidUid {
+            tag,
+            uid: u.clone(),
+            source,
+        })?;
     }
     put(obj, tag, VR::UI, &uids.join("\\"));
     Ok(())
 }
 
-fn put_uid(obj: &mut InMemDicomObject, tag: Tag, uid: &Option<String>) -> Result<(), String> {
+fn put_uid(obj: &mut InMemDicomObject, tag: Tag, uid: &Option<String>) -> Result<(), QueryError> {
     match uid {
         Some(u) => put_uids(obj, tag, std::slice::from_ref(u)),
         None => {
@@ -199,13 +324,20 @@ fn put_text(
     vr: VR,
     value: &Option<String>,
     max_len: usize,
-) -> Result<(), String> {
+) -> Result<(), QueryError> {
     let v = value.as_deref().unwrap_or("");
     if v.contains('\\') {
-        return Err(format!("{tag} {v:?} contains the value separator '\\'"));
+        return Err(QueryError::ValueSeparator {
+            tag,
+            value: v.to_string(),
+        });
     }
     if v.chars().count() > max_len {
-        return Err(format!("{tag} {v:?} is longer than {max_len} characters"));
+        return Err(QueryError::TooLong {
+            tag,
+            value: v.to_string(),
+            max_len,
+        });
     }
     put(obj, tag, vr, v);
     Ok(())
@@ -224,17 +356,19 @@ pub struct DateRange {
     to: Option<String>,
 }
 
-fn check_date(d: &str) -> Result<String, String> {
+fn check_date(d: &str) -> Result<String, QueryError> {
     if d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()) {
         Ok(d.to_string())
     } else {
-        Err(format!("date {d:?} is not YYYYMMDD"))
+        Err(QueryError::BadDate {
+            date: d.to_string(),
+        })
     }
 }
 
 impl DateRange {
     /// One day.
-    pub fn on(date: &str) -> Result<Self, String> {
+    pub fn on(date: &str) -> Result<Self, QueryError> {
         let d = check_date(date)?;
         Ok(DateRange {
             from: Some(d.clone()),
@@ -242,21 +376,21 @@ impl DateRange {
         })
     }
     /// From `from` to `to`, inclusive.
-    pub fn between(from: &str, to: &str) -> Result<Self, String> {
+    pub fn between(from: &str, to: &str) -> Result<Self, QueryError> {
         Ok(DateRange {
             from: Some(check_date(from)?),
             to: Some(check_date(to)?),
         })
     }
     /// From `from` on.
-    pub fn since(from: &str) -> Result<Self, String> {
+    pub fn since(from: &str) -> Result<Self, QueryError> {
         Ok(DateRange {
             from: Some(check_date(from)?),
             to: None,
         })
     }
     /// Up to `to`.
-    pub fn until(to: &str) -> Result<Self, String> {
+    pub fn until(to: &str) -> Result<Self, QueryError> {
         Ok(DateRange {
             from: None,
             to: Some(check_date(to)?),
@@ -282,9 +416,9 @@ pub trait FindQuery {
     /// The Query/Retrieve Level.
     const LEVEL: Level;
     /// The identifier to send (matching keys and return keys).
-    fn identifier(&self) -> Result<InMemDicomObject, String>;
+    fn identifier(&self) -> Result<InMemDicomObject, QueryError>;
     /// Read one pending response's identifier.
-    fn parse(identifier: &InMemDicomObject) -> Result<Self::Match, String>;
+    fn parse(identifier: &InMemDicomObject) -> Result<Self::Match, QueryError>;
 }
 
 /// STUDY level. Empty fields match anything.
@@ -323,7 +457,7 @@ impl FindQuery for StudyQuery {
     type Match = StudyMatch;
     const LEVEL: Level = Level::Study;
 
-    fn identifier(&self) -> Result<InMemDicomObject, String> {
+    fn identifier(&self) -> Result<InMemDicomObject, QueryError> {
         let mut o = base(Level::Study);
         put_text(&mut o, tags::PATIENT_ID, VR::LO, &self.patient_id, 64)?;
         ask(&mut o, tags::PATIENT_NAME, VR::PN);
@@ -350,7 +484,7 @@ impl FindQuery for StudyQuery {
         Ok(o)
     }
 
-    fn parse(o: &InMemDicomObject) -> Result<StudyMatch, String> {
+    fn parse(o: &InMemDicomObject) -> Result<StudyMatch, QueryError> {
         Ok(StudyMatch {
             study_instance_uid: required(o, tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
             patient_id: text_or_empty(o, tags::PATIENT_ID)?,
@@ -396,7 +530,7 @@ impl FindQuery for SeriesQuery {
     type Match = SeriesMatch;
     const LEVEL: Level = Level::Series;
 
-    fn identifier(&self) -> Result<InMemDicomObject, String> {
+    fn identifier(&self) -> Result<InMemDicomObject, QueryError> {
         let mut o = base(Level::Series);
         put_uid(&mut o, tags::STUDY_INSTANCE_UID, &self.study_instance_uid)?;
         put_uids(
@@ -411,7 +545,7 @@ impl FindQuery for SeriesQuery {
         Ok(o)
     }
 
-    fn parse(o: &InMemDicomObject) -> Result<SeriesMatch, String> {
+    fn parse(o: &InMemDicomObject) -> Result<SeriesMatch, QueryError> {
         Ok(SeriesMatch {
             study_instance_uid: text_or_empty(o, tags::STUDY_INSTANCE_UID)?,
             series_instance_uid: required(o, tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
@@ -454,7 +588,7 @@ impl FindQuery for InstanceQuery {
     type Match = InstanceMatch;
     const LEVEL: Level = Level::Image;
 
-    fn identifier(&self) -> Result<InMemDicomObject, String> {
+    fn identifier(&self) -> Result<InMemDicomObject, QueryError> {
         let mut o = base(Level::Image);
         put_uid(&mut o, tags::SOP_CLASS_UID, &self.sop_class_uid)?;
         put_uids(&mut o, tags::SOP_INSTANCE_UID, &self.sop_instance_uids)?;
@@ -464,7 +598,7 @@ impl FindQuery for InstanceQuery {
         Ok(o)
     }
 
-    fn parse(o: &InMemDicomObject) -> Result<InstanceMatch, String> {
+    fn parse(o: &InMemDicomObject) -> Result<InstanceMatch, QueryError> {
         Ok(InstanceMatch {
             study_instance_uid: text_or_empty(o, tags::STUDY_INSTANCE_UID)?,
             series_instance_uid: text_or_empty(o, tags::SERIES_INSTANCE_UID)?,
@@ -529,11 +663,11 @@ impl RetrieveTarget {
     }
 
     /// The identifier (unique keys only).
-    pub fn identifier(&self) -> Result<InMemDicomObject, String> {
+    pub fn identifier(&self) -> Result<InMemDicomObject, QueryError> {
         let mut o = base(self.level());
-        let non_empty = |v: &[String], what: &str| {
+        let non_empty = |v: &[String], what: &'static str| {
             if v.is_empty() {
-                Err(format!("no {what} to retrieve"))
+                Err(QueryError::NothingToRetrieve { what })
             } else {
                 Ok(())
             }
@@ -580,7 +714,7 @@ impl RetrieveTarget {
 
 /// The Failed SOP Instance UID List (0008,0058) of a final C-GET/C-MOVE
 /// response identifier.
-pub fn failed_sop_instance_uids(identifier: &InMemDicomObject) -> Result<Vec<String>, String> {
+pub fn failed_sop_instance_uids(identifier: &InMemDicomObject) -> Result<Vec<String>, QueryError> {
     texts(identifier, tags::FAILED_SOP_INSTANCE_UID_LIST)
 }
 
@@ -729,12 +863,92 @@ mod tests {
             VR::IS,
             "x",
         );
-        assert!(StudyQuery::parse(&bad).unwrap_err().contains("not a count"));
+        assert!(
+            StudyQuery::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("not a count")
+        );
         let mut no_uid = o.clone();
         no_uid.remove_element(tags::STUDY_INSTANCE_UID);
-        assert!(StudyQuery::parse(&no_uid).unwrap_err().contains("without"));
+        assert!(
+            StudyQuery::parse(&no_uid)
+                .unwrap_err()
+                .to_string()
+                .contains("without")
+        );
         assert!(SeriesQuery::parse(&o).is_err(), "no series UID");
         assert!(InstanceQuery::parse(&o).is_err(), "no SOP instance UID");
+    }
+
+    #[test]
+    fn error_texts() {
+        let study_uids = |uids: &[&str]| StudyQuery {
+            study_instance_uids: uids.iter().map(|u| u.to_string()).collect(),
+            ..StudyQuery::default()
+        };
+        let e = study_uids(&["1..2"]).identifier().unwrap_err();
+        assert!(matches!(e, QueryError::InvalidUid { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "(0020,000D) \"1..2\": UID has an empty component"
+        );
+        let e = StudyQuery {
+            patient_id: Some("A\\B".into()),
+            ..StudyQuery::default()
+        }
+        .identifier()
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "(0010,0020) \"A\\\\B\" contains the value separator '\\'"
+        );
+        let e = SeriesQuery {
+            modality: Some("X".repeat(17)),
+            ..SeriesQuery::default()
+        }
+        .identifier()
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "(0008,0060) \"{}\" is longer than 16 characters",
+                "X".repeat(17)
+            )
+        );
+        assert_eq!(
+            DateRange::on("2024").unwrap_err().to_string(),
+            "date \"2024\" is not YYYYMMDD"
+        );
+        assert_eq!(
+            RetrieveTarget::Studies(vec![])
+                .identifier()
+                .unwrap_err()
+                .to_string(),
+            "no Study Instance UID to retrieve"
+        );
+        let mut o = InMemDicomObject::new_empty();
+        put(
+            &mut o,
+            tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
+            VR::IS,
+            "x",
+        );
+        assert_eq!(
+            SeriesQuery::parse(&o).unwrap_err().to_string(),
+            "match without Series Instance UID (0020,000E)"
+        );
+        put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, "1.2");
+        assert_eq!(
+            SeriesQuery::parse(&o).unwrap_err().to_string(),
+            "(0020,1209) is \"x\", not a count"
+        );
+        assert_eq!(
+            decode(&vec![0; MAX_IDENTIFIER_BYTES + 1], IMPLICIT_VR_LE)
+                .unwrap_err()
+                .to_string(),
+            "identifier of 1048577 bytes (at most 1048576)"
+        );
     }
 
     #[test]
@@ -753,6 +967,7 @@ mod tests {
         assert!(
             decode(&bytes, "1.2.840.10008.1.2.4.50")
                 .unwrap_err()
+                .to_string()
                 .contains("not supported")
         );
     }

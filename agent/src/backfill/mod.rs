@@ -87,7 +87,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use pacs_mirror_config::{Config, validate_ae_title};
+use pacs_mirror_config::{AeTitleError, Config, validate_ae_title};
 use serde::Serialize;
 
 use crate::app::{self, AppError};
@@ -138,9 +138,10 @@ pub enum BackfillError {
         /// The path given.
         path: PathBuf,
     },
-    /// The `--source-ae` title is not a valid AE title.
+    /// The `--source-ae` title is not a valid AE title. (Shown in the
+    /// message, so not also a `source()`: the binary prints error chains.)
     #[error("source AE title: {0}")]
-    SourceAe(String),
+    SourceAe(AeTitleError),
     /// The spool or index could not be opened, or recovery failed.
     #[error("opening the spool and index: {0}")]
     Open(#[source] AppError),

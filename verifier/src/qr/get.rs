@@ -312,11 +312,11 @@ pub(super) async fn run(
                         match buf
                             .decode(scu, &ts, "Failed SOP Instance UID List")
                             .and_then(|o| {
-                                identifier::failed_sop_instance_uids(&o).map_err(|reason| {
+                                identifier::failed_sop_instance_uids(&o).map_err(|source| {
                                     QrError::Malformed {
                                         addr: super::addr_of(scu),
                                         what: "Failed SOP Instance UID List",
-                                        reason,
+                                        source,
                                     }
                                 })
                             }) {

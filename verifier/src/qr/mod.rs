@@ -281,10 +281,25 @@ pub enum QrError {
     },
     /// The query or target is invalid (nothing was sent).
     #[error("invalid query: {0}")]
-    InvalidQuery(String),
+    InvalidQuery(#[source] identifier::QueryError),
+    /// The C-MOVE destination is not an AE title (nothing was sent).
+    #[error(
+        "invalid query: move destination {destination:?} is not an AE title (1 to 16 characters, no backslash)"
+    )]
+    InvalidDestination { destination: String },
     /// The peer sent an identifier we cannot use.
-    #[error("{addr} sent a malformed {what}: {reason}")]
+    #[error("{addr} sent a malformed {what}: {source}")]
     Malformed {
+        addr: String,
+        what: &'static str,
+        #[source]
+        source: identifier::QueryError,
+    },
+    /// The peer's answer cannot be used although each identifier in it
+    /// could be: one larger than [`identifier::MAX_IDENTIFIER_BYTES`], or a
+    /// C-FIND answer cut short where the whole of it is needed.
+    #[error("{addr} sent a malformed {what}: {reason}")]
+    Unacceptable {
         addr: String,
         what: &'static str,
         reason: String,
@@ -326,7 +341,9 @@ impl QrError {
             QrError::Unusable { .. } => true,
             QrError::NotNegotiated { .. }
             | QrError::InvalidQuery(_)
+            | QrError::InvalidDestination { .. }
             | QrError::Malformed { .. }
+            | QrError::Unacceptable { .. }
             | QrError::Scratch { .. } => false,
         }
     }
@@ -337,6 +354,7 @@ impl QrError {
             self,
             QrError::NotNegotiated { .. }
                 | QrError::InvalidQuery(_)
+                | QrError::InvalidDestination { .. }
                 | QrError::Failed { .. }
                 | QrError::Scratch { .. }
                 | QrError::Unusable { .. }
@@ -411,10 +429,10 @@ impl QrAssociation {
             .iter()
             .map(Q::parse)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| QrError::Malformed {
+            .map_err(|source| QrError::Malformed {
                 addr,
                 what: "C-FIND match",
-                reason,
+                source,
             })?;
         Ok(raw.with_matches(matches))
     }
@@ -715,7 +733,7 @@ impl IdentifierBuf {
                 .into());
         }
         if self.bytes.len() + bytes.len() > identifier::MAX_IDENTIFIER_BYTES {
-            return Err(QrError::Malformed {
+            return Err(QrError::Unacceptable {
                 addr: addr_of(scu),
                 what: "identifier",
                 reason: format!("larger than {} bytes", identifier::MAX_IDENTIFIER_BYTES),
@@ -731,10 +749,10 @@ impl IdentifierBuf {
         transfer_syntax: &str,
         what: &'static str,
     ) -> Result<InMemDicomObject, QrError> {
-        identifier::decode(&self.bytes, transfer_syntax).map_err(|reason| QrError::Malformed {
+        identifier::decode(&self.bytes, transfer_syntax).map_err(|source| QrError::Malformed {
             addr: addr_of(scu),
             what,
-            reason,
+            source,
         })
     }
 }
@@ -801,10 +819,31 @@ mod tests {
         let malformed = QrError::Malformed {
             addr: "h:1".into(),
             what: "identifier",
-            reason: "x".into(),
+            source: identifier::QueryError::TooLarge { len: 1 << 21 },
         };
         assert!(!malformed.is_transient());
         assert!(malformed.breaks_association());
-        assert!(!QrError::InvalidQuery("x".into()).breaks_association());
+        assert_eq!(
+            malformed.to_string(),
+            "h:1 sent a malformed identifier: identifier of 2097152 bytes (at most 1048576)"
+        );
+        let unacceptable = QrError::Unacceptable {
+            addr: "h:1".into(),
+            what: "identifier",
+            reason: "x".into(),
+        };
+        assert!(!unacceptable.is_transient());
+        assert!(unacceptable.breaks_association());
+        let invalid = QrError::InvalidQuery(identifier::QueryError::BadDate { date: "x".into() });
+        assert!(!invalid.breaks_association());
+        assert_eq!(
+            invalid.to_string(),
+            "invalid query: date \"x\" is not YYYYMMDD"
+        );
+        let destination = QrError::InvalidDestination {
+            destination: "A\\B".into(),
+        };
+        assert!(!destination.is_transient());
+        assert!(!destination.breaks_association());
     }
 }

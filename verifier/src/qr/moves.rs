@@ -52,9 +52,9 @@ impl MoveOutcome {
 fn check_destination(ae: &str) -> Result<(), QrError> {
     let t = ae.trim();
     if t.is_empty() || t.len() > 16 || t.chars().any(|c| c == '\\' || c.is_control()) {
-        return Err(QrError::InvalidQuery(format!(
-            "move destination {ae:?} is not an AE title (1 to 16 characters, no backslash)"
-        )));
+        return Err(QrError::InvalidDestination {
+            destination: ae.to_string(),
+        });
     }
     Ok(())
 }
@@ -229,7 +229,10 @@ mod tests {
 
         for bad in ["", "A\\B", "SEVENTEEN_CHARS_X"] {
             let e = check_destination(bad).unwrap_err();
-            assert!(matches!(e, QrError::InvalidQuery(_)), "{bad}: {e}");
+            assert!(
+                matches!(e, QrError::InvalidDestination { .. }),
+                "{bad}: {e}"
+            );
         }
     }
 
