@@ -122,19 +122,21 @@ impl SourceMeta {
     /// The checks network ingest makes on the C-STORE command and the
     /// negotiated transfer syntax, made on the file meta group instead.
     fn check(&self) -> Result<(), Skipped> {
-        for (what, uid) in [
+        if let Some((what, source)) = pacs_mirror_store::identify::unusable_key([
             (
                 "Media Storage SOP Class UID (0002,0002)",
-                &self.sop_class_uid,
+                self.sop_class_uid.as_str(),
             ),
             (
                 "Media Storage SOP Instance UID (0002,0003)",
-                &self.sop_instance_uid,
+                self.sop_instance_uid.as_str(),
             ),
-            ("Transfer Syntax UID (0002,0010)", &self.transfer_syntax_uid),
-        ] {
-            pacs_mirror_store::identify::usable_key(uid)
-                .map_err(|source| Skipped::UnusableKey { what, source })?;
+            (
+                "Transfer Syntax UID (0002,0010)",
+                self.transfer_syntax_uid.as_str(),
+            ),
+        ]) {
+            return Err(Skipped::UnusableKey { what, source });
         }
         if self.sop_class_uid == MEDIA_STORAGE_DIRECTORY {
             return Err(Skipped::Dicomdir);

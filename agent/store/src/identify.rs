@@ -109,6 +109,17 @@ pub fn usable_key(uid: &str) -> Result<(), UnusableKey> {
     Ok(())
 }
 
+/// The first of `uids` (each named for the operator) that cannot be an
+/// index key, with why: the one check every path that indexes an object by
+/// the UIDs it was sent with makes (network ingest on the command's,
+/// backfill and recovery on the file meta group's).
+pub fn unusable_key<'a>(
+    uids: impl IntoIterator<Item = (&'static str, &'a str)>,
+) -> Option<(&'static str, UnusableKey)> {
+    uids.into_iter()
+        .find_map(|(what, uid)| usable_key(uid).err().map(|e| (what, e)))
+}
+
 /// What breaks PS3.5 9.1 in a usable UID, if anything: the network UID
 /// check ([`dimse::check_uid`]) and a leading zero in a component.
 pub fn nonconformance(uid: &str) -> Option<String> {

@@ -150,8 +150,14 @@ pub enum Unaccounted {
         name: String,
     },
     /// The meta group's SOP Class or Instance UID cannot be an index key.
-    #[error("file meta group: {0}")]
-    UnusableKey(#[from] identify::UnusableKey),
+    #[error("file meta group: {what}: {source}")]
+    UnusableKey {
+        /// Which attribute.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: identify::UnusableKey,
+    },
     /// The data set names another SOP instance than the meta group.
     #[error(transparent)]
     IdentityConflict(#[from] identify::IdentityConflict),
@@ -172,8 +178,14 @@ pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, 
         });
     }
     let meta = file.meta;
-    for uid in [&meta.sop_class_uid, &meta.sop_instance_uid] {
-        identify::usable_key(uid)?;
+    if let Some((what, source)) = identify::unusable_key([
+        ("Media Storage SOP Class UID", meta.sop_class_uid.as_str()),
+        (
+            "Media Storage SOP Instance UID",
+            meta.sop_instance_uid.as_str(),
+        ),
+    ]) {
+        return Err(Unaccounted::UnusableKey { what, source });
     }
     let id = identify::identify(&meta.sop_class_uid, &meta.sop_instance_uid, &file.observed)?;
     let modified_ms = std::fs::metadata(path)

@@ -11,12 +11,10 @@ use std::time::{Duration, Instant};
 
 use dicom_object::InMemDicomObject;
 
-use super::{
-    IdentifierBuf, InformationModel, QrError, QrOptions, expect_response, ms, next_inbound,
-    qr_context, send_request,
-};
-use pacs_mirror_dicom::dimse::{self, CommandField, QueryRetrieveRq, Status};
-use pacs_mirror_dicom::scu::{Inbound, Scu};
+use super::responses::{Event, Operation, Responses};
+use super::{InformationModel, QrError, QrOptions, ms, qr_context, send_request};
+use pacs_mirror_dicom::dimse::{CommandField, QueryRetrieveRq, Status};
+use pacs_mirror_dicom::scu::Scu;
 
 /// The result of a C-FIND.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,18 +47,6 @@ impl<T> FindOutcome<T> {
     }
 }
 
-/// What the data fragments that arrive next belong to.
-enum Awaiting {
-    /// Nothing: a data fragment now is a protocol error.
-    Nothing,
-    /// A pending response's match.
-    Match(IdentifierBuf),
-    /// A pending response's match we will drop (over `max_matches`).
-    Drop(u8),
-    /// The final response's data set (not defined for C-FIND; drained).
-    Final(u8, Status, Option<String>),
-}
-
 pub(super) async fn run(
     scu: &mut Scu,
     model: InformationModel,
@@ -87,95 +73,42 @@ pub(super) async fn run(
         optional_keys_unsupported: false,
         elapsed: Duration::ZERO,
     };
-    let mut awaiting = Awaiting::Nothing;
-    let mut responses = 0u32;
+    let mut responses = Responses::new(Operation::Find, (pc, id), &ts, options);
     loop {
-        let next = next_inbound(
-            scu,
-            (pc, id),
-            options,
-            &mut outcome.cancelled,
-            "C-FIND",
-            responses,
-        )
-        .await?;
-        match next {
-            Inbound::Command { pc_id, command, .. } => {
-                if !matches!(awaiting, Awaiting::Nothing) {
-                    return Err(scu
-                        .protocol(
-                            "C-FIND response before the previous identifier was complete".into(),
-                        )
-                        .into());
+        let room = outcome.matches.len() < options.max_matches;
+        match responses.next(scu, room).await? {
+            Event::Pending { rsp, identifier } => {
+                if rsp.status == Status::Pending(0xFF01) {
+                    outcome.optional_keys_unsupported = true;
                 }
-                let rsp = expect_response(scu, pc_id, &command, pc, id, CommandField::CFindRsp)?;
-                responses += 1;
-                if rsp.status.is_pending() {
-                    if rsp.status == Status::Pending(0xFF01) {
-                        outcome.optional_keys_unsupported = true;
-                    }
-                    awaiting = if !rsp.has_data_set {
+                match identifier {
+                    Some(m) => outcome.matches.push(m),
+                    None if !rsp.has_data_set => {
                         tracing::warn!("pending C-FIND response without an identifier: ignored");
-                        Awaiting::Nothing
-                    } else if outcome.matches.len() < options.max_matches {
-                        Awaiting::Match(IdentifierBuf::new(pc))
-                    } else {
-                        Awaiting::Drop(pc)
-                    };
-                    continue;
+                    }
+                    None => {
+                        // Over max_matches: drained unread, and the rest
+                        // cancelled.
+                        if !outcome.truncated {
+                            outcome.truncated = true;
+                            tracing::warn!(
+                                max_matches = options.max_matches,
+                                "more C-FIND matches than allowed: cancelling, later matches dropped"
+                            );
+                        }
+                        responses.cancel(scu).await?;
+                    }
                 }
-                if rsp.has_data_set {
-                    awaiting = Awaiting::Final(pc, rsp.status, rsp.error_comment);
-                    continue;
-                }
+            }
+            Event::Final { rsp, .. } => {
+                outcome.cancelled = responses.cancelled;
                 return finish(scu, outcome, rsp.status, rsp.error_comment, start);
             }
-            Inbound::Data { pc_id, bytes, last } => match &mut awaiting {
-                Awaiting::Nothing => {
-                    return Err(scu
-                        .protocol("data fragment without a C-FIND response".into())
-                        .into());
-                }
-                Awaiting::Match(buf) => {
-                    buf.push(scu, pc_id, &bytes)?;
-                    if last
-                        && let Awaiting::Match(buf) =
-                            std::mem::replace(&mut awaiting, Awaiting::Nothing)
-                    {
-                        outcome.matches.push(buf.decode(scu, &ts, "C-FIND match")?);
-                    }
-                }
-                Awaiting::Drop(p) | Awaiting::Final(p, ..) => {
-                    if pc_id != *p {
-                        return Err(scu
-                            .protocol(format!(
-                                "identifier fragment on presentation context {pc_id}, command on {p}"
-                            ))
-                            .into());
-                    }
-                    if !last {
-                        continue;
-                    }
-                    match std::mem::replace(&mut awaiting, Awaiting::Nothing) {
-                        Awaiting::Final(_, status, comment) => {
-                            return finish(scu, outcome, status, comment, start);
-                        }
-                        _ => {
-                            if !outcome.truncated {
-                                outcome.truncated = true;
-                                tracing::warn!(
-                                    max_matches = options.max_matches,
-                                    "more C-FIND matches than allowed: cancelling, later matches dropped"
-                                );
-                            }
-                            if !outcome.cancelled {
-                                scu.send_command(pc, &dimse::c_cancel_rq(id)).await?;
-                                outcome.cancelled = true;
-                            }
-                        }
-                    }
-                }
-            },
+            Event::SubCommand { .. } | Event::SubData { .. } => {
+                return Err(scu
+                    .protocol("C-STORE sub-operation in a C-FIND".into())
+                    .into());
+            }
         }
     }
 }

@@ -25,16 +25,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::responses::{Event, Operation, Responses};
 use super::{
-    IdentifierBuf, QR_MODEL_ARC, QrError, QrOptions, RetrieveTarget, STUDY_ROOT_GET, SubOperations,
-    expect_response, failed_uids_in_trailer, identifier, ms, next_inbound, qr_context,
-    send_request,
+    QR_MODEL_ARC, QrError, QrOptions, RetrieveTarget, STUDY_ROOT_GET, SubOperations, ms,
+    qr_context, send_request,
 };
 use pacs_mirror_agent::scp::receive::{
     Failure, Incoming, Origin, Received, StoreSink, UidRule, context_refusal,
 };
 use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, QueryRetrieveRq, Status};
-use pacs_mirror_dicom::scu::{Inbound, Scu};
+use pacs_mirror_dicom::scu::Scu;
 
 /// One instance retrieved and written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,85 +248,33 @@ pub(super) async fn run(
         elapsed: Duration::ZERO,
     };
     let mut sub: Option<Incoming<GetSink>> = None;
-    let mut final_identifier: Option<IdentifierBuf> = None;
-    let mut responses = 0u32;
+    let mut responses = Responses::new(Operation::Get, (pc, id), &ts, options);
     loop {
-        let next = next_inbound(
-            scu,
-            (pc, id),
-            options,
-            &mut outcome.cancelled,
-            "C-GET",
-            responses,
-        )
-        .await?;
-        match next {
-            Inbound::Command {
-                pc_id,
-                command,
-                trailer,
-            } => {
-                if let Some(s) = &sub {
-                    return Err(scu
-                        .protocol(format!(
-                            "command received in the middle of the data set of {}",
-                            s.rq.sop_instance_uid
-                        ))
-                        .into());
-                }
-                if final_identifier.is_some() {
-                    return Err(scu
-                        .protocol(
-                            "command received before the final identifier was complete".into(),
-                        )
-                        .into());
-                }
-                if pc_id == pc {
-                    let rsp = expect_response(scu, pc_id, &command, pc, id, CommandField::CGetRsp)?;
-                    responses += 1;
-                    outcome.sub_operations.update(&rsp);
-                    if rsp.status.is_pending() {
-                        if rsp.has_data_set {
-                            return Err(scu
-                                .protocol("pending C-GET response with a data set".into())
-                                .into());
-                        }
-                        continue;
-                    }
-                    outcome.status = rsp.status;
-                    outcome.error_comment = rsp.error_comment;
-                    outcome.failed_sop_instance_uids = failed_uids_in_trailer(&trailer);
-                    if rsp.has_data_set {
-                        final_identifier = Some(IdentifierBuf::new(pc));
-                        continue;
-                    }
-                    return Ok(finish(outcome, start));
-                }
-                sub = Some(begin(scu, pc_id, &command, &sink, &origin)?);
-                responses += 1;
+        let event = responses.next(scu, false).await?;
+        if let (Some(s), Event::Pending { .. } | Event::Final { .. } | Event::SubCommand { .. }) =
+            (&sub, &event)
+        {
+            return Err(scu
+                .protocol(format!(
+                    "command received in the middle of the data set of {}",
+                    s.rq.sop_instance_uid
+                ))
+                .into());
+        }
+        match event {
+            Event::Pending { rsp, .. } => outcome.sub_operations.update(&rsp),
+            Event::Final { rsp, failed } => {
+                outcome.sub_operations.update(&rsp);
+                outcome.status = rsp.status;
+                outcome.error_comment = rsp.error_comment;
+                outcome.failed_sop_instance_uids = failed;
+                outcome.cancelled = responses.cancelled;
+                return Ok(finish(outcome, start));
             }
-            Inbound::Data { pc_id, bytes, last } => {
-                if let Some(buf) = final_identifier.as_mut() {
-                    buf.push(scu, pc_id, &bytes)?;
-                    if last && let Some(buf) = final_identifier.take() {
-                        match buf
-                            .decode(scu, &ts, "Failed SOP Instance UID List")
-                            .and_then(|o| {
-                                identifier::failed_sop_instance_uids(&o).map_err(|source| {
-                                    QrError::Malformed {
-                                        addr: super::addr_of(scu),
-                                        what: "Failed SOP Instance UID List",
-                                        source,
-                                    }
-                                })
-                            }) {
-                            Ok(uids) => outcome.failed_sop_instance_uids = uids,
-                            Err(e) => tracing::warn!(error = %e, "final C-GET identifier ignored"),
-                        }
-                        return Ok(finish(outcome, start));
-                    }
-                    continue;
-                }
+            Event::SubCommand { pc_id, command } => {
+                sub = Some(begin(scu, pc_id, &command, &sink, &origin)?);
+            }
+            Event::SubData { pc_id, bytes, last } => {
                 let Some(s) = sub.as_mut() else {
                     return Err(scu
                         .protocol("data fragment without a C-STORE-RQ".into())

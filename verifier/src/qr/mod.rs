@@ -28,8 +28,8 @@
 
 pub mod find;
 pub mod get;
-
 pub mod moves;
+mod responses;
 #[cfg(test)]
 mod testpeer;
 
@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use pacs_mirror_dicom::dimse::{self, Status};
 use pacs_mirror_dicom::query as identifier;
-use pacs_mirror_dicom::scu::{AssociationRequest, Inbound, MAX_CONTEXTS, Peer, Scu, ScuError};
+use pacs_mirror_dicom::scu::{AssociationRequest, MAX_CONTEXTS, Peer, Scu, ScuError};
 
 pub use find::FindOutcome;
 pub use get::{GetOutcome, RefusedSubOperation, RetrievedInstance};
@@ -582,179 +582,6 @@ async fn send_request(
     scu.send_command(pc, &rq.to_command()).await?;
     scu.send_data(pc, &bytes).await?;
     Ok(())
-}
-
-/// The next PDV, or None once `cancel` fires (checked only while the
-/// C-CANCEL has not been sent; the receive is cancel-safe).
-/// The next PDV of an operation (message `id` on context `pc`). When the
-/// caller's token fires, C-CANCEL is sent once and receiving goes on: the
-/// peer still owes a final response.
-async fn next_inbound(
-    scu: &mut Scu,
-    (pc, id): (u8, u16),
-    options: &QrOptions,
-    cancelled: &mut bool,
-    operation: &str,
-    responses: u32,
-) -> Result<Inbound, QrError> {
-    loop {
-        let cancel = if *cancelled {
-            None
-        } else {
-            options.cancel.as_ref()
-        };
-        match receive_or_cancel(scu, cancel).await {
-            Some(r) => return r.map_err(|e| explain_abort(scu, e, operation, responses)),
-            None => {
-                tracing::debug!(message_id = id, "{operation} cancelled by the caller");
-                scu.send_command(pc, &dimse::c_cancel_rq(id)).await?;
-                *cancelled = true;
-            }
-        }
-    }
-}
-
-async fn receive_or_cancel(
-    scu: &mut Scu,
-    cancel: Option<&CancellationToken>,
-) -> Option<Result<Inbound, ScuError>> {
-    match cancel {
-        Some(token) => tokio::select! {
-            biased;
-            _ = token.cancelled() => None,
-            r = scu.receive_pdv() => Some(r),
-        },
-        None => Some(scu.receive_pdv().await),
-    }
-}
-
-/// An A-ABORT before the first response to a Q/R request is most often the
-/// peer refusing the service to our calling AE (Orthanc does this for an AE
-/// not in its `DicomModalities`): say so.
-fn explain_abort(scu: &Scu, e: ScuError, operation: &str, responses: u32) -> QrError {
-    match e {
-        ScuError::Aborted { addr, message } if responses == 0 => {
-            QrError::Association(ScuError::Aborted {
-                addr,
-                message: format!(
-                    "{message} in reply to the {operation} request: does the PACS allow {operation} from calling AE {}? (Orthanc: add it to DicomModalities)",
-                    scu.peer().calling_ae
-                ),
-            })
-        }
-        e => QrError::Association(e),
-    }
-}
-
-/// A Q/R response to our request `id` on `pc`, typed; anything else is a
-/// protocol error.
-fn expect_response(
-    scu: &Scu,
-    pc_id: u8,
-    command: &dimse::CommandSet,
-    pc: u8,
-    id: u16,
-    field: dimse::CommandField,
-) -> Result<dimse::QueryRetrieveRsp, QrError> {
-    let name = |f: dimse::CommandField| format!("0x{:04X}", f.code());
-    let got = command
-        .command_field()
-        .map_err(|e| scu.protocol(format!("response: {e}")))?;
-    if got != field {
-        return Err(scu
-            .protocol(format!(
-                "expected command {} on context {pc}, got {} on context {pc_id}",
-                name(field),
-                name(got)
-            ))
-            .into());
-    }
-    if pc_id != pc {
-        return Err(scu
-            .protocol(format!(
-                "response on presentation context {pc_id}, request on {pc}"
-            ))
-            .into());
-    }
-    let rsp = dimse::QueryRetrieveRsp::from_command(command)
-        .map_err(|e| scu.protocol(format!("malformed {} response: {e}", name(field))))?;
-    if rsp.message_id_being_responded_to != id {
-        return Err(scu
-            .protocol(format!(
-                "response to message {} while message {id} is outstanding",
-                rsp.message_id_being_responded_to
-            ))
-            .into());
-    }
-    Ok(rsp)
-}
-
-/// The Failed SOP Instance UID List a DCMTK-based SCP (Orthanc) merged into
-/// the command PDVs of a final C-GET/C-MOVE response (see
-/// [`Inbound::Command::trailer`]); empty when there is none or it cannot be
-/// read (logged).
-fn failed_uids_in_trailer(trailer: &[u8]) -> Vec<String> {
-    if trailer.is_empty() {
-        return Vec::new();
-    }
-    match identifier::decode(trailer, identifier::IMPLICIT_VR_LE)
-        .and_then(|o| identifier::failed_sop_instance_uids(&o))
-    {
-        Ok(uids) => uids,
-        Err(e) => {
-            tracing::warn!(error = %e, "elements after the response command set ignored");
-            Vec::new()
-        }
-    }
-}
-
-/// One identifier's data fragments, collected up to
-/// [`identifier::MAX_IDENTIFIER_BYTES`].
-struct IdentifierBuf {
-    pc_id: u8,
-    bytes: Vec<u8>,
-}
-
-impl IdentifierBuf {
-    fn new(pc_id: u8) -> Self {
-        IdentifierBuf {
-            pc_id,
-            bytes: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, scu: &Scu, pc_id: u8, bytes: &[u8]) -> Result<(), QrError> {
-        if pc_id != self.pc_id {
-            return Err(scu
-                .protocol(format!(
-                    "identifier fragment on presentation context {pc_id}, command on {}",
-                    self.pc_id
-                ))
-                .into());
-        }
-        if self.bytes.len() + bytes.len() > identifier::MAX_IDENTIFIER_BYTES {
-            return Err(QrError::Unacceptable {
-                addr: addr_of(scu),
-                what: "identifier",
-                reason: format!("larger than {} bytes", identifier::MAX_IDENTIFIER_BYTES),
-            });
-        }
-        self.bytes.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    fn decode(
-        self,
-        scu: &Scu,
-        transfer_syntax: &str,
-        what: &'static str,
-    ) -> Result<InMemDicomObject, QrError> {
-        identifier::decode(&self.bytes, transfer_syntax).map_err(|source| QrError::Malformed {
-            addr: addr_of(scu),
-            what,
-            source,
-        })
-    }
 }
 
 /// Elapsed time in whole milliseconds (for logs).

@@ -9,13 +9,13 @@
 
 use std::time::{Duration, Instant};
 
+use super::responses::{Event, Operation, Responses};
 use super::{
-    IdentifierBuf, QrError, QrOptions, RetrieveTarget, STUDY_ROOT_MOVE, SubOperations,
-    expect_response, failed_uids_in_trailer, identifier, ms, next_inbound, qr_context,
+    QrError, QrOptions, RetrieveTarget, STUDY_ROOT_MOVE, SubOperations, ms, qr_context,
     send_request,
 };
 use pacs_mirror_dicom::dimse::{CommandField, QueryRetrieveRq, Status};
-use pacs_mirror_dicom::scu::{Inbound, Scu};
+use pacs_mirror_dicom::scu::Scu;
 
 /// The result of a C-MOVE that reached its final response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,70 +87,25 @@ pub(super) async fn run(
         cancelled: false,
         elapsed: Duration::ZERO,
     };
-    let mut final_identifier: Option<IdentifierBuf> = None;
-    let mut responses = 0u32;
+    let mut responses = Responses::new(Operation::Move, (pc, id), &ts, options);
     loop {
-        let next = next_inbound(
-            scu,
-            (pc, id),
-            options,
-            &mut outcome.cancelled,
-            "C-MOVE",
-            responses,
-        )
-        .await?;
-        match next {
-            Inbound::Command {
-                pc_id,
-                command,
-                trailer,
-            } => {
-                if final_identifier.is_some() {
-                    return Err(scu
-                        .protocol(
-                            "command received before the final identifier was complete".into(),
-                        )
-                        .into());
-                }
-                let rsp = expect_response(scu, pc_id, &command, pc, id, CommandField::CMoveRsp)?;
-                responses += 1;
+        match responses.next(scu, false).await? {
+            Event::Pending { rsp, .. } => {
                 outcome.sub_operations.update(&rsp);
-                if rsp.status.is_pending() {
-                    outcome.pending_responses += 1;
-                    if rsp.has_data_set {
-                        return Err(scu
-                            .protocol("pending C-MOVE response with a data set".into())
-                            .into());
-                    }
-                    continue;
-                }
+                outcome.pending_responses += 1;
+            }
+            Event::Final { rsp, failed } => {
+                outcome.sub_operations.update(&rsp);
                 outcome.status = rsp.status;
                 outcome.error_comment = rsp.error_comment;
-                outcome.failed_sop_instance_uids = failed_uids_in_trailer(&trailer);
-                if rsp.has_data_set {
-                    final_identifier = Some(IdentifierBuf::new(pc));
-                    continue;
-                }
+                outcome.failed_sop_instance_uids = failed;
+                outcome.cancelled = responses.cancelled;
                 return Ok(finish(outcome, start));
             }
-            Inbound::Data { pc_id, bytes, last } => {
-                let Some(buf) = final_identifier.as_mut() else {
-                    return Err(scu
-                        .protocol("data fragment without a C-MOVE response".into())
-                        .into());
-                };
-                buf.push(scu, pc_id, &bytes)?;
-                if last && let Some(buf) = final_identifier.take() {
-                    match buf
-                        .decode(scu, &ts, "Failed SOP Instance UID List")
-                        .map(|o| identifier::failed_sop_instance_uids(&o))
-                    {
-                        Ok(Ok(uids)) => outcome.failed_sop_instance_uids = uids,
-                        Ok(Err(e)) => tracing::warn!(error = %e, "final C-MOVE identifier ignored"),
-                        Err(e) => tracing::warn!(error = %e, "final C-MOVE identifier ignored"),
-                    }
-                    return Ok(finish(outcome, start));
-                }
+            Event::SubCommand { .. } | Event::SubData { .. } => {
+                return Err(scu
+                    .protocol("C-STORE sub-operation in a C-MOVE".into())
+                    .into());
             }
         }
     }
