@@ -811,6 +811,7 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
         targets,
         alerts: Vec::new(),
         findings: admin::FindingsStatus::from_index(&index)?,
+        workers: Default::default(),
     })
 }
 

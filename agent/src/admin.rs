@@ -90,6 +90,9 @@ pub struct Status {
     /// Objects kept although not conformant.
     #[serde(default)]
     pub findings: FindingsStatus,
+    /// The background workers, by name (running agent only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workers: BTreeMap<String, crate::worker::WorkerStatus>,
 }
 
 /// Extra Prometheus text for `/metrics`.
@@ -113,6 +116,8 @@ pub struct Source {
     pub monitor: Option<Arc<crate::monitor::Monitor>>,
     /// Appended to `/metrics`.
     pub extra_metrics: Option<MetricsFn>,
+    /// The background workers.
+    pub workers: crate::worker::Workers,
 }
 
 impl Source {
@@ -142,6 +147,7 @@ impl Source {
                 .as_ref()
                 .map(|m| m.firing())
                 .unwrap_or_default(),
+            workers: self.workers.status(),
         })
     }
 }

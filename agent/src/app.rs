@@ -439,6 +439,7 @@ pub async fn run_with(
         index: index.clone(),
         spool: ingest.spool.clone(),
     };
+    let workers = crate::worker::Workers::default();
     let mut health = std::collections::HashMap::new();
     for target in targets(&config)? {
         tracing::info!(
@@ -460,7 +461,7 @@ pub async fn run_with(
         let name = target.name.clone();
         health.insert(
             name,
-            crate::replicate::spawn(&replication, target, &shutdown, &tracker),
+            crate::replicate::spawn(&replication, target, &workers, &shutdown, &tracker),
         );
     }
     if let Some(secs) = config.spool.retain_after_delivery_secs {
@@ -468,13 +469,17 @@ pub async fn run_with(
         if targets.is_empty() {
             tracing::info!("spool retention configured but no targets: every object is kept");
         } else {
-            tracker.spawn(pacs_mirror_store::retention::run(
-                index.clone(),
-                ingest.spool.clone(),
-                targets,
-                Duration::from_secs(secs),
-                shutdown.clone(),
-            ));
+            workers.spawn(
+                crate::retention::Retention::new(
+                    index.clone(),
+                    ingest.spool.clone(),
+                    targets,
+                    Duration::from_secs(secs),
+                ),
+                Arc::new(tokio::sync::Notify::new()),
+                &shutdown,
+                &tracker,
+            );
         }
     }
     let target_health: Vec<_> = config
@@ -487,14 +492,18 @@ pub async fn run_with(
         ingest.activity.clone(),
         started_at_ms,
     ));
-    tracker.spawn(crate::monitor::run(
-        monitor.clone(),
-        index.clone(),
-        ingest.spool.clone(),
-        target_health.clone(),
-        crate::alert::Alerter::from_config(&config),
-        shutdown.clone(),
-    ));
+    workers.spawn(
+        crate::monitor::Checker::new(
+            monitor.clone(),
+            index.clone(),
+            ingest.spool.clone(),
+            target_health.clone(),
+            crate::alert::Alerter::from_config(&config),
+        ),
+        Arc::new(tokio::sync::Notify::new()),
+        &shutdown,
+        &tracker,
+    );
     let extension = extension
         .map(|f| {
             f(&Running {
@@ -519,6 +528,7 @@ pub async fn run_with(
             targets: target_health,
             monitor: Some(monitor),
             extra_metrics: extension.metrics,
+            workers: workers.clone(),
         });
         tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills, /failover/check");
         let shutdown = shutdown.clone();

@@ -12,6 +12,10 @@
 //! - [`backfill`]: import a folder of Part-10 files through the same durable
 //!   path as network ingest.
 //! - [`monitor`]: lag, silence and disk monitors that raise alerts.
+//! - [`retention`]: the worker that runs the store's retention sweep.
+//! - [`worker`]: the runner of the background workers (replication,
+//!   retention, monitors): woken by queue writes or their next due time,
+//!   never polling; their state in `/status`.
 //! - [`alert`]: alerts to the log and a webhook, retried, never blocking.
 //! - [`app`]: wiring from the validated configuration; run and shutdown.
 //! - [`admin`]: `/status` and `/metrics` on a loopback HTTP endpoint.
@@ -40,7 +44,9 @@ pub mod bucket;
 pub mod fuzzing;
 pub mod monitor;
 pub mod replicate;
+pub mod retention;
 pub mod scp;
+pub mod worker;
 
 /// Unix time in milliseconds.
 pub use pacs_mirror_store::unix_ms;

@@ -41,7 +41,6 @@ use std::time::Duration;
 use chrono::TimeZone;
 use pacs_mirror_config::{ActiveWindow, Config};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 pub use activity::{Activity, Seen};
 
@@ -670,41 +669,70 @@ impl Monitor {
     }
 }
 
-/// Check every `check_interval` until `shutdown`.
-pub async fn run(
+/// The monitors as a background worker: every `check_interval`, one check
+/// of every condition on a blocking thread; the first unit restores what
+/// the index kept across a restart (the sources' last stores, the alerts
+/// firing).
+pub struct Checker {
     monitor: Arc<Monitor>,
     index: pacs_mirror_store::index::Index,
     spool: Arc<pacs_mirror_store::spool::Spool>,
-    targets: Vec<(String, Option<crate::replicate::Health>)>,
+    targets: Arc<Vec<(String, Option<crate::replicate::Health>)>>,
     alerter: Alerter,
-    shutdown: CancellationToken,
-) {
-    match index.source_last_stores() {
-        Ok(saved) => monitor.activity.restore(saved),
-        Err(e) => tracing::warn!(error = %e, "could not read the sources' last store times"),
+    restored: bool,
+}
+
+impl Checker {
+    /// The worker.
+    pub fn new(
+        monitor: Arc<Monitor>,
+        index: pacs_mirror_store::index::Index,
+        spool: Arc<pacs_mirror_store::spool::Spool>,
+        targets: Vec<(String, Option<crate::replicate::Health>)>,
+        alerter: Alerter,
+    ) -> Self {
+        Checker {
+            monitor,
+            index,
+            spool,
+            targets: Arc::new(targets),
+            alerter,
+            restored: false,
+        }
     }
-    match index.firing_alerts() {
-        Ok(saved) => monitor.restore_firing(saved),
-        Err(e) => tracing::warn!(error = %e, "could not read the alerts firing before the restart"),
+}
+
+impl crate::worker::Worker for Checker {
+    fn name(&self) -> String {
+        "monitors".into()
     }
-    let mut tick = tokio::time::interval(monitor.settings.check_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let targets = Arc::new(targets);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
+
+    async fn work(&mut self) -> crate::worker::Next {
+        if !std::mem::replace(&mut self.restored, true) {
+            match self.index.source_last_stores() {
+                Ok(saved) => self.monitor.activity.restore(saved),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the sources' last store times")
+                }
+            }
+            match self.index.firing_alerts() {
+                Ok(saved) => self.monitor.restore_firing(saved),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the alerts firing before the restart")
+                }
+            }
         }
         let (m, i, s, t, a) = (
-            monitor.clone(),
-            index.clone(),
-            spool.clone(),
-            targets.clone(),
-            alerter.clone(),
+            self.monitor.clone(),
+            self.index.clone(),
+            self.spool.clone(),
+            self.targets.clone(),
+            self.alerter.clone(),
         );
         if let Err(e) = tokio::task::spawn_blocking(move || m.check(&i, &s, &t, &a)).await {
             tracing::error!(error = %e, "monitor check failed");
         }
+        crate::worker::Next::idle_for(self.monitor.settings.check_interval)
     }
 }
 

@@ -31,7 +31,9 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::worker::Next;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -51,8 +53,11 @@ mod tests;
 /// objects means at most 64 distinct presentation contexts, within the 128
 /// one association can carry (`scu::MAX_CONTEXTS`).
 pub const BATCH: usize = 64;
-/// How often an idle worker looks for newly due objects.
-const IDLE_POLL: Duration = Duration::from_millis(200);
+/// The longest an idle worker sleeps without looking at its queue. It is
+/// woken by every row this process writes into the queue, and otherwise
+/// sleeps until the next row is due; this only bounds what a row written
+/// some other way could wait.
+const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 
 /// Where a target's copies go.
 #[derive(Debug, Clone)]
@@ -115,17 +120,26 @@ pub struct Replication {
     pub spool: Arc<Spool>,
 }
 
-/// Start the workers of `target`; they stop when `shutdown` is cancelled
-/// (after finishing the object they are sending).
+/// Start the workers of `target` (in `workers`, woken by every row written
+/// into its queue); they stop when `shutdown` is cancelled (after finishing
+/// the batch they are sending).
 pub fn spawn(
     replication: &Replication,
     target: TargetSpec,
+    workers_of: &crate::worker::Workers,
     shutdown: &CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Health {
     let claimed: Arc<Mutex<HashSet<Hash>>> = Arc::default();
     let health: Health = Arc::default();
     let workers = target.workers.max(1);
+    // Each worker is woken by rows written into the queue, and by claims
+    // another worker (or the publisher) gives up.
+    let wakes: Arc<Vec<Arc<tokio::sync::Notify>>> = Arc::new(
+        (0..workers)
+            .map(|_| replication.index.watch_queue(&target.name))
+            .collect(),
+    );
     let worker = |worker, publish| Worker {
         r: replication.clone(),
         target: target.clone(),
@@ -134,6 +148,8 @@ pub fn spawn(
         worker,
         confirmed: Mutex::default(),
         publish,
+        circuit: None,
+        wakes: wakes.clone(),
     };
     let publish = match &target.destination {
         Destination::Bucket(bucket) => {
@@ -151,8 +167,7 @@ pub fn spawn(
     };
     for n in 0..workers {
         let w = worker(n, publish.clone());
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move { w.run(shutdown).await });
+        workers_of.spawn(w, wakes[n].clone(), shutdown, tracker);
     }
     health
 }
@@ -167,6 +182,11 @@ struct Worker {
     confirmed: Mutex<Vec<Delivery>>,
     /// Object stores: where finished uploads go (the publisher).
     publish: Option<mpsc::Sender<bucket::Stored>>,
+    /// The target is unreachable: probes made so far, and when the next is
+    /// due.
+    circuit: Option<(u32, Instant)>,
+    /// The wake-ups of every worker of the target (released claims).
+    wakes: Arc<Vec<Arc<tokio::sync::Notify>>>,
 }
 
 enum Pass {
@@ -209,52 +229,69 @@ pub enum Unsendable {
     Unreadable(#[from] pacs_mirror_dicom::part10::Part10Error),
 }
 
-impl Worker {
-    async fn run(self, shutdown: CancellationToken) {
-        let name = &self.target.name;
-        let mut open_since_attempts: Option<u32> = None;
-        loop {
-            if shutdown.is_cancelled() {
-                break;
+impl crate::worker::Worker for Worker {
+    fn name(&self) -> String {
+        format!("replicate {}#{}", self.target.name, self.worker)
+    }
+
+    /// One batch, or one probe while the circuit is open.
+    async fn work(&mut self) -> Next {
+        if let Some((n, at)) = self.circuit {
+            // Circuit open: probe at the backoff's pace, do not hammer the
+            // target with stores.
+            if Instant::now() < at {
+                return Next::Idle(Some(at));
             }
-            if let Some(n) = open_since_attempts {
-                // Circuit open: probe, do not hammer the target with stores.
-                let wait = Duration::from_millis(self.target.backoff.ceiling_ms(n).max(500));
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+            match self.probe().await {
+                Ok(()) => {
+                    tracing::info!(target = %self.target.name, "target answers again: resuming");
+                    self.health().circuit_open = false;
+                    self.circuit = None;
                 }
-                match self.probe().await {
-                    Ok(()) => {
-                        tracing::info!(target = %name, "target answers again: resuming");
-                        self.health().circuit_open = false;
-                        open_since_attempts = None;
-                    }
-                    Err(e) => {
-                        tracing::debug!(target = %name, error = %e, "target still unreachable");
-                        open_since_attempts = Some(n.saturating_add(1));
-                        continue;
-                    }
-                }
-            }
-            match self.pass().await {
-                Pass::Done { idle: true } => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(IDLE_POLL) => {}
-                    }
-                }
-                Pass::Done { idle: false } => {}
-                Pass::Unreachable(e) => {
-                    if self.worker == 0 {
-                        tracing::warn!(target = %name, error = %e, "target unreachable: probing it until it answers");
-                    }
-                    self.note_error(&e.to_string());
-                    self.health().circuit_open = true;
-                    open_since_attempts = Some(0);
+                Err(e) => {
+                    tracing::debug!(target = %self.target.name, error = %e, "target still unreachable");
+                    let n = n.saturating_add(1);
+                    let at = Instant::now() + self.probe_wait(n);
+                    self.circuit = Some((n, at));
+                    return Next::Idle(Some(at));
                 }
             }
         }
+        match self.pass().await {
+            Pass::Done { idle: true } => Next::Idle(Some(self.idle_until())),
+            Pass::Done { idle: false } => Next::Busy,
+            Pass::Unreachable(e) => {
+                if self.worker == 0 {
+                    tracing::warn!(target = %self.target.name, error = %e, "target unreachable: probing it until it answers");
+                }
+                self.note_error(&e.to_string());
+                self.health().circuit_open = true;
+                let at = Instant::now() + self.probe_wait(0);
+                self.circuit = Some((0, at));
+                Next::Idle(Some(at))
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// The wait before probe `n` of an unreachable target.
+    fn probe_wait(&self, n: u32) -> Duration {
+        Duration::from_millis(self.target.backoff.ceiling_ms(n).max(500))
+    }
+
+    /// Nothing was due: sleep until the next row is (a retry's backoff), or
+    /// a wake-up (a row written into the queue). Rows due already are
+    /// claimed by another worker, whose batch moves them.
+    fn idle_until(&self) -> Instant {
+        let now_ms = crate::unix_ms();
+        let wait = match self.r.index.next_due_at(&self.target.name) {
+            Ok(Some(at)) if at > now_ms => {
+                Duration::from_millis(at - now_ms).min(LOOK_AT_LEAST_EVERY)
+            }
+            _ => LOOK_AT_LEAST_EVERY,
+        };
+        Instant::now() + wait
     }
 
     /// Claim due objects and send them on one association.
@@ -337,10 +374,20 @@ impl Worker {
         Ok(out)
     }
 
+    /// Give up the claims of `due`, and wake the target's workers: a row
+    /// left in the queue (not delivered) is theirs to take again, and one
+    /// that sleeps because every due row was claimed must look.
     fn release<'a>(&self, due: impl IntoIterator<Item = &'a Due>) {
         let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut any = false;
         for d in due {
-            claimed.remove(&d.hash);
+            any |= claimed.remove(&d.hash);
+        }
+        drop(claimed);
+        if any {
+            for w in self.wakes.iter() {
+                w.notify_one();
+            }
         }
     }
 

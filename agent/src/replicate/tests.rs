@@ -94,6 +94,7 @@ fn start(rig: &Rig) -> (CancellationToken, tokio_util::task::TaskTracker) {
             },
             refused_attempts: 3,
         },
+        &crate::worker::Workers::default(),
         &shutdown,
         &tracker,
     );

@@ -16,11 +16,11 @@
 //! restart), so its cost does not grow with the archive; on a very large
 //! archive an object may be removed some sweeps after it became removable,
 //! never before.
+//!
+//! The agent runs [`sweep`] periodically (its retention worker); this
+//! module does not schedule anything.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::index::outbox::EvictScan;
 use crate::index::{Index, IndexError};
@@ -75,43 +75,4 @@ pub fn sweep(
         }
     }
     Ok(removed)
-}
-
-/// Sweep periodically until `shutdown`.
-pub async fn run(
-    index: Index,
-    spool: Arc<Spool>,
-    targets: Vec<String>,
-    retain: Duration,
-    shutdown: CancellationToken,
-) {
-    let every = (retain / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
-    let mut scan = new_scan();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let (i, s, t) = (index.clone(), spool.clone(), targets.clone());
-        let now = crate::unix_ms();
-        let mut taken = scan.clone();
-        let swept = tokio::task::spawn_blocking(move || {
-            let r = sweep(&i, &s, &t, retain, now, &mut taken);
-            (r, taken)
-        })
-        .await
-        .map(|(r, taken)| {
-            scan = taken;
-            r
-        });
-        match swept {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                files = n,
-                "retention removed spool files delivered to every target"
-            ),
-            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
-            Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
-        }
-    }
 }

@@ -173,6 +173,47 @@ pub struct Index {
     /// per-target count of them (`m/delivered`), a read-modify-write that
     /// must see every other one. Shared by the clones.
     delivered_rows: Arc<std::sync::Mutex<()>>,
+    /// Who waits for rows in a target's queue. Shared by the clones.
+    watchers: Arc<QueueWatchers>,
+}
+
+/// The wake-ups of the queue's readers: every batch that writes a row into
+/// `q/<target>` wakes the watchers of that target (a permit is kept for a
+/// watcher that is not waiting yet, so no write is missed).
+#[derive(Debug, Default)]
+struct QueueWatchers(
+    std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<Arc<tokio::sync::Notify>>>>,
+);
+
+impl QueueWatchers {
+    /// Wake the watchers of each of `targets`.
+    fn wake(&self, targets: &[&[u8]]) {
+        let watchers = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for t in targets {
+            for n in watchers.get(*t).into_iter().flatten() {
+                n.notify_one();
+            }
+        }
+    }
+}
+
+/// The targets whose queue `ops` write a row into.
+fn queues_written(ops: &[Op]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for op in ops {
+        if let Op::Put(k, _) = op
+            && let Some(rest) = k.strip_prefix(OUTBOX)
+        {
+            let target = rest.split(|b| *b == 0).next().unwrap_or_default();
+            if !out.iter().any(|t| t == target) {
+                out.push(target.to_vec());
+            }
+        }
+    }
+    out
 }
 
 impl Index {
@@ -182,7 +223,38 @@ impl Index {
             kv,
             queue_moves: Arc::default(),
             delivered_rows: Arc::default(),
+            watchers: Arc::default(),
         }
+    }
+
+    /// A wake-up for a reader of `target`'s queue: notified (a permit kept
+    /// if it is not waiting) after every batch that writes a row into the
+    /// queue — a new object durable here, a retry rescheduled, a requeue.
+    pub fn watch_queue(&self, target: &str) -> Arc<tokio::sync::Notify> {
+        let n = Arc::new(tokio::sync::Notify::new());
+        self.watchers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(target.as_bytes().to_vec())
+            .or_default()
+            .push(n.clone());
+        n
+    }
+
+    /// Apply one atomic batch, then wake the readers of any queue it wrote
+    /// into. Every write of the index goes through here.
+    fn apply(&self, ops: Vec<Op>) -> Result<(), KvError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let queues = queues_written(&ops);
+        self.kv.apply(ops)?;
+        if !queues.is_empty() {
+            let targets: Vec<&[u8]> = queues.iter().map(Vec::as_slice).collect();
+            self.watchers.wake(&targets);
+        }
+        Ok(())
     }
 
     /// Take the queue-move lock (a panic while it was held left no partial
@@ -242,7 +314,7 @@ impl Index {
         let mut ops = plan.rows;
         ops.extend(plan.outbox);
         if !ops.is_empty() {
-            self.kv.apply(ops)?;
+            self.apply(ops)?;
         }
         Ok(outcome)
     }

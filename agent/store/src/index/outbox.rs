@@ -238,7 +238,7 @@ impl Index {
             ops.push(self.delivered_count_op(target, 1)?);
         }
         ops.push(Op::Put(dkey, records::encode(record)));
-        self.kv.apply(ops)?;
+        self.apply(ops)?;
         Ok(())
     }
 
@@ -250,7 +250,7 @@ impl Index {
             return Ok(n);
         }
         let n = self.delivered_rows_scanned(target)?;
-        self.kv.apply(vec![Op::Put(
+        self.apply(vec![Op::Put(
             delivered_count_key(target),
             n.to_be_bytes().to_vec(),
         )])?;
@@ -354,7 +354,7 @@ impl Index {
             if !fresh.is_empty() {
                 ops.push(self.delivered_count_op(target, fresh.len() as i64)?);
             }
-            self.kv.apply(ops)?;
+            self.apply(ops)?;
         }
         Ok(moved)
     }
@@ -385,7 +385,7 @@ impl Index {
             return Ok(true);
         }
         // One atomic batch: the new row and the removal of the old.
-        self.kv.apply(vec![
+        self.apply(vec![
             Op::Put(new, records::encode(&record)),
             Op::Delete(old),
         ])?;
@@ -411,7 +411,7 @@ impl Index {
         };
         let mut xkey = target_prefix(DEAD, target);
         xkey.extend_from_slice(&due.hash);
-        self.kv.apply(vec![
+        self.apply(vec![
             Op::Put(xkey, records::encode(&dead)),
             Op::Delete(outbox_key(target, due.next_attempt_ms, &due.hash)),
         ])?;
@@ -449,7 +449,7 @@ impl Index {
                 last_error: Some(format!("retried after: {}", letter.reason)),
                 file_bytes: self.object(hash)?.map(|o| o.file_bytes),
             };
-            self.kv.apply(vec![
+            self.apply(vec![
                 Op::Put(outbox_key(target, now_ms, hash), records::encode(&record)),
                 Op::Delete(xkey),
             ])?;
@@ -539,7 +539,7 @@ impl Index {
                 Op::Delete(dkey),
                 Op::Delete(xkey),
             ]);
-            self.kv.apply(ops)?;
+            self.apply(ops)?;
             queued += 1;
         }
         Ok(queued)

@@ -99,7 +99,7 @@ impl Index {
             return if before.is_empty() {
                 Ok(())
             } else {
-                Ok(self.kv.apply(before)?)
+                Ok(self.apply(before)?)
             };
         }
         let mk = marker_key(hash);
@@ -121,7 +121,7 @@ impl Index {
         let mut ops = before;
         ops.extend(plan.rows);
         ops.push(Op::Put(mk, records::encode(&marker)));
-        Ok(self.kv.apply(ops)?)
+        Ok(self.apply(ops)?)
     }
 
     /// The pending marker of an object, if any.
@@ -173,7 +173,7 @@ impl Index {
         if ops.is_empty() {
             return Ok(());
         }
-        Ok(self.kv.apply(ops)?)
+        Ok(self.apply(ops)?)
     }
 
     /// The operations of [`Index::finalize_pending`], to be applied later
@@ -197,7 +197,7 @@ impl Index {
         if ops.is_empty() {
             return Ok(());
         }
-        Ok(self.kv.apply(ops)?)
+        Ok(self.apply(ops)?)
     }
 
     /// The object is not (or may not be) durable: revert the rows its
@@ -219,7 +219,7 @@ impl Index {
             ops.push(Op::Delete(unhex(k)?));
         }
         ops.push(Op::Delete(marker_key(hash)));
-        Ok(self.kv.apply(ops)?)
+        Ok(self.apply(ops)?)
     }
 }
 

@@ -30,7 +30,7 @@ impl Index {
             .iter()
             .map(|(ae, ms)| Op::Put(key(&[SOURCES, ae.as_bytes()]), ms.to_be_bytes().to_vec()))
             .collect();
-        self.kv.apply(ops)?;
+        self.apply(ops)?;
         Ok(())
     }
 
@@ -62,7 +62,7 @@ impl Index {
             k.extend_from_slice(subject.as_bytes());
             ops.push(Op::Put(k, since.to_be_bytes().to_vec()));
         }
-        self.kv.apply(ops)?;
+        self.apply(ops)?;
         Ok(())
     }
 

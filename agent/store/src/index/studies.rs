@@ -108,7 +108,7 @@ impl Index {
         let mut k = key(&[DRILLS, target.as_bytes()]);
         k.push(0);
         k.extend_from_slice(&started_ms.to_be_bytes());
-        self.kv.apply(vec![Op::Put(k, records::encode(result))])?;
+        self.apply(vec![Op::Put(k, records::encode(result))])?;
         Ok(())
     }
 
