@@ -52,7 +52,8 @@ lag          fresh agent (--log-format json,
              lines (delivery time - time queued at ingest) gives p50/p99/max
              (nearest rank). --lag-count 0 skips this part.
 
-Order per repeat: direct, then pacs-mirror; the lag run once at the end.
+Order per repeat: direct, then pacs-mirror (then pacs-mirror-base with
+--baseline-bin OLD); the lag run once at the end (and once for OLD).
 With --repeat N the table shows the median (or --stat best) of N runs.
 
 Output: '#' context lines, the table (system storescu = direct, pacs-mirror =
@@ -60,6 +61,8 @@ from the spool), then
   lag_ms p50 V / lag_ms p99 V / lag_ms max V
   lag_ingest_files_per_s V     (achieved paced ingest rate)
   ratio mirror_vs_direct X     (pacs-mirror files/s / direct files/s)
+  with --baseline-bin: lag_ms_base p50/p99/max and
+  ratio mirror_vs_baseline X   (pacs-mirror files/s / OLD files/s, same rounds)
 Exit status 2 if ratio < 0.9 or lag p99 >= 2000 ms. If the agent's queue
 counts do not match the objects (pending after the fill or delivered after
 the drain != N, an instance logged `delivered` twice), the figures are still
@@ -97,6 +100,10 @@ def add_args(p) -> None:
                    help="which of the --repeat runs the table shows (default median)")
     g.add_argument("--timeout", type=float, default=300.0, metavar="S",
                    help="give up waiting for a transfer after S seconds (default 300)")
+    g.add_argument("--baseline-bin", type=Path, metavar="PATH",
+                   help="also run this (older) pacs-mirror binary, right after pacs-mirror in every "
+                        "round and for the lag, and print `ratio mirror_vs_baseline` and the lag of "
+                        "both: before/after from the same rounds")
 
 
 # ---------------------------------------------------------------- helpers
@@ -303,11 +310,11 @@ def run_replay(files, nbytes, tag, args, ctx, binary) -> tuple[float, float]:
             pm.remove()
 
 
-def run_lag(files, args, ctx, binary) -> dict:
+def run_lag(files, args, ctx, binary, tag: str = "lag") -> dict:
     n = len(files)
     group = max(1, args.lag_rate // 10)
-    o = receivers.Orthanc(ctx.workdir, "lag")
-    pm = mirror_agent(binary, ctx.workdir, "lag", o, json_log=True)
+    o = receivers.Orthanc(ctx.workdir, tag)
+    pm = mirror_agent(binary, ctx.workdir, tag, o, json_log=True)
     ok = False
     try:
         sync_disks()
@@ -315,7 +322,7 @@ def run_lag(files, args, ctx, binary) -> dict:
         pm.start()
         warm(files)
         groups = [files[i:i + group] for i in range(0, n, group)]
-        logdir = pm.dir / "storescu-lag"
+        logdir = pm.dir / f"storescu-{tag}"
         logdir.mkdir()
         log(f"lag: ingesting {n} files paced at {group * 10}/s ({len(groups)} storescu x {group} files, "
             f"one per 100 ms)")
@@ -435,7 +442,13 @@ def run_mirror(args, ctx) -> int:
         f"mirror down, then agent start -> fresh Orthanc, concurrency {ASSOCS}; Orthanc max PDU 16384 (default)")
     out(f"# order: repeat x (direct, pacs-mirror); statistic: {args.stat} of {args.repeat}")
 
-    direct, mirror, fills, firsts = [], [], [], []
+    base = None
+    if args.baseline_bin is not None:
+        if not args.baseline_bin.exists():
+            raise BenchError("--baseline-bin: no such binary")
+        base = args.baseline_bin.resolve()
+        out(f"# pacs-mirror-base: {base}")
+    direct, mirror, fills, firsts, based = [], [], [], [], []
     for rep in range(args.repeat):
         tag = f"r{rep + 1}"
         log(f"--- repeat {rep + 1}/{args.repeat}: direct")
@@ -445,10 +458,16 @@ def run_mirror(args, ctx) -> int:
         mirror.append(secs)
         fills.append(fill)
         firsts.append(first)
-    lag = None
+        if base is not None:
+            log(f"--- repeat {rep + 1}/{args.repeat}: pacs-mirror-base")
+            based.append(run_replay(tfiles, nbytes, f"{tag}-base", args, ctx, base)[0])
+    lag = base_lag = None
     if args.lag_count:
         log(f"--- lag at {args.lag_rate}/s")
         lag = run_lag(files[:args.lag_count], args, ctx, binary)
+        if base is not None:
+            log(f"--- lag at {args.lag_rate}/s: pacs-mirror-base")
+            base_lag = run_lag(files[:args.lag_count], args, ctx, base, "lag-base")
 
     d, m = aggregate(direct, args.stat), aggregate(mirror, args.stat)
     out(f"# fill (untimed, storescu x{ASSOCS} into pacs-mirror, mirror down): "
@@ -461,7 +480,8 @@ def run_mirror(args, ctx) -> int:
          "samples": direct},
         {"system": "pacs-mirror", "mode": "spool", "files": len(tfiles), "seconds": m, "bytes": nbytes,
          "samples": mirror},
-    ])
+    ] + ([{"system": "pacs-mirror-base", "mode": "spool", "files": len(tfiles),
+           "seconds": aggregate(based, args.stat), "bytes": nbytes, "samples": based}] if based else []))
     out()
     rc = 0
     ratio = d / m  # same file count: rate ratio = inverse time ratio
@@ -482,7 +502,13 @@ def run_mirror(args, ctx) -> int:
     out("# acceptance: " + "; ".join(verdicts))
     for a in ANOMALIES:
         out(f"# WARNING (count mismatch, exit 1): {a}")
+    if base_lag is not None:
+        out(f"lag_ms_base p50 {base_lag['p50']:.0f}")
+        out(f"lag_ms_base p99 {base_lag['p99']:.0f}")
+        out(f"lag_ms_base max {base_lag['max']:.0f}")
     ratio_line("mirror_vs_direct", ratio)
+    if based:
+        ratio_line("mirror_vs_baseline", aggregate(based, args.stat) / m)
     return 1 if ANOMALIES else rc
 
 

@@ -21,6 +21,7 @@
 pub mod dimse;
 pub mod identity;
 pub mod part10;
+pub mod presentation;
 pub mod query;
 pub mod reassembly;
 pub mod scu;

@@ -58,6 +58,9 @@ pub const BATCH: usize = 64;
 /// sleeps until the next row is due; this only bounds what a row written
 /// some other way could wait.
 const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+/// How soon an idle worker looks again when rows are due but claimed by
+/// another worker of its target.
+const CONTENDED_LOOK: Duration = Duration::from_millis(200);
 
 /// Where a target's copies go.
 #[derive(Debug, Clone)]
@@ -289,6 +292,10 @@ impl Worker {
             Ok(Some(at)) if at > now_ms => {
                 Duration::from_millis(at - now_ms).min(LOOK_AT_LEAST_EVERY)
             }
+            // Due but not claimable: another worker (or the publisher)
+            // holds them and wakes us when it gives them up; look again
+            // soon all the same, as a row it cannot deliver stays due.
+            Ok(Some(_)) => CONTENDED_LOOK,
             _ => LOOK_AT_LEAST_EVERY,
         };
         Instant::now() + wait

@@ -25,10 +25,7 @@ use std::time::Duration;
 
 use dicom_ul::Pdu;
 use dicom_ul::association::AsyncServerAssociation;
-use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType,
-    PresentationContextResultReason,
-};
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +33,7 @@ use super::inbox::DrillInbox;
 use super::receive::{Failure, Incoming, Origin, context_refusal};
 use super::store::Ingest;
 use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, CommandSet, Status};
+use pacs_mirror_dicom::presentation;
 use pacs_mirror_dicom::reassembly::{Message, Reassembler, ReassemblyError};
 use pacs_mirror_store::index::CommitOutcome;
 
@@ -261,10 +259,7 @@ fn receive_failure(e: &dicom_ul::association::Error) -> AbortRQServiceProviderRe
 
 /// Whether presentation context `pc_id` was accepted.
 fn context_accepted(assoc: &AsyncServerAssociation<TcpStream>, pc_id: u8) -> bool {
-    assoc
-        .presentation_contexts()
-        .iter()
-        .any(|pc| pc.id == pc_id && pc.reason == PresentationContextResultReason::Acceptance)
+    presentation::accepted(assoc.presentation_contexts(), pc_id).is_some()
 }
 
 /// Handle one PDV. `Err` is a protocol violation (abort).
@@ -278,17 +273,9 @@ async fn on_pdv(
     pdv: PDataValue,
 ) -> Result<(), Violation> {
     let pc_id = pdv.presentation_context_id;
-    let (abstract_syntax, transfer_syntax) = assoc
-        .presentation_contexts()
-        .iter()
-        .find(|pc| pc.id == pc_id && pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| {
-            (
-                pc.abstract_syntax.trim_end_matches('\0').to_string(),
-                pc.transfer_syntax.trim_end_matches('\0').to_string(),
-            )
-        })
-        .ok_or(Violation::ContextNotAccepted(pc_id))?;
+    let (abstract_syntax, transfer_syntax) =
+        presentation::accepted(assoc.presentation_contexts(), pc_id)
+            .ok_or(Violation::ContextNotAccepted(pc_id))?;
     if pdv.value_type == PDataValueType::Command {
         match std::mem::replace(inbound, Inbound::Idle) {
             Inbound::Idle => {}

@@ -623,8 +623,7 @@ impl Index {
             return Ok(false);
         };
         obj.evicted_at_ms = Some(now_ms);
-        self.kv
-            .apply(vec![Op::Put(key(&[OBJ, hash]), records::encode(&obj))])?;
+        self.apply(vec![Op::Put(key(&[OBJ, hash]), records::encode(&obj))])?;
         Ok(true)
     }
 
@@ -633,8 +632,7 @@ impl Index {
         if let Some(mut obj) = self.object(hash)?
             && obj.evicted_at_ms.take().is_some()
         {
-            self.kv
-                .apply(vec![Op::Put(key(&[OBJ, hash]), records::encode(&obj))])?;
+            self.apply(vec![Op::Put(key(&[OBJ, hash]), records::encode(&obj))])?;
         }
         Ok(())
     }

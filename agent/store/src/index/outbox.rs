@@ -380,8 +380,7 @@ impl Index {
         let old = outbox_key(target, due.next_attempt_ms, &due.hash);
         let new = outbox_key(target, next_attempt_ms, &due.hash);
         if old == new {
-            self.kv
-                .apply(vec![Op::Put(new, records::encode(&record))])?;
+            self.apply(vec![Op::Put(new, records::encode(&record))])?;
             return Ok(true);
         }
         // One atomic batch: the new row and the removal of the old.

@@ -151,8 +151,7 @@ impl Index {
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map_or(0, u64::from_be_bytes)
             + 1;
-        self.kv
-            .apply(vec![Op::Put(k, now.to_be_bytes().to_vec())])?;
+        self.apply(vec![Op::Put(k, now.to_be_bytes().to_vec())])?;
         Ok(now)
     }
 }

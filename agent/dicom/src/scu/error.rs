@@ -1,0 +1,170 @@
+//! How an SCU operation fails, phrased for the person on call, and which
+//! failures are transient ([`ScuError::is_transient`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dicom_ul::pdu::AssociationRJSource;
+
+use super::MAX_CONTEXTS;
+
+/// Why an operation with a peer failed, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScuError {
+    /// TCP connection refused: nothing listens there.
+    #[error(
+        "connection refused by {addr}: nothing listens on that port (is the PACS running? right port?)"
+    )]
+    Refused { addr: String },
+    /// No answer within the timeout.
+    #[error(
+        "no answer from {addr} within {secs} s (firewall dropping packets, wrong host, or the peer is hung)"
+    )]
+    Timeout { addr: String, secs: u64 },
+    /// The peer rejected the association.
+    #[error("association rejected by {addr}: {reason}")]
+    Rejected { addr: String, reason: String },
+    /// The peer accepted none of the proposed presentation contexts.
+    #[error("{addr} accepted none of the proposed presentation contexts ({what})")]
+    NoAcceptedContexts { addr: String, what: String },
+    /// No accepted context for this object's SOP class and transfer syntax.
+    #[error("{addr} does not accept SOP class {sop_class} in transfer syntax {transfer_syntax}")]
+    NoContext {
+        addr: String,
+        sop_class: String,
+        transfer_syntax: String,
+    },
+    /// The peer aborted or closed the association.
+    #[error("{addr} ended the association: {message}")]
+    Aborted { addr: String, message: String },
+    /// The peer broke the protocol, or the network failed.
+    #[error("{addr}: {message}")]
+    Protocol { addr: String, message: String },
+    /// The object's file could not be opened or read (nothing was sent; a
+    /// local problem, not the peer's: permanent for this object).
+    #[error("reading {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// More presentation contexts than one association can carry.
+    #[error("{0} presentation contexts requested; at most {MAX_CONTEXTS} per association")]
+    TooManyContexts(usize),
+    /// The object's data set does not hash to the address it was sent for
+    /// ([`Outgoing::dataset_blake3`]): its last fragment was never sent.
+    /// With `aborted`, part of it was, and the association was aborted so
+    /// that the peer discards it; the association is gone.
+    #[error(
+        "{path}: the data set does not hash to its address (found {found}): not sent{}; run `pacs-mirror verify spool`",
+        if *aborted { ", association aborted before its last fragment" } else { "" }
+    )]
+    Corrupt {
+        path: PathBuf,
+        found: String,
+        aborted: bool,
+    },
+}
+
+impl ScuError {
+    /// Whether trying again later may succeed (the mirror is down, busy or
+    /// unreachable) rather than never (it does not accept this object).
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            ScuError::NoContext { .. }
+                | ScuError::NoAcceptedContexts { .. }
+                | ScuError::TooManyContexts(_)
+                | ScuError::File { .. }
+                | ScuError::Corrupt { .. }
+        )
+    }
+}
+
+/// A data set that does not hash to [`Outgoing::dataset_blake3`] (carried
+/// inside an `io::Error` out of the reading code).
+#[derive(Debug)]
+pub(super) struct NotItsAddress(pub(super) [u8; 32]);
+
+impl std::fmt::Display for NotItsAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the data set hashes to {}, not to its address",
+            blake3::Hash::from_bytes(self.0).to_hex()
+        )
+    }
+}
+
+impl std::error::Error for NotItsAddress {}
+
+/// The hash found, when `e` is a [`NotItsAddress`].
+pub(super) fn not_its_address(e: &std::io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<NotItsAddress>())
+        .map(|n| blake3::Hash::from_bytes(n.0).to_hex().to_string())
+}
+
+pub(super) fn explain_rejection(source: &AssociationRJSource) -> String {
+    use dicom_ul::pdu::AssociationRJServiceUserReason as U;
+    match source {
+        AssociationRJSource::ServiceUser(U::CalledAETitleNotRecognized) => {
+            "called AE title not recognized: check the AE title configured on the peer (case and spelling)".into()
+        }
+        AssociationRJSource::ServiceUser(U::CallingAETitleNotRecognized) => {
+            "calling AE title not recognized: the peer does not know our AE title (or not from this IP address); add it to the peer's allowed senders".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+pub(super) fn classify(addr: &str, e: dicom_ul::association::Error, timeout: Duration) -> ScuError {
+    use dicom_ul::association::Error as E;
+    let addr = addr.to_string();
+    match e {
+        E::Rejected { association_rj, .. } => ScuError::Rejected {
+            addr,
+            reason: explain_rejection(&association_rj.source),
+        },
+        E::NoAcceptedPresentationContexts { .. } => ScuError::NoAcceptedContexts {
+            addr,
+            what: "none accepted".into(),
+        },
+        E::Timeout { .. } => ScuError::Timeout {
+            addr,
+            secs: timeout.as_secs(),
+        },
+        E::Aborted { .. } | E::ConnectionClosed { .. } => ScuError::Aborted {
+            addr,
+            message: e.to_string(),
+        },
+        e => {
+            let text = full_chain(&e);
+            if text.contains("onnection refused") {
+                ScuError::Refused { addr }
+            } else if text.contains("timed out") || text.contains("Timeout") {
+                ScuError::Timeout {
+                    addr,
+                    secs: timeout.as_secs(),
+                }
+            } else {
+                ScuError::Protocol {
+                    addr,
+                    message: text,
+                }
+            }
+        }
+    }
+}
+
+fn full_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
