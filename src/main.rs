@@ -877,6 +877,17 @@ fn print_status(s: &admin::Status) {
     for w in &s.warnings {
         println!("  {w}");
     }
+    if s.running && !s.workers.is_empty() {
+        let workers: Vec<String> = s
+            .workers
+            .iter()
+            .map(|(name, w)| match w.next_in_secs {
+                Some(n) => format!("{name} {} (next in {n} s)", w.state),
+                None => format!("{name} {}", w.state),
+            })
+            .collect();
+        println!("  workers: {}", workers.join(", "));
+    }
     if s.running {
         if s.alerts.is_empty() {
             println!("  alerts: none firing");

@@ -47,6 +47,11 @@ fn assert_orthanc_holds(orthanc: &Orthanc, files: &[std::path::PathBuf]) {
 
 /// `pacs-mirror status --json` of the running agent: the mirror target.
 fn mirror_status(config_path: &std::path::Path) -> serde_json::Value {
+    status_json(config_path)["targets"]["mirror"].clone()
+}
+
+/// `pacs-mirror status --json` of the running agent, whole.
+fn status_json(config_path: &std::path::Path) -> serde_json::Value {
     let out = run(
         std::process::Command::new(bin())
             .args(["status", "--json", "--config"])
@@ -59,7 +64,7 @@ fn mirror_status(config_path: &std::path::Path) -> serde_json::Value {
         v["running"], true,
         "status did not come from the running agent: {v}"
     );
-    v["targets"]["mirror"].clone()
+    v
 }
 
 fn wait_status(
@@ -590,4 +595,54 @@ fn a_mirror_out_of_resources_is_retried_never_dead_lettered() {
     agent.stop();
     scp.stop();
     assert_mirror_holds(&got, &files);
+}
+
+/// The replication workers are woken, not polling: an idle agent shows its
+/// workers asleep in `/status` (the replication workers with nothing due
+/// for ~30 s), yet an object stored then reaches the mirror well within a
+/// second — only the wake-up of its commit can have started that send.
+#[test]
+fn an_idle_worker_is_woken_by_a_new_object_not_by_polling() {
+    let dir = tempdir();
+    let port = free_port();
+    let got = dir.path().join("got");
+    let _mirror = storescp(port, "MIRROR", &got, &["+B"]);
+    let mut cfg = AgentConfig::new(dir.path());
+    storescp_target(&mut cfg, port);
+    let agent = Agent::start(&cfg);
+    let files = &corpus_1000()[..1];
+    // Idle: every worker of the target asleep with nothing due.
+    let workers = |v: &serde_json::Value| v["workers"].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let idle = loop {
+        let v = status_json(&agent.config_path);
+        let w = workers(&v);
+        let asleep = w["replicate mirror#0"]["state"] == "idle"
+            && w["replicate mirror#0"]["next_in_secs"]
+                .as_u64()
+                .is_some_and(|n| n >= 20);
+        if asleep {
+            break w;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replication worker never went to sleep: {w}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(idle["monitors"]["state"].is_string(), "{idle}");
+    assert!(
+        idle["replicate mirror#0"]["units"].as_u64().unwrap_or(0) >= 1,
+        "{idle}"
+    );
+    let stored_at = std::time::Instant::now();
+    store_all_ok(cfg.port, SENDER_AE, &[], files);
+    let t = wait_status(&agent.config_path, "delivered", |t| t["delivered"] == 1);
+    let took = stored_at.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "delivered {took:?} after the store, although the worker slept for ~30 s: {t}"
+    );
+    assert_mirror_holds(&got, files);
+    agent.stop();
 }
