@@ -501,7 +501,7 @@ fn bucket(out: &Out) -> Result<(), Box<dyn Error>> {
     let mut manifest = StudyManifest::new("1.2.3");
     manifest.merge(&[ManifestEntry {
         record: record.clone(),
-        key: pacs_mirror_agent::bucket::object_key(hash.as_bytes()),
+        key: pacs_mirror_agent::bucket::object_key(&pacs_mirror_store::index::ObjectId::from(hash)),
         file_blake3: hex.clone(),
     }]);
     let seeds: Vec<(&str, u8, Vec<u8>)> = vec![
@@ -538,7 +538,8 @@ fn bucket(out: &Out) -> Result<(), Box<dyn Error>> {
         (
             "object-key",
             7,
-            pacs_mirror_agent::bucket::object_key(hash.as_bytes()).into_bytes(),
+            pacs_mirror_agent::bucket::object_key(&pacs_mirror_store::index::ObjectId::from(hash))
+                .into_bytes(),
         ),
     ];
     for (name, sel, doc) in seeds {

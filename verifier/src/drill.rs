@@ -40,7 +40,7 @@ use futures::StreamExt;
 use pacs_mirror_agent::bucket::Bucket;
 use pacs_mirror_agent::scp::inbox::{DrillInbox, Expectation};
 use pacs_mirror_dicom::scu::Peer;
-use pacs_mirror_store::index::{Hash, Index, IndexError, InstanceRecord, hash_hex, parse_hash};
+use pacs_mirror_store::index::{Index, IndexError, InstanceRecord, ObjectId, hash_hex, parse_hash};
 use pacs_mirror_store::spool::Spool;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -343,7 +343,7 @@ pub fn rotation_slice(study_instance_uid: &str, m: u64) -> u64 {
 /// What came back of one instance.
 struct Retrieved {
     sop_instance_uid: String,
-    blake3: Hash,
+    blake3: ObjectId,
     path: PathBuf,
     bytes: u64,
     done_after: Duration,
@@ -744,7 +744,7 @@ async fn retrieve_dicom(
         .into_iter()
         .map(|i| Retrieved {
             sop_instance_uid: i.sop_instance_uid,
-            blake3: i.blake3,
+            blake3: pacs_mirror_store::index::ObjectId(i.blake3),
             path: i.path,
             bytes: i.dataset_bytes,
             done_after: i.last_byte_after,
@@ -840,7 +840,7 @@ async fn retrieve_move(
         .into_iter()
         .map(|a| Retrieved {
             sop_instance_uid: a.sop_instance_uid,
-            blake3: a.blake3,
+            blake3: pacs_mirror_store::index::ObjectId(a.blake3),
             path: a.path,
             bytes: a.dataset_bytes,
             done_after: a.arrived_at.saturating_duration_since(start),
@@ -882,7 +882,7 @@ async fn retrieve_bucket(
             match bucket.download(&hash, &path).await {
                 Ok(h) => Ok(Some(Retrieved {
                     sop_instance_uid: sop,
-                    blake3: h.dataset,
+                    blake3: pacs_mirror_store::index::ObjectId(h.dataset),
                     path,
                     bytes: h.file_bytes,
                     done_after: start.elapsed(),
@@ -915,7 +915,7 @@ mod tests {
     fn index_with_studies(n: usize) -> Index {
         let idx = Index::new(Arc::new(MemKv::default()));
         for i in 0..n {
-            let hash = *blake3::hash(format!("{i}").as_bytes()).as_bytes();
+            let hash = pacs_mirror_store::index::ObjectId::of(format!("{i}").as_bytes());
             let rec = InstanceRecord {
                 sop_instance_uid: format!("1.2.3.{i}.1"),
                 sop_class_uid: "1.2".into(),

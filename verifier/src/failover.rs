@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::census::{self, Session, Tally};
 use pacs_mirror_dicom::scu::Peer;
-use pacs_mirror_store::index::{Hash, Index, IndexError, parse_hash};
+use pacs_mirror_store::index::{Index, IndexError, ObjectId, parse_hash};
 use pacs_mirror_store::spool::Spool;
 
 /// Why a check could not run at all (a mirror that cannot be asked is a
@@ -326,7 +326,7 @@ pub fn mirror_of(config: &Config, target: &str) -> Result<(Peer, Vec<String>), F
 /// The newest version of one SOP instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Newest {
-    hash: Hash,
+    hash: ObjectId,
     received_at_ms: u64,
 }
 
@@ -469,8 +469,8 @@ fn compare(
 struct QueueSnapshot {
     /// When it was taken (Unix ms): later deliveries are in flight.
     taken_at_ms: u64,
-    pending: HashSet<Hash>,
-    dead: HashSet<Hash>,
+    pending: HashSet<ObjectId>,
+    dead: HashSet<ObjectId>,
 }
 
 impl QueueSnapshot {
@@ -490,7 +490,7 @@ impl QueueSnapshot {
 
     /// The state of an object the mirror lacks; `delivered_at_ms`: its
     /// delivery to the target, read after the mirror answered.
-    fn state(&self, hash: &Hash, delivered_at_ms: Option<u64>) -> QueueState {
+    fn state(&self, hash: &ObjectId, delivered_at_ms: Option<u64>) -> QueueState {
         if self.pending.contains(hash) {
             QueueState::Queued
         } else if delivered_at_ms.is_some_and(|at| at >= self.taken_at_ms) {
@@ -796,6 +796,7 @@ async fn check_handler(
 mod tests {
     use super::*;
     use crate::qr::{InstanceMatch, StudyMatch};
+    use pacs_mirror_store::index::ObjectId;
     use pacs_mirror_store::index::{InstanceRecord, hash_hex};
 
     fn sops(uids: &[&str]) -> BTreeSet<String> {
@@ -920,18 +921,27 @@ mod tests {
     fn deliveries_after_the_snapshot_are_in_flight() {
         let q = QueueSnapshot {
             taken_at_ms: 1_000,
-            pending: [[1; 32]].into_iter().collect(),
-            dead: [[2; 32], [5; 32]].into_iter().collect(),
+            pending: [ObjectId([1; 32])].into_iter().collect(),
+            dead: [ObjectId([2; 32]), ObjectId([5; 32])].into_iter().collect(),
         };
-        assert_eq!(q.state(&[1; 32], None), QueueState::Queued);
+        assert_eq!(q.state(&ObjectId([1; 32]), None), QueueState::Queued);
         // Pending at the snapshot, delivered since: still queued, not a gap.
-        assert_eq!(q.state(&[1; 32], Some(1_500)), QueueState::Queued);
-        assert_eq!(q.state(&[2; 32], None), QueueState::DeadLetter);
-        assert_eq!(q.state(&[3; 32], Some(999)), QueueState::Delivered);
-        assert_eq!(q.state(&[3; 32], Some(1_000)), QueueState::InFlight);
+        assert_eq!(q.state(&ObjectId([1; 32]), Some(1_500)), QueueState::Queued);
+        assert_eq!(q.state(&ObjectId([2; 32]), None), QueueState::DeadLetter);
+        assert_eq!(
+            q.state(&ObjectId([3; 32]), Some(999)),
+            QueueState::Delivered
+        );
+        assert_eq!(
+            q.state(&ObjectId([3; 32]), Some(1_000)),
+            QueueState::InFlight
+        );
         // A dead letter retried and delivered while the check ran.
-        assert_eq!(q.state(&[5; 32], Some(1_200)), QueueState::InFlight);
-        assert_eq!(q.state(&[4; 32], None), QueueState::NotQueued);
+        assert_eq!(
+            q.state(&ObjectId([5; 32]), Some(1_200)),
+            QueueState::InFlight
+        );
+        assert_eq!(q.state(&ObjectId([4; 32]), None), QueueState::NotQueued);
         // The repair leaves in-flight instances alone.
         let idx = Index::new(Arc::new(pacs_mirror_store::index::MemKv::default()));
         let mut gaps = vec![StudyGap {
@@ -943,7 +953,7 @@ mod tests {
             absent: true,
             missing: vec![MissingInstance {
                 sop_instance_uid: "1.1.1".into(),
-                blake3: hash_hex(&[3; 32]),
+                blake3: hash_hex(&ObjectId([3; 32])),
                 state: QueueState::InFlight,
                 in_spool: true,
                 requeued: false,
@@ -981,7 +991,7 @@ mod tests {
     fn versions_count_once() {
         use pacs_mirror_store::index::MemKv;
         let idx = Index::new(Arc::new(MemKv::default()));
-        let rec = |sop: &str, hash: &Hash, at: u64| InstanceRecord {
+        let rec = |sop: &str, hash: &ObjectId, at: u64| InstanceRecord {
             sop_instance_uid: sop.into(),
             sop_class_uid: "1.2".into(),
             transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
@@ -999,19 +1009,34 @@ mod tests {
             findings: Vec::new(),
         };
         let t = ["m".to_string()];
-        idx.commit_instance(&rec("1.7.1.1", &[1; 32], 10), &[1; 32], &t, 10)
-            .unwrap();
-        idx.commit_instance(&rec("1.7.1.1", &[2; 32], 20), &[2; 32], &t, 20)
-            .unwrap();
-        idx.commit_instance(&rec("1.7.1.2", &[3; 32], 15), &[3; 32], &t, 15)
-            .unwrap();
+        idx.commit_instance(
+            &rec("1.7.1.1", &ObjectId([1; 32]), 10),
+            &ObjectId([1; 32]),
+            &t,
+            10,
+        )
+        .unwrap();
+        idx.commit_instance(
+            &rec("1.7.1.1", &ObjectId([2; 32]), 20),
+            &ObjectId([2; 32]),
+            &t,
+            20,
+        )
+        .unwrap();
+        idx.commit_instance(
+            &rec("1.7.1.2", &ObjectId([3; 32]), 15),
+            &ObjectId([3; 32]),
+            &t,
+            15,
+        )
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let spool =
             Spool::open(dir.path(), pacs_mirror_store::spool::SpoolLimits::default()).unwrap();
         let studies = indexed_studies(&idx, &spool, None).unwrap();
         let s = &studies["1.7"];
         assert_eq!(s.newest.len(), 2, "two SOP instances, three versions");
-        assert_eq!(s.newest["1.7.1.1"].hash, [2; 32], "the newest");
+        assert_eq!(s.newest["1.7.1.1"].hash, ObjectId([2; 32]), "the newest");
         assert_eq!(s.patient_id, "P");
         assert_eq!(s.received_day, "19700101");
         // A mirror holding the two instances is complete.

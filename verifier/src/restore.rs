@@ -28,7 +28,7 @@ use pacs_mirror_agent::bucket::manifest::{ManifestEntry, StudyManifest};
 use pacs_mirror_agent::bucket::{Bucket, BucketError};
 use pacs_mirror_dicom::dimse::Status;
 use pacs_mirror_dicom::scu::{self, Outgoing, Peer, Scu};
-use pacs_mirror_store::index::{Hash, Index, IndexError, hash_hex, parse_hash};
+use pacs_mirror_store::index::{Index, IndexError, ObjectId, hash_hex, parse_hash};
 
 /// Objects sent per association (within the 128 presentation contexts an
 /// association can carry).
@@ -139,7 +139,7 @@ pub(crate) fn yyyymmdd_of_ms(ms: u64) -> String {
 #[derive(Debug, Clone)]
 pub struct Planned {
     /// Its address (the key).
-    pub hash: Hash,
+    pub hash: ObjectId,
     /// From its manifest entry (`None`: a blob no manifest names; its
     /// identity is read from the file once downloaded).
     pub entry: Option<ManifestEntry>,
@@ -172,8 +172,8 @@ impl Plan {
 /// Read the bucket and decide what to send.
 pub async fn plan(bucket: &Bucket, selection: &Selection) -> Result<Plan, RestoreError> {
     let manifests = bucket.manifests().await?;
-    let blobs: HashMap<Hash, u64> = bucket.objects().await?.into_iter().collect();
-    let mut listed: HashSet<Hash> = HashSet::new();
+    let blobs: HashMap<ObjectId, u64> = bucket.objects().await?.into_iter().collect();
+    let mut listed: HashSet<ObjectId> = HashSet::new();
     let mut plan = Plan::default();
     for m in &manifests {
         for e in &m.instances {
@@ -218,7 +218,7 @@ pub async fn plan(bucket: &Bucket, selection: &Selection) -> Result<Plan, Restor
             }
         }
     }
-    let mut unlisted: Vec<(&Hash, &u64)> =
+    let mut unlisted: Vec<(&ObjectId, &u64)> =
         blobs.iter().filter(|(h, _)| !listed.contains(*h)).collect();
     unlisted.sort();
     plan.unlisted_blobs = unlisted.len();
@@ -603,7 +603,7 @@ fn verified(
     result: Result<Fetched, BucketError>,
 ) -> Result<(Outgoing, u64, Option<tokio::sync::OwnedSemaphorePermit>), Outcome> {
     let f = result.map_err(|e| Outcome::DownloadFailed(e.to_string()))?;
-    if f.hashes.dataset != p.hash {
+    if f.hashes.dataset != p.hash.0 {
         return Err(Outcome::Corrupt(format!(
             "the data set hashes to {}, not to its key",
             hash_hex(&f.hashes.dataset)
@@ -626,7 +626,7 @@ fn verified(
 async fn spill(
     mut o: Outgoing,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    hash: &Hash,
+    hash: &ObjectId,
 ) -> Result<Outgoing, Done> {
     if let Some(m) = o.memory.take() {
         if let Err(e) = tokio::fs::write(&o.path, &m.0).await {
@@ -687,7 +687,7 @@ pub async fn reindex_from(
     target: &str,
 ) -> Result<ReindexReport, RestoreError> {
     let manifests = bucket.manifests().await?;
-    let blobs: HashSet<Hash> = bucket
+    let blobs: HashSet<ObjectId> = bucket
         .objects()
         .await?
         .into_iter()
@@ -730,6 +730,7 @@ mod tests {
         free_port, received_datasets, start_storescp, start_storescp_on, storescp_peer,
     };
     use pacs_mirror_store::index::InstanceRecord;
+    use pacs_mirror_store::index::ObjectId;
 
     const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
     const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -765,7 +766,7 @@ mod tests {
             file.extend_from_slice(&body);
             let path = files.join(format!("{i}.dcm"));
             std::fs::write(&path, &file).unwrap();
-            let hash = *blake3::hash(&body).as_bytes();
+            let hash = ObjectId::of(&body);
             let up = bucket.upload(&path, &hash).await.unwrap();
             entries.push(ManifestEntry {
                 record: InstanceRecord {
@@ -817,7 +818,7 @@ mod tests {
         let (bucket, mut bodies) = bucket_with(dir.path(), 6, true).await;
         assert!(bodies[6].len() as u64 > MAX_IN_MEMORY);
         // Replace object 2's blob with another valid object's bytes.
-        let victim = *blake3::hash(&bodies[2]).as_bytes();
+        let victim = ObjectId::of(&bodies[2]);
         let blob = dir
             .path()
             .join("bucket")

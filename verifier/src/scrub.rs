@@ -118,7 +118,7 @@ mod tests {
         let mut paths = Vec::new();
         for i in 0..3u8 {
             let body = vec![i; 1000];
-            let hash = *blake3::hash(&body).as_bytes();
+            let hash = pacs_mirror_store::index::ObjectId::of(&body);
             let uid = format!("1.2.3.{i}");
             let receipt = Receipt {
                 source_ip: "127.0.0.1".into(),

@@ -8,6 +8,7 @@ use pacs_mirror_config::Config;
 use super::*;
 use pacs_mirror_dicom::part10::read_header;
 use pacs_mirror_dicom::testing::dataset;
+use pacs_mirror_store::index::ObjectId;
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const TS: &str = "1.2.840.10008.1.2.1";
@@ -107,7 +108,7 @@ fn a_preamble_is_never_carried_into_the_spool() {
     let dirs = app::DataDirs::new(&cfg.device.data_dir);
     let spool = Spool::open(&dirs.spool, app::spool_limits(&cfg)).unwrap();
     for ds in &sent {
-        let path = spool.object_path(blake3::hash(ds).as_bytes());
+        let path = spool.object_path(&ObjectId::of(ds));
         let stored = std::fs::read(&path).unwrap();
         assert!(stored[..128].iter().all(|&b| b == 0), "preamble kept");
         assert_eq!(&stored[128..132], b"DICM");
@@ -211,7 +212,7 @@ fn imports_checks_and_reports() {
     let spool = Spool::open(&dirs.spool, app::spool_limits(&cfg)).unwrap();
     for (_, sop, ds) in &good {
         let versions = index.versions(sop).unwrap();
-        let hash = *blake3::hash(ds).as_bytes();
+        let hash = ObjectId::of(ds);
         let v = versions
             .iter()
             .find(|v| v.blake3 == hash_hex(&hash))

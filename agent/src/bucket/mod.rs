@@ -68,7 +68,7 @@ use tokio::io::AsyncReadExt;
 
 use manifest::{Descriptor, StudyManifest};
 use pacs_mirror_dicom::part10::{StreamHasher, StreamHashes};
-use pacs_mirror_store::index::{Hash, hash_hex, parse_hash};
+use pacs_mirror_store::index::{ObjectId, hash_hex, parse_hash};
 
 /// Objects up to this size are sent in one PUT (held in memory while sent);
 /// larger ones by multipart upload in [`PART_BYTES`] parts.
@@ -200,13 +200,13 @@ pub enum Uploaded {
     /// We wrote it.
     Created {
         /// blake3 of the file uploaded.
-        file_blake3: Hash,
+        file_blake3: [u8; 32],
     },
     /// It was there already with the same data set (another agent, or a
     /// re-send after a crash); verified by reading it back.
     AlreadyThere {
         /// blake3 of the file the bucket holds.
-        file_blake3: Hash,
+        file_blake3: [u8; 32],
         /// Whose copy it is (None: its meta could not be read).
         provenance: Option<Provenance>,
     },
@@ -214,7 +214,7 @@ pub enum Uploaded {
 
 impl Uploaded {
     /// blake3 of the file the bucket holds under the key.
-    pub fn file_blake3(&self) -> Hash {
+    pub fn file_blake3(&self) -> [u8; 32] {
         match self {
             Uploaded::Created { file_blake3 } | Uploaded::AlreadyThere { file_blake3, .. } => {
                 *file_blake3
@@ -224,14 +224,14 @@ impl Uploaded {
 }
 
 /// The key of an object.
-pub fn object_key(hash: &Hash) -> String {
+pub fn object_key(hash: &ObjectId) -> String {
     let hex = hash_hex(hash);
     format!("objects/{}/{hex}.dcm", &hex[..2])
 }
 
 /// The object address in a key written by [`object_key`] (only such a key:
 /// a listed key that parses is the one a download of its address reads).
-pub fn parse_object_key(key: &str) -> Option<Hash> {
+pub fn parse_object_key(key: &str) -> Option<ObjectId> {
     let name = key.strip_prefix("objects/")?;
     let (_, file) = name.split_once('/')?;
     let hash = parse_hash(file.strip_suffix(".dcm")?).ok()?;
@@ -369,7 +369,7 @@ impl Bucket {
     }
 
     /// Upload the spool file `file` of object `hash`, create-only.
-    pub async fn upload(&self, file: &FsPath, hash: &Hash) -> Result<Uploaded, BucketError> {
+    pub async fn upload(&self, file: &FsPath, hash: &ObjectId) -> Result<Uploaded, BucketError> {
         let key = Path::from(object_key(hash));
         let created = if let Some((bytes, hashes)) = read_small(file, hash).await? {
             match self
@@ -393,7 +393,7 @@ impl Bucket {
             None => {
                 let mut head = Vec::new();
                 let found = self.read_object(&key, Sink::Head(&mut head)).await?;
-                if found.dataset != *hash {
+                if found.dataset != hash.0 {
                     return Err(BucketError::Conflict {
                         key: key.to_string(),
                         found: hash_hex(&found.dataset),
@@ -425,9 +425,9 @@ impl Bucket {
     async fn upload_multipart(
         &self,
         file: &FsPath,
-        hash: &Hash,
+        hash: &ObjectId,
         key: &Path,
-    ) -> Result<Option<Hash>, BucketError> {
+    ) -> Result<Option<[u8; 32]>, BucketError> {
         let staging = Path::from(format!(
             "staging/{}-{:016x}.dcm",
             hash_hex(hash),
@@ -459,7 +459,7 @@ impl Bucket {
         }
         .await;
         let hashes = match streamed {
-            Ok(h) if h.dataset == *hash => h,
+            Ok(h) if h.dataset == hash.0 => h,
             Ok(h) => {
                 let _ = writer.abort().await;
                 return Err(BucketError::SpoolCorrupt {
@@ -491,7 +491,11 @@ impl Bucket {
 
     /// Download object `hash` into `dest` (created or truncated), hashing as
     /// it arrives. The caller checks the data set hash against `hash`.
-    pub async fn download(&self, hash: &Hash, dest: &FsPath) -> Result<StreamHashes, BucketError> {
+    pub async fn download(
+        &self,
+        hash: &ObjectId,
+        dest: &FsPath,
+    ) -> Result<StreamHashes, BucketError> {
         self.read_object(&Path::from(object_key(hash)), Sink::File(dest))
             .await
     }
@@ -502,7 +506,7 @@ impl Bucket {
     /// and checks the data set hash against `hash`.
     pub async fn fetch(
         &self,
-        hash: &Hash,
+        hash: &ObjectId,
         size: u64,
     ) -> Result<(bytes::Bytes, StreamHashes), BucketError> {
         let size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -727,7 +731,7 @@ impl Bucket {
     }
 
     /// The addresses of every object in the bucket, with their sizes.
-    pub async fn objects(&self) -> Result<Vec<(Hash, u64)>, BucketError> {
+    pub async fn objects(&self) -> Result<Vec<(ObjectId, u64)>, BucketError> {
         let mut out = Vec::new();
         let mut list = self.store.list(Some(&Path::from("objects")));
         while let Some(meta) = list.next().await {
@@ -748,7 +752,7 @@ impl Bucket {
 /// to be streamed).
 async fn read_small(
     file: &FsPath,
-    hash: &Hash,
+    hash: &ObjectId,
 ) -> Result<Option<(Vec<u8>, StreamHashes)>, BucketError> {
     let (path, hash) = (file.to_path_buf(), *hash);
     let read = tokio::task::spawn_blocking(move || {
@@ -777,14 +781,14 @@ async fn read_small(
 }
 
 /// Hash a whole file held in memory and check its data set address.
-fn hash_whole(bytes: &[u8], hash: &Hash) -> Result<StreamHashes, BucketError> {
+fn hash_whole(bytes: &[u8], hash: &ObjectId) -> Result<StreamHashes, BucketError> {
     let mut h = StreamHasher::default();
     let checked = h.update(bytes).and_then(|()| h.finish());
     let hashes = checked.map_err(|e| BucketError::SpoolCorrupt {
         hash: hash_hex(hash),
         found: e.to_string(),
     })?;
-    if hashes.dataset != *hash {
+    if hashes.dataset != hash.0 {
         return Err(BucketError::SpoolCorrupt {
             hash: hash_hex(hash),
             found: hash_hex(&hashes.dataset),
@@ -882,8 +886,9 @@ fn cloud_store(
 mod tests {
     use super::*;
     use pacs_mirror_dicom::part10::{Receipt, file_header};
+    use pacs_mirror_store::index::ObjectId;
 
-    fn part10(uid: &str, meta_ae: &str) -> (Vec<u8>, Hash) {
+    fn part10(uid: &str, meta_ae: &str) -> (Vec<u8>, ObjectId) {
         let body = pacs_mirror_dicom::testing::dataset("1.2.840.10008.5.1.4.1.1.7", uid, "P");
         let receipt = Receipt {
             source_ip: "127.0.0.1".into(),
@@ -898,7 +903,7 @@ mod tests {
         )
         .unwrap();
         file.extend_from_slice(&body);
-        (file, *blake3::hash(&body).as_bytes())
+        (file, ObjectId::of(&body))
     }
 
     fn folder_bucket(dir: &FsPath) -> Bucket {
@@ -912,7 +917,7 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let h = [0xab; 32];
+        let h = ObjectId([0xab; 32]);
         let k = object_key(&h);
         assert!(k.starts_with("objects/ab/abab"));
         assert_eq!(parse_object_key(&k), Some(h));
@@ -957,14 +962,14 @@ mod tests {
         assert_eq!(
             first,
             Uploaded::Created {
-                file_blake3: *blake3::hash(&file_a).as_bytes()
+                file_blake3: ObjectId::of(&file_a).0
             }
         );
         let second = bucket.upload(&pb, &hash).await.unwrap();
         assert_eq!(
             second,
             Uploaded::AlreadyThere {
-                file_blake3: *blake3::hash(&file_a).as_bytes(),
+                file_blake3: ObjectId::of(&file_a).0,
                 provenance: Some(Provenance {
                     calling_ae: "AGENT_A".into(),
                     source_ip: "127.0.0.1".into(),
@@ -1029,11 +1034,11 @@ mod tests {
             file_header("1.2.3", "1.2.3.7", "1.2.840.10008.1.2.1", "A", &receipt).unwrap();
         let offset = file.len();
         file.extend((0..(SINGLE_PUT_MAX_BYTES as usize * 2 + 12345)).map(|i| (i % 251) as u8));
-        let hash = *blake3::hash(&file[offset..]).as_bytes();
+        let hash = ObjectId::of(&file[offset..]);
         let p = dir.path().join("big.dcm");
         std::fs::write(&p, &file).unwrap();
         let up = bucket.upload(&p, &hash).await.unwrap();
-        assert_eq!(up.file_blake3(), *blake3::hash(&file).as_bytes());
+        assert_eq!(up.file_blake3(), ObjectId::of(&file).0);
         assert!(matches!(up, Uploaded::Created { .. }));
         let again = bucket.upload(&p, &hash).await.unwrap();
         assert!(matches!(again, Uploaded::AlreadyThere { .. }));

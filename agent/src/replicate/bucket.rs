@@ -12,7 +12,7 @@ use super::{Unreachable, Unsendable, Worker};
 use crate::bucket::manifest::ManifestEntry;
 use crate::bucket::{Bucket, BucketError, object_key};
 use pacs_mirror_store::index::outbox::Due;
-use pacs_mirror_store::index::{Hash, InstanceRecord, hash_hex};
+use pacs_mirror_store::index::{InstanceRecord, ObjectId, hash_hex};
 
 /// Study manifests written at once by the publisher.
 const MANIFESTS_IN_FLIGHT: usize = 4;
@@ -36,7 +36,7 @@ impl Worker {
         &self,
         bucket: &Bucket,
         due: &[Due],
-    ) -> (Result<(), Unreachable>, HashSet<Hash>) {
+    ) -> (Result<(), Unreachable>, HashSet<ObjectId>) {
         let mut items = Vec::with_capacity(due.len());
         for d in due {
             match self.instance_record(d) {
@@ -47,7 +47,11 @@ impl Worker {
         if items.is_empty() {
             return (Ok(()), HashSet::new());
         }
-        let jobs: Vec<(usize, pacs_mirror_store::index::Hash, std::path::PathBuf)> = items
+        let jobs: Vec<(
+            usize,
+            pacs_mirror_store::index::ObjectId,
+            std::path::PathBuf,
+        )> = items
             .iter()
             .enumerate()
             .map(|(i, item)| (i, item.due.hash, self.r.spool.object_path(&item.due.hash)))
@@ -112,7 +116,7 @@ impl Worker {
             }
         }
         let any_stored = !stored.is_empty();
-        let hashes: HashSet<Hash> = stored.iter().map(|(d, _)| d.hash).collect();
+        let hashes: HashSet<ObjectId> = stored.iter().map(|(d, _)| d.hash).collect();
         let handed_over = match &self.publish {
             Some(publish) if any_stored => match publish.send(Stored(stored)).await {
                 Ok(()) => hashes,

@@ -99,7 +99,7 @@ impl Worker {
         if record.sop_class_uid.is_empty() || record.transfer_syntax_uid.is_empty() {
             // Older index records: read the identity from the file.
             return Ok(scu::outgoing(&path).map(|o| Outgoing {
-                dataset_blake3: Some(d.hash),
+                dataset_blake3: Some(d.hash.0),
                 ..o
             })?);
         }
@@ -109,7 +109,7 @@ impl Worker {
             sop_class_uid: record.sop_class_uid,
             sop_instance_uid: record.sop_instance_uid,
             transfer_syntax_uid: record.transfer_syntax_uid,
-            dataset_blake3: Some(d.hash),
+            dataset_blake3: Some(d.hash.0),
         })
     }
 }

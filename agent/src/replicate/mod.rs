@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use pacs_mirror_dicom::scu::{self, Peer};
 use pacs_mirror_store::index::outbox::{Backoff, Delivery, Due};
-use pacs_mirror_store::index::{Hash, Index, hash_hex};
+use pacs_mirror_store::index::{Index, ObjectId, hash_hex};
 use pacs_mirror_store::spool::Spool;
 
 mod bucket;
@@ -133,7 +133,7 @@ pub fn spawn(
     shutdown: &CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Health {
-    let claimed: Arc<Mutex<HashSet<Hash>>> = Arc::default();
+    let claimed: Arc<Mutex<HashSet<ObjectId>>> = Arc::default();
     let health: Health = Arc::default();
     let workers = target.workers.max(1);
     // Each worker is woken by rows written into the queue, and by claims
@@ -178,7 +178,7 @@ pub fn spawn(
 struct Worker {
     r: Replication,
     target: TargetSpec,
-    claimed: Arc<Mutex<HashSet<Hash>>>,
+    claimed: Arc<Mutex<HashSet<ObjectId>>>,
     health: Health,
     worker: usize,
     /// Deliveries confirmed in the current batch, not recorded yet.

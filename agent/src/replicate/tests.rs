@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::*;
 use crate::bucket::{Bucket, BucketSettings, object_key};
 use pacs_mirror_dicom::part10::{Receipt, file_header};
+use pacs_mirror_store::index::ObjectId;
 use pacs_mirror_store::index::{MemKv, hash_hex};
 use pacs_mirror_store::spool::SpoolLimits;
 
@@ -22,7 +23,7 @@ fn seed(
     index: &Index,
     n: usize,
     studies: usize,
-) -> Vec<(Hash, String, String, Vec<u8>)> {
+) -> Vec<(ObjectId, String, String, Vec<u8>)> {
     let mut out = Vec::new();
     for i in 0..n {
         let sop = format!("1.2.826.0.1.3680043.2.1143.{i}");
@@ -39,7 +40,7 @@ fn seed(
         };
         let mut file = file_header(SC, &sop, "1.2.840.10008.1.2.1", "MODALITY", &receipt).unwrap();
         file.extend_from_slice(&body);
-        let hash = *blake3::hash(&body).as_bytes();
+        let hash = ObjectId::of(&body);
         std::fs::write(spool.object_path(&hash), &file).unwrap();
         out.push((hash, sop, study, file));
     }
@@ -166,7 +167,7 @@ async fn every_object_is_uploaded_once_listed_in_its_study_and_then_delivered() 
     let summary = index.outbox_summary("backup").unwrap();
     assert_eq!((summary.delivered, summary.dead_letters), (300, 0));
     // The blobs: exactly the objects, each the file's bytes.
-    let stored: BTreeSet<Hash> = rig
+    let stored: BTreeSet<ObjectId> = rig
         .bucket
         .objects()
         .await

@@ -465,7 +465,7 @@ impl StoreSink for DrillInbox {
             sop_class_uid: rq.sop_class_uid.clone(),
             transfer_syntax_uid: transfer_syntax,
             study_instance_uid: study,
-            blake3: written.hash,
+            blake3: written.hash.0,
             dataset_bytes: written.dataset_bytes,
             path: path.clone(),
             arrived_at,

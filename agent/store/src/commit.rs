@@ -78,7 +78,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::identify;
-use crate::index::{CommitOutcome, Finding, Hash, Index, IndexError, InstanceRecord, Op, hash_hex};
+use crate::index::{
+    CommitOutcome, Finding, Index, IndexError, InstanceRecord, ObjectId, Op, hash_hex,
+};
 use crate::spool::{ObjectWriter, Spool, SpoolError, sync_dir};
 use pacs_mirror_dicom::structure::Observed;
 
@@ -290,7 +292,7 @@ fn apply_carry(index: &Index, carry: &mut Vec<Op>) {
 /// One object of a batch, named in `objects/` (step 1).
 struct Placed {
     record: InstanceRecord,
-    hash: Hash,
+    hash: ObjectId,
     installed: crate::spool::Installed,
     /// The descriptor that wrote the file, when this job placed it.
     file: Option<File>,
@@ -503,7 +505,7 @@ fn commit_batch(
         tracing::error!(error = %e, "index flush failed");
     }
     // Step 4: answer.
-    let mut fate: BTreeMap<Hash, (bool, Option<PathBuf>)> = BTreeMap::new();
+    let mut fate: BTreeMap<ObjectId, (bool, Option<PathBuf>)> = BTreeMap::new();
     for (p, r) in placed.iter().zip(results.iter_mut()) {
         let file_error = failed_files
             .get(&p.installed.path)
@@ -568,7 +570,7 @@ fn durable_file(
 ) -> Result<
     (
         InstanceRecord,
-        crate::index::Hash,
+        crate::index::ObjectId,
         crate::spool::Installed,
         Option<File>,
     ),
@@ -604,6 +606,7 @@ fn durable_file(
 mod tests {
     use super::*;
     use crate::index::MemKv;
+    use crate::index::ObjectId;
     use crate::spool::SpoolLimits;
     use pacs_mirror_dicom::part10::Receipt;
 
@@ -686,10 +689,10 @@ mod tests {
     async fn outbox_rows_follow_durability() {
         let (_d, spool, index, c) = setup();
         let first = dataset("1.2.3.1", "P");
-        let h1 = *blake3::hash(&first).as_bytes();
+        let h1 = ObjectId::of(&first);
         c.commit(pending(&spool, "1.2.3.1", &first)).await.unwrap();
         let second = dataset("1.2.3.2", "P");
-        let h2 = *blake3::hash(&second).as_bytes();
+        let h2 = ObjectId::of(&second);
         c.commit(pending(&spool, "1.2.3.2", &second)).await.unwrap();
         assert!(index.pending_marker(&h1).unwrap().is_none());
         assert!(index.object(&h1).unwrap().is_some());

@@ -23,7 +23,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::identify;
-use crate::index::{Hash, Index, InstanceRecord, hash_hex};
+use crate::index::{Index, InstanceRecord, ObjectId, hash_hex};
 use crate::spool::{Spool, SpoolError};
 use pacs_mirror_dicom::part10;
 
@@ -169,11 +169,12 @@ pub enum Unaccounted {
 /// included. Fails when the file does not hash to its name, its meta group
 /// cannot be read or does not identify it, or its data set names another
 /// SOP instance.
-pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, Unaccounted> {
+pub fn record_from_file(path: &Path, expected: &ObjectId) -> Result<InstanceRecord, Unaccounted> {
     let file = part10::read_identity(path)?;
-    if &file.dataset_blake3 != expected {
+    let found = ObjectId(file.dataset_blake3);
+    if &found != expected {
         return Err(Unaccounted::NotItsName {
-            contents: hash_hex(&file.dataset_blake3),
+            contents: found.to_string(),
             name: hash_hex(expected),
         });
     }
@@ -197,7 +198,7 @@ pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, 
         sop_instance_uid: id.sop_instance_uid,
         sop_class_uid: id.sop_class_uid,
         transfer_syntax_uid: meta.transfer_syntax_uid,
-        blake3: hash_hex(&file.dataset_blake3),
+        blake3: found.to_string(),
         dataset_bytes: file.dataset_bytes,
         file_bytes: meta.dataset_offset + file.dataset_bytes,
         patient_id: id.patient_id,
@@ -217,7 +218,7 @@ pub fn record_from_file(path: &Path, expected: &Hash) -> Result<InstanceRecord, 
 }
 
 /// blake3 of the bytes from `offset` to the end, with the lengths.
-pub fn hash_dataset(path: &Path, offset: u64) -> std::io::Result<(Hash, u64, u64)> {
+pub fn hash_dataset(path: &Path, offset: u64) -> std::io::Result<(ObjectId, u64, u64)> {
     let mut f = std::fs::File::open(path)?;
     let file_bytes = f.metadata()?.len();
     f.seek(SeekFrom::Start(offset))?;
@@ -231,7 +232,7 @@ pub fn hash_dataset(path: &Path, offset: u64) -> std::io::Result<(Hash, u64, u64
         hasher.update(&buf[..n]);
     }
     Ok((
-        *hasher.finalize().as_bytes(),
+        ObjectId::from(hasher.finalize()),
         file_bytes.saturating_sub(offset),
         file_bytes,
     ))
@@ -241,13 +242,14 @@ pub fn hash_dataset(path: &Path, offset: u64) -> std::io::Result<(Hash, u64, u64
 mod tests {
     use super::*;
     use crate::index::MemKv;
+    use crate::index::ObjectId;
     use crate::spool::SpoolLimits;
     use pacs_mirror_dicom::part10::{Receipt, file_header};
     use pacs_mirror_dicom::testing::dataset;
     use std::io::Write;
     use std::sync::Arc;
 
-    fn object(sop: &str) -> (Vec<u8>, Hash) {
+    fn object(sop: &str) -> (Vec<u8>, ObjectId) {
         let body = dataset("1.2.840.10008.5.1.4.1.1.7", sop, "PID");
         let receipt = Receipt {
             source_ip: "192.0.2.7".into(),
@@ -262,7 +264,7 @@ mod tests {
         )
         .unwrap();
         file.extend_from_slice(&body);
-        (file, *blake3::hash(&body).as_bytes())
+        (file, ObjectId::of(&body))
     }
 
     /// The state a crash can leave, and what recovery makes of it.
@@ -309,7 +311,7 @@ mod tests {
     /// A commit in flight at a crash, as the committer leaves it before its
     /// flushes are done: rows and pending marker applied (and possibly
     /// durable), the object file renamed into place, good or not.
-    fn in_flight(spool: &Spool, index: &Index, sop: &str) -> (PathBuf, Hash, Vec<u8>) {
+    fn in_flight(spool: &Spool, index: &Index, sop: &str) -> (PathBuf, ObjectId, Vec<u8>) {
         let (bytes, hash) = object(sop);
         let path = spool.object_path(&hash);
         std::fs::write(&path, &bytes).unwrap();

@@ -167,7 +167,7 @@ impl StoreSink for GetSink {
             sop_instance_uid: rq.sop_instance_uid,
             sop_class_uid: rq.sop_class_uid,
             transfer_syntax_uid: transfer_syntax,
-            blake3: written.hash,
+            blake3: written.hash.0,
             dataset_bytes: written.dataset_bytes,
             path: written.temp.path().to_path_buf(),
             dataset_offset: written.header_bytes,

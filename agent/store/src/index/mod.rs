@@ -85,16 +85,79 @@ pub enum IndexError {
     BadHash(String),
 }
 
-/// A blake3 digest.
-pub type Hash = [u8; 32];
+/// An object's identity: the blake3 digest of its data set bytes as
+/// received. The spool file's name, the index's object rows and queue rows,
+/// and the bucket's object key all derive from it, never from a UID.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub [u8; 32]);
 
-/// Hex of a digest.
-pub fn hash_hex(h: &Hash) -> String {
+impl ObjectId {
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        ObjectId(*blake3::hash(data).as_bytes())
+    }
+
+    /// The 32 digest bytes.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ObjectId {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for ObjectId {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for ObjectId {
+    fn from(b: [u8; 32]) -> Self {
+        ObjectId(b)
+    }
+}
+
+impl From<blake3::Hash> for ObjectId {
+    fn from(h: blake3::Hash) -> Self {
+        ObjectId(*h.as_bytes())
+    }
+}
+
+impl TryFrom<&[u8]> for ObjectId {
+    type Error = std::array::TryFromSliceError;
+    fn try_from(b: &[u8]) -> Result<Self, Self::Error> {
+        <[u8; 32]>::try_from(b).map(ObjectId)
+    }
+}
+
+impl std::fmt::Display for ObjectId {
+    /// Lowercase hex, as in file names and the index dump.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectId({self})")
+    }
+}
+
+/// Lowercase hex of a digest (an [`ObjectId`] or any other).
+pub fn hash_hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parse a hex digest: 64 hex digits (either case), nothing else.
-pub fn parse_hash(s: &str) -> Result<Hash, IndexError> {
+pub fn parse_hash(s: &str) -> Result<ObjectId, IndexError> {
     let bad = || IndexError::BadHash(s.to_string());
     // `from_str_radix` alone would also take a sign: "+f" is 15.
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -105,7 +168,7 @@ pub fn parse_hash(s: &str) -> Result<Hash, IndexError> {
         *byte =
             u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
     }
-    Ok(out)
+    Ok(ObjectId(out))
 }
 
 /// What committing a received object did.
@@ -284,7 +347,7 @@ impl Index {
     }
 
     /// The object record of a spool file, if indexed.
-    pub fn object(&self, hash: &Hash) -> Result<Option<ObjectRecord>, IndexError> {
+    pub fn object(&self, hash: &ObjectId) -> Result<Option<ObjectRecord>, IndexError> {
         let k = key(&[OBJ, hash]);
         self.kv.get(&k)?.map(|v| decode_at(&k, &v)).transpose()
     }
@@ -306,7 +369,7 @@ impl Index {
     pub fn commit_instance(
         &self,
         rec: &InstanceRecord,
-        hash: &Hash,
+        hash: &ObjectId,
         targets: &[String],
         now_ms: u64,
     ) -> Result<CommitOutcome, IndexError> {
@@ -327,7 +390,7 @@ impl Index {
     pub fn commit_instance_pending(
         &self,
         rec: &InstanceRecord,
-        hash: &Hash,
+        hash: &ObjectId,
         targets: &[String],
         now_ms: u64,
     ) -> Result<CommitOutcome, IndexError> {
@@ -341,7 +404,7 @@ impl Index {
     pub fn commit_instance_pending_after(
         &self,
         rec: &InstanceRecord,
-        hash: &Hash,
+        hash: &ObjectId,
         targets: &[String],
         now_ms: u64,
         before: Vec<Op>,
@@ -356,7 +419,7 @@ impl Index {
     fn plan_instance(
         &self,
         rec: &InstanceRecord,
-        hash: &Hash,
+        hash: &ObjectId,
         targets: &[String],
         now_ms: u64,
     ) -> Result<(CommitOutcome, pending::Plan), IndexError> {
@@ -458,7 +521,7 @@ impl Index {
     pub fn import_delivered(
         &self,
         rec: &InstanceRecord,
-        hash: &Hash,
+        hash: &ObjectId,
         in_spool: bool,
         target: &str,
         stored_blake3: &str,
@@ -508,7 +571,11 @@ impl Index {
     }
 
     /// Whether this instance version was kept with findings.
-    pub fn has_findings(&self, sop_instance_uid: &str, hash: &Hash) -> Result<bool, IndexError> {
+    pub fn has_findings(
+        &self,
+        sop_instance_uid: &str,
+        hash: &ObjectId,
+    ) -> Result<bool, IndexError> {
         Ok(self
             .kv
             .get(&key(&[FINDINGS, sop_instance_uid.as_bytes(), hash]))?
@@ -571,7 +638,10 @@ impl Index {
     }
 
     /// Visit every object record with its hash.
-    pub fn for_each_object(&self, f: &mut dyn FnMut(Hash, ObjectRecord)) -> Result<(), IndexError> {
+    pub fn for_each_object(
+        &self,
+        f: &mut dyn FnMut(ObjectId, ObjectRecord),
+    ) -> Result<(), IndexError> {
         self.try_for_each_object(None, &mut |h, r| {
             f(h, r);
             Ok(true)
@@ -583,14 +653,14 @@ impl Index {
     /// returned).
     pub(crate) fn try_for_each_object(
         &self,
-        after: Option<&Hash>,
-        f: &mut dyn FnMut(Hash, ObjectRecord) -> Result<bool, IndexError>,
+        after: Option<&ObjectId>,
+        f: &mut dyn FnMut(ObjectId, ObjectRecord) -> Result<bool, IndexError>,
     ) -> Result<(), IndexError> {
         let mut err = None;
         let after = after.map(|h| key(&[OBJ, h]));
         self.kv
             .for_each_prefix_after(OBJ, after.as_deref(), &mut |k, v| {
-                let Ok(hash) = <Hash>::try_from(&k[OBJ.len()..]) else {
+                let Ok(hash) = <ObjectId>::try_from(&k[OBJ.len()..]) else {
                     err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into()));
                     return false;
                 };
@@ -618,7 +688,7 @@ impl Index {
 
     /// Record that retention is removing an object's spool file (flush
     /// before removing the file).
-    pub fn mark_evicted(&self, hash: &Hash, now_ms: u64) -> Result<bool, IndexError> {
+    pub fn mark_evicted(&self, hash: &ObjectId, now_ms: u64) -> Result<bool, IndexError> {
         let Some(mut obj) = self.object(hash)? else {
             return Ok(false);
         };
@@ -628,7 +698,7 @@ impl Index {
     }
 
     /// The file of an evicted object is (still or again) in the spool.
-    pub fn unevict(&self, hash: &Hash) -> Result<(), IndexError> {
+    pub fn unevict(&self, hash: &ObjectId) -> Result<(), IndexError> {
         if let Some(mut obj) = self.object(hash)?
             && obj.evicted_at_ms.take().is_some()
         {
@@ -698,6 +768,7 @@ fn decode_at<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, In
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::ObjectId;
 
     /// "+f" pairs parsed as hex (u8::from_str_radix takes a sign), so a
     /// manifest's `blake3` of 32 "+f" named the object ffff…: a string we
@@ -705,7 +776,7 @@ mod tests {
     /// failure (upper-case hex, which stays accepted).
     #[test]
     fn a_hash_is_hex_digits_only() {
-        let h = [0xab; 32];
+        let h = ObjectId([0xab; 32]);
         assert_eq!(parse_hash(&hash_hex(&h)).unwrap(), h);
         assert_eq!(parse_hash(&hash_hex(&h).to_uppercase()).unwrap(), h);
         assert!(parse_hash(&"+f".repeat(32)).is_err());
@@ -713,7 +784,7 @@ mod tests {
         assert!(parse_hash(&format!("{}é", "a".repeat(62))).is_err());
     }
 
-    fn rec(uid: &str, hash: &Hash) -> InstanceRecord {
+    fn rec(uid: &str, hash: &ObjectId) -> InstanceRecord {
         InstanceRecord {
             sop_instance_uid: uid.into(),
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
@@ -737,7 +808,7 @@ mod tests {
     fn new_duplicate_conflict() {
         let idx = Index::new(Arc::new(MemKv::default()));
         let targets = vec!["mirror".to_string(), "backup".to_string()];
-        let (h1, h2) = ([1u8; 32], [2u8; 32]);
+        let (h1, h2) = (ObjectId([1u8; 32]), ObjectId([2u8; 32]));
         assert_eq!(
             idx.commit_instance(&rec("1.2.3", &h1), &h1, &targets, 10)
                 .unwrap(),
@@ -756,7 +827,7 @@ mod tests {
             }
         );
         // a UID that is a prefix of another is not confused with it
-        let h3 = [3u8; 32];
+        let h3 = ObjectId([3u8; 32]);
         assert_eq!(
             idx.commit_instance(&rec("1.2.34", &h3), &h3, &targets, 13)
                 .unwrap(),
@@ -778,7 +849,7 @@ mod tests {
 
     #[test]
     fn hash_hex_round_trip() {
-        let h = *blake3::hash(b"x").as_bytes();
+        let h = ObjectId::of(b"x");
         assert_eq!(parse_hash(&hash_hex(&h)).unwrap(), h);
         assert!(parse_hash("zz").is_err());
         assert!(parse_hash(&"g".repeat(64)).is_err());

@@ -43,7 +43,7 @@
 //! still pending and is sent again; it is never lost.
 
 use super::records::{self, OutboxRecord};
-use super::{Hash, Index, IndexError, Op, decode_at, key};
+use super::{Index, IndexError, ObjectId, Op, decode_at, key};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -56,14 +56,14 @@ fn delivered_count_key(target: &str) -> Vec<u8> {
     key(&[COUNTS, b"delivered", target.as_bytes()])
 }
 
-fn delivered_key(target: &str, hash: &Hash) -> Vec<u8> {
+fn delivered_key(target: &str, hash: &ObjectId) -> Vec<u8> {
     let mut k = target_prefix(DELIVERED, target);
     k.extend_from_slice(hash);
     k
 }
 
 /// The key of a pending row.
-pub(super) fn outbox_key(target: &str, next_attempt_ms: u64, hash: &Hash) -> Vec<u8> {
+pub(super) fn outbox_key(target: &str, next_attempt_ms: u64, hash: &ObjectId) -> Vec<u8> {
     let mut k = key(&[OUTBOX, target.as_bytes(), &next_attempt_ms.to_be_bytes()]);
     k.push(0);
     k.extend_from_slice(hash);
@@ -107,7 +107,7 @@ pub struct DeadLetter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvictScan {
     /// The last object read by the previous call (`None`: from the start).
-    pub after: Option<Hash>,
+    pub after: Option<ObjectId>,
     /// Object rows read per call at most.
     pub max_rows: usize,
 }
@@ -116,7 +116,7 @@ pub struct EvictScan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
     /// The object.
-    pub hash: Hash,
+    pub hash: ObjectId,
     /// When it was due.
     pub next_attempt_ms: u64,
     /// Its row.
@@ -149,7 +149,7 @@ pub struct OutboxSummary {
     pub dead_letters: u64,
 }
 
-fn parse_outbox_key(prefix_len: usize, k: &[u8]) -> Option<(u64, Hash)> {
+fn parse_outbox_key(prefix_len: usize, k: &[u8]) -> Option<(u64, ObjectId)> {
     let rest = k.get(prefix_len..)?;
     let when = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
     let hash = rest.get(9..41)?.try_into().ok()?;
@@ -169,7 +169,7 @@ impl Index {
         target: &str,
         now_ms: u64,
         limit: usize,
-        skip: &dyn Fn(&Hash) -> bool,
+        skip: &dyn Fn(&ObjectId) -> bool,
     ) -> Result<Vec<Due>, IndexError> {
         let prefix = target_prefix(OUTBOX, target);
         let mut out = Vec::new();
@@ -228,7 +228,7 @@ impl Index {
     pub fn record_delivered(
         &self,
         target: &str,
-        hash: &Hash,
+        hash: &ObjectId,
         record: &DeliveryRecord,
     ) -> Result<(), IndexError> {
         let _rows = self.lock_delivered_rows();
@@ -418,7 +418,7 @@ impl Index {
     }
 
     /// The dead letters of `target`.
-    pub fn dead_letters(&self, target: &str) -> Result<Vec<(Hash, DeadLetter)>, IndexError> {
+    pub fn dead_letters(&self, target: &str) -> Result<Vec<(ObjectId, DeadLetter)>, IndexError> {
         let prefix = target_prefix(DEAD, target);
         self.kv
             .scan_prefix(&prefix)?
@@ -426,7 +426,7 @@ impl Index {
             .map(|(k, v)| {
                 let hash = k
                     .get(prefix.len()..)
-                    .and_then(|h| <Hash>::try_from(h).ok())
+                    .and_then(|h| <ObjectId>::try_from(h).ok())
                     .ok_or_else(|| IndexError::BadHash(String::from_utf8_lossy(&k).into()))?;
                 Ok((hash, decode_at(&k, &v)?))
             })
@@ -473,7 +473,7 @@ impl Index {
     }
 
     /// The objects with a pending row for `target`.
-    pub fn pending(&self, target: &str) -> Result<HashSet<Hash>, IndexError> {
+    pub fn pending(&self, target: &str) -> Result<HashSet<ObjectId>, IndexError> {
         let prefix = target_prefix(OUTBOX, target);
         let mut pending = HashSet::new();
         self.kv.for_each_prefix(&prefix, &mut |k, _| {
@@ -492,7 +492,12 @@ impl Index {
     /// were queued. Serialised with [`Index::resync`] and
     /// [`Index::retry_dead_letters`] (and itself): two concurrent repairs
     /// never both write a row for one object.
-    pub fn requeue(&self, target: &str, hashes: &[Hash], now_ms: u64) -> Result<usize, IndexError> {
+    pub fn requeue(
+        &self,
+        target: &str,
+        hashes: &[ObjectId],
+        now_ms: u64,
+    ) -> Result<usize, IndexError> {
         let _moves = self.lock_queue_moves();
         self.requeue_locked(target, hashes, now_ms)
     }
@@ -501,7 +506,7 @@ impl Index {
     fn requeue_locked(
         &self,
         target: &str,
-        hashes: &[Hash],
+        hashes: &[ObjectId],
         now_ms: u64,
     ) -> Result<usize, IndexError> {
         let pending = self.pending(target)?;
@@ -560,7 +565,7 @@ impl Index {
         retain_ms: u64,
         limit: usize,
         scan: &mut EvictScan,
-    ) -> Result<Vec<Hash>, IndexError> {
+    ) -> Result<Vec<ObjectId>, IndexError> {
         if targets.is_empty() || limit == 0 || scan.max_rows == 0 {
             return Ok(Vec::new());
         }
@@ -592,7 +597,7 @@ impl Index {
     fn delivered_everywhere(
         &self,
         targets: &[String],
-        hash: &Hash,
+        hash: &ObjectId,
         now_ms: u64,
         retain_ms: u64,
     ) -> Result<bool, IndexError> {
@@ -698,6 +703,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::ObjectId;
     use crate::index::{InstanceRecord, Kv, MemKv, hash_hex};
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -705,7 +711,7 @@ mod tests {
     fn index_with(objects: &[(u8, u64)]) -> Index {
         let idx = Index::new(Arc::new(MemKv::default()));
         for (b, at) in objects {
-            let h = [*b; 32];
+            let h = ObjectId([*b; 32]);
             let rec = InstanceRecord {
                 sop_instance_uid: format!("1.2.{b}"),
                 sop_class_uid: "1.2".into(),
@@ -736,7 +742,7 @@ mod tests {
     #[test]
     fn resync_skips_a_commit_in_flight() {
         let idx = index_with(&[(1, 100)]);
-        let h = [2u8; 32];
+        let h = ObjectId([2u8; 32]);
         let mut rec = idx.versions("1.2.1").unwrap().remove(0);
         rec.sop_instance_uid = "1.2.2".into();
         rec.blake3 = hash_hex(&h);
@@ -831,11 +837,13 @@ mod tests {
         };
         idx.record_delivered("mirror", &due[0].hash, &record)
             .unwrap();
-        idx.record_delivered("mirror", &[9; 32], &record).unwrap();
-        idx.record_delivered("mirror", &[9; 32], &record).unwrap();
+        idx.record_delivered("mirror", &ObjectId([9; 32]), &record)
+            .unwrap();
+        idx.record_delivered("mirror", &ObjectId([9; 32]), &record)
+            .unwrap();
         check(4);
         // requeue: the delivered ones leave the count, the pending one does not
-        let hashes: Vec<Hash> = due.iter().map(|d| d.hash).collect();
+        let hashes: Vec<ObjectId> = due.iter().map(|d| d.hash).collect();
         assert_eq!(idx.requeue("mirror", &hashes[..2], 200).unwrap(), 2);
         check(2);
         assert_eq!(idx.requeue("mirror", &hashes[3..], 200).unwrap(), 0);
@@ -859,7 +867,10 @@ mod tests {
                 stored_blake3: None,
             });
             idx.kv
-                .apply(vec![Op::Put(delivered_key("mirror", &[b; 32]), v)])
+                .apply(vec![Op::Put(
+                    delivered_key("mirror", &ObjectId([b; 32])),
+                    v,
+                )])
                 .unwrap();
         }
         assert!(
@@ -890,11 +901,11 @@ mod tests {
         assert_eq!(idx.due("mirror", 200, 1).unwrap().len(), 1);
         // rows held elsewhere are skipped and do not count against the limit
         let rest = idx
-            .due_skipping("mirror", 400, 1, &|h: &Hash| h[0] == 2)
+            .due_skipping("mirror", 400, 1, &|h: &ObjectId| h[0] == 2)
             .unwrap();
         assert_eq!(rest.iter().map(|d| d.hash[0]).collect::<Vec<_>>(), vec![1]);
         let rest = idx
-            .due_skipping("mirror", 400, 10, &|h: &Hash| h[0] == 1)
+            .due_skipping("mirror", 400, 10, &|h: &ObjectId| h[0] == 1)
             .unwrap();
         assert_eq!(
             rest.iter().map(|d| d.hash[0]).collect::<Vec<_>>(),
@@ -990,7 +1001,7 @@ mod tests {
                     idx.mark_delivered("mirror", d, 150, None).unwrap();
                 }
             }
-            let hashes: Vec<Hash> = due.iter().map(|d| d.hash).collect();
+            let hashes: Vec<ObjectId> = due.iter().map(|d| d.hash).collect();
             let barrier = Arc::new(std::sync::Barrier::new(4));
             let workers: Vec<_> = (0..4u64)
                 .map(|w| {
@@ -1013,7 +1024,7 @@ mod tests {
                 .map(|w| w.join().expect("worker").expect("queue move"))
                 .sum();
             assert_eq!(queued, objects.len(), "round {round}: each queued once");
-            let mut rows: HashMap<Hash, usize> = HashMap::new();
+            let mut rows: HashMap<ObjectId, usize> = HashMap::new();
             idx.kv
                 .for_each_prefix(&target_prefix(OUTBOX, "mirror"), &mut |k, _| {
                     let (_, hash) =
@@ -1034,7 +1045,13 @@ mod tests {
     }
 
     /// One full [`Index::evictable`] pass from the start.
-    fn evict(idx: &Index, targets: &[String], now: u64, retain: u64, limit: usize) -> Vec<Hash> {
+    fn evict(
+        idx: &Index,
+        targets: &[String],
+        now: u64,
+        retain: u64,
+        limit: usize,
+    ) -> Vec<ObjectId> {
         let mut scan = EvictScan {
             after: None,
             max_rows: usize::MAX,
@@ -1110,7 +1127,7 @@ mod tests {
         assert_eq!(pass(1), (vec![1], Some(1)), "the limit stops it too");
         assert_eq!(pass(10), (vec![2, 3], Some(3)));
         // evicted objects are read (they count against max_rows) but not offered
-        assert!(idx.mark_evicted(&[4; 32], 5_000).unwrap());
+        assert!(idx.mark_evicted(&ObjectId([4; 32]), 5_000).unwrap());
         assert_eq!(pass(10), (vec![5], Some(5)));
         assert_eq!(pass(10), (vec![], None), "nothing after the last row");
     }

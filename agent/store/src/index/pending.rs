@@ -31,7 +31,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Hash, Index, IndexError, Op, key, records};
+use super::{Index, IndexError, ObjectId, Op, key, records};
 
 /// The table of pending markers.
 pub(crate) const PENDING: &[u8] = b"p/";
@@ -81,7 +81,7 @@ fn unhex(s: &str) -> Result<Vec<u8>, IndexError> {
         .collect()
 }
 
-fn marker_key(hash: &Hash) -> Vec<u8> {
+fn marker_key(hash: &ObjectId) -> Vec<u8> {
     key(&[PENDING, hash])
 }
 
@@ -91,7 +91,7 @@ impl Index {
     /// go into the marker. Nothing is written for an empty plan.
     pub(crate) fn apply_pending(
         &self,
-        hash: &Hash,
+        hash: &ObjectId,
         plan: Plan,
         before: Vec<Op>,
     ) -> Result<(), IndexError> {
@@ -125,7 +125,7 @@ impl Index {
     }
 
     /// The pending marker of an object, if any.
-    pub fn pending_marker(&self, hash: &Hash) -> Result<Option<PendingRecord>, IndexError> {
+    pub fn pending_marker(&self, hash: &ObjectId) -> Result<Option<PendingRecord>, IndexError> {
         let mk = marker_key(hash);
         self.kv
             .get(&mk)?
@@ -136,7 +136,7 @@ impl Index {
     /// Whether the object's pending marker holds back a row whose key starts
     /// with `prefix` (an outbox row of one target): it is written when the
     /// commit is finalized, so a requeue must not write a second one.
-    pub(crate) fn marker_holds(&self, hash: &Hash, prefix: &[u8]) -> Result<bool, IndexError> {
+    pub(crate) fn marker_holds(&self, hash: &ObjectId, prefix: &[u8]) -> Result<bool, IndexError> {
         let Some(marker) = self.pending_marker(hash)? else {
             return Ok(false);
         };
@@ -149,11 +149,11 @@ impl Index {
     }
 
     /// Every object with a pending marker.
-    pub fn pending_objects(&self) -> Result<Vec<Hash>, IndexError> {
+    pub fn pending_objects(&self) -> Result<Vec<ObjectId>, IndexError> {
         let mut out = Vec::new();
         let mut err = None;
         self.kv.for_each_prefix(PENDING, &mut |k, _| {
-            match <Hash>::try_from(&k[PENDING.len()..]) {
+            match <ObjectId>::try_from(&k[PENDING.len()..]) {
                 Ok(h) => out.push(h),
                 Err(_) => {
                     err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into()));
@@ -168,7 +168,7 @@ impl Index {
     /// The object is durable: write its held-back outbox rows and remove
     /// its marker (one atomic batch; not flushed). Nothing to do without a
     /// marker.
-    pub fn finalize_pending(&self, hash: &Hash) -> Result<(), IndexError> {
+    pub fn finalize_pending(&self, hash: &ObjectId) -> Result<(), IndexError> {
         let ops = self.finalize_ops(hash)?;
         if ops.is_empty() {
             return Ok(());
@@ -180,7 +180,7 @@ impl Index {
     /// as one atomic batch, alone or first in another one (the committer
     /// carries them into its next batch's first write, saving the index a
     /// write of its own per batch). Empty without a marker.
-    pub fn finalize_ops(&self, hash: &Hash) -> Result<Vec<Op>, IndexError> {
+    pub fn finalize_ops(&self, hash: &ObjectId) -> Result<Vec<Op>, IndexError> {
         let Some(marker) = self.pending_marker(hash)? else {
             return Ok(Vec::new());
         };
@@ -203,7 +203,7 @@ impl Index {
     /// The object is not (or may not be) durable: revert the rows its
     /// commit wrote and remove its marker (one atomic batch; not flushed).
     /// Nothing to do without a marker.
-    pub fn undo_pending(&self, hash: &Hash) -> Result<(), IndexError> {
+    pub fn undo_pending(&self, hash: &ObjectId) -> Result<(), IndexError> {
         let Some(marker) = self.pending_marker(hash)? else {
             return Ok(());
         };

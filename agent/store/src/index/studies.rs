@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::outbox::DeliveryRecord;
 use super::records::{self, InstanceRecord};
-use super::{HIER, Hash, INST, Index, IndexError, Op, decode_at, key};
+use super::{HIER, INST, Index, IndexError, ObjectId, Op, decode_at, key};
 
 const DRILLS: &[u8] = b"r/";
 const COUNTERS: &[u8] = b"m/";
@@ -59,7 +59,7 @@ impl Index {
     ) -> Result<Vec<InstanceRecord>, IndexError> {
         let mut prefix = key(&[HIER, study_instance_uid.as_bytes()]);
         prefix.push(0);
-        let mut wanted: Vec<(Vec<u8>, Hash)> = Vec::new();
+        let mut wanted: Vec<(Vec<u8>, ObjectId)> = Vec::new();
         self.kv.for_each_prefix(&prefix, &mut |k, _| {
             let rest = &k[prefix.len()..];
             // <series>\0<sop>\0<hash:32>
@@ -70,7 +70,7 @@ impl Index {
                     .next()
                     .unwrap_or_default()
                     .to_vec();
-                if let Ok(h) = <Hash>::try_from(hash) {
+                if let Ok(h) = <ObjectId>::try_from(hash) {
                     wanted.push((sop, h));
                 }
             }
@@ -90,7 +90,7 @@ impl Index {
     pub fn delivery(
         &self,
         target: &str,
-        hash: &Hash,
+        hash: &ObjectId,
     ) -> Result<Option<DeliveryRecord>, IndexError> {
         let mut k = key(&[b"d/", target.as_bytes()]);
         k.push(0);
@@ -160,9 +160,10 @@ impl Index {
 mod tests {
     use super::*;
     use crate::index::MemKv;
+    use crate::index::ObjectId;
     use std::sync::Arc;
 
-    fn rec(study: &str, series: &str, sop: &str, hash: &Hash) -> InstanceRecord {
+    fn rec(study: &str, series: &str, sop: &str, hash: &ObjectId) -> InstanceRecord {
         InstanceRecord {
             sop_instance_uid: sop.into(),
             sop_class_uid: "1.2".into(),
@@ -186,14 +187,34 @@ mod tests {
     fn studies_and_their_instances() {
         let idx = Index::new(Arc::new(MemKv::default()));
         let t = ["t".to_string()];
-        idx.commit_instance(&rec("1.2.3", "1.1", "1.2.3.1", &[1; 32]), &[1; 32], &t, 1)
-            .unwrap();
-        idx.commit_instance(&rec("1.2.3", "1.2", "1.2.3.2", &[2; 32]), &[2; 32], &t, 1)
-            .unwrap();
-        idx.commit_instance(&rec("1.2.3", "1.2", "1.2.3.2", &[3; 32]), &[3; 32], &t, 1)
-            .unwrap();
-        idx.commit_instance(&rec("1.2.30", "1.1", "1.2.30.1", &[4; 32]), &[4; 32], &t, 1)
-            .unwrap();
+        idx.commit_instance(
+            &rec("1.2.3", "1.1", "1.2.3.1", &ObjectId([1; 32])),
+            &ObjectId([1; 32]),
+            &t,
+            1,
+        )
+        .unwrap();
+        idx.commit_instance(
+            &rec("1.2.3", "1.2", "1.2.3.2", &ObjectId([2; 32])),
+            &ObjectId([2; 32]),
+            &t,
+            1,
+        )
+        .unwrap();
+        idx.commit_instance(
+            &rec("1.2.3", "1.2", "1.2.3.2", &ObjectId([3; 32])),
+            &ObjectId([3; 32]),
+            &t,
+            1,
+        )
+        .unwrap();
+        idx.commit_instance(
+            &rec("1.2.30", "1.1", "1.2.30.1", &ObjectId([4; 32])),
+            &ObjectId([4; 32]),
+            &t,
+            1,
+        )
+        .unwrap();
         let s = idx.studies().unwrap();
         assert_eq!(
             s,
@@ -212,7 +233,7 @@ mod tests {
         inst.sort_by(|a, b| a.blake3.cmp(&b.blake3));
         assert_eq!(inst.len(), 3, "a prefix study is not mixed in");
         assert_eq!(inst[2].sop_instance_uid, "1.2.3.2");
-        assert!(idx.delivery("t", &[1; 32]).unwrap().is_none());
+        assert!(idx.delivery("t", &ObjectId([1; 32])).unwrap().is_none());
     }
 
     #[test]

@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::index::{Hash, hash_hex};
+use crate::index::{ObjectId, hash_hex};
 
 /// Spool errors.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ pub(crate) fn io_err<'a>(
 
 /// Object files `(hash from the name, path)`, and files whose name is not a
 /// hash address.
-pub type ObjectListing = (Vec<(Hash, PathBuf)>, Vec<PathBuf>);
+pub type ObjectListing = (Vec<(ObjectId, PathBuf)>, Vec<PathBuf>);
 
 /// Space limits of the spool.
 #[derive(Debug, Clone, Copy, Default)]
@@ -170,7 +170,7 @@ impl Spool {
     }
 
     /// The path of an object.
-    pub fn object_path(&self, hash: &Hash) -> PathBuf {
+    pub fn object_path(&self, hash: &ObjectId) -> PathBuf {
         let hex = hash_hex(hash);
         self.root
             .join("objects")
@@ -278,7 +278,7 @@ impl Spool {
     /// Success the caller flushes the file's data, [`Installed::dir`] and the
     /// index, in both cases (the existing name may be an instant old, its
     /// flushes not yet done).
-    pub fn place(&self, temp: &Path, hash: &Hash) -> Result<Installed, SpoolError> {
+    pub fn place(&self, temp: &Path, hash: &ObjectId) -> Result<Installed, SpoolError> {
         let path = self.object_path(hash);
         let dir = path
             .parent()
@@ -418,6 +418,7 @@ pub fn free_bytes(path: &Path) -> Result<u64, SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::ObjectId;
     use std::io::Write;
 
     fn spool(limits: SpoolLimits) -> (tempfile::TempDir, Spool) {
@@ -429,7 +430,7 @@ mod tests {
     #[test]
     fn install_never_overwrites() {
         let (_d, s) = spool(SpoolLimits::default());
-        let hash = [7u8; 32];
+        let hash = ObjectId([7u8; 32]);
         let (mut f, p) = s.begin().unwrap();
         f.write_all(b"first").unwrap();
         let first = s.place(&p, &hash).unwrap();

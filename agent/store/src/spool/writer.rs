@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{SpoolError, io_err};
-use crate::index::Hash;
+use crate::index::ObjectId;
 
 /// A temp file being written.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub struct WrittenObject {
     /// The temp file (still in `tmp/`); removed on drop unless installed.
     pub temp: TempGuard,
     /// blake3 of the data set bytes.
-    pub hash: Hash,
+    pub hash: ObjectId,
     /// Bytes of the file meta header (preamble + DICM + group 0002).
     pub header_bytes: u64,
     /// Bytes of the data set.
@@ -185,7 +185,7 @@ impl ObjectWriter {
             file.sync_data().map_err(io_err("fsync", temp.path()))?;
         }
         Ok(WrittenObject {
-            hash: *self.hasher.finalize().as_bytes(),
+            hash: ObjectId::from(self.hasher.finalize()),
             header_bytes: self.header_bytes,
             dataset_bytes: self.dataset_bytes,
             temp,
@@ -209,7 +209,7 @@ impl ObjectWriter {
         })?;
         Ok((
             WrittenObject {
-                hash: *self.hasher.finalize().as_bytes(),
+                hash: ObjectId::from(self.hasher.finalize()),
                 header_bytes: self.header_bytes,
                 dataset_bytes: self.dataset_bytes,
                 temp,
@@ -231,6 +231,7 @@ impl Drop for ObjectWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::ObjectId;
 
     #[test]
     fn scratch_files_never_reuse_a_name() {
@@ -258,7 +259,7 @@ mod tests {
         w.write_chunk(b"abc").unwrap();
         w.write_chunk(b"def").unwrap();
         let done = w.finish().unwrap();
-        assert_eq!(done.hash, *blake3::hash(b"abcdef").as_bytes());
+        assert_eq!(done.hash, ObjectId::of(b"abcdef"));
         assert_eq!(done.file_bytes(), 12);
         assert_eq!(fs::read(&p).unwrap(), b"HEADERabcdef");
         drop(done);
@@ -282,7 +283,7 @@ mod tests {
         w.write_chunk(b"abc").unwrap();
         w.write_chunk(b"def").unwrap();
         let done = w.finish().unwrap();
-        assert_eq!(done.hash, *blake3::hash(b"abcdef").as_bytes());
+        assert_eq!(done.hash, ObjectId::of(b"abcdef"));
         assert_eq!(done.file_bytes(), 12);
         done.temp.keep();
         assert_eq!(fs::read(&p).unwrap(), b"HEADERabcdef");
