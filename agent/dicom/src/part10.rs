@@ -403,28 +403,6 @@ fn unparseable(e: crate::structure::StructureError) -> Part10Error {
     Part10Error::Parse(e.to_string())
 }
 
-/// Parse the header from the first bytes of an object still being received:
-/// `header` is what [`file_header`] returned, `data` the data set bytes so
-/// far. Fails (and the caller parses the whole file later) unless `data`
-/// reaches Pixel Data, where a whole-file parse stops too: every attribute
-/// read then comes from `data`, so the result is the whole object's (a
-/// shorter prefix could be followed by a second SOP Instance UID, which a
-/// whole-file parse would read instead). `data` is walked first ([`Walker`]),
-/// so no declared length beyond the bytes reaches dicom-object.
-pub fn read_header_prefix(header: &[u8], data: &[u8]) -> Result<ObjectHeader, Part10Error> {
-    let (meta, table) = read_meta(&mut &header[..])?;
-    let mut walker = identity::walker(&meta.transfer_syntax_uid);
-    walker.feed(data).map_err(unparseable)?;
-    if !walker.reached_pixel_data() {
-        return Err(Part10Error::Parse(
-            "the data set bytes so far do not reach Pixel Data".into(),
-        ));
-    }
-    let mut observed = walker.finish_observing();
-    observed.structure = Ok(());
-    Ok(header_of(&meta, &table, &observed))
-}
-
 /// Who sent an object, from its file meta group: (0002,0016) and the
 /// receipt pacs-mirror keeps in (0002,0102).
 fn origin_of(meta: &MetaGroup) -> (String, Option<Receipt>) {
@@ -621,26 +599,16 @@ mod tests {
         assert_eq!(h.transfer_syntax_uid, ts);
         assert_eq!(h.source_ae, "SENDER");
         assert_eq!(h.receipt, Some(receipt));
-        let header = &file[..header_len as usize];
-        // No Pixel Data: an early parse cannot know nothing follows.
-        assert!(read_header_prefix(header, &body).is_err());
-        // With Pixel Data, the first bytes up to its header are enough.
-        let mut image = body.clone();
-        image.extend_from_slice(&[0xE0, 0x7F, 0x10, 0, b'O', b'W', 0, 0, 8, 0, 0, 0]);
-        image.extend_from_slice(&[0; 8]);
-        let from_prefix = read_header_prefix(header, &image[..image.len() - 4]).unwrap();
-        assert_eq!(from_prefix, h);
-        assert!(read_header_prefix(header, &body[..20]).is_err());
     }
 
     /// A data set in tag order up to a second SOP Instance UID: a first PDV
     /// ending before the duplicate parsed "1.2.3.4" while the whole file
     /// reads "9.9.9.9" (the later element wins), so the index recorded a UID
     /// the stored file does not have. Caught by the oracle of the
-    /// `store_ingest` fuzz target; the early parse now needs the bytes up to
-    /// Pixel Data.
+    /// `store_ingest` fuzz target; the attributes are now read by the one
+    /// walk of the whole data set, fed PDV by PDV.
     #[test]
-    fn early_header_is_the_whole_files_header() {
+    fn pdvs_split_anywhere_read_what_the_whole_file_holds() {
         let receipt = Receipt {
             source_ip: "::1".into(),
             received_at_ms: 1,
@@ -656,7 +624,14 @@ mod tests {
         file.extend_from_slice(&body);
         let whole = read_header_from(std::io::Cursor::new(&file)).unwrap();
         assert_eq!(whole.sop_instance_uid, "9.9.9.9");
-        assert!(read_header_prefix(&header, &body[..first_pdv]).is_err());
+        let mut walk = identity::walker(ts);
+        let _ = walk.feed(&body[..first_pdv]);
+        let _ = walk.feed(&body[first_pdv..]);
+        let walked = walk.finish_observing();
+        assert_eq!(
+            identity::attribute(&walked, identity::SOP_INSTANCE),
+            "9.9.9.9"
+        );
     }
 
     /// A 12-byte element declaring 0xFFFFFFF0 bytes (T13 a): dicom-object
@@ -698,7 +673,6 @@ mod tests {
             ),
         ] {
             let header = file_header("1.2.3", "1.2.3.4", ts, "A", &receipt).unwrap();
-            assert!(read_header_prefix(&header, &data).is_err(), "{ts}");
             let file = [header, data].concat();
             // Read whole: the attributes before the lie, and the flaw;
             // nothing is allocated by the declared length.
@@ -735,23 +709,21 @@ mod tests {
     fn deep_nesting_is_refused_before_the_parser_recurses() {
         let (header, mut d) = uids();
         d.extend(crate::structure::tests::nested_defined(5000, false));
-        assert!(read_header_prefix(&header, &d).is_err());
         let file = [header.as_slice(), &d].concat();
         let h = read_header_from(std::io::Cursor::new(&file)).unwrap();
         let e = h.flaw.unwrap().to_string();
         assert!(e.contains("nested deeper"), "{e}");
         assert_eq!(h.study_instance_uid, "1.2.3", "read before the flaw");
-        // Nested within the limit, the header is read, early (Pixel Data
-        // follows) and from the whole file.
+        // Nested within the limit, the header is read.
         let (header, mut d) = uids();
         d.extend(crate::structure::tests::nested_defined(20, false));
         d.extend(el((0x7FE0, 0x0010), b"OW", 2, &[0, 0]));
-        let early = read_header_prefix(&header, &d).unwrap();
-        assert_eq!(early.sop_instance_uid, "1.2.3.4");
         let file = [header.as_slice(), &d].concat();
+        let h = read_header_from(std::io::Cursor::new(&file)).unwrap();
+        assert_eq!(h.flaw, None);
         assert_eq!(
-            read_header_from(std::io::Cursor::new(&file)).unwrap(),
-            early
+            (h.sop_instance_uid.as_str(), h.study_instance_uid.as_str()),
+            ("1.2.3.4", "1.2.3")
         );
     }
 

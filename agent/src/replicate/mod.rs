@@ -9,6 +9,12 @@
 //! at its end, before the index flush and before the claims are released (a
 //! crash in between loses only the record: the object is sent again).
 //!
+//! Workers run under the agent's worker runner ([`crate::worker`]). An idle
+//! worker is woken by every index batch that writes into its queue
+//! (`Index::watch_queue`: a new object finalized, a retry rescheduled, a
+//! requeue) and by claims another worker gives back; otherwise it sleeps
+//! until the queue's next row is due.
+//!
 //! An object-store target splits that work in two: its workers only upload
 //! and hand what they stored to the target's one *publisher*, then claim
 //! their next batch; the publisher writes the study manifests (the
@@ -58,9 +64,6 @@ pub const BATCH: usize = 64;
 /// sleeps until the next row is due; this only bounds what a row written
 /// some other way could wait.
 const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
-/// How soon an idle worker looks again when rows are due but claimed by
-/// another worker of its target.
-const CONTENDED_LOOK: Duration = Duration::from_millis(200);
 
 /// Where a target's copies go.
 #[derive(Debug, Clone)]
@@ -292,10 +295,9 @@ impl Worker {
             Ok(Some(at)) if at > now_ms => {
                 Duration::from_millis(at - now_ms).min(LOOK_AT_LEAST_EVERY)
             }
-            // Due but not claimable: another worker (or the publisher)
-            // holds them and wakes us when it gives them up; look again
-            // soon all the same, as a row it cannot deliver stays due.
-            Ok(Some(_)) => CONTENDED_LOOK,
+            // None due later: the rows due now (if any) are claimed by
+            // another worker or the publisher, which wakes us as it gives
+            // them back.
             _ => LOOK_AT_LEAST_EVERY,
         };
         Instant::now() + wait

@@ -1,8 +1,10 @@
 //! One accepted association: the DIMSE message loop.
 //!
-//! PDVs are reassembled here (dicom-ul's `PDataReader` mixes command and data
-//! fragments): command fragments are collected up to a bound and decoded; data
-//! fragments are handed to the [`Incoming`] store one by one, never collected.
+//! PDVs are reassembled by the DICOM layer's one reassembler
+//! (`pacs_mirror_dicom::reassembly`: command fragments collected up to a
+//! bound and decoded); data fragments are handed to the [`Incoming`] store
+//! one by one, never collected. Each C-STORE goes to its sink
+//! ([`super::receive`]): ingest, or the drill inbox for a drill receiver.
 //! Any protocol violation (data without a command, a context that was not
 //! accepted, a command in the middle of a data set, an undecodable command)
 //! aborts the association; an in-flight store is then discarded. The
