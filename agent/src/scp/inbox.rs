@@ -50,7 +50,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::receive::{Failure, Origin, Received, StoreSink, UidRule};
+use super::receive::{Failure, Origin, Received, StoreSink, check_command_uids};
 use pacs_mirror_dicom::dimse::{CStoreRq, Status};
 
 /// The status of a C-STORE no drill is waiting for (0xA700, Refused).
@@ -357,7 +357,7 @@ impl StoreSink for DrillInbox {
         origin: &Origin,
     ) -> Result<(InboxTicket, File, PathBuf), Failure> {
         let candidates = self.candidates(&origin.calling_ae, rq)?;
-        UidRule::Conformant.check(rq)?;
+        check_command_uids(rq)?;
         let dir = candidates.list[0].2.clone();
         let (file, path) = self
             .create_file(&dir)
@@ -652,6 +652,40 @@ mod tests {
         assert_eq!(files(&dir), 0);
         assert_eq!(DrillInbox::reserve_for(256 << 20), 1 << 30);
         assert_eq!(DrillInbox::reserve_for(4 << 30), 8 << 30);
+    }
+
+    /// A copy whose SOP Instance UID breaks PS3.5 9.1 (hexadecimal letters,
+    /// as some real archives hold) but can be an index key is handed to its
+    /// drill like any other: the primary holds it, so the drill must be able
+    /// to compare it. An unusable one (control character) is refused C002.
+    #[tokio::test]
+    async fn a_nonconformant_but_usable_uid_reaches_its_drill() {
+        let d = tempfile::tempdir().unwrap();
+        let inbox = DrillInbox::new();
+        let dir = d.path().join("drill-1");
+        let mut expecting = expect_study(&inbox, &dir);
+        let data = body("1.2.3", "1.2.3.abc");
+        store(
+            &inbox,
+            "MIRROR",
+            rq("1.2.3.abc", Some("AGENT")),
+            data.clone(),
+        )
+        .await
+        .unwrap();
+        let a = expecting.try_recv().expect("an arrival");
+        assert_eq!(a.sop_instance_uid, "1.2.3.abc");
+        assert_eq!(a.blake3, *blake3::hash(&data).as_bytes());
+        let e = store(
+            &inbox,
+            "MIRROR",
+            rq("1.2.3\n4", Some("AGENT")),
+            body("1.2.3", "1.2.3.4"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.status, Status::INVALID_UID, "{e:?}");
+        assert!(expecting.try_recv().is_none());
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pacs_mirror_dicom::dimse::{self, CStoreRq, Status};
+use pacs_mirror_dicom::dimse::{CStoreRq, Status};
 use pacs_mirror_dicom::identity;
 use pacs_mirror_dicom::part10::{self, Receipt};
 use pacs_mirror_dicom::structure::{Observed, Walker};
@@ -80,35 +80,22 @@ pub struct Origin {
     pub peer: SocketAddr,
 }
 
-/// Which UIDs a destination accepts in a C-STORE command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UidRule {
-    /// Any UID that can be an index key (ingest: a faithful copy, see
-    /// `pacs_mirror_store::identify`).
-    IndexKey,
-    /// Only UIDs that conform to PS3.5 9.1 (what a drill or a retrieval
-    /// asked for: a copy that breaks the rules is not the one expected).
-    Conformant,
-}
-
-impl UidRule {
-    /// Check the command's Affected SOP Instance and Class UIDs: C002 if
-    /// one breaks the rule.
-    pub fn check(self, rq: &CStoreRq) -> Result<(), Failure> {
-        for (what, uid) in [
-            ("Affected SOP Instance UID", &rq.sop_instance_uid),
-            ("Affected SOP Class UID", &rq.sop_class_uid),
-        ] {
-            let refused = |why: String| Failure::new(Status::INVALID_UID, why);
-            match self {
-                UidRule::IndexKey => identify::usable_key(uid)
-                    .map_err(|e| refused(format!("{what} cannot identify the object: {e}")))?,
-                UidRule::Conformant => {
-                    dimse::check_uid(uid).map_err(|e| refused(format!("{what}: {e}")))?
-                }
-            }
-        }
-        Ok(())
+/// Check a C-STORE command's Affected SOP Instance and Class UIDs: C002
+/// when one cannot be an index key (empty, control characters, over 1 KiB).
+/// Every destination keeps what the primary may hold: a UID that breaks
+/// PS3.5 9.1 but is usable as a key is kept (ingest records it as a
+/// finding; a drill or a retrieval compares the copy like any other), and
+/// file names never come from UIDs.
+pub fn check_command_uids(rq: &CStoreRq) -> Result<(), Failure> {
+    match identify::unusable_key([
+        ("Affected SOP Instance UID", rq.sop_instance_uid.as_str()),
+        ("Affected SOP Class UID", rq.sop_class_uid.as_str()),
+    ]) {
+        Some((what, e)) => Err(Failure::new(
+            Status::INVALID_UID,
+            format!("{what} cannot identify the object: {e}"),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -35,7 +35,7 @@ use pacs_mirror_store::commit::{CommitError, Committer, Pending};
 use pacs_mirror_store::index::CommitOutcome;
 use pacs_mirror_store::spool::{Reservation, Spool};
 
-use super::receive::{Failure, Origin, Received, StoreSink, UidRule};
+use super::receive::{Failure, Origin, Received, StoreSink, check_command_uids};
 
 /// Counters of the ingest path.
 #[derive(Debug, Default)]
@@ -75,7 +75,7 @@ impl StoreSink for Ingest {
         rq: &CStoreRq,
         _origin: &Origin,
     ) -> Result<(Reservation, File, PathBuf), Failure> {
-        UidRule::IndexKey.check(rq)?;
+        check_command_uids(rq)?;
         let (file, path) = self.spool.begin()?;
         Ok((self.spool.reservation(), file, path))
     }

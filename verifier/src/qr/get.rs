@@ -31,7 +31,7 @@ use super::{
     qr_context, send_request,
 };
 use pacs_mirror_agent::scp::receive::{
-    Failure, Incoming, Origin, Received, StoreSink, UidRule, context_refusal,
+    Failure, Incoming, Origin, Received, StoreSink, check_command_uids, context_refusal,
 };
 use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, QueryRetrieveRq, Status};
 use pacs_mirror_dicom::scu::Scu;
@@ -128,7 +128,7 @@ impl StoreSink for GetSink {
     type Kept = RetrievedInstance;
 
     fn open(&self, rq: &CStoreRq, _origin: &Origin) -> Result<((), File, PathBuf), Failure> {
-        UidRule::Conformant.check(rq)?;
+        check_command_uids(rq)?;
         let (file, path) = pacs_mirror_store::spool::create_scratch_file(
             &self.dir,
             "get",
