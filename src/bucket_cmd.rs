@@ -130,7 +130,7 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitC
         .calling_ae
         .clone()
         .unwrap_or_else(|| app::default_calling_ae(config));
-    let peer = crate::parse_peer(&args.to, &calling, args.timeout_secs)?;
+    let peer = crate::parse_peer(Some(config), &args.to, &calling, args.timeout_secs)?;
     let selection = Selection {
         studies: args.studies.clone(),
         patient_id: args.patient.clone(),

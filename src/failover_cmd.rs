@@ -283,7 +283,7 @@ fn peers(args: &FailbackArgs) -> anyhow::Result<FailbackSettings> {
         .map_or_else(|| "PACS_MIRROR".to_string(), app::default_calling_ae);
     let mirror = if args.from.contains('@') {
         let calling = args.calling_ae.as_deref().unwrap_or(&default_calling);
-        crate::parse_peer(&args.from, calling, args.timeout_secs)?
+        crate::parse_peer(config.as_ref(), &args.from, calling, args.timeout_secs)?
     } else {
         let Some(config) = &config else {
             bail!(
@@ -298,7 +298,12 @@ fn peers(args: &FailbackArgs) -> anyhow::Result<FailbackSettings> {
         peer.timeout = Duration::from_secs(args.timeout_secs);
         peer
     };
-    let primary = crate::parse_peer(&args.to, &mirror.calling_ae, args.timeout_secs)?;
+    let primary = crate::parse_peer(
+        config.as_ref(),
+        &args.to,
+        &mirror.calling_ae,
+        args.timeout_secs,
+    )?;
     Ok(FailbackSettings {
         mirror,
         primary,

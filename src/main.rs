@@ -53,10 +53,18 @@ enum Command {
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// C-ECHO a DICOM peer and say what is wrong if it fails.
+    /// C-ECHO a DICOM peer and say what is wrong if it fails (association
+    /// rejections and TLS handshake failures in plain words).
     Echo {
-        /// The peer, as AE@HOST:PORT (e.g. MIRROR@10.0.0.7:104).
+        /// The peer, as AE@HOST:PORT (e.g. MIRROR@10.0.0.7:104), or, with
+        /// --config, the AE title of a configured remote AE (its connection,
+        /// TLS and certificate identity as configured). AE@HOST:PORT of a
+        /// configured remote AE whose connection is TLS is called over TLS.
         target: String,
+        /// Configuration file: remote AEs, and the TLS certificate, key and
+        /// trusted CAs.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Our (calling) AE title.
         #[arg(long, default_value = "PACS_MIRROR")]
         calling_ae: String,
@@ -302,8 +310,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
             let config = load(config.as_deref())?;
+            let tls_problems = pacs_mirror_agent::tls::findings(&config);
+            if !tls_problems.is_empty() {
+                bail!(
+                    "{}",
+                    describe_config_error(&ConfigError::Invalid {
+                        findings: tls_problems
+                    })
+                );
+            }
+            for f in config.plaintext_findings() {
+                tracing::warn!("configuration: {f}");
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(watch_signals(shutdown.clone()));
+            tokio::spawn(watch_hangup());
             let drills = pacs_mirror_verifier::service::extension(config.clone());
             app::run_with(config, shutdown, Some(drills)).await?;
             Ok(ExitCode::SUCCESS)
@@ -373,9 +394,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Echo {
             target,
+            config,
             calling_ae,
             timeout_secs,
-        } => run_echo(&target, &calling_ae, timeout_secs).await,
+        } => {
+            let config = config.as_deref().map(|c| load(Some(c))).transpose()?;
+            run_echo(config.as_ref(), &target, &calling_ae, timeout_secs).await
+        }
         Command::Reindex { config, from } => {
             let config = load(config.as_deref())?;
             match from {
@@ -591,6 +616,9 @@ fn config_check(file: &Path) -> ExitCode {
         }
     };
     let mut findings = config.validate();
+    // The TLS files: read, parsed, key against certificate (every problem).
+    findings.extend(pacs_mirror_agent::tls::findings(&config));
+    findings.extend(config.plaintext_findings());
     if count_errors(&findings) == 0 {
         // Object-store options are checked by building each client (no
         // network access; folder targets are left alone: opening creates
@@ -621,15 +649,42 @@ fn config_check(file: &Path) -> ExitCode {
     }
 }
 
-/// `AE@HOST:PORT` → a peer, with the AE titles checked.
+/// A peer given on the command line: `AE@HOST:PORT`, or the AE title of a
+/// remote AE of `config` (its configured connection). Over TLS when the
+/// configuration has that AE on a TLS connection (then `AE@HOST:PORT` only
+/// overrides where to connect). The AE titles are checked.
 pub(crate) fn parse_peer(
+    config: Option<&Config>,
     target: &str,
     calling_ae: &str,
     timeout_secs: u64,
 ) -> anyhow::Result<scu::Peer> {
-    let (ae, rest) = target
-        .split_once('@')
-        .context("the peer must be written AE@HOST:PORT, e.g. MIRROR@10.0.0.7:104")?;
+    if let Err(e) = validate_ae_title(calling_ae) {
+        bail!("calling AE title {calling_ae:?}: {e}");
+    }
+    let configured = |ae: &str| {
+        config.and_then(|c| {
+            c.remote_ae(ae)?;
+            Some(app::remote_peer(
+                c,
+                ae,
+                Some(calling_ae),
+                calling_ae,
+                timeout_secs,
+            ))
+        })
+    };
+    let Some((ae, rest)) = target.split_once('@') else {
+        return match configured(target) {
+            Some(peer) => Ok(peer?),
+            None if config.is_some() => bail!(
+                "{target:?} is not the AE title of a configured remote AE; write the peer as AE@HOST:PORT, e.g. MIRROR@10.0.0.7:104"
+            ),
+            None => bail!(
+                "the peer must be written AE@HOST:PORT, e.g. MIRROR@10.0.0.7:104 (or give --config and a remote AE title)"
+            ),
+        };
+    };
     let (host, port) = rest
         .rsplit_once(':')
         .context("the peer must be written AE@HOST:PORT (port missing)")?;
@@ -637,22 +692,31 @@ pub(crate) fn parse_peer(
         .parse()
         .with_context(|| format!("{port:?} is not a TCP port number"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    for (what, title) in [("called AE title", ae), ("calling AE title", calling_ae)] {
-        if let Err(e) = validate_ae_title(title) {
-            bail!("{what} {title:?}: {e}");
-        }
+    if let Err(e) = validate_ae_title(ae) {
+        bail!("called AE title {ae:?}: {e}");
     }
+    let tls = match configured(ae) {
+        Some(Ok(peer)) => peer.tls,
+        Some(Err(app::PeerError::NoConnection(_))) | None => None,
+        Some(Err(e)) => return Err(e.into()),
+    };
     Ok(scu::Peer {
         calling_ae: calling_ae.to_string(),
         called_ae: ae.to_string(),
         host: host.to_string(),
         port,
         timeout: Duration::from_secs(timeout_secs),
+        tls,
     })
 }
 
-async fn run_echo(target: &str, calling_ae: &str, timeout_secs: u64) -> anyhow::Result<ExitCode> {
-    let peer = parse_peer(target, calling_ae, timeout_secs)?;
+async fn run_echo(
+    config: Option<&Config>,
+    target: &str,
+    calling_ae: &str,
+    timeout_secs: u64,
+) -> anyhow::Result<ExitCode> {
+    let peer = parse_peer(config, target, calling_ae, timeout_secs)?;
     match scu::echo(&peer).await {
         Ok(ok) => {
             println!(
@@ -738,6 +802,37 @@ fn reindex(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// SIGHUP: read the DICOM TLS files again. The next association uses the
+/// new certificate; those in progress keep theirs. Bad files keep the old
+/// material, with an error in the log.
+async fn watch_hangup() {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGHUP: TLS certificates are not reloaded");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let results = pacs_mirror_agent::tls::reload();
+        if results.is_empty() {
+            tracing::info!("SIGHUP: no DICOM TLS configured, nothing to reload");
+        }
+        for r in results {
+            match r {
+                Ok(cert) => tracing::info!(
+                    certificate = cert.as_deref().unwrap_or("none"),
+                    "SIGHUP: DICOM TLS files reloaded; new associations use them"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: DICOM TLS files NOT reloaded (the previous certificate stays in use)"
+                ),
+            }
+        }
+    }
 }
 
 async fn watch_signals(shutdown: CancellationToken) {

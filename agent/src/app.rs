@@ -19,7 +19,7 @@ use crate::replicate::{Destination, TargetSpec};
 use crate::scp::access::AePolicy;
 use crate::scp::inbox::DrillInbox;
 use crate::scp::store::{Ingest, IngestCounters};
-use crate::scp::{AeSettings, ListenerSettings, Scp, ScpError, Services};
+use crate::scp::{AeSettings, ListenerSettings, ListenerTls, Scp, ScpError, Services};
 use pacs_mirror_dicom::scu::Peer;
 use pacs_mirror_store::commit::Committer;
 use pacs_mirror_store::index::{Index, IndexError};
@@ -55,6 +55,9 @@ pub enum AppError {
     /// An object-storage target could not be set up.
     #[error("target: {0}")]
     Bucket(#[from] BucketError),
+    /// The DICOM TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsLoadError),
     /// A task panicked.
     #[error("internal: {0}")]
     Internal(String),
@@ -123,15 +126,17 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
                 calling_ae,
                 ..
             } => {
-                let Some(peer) = remote_peer(
+                let peer = match remote_peer(
                     config,
                     remote_ae,
                     calling_ae.as_deref(),
                     &default_calling,
                     d.timeout_secs,
-                ) else {
+                ) {
+                    Ok(p) => p,
                     // `validate` reports a dangling or unusable remote AE.
-                    continue;
+                    Err(PeerError::NoConnection(_)) => continue,
+                    Err(PeerError::Tls(e)) => return Err(AppError::Tls(e)),
                 };
                 (Destination::Dicom(peer), d.concurrency as usize, 1)
             }
@@ -180,22 +185,42 @@ pub fn default_calling_ae(config: &Config) -> String {
         .unwrap_or_else(|| "PACS_MIRROR".into())
 }
 
-/// A remote AE of the configuration as a peer to connect to.
+/// Why a remote AE cannot be connected to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// No such remote AE, or it has no installed connection.
+    #[error("remote AE {0} is not configured with an installed network connection")]
+    NoConnection(String),
+    /// Its connection is TLS and the device's TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsLoadError),
+}
+
+/// A remote AE of the configuration as a peer to connect to: over TLS when
+/// its connection has `tls_cipher_suites`, holding it to its certificate
+/// identity.
 pub fn remote_peer(
     config: &Config,
     remote_ae: &str,
     calling_ae: Option<&str>,
     default_calling: &str,
     timeout_secs: u64,
-) -> Option<Peer> {
-    let (device, ae) = config.remote_ae(remote_ae)?;
-    let conn = ae.network_connections.iter().find_map(|c| {
-        device
-            .network_connections
-            .iter()
-            .find(|nc| &nc.name == c && nc.installed)
-    })?;
-    Some(Peer {
+) -> Result<Peer, PeerError> {
+    let no_connection = || PeerError::NoConnection(remote_ae.trim().to_string());
+    let (device, ae) = config.remote_ae(remote_ae).ok_or_else(no_connection)?;
+    let conn = Config::remote_connection(device, ae).ok_or_else(no_connection)?;
+    let tls = if conn.is_tls() {
+        let tls = crate::tls::device_tls(config)?.ok_or_else(no_connection)?;
+        Some(pacs_mirror_dicom::scu::ClientTls {
+            tls,
+            suites: crate::tls::suites(conn),
+            identity: crate::tls::identity(ae),
+        })
+    } else {
+        None
+    };
+    Ok(Peer {
         calling_ae: calling_ae
             .map(|a| a.trim().to_string())
             .unwrap_or_else(|| default_calling.to_string()),
@@ -203,6 +228,7 @@ pub fn remote_peer(
         host: conn.hostname.clone(),
         port: conn.port,
         timeout: Duration::from_secs(timeout_secs),
+        tls,
     })
 }
 
@@ -219,6 +245,13 @@ pub async fn listener_settings(config: &Config) -> Result<Vec<ListenerSettings>,
                 .iter()
                 .filter_map(|title| config.remote_ae(title))
                 .map(|(_, r)| (r.ae_title.trim().to_string(), r.source_addresses.clone()))
+                .collect(),
+            identities: ae
+                .allowed_calling_aes
+                .iter()
+                .filter_map(|title| config.remote_ae(title))
+                .map(|(_, r)| (r.ae_title.trim().to_string(), crate::tls::identity(r)))
+                .filter(|(_, id)| id.is_set())
                 .collect(),
         };
         let scp_caps: Vec<_> = ae
@@ -261,6 +294,18 @@ pub async fn listener_settings(config: &Config) -> Result<Vec<ListenerSettings>,
                 continue;
             }
             let bind = resolve(&conn.hostname, conn.port).await?;
+            let tls = if conn.is_tls() {
+                let tls = crate::tls::device_tls(config)?.ok_or_else(|| {
+                    AppError::Internal("TLS connection without TLS material".into())
+                })?;
+                Some(ListenerTls {
+                    tls,
+                    suites: crate::tls::suites(conn),
+                    require_client_certificate: conn.require_client_certificate,
+                })
+            } else {
+                None
+            };
             out.push((
                 conn_name.clone(),
                 ListenerSettings {
@@ -273,6 +318,7 @@ pub async fn listener_settings(config: &Config) -> Result<Vec<ListenerSettings>,
                     max_pdu_bytes: ae.max_pdu_bytes,
                     artim_timeout: Duration::from_secs(ae.artim_timeout_secs),
                     idle_timeout: Duration::from_secs(ae.idle_timeout_secs),
+                    tls,
                 },
             ));
         }
@@ -487,11 +533,14 @@ pub async fn run_with(
         .iter()
         .map(|t| (t.name().to_string(), health.get(t.name()).cloned()))
         .collect();
-    let monitor = Arc::new(crate::monitor::Monitor::new(
-        crate::monitor::Settings::from_config(&config),
-        ingest.activity.clone(),
-        started_at_ms,
-    ));
+    let monitor = Arc::new(
+        crate::monitor::Monitor::new(
+            crate::monitor::Settings::from_config(&config),
+            ingest.activity.clone(),
+            started_at_ms,
+        )
+        .with_tls(crate::tls::device_tls(&config)?),
+    );
     workers.spawn(
         crate::monitor::Checker::new(
             monitor.clone(),

@@ -46,6 +46,7 @@ pub mod monitor;
 pub mod replicate;
 pub mod retention;
 pub mod scp;
+pub mod tls;
 pub mod worker;
 
 /// Unix time in milliseconds.

@@ -38,6 +38,10 @@ pub struct AlertsConfig {
     /// duplicate AE title. Default: 86400 s (one day).
     #[serde(default = "default_duplicate_ae_window_secs")]
     pub duplicate_ae_window_secs: u64,
+    /// Alert this many days before this device's DICOM TLS certificate
+    /// expires (and again once it has expired). Default: 30.
+    #[serde(default = "default_certificate_expiry_warning_days")]
+    pub certificate_expiry_warning_days: u64,
     /// Sources that must not fall silent, one `[[alerts.silence]]` each.
     #[serde(default)]
     pub silence: Vec<SilenceRule>,
@@ -53,6 +57,7 @@ impl Default for AlertsConfig {
             queue_stuck_after_secs: default_queue_stuck_after_secs(),
             spool_headroom_min_bytes: default_spool_headroom_min_bytes(),
             duplicate_ae_window_secs: default_duplicate_ae_window_secs(),
+            certificate_expiry_warning_days: default_certificate_expiry_warning_days(),
             silence: Vec::new(),
         }
     }
@@ -194,6 +199,10 @@ fn default_queue_stuck_after_secs() -> u64 {
 fn default_spool_headroom_min_bytes() -> u64 {
     10 << 30
 }
+fn default_certificate_expiry_warning_days() -> u64 {
+    30
+}
+
 fn default_duplicate_ae_window_secs() -> u64 {
     86_400
 }

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls::DeviceTls;
+
 /// Default for [`Device::data_dir`].
 pub const DEFAULT_DATA_DIR: &str = "./pacs-mirror-data";
 /// Default for [`NetworkAe::max_associations`].
@@ -73,6 +75,10 @@ pub struct Device {
     /// The local application entities, one `[[device.network_ae]]` table each.
     #[serde(rename = "network_ae")]
     pub network_aes: Vec<NetworkAe>,
+    /// The certificate, key and trusted CAs of DICOM TLS (`[device.tls]`);
+    /// needed as soon as a network connection has `tls_cipher_suites`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DeviceTls>,
 }
 
 /// A TCP endpoint (Annex H `dicomNetworkConnection`). Used for the local
@@ -97,6 +103,26 @@ pub struct NetworkConnection {
     /// Default: `true`.
     #[serde(default = "yes")]
     pub installed: bool,
+    /// The cipher suites of DICOM TLS on this connection (Annex H
+    /// `dicomTLSCipherSuite`): a non-empty list makes it a TLS connection
+    /// (a listener that accepts TLS only; a remote one we connect to with
+    /// TLS). `["BCP195-ND"]` is the BCP 195 non-downgrading profile (TLS 1.2
+    /// and 1.3, AEAD suites with forward secrecy); IANA suite names may be
+    /// listed instead. Empty (the default): plaintext DICOM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_cipher_suites: Vec<String>,
+    /// Mutual TLS on a local TLS connection: a peer must present a
+    /// certificate issued by `device.tls.trusted_ca`, or its handshake fails.
+    /// Default: `false` (a certificate, if presented, is still verified).
+    #[serde(default)]
+    pub require_client_certificate: bool,
+}
+
+impl NetworkConnection {
+    /// Whether this is a TLS connection (non-empty `tls_cipher_suites`).
+    pub fn is_tls(&self) -> bool {
+        !self.tls_cipher_suites.is_empty()
+    }
 }
 
 /// A local application entity (Annex H `dicomNetworkAE`): an AE title that

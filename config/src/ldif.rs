@@ -368,6 +368,14 @@ fn push_connections(entries: &mut Vec<Entry>, conns: &[NetworkConnection], devic
             .attr("dicomHostname", c.hostname.as_str())
             .attr("dicomPort", c.port.to_string())
             .attr("dicomInstalled", boolean(c.installed));
+        // Annex H: one dicomTLSCipherSuite value per suite (the profile
+        // name is expanded; an unknown entry is written as given).
+        let suites: Vec<String> = crate::tls::expand_cipher_suites(&c.tls_cipher_suites)
+            .map(|v| v.into_iter().map(str::to_string).collect())
+            .unwrap_or_else(|_| c.tls_cipher_suites.clone());
+        for suite in suites {
+            e.attr("dicomTLSCipherSuite", suite);
+        }
         entries.push(e);
     }
 }

@@ -22,6 +22,10 @@
 //! | `….network_connection.hostname` | `dicomHostname` |
 //! | `….network_connection.port` | `dicomPort` |
 //! | `….network_connection.installed` | `dicomInstalled` |
+//! | `….network_connection.tls_cipher_suites` | `dicomTLSCipherSuite` (`["BCP195-ND"]`: the PS3.15 B.9 profile) |
+//! | `….network_connection.require_client_certificate` | — (pacs-mirror: mutual TLS on a listener) |
+//! | `[device.tls]` `certificate`, `private_key` | `dicomThisNodeCertificateReference` |
+//! | `[device.tls]` `trusted_ca` | `dicomAuthorizedNodeCertificateReference` |
 //! | `[[device.network_ae]]` | Network AE (`dicomNetworkAE`) |
 //! | `….network_ae.ae_title` | `dicomAETitle` |
 //! | `….network_ae.description` | `dicomDescription` |
@@ -40,6 +44,7 @@
 //! | `[[remote_device.network_connection]]` | its Network Connections |
 //! | `[[remote_device.network_ae]]` | its Network AEs (same attributes as above) |
 //! | `….remote_device.network_ae.source_addresses` | — (pacs-mirror: where a sender may connect from) |
+//! | `….remote_device.network_ae.certificate_name`, `certificate_sha256` | — (pacs-mirror: the TLS certificate identity an AE must present) |
 //! | `[spool]` | — (pacs-mirror: spool limits) |
 //! | `[[target]]` | — (pacs-mirror: replication targets) |
 //!
@@ -73,6 +78,7 @@ pub mod ldif;
 mod remote;
 mod spool;
 mod target;
+pub mod tls;
 mod validate;
 
 pub use admin::AdminConfig;
@@ -92,6 +98,7 @@ pub use host::{SourceAddressError, is_loopback_host, parse_source_address};
 pub use remote::{RemoteAe, RemoteDevice};
 pub use spool::{DEFAULT_MIN_FREE_BYTES, MIN_MAX_OBJECT_BYTES, MIN_SPOOL_MAX_BYTES, SpoolConfig};
 pub use target::{Delivery, OBJECT_STORE_SCHEMES, Target};
+pub use tls::{BCP195_ND, CipherSuiteInfo, DeviceTls, TlsVersion, cipher_suites};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +189,8 @@ impl Config {
                     hostname: "127.0.0.1".to_string(),
                     port: 11112,
                     installed: true,
+                    tls_cipher_suites: Vec::new(),
+                    require_client_certificate: false,
                 }],
                 network_aes: vec![NetworkAe {
                     ae_title: "PACS_MIRROR".to_string(),
@@ -199,6 +208,7 @@ impl Config {
                     idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
                     drill_receiver: false,
                 }],
+                tls: None,
             },
             spool: SpoolConfig::default(),
             remote_devices: Vec::new(),
@@ -250,6 +260,20 @@ impl Config {
             .network_connections
             .iter()
             .find(|c| c.name == name)
+    }
+
+    /// The connection pacs-mirror uses to reach a remote AE: the first
+    /// installed one it names (the AE's `network_connections` order).
+    pub fn remote_connection<'a>(
+        device: &'a RemoteDevice,
+        ae: &RemoteAe,
+    ) -> Option<&'a NetworkConnection> {
+        ae.network_connections.iter().find_map(|c| {
+            device
+                .network_connections
+                .iter()
+                .find(|nc| &nc.name == c && nc.installed)
+        })
     }
 
     /// The remote AE whose AE title is `ae_title`, with its device.

@@ -59,4 +59,17 @@ pub struct RemoteAe {
     /// any address.
     #[serde(default, deserialize_with = "deserialize_source_addresses")]
     pub source_addresses: Vec<IpNet>,
+    /// Over TLS, the name its certificate must carry: a DNS name among its
+    /// subject alternative names, or its subject common name. Checked on the
+    /// client certificate of an association it opens (then it must present
+    /// one) and on the server certificate when we connect to it (instead of
+    /// the connection's hostname). Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_name: Option<String>,
+    /// Over TLS, the SHA-256 fingerprint of the certificate it must present
+    /// (64 hex digits, colons allowed: `openssl x509 -noout -fingerprint
+    /// -sha256`). A pinned certificate is accepted without a CA (e.g.
+    /// self-signed); any other certificate is refused. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
 }

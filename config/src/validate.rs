@@ -88,6 +88,7 @@ impl Config {
         self.check_drills(&mut r, &index);
         self.check_drill_receivers(&mut r);
         self.check_alerts(&mut r, &index);
+        self.check_tls(&mut r);
         r.findings
     }
 
@@ -988,6 +989,7 @@ fn known_names(connections: &[NetworkConnection]) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests;
+mod tls;
 
 /// Ranges of the delivery settings every target has.
 fn check_delivery(p: &str, d: &crate::target::Delivery, max_concurrency: u64, r: &mut Report) {

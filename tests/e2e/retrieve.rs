@@ -150,6 +150,7 @@ impl Fixture {
             host: "127.0.0.1".into(),
             port: self.orthanc.dicom_port,
             timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 
@@ -693,6 +694,7 @@ fn c_move_to_storescp_delivers_byte_exact() {
             host: "127.0.0.1".into(),
             port,
             timeout: Duration::from_secs(5),
+            tls: None,
         };
         let mut ready = false;
         for _ in 0..100 {
@@ -810,6 +812,7 @@ fn c_get_of_a_100_instance_study_reports_recovery_times() {
         host: "127.0.0.1".into(),
         port: orthanc.dicom_port,
         timeout: Duration::from_secs(30),
+        tls: None,
     };
     let scratch = dir.path().join("scratch");
     let out = runtime()

@@ -1028,6 +1028,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             timeout: Duration::from_secs(5),
+            tls: None,
         };
         let settings = FailbackSettings {
             mirror: peer("MIRROR"),

@@ -315,11 +315,7 @@ pub fn mirror_of(config: &Config, target: &str) -> Result<(Peer, Vec<String>), F
         &pacs_mirror_agent::app::default_calling_ae(config),
         *timeout_secs,
     )
-    .ok_or_else(|| {
-        FailoverError::Target(format!(
-            "target {target:?}: its remote AE {remote_ae} has no usable connection"
-        ))
-    })?;
+    .map_err(|e| FailoverError::Target(format!("target {target:?}: {e}")))?;
     Ok((peer, buckets))
 }
 

@@ -69,6 +69,9 @@ pub enum TargetError {
     /// The bucket cannot be opened.
     #[error(transparent)]
     Bucket(#[from] pacs_mirror_agent::bucket::BucketError),
+    /// The target is reached over TLS and the TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] pacs_mirror_agent::tls::TlsLoadError),
 }
 
 /// Why a drill could not run (a drill that ran and failed is a report).
@@ -113,7 +116,10 @@ pub fn drill_target(
                 &app::default_calling_ae(config),
                 timeout.as_secs(),
             )
-            .ok_or_else(|| TargetError::NoConnection(name.to_string()))?;
+            .map_err(|e| match e {
+                app::PeerError::Tls(e) => TargetError::Tls(e),
+                _ => TargetError::NoConnection(name.to_string()),
+            })?;
             let drill = config.drills.iter().find(|d| d.target == name);
             match drill.filter(|d| d.retrieve == Retrieve::CMove) {
                 None => DrillTarget::Dicom(peer),

@@ -29,3 +29,4 @@ pub mod sop_classes;
 pub mod structure;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;

@@ -130,6 +130,7 @@ pub mod peers {
             host: "127.0.0.1".into(),
             port,
             timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! | `circuit_open` | target | the target is unreachable (deliveries paused, probing) |
 //! | `spool_low_space` | `spool` | less than `spool_headroom_min_bytes` is left before stores are refused with A700 |
 //! | `duplicate_ae_title` | calling AE | one calling AE title called from two or more addresses within `duplicate_ae_window_secs` |
+//! | `certificate_expiring` | `tls` | this device's DICOM TLS certificate expires within `certificate_expiry_warning_days` (or has expired) |
 //!
 //! | `monitor_error` | what could not be read | the index or the spool's filesystem cannot be read (the conditions that depend on it keep their last state) |
 //!
@@ -69,6 +70,8 @@ pub struct Settings {
     /// `source_addresses`: seen from those addresses only, it is the one
     /// device configured so (a multi-homed PACS), not a duplicate title.
     pub known_addresses: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Warn this long before the TLS certificate expires.
+    pub certificate_warning_secs: u64,
 }
 
 /// A condition that has not held for this many checks in a row is cleared.
@@ -120,6 +123,7 @@ impl Settings {
                 .collect(),
             min_free_bytes: config.spool.min_free_bytes,
             max_bytes: config.spool.max_bytes,
+            certificate_warning_secs: a.certificate_expiry_warning_days.saturating_mul(86_400),
             known_addresses: config
                 .remote_devices
                 .iter()
@@ -175,6 +179,9 @@ pub struct Inputs<'a> {
     pub targets: &'a BTreeMap<String, TargetStatus>,
     /// The spool's room; None when the filesystem could not be asked.
     pub room: Option<SpoolRoom>,
+    /// This device's TLS certificate: described, and its end of validity
+    /// (Unix s); None without TLS.
+    pub certificate: Option<(String, i64)>,
 }
 
 /// A condition that holds.
@@ -208,6 +215,8 @@ pub struct Gauges {
     pub free_bytes: Option<u64>,
     /// Bytes before A700.
     pub headroom_bytes: Option<u64>,
+    /// Seconds until the TLS certificate expires (negative: expired).
+    pub certificate_expiry_s: Option<i64>,
 }
 
 /// Evaluate every condition. Pure: `tz` is the zone of the active hours.
@@ -321,6 +330,28 @@ where
             });
         }
     }
+    if let Some((described, not_after)) = &i.certificate {
+        let left = not_after.saturating_sub((i.now_ms / 1000) as i64);
+        g.certificate_expiry_s = Some(left);
+        if left < s.certificate_warning_secs as i64 {
+            let when = local_time(tz, (*not_after).max(0) as u64 * 1000);
+            let text = if left <= 0 {
+                format!(
+                    "this device's DICOM TLS certificate EXPIRED {when} ({described}): TLS peers refuse it now; renew it and send SIGHUP (runbook: ops/runbooks/tls-certificate-renewal.md)"
+                )
+            } else {
+                format!(
+                    "this device's DICOM TLS certificate expires in {} ({when}; {described}): renew it and send SIGHUP (runbook: ops/runbooks/tls-certificate-renewal.md)",
+                    duration_text(left as u64)
+                )
+            };
+            out.push(Condition {
+                kind: "certificate_expiring",
+                subject: "tls".into(),
+                text,
+            });
+        }
+    }
     if let Some(room) = i.room {
         let headroom = room.headroom(s);
         g.free_bytes = Some(room.free_bytes);
@@ -382,6 +413,8 @@ struct State {
 /// The monitor of a running agent.
 pub struct Monitor {
     settings: Settings,
+    /// This device's TLS material, for the certificate's expiry.
+    tls: Option<Arc<pacs_mirror_dicom::tls::Tls>>,
     /// Fed by the store path.
     pub activity: Arc<Activity>,
     started_ms: u64,
@@ -393,10 +426,17 @@ impl Monitor {
     pub fn new(settings: Settings, activity: Arc<Activity>, started_ms: u64) -> Self {
         Monitor {
             settings,
+            tls: None,
             activity,
             started_ms,
             state: Mutex::default(),
         }
+    }
+
+    /// Watch this TLS material's certificate for expiry.
+    pub fn with_tls(mut self, tls: Option<Arc<pacs_mirror_dicom::tls::Tls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The thresholds.
@@ -577,6 +617,11 @@ impl Monitor {
             sources: &sources,
             targets: &statuses,
             room,
+            certificate: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.certificate())
+                .map(|c| (c.describe(), c.not_after)),
         };
         let (mut conditions, gauges) = evaluate(&self.settings, &inputs, &chrono::Local);
         let spool_unknown = room.is_none();
@@ -637,6 +682,22 @@ impl Monitor {
             "Bytes that can still be stored before the spool refuses stores (A700).",
             "gauge",
             g.headroom_bytes.map(|v| (String::new(), v)),
+        );
+        m.family(
+            "pacs_mirror_tls_certificate_expiry_seconds",
+            "Seconds until this device's DICOM TLS certificate expires (0: expired).",
+            "gauge",
+            g.certificate_expiry_s
+                .map(|v| (String::new(), v.max(0) as u64)),
+        );
+        m.family(
+            "pacs_mirror_tls_handshake_failures_total",
+            "Inbound DICOM TLS handshakes that failed since start, by reason.",
+            "counter",
+            crate::tls::handshake_failures()
+                .snapshot()
+                .into_iter()
+                .map(|(reason, n)| (label("reason", &reason), n)),
         );
         m.family(
             "pacs_mirror_alert_firing",

@@ -27,6 +27,7 @@ fn settings() -> Settings {
         min_free_bytes: 256 << 20,
         max_bytes: None,
         known_addresses: BTreeMap::new(),
+        certificate_warning_secs: 30 * 86_400,
     }
 }
 
@@ -57,6 +58,7 @@ fn eval(
         sources,
         targets,
         room,
+        certificate: None,
     };
     evaluate(s, &i, &Utc)
 }
@@ -98,6 +100,7 @@ fn silence_counts_from_the_last_store_or_the_start() {
         sources: &long_ago,
         targets: &BTreeMap::new(),
         room: None,
+        certificate: None,
     };
     let (quiet, g) = evaluate(&s, &i, &Utc);
     assert!(quiet.is_empty(), "{quiet:?}");
@@ -361,4 +364,34 @@ fn human_texts() {
     assert_eq!(duration_text(2 * 86_400 + 3600), "2 d 01 h");
     assert_eq!(bytes_text(512), "512 B");
     assert_eq!(bytes_text(3 << 30), "3.0 GiB");
+}
+
+#[test]
+fn an_expiring_certificate_raises_its_alert_and_an_expired_one_says_so() {
+    let s = settings();
+    let sources = BTreeMap::new();
+    let targets = BTreeMap::new();
+    let at = |not_after_s: i64| {
+        let i = Inputs {
+            now_ms: NOW,
+            started_ms: NOW - H,
+            sources: &sources,
+            targets: &targets,
+            room: None,
+            certificate: Some(("subject \"CN=agent\"".into(), not_after_s)),
+        };
+        evaluate(&s, &i, &Utc)
+    };
+    let now_s = (NOW / 1000) as i64;
+    let (fine, g) = at(now_s + 31 * 86_400);
+    assert!(fine.is_empty(), "{fine:?}");
+    assert_eq!(g.certificate_expiry_s, Some(31 * 86_400));
+    let (soon, _) = at(now_s + 29 * 86_400);
+    assert_eq!(kinds(&soon), [("certificate_expiring", "tls")]);
+    assert!(soon[0].text.contains("expires in"), "{}", soon[0].text);
+    assert!(soon[0].text.contains("CN=agent"), "{}", soon[0].text);
+    let (gone, g) = at(now_s - 60);
+    assert_eq!(kinds(&gone), [("certificate_expiring", "tls")]);
+    assert!(gone[0].text.contains("EXPIRED"), "{}", gone[0].text);
+    assert_eq!(g.certificate_expiry_s, Some(-60));
 }

@@ -1,5 +1,12 @@
 //! Who may open an association: the called AE must be one of ours, and the
-//! calling AE must be allowed from the peer's address.
+//! calling AE must be allowed from the peer's address; over TLS, and for a
+//! calling AE with a certificate identity (`certificate_name`,
+//! `certificate_sha256`), the client certificate must show it.
+//!
+//! Identity is (AE title, address, certificate): an AE with a certificate
+//! identity is refused on a plaintext listener and without a certificate;
+//! a certificate that no trusted CA issued (accepted by the TLS layer only
+//! because some AE pins it) is accepted only for the AE that pins it.
 //!
 //! dicom-ul's `AccessControl` hook sees AE titles but not the peer address, so
 //! one [`PeerAccess`] is made per TCP connection, carrying the address.
@@ -10,12 +17,14 @@
 //! that the listener can name them when it logs the A-ASSOCIATE-RJ of a
 //! rejection dicom-ul decided by itself.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 use ipnet::IpNet;
+use pacs_mirror_dicom::tls::{ClientCertificate, Identity};
 
 /// Access policy of one local AE.
 #[derive(Debug, Clone)]
@@ -26,6 +35,8 @@ pub struct AePolicy {
     pub accept_any_calling_ae: bool,
     /// Allowed (calling AE title, source networks).
     pub allowed: Vec<(String, Vec<IpNet>)>,
+    /// The certificate identities of allowed calling AEs that have one.
+    pub identities: Vec<(String, Identity)>,
 }
 
 /// Why an association is refused.
@@ -37,17 +48,32 @@ pub enum Refusal {
     UnknownCallingAe,
     /// The calling AE is known but not from this address.
     WrongAddress,
+    /// Its certificate (or the lack of one, or of TLS) does not fit.
+    Certificate(String),
 }
 
 impl Refusal {
     /// In words, for the log.
-    pub fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> Cow<'static, str> {
         match self {
-            Refusal::CalledAe => "called AE title is not one of this listener's",
-            Refusal::UnknownCallingAe => "calling AE title is not on the allow-list",
-            Refusal::WrongAddress => "calling AE title is allowed, but not from this address",
+            Refusal::CalledAe => "called AE title is not one of this listener's".into(),
+            Refusal::UnknownCallingAe => "calling AE title is not on the allow-list".into(),
+            Refusal::WrongAddress => {
+                "calling AE title is allowed, but not from this address".into()
+            }
+            Refusal::Certificate(why) => why.clone().into(),
         }
     }
+}
+
+/// What the connection tells of the peer's certificate.
+#[derive(Debug, Clone, Copy)]
+pub enum Transport<'a> {
+    /// A plaintext connection.
+    Plain,
+    /// TLS: the verified client certificate (DER, and whether a trusted CA
+    /// issued it), if one was presented.
+    Tls(Option<(&'a [u8], bool)>),
 }
 
 /// The AE titles of an association request, as the access check saw them.
@@ -63,25 +89,65 @@ pub struct Seen {
 
 impl AePolicy {
     /// Decide for one association request.
-    pub fn check(&self, calling_ae: &str, peer: IpAddr) -> Result<(), Refusal> {
-        if self.accept_any_calling_ae {
-            return Ok(());
-        }
+    pub fn check(
+        &self,
+        calling_ae: &str,
+        peer: IpAddr,
+        transport: Transport<'_>,
+    ) -> Result<(), Refusal> {
         let calling = calling_ae.trim();
-        let mut known = false;
-        for (ae, nets) in &self.allowed {
-            if ae == calling {
-                known = true;
-                if nets.iter().any(|n| n.contains(&canonical(peer))) {
-                    return Ok(());
+        if !self.accept_any_calling_ae {
+            let mut known = false;
+            let mut from_here = false;
+            for (ae, nets) in &self.allowed {
+                if ae == calling {
+                    known = true;
+                    from_here |= nets.iter().any(|n| n.contains(&canonical(peer)));
                 }
             }
+            match (known, from_here) {
+                (false, _) => return Err(Refusal::UnknownCallingAe),
+                (true, false) => return Err(Refusal::WrongAddress),
+                (true, true) => {}
+            }
         }
-        Err(if known {
-            Refusal::WrongAddress
-        } else {
-            Refusal::UnknownCallingAe
-        })
+        let identity = self
+            .identities
+            .iter()
+            .find(|(ae, _)| ae == calling)
+            .map(|(_, id)| id);
+        certificate_fits(calling, identity, transport).map_err(Refusal::Certificate)
+    }
+}
+
+/// The certificate rule: an AE with an identity calls over TLS with a
+/// certificate showing it; a certificate no trusted CA issued is good only
+/// for the AE that pins it.
+fn certificate_fits(
+    calling: &str,
+    identity: Option<&Identity>,
+    transport: Transport<'_>,
+) -> Result<(), String> {
+    match (identity, transport) {
+        (Some(_), Transport::Plain) => Err(format!(
+            "{calling:?} has a certificate identity (certificate_name/certificate_sha256) and must call over TLS, not on this plaintext listener"
+        )),
+        (Some(_), Transport::Tls(None)) => Err(format!(
+            "{calling:?} has a certificate identity but presented no client certificate"
+        )),
+        (Some(id), Transport::Tls(Some((der, by_ca)))) => {
+            id.check(der).map_err(|e| format!("{calling:?}: {e}"))?;
+            if !by_ca && id.sha256.is_none() {
+                return Err(format!(
+                    "{calling:?}: its certificate is not issued by a trusted CA"
+                ));
+            }
+            Ok(())
+        }
+        (None, Transport::Tls(Some((_, false)))) => Err(format!(
+            "{calling:?}: its certificate is not issued by a trusted CA (it is pinned for another AE)"
+        )),
+        (None, _) => Ok(()),
     }
 }
 
@@ -118,6 +184,9 @@ pub struct PeerAccess {
     pub peer: SocketAddr,
     /// What the request said, set by the access check.
     pub seen: Arc<OnceLock<Seen>>,
+    /// On a TLS listener, where the verified client certificate is recorded
+    /// during the handshake (None: plaintext).
+    pub client_certificate: Option<ClientCertificate>,
 }
 
 impl PeerAccess {
@@ -127,6 +196,7 @@ impl PeerAccess {
             policies,
             peer,
             seen: Arc::new(OnceLock::new()),
+            client_certificate: None,
         }
     }
 
@@ -138,7 +208,11 @@ impl PeerAccess {
             .iter()
             .find(|p| p.ae_title == called)
             .ok_or(Refusal::CalledAe)?;
-        policy.check(calling_ae, self.peer.ip())?;
+        let transport = match &self.client_certificate {
+            None => Transport::Plain,
+            Some(slot) => Transport::Tls(slot.get()),
+        };
+        policy.check(calling_ae, self.peer.ip(), transport)?;
         Ok(policy)
     }
 }
@@ -164,7 +238,7 @@ impl AccessControl for PeerAccess {
                 calling_ae,
                 called_ae,
                 peer = %self.peer,
-                reason = refusal.describe(),
+                reason = %refusal.describe(),
                 "association refused"
             );
         }
@@ -175,7 +249,7 @@ impl AccessControl for PeerAccess {
             }
             // The (AE, address) pair is the identity: a known AE from the
             // wrong address is as unrecognized as an unknown AE.
-            Err(Refusal::UnknownCallingAe | Refusal::WrongAddress) => {
+            Err(Refusal::UnknownCallingAe | Refusal::WrongAddress | Refusal::Certificate(_)) => {
                 Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
             }
         }
@@ -195,6 +269,7 @@ mod tests {
                     "PRIMARY".into(),
                     vec!["10.0.0.5/32".parse().unwrap(), "fd00::/8".parse().unwrap()],
                 )],
+                identities: vec![],
             }]),
             SocketAddr::new(peer.parse().unwrap(), 4000),
         )
@@ -219,8 +294,44 @@ mod tests {
             ae_title: "OPEN".into(),
             accept_any_calling_ae: true,
             allowed: vec![],
+            identities: vec![],
         });
         assert!(may_be_admitted(&open, "192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_certificate_rule() {
+        let pin = Identity {
+            name: None,
+            sha256: Some(pacs_mirror_dicom::tls::sha256(b"pinned")),
+        };
+        let fits = |id: Option<&Identity>, t: Transport<'_>| certificate_fits("PRIMARY", id, t);
+        // No identity: plaintext, TLS without a certificate, a CA's certificate.
+        assert!(fits(None, Transport::Plain).is_ok());
+        assert!(fits(None, Transport::Tls(None)).is_ok());
+        assert!(fits(None, Transport::Tls(Some((b"any", true)))).is_ok());
+        // A certificate accepted only for someone else's pin.
+        let e = fits(None, Transport::Tls(Some((b"pinned", false)))).unwrap_err();
+        assert!(e.contains("not issued by a trusted CA"), "{e}");
+        // With an identity: TLS and that certificate only.
+        let e = fits(Some(&pin), Transport::Plain).unwrap_err();
+        assert!(e.contains("must call over TLS"), "{e}");
+        let e = fits(Some(&pin), Transport::Tls(None)).unwrap_err();
+        assert!(e.contains("presented no client certificate"), "{e}");
+        assert!(fits(Some(&pin), Transport::Tls(Some((b"pinned", false)))).is_ok());
+        let e = fits(Some(&pin), Transport::Tls(Some((b"other", true)))).unwrap_err();
+        assert!(e.contains("not the pinned one"), "{e}");
+        // A name needs a CA as well as the name.
+        let named = Identity {
+            name: Some("primary.example.org".into()),
+            sha256: None,
+        };
+        let e = fits(
+            Some(&named),
+            Transport::Tls(Some((b"not a certificate", true))),
+        )
+        .unwrap_err();
+        assert!(e.contains("does not carry the name"), "{e}");
     }
 
     #[test]

@@ -28,7 +28,6 @@ use std::time::Duration;
 use dicom_ul::Pdu;
 use dicom_ul::association::AsyncServerAssociation;
 use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::inbox::DrillInbox;
@@ -38,6 +37,11 @@ use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, CommandSet, Status}
 use pacs_mirror_dicom::presentation;
 use pacs_mirror_dicom::reassembly::{Message, Reassembler, ReassemblyError};
 use pacs_mirror_store::index::CommitOutcome;
+
+/// The stream under an association: TCP, or TLS over TCP.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// What an association needs from the listener.
 pub struct AssociationContext {
@@ -103,8 +107,8 @@ enum Inbound {
 
 /// Serve one association until release, abort, idle timeout or shutdown.
 /// The caller instruments it with a span naming the peer and calling AE.
-pub async fn serve(
-    mut assoc: AsyncServerAssociation<TcpStream>,
+pub async fn serve<S: Stream>(
+    mut assoc: AsyncServerAssociation<S>,
     ctx: Arc<AssociationContext>,
     peer: SocketAddr,
     shutdown: CancellationToken,
@@ -260,13 +264,13 @@ fn receive_failure(e: &dicom_ul::association::Error) -> AbortRQServiceProviderRe
 }
 
 /// Whether presentation context `pc_id` was accepted.
-fn context_accepted(assoc: &AsyncServerAssociation<TcpStream>, pc_id: u8) -> bool {
+fn context_accepted<S: Stream>(assoc: &AsyncServerAssociation<S>, pc_id: u8) -> bool {
     presentation::accepted(assoc.presentation_contexts(), pc_id).is_some()
 }
 
 /// Handle one PDV. `Err` is a protocol violation (abort).
-async fn on_pdv(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+async fn on_pdv<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
     ctx: &AssociationContext,
     origin: &Origin,
     called_ae: &str,
@@ -352,8 +356,8 @@ async fn on_pdv(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn on_command(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+async fn on_command<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
     ctx: &AssociationContext,
     origin: &Origin,
     called_ae: &str,
@@ -458,8 +462,8 @@ fn sop_class_refusal(
     })
 }
 
-async fn respond_store(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+async fn respond_store<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
     origin: &Origin,
     rq: &CStoreRq,
     pc_id: u8,
@@ -497,8 +501,8 @@ async fn respond_store(
     send_command(assoc, pc_id, &rsp).await
 }
 
-async fn respond_drill_store(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+async fn respond_drill_store<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
     origin: &Origin,
     called_ae: &str,
     rq: &CStoreRq,
@@ -526,8 +530,8 @@ async fn respond_drill_store(
     send_command(assoc, pc_id, &rsp).await
 }
 
-async fn send_command(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+async fn send_command<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
     pc_id: u8,
     cmd: &CommandSet,
 ) -> Result<(), Violation> {

@@ -41,6 +41,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use dicom_ul::association::AsyncServerAssociation;
 use dicom_ul::association::server::DefaultNegotiation;
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
@@ -102,6 +103,19 @@ pub struct ListenerSettings {
     pub artim_timeout: Duration,
     /// Association closed after this long without a PDU.
     pub idle_timeout: Duration,
+    /// DICOM TLS on this listener (None: plaintext).
+    pub tls: Option<ListenerTls>,
+}
+
+/// A TLS listener's settings.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// This device's certificate, key and trusted CAs.
+    pub tls: Arc<pacs_mirror_dicom::tls::Tls>,
+    /// The cipher suites (and so the TLS versions) offered.
+    pub suites: pacs_mirror_dicom::tls::Suites,
+    /// Mutual TLS: a client certificate from a trusted CA is required.
+    pub require_client_certificate: bool,
 }
 
 /// Connections at once from addresses no AE of a listener allows (each
@@ -256,9 +270,7 @@ impl Scp {
                 Some(cap) if !stranger => match per_address.take(peer.ip(), cap) {
                     Some(slot) => Some(slot),
                     None => {
-                        let max_pdu = self.settings.max_pdu_bytes;
-                        let over = Over::PerAddress(cap);
-                        tracker.spawn(reject_busy(sock, peer, artim, max_pdu, over));
+                        self.refuse_busy(sock, peer, Over::PerAddress(cap), &tracker);
                         continue;
                     }
                 },
@@ -266,13 +278,28 @@ impl Scp {
             };
             match pool.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let access = PeerAccess::new(self.policies.clone(), peer);
+                    let mut access = PeerAccess::new(self.policies.clone(), peer);
+                    let mut options = self.options.clone();
+                    let mut tls = false;
+                    if let Some(t) = &self.settings.tls {
+                        match t.tls.server(&t.suites, t.require_client_certificate) {
+                            Ok((config, slot)) => {
+                                access.client_certificate = Some(slot);
+                                options = options.tls_config(config);
+                                tls = true;
+                            }
+                            Err(e) => {
+                                tracing::error!(%peer, error = %e, "cannot set up TLS for this connection: closed");
+                                continue;
+                            }
+                        }
+                    }
                     let seen = access.seen.clone();
-                    let options = self.options.clone().ae_access_control(access);
+                    let options = options.ae_access_control(access);
                     let context = self.context.clone();
                     let shutdown = shutdown.clone();
                     tracker.spawn(async move {
-                        admit(sock, peer, options, seen, context, artim, shutdown).await;
+                        admit(sock, peer, tls, options, seen, context, artim, shutdown).await;
                         drop((permit, address_slot));
                     });
                 }
@@ -291,31 +318,97 @@ impl Scp {
                     drop(sock);
                 }
                 Err(_) => {
-                    let max_pdu = self.settings.max_pdu_bytes;
-                    let over = Over::Listener(self.settings.max_associations);
-                    tracker.spawn(reject_busy(sock, peer, artim, max_pdu, over));
+                    self.refuse_busy(
+                        sock,
+                        peer,
+                        Over::Listener(self.settings.max_associations),
+                        &tracker,
+                    );
                 }
             }
         }
         tracing::info!(addr = %self.settings.bind, "listener closed");
     }
+
+    /// Over a limit: a plaintext request is read and answered with
+    /// A-ASSOCIATE-RJ (transient); on a TLS listener the connection is
+    /// closed at once, before any handshake work.
+    fn refuse_busy(&self, sock: TcpStream, peer: SocketAddr, over: Over, tracker: &TaskTracker) {
+        if self.settings.tls.is_some() {
+            tracing::warn!(%peer, limit = over.limit(), "{}: TLS connection closed before its handshake", over.describe());
+            drop(sock);
+            return;
+        }
+        let artim = self.settings.artim_timeout;
+        let max_pdu = self.settings.max_pdu_bytes;
+        tracker.spawn(reject_busy(sock, peer, artim, max_pdu, over));
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn admit(
     sock: TcpStream,
     peer: SocketAddr,
+    tls: bool,
     options: Options,
     seen: Arc<OnceLock<access::Seen>>,
     context: Arc<AssociationContext>,
     artim: Duration,
     shutdown: CancellationToken,
 ) {
-    let established = match tokio::time::timeout(artim, options.establish_async(sock)).await {
-        Err(_) => {
-            tracing::warn!(%peer, "no A-ASSOCIATE-RQ within {} s (ARTIM): connection closed", artim.as_secs());
-            return;
+    if tls {
+        let established = tokio::time::timeout(artim, options.establish_tls_async(sock)).await;
+        if let Some(a) = established_or_log(established, peer, tls, &seen, artim) {
+            serve(a, context, peer, shutdown).await;
         }
-        Ok(Err(dicom_ul::association::Error::Rejected { association_rj, .. })) => {
+    } else {
+        let established = tokio::time::timeout(artim, options.establish_async(sock)).await;
+        if let Some(a) = established_or_log(established, peer, tls, &seen, artim) {
+            serve(a, context, peer, shutdown).await;
+        }
+    }
+}
+
+async fn serve<S>(
+    established: AsyncServerAssociation<S>,
+    context: Arc<AssociationContext>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    S: association::Stream,
+{
+    let span = tracing::info_span!("association", %peer, calling_ae = %dicom_ul::association::Association::peer_ae_title(&established).trim().escape_debug());
+    association::serve(established, context, peer, shutdown)
+        .instrument(span)
+        .await;
+}
+
+/// The association, or why there is none, logged: no request within ARTIM,
+/// a refusal (logged by the access check, or here when dicom-ul refused by
+/// itself), a failed TLS handshake (with its reason, counted), TLS on the
+/// plaintext port.
+fn established_or_log<S>(
+    r: Result<
+        Result<AsyncServerAssociation<S>, dicom_ul::association::Error>,
+        tokio::time::error::Elapsed,
+    >,
+    peer: SocketAddr,
+    tls: bool,
+    seen: &OnceLock<access::Seen>,
+    artim: Duration,
+) -> Option<AsyncServerAssociation<S>> {
+    use dicom_ul::association::Error as E;
+    match r {
+        Err(_) => {
+            if tls && seen.get().is_none() {
+                crate::tls::handshake_failures().count("timeout");
+                tracing::warn!(%peer, "no TLS handshake and A-ASSOCIATE-RQ within {} s (ARTIM): connection closed", artim.as_secs());
+            } else {
+                tracing::warn!(%peer, "no A-ASSOCIATE-RQ within {} s (ARTIM): connection closed", artim.as_secs());
+            }
+            None
+        }
+        Ok(Err(E::Rejected { association_rj, .. })) => {
             match seen.get() {
                 // Refused by the access check, which logged it (WARN).
                 Some(s) if s.refusal.is_some() => tracing::debug!(
@@ -334,7 +427,22 @@ async fn admit(
                     "association refused"
                 ),
             }
-            return;
+            None
+        }
+        Ok(Err(E::TlsNotSupported)) => {
+            crate::tls::handshake_failures().count("tls_on_plaintext_port");
+            tracing::warn!(
+                %peer,
+                reason = "tls_on_plaintext_port",
+                "TLS handshake refused: the peer speaks TLS to this plaintext DICOM port (configure it for the TLS port, or this connection for TLS): connection closed"
+            );
+            None
+        }
+        Ok(Err(e @ (E::TlsHandshake { .. } | E::TlsConnection { .. }))) => {
+            let f = pacs_mirror_dicom::tls::HandshakeFailure::of(&e, true);
+            crate::tls::handshake_failures().count(f.code);
+            tracing::warn!(%peer, reason = f.code, "TLS handshake failed: {}: connection closed", f.message);
+            None
         }
         Ok(Err(e)) => {
             let s = seen.get();
@@ -344,14 +452,10 @@ async fn admit(
                 error = %e,
                 "association could not be established"
             );
-            return;
+            None
         }
-        Ok(Ok(a)) => a,
-    };
-    let span = tracing::info_span!("association", %peer, calling_ae = %dicom_ul::association::Association::peer_ae_title(&established).trim().escape_debug());
-    association::serve(established, context, peer, shutdown)
-        .instrument(span)
-        .await;
+        Ok(Ok(a)) => Some(a),
+    }
 }
 
 /// Over the association limit: read the request (within ARTIM), answer

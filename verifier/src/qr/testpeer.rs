@@ -229,6 +229,7 @@ pub async fn start(script: Script) -> (Peer, tokio::task::JoinHandle<Seen>) {
         host: "127.0.0.1".into(),
         port,
         timeout: Duration::from_secs(5),
+        tls: None,
     };
     (peer, handle)
 }

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use dicom_ul::association::Association;
-
 use super::{Peer, Scu, ScuError};
 use crate::dimse::{self, Status};
 

@@ -38,6 +38,14 @@ pub enum ScuError {
     /// The peer aborted or closed the association.
     #[error("{addr} ended the association: {message}")]
     Aborted { addr: String, message: String },
+    /// The TLS handshake failed, or TLS could not be set up (`code`:
+    /// [`crate::tls::HandshakeFailure::code`], or "config").
+    #[error("TLS with {addr}: {message}")]
+    Tls {
+        addr: String,
+        code: &'static str,
+        message: String,
+    },
     /// The peer broke the protocol, or the network failed.
     #[error("{addr}: {message}")]
     Protocol { addr: String, message: String },
@@ -139,6 +147,22 @@ pub(super) fn classify(addr: &str, e: dicom_ul::association::Error, timeout: Dur
             addr,
             message: e.to_string(),
         },
+        E::TlsHandshake { .. } | E::TlsConnection { .. } | E::TlsNotSupported => {
+            let f = crate::tls::HandshakeFailure::of(&e, false);
+            ScuError::Tls {
+                addr,
+                code: f.code,
+                message: f.message,
+            }
+        }
+        E::Connect { ref source, .. } if tls_failure(source) => {
+            let f = crate::tls::HandshakeFailure::of(&e, false);
+            ScuError::Tls {
+                addr,
+                code: f.code,
+                message: f.message,
+            }
+        }
         e => {
             let text = full_chain(&e);
             if text.contains("onnection refused") {
@@ -156,6 +180,13 @@ pub(super) fn classify(addr: &str, e: dicom_ul::association::Error, timeout: Dur
             }
         }
     }
+}
+
+/// Whether a connect error is in fact a failed TLS handshake (dicom-ul
+/// reports those as connection errors, with rustls's error inside).
+fn tls_failure(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>() || inner.is::<crate::tls::Refused>())
 }
 
 fn full_chain(e: &dyn std::error::Error) -> String {

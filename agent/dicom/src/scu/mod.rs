@@ -34,18 +34,17 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use dicom_ul::association::{Association, AsyncClientAssociation};
 use dicom_ul::pdu::{
     PDataValue, PDataValueType, PresentationContextNegotiated, PresentationContextResultReason,
 };
 use dicom_ul::{ClientAssociationOptions, Pdu};
-use tokio::net::TcpStream;
 
 use crate::dimse::{self, CommandSet};
 use crate::reassembly::{Message, Reassembler};
 
 mod echo;
 mod error;
+mod link;
 mod store;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -54,6 +53,7 @@ mod transcode;
 pub use echo::{EchoOk, echo};
 pub use error::ScuError;
 use error::classify;
+use link::Link;
 use store::ReadAhead;
 pub use store::{InMemory, Outgoing, contexts_for, outgoing};
 pub use transcode::{
@@ -79,6 +79,20 @@ pub struct Peer {
     pub port: u16,
     /// Connection and per-message timeout.
     pub timeout: Duration,
+    /// DICOM TLS, when the peer's connection is a TLS one.
+    pub tls: Option<ClientTls>,
+}
+
+/// How to connect to a peer with TLS.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// This device's TLS material.
+    pub tls: std::sync::Arc<crate::tls::Tls>,
+    /// The cipher suites of the peer's connection.
+    pub suites: crate::tls::Suites,
+    /// The certificate the peer must present (without a pin: one from a
+    /// trusted CA valid for `identity.name`, else for the host name).
+    pub identity: crate::tls::Identity,
 }
 
 impl Peer {
@@ -130,7 +144,7 @@ pub enum Inbound {
 
 /// An established association.
 pub struct Scu {
-    assoc: AsyncClientAssociation<TcpStream>,
+    assoc: Link,
     peer: Peer,
     next_message_id: u16,
     /// PDVs of the last PDU not handed over yet.
@@ -182,8 +196,33 @@ impl Scu {
             options = options.with_role_selection(sop_class.clone(), false, true);
         }
         let addr = peer.addr();
-        let fut = options.establish_async(addr.as_str());
-        let mut assoc = match tokio::time::timeout(peer.timeout * 2, fut).await {
+        let established = match &peer.tls {
+            None => {
+                let fut = options.establish_async(addr.as_str());
+                tokio::time::timeout(peer.timeout * 2, fut)
+                    .await
+                    .map(|r| r.map(Link::Plain))
+            }
+            Some(t) => {
+                let config = t
+                    .tls
+                    .client(&t.suites, &t.identity)
+                    .map_err(|e| ScuError::Tls {
+                        addr: addr.clone(),
+                        code: "config",
+                        message: e.to_string(),
+                    })?;
+                let host = peer.host.trim_start_matches('[').trim_end_matches(']');
+                let fut = options
+                    .tls_config(config)
+                    .server_name(host)
+                    .establish_tls_async(addr.as_str());
+                tokio::time::timeout(peer.timeout * 2, fut)
+                    .await
+                    .map(|r| r.map(|a| Link::Tls(Box::new(a))))
+            }
+        };
+        let mut assoc = match established {
             Err(_) => {
                 return Err(ScuError::Timeout {
                     addr,
@@ -199,7 +238,7 @@ impl Scu {
             })?,
         };
         // Without it every small message waits ~40 ms for delayed ACKs.
-        let _ = assoc.inner_stream().set_nodelay(true);
+        let _ = assoc.tcp().set_nodelay(true);
         Ok(Scu {
             assoc,
             peer: peer.clone(),
@@ -244,12 +283,12 @@ impl Scu {
     /// selection answered). Some SCPs (Orthanc) push C-GET sub-operations
     /// without answering role selection at all.
     pub fn scp_role_accepted(&self, sop_class: &str) -> bool {
-        self.assoc.requestor_roles_for(sop_class).scp
+        self.assoc.scp_role_accepted(sop_class)
     }
 
     /// The peer's IP address, if the socket still knows it.
     pub fn peer_ip(&mut self) -> Option<std::net::IpAddr> {
-        self.assoc.inner_stream().peer_addr().ok().map(|a| a.ip())
+        self.assoc.peer_addr().map(|a| a.ip())
     }
 
     /// The accepted context for this abstract syntax in exactly this
@@ -282,7 +321,7 @@ impl Scu {
     async fn abort_in_place(&mut self) {
         use tokio::io::AsyncWriteExt;
         const A_ABORT: [u8; 10] = [0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0];
-        let stream = self.assoc.inner_stream();
+        let stream = self.assoc.stream();
         let _ = tokio::time::timeout(self.peer.timeout, async {
             let _ = stream.write_all(&A_ABORT).await;
             let _ = stream.shutdown().await;

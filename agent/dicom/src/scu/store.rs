@@ -338,7 +338,7 @@ impl Scu {
         use tokio::io::AsyncWriteExt;
         let addr = self.peer.addr();
         let timeout = self.peer.timeout;
-        let stream = self.assoc.inner_stream();
+        let stream = self.assoc.stream();
         match tokio::time::timeout(timeout, stream.write_all(pdus)).await {
             Err(_) => Err(ScuError::Timeout {
                 addr,
