@@ -28,6 +28,7 @@ pub fn tool(name: &str) -> PathBuf {
         "opj_compress" => "libopenjp2-tools",
         "python3" => "python3",
         "strace" => "strace",
+        "openssl" => "openssl",
         _ => "dcmtk",
     };
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -1110,6 +1111,10 @@ pub struct OrthancModality {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
+    /// `UseDicomTls`: Orthanc opens its SCU associations to this peer over
+    /// DICOM TLS (with the global `DicomTlsCertificate`/`DicomTlsPrivateKey`
+    /// as its client certificate). Written only when true.
+    pub tls: bool,
 }
 
 impl OrthancModality {
@@ -1120,7 +1125,14 @@ impl OrthancModality {
             ae_title: ae_title.into(),
             host: "127.0.0.1".into(),
             port,
+            tls: false,
         }
+    }
+
+    /// The same peer reached over DICOM TLS (`"UseDicomTls": true`).
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
     }
 }
 
@@ -1195,19 +1207,22 @@ impl Orthanc {
             .modalities
             .iter()
             .map(|m| {
-                (
-                    m.name.clone(),
-                    serde_json::json!({
-                        "AET": m.ae_title,
-                        "Host": m.host,
-                        "Port": m.port,
-                        "AllowEcho": true,
-                        "AllowStore": true,
-                        "AllowFind": true,
-                        "AllowGet": true,
-                        "AllowMove": true,
-                    }),
-                )
+                let mut entry = serde_json::json!({
+                    "AET": m.ae_title,
+                    "Host": m.host,
+                    "Port": m.port,
+                    "AllowEcho": true,
+                    "AllowStore": true,
+                    "AllowFind": true,
+                    "AllowGet": true,
+                    "AllowMove": true,
+                });
+                if m.tls
+                    && let Some(obj) = entry.as_object_mut()
+                {
+                    obj.insert("UseDicomTls".into(), Value::Bool(true));
+                }
+                (m.name.clone(), entry)
             })
             .collect();
         if let Some(obj) = config.as_object_mut() {
@@ -1265,6 +1280,34 @@ impl Orthanc {
     pub fn get(&self, path: &str) -> Vec<u8> {
         self.try_get(path)
             .unwrap_or_else(|| panic!("Orthanc GET {path} failed"))
+    }
+
+    /// POST `body` (sent as is; it must not start with `@`, which curl
+    /// reads as a file name) to a REST resource; the HTTP status and the
+    /// answer's body, whatever the status (an error's body says what
+    /// failed).
+    pub fn post(&self, path: &str, body: &str) -> (u16, Vec<u8>) {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "120", "-X", "POST", "--data-binary"])
+            .arg(body)
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .output()
+            .expect("running curl");
+        assert!(
+            out.status.success(),
+            "curl POST {path} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut text = out.stdout;
+        let split = text.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+        let code: u16 = String::from_utf8_lossy(&text[split..])
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("HTTP status of POST {path} ({e})"));
+        text.truncate(split);
+        (code, text)
     }
 
     /// Upload a Part-10 file through the REST API (`POST /instances`); the

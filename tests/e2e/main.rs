@@ -8,6 +8,7 @@
 
 mod dimse;
 mod harness;
+mod tls_certs;
 
 mod access;
 mod alerts;
@@ -33,4 +34,5 @@ pub(crate) mod protocol;
 pub(crate) mod resources;
 mod retrieve;
 pub(crate) mod s3;
+mod tls_peers;
 pub(crate) mod transfer_syntaxes;
