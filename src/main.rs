@@ -907,6 +907,7 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
         alerts: Vec::new(),
         findings: admin::FindingsStatus::from_index(&index)?,
         workers: Default::default(),
+        tls: None,
     })
 }
 
@@ -971,6 +972,27 @@ fn print_status(s: &admin::Status) {
     }
     for w in &s.warnings {
         println!("  {w}");
+    }
+    if let Some(t) = &s.tls {
+        let days = t
+            .not_after_ms
+            .map(|n| (n - pacs_mirror_agent::unix_ms() as i64) / 86_400_000);
+        println!(
+            "  DICOM TLS certificate: {}{}",
+            t.certificate
+                .as_deref()
+                .unwrap_or("none (this device presents no certificate)"),
+            days.map(|d| format!("; expires in {d} day(s)"))
+                .unwrap_or_default()
+        );
+        if !t.handshake_failures.is_empty() {
+            let f: Vec<String> = t
+                .handshake_failures
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            println!("  failed TLS handshakes since start: {}", f.join(", "));
+        }
     }
     if s.running && !s.workers.is_empty() {
         let workers: Vec<String> = s

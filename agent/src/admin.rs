@@ -93,6 +93,10 @@ pub struct Status {
     /// The background workers, by name (running agent only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub workers: BTreeMap<String, crate::worker::WorkerStatus>,
+    /// DICOM TLS: this device's certificate and the failed handshakes
+    /// (running agent with TLS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsStatus>,
 }
 
 /// Extra Prometheus text for `/metrics`.
@@ -118,6 +122,8 @@ pub struct Source {
     pub extra_metrics: Option<MetricsFn>,
     /// The background workers.
     pub workers: crate::worker::Workers,
+    /// This device's DICOM TLS material, if any.
+    pub tls: Option<Arc<pacs_mirror_dicom::tls::Tls>>,
 }
 
 impl Source {
@@ -148,6 +154,10 @@ impl Source {
                 .map(|m| m.firing())
                 .unwrap_or_default(),
             workers: self.workers.status(),
+            tls: self
+                .tls
+                .as_ref()
+                .map(|t| crate::tls::TlsStatus::of(t, crate::tls::handshake_failures())),
         })
     }
 }

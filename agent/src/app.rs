@@ -578,6 +578,7 @@ pub async fn run_with(
             monitor: Some(monitor),
             extra_metrics: extension.metrics,
             workers: workers.clone(),
+            tls: crate::tls::device_tls(&config)?,
         });
         tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills, /failover/check");
         let shutdown = shutdown.clone();

@@ -101,6 +101,13 @@ pub struct AgentConfig {
     pub extra_toml: String,
     /// Extra `key = value` lines for `[spool]`.
     pub spool_extra: String,
+    /// Extra `key = value` lines for the listener's network connection
+    /// (e.g. `tls_cipher_suites`).
+    pub conn_extra: String,
+    /// More `[[device.network_connection]]` tables, used by the AE too.
+    pub more_connections: Vec<(String, String)>,
+    /// Extra echoscu arguments for the readiness probe (e.g. TLS options).
+    pub probe_extra: Vec<String>,
 }
 
 pub const AGENT_AE: &str = "PACS_MIRROR";
@@ -121,6 +128,9 @@ impl AgentConfig {
             ae_extra: String::new(),
             extra_toml: String::new(),
             spool_extra: String::new(),
+            conn_extra: String::new(),
+            more_connections: Vec::new(),
+            probe_extra: Vec::new(),
         }
     }
 
@@ -146,9 +156,19 @@ impl AgentConfig {
             q(&self.hostname),
             self.port
         ));
+        t.push_str(&self.conn_extra);
+        let mut names = vec![q("dicom")];
+        for (name, body) in &self.more_connections {
+            t.push_str(&format!(
+                "\n[[device.network_connection]]\nname = {}\n{body}\n",
+                q(name)
+            ));
+            names.push(q(name));
+        }
         t.push_str(&format!(
-            "\n[[device.network_ae]]\nae_title = {}\nnetwork_connections = [\"dicom\"]\n",
-            q(&self.ae_title)
+            "\n[[device.network_ae]]\nae_title = {}\nnetwork_connections = [{}]\n",
+            q(&self.ae_title),
+            names.join(", ")
         ));
         match &self.access {
             Access::AnyCaller => t.push_str("accept_any_calling_ae = true\n"),
@@ -260,16 +280,17 @@ impl Agent {
             // A cheap TCP check first, then a real association.
             if TcpStream::connect(("127.0.0.1", self.config.port)).is_ok() {
                 let out = run(
-                    Command::new(&echoscu).args([
-                        "-to",
-                        "5",
-                        "-aet",
-                        self.config.probe_calling_ae(),
-                        "-aec",
-                        &self.config.ae_title,
-                        "127.0.0.1",
-                        &self.config.port.to_string(),
-                    ]),
+                    Command::new(&echoscu)
+                        .args([
+                            "-to",
+                            "5",
+                            "-aet",
+                            self.config.probe_calling_ae(),
+                            "-aec",
+                            &self.config.ae_title,
+                        ])
+                        .args(&self.config.probe_extra)
+                        .args(["127.0.0.1", &self.config.port.to_string()]),
                     Duration::from_secs(15),
                 );
                 if out.status.success() || out.all().contains("Association Rejected") {

@@ -34,5 +34,6 @@ pub(crate) mod protocol;
 pub(crate) mod resources;
 mod retrieve;
 pub(crate) mod s3;
+mod tls;
 mod tls_peers;
 pub(crate) mod transfer_syntaxes;

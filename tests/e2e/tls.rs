@@ -1,0 +1,360 @@
+//! DICOM TLS on the agent's associations, against real peers with
+//! certificates the tests make (`tls_certs`): DCMTK storescu/echoscu into a
+//! TLS listener (mutual TLS, refusals, plaintext/TLS mix-ups), replication
+//! to DCMTK storescp +tls and to Orthanc with DicomTlsEnabled (byte-exact;
+//! a foreign CA or a wrong pin gets nothing and the target says why),
+//! drills and the failover check over TLS, the expiry alert and SIGHUP.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::tls_certs::{CertKey, TlsCerts, fingerprint};
+use crate::tls_peers::{DcmtkTls, PeerCert, TlsStorescp, echoscu_tls, storescu_tls};
+
+/// `[device.tls]` presenting `own`, trusting `ca`.
+fn device_tls(own: &CertKey, ca: &Path) -> String {
+    format!(
+        "\n[device.tls]\ncertificate = {:?}\nprivate_key = {:?}\ntrusted_ca = {:?}\n",
+        own.cert.display().to_string(),
+        own.key.display().to_string(),
+        ca.display().to_string()
+    )
+}
+
+const TLS_SUITES: &str = "tls_cipher_suites = [\"BCP195-ND\"]\n";
+
+/// An agent whose listener is TLS (mutual TLS when `require_client`),
+/// presenting `own` and trusting the test CA; the readiness probe calls
+/// with the client certificate. An admin endpoint for `/metrics`.
+fn tls_agent(dir: &Path, certs: &TlsCerts, require_client: bool) -> (AgentConfig, u16) {
+    let mut cfg = AgentConfig::new(&dir.join("data"));
+    cfg.conn_extra = format!("{TLS_SUITES}require_client_certificate = {require_client}\n");
+    let admin = free_port();
+    cfg.extra_toml = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        device_tls(&certs.server, &certs.ca)
+    );
+    cfg.probe_extra = DcmtkTls::scu(Some(&certs.client), &[&certs.ca]).args();
+    (cfg, admin)
+}
+
+/// Every sent object is in the spool, its data set byte for byte.
+fn assert_spooled(cfg: &AgentConfig, files: &[PathBuf]) {
+    for f in files {
+        let sent = std::fs::read(f).expect("reading a sent file");
+        let ds = dataset_bytes(&sent);
+        let hash = blake3_hex(ds);
+        let path = cfg
+            .spool_dir()
+            .join("objects")
+            .join(&hash[..2])
+            .join(format!("{hash}.dcm"));
+        let held = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{} not in the spool ({}): {e}", f.display(), path.display())
+        });
+        assert_eq!(dataset_bytes(&held), ds, "spooled copy of {}", f.display());
+    }
+}
+
+fn metric(admin: u16, line_start: &str) -> Option<u64> {
+    admin_get(admin, "/metrics")
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Wait until the agent's log has a line containing every one of `parts`.
+fn wait_log(agent: &Agent, parts: &[&str], limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = agent.log();
+        if let Some(line) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {parts:?} within {limit:?}{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn storescu_over_mutual_tls_is_stored_byte_exact_and_the_tls_port_refuses_the_rest() {
+    let dir = tempdir();
+    let certs = TlsCerts::generate(&dir.path().join("certs"));
+    let (mut cfg, admin) = tls_agent(dir.path(), &certs, true);
+    // One slot only: every refused connection must give it back at once.
+    cfg.ae_extra = "max_associations = 1\n".into();
+    let plain_port = free_port();
+    cfg.more_connections = vec![(
+        "plain".into(),
+        format!("hostname = \"127.0.0.1\"\nport = {plain_port}\n"),
+    )];
+    let agent = Agent::start(&cfg);
+    let files = synth_small(&dir.path().join("in"), 2, 3, 4096);
+
+    // 1. storescu +tls with a client certificate: Success, byte-exact.
+    let with_cert = DcmtkTls::scu(Some(&certs.client), &[&certs.ca]);
+    let run = storescu_tls(cfg.port, AGENT_AE, &with_cert, &files);
+    assert_eq!(run.successes().len(), files.len(), "{}", run.log());
+    assert_spooled(&cfg, &files);
+    // (That port speaks TLS only: step 3 shows plaintext is refused there.)
+
+    // 2. Without a client certificate: refused at the handshake, logged
+    //    with the peer's address and the reason.
+    let t = Instant::now();
+    let anonymous = DcmtkTls::scu(None, &[&certs.ca]);
+    let out = echoscu_tls(cfg.port, AGENT_AE, Some(&anonymous));
+    assert!(
+        !out.status.success(),
+        "anonymous TLS was let in: {}",
+        out.all()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let line = wait_log(
+        &agent,
+        &["TLS handshake failed", "no_client_certificate"],
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("127.0.0.1:"), "no peer address: {line}");
+    assert!(line.contains("presented no certificate"), "{line}");
+
+    // 3. Plaintext DICOM to the TLS port: refused quickly.
+    let t = Instant::now();
+    let out = echoscu_tls(cfg.port, AGENT_AE, None);
+    assert!(
+        !out.status.success(),
+        "plaintext on the TLS port: {}",
+        out.all()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    wait_log(
+        &agent,
+        &["TLS handshake failed", "not_tls"],
+        Duration::from_secs(5),
+    );
+
+    // 4. TLS to the plaintext port: refused quickly.
+    let t = Instant::now();
+    let out = echoscu_tls(plain_port, AGENT_AE, Some(&with_cert));
+    assert!(
+        !out.status.success(),
+        "TLS on the plaintext port: {}",
+        out.all()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    wait_log(&agent, &["tls_on_plaintext_port"], Duration::from_secs(5));
+
+    // 5. A client certificate from another CA: refused, and said so.
+    let foreign = DcmtkTls::scu(Some(&certs.other_server), &[&certs.ca]);
+    let out = echoscu_tls(cfg.port, AGENT_AE, Some(&foreign));
+    assert!(
+        !out.status.success(),
+        "a foreign client certificate: {}",
+        out.all()
+    );
+    let line = wait_log(
+        &agent,
+        &["TLS handshake failed", "unknown_ca"],
+        Duration::from_secs(5),
+    );
+    assert!(
+        line.contains("pacs-mirror other CA"),
+        "the issuer is not named: {line}"
+    );
+
+    // None of them kept the one slot: a good association still gets it.
+    let out = echoscu_tls(cfg.port, AGENT_AE, Some(&with_cert));
+    assert!(
+        out.status.success(),
+        "the slot was not given back: {}",
+        out.all()
+    );
+
+    // Counted by reason in /metrics.
+    for reason in [
+        "no_client_certificate",
+        "not_tls",
+        "tls_on_plaintext_port",
+        "unknown_ca",
+    ] {
+        let n = metric(
+            admin,
+            &format!("pacs_mirror_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+        );
+        assert_eq!(n, Some(1), "{reason} not counted once");
+    }
+    let left = metric(admin, "pacs_mirror_tls_certificate_expiry_seconds").expect("expiry gauge");
+    assert!(left > 300 * 86_400, "server certificate expiry {left} s");
+    agent.stop();
+}
+
+/// `storescp +tls` requiring our client certificate, as the mirror.
+fn tls_storescp(dir: &Path, certs: &TlsCerts, own: &CertKey) -> (TlsStorescp, u16) {
+    let port = free_port();
+    let scp = TlsStorescp::start(
+        &dir.join(format!("storescp-{port}")),
+        "MIRROR",
+        port,
+        &DcmtkTls::scp(own, &[&certs.ca], PeerCert::Require),
+    );
+    (scp, port)
+}
+
+/// An agent (plaintext loopback listener) replicating to `MIRROR` at
+/// `port` over TLS; `ae_extra`: lines for the remote AE (certificate
+/// identity).
+fn replicating_agent(
+    dir: &Path,
+    certs: &TlsCerts,
+    port: u16,
+    ae_extra: &str,
+) -> (AgentConfig, u16) {
+    let mut cfg = AgentConfig::new(&dir.join("data"));
+    cfg.ae_extra = "association_initiator = true\n".into();
+    let admin = free_port();
+    cfg.extra_toml = format!(
+        "{}\n[[remote_device]]\nname = \"mirror\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {port}\n{TLS_SUITES}\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n{ae_extra}\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n\
+         \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        device_tls(&certs.server, &certs.ca),
+    );
+    (cfg, admin)
+}
+
+fn target_status(admin: u16) -> serde_json::Value {
+    let s: serde_json::Value =
+        serde_json::from_str(&admin_get(admin, "/status")).expect("/status is JSON");
+    s["targets"]["mirror"].clone()
+}
+
+fn wait_delivered(admin: u16, n: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let t = target_status(admin);
+        if t["pending"].as_u64() == Some(0) && t["delivered"].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered within {limit:?}: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn replication_over_tls_to_storescp_is_byte_exact() {
+    let dir = tempdir();
+    let certs = TlsCerts::generate(&dir.path().join("certs"));
+    let (scp, port) = tls_storescp(dir.path(), &certs, &certs.server);
+    let (cfg, admin) = replicating_agent(dir.path(), &certs, port, "");
+    let agent = Agent::start(&cfg);
+    let files = synth_small(&dir.path().join("in"), 2, 4, 8192);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    wait_delivered(admin, files.len() as u64, Duration::from_secs(60));
+    let received = scp.received();
+    assert_eq!(received.len(), files.len(), "{}", scp.log_tail());
+    for f in &files {
+        let (meta, ds) = raw_info(f);
+        let got = received
+            .get(&meta.sop_instance_uid)
+            .unwrap_or_else(|| panic!("{} not received", meta.sop_instance_uid));
+        assert_eq!(got, &ds, "{}", meta.sop_instance_uid);
+    }
+    // storescp saw our certificate over TLS.
+    assert!(scp.log().contains("CN=localhost"), "{}", scp.log_tail());
+    agent.stop();
+}
+
+#[test]
+fn a_mirror_with_a_foreign_certificate_or_the_wrong_pin_gets_nothing_and_the_target_says_why() {
+    let dir = tempdir();
+    let certs = TlsCerts::generate(&dir.path().join("certs"));
+    let files = synth_small(&dir.path().join("in"), 1, 2, 4096);
+
+    // A certificate from another CA.
+    let (foreign, port) = tls_storescp(&dir.path().join("a"), &certs, &certs.other_server);
+    let (cfg, admin) = replicating_agent(&dir.path().join("a"), &certs, port, "");
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let error = wait_error(admin, Duration::from_secs(30));
+    assert!(error.contains("unknown CA"), "{error}");
+    assert!(
+        error.contains("pacs-mirror other CA"),
+        "the issuer is not named: {error}"
+    );
+    assert!(
+        foreign.received().is_empty(),
+        "the foreign mirror got objects"
+    );
+    assert_eq!(
+        target_status(admin)["pending"].as_u64(),
+        Some(files.len() as u64)
+    );
+    agent.stop();
+
+    // The right CA, but not the pinned certificate.
+    let pin = fingerprint(&certs.self_signed.cert).colon_upper;
+    let (good_ca, port) = tls_storescp(&dir.path().join("b"), &certs, &certs.server);
+    let (cfg, admin) = replicating_agent(
+        &dir.path().join("b"),
+        &certs,
+        port,
+        &format!("certificate_sha256 = \"{pin}\"\n"),
+    );
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let error = wait_error(admin, Duration::from_secs(30));
+    assert!(error.contains("not the pinned one"), "{error}");
+    assert!(
+        good_ca.received().is_empty(),
+        "a mirror with the wrong pin got objects"
+    );
+    agent.stop();
+
+    // The pinned self-signed certificate: delivered without a CA.
+    let (pinned, port) = tls_storescp(&dir.path().join("c"), &certs, &certs.self_signed);
+    let (cfg, admin) = replicating_agent(
+        &dir.path().join("c"),
+        &certs,
+        port,
+        &format!("certificate_sha256 = \"{pin}\"\n"),
+    );
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    wait_delivered(admin, files.len() as u64, Duration::from_secs(60));
+    assert_eq!(pinned.received().len(), files.len());
+    agent.stop();
+}
+
+fn wait_error(admin: u16, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let t = target_status(admin);
+        if let Some(e) = t["last_error"].as_str() {
+            return e.to_string();
+        }
+        assert!(Instant::now() < deadline, "no error within {limit:?}: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
