@@ -22,6 +22,8 @@ fn device_tls(own: &CertKey, ca: &Path) -> String {
     )
 }
 
+const DRILL_AE: &str = "PM_DRILL";
+
 const TLS_SUITES: &str = "tls_cipher_suites = [\"BCP195-ND\"]\n";
 
 /// An agent whose listener is TLS (mutual TLS when `require_client`),
@@ -357,4 +359,113 @@ fn wait_error(admin: u16, limit: Duration) -> String {
         assert!(Instant::now() < deadline, "no error within {limit:?}: {t}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn orthanc_over_tls_replication_drills_by_c_get_and_c_move_and_failover_check() {
+    let dir = tempdir();
+    let certs = TlsCerts::generate(&dir.path().join("certs"));
+    let agent_port = free_port();
+    // Orthanc with DICOM TLS only, requiring client certificates; it calls
+    // the agent's drill receiver over TLS for C-MOVE.
+    let orthanc = crate::tls_peers::start_tls_orthanc(
+        &dir.path().join("orthanc"),
+        "MIRROR",
+        &certs.server,
+        &certs.ca,
+        true,
+        vec![
+            OrthancModality::local("agent", AGENT_AE, agent_port).with_tls(),
+            OrthancModality::local("drill", DRILL_AE, agent_port).with_tls(),
+        ],
+    );
+    let (mut cfg, admin) = tls_agent(dir.path(), &certs, true);
+    cfg.port = agent_port;
+    cfg.ae_extra = "association_initiator = true\n".into();
+    // MIRROR is held to its certificate's name both ways: the server
+    // certificate we connect to, and the client certificate it calls the
+    // drill receiver with.
+    let mirror = format!(
+        "\n[[remote_device]]\nname = \"mirror\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {}\n{TLS_SUITES}\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+         association_initiator = true\nsource_addresses = [\"127.0.0.1\"]\ncertificate_name = \"localhost\"\n",
+        orthanc.dicom_port
+    );
+    let target = |name: &str| {
+        format!(
+            "\n[[target]]\ntype = \"dicom\"\nname = \"{name}\"\nremote_ae = \"MIRROR\"\n\
+             retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 10\n"
+        )
+    };
+    cfg.extra_toml = format!(
+        "{}\n[[device.network_ae]]\nae_title = \"{DRILL_AE}\"\nnetwork_connections = [\"dicom\"]\n\
+         drill_receiver = true\nallowed_calling_aes = [\"MIRROR\"]\n\
+         {mirror}{}{}\
+         \n[[drill]]\ntarget = \"mirror\"\nrandom_studies = 3\nnewest_study = false\ntimeout_secs = 20\n\
+         \n[[drill]]\ntarget = \"mirror_move\"\nrandom_studies = 3\nnewest_study = false\ntimeout_secs = 20\n\
+         retrieve = \"c-move\"\nmove_destination = \"{DRILL_AE}\"\n\
+         \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        device_tls(&certs.server, &certs.ca),
+        target("mirror"),
+        target("mirror_move"),
+    );
+    let agent = Agent::start(&cfg);
+    let files = synth_small(&dir.path().join("in"), 3, 4, 64);
+    let with_cert = DcmtkTls::scu(Some(&certs.client), &[&certs.ca]);
+    let run = storescu_tls(cfg.port, AGENT_AE, &with_cert, &files);
+    assert_eq!(run.successes().len(), files.len(), "{}", run.log());
+    for t in ["mirror", "mirror_move"] {
+        crate::s3::wait_target(&agent.config_path, t, "delivered", Duration::from_secs(120), |s| {
+            s["pending"] == 0 && s["delivered"] == files.len() as u64
+        });
+    }
+    // Replicated over TLS, byte-exact.
+    for f in &files {
+        let (meta, ds) = raw_info(f);
+        let held = orthanc.instance_file(&meta.sop_instance_uid);
+        assert_eq!(dataset_bytes(&held), &ds[..], "{}", meta.sop_instance_uid);
+    }
+    let drill = |target: &str| -> serde_json::Value {
+        let out = crate::harness::run(
+            std::process::Command::new(bin())
+                .args(["drill", "--json", "--target", target, "--config"])
+                .arg(&agent.config_path),
+            Duration::from_secs(300),
+        );
+        assert!(out.status.success(), "drill of {target}: {}\n{}", out.all(), agent.log_tail());
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("drill JSON ({e}): {}", out.all()));
+        v[0].clone()
+    };
+    // C-GET, on our own TLS association.
+    let r = drill("mirror");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["counts"]["MATCH"], files.len() as u64, "{r}");
+    // C-MOVE: Orthanc calls the drill receiver over TLS, with its
+    // certificate bound to MIRROR.
+    let r = drill("mirror_move");
+    assert_eq!(r["ok"], true, "{r}\n{}", agent.log_tail());
+    assert_eq!(r["retrieve"], "c-move", "{r}");
+    assert_eq!(r["counts"]["MATCH"], files.len() as u64, "{r}");
+    // failover check: complete.
+    let out = crate::harness::run(
+        std::process::Command::new(bin())
+            .args(["failover", "check", "--json", "--target", "mirror", "--config"])
+            .arg(&agent.config_path),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.all());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("failover JSON");
+    assert_eq!(v["complete"], true, "{v}");
+    // `pacs-mirror echo MIRROR --config`: over TLS, as configured.
+    let out = crate::harness::run(
+        std::process::Command::new(bin())
+            .args(["echo", "MIRROR", "--config"])
+            .arg(&agent.config_path),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", out.all());
+    assert!(out.stdout.contains("Success"), "{}", out.all());
+    agent.stop();
 }
