@@ -469,3 +469,127 @@ fn orthanc_over_tls_replication_drills_by_c_get_and_c_move_and_failover_check() 
     assert!(out.stdout.contains("Success"), "{}", out.all());
     agent.stop();
 }
+
+#[test]
+fn an_expiring_certificate_alerts_and_sighup_swaps_it_for_the_next_association_only() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir();
+    let certs = TlsCerts::generate(&dir.path().join("certs"));
+    // The device's certificate files, replaced in place later.
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live).expect("live dir");
+    let own = CertKey {
+        cert: live.join("agent.pem"),
+        key: live.join("agent.key"),
+    };
+    let put = |from: &CertKey| {
+        std::fs::copy(&from.cert, &own.cert).expect("copy cert");
+        std::fs::copy(&from.key, &own.key).expect("copy key");
+    };
+    put(&certs.short_lived);
+    let (mut cfg, admin) = tls_agent(dir.path(), &certs, true);
+    cfg.extra_toml = format!(
+        "{}\n[alerts]\ncheck_interval_secs = 1\nspool_headroom_min_bytes = 1\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        device_tls(&own, &certs.ca)
+    );
+    let agent = Agent::start(&cfg);
+
+    // 1. Ten days left: the alert fires, the gauge says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let alert = loop {
+        let s: serde_json::Value =
+            serde_json::from_str(&admin_get(admin, "/status")).expect("status JSON");
+        if let Some(a) = s["alerts"]
+            .as_array()
+            .and_then(|v| v.iter().find(|a| a["kind"] == "certificate_expiring"))
+        {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "no certificate_expiring alert: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = alert["text"].as_str().unwrap_or_default();
+    assert!(text.contains("expires in 9 d") || text.contains("expires in 10 d"), "{text}");
+    assert!(text.contains("CN=short-lived"), "{text}");
+    let left = metric(admin, "pacs_mirror_tls_certificate_expiry_seconds").expect("gauge");
+    assert!((9 * 86_400..=10 * 86_400).contains(&left), "{left}");
+
+    // 2. An association held open across the reload.
+    let go = dir.path().join("go");
+    let object = synth_small(&dir.path().join("in"), 1, 1, 32);
+    let mut holder = std::process::Command::new(pynetdicom_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/tls_hold.py"))
+        .args(["--port", &cfg.port.to_string()])
+        .arg("--ca")
+        .arg(&certs.ca)
+        .arg("--cert")
+        .arg(&certs.client.cert)
+        .arg("--key")
+        .arg(&certs.client.key)
+        .arg("--go")
+        .arg(&go)
+        .arg(&object[0])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting tls_hold.py");
+    let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+    let held: serde_json::Value = serde_json::from_str(
+        &lines.next().expect("a first line").expect("reading tls_hold.py"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        held["sha256"].as_str(),
+        Some(crate::tls_certs::sha256_hex(&certs.short_lived.cert).as_str()),
+        "{held}"
+    );
+
+    // 3. New certificate, SIGHUP.
+    put(&certs.server);
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(st.success());
+    wait_log(&agent, &["DICOM TLS files reloaded", "CN=localhost"], Duration::from_secs(10));
+    std::fs::write(&go, b"").expect("go file");
+
+    // 4. The next association gets the new certificate; the held one
+    //    stores and releases normally.
+    let done: serde_json::Value = serde_json::from_str(
+        &lines.next().expect("a second line").expect("reading tls_hold.py"),
+    )
+    .expect("JSON");
+    let _ = holder.wait();
+    assert_eq!(
+        done["sha256_new"].as_str(),
+        Some(crate::tls_certs::sha256_hex(&certs.server.cert).as_str()),
+        "{done}"
+    );
+    assert_eq!(done["status"], 0, "{done}\n{}", agent.log_tail());
+    assert_eq!(done["released"], true, "{done}");
+    assert_spooled(&cfg, &object);
+    // The monitor's next check sees the new certificate.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = metric(admin, "pacs_mirror_tls_certificate_expiry_seconds").expect("gauge");
+        if left > 300 * 86_400 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expiry gauge still {left}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 5. A bad file on the next SIGHUP keeps the current certificate.
+    std::fs::write(&own.key, b"not a key").expect("spoil the key");
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(st.success());
+    let line = wait_log(&agent, &["NOT reloaded"], Duration::from_secs(10));
+    assert!(line.contains("agent.key"), "{line}");
+    let out = echoscu_tls(cfg.port, AGENT_AE, Some(&DcmtkTls::scu(Some(&certs.client), &[&certs.ca])));
+    assert!(out.status.success(), "{}", out.all());
+    agent.stop();
+}
