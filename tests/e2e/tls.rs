@@ -416,9 +416,13 @@ fn orthanc_over_tls_replication_drills_by_c_get_and_c_move_and_failover_check() 
     let run = storescu_tls(cfg.port, AGENT_AE, &with_cert, &files);
     assert_eq!(run.successes().len(), files.len(), "{}", run.log());
     for t in ["mirror", "mirror_move"] {
-        crate::s3::wait_target(&agent.config_path, t, "delivered", Duration::from_secs(120), |s| {
-            s["pending"] == 0 && s["delivered"] == files.len() as u64
-        });
+        crate::s3::wait_target(
+            &agent.config_path,
+            t,
+            "delivered",
+            Duration::from_secs(120),
+            |s| s["pending"] == 0 && s["delivered"] == files.len() as u64,
+        );
     }
     // Replicated over TLS, byte-exact.
     for f in &files {
@@ -433,7 +437,12 @@ fn orthanc_over_tls_replication_drills_by_c_get_and_c_move_and_failover_check() 
                 .arg(&agent.config_path),
             Duration::from_secs(300),
         );
-        assert!(out.status.success(), "drill of {target}: {}\n{}", out.all(), agent.log_tail());
+        assert!(
+            out.status.success(),
+            "drill of {target}: {}\n{}",
+            out.all(),
+            agent.log_tail()
+        );
         let v: serde_json::Value = serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("drill JSON ({e}): {}", out.all()));
         v[0].clone()
@@ -451,7 +460,9 @@ fn orthanc_over_tls_replication_drills_by_c_get_and_c_move_and_failover_check() 
     // failover check: complete.
     let out = crate::harness::run(
         std::process::Command::new(bin())
-            .args(["failover", "check", "--json", "--target", "mirror", "--config"])
+            .args([
+                "failover", "check", "--json", "--target", "mirror", "--config",
+            ])
             .arg(&agent.config_path),
         Duration::from_secs(120),
     );
@@ -505,11 +516,17 @@ fn an_expiring_certificate_alerts_and_sighup_swaps_it_for_the_next_association_o
         {
             break a.clone();
         }
-        assert!(Instant::now() < deadline, "no certificate_expiring alert: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "no certificate_expiring alert: {s}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let text = alert["text"].as_str().unwrap_or_default();
-    assert!(text.contains("expires in 9 d") || text.contains("expires in 10 d"), "{text}");
+    assert!(
+        text.contains("expires in 9 d") || text.contains("expires in 10 d"),
+        "{text}"
+    );
     assert!(text.contains("CN=short-lived"), "{text}");
     let left = metric(admin, "pacs_mirror_tls_certificate_expiry_seconds").expect("gauge");
     assert!((9 * 86_400..=10 * 86_400).contains(&left), "{left}");
@@ -535,7 +552,10 @@ fn an_expiring_certificate_alerts_and_sighup_swaps_it_for_the_next_association_o
         .expect("starting tls_hold.py");
     let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
     let held: serde_json::Value = serde_json::from_str(
-        &lines.next().expect("a first line").expect("reading tls_hold.py"),
+        &lines
+            .next()
+            .expect("a first line")
+            .expect("reading tls_hold.py"),
     )
     .expect("JSON");
     assert_eq!(
@@ -551,13 +571,20 @@ fn an_expiring_certificate_alerts_and_sighup_swaps_it_for_the_next_association_o
         .status()
         .expect("kill -HUP");
     assert!(st.success());
-    wait_log(&agent, &["DICOM TLS files reloaded", "CN=localhost"], Duration::from_secs(10));
+    wait_log(
+        &agent,
+        &["DICOM TLS files reloaded", "CN=localhost"],
+        Duration::from_secs(10),
+    );
     std::fs::write(&go, b"").expect("go file");
 
     // 4. The next association gets the new certificate; the held one
     //    stores and releases normally.
     let done: serde_json::Value = serde_json::from_str(
-        &lines.next().expect("a second line").expect("reading tls_hold.py"),
+        &lines
+            .next()
+            .expect("a second line")
+            .expect("reading tls_hold.py"),
     )
     .expect("JSON");
     let _ = holder.wait();
@@ -589,7 +616,247 @@ fn an_expiring_certificate_alerts_and_sighup_swaps_it_for_the_next_association_o
     assert!(st.success());
     let line = wait_log(&agent, &["NOT reloaded"], Duration::from_secs(10));
     assert!(line.contains("agent.key"), "{line}");
-    let out = echoscu_tls(cfg.port, AGENT_AE, Some(&DcmtkTls::scu(Some(&certs.client), &[&certs.ca])));
+    let out = echoscu_tls(
+        cfg.port,
+        AGENT_AE,
+        Some(&DcmtkTls::scu(Some(&certs.client), &[&certs.ca])),
+    );
     assert!(out.status.success(), "{}", out.all());
     agent.stop();
+}
+
+/// A config with `MIRROR` at `port` over TLS (and `ae_extra` for it), the
+/// device's `[device.tls]` as given.
+fn echo_config(dir: &Path, port: u16, device_tls_toml: &str) -> PathBuf {
+    let text = format!(
+        "[device]\nname = \"echo\"\ndata_dir = {:?}\n\
+         \n[[device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {}\n\
+         \n[[device.network_ae]]\nae_title = \"PACS_MIRROR\"\nnetwork_connections = [\"dicom\"]\n\
+         accept_any_calling_ae = true\nassociation_initiator = true\n\
+         {device_tls_toml}\
+         \n[[remote_device]]\nname = \"mirror\"\n\
+         [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {port}\n{TLS_SUITES}\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n",
+        dir.join("data").display().to_string(),
+        free_port(),
+    );
+    let path = dir.join(format!("echo-{port}.toml"));
+    std::fs::write(&path, text).expect("writing the config");
+    path
+}
+
+fn echo(config: &Path) -> Output {
+    crate::harness::run(
+        std::process::Command::new(bin())
+            .args(["echo", "MIRROR", "--timeout-secs", "5", "--config"])
+            .arg(config),
+        Duration::from_secs(60),
+    )
+}
+
+#[test]
+fn echo_explains_tls_failures_in_plain_words() {
+    let dir = tempdir();
+    let certs = TlsCerts::generate(&dir.path().join("certs"));
+    let ours = device_tls(&certs.server, &certs.ca);
+
+    // The mirror's certificate is from another CA.
+    let (_foreign, port) = tls_storescp(&dir.path().join("a"), &certs, &certs.other_server);
+    let out = echo(&echo_config(dir.path(), port, &ours));
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(
+        out.stdout.contains("FAILED: TLS with 127.0.0.1:"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout
+            .contains("not issued by a trusted CA (unknown CA)"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout.contains("issued by \"CN=pacs-mirror other CA\""),
+        "{}",
+        out.all()
+    );
+
+    // The mirror does not trust our CA.
+    let port = free_port();
+    let _picky = TlsStorescp::start(
+        &dir.path().join("b"),
+        "MIRROR",
+        port,
+        &DcmtkTls::scp(&certs.server, &[&certs.other_ca], PeerCert::Require),
+    );
+    let out = echo(&echo_config(dir.path(), port, &ours));
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(
+        out.stdout.contains("refused our certificate"),
+        "{}",
+        out.all()
+    );
+
+    // We have no certificate, and the mirror requires one.
+    let (_strict, port) = tls_storescp(&dir.path().join("c"), &certs, &certs.server);
+    let only_ca = format!(
+        "\n[device.tls]\ntrusted_ca = {:?}\n",
+        certs.ca.display().to_string()
+    );
+    let out = echo(&echo_config(dir.path(), port, &only_ca));
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(
+        out.stdout.contains("requires a client certificate"),
+        "{}",
+        out.all()
+    );
+
+    // The mirror speaks plaintext DICOM.
+    let port = free_port();
+    std::fs::create_dir_all(dir.path().join("d")).expect("dir");
+    let mut plain = std::process::Command::new(tool("storescp"))
+        .args(["-aet", "MIRROR", "-od"])
+        .arg(dir.path().join("d"))
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("storescp");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !crate::tls_peers::listening(port) {
+        assert!(Instant::now() < deadline, "storescp did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = echo(&echo_config(dir.path(), port, &ours));
+    let _ = plain.kill();
+    let _ = plain.wait();
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("the server does not speak TLS: this is a plaintext DICOM port"),
+        "{}",
+        out.all()
+    );
+}
+
+#[test]
+fn config_check_reports_every_tls_file_problem_at_once_and_warns_about_plaintext() {
+    let dir = tempdir();
+    let certs = TlsCerts::generate(&dir.path().join("certs"));
+    let check = |text: &str| {
+        let path = dir.path().join("check.toml");
+        std::fs::write(&path, text).expect("config");
+        crate::harness::run(
+            std::process::Command::new(bin())
+                .args(["config", "check"])
+                .arg(&path),
+            Duration::from_secs(30),
+        )
+    };
+    let base = |listener_host: &str, tls_toml: &str, conn_extra: &str| {
+        format!(
+            "[device]\nname = \"c\"\n\
+             \n[[device.network_connection]]\nname = \"dicom\"\nhostname = \"{listener_host}\"\nport = 11112\n{conn_extra}\
+             \n[[device.network_ae]]\nae_title = \"PACS_MIRROR\"\nnetwork_connections = [\"dicom\"]\n\
+             allowed_calling_aes = [\"PRIMARY\"]\nassociation_initiator = true\n\
+             {tls_toml}\
+             \n[[remote_device]]\nname = \"primary\"\n[[remote_device.network_ae]]\nae_title = \"PRIMARY\"\n\
+             association_initiator = true\nsource_addresses = [\"192.0.2.10\"]\n\
+             \n[[remote_device]]\nname = \"mirror\"\n\
+             [[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"198.51.100.50\"\nport = 104\n\
+             [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+             \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\n"
+        )
+    };
+    // Plaintext outside loopback: valid, with both warnings.
+    let out = check(&base("0.0.0.0", "", ""));
+    assert!(out.status.success(), "{}", out.all());
+    assert!(
+        out.stdout.contains(
+            "warning: device.network_connection[0]: plaintext DICOM listener on 0.0.0.0:11112"
+        ),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout
+            .contains("target \"MIRROR\" is reached in plaintext at 198.51.100.50:104"),
+        "{}",
+        out.all()
+    );
+
+    // A TLS listener with a missing certificate, a key that is not the
+    // certificate's, and an unreadable CA file: every one at once.
+    let bad = format!(
+        "\n[device.tls]\ncertificate = {:?}\nprivate_key = {:?}\ntrusted_ca = {:?}\n",
+        certs.server.cert.display().to_string(),
+        certs.client.key.display().to_string(),
+        dir.path().join("nope.pem").display().to_string(),
+    );
+    let out = check(&base("0.0.0.0", &bad, TLS_SUITES));
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(
+        out.stdout.contains("error: device.tls.private_key:"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout.contains("does not belong to certificate"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout.contains("error: device.tls.trusted_ca:"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout.contains("nope.pem: cannot read it"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        !out.stdout.contains("plaintext DICOM listener"),
+        "{}",
+        out.all()
+    );
+    assert!(out.stdout.contains("2 error(s)"), "{}", out.all());
+
+    // A key file that is no key and a certificate file that holds none.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "hello\n").expect("junk");
+    let worse = format!(
+        "\n[device.tls]\ncertificate = {:?}\nprivate_key = {:?}\ntrusted_ca = {:?}\n",
+        junk.display().to_string(),
+        junk.display().to_string(),
+        certs.ca.display().to_string(),
+    );
+    let out = check(&base("127.0.0.1", &worse, TLS_SUITES));
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(
+        out.stdout.contains("error: device.tls.certificate:")
+            && out.stdout.contains("holds no certificate"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout.contains("error: device.tls.private_key:")
+            && out.stdout.contains("holds no usable private key"),
+        "{}",
+        out.all()
+    );
+
+    // The agent refuses to start with them, naming them.
+    let out = crate::harness::run(
+        std::process::Command::new(bin())
+            .args(["run", "--config"])
+            .arg(dir.path().join("check.toml")),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(
+        out.all().contains("holds no usable private key"),
+        "{}",
+        out.all()
+    );
 }

@@ -147,7 +147,12 @@ pub(super) fn classify(addr: &str, e: dicom_ul::association::Error, timeout: Dur
             addr,
             message: e.to_string(),
         },
-        E::TlsHandshake { .. } | E::TlsConnection { .. } | E::TlsNotSupported => {
+        E::TlsNotSupported => ScuError::Tls {
+            addr,
+            code: "not_tls",
+            message: "the server does not speak TLS: this is a plaintext DICOM port (or the peer is not configured for TLS); check the port and the peer's TLS settings".into(),
+        },
+        E::TlsHandshake { .. } | E::TlsConnection { .. } => {
             let f = crate::tls::HandshakeFailure::of(&e, false);
             ScuError::Tls {
                 addr,
