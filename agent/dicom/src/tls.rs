@@ -904,7 +904,12 @@ impl HandshakeFailure {
                         message: format!("{peer} was refused: {r}"),
                     };
                 }
-                eof |= io.kind() == std::io::ErrorKind::UnexpectedEof;
+                eof |= matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                );
             }
             cur = e.source();
         }
@@ -912,7 +917,7 @@ impl HandshakeFailure {
             return HandshakeFailure {
                 code: "closed",
                 message: format!(
-                    "{peer} closed the connection during the TLS handshake (it refused our certificate or protocol, or it does not speak TLS)"
+                    "{peer} closed the connection during the TLS handshake: it may not speak TLS on this port (plaintext DICOM?), or it refused our TLS version, cipher suites or certificate"
                 ),
             };
         }
