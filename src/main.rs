@@ -324,7 +324,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             let shutdown = CancellationToken::new();
             tokio::spawn(watch_signals(shutdown.clone()));
-            tokio::spawn(watch_hangup());
+            // Registered before anything else runs: SIGHUP's default action
+            // would end the process.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hup) => {
+                    tokio::spawn(watch_hangup(hup));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGHUP: TLS certificates are not reloaded")
+                }
+            }
             let drills = pacs_mirror_verifier::service::extension(config.clone());
             app::run_with(config, shutdown, Some(drills)).await?;
             Ok(ExitCode::SUCCESS)
@@ -807,14 +816,7 @@ fn reindex(config: &Config) -> anyhow::Result<ExitCode> {
 /// SIGHUP: read the DICOM TLS files again. The next association uses the
 /// new certificate; those in progress keep theirs. Bad files keep the old
 /// material, with an error in the log.
-async fn watch_hangup() {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGHUP: TLS certificates are not reloaded");
-            return;
-        }
-    };
+async fn watch_hangup(mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         let results = pacs_mirror_agent::tls::reload();
         if results.is_empty() {

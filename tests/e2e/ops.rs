@@ -43,7 +43,7 @@ fn prometheus_rules_check_and_pass_their_unit_tests() {
     );
     assert!(check.status.success(), "{}", check.all());
     assert!(
-        check.all().contains("SUCCESS: 13 rules found"),
+        check.all().contains("SUCCESS: 15 rules found"),
         "{}",
         check.all()
     );
