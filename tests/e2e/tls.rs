@@ -863,3 +863,80 @@ fn config_check_reports_every_tls_file_problem_at_once_and_warns_about_plaintext
         out.all()
     );
 }
+
+/// `openssl s_client` to the agent with `args`; whether a TLS session was
+/// established, and what it said.
+fn s_client(port: u16, args: &[&str], client: &CertKey, ca: &Path) -> (bool, String) {
+    let out = crate::harness::run(
+        std::process::Command::new(crate::tls_certs::openssl())
+            .args(["s_client", "-brief", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .arg("-cert")
+            .arg(&client.cert)
+            .arg("-key")
+            .arg(&client.key)
+            .arg("-CAfile")
+            .arg(ca)
+            .stdin(std::process::Stdio::null()),
+        Duration::from_secs(30),
+    );
+    let all = out.all();
+    (all.contains("Protocol version:"), all)
+}
+
+#[test]
+fn old_tls_versions_weak_suites_and_expired_client_certificates_are_refused() {
+    let dir = tempdir();
+    let certs = TlsCerts::generate_with(
+        &dir.path().join("certs"),
+        crate::tls_certs::KeyKind::Rsa2048,
+    );
+    let (cfg, admin) = tls_agent(dir.path(), &certs, true);
+    let agent = Agent::start(&cfg);
+    let port = cfg.port;
+    // What we accept: TLS 1.3, and TLS 1.2 with an ECDHE AES-GCM suite.
+    let (ok, all) = s_client(port, &["-tls1_3"], &certs.client, &certs.ca);
+    assert!(ok && all.contains("TLSv1.3"), "{all}");
+    let (ok, all) = s_client(
+        port,
+        &["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"],
+        &certs.client,
+        &certs.ca,
+    );
+    assert!(ok && all.contains("TLSv1.2"), "{all}");
+    // TLS 1.1 and 1.0 (openssl allowed to offer them), RSA key exchange,
+    // CBC: no session.
+    for args in [
+        &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"][..],
+        &["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"][..],
+        &["-tls1_2", "-cipher", "AES128-SHA"][..],
+        &["-tls1_2", "-cipher", "AES128-GCM-SHA256"][..],
+        &["-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA256"][..],
+        &["-tls1_2", "-cipher", "DHE-RSA-AES128-GCM-SHA256"][..],
+    ] {
+        let (ok, all) = s_client(port, args, &certs.client, &certs.ca);
+        assert!(!ok, "{args:?} got a session: {all}");
+    }
+    wait_log(
+        &agent,
+        &["TLS handshake failed", "protocol_version"],
+        Duration::from_secs(5),
+    );
+    // An expired client certificate from our own CA.
+    let expired = DcmtkTls::scu(Some(&certs.expired), &[&certs.ca]);
+    let out = echoscu_tls(port, AGENT_AE, Some(&expired));
+    assert!(!out.status.success(), "{}", out.all());
+    let line = wait_log(
+        &agent,
+        &["TLS handshake failed", "expired"],
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("CN=expired"), "{line}");
+    let n = metric(
+        admin,
+        "pacs_mirror_tls_handshake_failures_total{reason=\"protocol_version\"}",
+    );
+    assert!(n.is_some_and(|n| n >= 6), "{n:?}");
+    agent.stop();
+}

@@ -1066,3 +1066,118 @@ fn alerts_without_webhook_are_valid() {
         &[],
     );
 }
+
+#[test]
+fn tls_connections_need_their_files_named_and_every_tls_problem_comes_at_once() {
+    // A TLS listener with mutual TLS and a TLS mirror, without [device.tls].
+    let tls = edit(
+        EXPOSED,
+        "hostname = \"0.0.0.0\"\nport = 11112\n",
+        "hostname = \"0.0.0.0\"\nport = 11112\ntls_cipher_suites = [\"BCP195-ND\", \"TLS_RSA_WITH_RC4_128_SHA\"]\nrequire_client_certificate = true\n",
+    );
+    let tls = edit(
+        &tls,
+        "hostname = \"198.51.100.50\"\nport = 104\n",
+        "hostname = \"198.51.100.50\"\nport = 104\ntls_cipher_suites = [\"bcp195-nd\"]\nrequire_client_certificate = true\n",
+    );
+    let tls = edit(
+        &tls,
+        "ae_title = \"MIRROR\"\n",
+        "ae_title = \"MIRROR\"\ncertificate_sha256 = \"AB:CD\"\ncertificate_name = \" \"\n",
+    );
+    let f = findings(&tls);
+    only(
+        &f,
+        &[
+            (Error, "device.network_connection[0].tls_cipher_suites[1]"),
+            (
+                Error,
+                "remote_device[1].network_connection[0].require_client_certificate",
+            ),
+            (Error, "remote_device[1].network_ae[0].certificate_sha256"),
+            (Error, "remote_device[1].network_ae[0].certificate_name"),
+            (Error, "device.tls"),
+            (Error, "device.tls.trusted_ca"),
+        ],
+    );
+    assert!(
+        has(
+            &f,
+            Error,
+            "device.network_connection[0].tls_cipher_suites[1]"
+        )
+        .message
+        .contains("TLS_RSA_WITH_RC4_128_SHA")
+    );
+    assert!(
+        has(
+            &f,
+            Error,
+            "remote_device[1].network_ae[0].certificate_sha256"
+        )
+        .message
+        .contains("64 hexadecimal digits")
+    );
+
+    // The files named: clean, and the plaintext warnings are gone.
+    let named = format!(
+        "{tls}\n[device.tls]\ncertificate = \"/etc/a.pem\"\nprivate_key = \"/etc/a.key\"\ntrusted_ca = \"/etc/ca.pem\"\n"
+    )
+    .replace(", \"TLS_RSA_WITH_RC4_128_SHA\"", "")
+    .replace(
+        "tls_cipher_suites = [\"bcp195-nd\"]\nrequire_client_certificate = true\n",
+        "tls_cipher_suites = [\"bcp195-nd\"]\n",
+    )
+    .replace("certificate_sha256 = \"AB:CD\"\ncertificate_name = \" \"\n", "certificate_name = \"mirror.example\"\n");
+    let config = Config::from_toml_str(&named, Path::new("t.toml")).expect("parses");
+    assert_eq!(config.validate(), Vec::<Finding>::new());
+    assert_eq!(config.plaintext_findings(), Vec::<Finding>::new());
+
+    // A certificate without its key, and the other way round.
+    let half = named.replace("private_key = \"/etc/a.key\"\n", "");
+    only(&findings(&half), &[(Error, "device.tls.private_key")]);
+    let half = named.replace("certificate = \"/etc/a.pem\"\n", "");
+    only(&findings(&half), &[(Error, "device.tls.certificate")]);
+}
+
+#[test]
+fn plaintext_outside_loopback_is_warned_about_separately() {
+    let config = Config::from_toml_str(EXPOSED, Path::new("t.toml")).expect("parses");
+    assert_eq!(
+        config.validate(),
+        Vec::<Finding>::new(),
+        "validate is about correctness"
+    );
+    let f = config.plaintext_findings();
+    only(
+        &f,
+        &[
+            (Warning, "device.network_connection[0]"),
+            (Warning, "remote_device[1].network_ae[0]"),
+        ],
+    );
+    assert!(
+        f[0].message
+            .contains("plaintext DICOM listener on 0.0.0.0:11112"),
+        "{f:?}"
+    );
+    // On loopback, nothing to say.
+    let local = EXPOSED
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("198.51.100.50", "127.0.0.1");
+    let config = Config::from_toml_str(&local, Path::new("t.toml")).expect("parses");
+    assert_eq!(config.plaintext_findings(), Vec::<Finding>::new());
+}
+
+#[test]
+fn an_ae_with_a_certificate_identity_on_a_plaintext_listener_is_warned_about() {
+    let pinned = edit(
+        EXPOSED,
+        "source_addresses = [\"192.0.2.10\"]\n",
+        "source_addresses = [\"192.0.2.10\"]\ncertificate_name = \"primary.example\"\n",
+    );
+    only(
+        &findings(&pinned),
+        &[(Warning, "device.network_ae[0].allowed_calling_aes")],
+    );
+}
