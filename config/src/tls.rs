@@ -229,7 +229,8 @@ mod tests {
 
     #[test]
     fn weak_suites_are_refused_by_name() {
-        let e = expand_cipher_suites(&["TLS_RSA_WITH_AES_128_CBC_SHA".into()]).expect_err("refused");
+        let e =
+            expand_cipher_suites(&["TLS_RSA_WITH_AES_128_CBC_SHA".into()]).expect_err("refused");
         assert!(
             e.to_string().contains("TLS_RSA_WITH_AES_128_CBC_SHA"),
             "{e}"

@@ -675,6 +675,34 @@ fn certificate_reason(e: &rustls::Error) -> (&'static str, String) {
     }
 }
 
+/// The handshake signature checks both verifiers share: the provider's
+/// algorithms (a pinned or CA-verified certificate alike must prove its key).
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+
 /// Records the verified client certificate; accepts, without a CA, one that
 /// some remote AE pins (the access check then holds it to that AE).
 #[derive(Debug)]
@@ -719,27 +747,7 @@ impl ClientCertVerifier for RecordingVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signature_checks!();
 }
 
 /// Checks a server's certificate: against its pin, or against the trusted
@@ -819,27 +827,7 @@ impl ServerCertVerifier for PeerVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signature_checks!();
 }
 
 fn name_of(n: &ServerName<'_>) -> String {
@@ -880,29 +868,23 @@ impl HandshakeFailure {
         };
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
         let mut eof = false;
-        while let Some(e) = cur {
+        let known = |e: &(dyn std::error::Error + 'static)| {
             if let Some(r) = e.downcast_ref::<Refused>() {
-                return HandshakeFailure {
+                return Some(HandshakeFailure {
                     code: r.code,
                     message: format!("{peer} was refused: {r}"),
-                };
+                });
             }
-            if let Some(r) = e.downcast_ref::<rustls::Error>() {
-                return Self::of_rustls(r, peer);
+            e.downcast_ref::<rustls::Error>()
+                .map(|r| Self::of_rustls(r, peer))
+        };
+        while let Some(e) = cur {
+            if let Some(f) = known(e) {
+                return f;
             }
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if let Some(inner) = io.get_ref()
-                    && let Some(r) = inner.downcast_ref::<rustls::Error>()
-                {
-                    return Self::of_rustls(r, peer);
-                }
-                if let Some(inner) = io.get_ref()
-                    && let Some(r) = inner.downcast_ref::<Refused>()
-                {
-                    return HandshakeFailure {
-                        code: r.code,
-                        message: format!("{peer} was refused: {r}"),
-                    };
+                if let Some(f) = io.get_ref().and_then(|inner| known(inner)) {
+                    return f;
                 }
                 eof |= matches!(
                     io.kind(),

@@ -28,11 +28,7 @@ impl Config {
                     ),
                 );
             }
-            let used = c.installed
-                && self
-                    .acceptor_aes()
-                    .any(|ae| ae.network_connections.contains(&c.name));
-            if !used {
+            if !self.listens_on(c) {
                 continue;
             }
             if c.is_tls() {
@@ -156,11 +152,7 @@ impl Config {
     pub fn plaintext_findings(&self) -> Vec<crate::Finding> {
         let mut r = Report::default();
         for (i, c) in self.device.network_connections.iter().enumerate() {
-            let used = c.installed
-                && self
-                    .acceptor_aes()
-                    .any(|ae| ae.network_connections.contains(&c.name));
-            if used && !c.is_tls() && !is_loopback_host(&c.hostname) {
+            if self.listens_on(c) && !c.is_tls() && !is_loopback_host(&c.hostname) {
                 r.warning(
                     format!("device.network_connection[{i}]"),
                     format!(
@@ -190,6 +182,15 @@ impl Config {
             }
         }
         r.findings
+    }
+
+    /// Whether the agent listens on this local connection (installed, used
+    /// by an acceptor AE).
+    fn listens_on(&self, c: &NetworkConnection) -> bool {
+        c.installed
+            && self
+                .acceptor_aes()
+                .any(|ae| ae.network_connections.contains(&c.name))
     }
 
     /// Whether some target or drill connects to this remote AE.
