@@ -235,9 +235,10 @@ def wait_until(pred, *, what: str, timeout: float, proc: subprocess.Popen | None
         time.sleep(interval)
 
 
-def echo_ok(called_ae: str, port: int, calling_ae: str = "BENCH") -> bool:
-    r = subprocess.run(["echoscu", "-q", "-to", "5", "-aet", calling_ae, "-aec", called_ae,
-                        LOOPBACK, str(port)], stdin=subprocess.DEVNULL,
+def echo_ok(called_ae: str, port: int, calling_ae: str = "BENCH", extra: list[str] | None = None) -> bool:
+    """C-ECHO with echoscu; `extra`: options before host/port (e.g. +tls …)."""
+    r = subprocess.run(["echoscu", "-q", "-to", "5", "-aet", calling_ae, "-aec", called_ae] + (extra or [])
+                       + [LOOPBACK, str(port)], stdin=subprocess.DEVNULL,
                        capture_output=True, timeout=30)
     return r.returncode == 0
 

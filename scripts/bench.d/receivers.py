@@ -21,6 +21,12 @@ BenchError if not); r.remove().
 All DCMTK-based processes (storescp, Orthanc's DICOM server, storescu) get
 TCP_NODELAY=1 in their environment: DCMTK 3.6.7 leaves Nagle's algorithm on
 unless that variable is set (its trace log says "using the default value (0)").
+
+DICOM TLS: set `r.tls = certs` (a dicomtls.Certs) before start() and the
+receiver's DICOM port speaks TLS only (storescp +tls, Orthanc DicomTlsEnabled,
+pacs-mirror tls_cipher_suites + require_client_certificate), each requiring
+a client certificate from the bench CA; the readiness C-ECHO then goes over
+TLS too, and `scu_args()` are the options a storescu needs to reach it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import dicomtls
 from benchlib import (LOOPBACK, BenchError, drop_tree, echo_ok, free_port, http_get_json, log,
                       proc_status_kib, spawn, stop, wait_until)
 
@@ -55,13 +62,18 @@ class Receiver:
         self.port = free_port()
         self.pdu = pdu
         self.proc: subprocess.Popen | None = None
+        self.tls = None  # dicomtls.Certs: serve DICOM over TLS only
 
     # subclasses: argv(), env(), ready(), count(), pdu_note()
     def env(self) -> dict:
         return {}
 
+    def scu_args(self) -> list[str]:
+        """storescu/echoscu options to reach this receiver (TLS or not)."""
+        return self.tls.scu_args() if self.tls is not None else []
+
     def ready(self) -> bool:
-        return echo_ok(self.ae, self.port)
+        return echo_ok(self.ae, self.port, extra=self.scu_args())
 
     def start(self) -> "Receiver":
         self.prepare()
@@ -140,6 +152,9 @@ class StoreScp(Receiver):
             a += ["-pdu", str(self.pdu)]
         if self.bit_preserving:
             a += ["+B"]
+        if self.tls is not None:
+            # -lc: DCMTK's TLS details of each association in the log
+            a += self.tls.scp_args() + ["-lc", str(self.tls.scp_log_config())]
         return a + [str(self.port)]
 
     def env(self) -> dict:
@@ -196,6 +211,8 @@ class Orthanc(Receiver):
         }
         if self.pdu:
             cfg["MaximumPduLength"] = self.pdu
+        if self.tls is not None:
+            cfg.update(self.tls.orthanc_config())
         self.config.write_text(json.dumps(cfg, indent=2))
 
     def argv(self) -> list[str]:
@@ -209,7 +226,7 @@ class Orthanc(Receiver):
 
     def ready(self) -> bool:
         http_get_json(self.url("/system"), timeout=2)
-        return echo_ok(self.ae, self.port)
+        return echo_ok(self.ae, self.port, extra=self.scu_args())
 
     def after_ready(self) -> None:
         plugins = http_get_json(self.url("/plugins"))
@@ -248,15 +265,19 @@ class PacsMirror(Receiver):
         if not self.binary.exists():
             raise BenchError(f"{self.binary} does not exist (build it, or pass --bin)")
         pdu = f"max_pdu_bytes = {self.pdu}\n" if self.pdu else ""
+        tls_device = tls_conn = ""
+        if self.tls is not None:
+            tls_device = "\n" + self.tls.device_toml()
+            tls_conn = dicomtls.connection_toml([dicomtls.BCP195_ND], require_client_certificate=True)
         self.config.write_text(f"""[device]
 name = "bench"
 data_dir = "{self.data}"
-
+{tls_device}
 [[device.network_connection]]
 name = "dicom"
 hostname = "{LOOPBACK}"
 port = {self.port}
-
+{tls_conn}
 [[device.network_ae]]
 ae_title = "{self.ae}"
 network_connections = ["dicom"]
