@@ -359,6 +359,7 @@ impl Tls {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(FixedCert(key)));
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.ignore_client_order = true;
         config.send_tls13_tickets = 0;
         Ok((Arc::new(config), slot))
     }
@@ -571,6 +572,18 @@ fn provider(suites: &Suites) -> Result<Arc<CryptoProvider>, TlsError> {
     if p.cipher_suites.is_empty() {
         return Err(TlsError::NoCipherSuites);
     }
+    // RFC 9325's preference: TLS 1.3, then AES-128-GCM first (as strong
+    // for this purpose and about a quarter cheaper than AES-256 for both
+    // ends: a mirror link runs at the speed of its endpoints' CPUs). As a
+    // server we pick by this order, not the client's.
+    p.cipher_suites.sort_by_key(|s| {
+        let name = s.suite().as_str().unwrap_or_default();
+        (
+            s.version() != &rustls::version::TLS13,
+            !name.contains("AES_128_GCM"),
+            name.contains("CHACHA20"),
+        )
+    });
     Ok(Arc::new(p))
 }
 
@@ -1006,6 +1019,33 @@ mod tests {
         assert!(!info.carries_name("dr.example.org"));
         assert!(info.carries_name("mirror pacs"));
         assert!(!info.carries_name("other.example.org"));
+    }
+
+    #[test]
+    fn aes_128_gcm_and_tls_1_3_come_first() {
+        let all = Suites(vec![
+            0x1301, 0x1302, 0x1303, 0xc02b, 0xc02c, 0xc02f, 0xc030, 0xcca8, 0xcca9,
+        ]);
+        let p = provider(&all).expect("suites");
+        let order: Vec<u16> = p
+            .cipher_suites
+            .iter()
+            .map(|s| u16::from(s.suite()))
+            .collect();
+        assert_eq!(order[0], 0x1301, "{order:x?}");
+        assert!(
+            order[..3]
+                .iter()
+                .all(|c| [0x1301, 0x1302, 0x1303].contains(c)),
+            "{order:x?}"
+        );
+        assert!([0xc02b, 0xc02f].contains(&order[3]), "{order:x?}");
+        let only = provider(&Suites(vec![0xc030])).expect("one suite");
+        assert_eq!(only.cipher_suites.len(), 1);
+        assert!(matches!(
+            provider(&Suites(vec![0x0005])),
+            Err(TlsError::NoCipherSuites)
+        ));
     }
 
     #[test]
