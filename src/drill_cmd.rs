@@ -252,6 +252,17 @@ fn print_report(r: &DrillReport) {
     }
 }
 
+/// Unix milliseconds as ISO 8601 UTC, to the second.
+pub(crate) fn iso_utc(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
+}
+
 /// `pacs-mirror drills`.
 pub async fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCode> {
     let list: Vec<(u64, DrillReport)> = match running_agent(config).await {
@@ -276,7 +287,7 @@ pub async fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCod
     }
     println!(
         "{:<24} {:<16} {:>5} {:>7} {:>7} {:>9} {:>9} {:>10}  result",
-        "started (UTC ms)", "target", "#", "studies", "MATCH", "problems", "recovery", "MB/s"
+        "started (UTC)", "target", "#", "studies", "MATCH", "problems", "recovery", "MB/s"
     );
     for (at, r) in &list {
         let c = |v| r.counts.get(&v).copied().unwrap_or(0);
@@ -284,7 +295,7 @@ pub async fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCod
             c(drill::Verdict::Mismatch) + c(drill::Verdict::Missing) + c(drill::Verdict::Coerced);
         println!(
             "{:<24} {:<16} {:>5} {:>7} {:>7} {:>9} {:>8.1}s {:>10.1}  {}",
-            at,
+            iso_utc(*at),
             r.target,
             r.number,
             r.studies.len(),
@@ -298,4 +309,13 @@ pub async fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCod
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn drill_times_are_iso_8601_utc() {
+        assert_eq!(super::iso_utc(1_796_636_167_908), "2026-12-07T09:36:07Z");
+        assert_eq!(super::iso_utc(0), "1970-01-01T00:00:00Z");
+    }
 }

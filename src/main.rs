@@ -288,17 +288,38 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes_once(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes joined by ": ", each said once: a cause whose
+/// text the message before it already contains (an error that prints its
+/// source in its own message) is left out.
+fn causes_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a log file or journald gets
+    // plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -309,6 +330,11 @@ fn init_logging(format: LogFormat) {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
+            if config.is_none() {
+                tracing::info!(
+                    "no --config given: running on the embedded default (`pacs-mirror config default` prints it)"
+                );
+            }
             let config = load(config.as_deref())?;
             let tls_problems = pacs_mirror_agent::tls::findings(&config);
             if !tls_problems.is_empty() {
@@ -577,9 +603,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 /// embedded default.
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     let Some(path) = path else {
-        tracing::info!(
-            "no --config given: running on the embedded default (`pacs-mirror config default` prints it)"
-        );
         return Ok(Config::embedded_default());
     };
     match Config::load_validated(path) {

@@ -420,6 +420,24 @@ pub async fn run_with(
     shutdown: CancellationToken,
     extension: Option<ExtensionFactory>,
 ) -> Result<(), AppError> {
+    // Every socket first: a port in use must fail the start before anything
+    // is created on disk (the default's data folder, say).
+    let mut sockets = Vec::new();
+    for settings in listener_settings(&config).await? {
+        let listener = crate::scp::listen(settings.bind).await?;
+        sockets.push((settings, listener));
+    }
+    let admin_listener = match &config.admin {
+        Some(a) => Some(
+            crate::admin::bind(a.listen)
+                .await
+                .map_err(|source| ScpError::Bind {
+                    addr: a.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let cfg = config.clone();
     let (spool, index, report) = tokio::task::spawn_blocking(move || open_store(&cfg, false))
         .await
@@ -452,7 +470,7 @@ pub async fn run_with(
         .acceptor_aes()
         .any(|ae| ae.drill_receiver)
         .then(|| DrillInbox::with_reserve(DrillInbox::reserve_for(config.spool.min_free_bytes)));
-    for settings in listener_settings(&config).await? {
+    for (settings, listener) in sockets {
         let titles: Vec<_> = settings
             .aes
             .iter()
@@ -462,7 +480,7 @@ pub async fn run_with(
             ingest: Some(ingest.clone()),
             drill_inbox: drill_inbox.clone(),
         };
-        let scp = Scp::bind(settings, services).await?;
+        let scp = Scp::on(listener, settings, services);
         let addr = scp
             .local_addr()
             .map_err(|e| AppError::Internal(e.to_string()))?;
@@ -470,17 +488,6 @@ pub async fn run_with(
         listening.push(format!("{} on {addr}", titles.join(", ")));
         tracker.spawn(scp.run(shutdown.clone(), tracker.clone()));
     }
-    let admin_listener = match &config.admin {
-        Some(a) => Some(
-            crate::admin::bind(a.listen)
-                .await
-                .map_err(|source| ScpError::Bind {
-                    addr: a.listen,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
     let replication = crate::replicate::Replication {
         index: index.clone(),
         spool: ingest.spool.clone(),

@@ -14,6 +14,7 @@ mod access;
 mod alerts;
 mod backfill;
 mod bad_input;
+mod cli_mistakes;
 mod content;
 mod corpus;
 mod crash;

@@ -118,6 +118,13 @@ pub struct ListenerTls {
     pub require_client_certificate: bool,
 }
 
+/// Bind a listening socket.
+pub async fn listen(addr: SocketAddr) -> Result<TcpListener, ScpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ScpError::Bind { addr, source })
+}
+
 /// Connections at once from addresses no AE of a listener allows (each
 /// held at most for the ARTIM timeout, then refused); more are closed
 /// unread.
@@ -152,12 +159,14 @@ pub struct Scp {
 impl Scp {
     /// Bind the socket and prepare the association options.
     pub async fn bind(settings: ListenerSettings, services: Services) -> Result<Self, ScpError> {
-        let listener = TcpListener::bind(settings.bind)
-            .await
-            .map_err(|source| ScpError::Bind {
-                addr: settings.bind,
-                source,
-            })?;
+        let listener = listen(settings.bind).await?;
+        Ok(Self::on(listener, settings, services))
+    }
+
+    /// Serve on a socket already bound ([`listen`]): the agent binds every
+    /// socket before it creates or opens anything on disk, so a port in use
+    /// leaves no data directory behind.
+    pub fn on(listener: TcpListener, settings: ListenerSettings, services: Services) -> Self {
         let policies: access::Policies =
             Arc::new(settings.aes.iter().map(|a| a.policy.clone()).collect());
         let mut options = ServerAssociationOptions::new()
@@ -220,13 +229,13 @@ impl Scp {
                 .collect::<HashMap<_, _>>(),
             idle_timeout: settings.idle_timeout,
         });
-        Ok(Scp {
+        Scp {
             listener,
             settings,
             options,
             context,
             policies,
-        })
+        }
     }
 
     /// The bound address.

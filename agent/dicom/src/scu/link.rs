@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 /// An established association over TCP or TLS.
 pub(super) enum Link {
-    Plain(AsyncClientAssociation<TcpStream>),
+    Plain(Box<AsyncClientAssociation<TcpStream>>),
     Tls(Box<AsyncClientAssociation<AsyncTlsStream>>),
 }
 
@@ -70,15 +70,15 @@ impl Link {
 
     pub(super) async fn release(self) -> Result<()> {
         match self {
-            Link::Plain(a) => a.release().await,
-            Link::Tls(a) => a.release().await,
+            Link::Plain(a) => (*a).release().await,
+            Link::Tls(a) => (*a).release().await,
         }
     }
 
     pub(super) async fn abort(self) -> Result<()> {
         match self {
-            Link::Plain(a) => a.abort().await,
-            Link::Tls(a) => a.abort().await,
+            Link::Plain(a) => (*a).abort().await,
+            Link::Tls(a) => (*a).abort().await,
         }
     }
 }

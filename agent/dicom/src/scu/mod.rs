@@ -202,7 +202,7 @@ impl Scu {
                 let fut = options.establish_async(addr.as_str());
                 tokio::time::timeout(peer.timeout * 2, fut)
                     .await
-                    .map(|r| r.map(Link::Plain))
+                    .map(|r| r.map(|a| Link::Plain(Box::new(a))))
             }
             Some(t) => {
                 let config = t
