@@ -403,6 +403,8 @@ pub struct Running {
     pub shutdown: CancellationToken,
     /// Tasks shutdown waits for.
     pub tracker: TaskTracker,
+    /// The monitors: what holds shows in `/status` and `/metrics`.
+    pub monitor: Arc<crate::monitor::Monitor>,
 }
 
 /// Builds an [`Extension`] once the store is open.
@@ -568,6 +570,7 @@ pub async fn run_with(
                 drill_inbox: drill_inbox.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
+                monitor: monitor.clone(),
             })
         })
         .unwrap_or_default();

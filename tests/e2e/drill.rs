@@ -322,6 +322,49 @@ fn scheduled_drills_report_and_metrics_in_the_running_agent() {
     assert!(ok, "{r}");
     assert_eq!(r["ok"], true);
     assert!(count(&r, "MATCH") >= 3, "{r}");
+
+    // The bucket gone: the drills fail, and `status` says so with the
+    // next step, as an alert that holds until a drill passes again.
+    let bucket = dir.path().join("bucket");
+    let aside = dir.path().join("bucket.aside");
+    std::fs::rename(&bucket, &aside).expect("moving the bucket away");
+    let drill_alert = |want: bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = run(
+                Command::new(bin())
+                    .args(["status", "--config"])
+                    .arg(&agent.config_path),
+                Duration::from_secs(30),
+            );
+            let line = out
+                .stdout
+                .lines()
+                .find(|l| l.contains("ALERT drill_failed (backup)"))
+                .map(str::to_string);
+            if line.is_some() == want {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "drill_failed alert {}: {}",
+                if want { "never shown" } else { "never cleared" },
+                out.all()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let line = drill_alert(true).expect("an alert line");
+    assert!(line.contains("FAILED"), "{line}");
+    assert!(line.contains("next:"), "{line}");
+    assert!(line.contains("ops/runbooks/drill-failed.md"), "{line}");
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("pacs_mirror_alert_firing{kind=\"drill_failed\",subject=\"backup\"} 1"),
+        "{metrics}"
+    );
+    std::fs::rename(&aside, &bucket).expect("putting the bucket back");
+    drill_alert(false);
     agent.stop();
 }
 

@@ -213,8 +213,57 @@ pub fn alert_on(alerter: &Alerter, r: &DrillReport) {
     }
 }
 
+/// What the on-call person does next after a drill that did not pass.
+pub fn next_step(r: &DrillReport) -> String {
+    let c = |v| r.counts.get(&v).copied().unwrap_or(0);
+    let t = &r.target;
+    let mut steps = Vec::new();
+    if c(Verdict::Missing) > 0 {
+        steps.push(if r.kind == "dicom" {
+            format!(
+                "`pacs-mirror failover check --target {t} --repair` queues what the mirror lacks again"
+            )
+        } else {
+            format!(
+                "`pacs-mirror resync --target {t}` (agent stopped) sends every object to the bucket again"
+            )
+        });
+    }
+    if c(Verdict::Mismatch) + c(Verdict::Coerced) > 0 {
+        steps.push(format!(
+            "`pacs-mirror drills --target {t} --json` names the instances whose copy differs"
+        ));
+    }
+    if r.failure.is_some() && steps.is_empty() {
+        steps.push(format!(
+            "check that the target answers (`pacs-mirror status`, `pacs-mirror echo` of its AE), then `pacs-mirror drill --target {t}` again"
+        ));
+    }
+    if r.rto_exceeded {
+        steps.push(
+            "a restore would take longer than its objective: check the link and the target's load"
+                .into(),
+        );
+    }
+    format!(
+        "{}; next: {}; runbook ops/runbooks/drill-failed.md",
+        r.summary(),
+        steps.join("; ")
+    )
+}
+
+/// Hold the target's drill condition in the monitor as its last drill says
+/// (a passing drill clears it).
+fn hold(monitor: &pacs_mirror_agent::monitor::Monitor, r: &DrillReport) {
+    let failed = (!r.ok && !r.rto_exceeded).then(|| next_step(r));
+    let slow = r.rto_exceeded.then(|| next_step(r));
+    monitor.set_external("drill_failed", &r.target, failed);
+    monitor.set_external("drill_over_objective", &r.target, slow);
+}
+
 /// Drills of a running agent.
 pub struct DrillService {
+    monitor: Arc<pacs_mirror_agent::monitor::Monitor>,
     index: Index,
     spool: Arc<Spool>,
     config: Config,
@@ -240,6 +289,7 @@ impl DrillService {
         let _ = std::fs::remove_dir_all(&self.scratch);
         let report = report?;
         alert_on(&self.alerts, &report);
+        hold(&self.monitor, &report);
         tracing::info!(target = %target, ok = report.ok, "{}", report.summary());
         Ok(report)
     }
@@ -356,10 +406,12 @@ impl DrillService {
                 let t = t.clone();
                 Box::pin(async move {
                     if let Err(e) = me.run(&t, &[]).await {
-                        me.alerts.raise(
+                        let text = format!("drill of {t} could not run: {e}");
+                        me.alerts.raise("drill_failed", &t, text.clone());
+                        me.monitor.set_external(
                             "drill_failed",
                             &t,
-                            format!("drill of {t} could not run: {e}"),
+                            Some(format!("{text}; next: fix the [[drill]] or the target's configuration (`pacs-mirror config check`); runbook ops/runbooks/drill-failed.md")),
                         );
                     }
                 })
@@ -396,6 +448,7 @@ impl DrillService {
 pub fn extension(config: Config) -> app::ExtensionFactory {
     Box::new(move |running: &Running| {
         let service = Arc::new(DrillService {
+            monitor: running.monitor.clone(),
             index: running.index.clone(),
             spool: running.spool.clone(),
             scratch: config.device.data_dir.join("drill-scratch"),
@@ -404,6 +457,13 @@ pub fn extension(config: Config) -> app::ExtensionFactory {
             config,
             one_at_a_time: tokio::sync::Mutex::new(()),
         });
+        // What the last drill of each target said holds until the next.
+        let mut seen = std::collections::BTreeSet::new();
+        for r in service.history(1000) {
+            if seen.insert(r.target.clone()) {
+                hold(&service.monitor, &r);
+            }
+        }
         let s = service.clone();
         let shutdown = running.shutdown.clone();
         running

@@ -401,6 +401,9 @@ type Key = (String, String);
 #[derive(Default)]
 struct State {
     firing: BTreeMap<Key, Firing>,
+    /// Conditions other parts of the agent hold (the verifier's drill
+    /// results): shown and exported like the rest, set and cleared by them.
+    external: BTreeMap<Key, Firing>,
     /// Checks in a row a firing condition did not hold.
     misses: BTreeMap<Key, u32>,
     /// Restored at start-up and not seen to hold since.
@@ -555,7 +558,41 @@ impl Monitor {
 
     /// What holds now.
     pub fn firing(&self) -> Vec<Firing> {
-        self.state().firing.values().cloned().collect()
+        let st = self.state();
+        st.firing
+            .values()
+            .chain(st.external.values())
+            .cloned()
+            .collect()
+    }
+
+    /// A condition held by another part of the agent (a failed drill):
+    /// `Some(text)` holds it (since now, or since it started to hold),
+    /// `None` clears it. Shown in `/status` and `/metrics` like the
+    /// monitor's own; raising its alert is the caller's.
+    pub fn set_external(&self, kind: &str, subject: &str, text: Option<String>) {
+        let key = (kind.to_string(), subject.to_string());
+        let mut st = self.state();
+        match text {
+            None => {
+                st.external.remove(&key);
+            }
+            Some(text) => {
+                let since_ms = st
+                    .external
+                    .get(&key)
+                    .map_or_else(crate::unix_ms, |f| f.since_ms);
+                st.external.insert(
+                    key,
+                    Firing {
+                        kind: kind.to_string(),
+                        subject: subject.to_string(),
+                        text,
+                        since_ms,
+                    },
+                );
+            }
+        }
     }
 
     /// One check now: read the activity, targets and spool, evaluate,
@@ -703,7 +740,7 @@ impl Monitor {
             "pacs_mirror_alert_firing",
             "1 for each alert condition that holds now.",
             "gauge",
-            st.firing.values().map(|f| {
+            st.firing.values().chain(st.external.values()).map(|f| {
                 (
                     format!(
                         "{{kind=\"{}\",subject=\"{}\"}}",
