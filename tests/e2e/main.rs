@@ -32,6 +32,7 @@ mod logs;
 mod mirror;
 mod ops;
 pub(crate) mod protocol;
+mod quickstart;
 pub(crate) mod resources;
 mod retrieve;
 pub(crate) mod s3;
