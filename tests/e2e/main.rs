@@ -32,6 +32,7 @@ mod mirror;
 mod ops;
 pub(crate) mod protocol;
 pub(crate) mod resources;
+mod restore_mistakes;
 mod retrieve;
 pub(crate) mod s3;
 mod tls;
