@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pacs_mirror_agent::app;
-use pacs_mirror_agent::bucket::{Bucket, BucketSettings};
+use pacs_mirror_agent::bucket::{Bucket, BucketSettings, DESCRIPTOR_KEY, Layout};
 use pacs_mirror_config::{Config, Target};
 use pacs_mirror_store::{index::Index, spool::Spool};
 use pacs_mirror_verifier::restore::{self, Done, Outcome, Selection, SendSettings};
@@ -120,7 +120,19 @@ pub fn open_bucket(config: &Config, from: &str, options: &[String]) -> anyhow::R
             }
         }
     };
-    Ok(Bucket::open(&settings)?)
+    // Reading never creates a folder: a typo is an error, not a new
+    // empty bucket.
+    Ok(Bucket::open_existing(&settings)?)
+}
+
+/// A restore or reindex error: a mistake in what was asked says what and
+/// where on its own; a failure gets the bucket it was reading.
+fn bucket_error(e: restore::RestoreError, bucket: &Bucket) -> anyhow::Error {
+    if e.is_mistake() {
+        e.into()
+    } else {
+        anyhow::Error::new(e).context(format!("reading the bucket {}", bucket.url()))
+    }
 }
 
 /// `pacs-mirror restore`.
@@ -140,7 +152,13 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitC
     eprintln!("reading {} …", bucket.url());
     let plan = restore::plan(&bucket, &selection)
         .await
-        .with_context(|| format!("reading the bucket {}", bucket.url()))?;
+        .map_err(|e| bucket_error(e, &bucket))?;
+    if plan.layout == Some(Layout::Undescribed) {
+        eprintln!(
+            "note: {} has no descriptor ({DESCRIPTOR_KEY}; written by a version from before descriptors): its manifests and objects say what it holds",
+            bucket.url()
+        );
+    }
     eprintln!(
         "{} object(s), {} in {} study(ies); {} older version(s) not sent; {} blob(s) listed in no manifest; {} manifest entr(ies) without a blob",
         plan.objects.len(),
@@ -229,6 +247,10 @@ pub async fn reindex_from(config: &Config, from: &str) -> anyhow::Result<ExitCod
         );
     };
     let bucket = open_bucket(config, from, &[])?;
+    // Before the index is opened (or made): a mistake touches nothing.
+    restore::check_bucket(&bucket)
+        .await
+        .map_err(|e| bucket_error(e, &bucket))?;
     let dirs = app::DataDirs::new(&config.device.data_dir);
     let spool = Spool::open(&dirs.spool, app::spool_limits(config))?;
     let index = Index::open(&dirs.index).with_context(|| {
@@ -237,7 +259,9 @@ pub async fn reindex_from(config: &Config, from: &str) -> anyhow::Result<ExitCod
             dirs.index.display()
         )
     })?;
-    let report = restore::reindex_from(&bucket, &index, &spool, from).await?;
+    let report = restore::reindex_from(&bucket, &index, &spool, from)
+        .await
+        .map_err(|e| bucket_error(e, &bucket))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }

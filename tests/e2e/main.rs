@@ -34,6 +34,7 @@ mod ops;
 pub(crate) mod protocol;
 mod quickstart;
 pub(crate) mod resources;
+mod restore_mistakes;
 mod retrieve;
 pub(crate) mod s3;
 mod tls;

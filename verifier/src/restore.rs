@@ -7,6 +7,13 @@
 //! listing of `objects/` for blobs no manifest names (an upload cut off
 //! between its blob and its manifest entry).
 //!
+//! A mistake never passes as success: a location that is not a
+//! pacs-mirror bucket ([`RestoreError::NotABucket`]), a selection that
+//! finds nothing or names a study the bucket does not hold
+//! ([`RestoreError::Unmatched`]) and a bucket with nothing to reindex
+//! ([`RestoreError::NothingToReindex`]) are errors, found before anything
+//! is sent or indexed.
+//!
 //! Every object is downloaded and its data set hashed to its key **before**
 //! it is sent; an object that does not match is reported and never sent.
 //! An object of at most [`MAX_IN_MEMORY`] bytes whose manifest names it is
@@ -25,7 +32,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use pacs_mirror_agent::bucket::manifest::{ManifestEntry, StudyManifest};
-use pacs_mirror_agent::bucket::{Bucket, BucketError};
+use pacs_mirror_agent::bucket::{Bucket, BucketError, Layout};
 use pacs_mirror_dicom::dimse::Status;
 use pacs_mirror_dicom::scu::{self, Outgoing, Peer, Scu};
 use pacs_mirror_store::index::{Index, IndexError, ObjectId, hash_hex, parse_hash};
@@ -65,6 +72,84 @@ pub enum RestoreError {
     /// A filter argument is malformed.
     #[error("{0}")]
     Filter(String),
+    /// The location is not a pacs-mirror bucket: missing, empty, or
+    /// holding other things ([`BucketError::is_not_a_bucket`]).
+    #[error("{0}")]
+    NotABucket(BucketError),
+    /// The selection matches nothing, or names a study the bucket does not
+    /// hold as asked: nothing is restored.
+    #[error("{0}")]
+    Unmatched(Unmatched),
+    /// `reindex --from` found no study manifest to index.
+    #[error(
+        "nothing to reindex: {url} holds no study manifest ({objects} object(s) that no manifest names)"
+    )]
+    NothingToReindex {
+        /// The bucket's URL.
+        url: String,
+        /// Objects in the bucket (named by no manifest).
+        objects: usize,
+    },
+}
+
+impl RestoreError {
+    /// Whether this is a mistake in what was asked (a location that is not
+    /// a bucket, a selection that finds nothing) rather than a failure:
+    /// the message says what and where on its own.
+    pub fn is_mistake(&self) -> bool {
+        matches!(
+            self,
+            RestoreError::NotABucket(_)
+                | RestoreError::Unmatched(_)
+                | RestoreError::NothingToReindex { .. }
+                | RestoreError::Filter(_)
+        )
+    }
+}
+
+/// What of a selection found nothing in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmatched {
+    /// Each part of the selection that found nothing, in words (per
+    /// requested study).
+    pub reasons: Vec<String>,
+    /// What the bucket holds ("1 study", "3 studies and 1 instance without
+    /// a study"); `None` when everything was asked for.
+    pub held: Option<String>,
+    /// Whether the rest of the selection did select something (not
+    /// restored either: the whole command is refused).
+    pub selected_some: bool,
+}
+
+impl std::fmt::Display for Unmatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self
+            .held
+            .as_ref()
+            .map(|h| format!(" (it holds {h})"))
+            .unwrap_or_default();
+        if self.selected_some {
+            write!(
+                f,
+                "not in the bucket as asked: {}{held}; nothing restored: correct the selection or leave that out",
+                self.reasons.join("; ")
+            )
+        } else {
+            write!(f, "nothing selected: {}{held}", self.reasons.join("; "))
+        }
+    }
+}
+
+/// Whether `bucket` is a pacs-mirror bucket ([`Bucket::layout`]); a
+/// location that is not one is [`RestoreError::NotABucket`].
+pub async fn check_bucket(bucket: &Bucket) -> Result<Layout, RestoreError> {
+    bucket.layout().await.map_err(|e| {
+        if e.is_not_a_bucket() {
+            RestoreError::NotABucket(e)
+        } else {
+            RestoreError::Bucket(e)
+        }
+    })
 }
 
 /// Which studies to restore; empty: all.
@@ -87,30 +172,127 @@ impl Selection {
     }
 
     fn wants(&self, m: &StudyManifest) -> bool {
-        if !self.studies.is_empty() && !self.studies.contains(&m.study_instance_uid) {
-            return false;
-        }
-        if let Some(p) = &self.patient_id
-            && m.patient_id.trim() != p.trim()
-        {
-            return false;
-        }
-        if let Some(since) = &self.since {
-            let date = if m.study_date.len() == 8 {
-                m.study_date.clone()
-            } else {
-                m.instances
-                    .iter()
-                    .map(|e| yyyymmdd_of_ms(e.record.received_at_ms))
-                    .min()
-                    .unwrap_or_default()
-            };
-            if date.as_str() < since.as_str() {
-                return false;
-            }
-        }
-        true
+        (self.studies.is_empty() || self.studies.contains(&m.study_instance_uid))
+            && self.patient_matches(m)
+            && self.date_matches(m)
     }
+
+    fn patient_matches(&self, m: &StudyManifest) -> bool {
+        self.patient_id
+            .as_ref()
+            .is_none_or(|p| m.patient_id.trim() == p.trim())
+    }
+
+    fn date_matches(&self, m: &StudyManifest) -> bool {
+        self.since
+            .as_ref()
+            .is_none_or(|since| study_day(m).as_str() >= since.as_str())
+    }
+
+    /// Why nothing (or not every requested study) is selected from
+    /// `manifests`, in words: per requested study, or per filter.
+    fn why_unmatched(&self, manifests: &[StudyManifest]) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.studies.is_empty() {
+            let mut asked = HashSet::new();
+            for uid in &self.studies {
+                if !asked.insert(uid) {
+                    continue;
+                }
+                match manifests.iter().find(|m| &m.study_instance_uid == uid) {
+                    None => reasons.push(format!("study {uid} is not in the bucket")),
+                    Some(m) if !self.patient_matches(m) => reasons.push(format!(
+                        "study {uid} is of patient {:?}, not {:?}",
+                        m.patient_id.trim(),
+                        self.patient_id.as_deref().unwrap_or_default().trim()
+                    )),
+                    Some(m) if !self.date_matches(m) => reasons.push(format!(
+                        "study {uid} is dated {}, before {}",
+                        dashed(&study_day(m)),
+                        dashed(self.since.as_deref().unwrap_or_default())
+                    )),
+                    Some(_) => {}
+                }
+            }
+            return reasons;
+        }
+        let of_patient: Vec<&StudyManifest> = manifests
+            .iter()
+            .filter(|m| self.patient_matches(m))
+            .collect();
+        if let Some(p) = &self.patient_id
+            && of_patient.is_empty()
+        {
+            reasons.push(format!("patient {:?} has no study in the bucket", p.trim()));
+        } else if let Some(since) = &self.since
+            && !of_patient.iter().any(|m| self.date_matches(m))
+        {
+            let whose = self
+                .patient_id
+                .as_ref()
+                .map(|p| format!(" of patient {:?}", p.trim()))
+                .unwrap_or_default();
+            let latest = of_patient
+                .iter()
+                .map(|m| study_day(m))
+                .max()
+                .map(|d| format!(": the latest is dated {}", dashed(&d)))
+                .unwrap_or_default();
+            reasons.push(format!(
+                "no study{whose} is dated on or after {}{latest}",
+                dashed(since)
+            ));
+        } else if self.is_everything() {
+            reasons.push("the bucket holds no study and no object yet".into());
+        } else {
+            reasons.push("the selection matches no study".into());
+        }
+        reasons
+    }
+}
+
+/// The day of a study for `--since` (YYYYMMDD): its Study Date, or the
+/// day its first instance was received.
+fn study_day(m: &StudyManifest) -> String {
+    if m.study_date.len() == 8 {
+        m.study_date.clone()
+    } else {
+        m.instances
+            .iter()
+            .map(|e| yyyymmdd_of_ms(e.record.received_at_ms))
+            .min()
+            .unwrap_or_default()
+    }
+}
+
+/// YYYYMMDD → YYYY-MM-DD (anything else as it is).
+fn dashed(d: &str) -> String {
+    if d.len() == 8 && d.is_ascii() {
+        format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..])
+    } else {
+        d.to_string()
+    }
+}
+
+/// What `manifests` hold, in words: "1 study", "3 studies and 1 instance
+/// without a study", "no study".
+fn holdings(manifests: &[StudyManifest]) -> String {
+    let unfiled = manifests
+        .iter()
+        .filter(|m| m.study_instance_uid.is_empty())
+        .count();
+    let studies = manifests.len() - unfiled;
+    let mut s = match studies {
+        0 => "no study".to_string(),
+        1 => "1 study".to_string(),
+        n => format!("{n} studies"),
+    };
+    match unfiled {
+        0 => {}
+        1 => s.push_str(" and 1 instance without a study"),
+        n => s.push_str(&format!(" and {n} instances without a study")),
+    }
+    s
 }
 
 /// `YYYY-MM-DD` or `YYYYMMDD` → `YYYYMMDD`.
@@ -150,6 +332,9 @@ pub struct Planned {
 /// What will be restored.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
+    /// What made the location a bucket (`None` only for a plan built by
+    /// hand).
+    pub layout: Option<Layout>,
     /// The objects, study by study.
     pub objects: Vec<Planned>,
     /// Studies selected.
@@ -169,12 +354,20 @@ impl Plan {
     }
 }
 
-/// Read the bucket and decide what to send.
+/// Read the bucket and decide what to send. A location that is not a
+/// pacs-mirror bucket is [`RestoreError::NotABucket`]; a selection that
+/// selects nothing, or names a study the bucket does not hold as asked, is
+/// [`RestoreError::Unmatched`] (nothing is sent then, not even the studies
+/// found).
 pub async fn plan(bucket: &Bucket, selection: &Selection) -> Result<Plan, RestoreError> {
+    let layout = check_bucket(bucket).await?;
     let manifests = bucket.manifests().await?;
     let blobs: HashMap<ObjectId, u64> = bucket.objects().await?.into_iter().collect();
     let mut listed: HashSet<ObjectId> = HashSet::new();
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        layout: Some(layout),
+        ..Plan::default()
+    };
     for m in &manifests {
         for e in &m.instances {
             if let Ok(h) = parse_hash(&e.record.blake3) {
@@ -230,6 +423,22 @@ pub async fn plan(bucket: &Bucket, selection: &Selection) -> Result<Plan, Restor
                 bytes: *bytes,
             });
         }
+    }
+    let nothing = plan.studies == 0 && plan.objects.is_empty();
+    let mut reasons = if nothing || !selection.studies.is_empty() {
+        selection.why_unmatched(&manifests)
+    } else {
+        Vec::new()
+    };
+    if nothing && reasons.is_empty() {
+        reasons.push("the selection matches no study".into());
+    }
+    if !reasons.is_empty() {
+        return Err(RestoreError::Unmatched(Unmatched {
+            reasons,
+            held: (!selection.is_everything()).then(|| holdings(&manifests)),
+            selected_some: !nothing,
+        }));
     }
     Ok(plan)
 }
@@ -679,13 +888,16 @@ pub struct ReindexReport {
 /// instance record, as it was when received, its object delivered to
 /// `target`; objects whose file is not in `spool` are marked as not in the
 /// spool. No outbox rows are written for other targets (the agent has no
-/// file to send them).
+/// file to send them). A location that is not a pacs-mirror bucket
+/// ([`RestoreError::NotABucket`]), or a bucket with no manifest
+/// ([`RestoreError::NothingToReindex`]), indexes nothing and is an error.
 pub async fn reindex_from(
     bucket: &Bucket,
     index: &Index,
     spool: &pacs_mirror_store::spool::Spool,
     target: &str,
 ) -> Result<ReindexReport, RestoreError> {
+    check_bucket(bucket).await?;
     let manifests = bucket.manifests().await?;
     let blobs: HashSet<ObjectId> = bucket
         .objects()
@@ -693,6 +905,12 @@ pub async fn reindex_from(
         .into_iter()
         .map(|(h, _)| h)
         .collect();
+    if manifests.is_empty() {
+        return Err(RestoreError::NothingToReindex {
+            url: bucket.url().to_string(),
+            objects: blobs.len(),
+        });
+    }
     let mut report = ReindexReport {
         studies: manifests.len(),
         ..ReindexReport::default()
@@ -883,6 +1101,131 @@ mod tests {
             if p.is_dir() { walk(&p) } else { vec![p] }
         })
         .collect()
+    }
+
+    async fn refusal(bucket: &Bucket, selection: Selection) -> String {
+        let e = plan(bucket, &selection).await.unwrap_err();
+        assert!(
+            matches!(e, RestoreError::Unmatched(_)) && e.is_mistake(),
+            "{e:?}"
+        );
+        e.to_string()
+    }
+
+    /// A selection that finds nothing, or names a study the bucket does
+    /// not hold as asked, is refused, saying what was asked and not found;
+    /// what is there is still planned.
+    #[tokio::test]
+    async fn a_selection_that_finds_nothing_says_what_was_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bucket, _) = bucket_with(dir.path(), 2, false).await;
+        fn studies(s: &[&str]) -> Selection {
+            Selection {
+                studies: s.iter().map(|s| s.to_string()).collect(),
+                ..Selection::default()
+            }
+        }
+        assert_eq!(
+            refusal(&bucket, studies(&["1.2.3.4"])).await,
+            "nothing selected: study 1.2.3.4 is not in the bucket (it holds 1 study)"
+        );
+        assert_eq!(
+            refusal(&bucket, studies(&["1.2.3.4", STUDY, "5.6", "1.2.3.4"])).await,
+            "not in the bucket as asked: study 1.2.3.4 is not in the bucket; study 5.6 is not in the bucket (it holds 1 study); nothing restored: correct the selection or leave that out"
+        );
+        let patient = |p: &str| Selection {
+            patient_id: Some(p.into()),
+            ..Selection::default()
+        };
+        assert_eq!(
+            refusal(&bucket, patient("NOPE")).await,
+            "nothing selected: patient \"NOPE\" has no study in the bucket (it holds 1 study)"
+        );
+        let since = |d: &str| Selection {
+            since: Some(d.into()),
+            ..Selection::default()
+        };
+        assert_eq!(
+            refusal(&bucket, since("20270101")).await,
+            "nothing selected: no study is dated on or after 2027-01-01: the latest is dated 2026-11-23 (it holds 1 study)"
+        );
+        assert_eq!(
+            refusal(
+                &bucket,
+                Selection {
+                    since: Some("20270101".into()),
+                    ..patient("PID")
+                }
+            )
+            .await,
+            "nothing selected: no study of patient \"PID\" is dated on or after 2027-01-01: the latest is dated 2026-11-23 (it holds 1 study)"
+        );
+        assert_eq!(
+            refusal(
+                &bucket,
+                Selection {
+                    patient_id: Some("NOPE".into()),
+                    ..studies(&[STUDY])
+                }
+            )
+            .await,
+            format!(
+                "nothing selected: study {STUDY} is of patient \"PID\", not \"NOPE\" (it holds 1 study)"
+            )
+        );
+        assert_eq!(
+            refusal(
+                &bucket,
+                Selection {
+                    since: Some("20270101".into()),
+                    ..studies(&[STUDY])
+                }
+            )
+            .await,
+            format!(
+                "nothing selected: study {STUDY} is dated 2026-11-23, before 2027-01-01 (it holds 1 study)"
+            )
+        );
+        for ok in [
+            studies(&[STUDY]),
+            patient(" PID "),
+            since("20261123"),
+            Selection::default(),
+        ] {
+            let p = plan(&bucket, &ok).await.unwrap();
+            assert_eq!((p.studies, p.objects.len()), (1, 2), "{ok:?}");
+            assert_eq!(p.layout, Some(Layout::Undescribed));
+        }
+
+        // A new bucket, its descriptor only: nothing to restore.
+        let new = Bucket::open(&BucketSettings {
+            url: format!("file://{}", dir.path().join("new").display()),
+            options: vec![],
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        new.ensure_descriptor("site").await.unwrap();
+        assert_eq!(
+            refusal(&new, Selection::default()).await,
+            "nothing selected: the bucket holds no study and no object yet"
+        );
+        // Not a bucket at all.
+        let empty = Bucket::open(&BucketSettings {
+            url: format!("file://{}", dir.path().join("empty").display()),
+            options: vec![],
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let e = plan(&empty, &Selection::default()).await.unwrap_err();
+        assert!(
+            matches!(e, RestoreError::NotABucket(_)) && e.is_mistake(),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with(": holds nothing (no pacs-mirror bucket there: check the URL)"),
+            "{e}"
+        );
     }
 
     #[test]

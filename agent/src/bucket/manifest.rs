@@ -9,6 +9,8 @@ use pacs_mirror_store::index::records::InstanceRecord;
 pub const MANIFEST_FORMAT: &str = "pacs-mirror/study-manifest/1";
 /// `format` of the bucket descriptor.
 pub const DESCRIPTOR_FORMAT: &str = "pacs-mirror/bucket/1";
+/// What the `format` of every version of the descriptor starts with.
+pub const DESCRIPTOR_FORMAT_FAMILY: &str = "pacs-mirror/bucket/";
 
 /// `pacs-mirror-bucket.json`: what this bucket is, for a person or a program
 /// that finds it with nothing else.

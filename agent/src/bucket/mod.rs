@@ -26,6 +26,10 @@
 //!   blake3 of the file under that key. With the Part-10 files themselves,
 //!   the bucket alone is enough to know what it holds and to rebuild an index
 //!   (`pacs-mirror reindex --from`) or a PACS (`pacs-mirror restore`).
+//! - A location is a pacs-mirror bucket by its descriptor or, failing that
+//!   (buckets written before descriptors), by a study manifest or an object
+//!   of this layout ([`Bucket::layout`]); readers open a folder with
+//!   [`Bucket::open_existing`], which never creates it.
 //!
 //! # Invariants
 //! - **Objects are written create-only** (`PutMode::Create`; large ones are
@@ -135,6 +139,61 @@ pub enum BucketError {
         /// What is wrong.
         message: String,
     },
+    /// The folder of a `file://` URL opened to read is not there (reading
+    /// never creates it).
+    #[error("{url}: {message}")]
+    NoSuchFolder {
+        /// The target URL.
+        url: String,
+        /// "no such folder", or what is there instead.
+        message: String,
+    },
+    /// Nothing at all under the URL.
+    #[error("{url}: holds nothing (no pacs-mirror bucket there: check the URL)")]
+    Empty {
+        /// The target URL.
+        url: String,
+    },
+    /// Things are there, but none of the layout's: no descriptor, no
+    /// manifest, no object.
+    #[error(
+        "{url}: not a pacs-mirror bucket ({descriptor}, no study manifests, no objects/): it holds {}",
+        listing(.found)
+    )]
+    NotABucket {
+        /// The target URL.
+        url: String,
+        /// What of the descriptor: "no descriptor pacs-mirror-bucket.json",
+        /// or why the one there is not one.
+        descriptor: String,
+        /// What is at its root (folders with a trailing `/`).
+        found: Vec<String>,
+    },
+}
+
+/// At most a few names, then how many more.
+fn listing(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// What makes a location a pacs-mirror bucket ([`Bucket::layout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Its descriptor says so.
+    Described(Descriptor),
+    /// No (valid) descriptor, but study manifests or objects of the layout:
+    /// a bucket written by a version from before descriptors.
+    Undescribed,
 }
 
 impl BucketError {
@@ -154,8 +213,23 @@ impl BucketError {
             BucketError::Config { .. }
             | BucketError::SpoolCorrupt { .. }
             | BucketError::Conflict { .. }
-            | BucketError::Invalid { .. } => false,
+            | BucketError::Invalid { .. }
+            | BucketError::NoSuchFolder { .. }
+            | BucketError::Empty { .. }
+            | BucketError::NotABucket { .. } => false,
         }
+    }
+
+    /// Whether the location is not a pacs-mirror bucket at all (missing,
+    /// empty, or holding other things): a mistake in the URL, not a
+    /// failure; the message says which location and why.
+    pub fn is_not_a_bucket(&self) -> bool {
+        matches!(
+            self,
+            BucketError::NoSuchFolder { .. }
+                | BucketError::Empty { .. }
+                | BucketError::NotABucket { .. }
+        )
     }
 }
 
@@ -283,8 +357,19 @@ pub struct BucketSettings {
 
 impl Bucket {
     /// Build the store for `settings` (no network access yet). The prefix
-    /// of the URL becomes the root of every key.
+    /// of the URL becomes the root of every key. A `file://` folder is
+    /// created if it is not there (the agent writes to it).
     pub fn open(settings: &BucketSettings) -> Result<Self, BucketError> {
+        Self::open_with(settings, true)
+    }
+
+    /// [`Bucket::open`] for reading only: a `file://` folder that is not
+    /// there is [`BucketError::NoSuchFolder`], never created.
+    pub fn open_existing(settings: &BucketSettings) -> Result<Self, BucketError> {
+        Self::open_with(settings, false)
+    }
+
+    fn open_with(settings: &BucketSettings, create: bool) -> Result<Self, BucketError> {
         let url = settings.url.clone();
         let bad = |message: String| BucketError::Config {
             url: url.clone(),
@@ -298,8 +383,25 @@ impl Bucket {
                 if !settings.options.is_empty() {
                     return Err(bad("a file target takes no options".into()));
                 }
-                std::fs::create_dir_all(rest)
-                    .map_err(|e| bad(format!("cannot create the directory {rest}: {e}")))?;
+                if create {
+                    std::fs::create_dir_all(rest)
+                        .map_err(|e| bad(format!("cannot create the directory {rest}: {e}")))?;
+                } else {
+                    let message = match std::fs::metadata(rest) {
+                        Ok(m) if m.is_dir() => None,
+                        Ok(_) => Some("not a folder (a file)".to_string()),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            Some("no such folder".to_string())
+                        }
+                        Err(e) => Some(format!("cannot read the folder: {e}")),
+                    };
+                    if let Some(message) = message {
+                        return Err(BucketError::NoSuchFolder {
+                            url: url.clone(),
+                            message,
+                        });
+                    }
+                }
                 let store = object_store::local::LocalFileSystem::new_with_prefix(rest)
                     .map_err(|e| bad(e.to_string()))?
                     .with_fsync(true)
@@ -703,6 +805,60 @@ impl Bucket {
         ))
     }
 
+    /// Whether this is a pacs-mirror bucket, decided by what the layout
+    /// offers: its descriptor; failing that (buckets written before
+    /// descriptors), a study manifest or an object of the layout. Otherwise
+    /// [`BucketError::Empty`] when nothing at all is there, or
+    /// [`BucketError::NotABucket`] with what is. Reads the descriptor and
+    /// at most the first keys of a few listings.
+    pub async fn layout(&self) -> Result<Layout, BucketError> {
+        let descriptor = match self.store.get(&Path::from(DESCRIPTOR_KEY)).await {
+            Ok(got) => {
+                let body = got.bytes().await?;
+                match serde_json::from_slice::<Descriptor>(&body) {
+                    Ok(d) if d.format.starts_with(manifest::DESCRIPTOR_FORMAT_FAMILY) => {
+                        return Ok(Layout::Described(d));
+                    }
+                    Ok(d) => format!("its {DESCRIPTOR_KEY} is of format {:?}", d.format),
+                    Err(e) => format!("its {DESCRIPTOR_KEY} is not a bucket descriptor: {e}"),
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => format!("no descriptor {DESCRIPTOR_KEY}"),
+            Err(e) => return Err(e.into()),
+        };
+        for prefix in ["studies", "unfiled"] {
+            let mut list = self.store.list(Some(&Path::from(prefix)));
+            while let Some(meta) = list.next().await {
+                if meta?.location.filename() == Some("manifest.json") {
+                    return Ok(Layout::Undescribed);
+                }
+            }
+        }
+        let mut list = self.store.list(Some(&Path::from("objects")));
+        while let Some(meta) = list.next().await {
+            if parse_object_key(meta?.location.as_ref()).is_some() {
+                return Ok(Layout::Undescribed);
+            }
+        }
+        let root = self.store.list_with_delimiter(None).await?;
+        let mut found: Vec<String> = root
+            .common_prefixes
+            .iter()
+            .map(|p| format!("{p}/"))
+            .chain(root.objects.iter().map(|o| o.location.to_string()))
+            .collect();
+        found.sort();
+        let url = self.url.clone();
+        if found.is_empty() {
+            return Err(BucketError::Empty { url });
+        }
+        Err(BucketError::NotABucket {
+            url,
+            descriptor,
+            found,
+        })
+    }
+
     /// Every manifest in the bucket: each study's, and those of instances
     /// with no study (`unfiled/`).
     pub async fn manifests(&self) -> Result<Vec<StudyManifest>, BucketError> {
@@ -1079,5 +1235,93 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].instances.len(), 20);
         assert_eq!(all[0].study_instance_uid, "1.2.3");
+    }
+
+    fn existing(dir: &FsPath) -> Result<Bucket, BucketError> {
+        Bucket::open_existing(&BucketSettings {
+            url: format!("file://{}", dir.display()),
+            options: vec![],
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Reading never creates a folder; a location is a bucket by its
+    /// descriptor or, without one (older versions), by a manifest or an
+    /// object of the layout; anything else says what it holds.
+    #[tokio::test]
+    async fn a_location_is_a_bucket_by_its_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-bucket");
+        let e = existing(&missing).unwrap_err();
+        assert!(e.is_not_a_bucket(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("file://{}: no such folder", missing.display())
+        );
+        assert!(!missing.exists(), "reading created the folder");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = existing(&file).unwrap_err();
+        assert!(e.to_string().ends_with(": not a folder (a file)"), "{e}");
+
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let e = existing(&empty).unwrap().layout().await.unwrap_err();
+        assert!(matches!(e, BucketError::Empty { .. }), "{e:?}");
+        assert!(e.to_string().contains(": holds nothing"), "{e}");
+
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(other.join("photos")).unwrap();
+        std::fs::create_dir_all(other.join("studies/x")).unwrap();
+        std::fs::write(other.join("studies/x/notes.txt"), b"x").unwrap();
+        std::fs::write(other.join("notes.txt"), b"x").unwrap();
+        let e = existing(&other).unwrap().layout().await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "file://{}: not a pacs-mirror bucket (no descriptor {DESCRIPTOR_KEY}, no study manifests, no objects/): it holds notes.txt, photos/, studies/",
+                other.display()
+            )
+        );
+        std::fs::write(other.join(DESCRIPTOR_KEY), b"{}").unwrap();
+        let e = existing(&other).unwrap().layout().await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("(its pacs-mirror-bucket.json is not a bucket descriptor: "),
+            "{e}"
+        );
+
+        // Written by an older version: manifests, no descriptor.
+        let old = dir.path().join("old");
+        let bucket = folder_bucket(&old);
+        bucket
+            .add_to_manifest(
+                "1.2.3",
+                &[manifest::entry("1.2.3.1", "1.1", &"ab".repeat(32))],
+            )
+            .await
+            .unwrap();
+        let bucket = existing(&old).unwrap();
+        assert_eq!(bucket.layout().await.unwrap(), Layout::Undescribed);
+        // Only an object (its manifest entry never written).
+        let blob_only = dir.path().join("blob-only");
+        let (file, hash) = part10("1.2.3.9", "CT");
+        let path = dir.path().join("9.dcm");
+        std::fs::write(&path, &file).unwrap();
+        folder_bucket(&blob_only)
+            .upload(&path, &hash)
+            .await
+            .unwrap();
+        assert_eq!(
+            existing(&blob_only).unwrap().layout().await.unwrap(),
+            Layout::Undescribed
+        );
+        // A new bucket: its descriptor, nothing else yet.
+        let new = dir.path().join("new");
+        folder_bucket(&new).ensure_descriptor("site").await.unwrap();
+        assert!(matches!(
+            existing(&new).unwrap().layout().await.unwrap(),
+            Layout::Described(d) if d.created_by == "site"
+        ));
     }
 }
