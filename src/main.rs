@@ -642,6 +642,19 @@ fn count_errors(findings: &[Finding]) -> usize {
 fn config_check(file: &Path) -> ExitCode {
     let config = match Config::load(file) {
         Ok(c) => c,
+        // Unknown keys and wrong types: every one, like validation findings.
+        Err(ConfigError::Invalid { findings }) => {
+            for f in &findings {
+                println!("{f}");
+            }
+            let errors = count_errors(&findings);
+            println!(
+                "{}: {errors} error(s), {} warning(s)",
+                file.display(),
+                findings.len() - errors
+            );
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("{}: {e}", file.display());
             return ExitCode::FAILURE;

@@ -81,8 +81,9 @@ pub enum ConfigError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML, or does not match the configuration
-    /// schema (unknown key, missing key, wrong type, unknown enum value…).
+    /// The file is not valid TOML (a syntax error), or, rarely, does not
+    /// match the configuration schema in a way the one-pass check of every
+    /// key and type did not catch.
     #[error("cannot parse configuration file {}: {message}", path.display())]
     Parse {
         /// The file (or other origin) the text came from.
@@ -90,8 +91,10 @@ pub enum ConfigError {
         /// The TOML parser's message, including line and column.
         message: String,
     },
-    /// The configuration parsed but validation found at least one
-    /// [`Severity::Error`]. Holds every finding, errors and warnings.
+    /// The file is TOML but has unknown keys or wrong-typed values (every
+    /// one of them, each with its path, line and column), or it parsed but
+    /// validation found at least one [`Severity::Error`]. Holds every
+    /// finding, errors and warnings.
     #[error("{}", display_findings(findings))]
     Invalid {
         /// Every finding, errors and warnings, in document order.

@@ -53,9 +53,12 @@
 //!
 //! # Loading
 //!
-//! [`Config::load`] reads and parses a file; unknown keys, missing required
-//! keys and wrong types are [`ConfigError::Parse`] errors with the line and
-//! column. [`Config::validate`] then checks everything that parsing cannot
+//! [`Config::load`] reads and parses a file. Text that is not TOML is a
+//! [`ConfigError::Parse`] error with the line and column. Otherwise every
+//! unknown key (with "did you mean …?" when a valid key is close), wrong
+//! type, bad enum value and missing required key is reported at once as a
+//! [`ConfigError::Invalid`] finding, with its TOML path, line and column.
+//! [`Config::validate`] then checks everything that parsing cannot
 //! (ranges, references between entries, AE title rules, the calling-AE
 //! allow-list policy…) and returns *every* [`Finding`] at once.
 //! [`Config::load_validated`] does both and fails with
@@ -76,6 +79,7 @@ mod error;
 mod host;
 pub mod ldif;
 mod remote;
+mod schema;
 mod spool;
 mod target;
 pub mod tls;
@@ -138,14 +142,30 @@ impl Config {
 
     /// Parses a configuration from TOML text, without validating it.
     /// `origin` names where the text came from, for error messages.
+    ///
+    /// Text that is not TOML is a [`ConfigError::Parse`] error. Otherwise
+    /// every unknown key (with the closest valid key, when one is close)
+    /// and every wrong-typed value, bad enum value or missing key that can
+    /// be found is reported at once, as [`ConfigError::Invalid`] findings
+    /// with their TOML path, line and column.
     pub fn from_toml_str(s: &str, origin: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(s).map_err(|e| ConfigError::Parse {
-            path: origin.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })
+        let parse_error = |mut e: toml::de::Error| {
+            e.set_input(Some(s));
+            ConfigError::Parse {
+                path: origin.to_path_buf(),
+                message: e.to_string().trim_end().to_string(),
+            }
+        };
+        let findings = schema::check(s).map_err(parse_error)?;
+        if !findings.is_empty() {
+            return Err(ConfigError::Invalid { findings });
+        }
+        toml::from_str(s).map_err(parse_error)
     }
 
     /// Reads and parses a configuration file, without validating it.
+    /// Unknown keys and wrong types are reported all at once, as
+    /// [`ConfigError::Invalid`] findings (see [`Config::from_toml_str`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

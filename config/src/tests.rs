@@ -19,6 +19,23 @@ fn parse_error(toml: &str) -> String {
     }
 }
 
+/// The findings of text that is TOML but does not fit the schema.
+fn findings(toml: &str) -> Vec<Finding> {
+    match parse(toml) {
+        Err(ConfigError::Invalid { findings }) => findings,
+        other => panic!("expected findings, got {other:?}"),
+    }
+}
+
+/// The one finding of text with one unknown key or wrong type, as
+/// displayed (`error: PATH: MESSAGE`).
+fn one_finding(toml: &str) -> String {
+    let findings = findings(toml);
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert!(findings[0].is_error());
+    findings[0].to_string()
+}
+
 use crate::validate::tests::MINIMAL;
 
 #[test]
@@ -144,12 +161,12 @@ fn unknown_fields_are_rejected_everywhere() {
             assert!(MINIMAL.contains(anchor));
             MINIMAL.replacen(anchor, replacement, 1)
         };
-        let message = parse_error(&toml);
+        let message = one_finding(&toml);
         assert!(
-            message.contains(&format!("unknown field `{field}`")),
+            message.contains(&format!(".{field}: unknown key `{field}` (line "))
+                || message.starts_with(&format!("error: {field}: unknown key `{field}` (line ")),
             "{field}: {message}"
         );
-        assert!(message.contains("line"), "{message}");
     }
 }
 
@@ -166,27 +183,53 @@ fn parse_error_has_line_and_column() {
 }
 
 #[test]
-fn wrong_types_and_enum_values_are_parse_errors() {
-    let m = parse_error(&MINIMAL.replace("port = 11112", "port = 70000"));
-    assert!(m.contains("port") || m.contains("70000"), "{m}");
-    let m = parse_error(&MINIMAL.replace("port = 11112", "port = \"11112\""));
-    assert!(m.contains("line"), "{m}");
-    let m = parse_error(&format!(
+fn wrong_types_and_enum_values_are_findings() {
+    let m = one_finding(&MINIMAL.replace("port = 11112", "port = 70000"));
+    assert!(
+        m.starts_with("error: device.network_connection[0].port: ") && m.contains("70000"),
+        "{m}"
+    );
+    assert!(m.contains("(line 8, column 8)"), "{m}");
+    let m = one_finding(&MINIMAL.replace("port = 11112", "port = \"11112\""));
+    assert!(
+        m.starts_with("error: device.network_connection[0].port: "),
+        "{m}"
+    );
+    assert!(m.contains("line 8"), "{m}");
+    let m = one_finding(&format!(
         "{MINIMAL}[[device.network_ae.transfer_capability]]\nsop_class = \"1.2\"\nrole = \"SCU\"\n"
     ));
-    assert!(m.contains("SCU"), "{m}");
-    let m = parse_error(&format!(
+    assert!(
+        m.starts_with("error: device.network_ae[0].transfer_capability[0].role: ")
+            && m.contains("SCU"),
+        "{m}"
+    );
+    let m = one_finding(&format!(
         "{MINIMAL}[[target]]\ntype = \"ftp\"\nname = \"x\"\nurl = \"ftp://x\"\n"
     ));
-    assert!(m.contains("ftp"), "{m}");
+    assert!(
+        m.starts_with("error: target[0]") && m.contains("ftp"),
+        "{m}"
+    );
 }
 
 #[test]
-fn missing_required_fields_are_parse_errors() {
-    let m = parse_error(&MINIMAL.replace("hostname = \"127.0.0.1\"\n", ""));
-    assert!(m.contains("missing field `hostname`"), "{m}");
-    let m = parse_error("[device]\nname = \"x\"\nnetwork_connection = []\n");
-    assert!(m.contains("missing field `network_ae`"), "{m}");
+fn missing_required_fields_are_findings() {
+    let m = one_finding(&MINIMAL.replace("hostname = \"127.0.0.1\"\n", ""));
+    assert!(
+        m.starts_with("error: device.network_connection[0].hostname: missing field `hostname`"),
+        "{m}"
+    );
+    let m = one_finding("[device]\nname = \"x\"\nnetwork_connection = []\n");
+    assert!(
+        m.starts_with("error: device.network_ae: missing field `network_ae`"),
+        "{m}"
+    );
+    let m = one_finding("[spool]\n");
+    assert!(
+        m.starts_with("error: device: missing field `device`"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -223,9 +266,13 @@ fn source_addresses_accept_bare_ips_and_networks() {
     .collect();
     assert_eq!(ae.source_addresses, expected);
 
-    let m = parse_error(&format!(
+    let m = one_finding(&format!(
         "{MINIMAL}[[remote_device]]\nname = \"r\"\n[[remote_device.network_ae]]\nae_title = \"R\"\nsource_addresses = [\"10.0.0.5\", \"pacs.example.org\"]\n"
     ));
+    assert!(
+        m.starts_with("error: remote_device[0].network_ae[0].source_addresses"),
+        "{m}"
+    );
     assert!(m.contains("pacs.example.org"), "{m}");
     assert!(m.contains("line 18"), "{m}");
 }

@@ -446,3 +446,103 @@ fn two_held_third_over_the_limit(agent: &Agent, what: &str) -> [crate::dimse::As
     );
     held
 }
+
+/// A configuration with unknown keys in several tables (misspelled ones in
+/// arrays of tables, a far-off one, none in the free-form
+/// `target.options`) and a wrong-typed value: `config check` prints every
+/// one in one pass, each with its TOML path, line and, when a valid key is
+/// close, "did you mean …?", and exits 1; `pacs-mirror run` refuses to
+/// start with the same list.
+#[test]
+fn config_check_reports_every_unknown_key_and_wrong_type_at_once() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let backup = dir.path().join("backup");
+    let text = format!(
+        r#"[device]
+name = "typos"
+data_dir = "{data}"
+colour = "red"
+
+[[device.network_connection]]
+name = "dicom"
+hostname = "127.0.0.1"
+port = "11112"
+
+[[device.network_ae]]
+ae_title = "PACS_MIRROR"
+network_connections = ["dicom"]
+alowed_calling_aes = ["PRIMARY"]
+
+[[remote_device]]
+name = "primary"
+
+[[remote_device.network_ae]]
+ae_title = "PRIMARY"
+association_initiator = true
+source_adresses = ["127.0.0.1"]
+
+[[target]]
+type = "object_store"
+name = "backup"
+url = "file://{backup}"
+timout_secs = 10
+
+[target.options]
+anything = "free-form"
+"#,
+        data = data.display(),
+        backup = backup.display(),
+    );
+    let path = dir.path().join("typos.toml");
+    std::fs::write(&path, text).expect("writing the config");
+    let expected = [
+        "error: device.colour: unknown key `colour` (line 4, column 1); the keys here are `name`, `description`, `data_dir`, `network_connection`, `network_ae`, `tls`",
+        "error: device.network_connection[0].port: invalid type: string \"11112\", expected u16 (line 9, column 8)",
+        "error: device.network_ae[0].alowed_calling_aes: unknown key `alowed_calling_aes` (line 14, column 1); did you mean `allowed_calling_aes`?",
+        "error: remote_device[0].network_ae[0].source_adresses: unknown key `source_adresses` (line 22, column 1); did you mean `source_addresses`?",
+        "error: target[0].timout_secs: unknown key `timout_secs` (line 28, column 1); did you mean `timeout_secs`?",
+    ];
+
+    let check = run(
+        Command::new(bin()).args(["config", "check"]).arg(&path),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "config check: {}",
+        check.all()
+    );
+    let mut lines: Vec<String> = expected.iter().map(|l| l.to_string()).collect();
+    lines.push(format!("{}: 5 error(s), 0 warning(s)", path.display()));
+    assert_eq!(
+        check.stdout.lines().collect::<Vec<_>>(),
+        lines,
+        "config check: {}",
+        check.all()
+    );
+    assert!(
+        !check.all().contains("anything"),
+        "target.options is free-form: {}",
+        check.all()
+    );
+
+    let out = run(
+        Command::new(bin()).args(["run", "--config"]).arg(&path),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success(), "the agent started: {}", out.all());
+    assert!(
+        out.stderr.contains("the configuration has 5 problem(s):"),
+        "run: {}",
+        out.stderr
+    );
+    for line in expected {
+        assert!(
+            out.stderr.contains(line),
+            "run does not say {line:?}: {}",
+            out.stderr
+        );
+    }
+}
