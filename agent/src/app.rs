@@ -237,20 +237,21 @@ pub fn remote_peer(
 pub async fn listener_settings(config: &Config) -> Result<Vec<ListenerSettings>, AppError> {
     let mut out: Vec<(String, ListenerSettings)> = Vec::new();
     for ae in config.acceptor_aes() {
+        let allowed: Vec<&pacs_mirror_config::RemoteAe> = ae
+            .allowed_calling_aes
+            .iter()
+            .filter_map(|title| config.remote_ae(title).map(|(_, r)| r))
+            .collect();
         let policy = AePolicy {
             ae_title: ae.ae_title.trim().to_string(),
             accept_any_calling_ae: ae.accept_any_calling_ae,
-            allowed: ae
-                .allowed_calling_aes
+            allowed: allowed
                 .iter()
-                .filter_map(|title| config.remote_ae(title))
-                .map(|(_, r)| (r.ae_title.trim().to_string(), r.source_addresses.clone()))
+                .map(|r| (r.ae_title.trim().to_string(), r.source_addresses.clone()))
                 .collect(),
-            identities: ae
-                .allowed_calling_aes
+            identities: allowed
                 .iter()
-                .filter_map(|title| config.remote_ae(title))
-                .map(|(_, r)| (r.ae_title.trim().to_string(), crate::tls::identity(r)))
+                .map(|r| (r.ae_title.trim().to_string(), crate::tls::identity(r)))
                 .filter(|(_, id)| id.is_set())
                 .collect(),
         };

@@ -64,5 +64,14 @@ fn only_run_announces_the_embedded_default() {
             .env("RUST_LOG", "info"),
         Duration::from_secs(30),
     );
+    // It ran on the default (and said what is missing), without the notice
+    // and without creating the default's data folder.
+    assert_eq!(out.status.code(), Some(1), "{}", out.all());
+    assert!(
+        out.stderr.contains("no index at ./pacs-mirror-data/index"),
+        "{}",
+        out.all()
+    );
     assert!(!out.stderr.contains("embedded default"), "{}", out.all());
+    assert!(!dir.path().join("pacs-mirror-data").exists());
 }

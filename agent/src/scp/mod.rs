@@ -3,9 +3,13 @@
 //!
 //! Skeleton after mini-redis: the listener owns a semaphore of
 //! `max_associations` permits; each accepted connection gets TCP_NODELAY and
-//! its own task. A-ASSOCIATE-RQ must arrive within the ARTIM timeout. Over the
-//! limit, the request is read and answered with A-ASSOCIATE-RJ (transient,
-//! local limit exceeded). On shutdown the listener stops accepting and every
+//! its own task. A-ASSOCIATE-RQ must arrive within the ARTIM timeout (on a
+//! TLS listener, the handshake too: each connection gets its own rustls
+//! server configuration, whose verifier records the client certificate for
+//! the access check; a failed handshake is logged with its reason and
+//! counted). Over the limit, the request is read and answered with
+//! A-ASSOCIATE-RJ (transient, local limit exceeded); a TLS listener closes
+//! the connection before any handshake work. On shutdown the listener stops accepting and every
 //! association finishes the store it is receiving, then is aborted.
 //!
 //! With `max_associations_per_address`, one source address holds at most

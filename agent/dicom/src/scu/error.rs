@@ -147,27 +147,6 @@ pub(super) fn classify(addr: &str, e: dicom_ul::association::Error, timeout: Dur
             addr,
             message: e.to_string(),
         },
-        E::TlsNotSupported => ScuError::Tls {
-            addr,
-            code: "not_tls",
-            message: "the server does not speak TLS: this is a plaintext DICOM port (or the peer is not configured for TLS); check the port and the peer's TLS settings".into(),
-        },
-        E::TlsHandshake { .. } | E::TlsConnection { .. } => {
-            let f = crate::tls::HandshakeFailure::of(&e, false);
-            ScuError::Tls {
-                addr,
-                code: f.code,
-                message: f.message,
-            }
-        }
-        E::Connect { ref source, .. } if tls_failure(source) => {
-            let f = crate::tls::HandshakeFailure::of(&e, false);
-            ScuError::Tls {
-                addr,
-                code: f.code,
-                message: f.message,
-            }
-        }
         e => {
             let text = full_chain(&e);
             if text.contains("onnection refused") {
@@ -184,6 +163,75 @@ pub(super) fn classify(addr: &str, e: dicom_ul::association::Error, timeout: Dur
                 }
             }
         }
+    }
+}
+
+/// How setting up an association failed: [`classify`], told apart where
+/// dicom-ul's report of the connection and TLS handshake is lossy (a TLS
+/// handshake failure comes as a connection error; no A-ASSOCIATE answer,
+/// whatever the reason, as "TLS not supported").
+pub(super) fn classify_establishment(
+    peer: &super::Peer,
+    addr: &str,
+    e: dicom_ul::association::Error,
+    elapsed: Duration,
+) -> ScuError {
+    use dicom_ul::association::Error as E;
+    let tls = |e: &E| {
+        let f = crate::tls::HandshakeFailure::of(e, false);
+        ScuError::Tls {
+            addr: addr.to_string(),
+            code: f.code,
+            message: f.message,
+        }
+    };
+    match e {
+        E::TlsNotSupported => no_answer(peer, addr.to_string(), elapsed),
+        E::TlsHandshake { .. } | E::TlsConnection { .. } => tls(&e),
+        E::Connect { ref source, .. } if tls_failure(source) => tls(&e),
+        ref e if peer.tls.is_some() && cut_in_handshake(e) => tls(e),
+        e => classify(addr, e, peer.timeout),
+    }
+}
+
+/// The connection was reset or closed while the TLS handshake was going on
+/// (dicom-ul reports it as a connection error).
+fn cut_in_handshake(e: &dicom_ul::association::Error) -> bool {
+    use std::io::ErrorKind as K;
+    match e {
+        dicom_ul::association::Error::Connect { source, .. } => matches!(
+            source.kind(),
+            K::ConnectionReset | K::UnexpectedEof | K::ConnectionAborted
+        ),
+        _ => false,
+    }
+}
+
+/// No A-ASSOCIATE answer could be read. dicom-ul (with TLS built in) then
+/// reports "TLS not supported" whatever happened (its guess that the peer
+/// answered in TLS): what it was is told here from what we know.
+fn no_answer(peer: &super::Peer, addr: String, elapsed: Duration) -> ScuError {
+    if elapsed + Duration::from_millis(100) >= peer.timeout {
+        return ScuError::Timeout {
+            addr,
+            secs: peer.timeout.as_secs(),
+        };
+    }
+    if let Some(t) = &peer.tls {
+        let message = if t.tls.certificate().is_none() {
+            "the server ended the connection right after the TLS handshake without answering the association request: it most likely requires a client certificate, and this device has none (set [device.tls] certificate and private_key)"
+        } else {
+            "the server ended the connection right after the TLS handshake without answering the association request: it most likely refused our client certificate (not issued by a CA it trusts); see its log"
+        };
+        return ScuError::Tls {
+            addr,
+            code: "refused_by_peer",
+            message: message.into(),
+        };
+    }
+    ScuError::Aborted {
+        addr,
+        message: "the connection was closed without an answer to the association request (or answered in TLS: is this a DICOM TLS port? then give its network_connection tls_cipher_suites)".into(),
     }
 }
 

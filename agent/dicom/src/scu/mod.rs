@@ -25,7 +25,9 @@
 //! # Layout
 //! - this module: the association layer (set-up, presentation contexts,
 //!   sending fragmented, receiving, release and abort);
-//! - `error`: [`ScuError`], how failures are phrased and classified;
+//! - `error`: [`ScuError`], how failures are phrased and classified
+//!   (association set-up told apart where dicom-ul's report is lossy);
+//! - `link`: the transport under an association, TCP or TLS;
 //! - `echo`: C-ECHO and its diagnosis;
 //! - `store`: streamed C-STORE of Part-10 files, with read-ahead and the
 //!   hash check;
@@ -230,23 +232,14 @@ impl Scu {
                     secs: peer.timeout.as_secs(),
                 });
             }
-            Ok(Err(dicom_ul::association::Error::TlsNotSupported)) => {
-                return Err(no_answer(peer, addr, started.elapsed()));
-            }
-            Ok(Err(e)) if peer.tls.is_some() && cut_in_handshake(&e) => {
-                let f = crate::tls::HandshakeFailure::of(&e, false);
-                return Err(ScuError::Tls {
-                    addr,
-                    code: f.code,
-                    message: f.message,
-                });
-            }
-            Ok(r) => r.map_err(|e| match classify(&addr, e, peer.timeout) {
-                ScuError::NoAcceptedContexts { addr, .. } => ScuError::NoAcceptedContexts {
-                    addr,
-                    what: describe(contexts),
-                },
-                other => other,
+            Ok(r) => r.map_err(|e| {
+                match error::classify_establishment(peer, &addr, e, started.elapsed()) {
+                    ScuError::NoAcceptedContexts { addr, .. } => ScuError::NoAcceptedContexts {
+                        addr,
+                        what: describe(contexts),
+                    },
+                    other => other,
+                }
             })?,
         };
         // Without it every small message waits ~40 ms for delayed ACKs.
@@ -483,47 +476,6 @@ impl Scu {
                 "ignoring a response to another message"
             );
         }
-    }
-}
-
-/// The connection was reset or closed while the TLS handshake was going on
-/// (dicom-ul reports it as a connection error).
-fn cut_in_handshake(e: &dicom_ul::association::Error) -> bool {
-    use std::io::ErrorKind as K;
-    match e {
-        dicom_ul::association::Error::Connect { source, .. } => matches!(
-            source.kind(),
-            K::ConnectionReset | K::UnexpectedEof | K::ConnectionAborted
-        ),
-        _ => false,
-    }
-}
-
-/// No A-ASSOCIATE answer could be read. dicom-ul (with TLS built in) then
-/// reports "TLS not supported" whatever happened (its guess that the peer
-/// answered in TLS): what it was is told here from what we know.
-fn no_answer(peer: &Peer, addr: String, elapsed: Duration) -> ScuError {
-    if elapsed + Duration::from_millis(100) >= peer.timeout {
-        return ScuError::Timeout {
-            addr,
-            secs: peer.timeout.as_secs(),
-        };
-    }
-    if let Some(t) = &peer.tls {
-        let message = if t.tls.certificate().is_none() {
-            "the server ended the connection right after the TLS handshake without answering the association request: it most likely requires a client certificate, and this device has none (set [device.tls] certificate and private_key)"
-        } else {
-            "the server ended the connection right after the TLS handshake without answering the association request: it most likely refused our client certificate (not issued by a CA it trusts); see its log"
-        };
-        return ScuError::Tls {
-            addr,
-            code: "refused_by_peer",
-            message: message.into(),
-        };
-    }
-    ScuError::Aborted {
-        addr,
-        message: "the connection was closed without an answer to the association request (or answered in TLS: is this a DICOM TLS port? then give its network_connection tls_cipher_suites)".into(),
     }
 }
 
