@@ -406,6 +406,8 @@ pub struct Running {
     pub tracker: TaskTracker,
     /// The monitors: what holds shows in `/status` and `/metrics`.
     pub monitor: Arc<crate::monitor::Monitor>,
+    /// What `/status` answers, computed on demand.
+    pub status: Arc<crate::admin::Source>,
 }
 
 /// Builds an [`Extension`] once the store is open.
@@ -563,6 +565,19 @@ pub async fn run_with(
         &shutdown,
         &tracker,
     );
+    // What `/status` reads; the extensions (the console) read it too.
+    let source = Arc::new(crate::admin::Source {
+        index: index.clone(),
+        ingest: ingest.clone(),
+        started_at_ms,
+        listeners: listening,
+        warnings: config.warnings().iter().map(ToString::to_string).collect(),
+        targets: target_health,
+        monitor: Some(monitor.clone()),
+        workers: workers.clone(),
+        tls: crate::tls::device_tls(&config)?,
+        rates: crate::admin::Rates::for_targets(config.targets.iter().map(|t| t.name())),
+    });
     let extension = extension
         .map(|f| {
             f(&Running {
@@ -572,6 +587,7 @@ pub async fn run_with(
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
                 monitor: monitor.clone(),
+                status: source.clone(),
             })
         })
         .unwrap_or_default();
@@ -579,22 +595,20 @@ pub async fn run_with(
         let addr = listener
             .local_addr()
             .map_err(|e| AppError::Internal(e.to_string()))?;
-        let source = Arc::new(crate::admin::Source {
-            index: index.clone(),
-            ingest: ingest.clone(),
-            started_at_ms,
-            listeners: listening,
-            warnings: config.warnings().iter().map(ToString::to_string).collect(),
-            targets: target_health,
-            monitor: Some(monitor),
-            extra_metrics: extension.metrics,
-            workers: workers.clone(),
-            tls: crate::tls::device_tls(&config)?,
-        });
-        tracing::info!(%addr, "admin endpoint: /status, /metrics, /drills, /failover/check");
+        tracing::info!(
+            %addr,
+            "admin endpoint (loopback only, read-only console): http://{addr}/ — /status, /metrics, /drills, /failover/check"
+        );
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, source, shutdown, extension.routes).await
+            if let Err(e) = crate::admin::serve(
+                listener,
+                source,
+                extension.metrics,
+                shutdown,
+                extension.routes,
+            )
+            .await
             {
                 tracing::error!(error = %e, "admin endpoint failed");
             }

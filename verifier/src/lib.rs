@@ -23,10 +23,13 @@
 //!   back to the primary (C-FIND both, C-GET, C-STORE, verify).
 //! - [`restore`]: `restore` into a PACS and `reindex --from`, reading only
 //!   a bucket.
+//! - [`console`]: the operator's web console on the admin endpoint (it sees
+//!   both the agent's status and the drills).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod census;
+pub mod console;
 pub mod drill;
 pub mod failback;
 pub mod failover;

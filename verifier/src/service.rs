@@ -1,5 +1,5 @@
 //! Drills inside the running agent: the cron schedules of `[[drill]]`, the
-//! admin routes (`/drills` HTML report, `/drills.json`, `POST /drills/run`,
+//! admin routes (`/drills.json`, `POST /drills/run`,
 //! which `pacs-mirror drill` uses while the agent runs), the drill gauges in
 //! `/metrics`, and the alerts. Also the pieces the `drill` command shares.
 //!
@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use pacs_mirror_agent::alert::Alerter;
 use pacs_mirror_agent::app::{self, Extension, Running};
@@ -434,10 +434,10 @@ impl DrillService {
         let _ = sched.shutdown().await;
     }
 
-    /// `/drills`, `/drills.json`, `POST /drills/run`.
+    /// `/drills.json`, `POST /drills/run` (the `/drills` page is the
+    /// console's).
     pub fn routes(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/drills", get(html))
             .route("/drills.json", get(json))
             .route("/drills/run", post(run_now))
             .with_state(self.clone())
@@ -477,8 +477,14 @@ pub fn extension(config: Config) -> app::ExtensionFactory {
             running.spool.clone(),
             service.config.clone(),
         )));
+        // The operator's console: `/`, `/drills`, `/dead-letters`, ….
+        let console = crate::console::routes(Arc::new(crate::console::Console {
+            status: running.status.clone(),
+            index: running.index.clone(),
+            config: service.config.clone(),
+        }));
         Extension {
-            routes: Some(service.routes().merge(failover)),
+            routes: Some(service.routes().merge(failover).merge(console)),
             metrics: Some(Arc::new(move || m.metrics())),
         }
     })
@@ -513,193 +519,4 @@ fn default_limit() -> usize {
 
 async fn json(State(s): State<Arc<DrillService>>, Query(q): Query<ListParams>) -> Response {
     axum::Json(s.history(q.limit)).into_response()
-}
-
-async fn html(State(s): State<Arc<DrillService>>) -> Response {
-    let page = report_html(&s.history(200), &s.config.device.name);
-    ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// The HTML report: per target, the recovery time of each drill drawn over
-/// time (objective as a dashed line), then every drill with its findings.
-pub fn report_html(history: &[DrillReport], device: &str) -> String {
-    let mut by_target: std::collections::BTreeMap<&str, Vec<&DrillReport>> = Default::default();
-    for r in history {
-        by_target.entry(r.target.as_str()).or_default().push(r);
-    }
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pacs-mirror drills — {d}</title>\
-         <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:left}}.bad{{color:#b00;font-weight:bold}}\
-         .ok{{color:#070}}svg{{background:#fafafa;border:1px solid #ddd}}</style></head><body>\
-         <h1>Restore drills — {d}</h1>",
-        d = esc(device)
-    );
-    if history.is_empty() {
-        h.push_str("<p>No drill has run yet. Configure <code>[[drill]]</code> with a <code>schedule</code>, or run <code>pacs-mirror drill</code>.</p>");
-    }
-    for (target, drills) in &by_target {
-        let _ = write!(h, "<h2>{}</h2>", esc(target));
-        h.push_str(&chart(drills));
-        h.push_str("<table><tr><th>#</th><th>started (UTC)</th><th>retrieve</th><th>result</th><th>studies</th><th>MATCH</th><th>COERCED</th><th>MISMATCH</th><th>MISSING</th><th>EXTRA</th><th>recovery</th><th>MB/s</th></tr>");
-        for r in drills {
-            let c = |v| r.counts.get(&v).copied().unwrap_or(0);
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s{}</td><td>{:.1}</td></tr>",
-                r.number,
-                utc(r.started_at_ms),
-                esc(&r.retrieve),
-                if r.ok { "ok" } else { "bad" },
-                r.failure
-                    .as_deref()
-                    .map_or("passed".into(), |f| format!("FAILED: {}", esc(f))),
-                r.studies.len(),
-                c(Verdict::Match),
-                c(Verdict::Coerced),
-                c(Verdict::Mismatch),
-                c(Verdict::Missing),
-                c(Verdict::Extra),
-                r.recovery_secs,
-                r.rto_secs.map_or(String::new(), |o| format!(" / {o} s")),
-                r.mb_per_s
-            );
-        }
-        h.push_str("</table>");
-        let findings: Vec<_> = drills
-            .iter()
-            .flat_map(|r| r.studies.iter().map(move |s| (r, s)))
-            .flat_map(|(r, s)| s.findings.iter().map(move |f| (r, s, f)))
-            .take(200)
-            .collect();
-        if !findings.is_empty() {
-            h.push_str("<h3>Findings</h3><table><tr><th>drill</th><th>study</th><th>SOP instance</th><th>verdict</th><th>detail</th></tr>");
-            for (r, s, f) in findings {
-                let _ = write!(
-                    h,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"bad\">{:?}</td><td>{}</td></tr>",
-                    r.number,
-                    esc(&s.study_instance_uid),
-                    esc(&f.sop_instance_uid),
-                    f.verdict,
-                    esc(&f.detail)
-                );
-            }
-            h.push_str("</table>");
-        }
-    }
-    h.push_str("</body></html>");
-    h
-}
-
-/// An SVG line of recovery seconds per drill, oldest left.
-fn chart(drills: &[&DrillReport]) -> String {
-    let (w, hgt, pad) = (640.0, 180.0, 30.0);
-    let mut pts: Vec<&&DrillReport> = drills.iter().collect();
-    pts.sort_by_key(|r| r.started_at_ms);
-    let objective = pts
-        .iter()
-        .filter_map(|r| r.rto_secs)
-        .max()
-        .map(|o| o as f64);
-    let top = pts
-        .iter()
-        .map(|r| r.recovery_secs)
-        .chain(objective)
-        .fold(0.001_f64, f64::max)
-        * 1.15;
-    let n = pts.len().max(2) as f64 - 1.0;
-    let xy = |i: usize, v: f64| {
-        (
-            pad + (w - 2.0 * pad) * i as f64 / n,
-            hgt - pad - (hgt - 2.0 * pad) * v / top,
-        )
-    };
-    let mut s = format!(
-        "<svg width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"recovery time per drill\">"
-    );
-    let _ = write!(
-        s,
-        "<text x=\"4\" y=\"14\" font-size=\"11\">recovery time (s), max {top:.1}</text>"
-    );
-    if let Some(o) = objective {
-        let (_, y) = xy(0, o);
-        let _ = write!(
-            s,
-            "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#b00\" stroke-dasharray=\"4 3\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"10\" fill=\"#b00\">objective {o} s</text>",
-            w - pad,
-            w - pad - 80.0,
-            y - 3.0
-        );
-    }
-    let line: Vec<String> = pts
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let (x, y) = xy(i, r.recovery_secs);
-            format!("{x:.1},{y:.1}")
-        })
-        .collect();
-    let _ = write!(
-        s,
-        "<polyline fill=\"none\" stroke=\"#036\" stroke-width=\"2\" points=\"{}\"/>",
-        line.join(" ")
-    );
-    for (i, r) in pts.iter().enumerate() {
-        let (x, y) = xy(i, r.recovery_secs);
-        let _ = write!(
-            s,
-            "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{}\"><title>#{} {:.2} s</title></circle>",
-            if r.ok { "#070" } else { "#b00" },
-            r.number,
-            r.recovery_secs
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
-fn utc(ms: u64) -> String {
-    let (y, mo, d, h, mi, s) = pacs_mirror_agent::utc_datetime(ms);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn html_report_escapes_and_draws_one_point_per_drill() {
-        let mut a = DrillReport {
-            target: "mirror<x>".into(),
-            number: 1,
-            recovery_secs: 2.0,
-            rto_secs: Some(5),
-            ok: true,
-            started_at_ms: 1_795_392_000_000,
-            ..DrillReport::default()
-        };
-        let mut b = a.clone();
-        b.number = 2;
-        b.ok = false;
-        b.failure = Some("1 instance(s) MISMATCH, 0 MISSING".into());
-        b.started_at_ms += 1000;
-        a.counts.insert(Verdict::Match, 3);
-        let page = report_html(&[b, a], "dev");
-        assert!(page.contains("mirror&lt;x&gt;"));
-        assert!(!page.contains("mirror<x>"));
-        assert_eq!(page.matches("<circle").count(), 2);
-        assert!(page.contains("objective 5 s"));
-        assert!(page.contains("2026-11-23 00:00:00"));
-        assert!(page.contains("FAILED: 1 instance(s) MISMATCH"));
-    }
 }

@@ -112,6 +112,12 @@ pub struct TargetHealth {
     pub last_error: Option<String>,
     /// Whether the target is unreachable (the workers probe with C-ECHO).
     pub circuit_open: bool,
+    /// Objects delivered since start (for the delivery rate).
+    pub delivered_objects: u64,
+    /// Their bytes (for the bandwidth used).
+    pub delivered_bytes: u64,
+    /// How long the last delivered object waited from its arrival (ms).
+    pub last_lag_ms: Option<u64>,
 }
 
 /// Shared health of one target.
@@ -409,7 +415,13 @@ impl Worker {
             delivered_at_ms: now,
             stored_blake3,
         });
-        self.health().last_success_at_ms = Some(now);
+        {
+            let mut h = self.health();
+            h.last_success_at_ms = Some(now);
+            h.delivered_objects += 1;
+            h.delivered_bytes += d.record.file_bytes.unwrap_or(0);
+            h.last_lag_ms = Some(now.saturating_sub(d.record.enqueued_at_ms));
+        }
         tracing::debug!(
             target = %self.target.name,
             %sop_instance_uid,

@@ -31,6 +31,18 @@ pub struct TargetStatus {
     pub last_error: Option<String>,
     /// Whether the target is unreachable (being probed with C-ECHO).
     pub circuit_open: bool,
+    /// How long the last delivered object waited between its arrival and
+    /// its delivery (ms); running agent only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// Objects delivered per minute, over the last minute; running agent
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_per_min: Option<u64>,
+    /// Bytes sent per second (delivered objects), over the last minute:
+    /// the bandwidth the target uses now; running agent only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<u64>,
 }
 
 /// Per-target figures from the index, merged with live health if any.
@@ -57,10 +69,15 @@ fn status_from(
             .map(|t| now_ms.saturating_sub(t) / 1000),
         delivered: s.delivered,
         dead_letters: s.dead_letters,
-        last_success_at_ms: h.last_success_at_ms,
+        // The live value, or (stopped, or nothing delivered since start)
+        // the latest the index recorded.
+        last_success_at_ms: h.last_success_at_ms.max(s.last_delivered_at_ms),
         last_error_at_ms: h.last_error_at_ms,
         last_error: h.last_error,
         circuit_open: h.circuit_open,
+        lag_ms: h.last_lag_ms,
+        delivered_per_min: None,
+        bytes_per_sec: None,
     })
 }
 

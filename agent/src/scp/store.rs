@@ -50,6 +50,9 @@ pub struct IngestCounters {
     pub failed: AtomicU64,
     /// New objects kept with findings (not conformant).
     pub kept_with_findings: AtomicU64,
+    /// Bytes of every object answered Success (re-sends included): what
+    /// the senders sent, for the ingest rate.
+    pub received_bytes: AtomicU64,
 }
 
 /// What the store path shares across associations: the spool's
@@ -122,6 +125,9 @@ impl StoreSink for Ingest {
         match result {
             Ok(c) => {
                 reservation.commit(if c.created { c.file_bytes } else { 0 });
+                self.counters
+                    .received_bytes
+                    .fetch_add(c.file_bytes, Ordering::Relaxed);
                 if !c.findings.is_empty() && c.outcome != CommitOutcome::Duplicate {
                     self.counters
                         .kept_with_findings

@@ -35,6 +35,10 @@
 //!   (same atomic batch), under one lock, so the two never disagree. An
 //!   index without the count (older than it) is counted once, by a scan, the
 //!   first time the count is read.
+//! - `m/last_delivered\0<target>` holds the latest `delivered_at_ms` of the
+//!   target's delivered rows (u64 BE), written by the same batches that add
+//!   delivered rows and never moved back: `status` of a stopped agent reads
+//!   "last success" from it.
 //!
 //! # Crash behaviour
 //! Queue moves are flushed lazily (with the next ingest batch or the sender's
@@ -54,6 +58,10 @@ const COUNTS: &[u8] = b"m/";
 
 fn delivered_count_key(target: &str) -> Vec<u8> {
     key(&[COUNTS, b"delivered", target.as_bytes()])
+}
+
+fn last_delivered_key(target: &str) -> Vec<u8> {
+    key(&[COUNTS, b"last_delivered", target.as_bytes()])
 }
 
 fn delivered_key(target: &str, hash: &ObjectId) -> Vec<u8> {
@@ -147,6 +155,8 @@ pub struct OutboxSummary {
     pub delivered: u64,
     /// Objects refused for good.
     pub dead_letters: u64,
+    /// The latest delivery recorded (Unix ms).
+    pub last_delivered_at_ms: Option<u64>,
 }
 
 fn parse_outbox_key(prefix_len: usize, k: &[u8]) -> Option<(u64, ObjectId)> {
@@ -237,6 +247,7 @@ impl Index {
         if self.kv.get(&dkey)?.is_none() {
             ops.push(self.delivered_count_op(target, 1)?);
         }
+        ops.extend(self.last_delivered_op(target, record.delivered_at_ms)?);
         ops.push(Op::Put(dkey, records::encode(record)));
         self.apply(ops)?;
         Ok(())
@@ -263,6 +274,27 @@ impl Index {
             .get(&delivered_count_key(target))?
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(u64::from_be_bytes))
+    }
+
+    /// The latest delivery recorded for `target` (Unix ms).
+    fn last_delivered_stored(&self, target: &str) -> Result<Option<u64>, IndexError> {
+        Ok(self
+            .kv
+            .get(&last_delivered_key(target))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// The write that moves `target`'s latest delivery to `at_ms`, if later
+    /// than the one stored. Call with the delivered-rows lock held.
+    fn last_delivered_op(&self, target: &str, at_ms: u64) -> Result<Option<Op>, IndexError> {
+        Ok(match self.last_delivered_stored(target)? {
+            Some(t) if t >= at_ms => None,
+            _ => Some(Op::Put(
+                last_delivered_key(target),
+                at_ms.to_be_bytes().to_vec(),
+            )),
+        })
     }
 
     fn delivered_rows_scanned(&self, target: &str) -> Result<u64, IndexError> {
@@ -327,6 +359,7 @@ impl Index {
         let mut ops = Vec::with_capacity(deliveries.len() * 2 + 1);
         let mut moved = 0;
         let mut fresh = HashSet::new();
+        let mut latest = 0u64;
         for d in deliveries {
             let due = &d.due;
             if !self.still_pending(target, due)? {
@@ -348,12 +381,14 @@ impl Index {
                 due.next_attempt_ms,
                 &due.hash,
             )));
+            latest = latest.max(d.delivered_at_ms);
             moved += 1;
         }
         if moved > 0 {
             if !fresh.is_empty() {
                 ops.push(self.delivered_count_op(target, fresh.len() as i64)?);
             }
+            ops.extend(self.last_delivered_op(target, latest)?);
             self.apply(ops)?;
         }
         Ok(moved)
@@ -621,6 +656,7 @@ impl Index {
         let mut s = self.queue_summary(target)?;
         let _rows = self.lock_delivered_rows();
         s.delivered = self.delivered_count_locked(target)?;
+        s.last_delivered_at_ms = self.last_delivered_stored(target)?;
         Ok(s)
     }
 
@@ -808,6 +844,63 @@ mod tests {
         assert_eq!((s.pending, s.pending_bytes), (2, 101 + 102));
     }
 
+    /// "Last success" of a stopped agent: the latest delivery, kept in the
+    /// index by the batches that record deliveries, never moved back.
+    #[test]
+    fn the_latest_delivery_is_kept_per_target() {
+        let idx = index_with(&[(1, 100), (2, 100), (3, 100)]);
+        assert_eq!(
+            idx.outbox_summary("mirror").unwrap().last_delivered_at_ms,
+            None
+        );
+        let due = idx.due("mirror", 100, 10).unwrap();
+        let at = |d: &Due, ms: u64| Delivery {
+            due: d.clone(),
+            delivered_at_ms: ms,
+            stored_blake3: None,
+        };
+        assert_eq!(
+            idx.mark_delivered_many("mirror", &[at(&due[0], 5_000), at(&due[1], 7_000)])
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            idx.outbox_summary("mirror").unwrap().last_delivered_at_ms,
+            Some(7_000)
+        );
+        // an earlier confirmation recorded later does not move it back
+        assert!(idx.mark_delivered("mirror", &due[2], 6_000, None).unwrap());
+        assert_eq!(
+            idx.outbox_summary("mirror").unwrap().last_delivered_at_ms,
+            Some(7_000)
+        );
+        // per target
+        assert_eq!(
+            idx.outbox_summary("bucket").unwrap().last_delivered_at_ms,
+            None
+        );
+        let b = idx.due("bucket", 100, 1).unwrap();
+        idx.record_delivered(
+            "bucket",
+            &b[0].hash,
+            &DeliveryRecord {
+                delivered_at_ms: 9_000,
+                attempts: 1,
+                enqueued_at_ms: 100,
+                stored_blake3: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            idx.outbox_summary("bucket").unwrap().last_delivered_at_ms,
+            Some(9_000)
+        );
+        assert_eq!(
+            idx.outbox_summary("mirror").unwrap().last_delivered_at_ms,
+            Some(7_000)
+        );
+    }
+
     #[test]
     fn the_delivered_count_follows_every_move_in_and_out_of_delivered() {
         let idx = index_with(&[(1, 100), (2, 100), (3, 100), (4, 100)]);
@@ -926,12 +1019,14 @@ mod tests {
             .unwrap();
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.delivered, s.dead_letters), (1, 1, 1));
-        // The queue-only summary: the same but for the delivered count.
+        // The queue-only summary: the same but for the delivered figures.
         let q = idx.queue_summary("mirror").unwrap();
+        assert_eq!(s.last_delivered_at_ms, Some(150));
         assert_eq!(
             q,
             OutboxSummary {
                 delivered: 0,
+                last_delivered_at_ms: None,
                 ..s.clone()
             }
         );

@@ -1,6 +1,15 @@
 //! The admin HTTP endpoint of a running agent (loopback only, no
 //! authentication): `/status` (JSON), `/metrics` (Prometheus text) and
-//! `/findings` (JSON: every instance version kept with findings).
+//! `/findings` (JSON: every instance version kept with findings), and the
+//! routes extensions add (the verifier's drills and the console).
+//!
+//! Loopback only is enforced by the configuration. Against a web page that
+//! points a browser on this host at it, every answer carries headers that
+//! forbid scripts, framing and sniffing, and a request whose `Host` is a
+//! name other than `localhost` is refused (421): a DNS-rebinding page
+//! reaches the port under its own name. IP literals, `localhost` and no
+//! `Host` at all (HTTP/1.0) pass, so Prometheus, curl, an SSH tunnel and a
+//! reverse proxy that forwards to `127.0.0.1:<port>` work as before.
 //!
 //! The same [`Status`] is computed offline from the index by
 //! `pacs-mirror status` when no agent is running.
@@ -23,6 +32,8 @@ use crate::replicate::status::{TargetStatus, targets_status};
 use crate::scp::store::Ingest;
 use pacs_mirror_store::index::{Index, IndexError};
 
+pub mod rates;
+
 /// Ingest counters since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestStatus {
@@ -37,6 +48,15 @@ pub struct IngestStatus {
     /// New objects kept with findings (not conformant).
     #[serde(default)]
     pub kept_with_findings: u64,
+    /// Bytes of every store answered Success.
+    #[serde(default)]
+    pub received_bytes: u64,
+    /// Stores answered Success per minute, over the last minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects_per_min: Option<u64>,
+    /// Bytes received per second, over the last minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<u64>,
 }
 
 /// Non-conformant objects held: what the index records of them.
@@ -118,20 +138,56 @@ pub struct Source {
     pub targets: Vec<(String, Option<Health>)>,
     /// The monitors (alerts firing, their metrics).
     pub monitor: Option<Arc<crate::monitor::Monitor>>,
-    /// Appended to `/metrics`.
-    pub extra_metrics: Option<MetricsFn>,
     /// The background workers.
     pub workers: crate::worker::Workers,
     /// This device's DICOM TLS material, if any.
     pub tls: Option<Arc<pacs_mirror_dicom::tls::Tls>>,
+    /// Ingest and per-target rates.
+    pub rates: Rates,
+}
+
+/// The meters behind the rates in [`Status`].
+#[derive(Debug, Default)]
+pub struct Rates {
+    ingest: rates::Pair,
+    targets: BTreeMap<String, rates::Pair>,
 }
 
 impl Source {
+    /// Sample the counters behind the rates (cheap: no index read).
+    pub fn sample(&self, now_ms: u64) {
+        let c = &self.ingest.counters;
+        self.rates.ingest.sample(
+            now_ms,
+            c.stored.load(Ordering::Relaxed)
+                + c.duplicates.load(Ordering::Relaxed)
+                + c.conflicts.load(Ordering::Relaxed),
+            c.received_bytes.load(Ordering::Relaxed),
+        );
+        for (name, health) in &self.targets {
+            let Some(h) = health else { continue };
+            let (objects, bytes) = {
+                let h = h.lock().unwrap_or_else(|p| p.into_inner());
+                (h.delivered_objects, h.delivered_bytes)
+            };
+            if let Some(m) = self.rates.targets.get(name) {
+                m.sample(now_ms, objects, bytes);
+            }
+        }
+    }
+
     /// The current status.
     pub fn status(&self) -> Result<Status, IndexError> {
         let now = crate::unix_ms();
+        self.sample(now);
         let c = &self.ingest.counters;
-        let targets = targets_status(&self.index, &self.targets, now)?;
+        let mut targets = targets_status(&self.index, &self.targets, now)?;
+        for (name, t) in targets.iter_mut() {
+            if let Some(m) = self.rates.targets.get(name) {
+                (t.delivered_per_min, t.bytes_per_sec) = m.rates();
+            }
+        }
+        let (objects_per_min, bytes_per_sec) = self.rates.ingest.rates();
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").into(),
             running: true,
@@ -144,6 +200,9 @@ impl Source {
                 conflicts: c.conflicts.load(Ordering::Relaxed),
                 failed: c.failed.load(Ordering::Relaxed),
                 kept_with_findings: c.kept_with_findings.load(Ordering::Relaxed),
+                received_bytes: c.received_bytes.load(Ordering::Relaxed),
+                objects_per_min,
+                bytes_per_sec,
             },
             findings: FindingsStatus::from_index(&self.index)?,
             spool_bytes: self.ingest.spool.used_bytes(),
@@ -308,7 +367,9 @@ async fn findings_handler(State(source): State<Arc<Source>>) -> Response {
     }
 }
 
-async fn metrics_handler(State(source): State<Arc<Source>>) -> Response {
+async fn metrics_handler(
+    State((source, extra)): State<(Arc<Source>, Option<MetricsFn>)>,
+) -> Response {
     match current(&source).await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -318,35 +379,117 @@ async fn metrics_handler(State(source): State<Arc<Source>>) -> Response {
                     .as_ref()
                     .map(|m| m.metrics())
                     .unwrap_or_default()
-                + &source
-                    .extra_metrics
-                    .as_ref()
-                    .map(|f| f())
-                    .unwrap_or_default(),
+                + &extra.as_ref().map(|f| f()).unwrap_or_default(),
         )
             .into_response(),
         Err(r) => r,
     }
 }
 
+impl Rates {
+    /// Meters for these targets.
+    pub fn for_targets<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Rates {
+            ingest: rates::Pair::default(),
+            targets: names
+                .into_iter()
+                .map(|n| (n.to_string(), rates::Pair::default()))
+                .collect(),
+        }
+    }
+}
+
+/// How often the rates are sampled between requests.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serve until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     source: Arc<Source>,
+    extra_metrics: Option<MetricsFn>,
     shutdown: CancellationToken,
     routes: Option<Router>,
 ) -> std::io::Result<()> {
+    let sampler = {
+        let source = source.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => source.sample(crate::unix_ms()),
+                }
+            }
+        })
+    };
     let mut app = Router::new()
         .route("/status", get(status_handler))
-        .route("/metrics", get(metrics_handler))
         .route("/findings", get(findings_handler))
-        .with_state(source);
+        .with_state(source.clone())
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics_handler))
+                .with_state((source, extra_metrics)),
+        );
     if let Some(r) = routes {
         app = app.merge(r);
     }
-    axum::serve(listener, app)
+    let app = app.layer(axum::middleware::from_fn(guard));
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .await;
+    sampler.abort();
+    served
+}
+
+/// Whether a request may be answered, by its `Host` header (see the
+/// module header).
+pub fn host_allowed(host: Option<&str>) -> bool {
+    let Some(host) = host else { return true };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+}
+
+async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string());
+    if !host_allowed(host.as_deref()) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this admin endpoint answers requests addressed to an IP address or localhost only (Host header refused)\n",
+        )
+            .into_response();
+    }
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, k: header::HeaderName, v: &'static str| {
+        h.insert(k, axum::http::HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    );
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, header::CACHE_CONTROL, "no-store");
+    }
+    response
 }
 
 /// Bind the admin address.
@@ -357,6 +500,31 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ip_literals_and_localhost_as_host() {
+        for ok in [
+            None,
+            Some("127.0.0.1:8080"),
+            Some("127.0.0.1"),
+            Some("[::1]:8080"),
+            Some("localhost:8080"),
+            Some("LOCALHOST"),
+            Some("console.localhost:1"),
+            Some("10.1.2.3:80"),
+        ] {
+            assert!(host_allowed(ok), "{ok:?}");
+        }
+        for bad in [
+            Some("evil.example:8080"),
+            Some("evil.example"),
+            Some("localhost.evil.example"),
+            Some("[evil]:80"),
+            Some("\u{fffd}"),
+        ] {
+            assert!(!host_allowed(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn metrics_text_has_one_sample_per_target() {
