@@ -1,11 +1,13 @@
 //! End-to-end tests: the real `pacs-mirror` binary driven by real DCMTK
 //! tools (storescu, echoscu, dcmconv, dcmcjpeg, dcmcjpls, dcmcrle,
-//! dcmodify) and OpenJPEG's opj_compress. A missing tool fails the test
+//! dcmodify), OpenJPEG's opj_compress, and headless Chromium through
+//! chromedriver (browser.rs) for the web console. A missing tool fails the test
 //! with a message naming `scripts/test`, which installs them.
 //!
 //! Run with `cargo test --release --test e2e` (debug builds work but are
 //! slow with 1000-instance sends).
 
+mod browser;
 mod dimse;
 mod harness;
 mod tls_certs;
