@@ -224,6 +224,46 @@ pub struct DrillReport {
 }
 
 impl DrillReport {
+    /// What the on-call person does next after a drill that did not pass.
+    pub fn next_step(&self) -> String {
+        let r = self;
+        let c = |v| r.counts.get(&v).copied().unwrap_or(0);
+        let t = &r.target;
+        let mut steps = Vec::new();
+        if c(Verdict::Missing) > 0 {
+            steps.push(if r.kind == "dicom" {
+                format!(
+                    "`pacs-mirror failover check --target {t} --repair` queues what the mirror lacks again"
+                )
+            } else {
+                format!(
+                    "`pacs-mirror resync --target {t}` (agent stopped) sends every object to the bucket again"
+                )
+            });
+        }
+        if c(Verdict::Mismatch) + c(Verdict::Coerced) > 0 {
+            steps.push(format!(
+                "`pacs-mirror drills --target {t} --json` names the instances whose copy differs"
+            ));
+        }
+        if r.failure.is_some() && steps.is_empty() {
+            steps.push(format!(
+                "check that the target answers (`pacs-mirror status`, `pacs-mirror echo` of its AE), then `pacs-mirror drill --target {t}` again"
+            ));
+        }
+        if r.rto_exceeded {
+            steps.push(
+                "a restore would take longer than its objective: check the link and the target's load"
+                    .into(),
+            );
+        }
+        format!(
+            "{}; next: {}; runbook ops/runbooks/drill-failed.md",
+            r.summary(),
+            steps.join("; ")
+        )
+    }
+
     /// One line for a person on call.
     pub fn summary(&self) -> String {
         let c = |v| self.counts.get(&v).copied().unwrap_or(0);

@@ -213,50 +213,11 @@ pub fn alert_on(alerter: &Alerter, r: &DrillReport) {
     }
 }
 
-/// What the on-call person does next after a drill that did not pass.
-pub fn next_step(r: &DrillReport) -> String {
-    let c = |v| r.counts.get(&v).copied().unwrap_or(0);
-    let t = &r.target;
-    let mut steps = Vec::new();
-    if c(Verdict::Missing) > 0 {
-        steps.push(if r.kind == "dicom" {
-            format!(
-                "`pacs-mirror failover check --target {t} --repair` queues what the mirror lacks again"
-            )
-        } else {
-            format!(
-                "`pacs-mirror resync --target {t}` (agent stopped) sends every object to the bucket again"
-            )
-        });
-    }
-    if c(Verdict::Mismatch) + c(Verdict::Coerced) > 0 {
-        steps.push(format!(
-            "`pacs-mirror drills --target {t} --json` names the instances whose copy differs"
-        ));
-    }
-    if r.failure.is_some() && steps.is_empty() {
-        steps.push(format!(
-            "check that the target answers (`pacs-mirror status`, `pacs-mirror echo` of its AE), then `pacs-mirror drill --target {t}` again"
-        ));
-    }
-    if r.rto_exceeded {
-        steps.push(
-            "a restore would take longer than its objective: check the link and the target's load"
-                .into(),
-        );
-    }
-    format!(
-        "{}; next: {}; runbook ops/runbooks/drill-failed.md",
-        r.summary(),
-        steps.join("; ")
-    )
-}
-
 /// Hold the target's drill condition in the monitor as its last drill says
 /// (a passing drill clears it).
 fn hold(monitor: &pacs_mirror_agent::monitor::Monitor, r: &DrillReport) {
-    let failed = (!r.ok && !r.rto_exceeded).then(|| next_step(r));
-    let slow = r.rto_exceeded.then(|| next_step(r));
+    let failed = (!r.ok && !r.rto_exceeded).then(|| r.next_step());
+    let slow = r.rto_exceeded.then(|| r.next_step());
     monitor.set_external("drill_failed", &r.target, failed);
     monitor.set_external("drill_over_objective", &r.target, slow);
 }

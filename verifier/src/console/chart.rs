@@ -62,8 +62,10 @@ fn label_time(ms: u64, span_ms: u64) -> (String, String) {
     let (date, time) = (&i[..10], &i[11..16]);
     if span_ms >= 4 * 86_400_000 {
         (date.to_string(), String::new())
-    } else {
+    } else if span_ms >= 2 * 3_600_000 {
         (date[5..].to_string(), format!("{time}Z"))
+    } else {
+        (date[5..].to_string(), format!("{}Z", &i[11..19]))
     }
 }
 
@@ -73,7 +75,11 @@ pub fn svg(target: &str, points: &[Point], objective: Option<u64>) -> String {
     let mut pts: Vec<&Point> = points.iter().collect();
     pts.sort_by_key(|p| p.at_ms);
     let (t0, t1) = match (pts.first(), pts.last()) {
-        (Some(a), Some(b)) if b.at_ms > a.at_ms => (a.at_ms, b.at_ms),
+        (Some(a), Some(b)) if b.at_ms >= a.at_ms + 60_000 => (a.at_ms, b.at_ms),
+        // drills within a minute: half a minute either side
+        (Some(a), Some(b)) if b.at_ms > a.at_ms => {
+            (a.at_ms.saturating_sub(30_000), b.at_ms + 30_000)
+        }
         // one drill (or all at once): an hour either side
         (Some(a), _) => (a.at_ms.saturating_sub(3_600_000), a.at_ms + 3_600_000),
         _ => (0, 1),
@@ -261,6 +267,22 @@ mod tests {
         // short spans show times
         let s = svg("m", &[p(1, 0, 1.0, true, false)], None);
         assert!(s.contains(">23:00Z<") && s.contains(">01:00Z<"), "{s}");
+        // drills minutes apart: to the second
+        let s = svg(
+            "m",
+            &[
+                p(1, 0, 1.0, true, false),
+                Point {
+                    at_ms: 1_795_392_090_000,
+                    ..p(2, 0, 1.0, true, false)
+                },
+            ],
+            None,
+        );
+        assert!(
+            s.contains(">00:00:00Z<") && s.contains(">00:01:30Z<"),
+            "{s}"
+        );
         assert!(!s.contains("objective"));
     }
 }

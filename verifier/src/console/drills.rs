@@ -84,7 +84,7 @@ fn body(c: &Console, f: &Frame, history: &[DrillReport]) -> String {
             let (word, class) = verdict(r);
             let _ = write!(
                 h,
-                "<tr class=\"drill {class}\" data-number=\"{}\"><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"verdict {class}\">{word}{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{:.1} s{}</td><td class=\"n\">{:.1}</td></tr>",
+                "<tr class=\"drill\" data-verdict=\"{class}\" data-number=\"{}\"><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"verdict {class}\">{word}{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}{}</td><td class=\"n\">{:.1}</td></tr>",
                 r.number,
                 r.number,
                 when(r.started_at_ms, f.now_ms),
@@ -99,7 +99,7 @@ fn body(c: &Console, f: &Frame, history: &[DrillReport]) -> String {
                 n(Verdict::Mismatch),
                 n(Verdict::Missing),
                 n(Verdict::Extra),
-                r.recovery_secs,
+                super::seconds(r.recovery_secs),
                 r.rto_secs.map_or(String::new(), |o| format!(" / {o} s")),
                 r.mb_per_s
             );

@@ -268,6 +268,17 @@ pub fn when(ms: u64, now_ms: u64) -> String {
     )
 }
 
+/// Seconds measured: "0.12 s", "4.5 s", "73 s".
+pub fn seconds(s: f64) -> String {
+    if s < 1.0 {
+        format!("{s:.2} s")
+    } else if s < 10.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
 /// Bytes in MB or GB.
 pub fn size(bytes: u64) -> String {
     if bytes >= 10_000_000_000 {

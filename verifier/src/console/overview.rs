@@ -150,20 +150,20 @@ fn body(c: &Console, f: &Frame, s: &Status, last: &BTreeMap<String, DrillReport>
                     let next = if r.ok {
                         String::new()
                     } else {
-                        let full = crate::service::next_step(r);
+                        let full = r.next_step();
                         esc(full
                             .split_once("; next: ")
                             .map_or(full.as_str(), |(_, n)| n))
                     };
                     let _ = write!(
                         h,
-                        "<tr class=\"drill {class}\" data-target=\"{t}\"><td><a href=\"/drills#target-{t}\">{t}</a></td><td>{}</td><td class=\"verdict {class}\">{word}{}</td><td class=\"n recovery\">{:.1} s</td><td class=\"n objective\">{}</td><td class=\"n\">{}</td><td class=\"next\">{next}</td></tr>",
+                        "<tr class=\"drill\" data-verdict=\"{class}\" data-target=\"{t}\"><td><a href=\"/drills#target-{t}\">{t}</a></td><td>{}</td><td class=\"verdict {class}\">{word}{}</td><td class=\"n recovery\">{}</td><td class=\"n objective\">{}</td><td class=\"n\">{}</td><td class=\"next\">{next}</td></tr>",
                         when(r.started_at_ms, f.now_ms),
                         r.failure
                             .as_deref()
                             .map(|x| format!(": {}", esc(x)))
                             .unwrap_or_default(),
-                        r.recovery_secs,
+                        super::seconds(r.recovery_secs),
                         objective
                             .or(r.rto_secs)
                             .map_or("none".into(), |o| format!("{o} s")),
@@ -185,7 +185,7 @@ fn body(c: &Console, f: &Frame, s: &Status, last: &BTreeMap<String, DrillReport>
             let (word, class, why) = readiness(t, last.get(name));
             let _ = write!(
                 h,
-                "<tr class=\"readiness {class}\" data-target=\"{n}\"><td>{n}</td><td class=\"verdict {class}\">{word}</td><td>{}</td></tr>",
+                "<tr class=\"readiness\" data-verdict=\"{class}\" data-target=\"{n}\"><td>{n}</td><td class=\"verdict {class}\">{word}</td><td>{}</td></tr>",
                 esc(&why.join("; ")),
                 n = esc(name)
             );
