@@ -752,6 +752,7 @@ pub(crate) fn parse_peer(
         port,
         timeout: Duration::from_secs(timeout_secs),
         tls,
+        pace: None,
     })
 }
 
@@ -1062,12 +1063,20 @@ fn print_status(s: &admin::Status) {
         return;
     }
     println!(
-        "\n  {:<16} {:>8} {:>10} {:>10} {:>10} {:>6}  {:<8} {:<14} last error",
-        "target", "pending", "pending MB", "oldest", "delivered", "dead", "circuit", "last success"
+        "\n  {:<16} {:>8} {:>10} {:>10} {:>10} {:>6}  {:<8} {:>6} {:<14} last error",
+        "target",
+        "pending",
+        "pending MB",
+        "oldest",
+        "delivered",
+        "dead",
+        "circuit",
+        "assoc",
+        "last success"
     );
     for (name, t) in &s.targets {
         println!(
-            "  {:<16} {:>8} {:>10.1} {:>10} {:>10} {:>6}  {:<8} {:<14} {}",
+            "  {:<16} {:>8} {:>10.1} {:>10} {:>10} {:>6}  {:<8} {:>6} {:<14} {}",
             name,
             t.pending,
             t.pending_bytes as f64 / 1e6,
@@ -1076,8 +1085,29 @@ fn print_status(s: &admin::Status) {
             t.delivered,
             t.dead_letters,
             if t.circuit_open { "OPEN" } else { "closed" },
+            t.associations
+                .map_or("-".into(), |a| format!("{}/{}", a.in_use, a.limit)),
             ago(t.last_success_at_ms),
             t.last_error.as_deref().unwrap_or("-"),
+        );
+    }
+    for (name, t) in &s.targets {
+        if t.bytes_per_sec.is_none() && t.max_bandwidth_bytes_per_sec.is_none() {
+            continue;
+        }
+        println!(
+            "  {name}: sending {} over the last minute; cap now {}",
+            t.bytes_per_sec.map_or("-".into(), |b| format!(
+                "{:.2} MB/s ({:.1} Mbit/s)",
+                b as f64 / 1e6,
+                b as f64 * 8e-6
+            )),
+            t.max_bandwidth_bytes_per_sec
+                .map_or("unlimited".into(), |b| format!(
+                    "{:.2} MB/s ({:.1} Mbit/s)",
+                    b as f64 / 1e6,
+                    b as f64 * 8e-6
+                )),
         );
     }
 }

@@ -120,6 +120,7 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
     let mut out = Vec::new();
     for t in &config.targets {
         let d = t.delivery();
+        let pacer = pacer(t);
         let (destination, workers, uploads_per_worker) = match t {
             Target::Dicom {
                 remote_ae,
@@ -137,6 +138,10 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
                     // `validate` reports a dangling or unusable remote AE.
                     Err(PeerError::NoConnection(_)) => continue,
                     Err(PeerError::Tls(e)) => return Err(AppError::Tls(e)),
+                };
+                let peer = Peer {
+                    pace: pacer.clone(),
+                    ..peer
                 };
                 (Destination::Dicom(peer), d.concurrency as usize, 1)
             }
@@ -166,9 +171,36 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
                 max_ms: d.retry_max_secs.saturating_mul(1000),
             },
             refused_attempts: d.refused_attempts,
+            pacer,
         });
     }
     Ok(out)
+}
+
+/// The pacer of a target with a `max_bandwidth` or a schedule (None:
+/// unlimited at every hour): its rate read from the local time of day.
+fn pacer(t: &Target) -> Option<Arc<pacs_mirror_dicom::scu::pace::Pacer>> {
+    let (cap, schedule) = t.bandwidth();
+    if cap.bytes_per_sec().is_none() && schedule.is_empty() {
+        return None;
+    }
+    let (cap, schedule) = (cap.clone(), schedule.to_vec());
+    Some(pacs_mirror_dicom::scu::pace::Pacer::new(Arc::new(
+        move || {
+            let (weekday, minute) = local_weekday_minute();
+            pacs_mirror_config::bandwidth::cap_at(&cap, &schedule, weekday, minute)
+        },
+    )))
+}
+
+/// The local weekday (0 = Monday) and minute of the day.
+pub fn local_weekday_minute() -> (u32, u32) {
+    use chrono::{Datelike, Timelike};
+    let now = chrono::Local::now();
+    (
+        now.weekday().num_days_from_monday(),
+        now.hour() * 60 + now.minute(),
+    )
 }
 
 /// Our calling AE toward peers when a target names none: the first local
@@ -229,6 +261,7 @@ pub fn remote_peer(
         port: conn.port,
         timeout: Duration::from_secs(timeout_secs),
         tls,
+        pace: None,
     })
 }
 

@@ -72,6 +72,7 @@ use serde::{Deserialize, Serialize};
 
 mod admin;
 mod alerts;
+pub mod bandwidth;
 mod device;
 mod dicom;
 mod drill;
@@ -241,6 +242,8 @@ impl Config {
                 retry_initial_secs: 5,
                 retry_max_secs: 3600,
                 refused_attempts: 3,
+                max_bandwidth: Default::default(),
+                bandwidth_schedule: Vec::new(),
             }],
             admin: Some(AdminConfig {
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], 11180)),

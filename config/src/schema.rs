@@ -160,6 +160,8 @@ pub(crate) const DICOM_TARGET_KEYS: &[&str] = &[
     "retry_initial_secs",
     "retry_max_secs",
     "refused_attempts",
+    "max_bandwidth",
+    "bandwidth_schedule",
 ];
 /// The keys of `[[target]]` with `type = "object_store"`
 /// ([`Target::ObjectStore`]).
@@ -173,7 +175,10 @@ pub(crate) const OBJECT_STORE_TARGET_KEYS: &[&str] = &[
     "retry_initial_secs",
     "retry_max_secs",
     "refused_attempts",
+    "max_bandwidth",
+    "bandwidth_schedule",
 ];
+static BANDWIDTH_WINDOW: TableSchema = table_of!(crate::bandwidth::BandwidthWindow, []);
 static TARGET: TableSchema = TableSchema {
     keys: Keys::Tagged {
         tag: "type",
@@ -182,7 +187,10 @@ static TARGET: TableSchema = TableSchema {
             ("object_store", OBJECT_STORE_TARGET_KEYS),
         ],
     },
-    children: &[("options", Child::FreeForm)],
+    children: &[
+        ("options", Child::FreeForm),
+        ("bandwidth_schedule", Child::Array(&BANDWIDTH_WINDOW)),
+    ],
     check: check_as::<Target>,
 };
 static ADMIN: TableSchema = table_of!(AdminConfig, []);

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bandwidth::{Bandwidth, BandwidthWindow};
+
 /// Schemes accepted in [`Target::ObjectStore`] URLs.
 pub const OBJECT_STORE_SCHEMES: [&str; 4] = ["s3", "gs", "az", "file"];
 
@@ -25,7 +27,11 @@ pub enum Target {
         /// else the first acceptor AE.
         #[serde(default)]
         calling_ae: Option<String>,
-        /// Associations used in parallel, 1 to 16. Default: 2.
+        /// The most associations used in parallel, 1 to 64. Default: 16.
+        /// The agent adapts how many it opens to what the link and the
+        /// mirror deliver (starting at 4, more while throughput grows, fewer
+        /// on timeouts, A7xx answers and rejections); set it to what the
+        /// mirror allows from one sender.
         #[serde(default = "default_concurrency")]
         concurrency: u32,
         /// Seconds allowed for connecting and for each answer, 1 to 3600.
@@ -47,6 +53,14 @@ pub enum Target {
         /// limit. Default: 3.
         #[serde(default = "default_refused_attempts")]
         refused_attempts: u32,
+        /// The most bytes per second sent to this target, e.g.
+        /// `"30 Mbit/s"`, `"4 MB/s"`. Default: `"unlimited"`.
+        #[serde(default)]
+        max_bandwidth: Bandwidth,
+        /// Windows of the week with another cap (the first that holds
+        /// wins), e.g. 30 Mbit/s on weekdays 07:00–19:00.
+        #[serde(default)]
+        bandwidth_schedule: Vec<BandwidthWindow>,
     },
     /// `type = "object_store"`: copy each object into an object store or a
     /// directory.
@@ -84,6 +98,14 @@ pub enum Target {
         /// retried without limit. Default: 3.
         #[serde(default = "default_refused_attempts")]
         refused_attempts: u32,
+        /// The most bytes per second sent to this target, e.g.
+        /// `"30 Mbit/s"`, `"4 MB/s"`. Default: `"unlimited"`.
+        #[serde(default)]
+        max_bandwidth: Bandwidth,
+        /// Windows of the week with another cap (the first that holds
+        /// wins), e.g. 30 Mbit/s on weekdays 07:00–19:00.
+        #[serde(default)]
+        bandwidth_schedule: Vec<BandwidthWindow>,
     },
 }
 
@@ -103,7 +125,7 @@ pub struct Delivery {
 }
 
 fn default_concurrency() -> u32 {
-    2
+    16
 }
 fn default_timeout_secs() -> u64 {
     30
@@ -125,6 +147,22 @@ fn default_refused_attempts() -> u32 {
 }
 
 impl Target {
+    /// The bandwidth cap and its windows of the week.
+    pub fn bandwidth(&self) -> (&Bandwidth, &[BandwidthWindow]) {
+        match self {
+            Target::Dicom {
+                max_bandwidth,
+                bandwidth_schedule,
+                ..
+            }
+            | Target::ObjectStore {
+                max_bandwidth,
+                bandwidth_schedule,
+                ..
+            } => (max_bandwidth, bandwidth_schedule),
+        }
+    }
+
     /// The target's name.
     pub fn name(&self) -> &str {
         match self {
@@ -282,6 +320,8 @@ mod tests {
             retry_initial_secs: 5,
             retry_max_secs: 3600,
             refused_attempts: 3,
+            max_bandwidth: Default::default(),
+            bandwidth_schedule: Vec::new(),
         };
         assert_eq!(t.name(), "backup");
         let t = Target::Dicom {
@@ -293,6 +333,8 @@ mod tests {
             retry_initial_secs: 5,
             retry_max_secs: 3600,
             refused_attempts: 3,
+            max_bandwidth: Default::default(),
+            bandwidth_schedule: Vec::new(),
         };
         assert_eq!(t.name(), "mirror");
     }

@@ -87,6 +87,8 @@ fn example_is_clean() {
             retry_initial_secs: 5,
             retry_max_secs: 3600,
             refused_attempts: 3,
+            max_bandwidth: Default::default(),
+            bandwidth_schedule: Vec::new(),
         }
     );
     let (device, mirror) = config.remote_ae("MIRROR_PACS").expect("mirror AE");

@@ -370,6 +370,11 @@ impl Config {
             } else {
                 names.insert(name, i);
             }
+            for (j, w) in target.bandwidth().1.iter().enumerate() {
+                for problem in w.problems() {
+                    r.error(format!("{p}.bandwidth_schedule[{j}]"), problem);
+                }
+            }
             match target {
                 Target::Dicom {
                     remote_ae,
@@ -386,7 +391,7 @@ impl Config {
                             ),
                         }
                     }
-                    check_delivery(&p, &target.delivery(), 16, r);
+                    check_delivery(&p, &target.delivery(), 64, r);
                     if !warned_initiator
                         && !self
                             .device

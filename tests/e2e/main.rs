@@ -40,6 +40,7 @@ pub(crate) mod resources;
 mod restore_mistakes;
 mod retrieve;
 pub(crate) mod s3;
+mod sender;
 mod tls;
 mod tls_peers;
 pub(crate) mod transfer_syntaxes;

@@ -151,6 +151,7 @@ impl Fixture {
             port: self.orthanc.dicom_port,
             timeout: Duration::from_secs(30),
             tls: None,
+            pace: None,
         }
     }
 
@@ -695,6 +696,7 @@ fn c_move_to_storescp_delivers_byte_exact() {
             port,
             timeout: Duration::from_secs(5),
             tls: None,
+            pace: None,
         };
         let mut ready = false;
         for _ in 0..100 {
@@ -813,6 +815,7 @@ fn c_get_of_a_100_instance_study_reports_recovery_times() {
         port: orthanc.dicom_port,
         timeout: Duration::from_secs(30),
         tls: None,
+        pace: None,
     };
     let scratch = dir.path().join("scratch");
     let out = runtime()

@@ -1029,6 +1029,7 @@ mod tests {
             port,
             timeout: Duration::from_secs(5),
             tls: None,
+            pace: None,
         };
         let settings = FailbackSettings {
             mirror: peer("MIRROR"),

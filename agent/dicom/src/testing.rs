@@ -131,6 +131,7 @@ pub mod peers {
             port,
             timeout: Duration::from_secs(10),
             tls: None,
+            pace: None,
         }
     }
 

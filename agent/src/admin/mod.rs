@@ -328,6 +328,30 @@ pub fn metrics(status: &Status) -> String {
         per_target(&|t| Some(u64::from(t.circuit_open))),
     );
     metric(
+        "pacs_mirror_replication_bytes_per_second",
+        "Bytes delivered per second over the last minute (the bandwidth the target uses).",
+        "gauge",
+        per_target(&|t| t.bytes_per_sec),
+    );
+    metric(
+        "pacs_mirror_replication_max_bandwidth_bytes_per_second",
+        "The bandwidth cap in force now (max_bandwidth or its schedule); absent: unlimited.",
+        "gauge",
+        per_target(&|t| t.max_bandwidth_bytes_per_sec),
+    );
+    metric(
+        "pacs_mirror_replication_associations",
+        "DICOM targets: associations open now.",
+        "gauge",
+        per_target(&|t| t.associations.map(|a| a.in_use as u64)),
+    );
+    metric(
+        "pacs_mirror_replication_association_limit",
+        "DICOM targets: associations the sender allows itself now (adapted between 1 and concurrency).",
+        "gauge",
+        per_target(&|t| t.associations.map(|a| a.limit as u64)),
+    );
+    metric(
         "pacs_mirror_replication_last_success_timestamp_seconds",
         "Time of the last delivery.",
         "gauge",

@@ -56,6 +56,10 @@ impl Worker {
             .enumerate()
             .map(|(i, item)| (i, item.due.hash, self.r.spool.object_path(&item.due.hash)))
             .collect();
+        let sizes: Vec<u64> = items
+            .iter()
+            .map(|i| i.due.record.file_bytes.unwrap_or(0))
+            .collect();
         // The first store or network failure stops the batch: uploads not
         // started yet are left due as they are (not counted as attempts),
         // so an unreachable store costs one round of timeouts, not one per
@@ -65,9 +69,15 @@ impl Worker {
             futures::stream::iter(jobs)
                 .map(|(i, hash, path)| {
                     let unreachable = &unreachable;
+                    let size = sizes[i];
                     async move {
                         if unreachable.load(std::sync::atomic::Ordering::Relaxed) {
                             return (i, None);
+                        }
+                        // `max_bandwidth`: the whole object's bytes before
+                        // its upload starts.
+                        if let Some(p) = &self.target.pacer {
+                            p.take(size as usize).await;
                         }
                         let r = bucket.upload(&path, &hash).await;
                         if matches!(&r, Err(e) if e.is_transient()) {

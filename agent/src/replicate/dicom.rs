@@ -1,16 +1,59 @@
-//! The DICOM sender: a batch goes over one association (C-STORE of each
-//! object streamed from its spool file, with its own SOP class and transfer
-//! syntax).
+//! The DICOM sender. A worker holds a permit of its target's
+//! [`super::adaptive::Limiter`] and one association, and keeps sending on it
+//! claim after claim ([`CLAIM`] objects at a time, so one study spreads over
+//! every association) while work is due; it opens a new association when a
+//! claim needs presentation contexts the open one was not proposed with.
+//! Each C-STORE streams its object from the spool file, with its own SOP
+//! class and transfer syntax.
 
+use super::adaptive::Trouble;
 use super::{Unreachable, Unsendable, Worker};
 use pacs_mirror_dicom::dimse::Status;
 use pacs_mirror_dicom::scu::{self, Outgoing, Peer, Scu};
 use pacs_mirror_store::index::outbox::Due;
 
+/// Objects a DICOM worker claims at a time.
+pub const CLAIM: usize = 16;
+
+/// An open association and the presentation contexts it was proposed with.
+pub(super) struct Session {
+    scu: Scu,
+    proposed: Vec<(String, Vec<String>)>,
+}
+
+impl Session {
+    /// Release the association (A-RELEASE).
+    pub(super) async fn release(self) {
+        self.scu.release().await;
+    }
+
+    fn carries(&self, contexts: &[(String, Vec<String>)]) -> bool {
+        contexts.iter().all(|c| self.proposed.contains(c))
+    }
+}
+
+/// What a failure says about load: a busy rejection, a timeout or an
+/// abort mean fewer associations; a refused connection or a rejection for
+/// another reason (the target is down, or misconfigured) say nothing about
+/// how many it takes.
+fn trouble_of(e: &scu::ScuError) -> Option<Trouble> {
+    match e {
+        e if e.is_busy() => Some(Trouble::TooManyAssociations),
+        scu::ScuError::Timeout { .. } | scu::ScuError::Aborted { .. } => Some(Trouble::Overload),
+        _ => None,
+    }
+}
+
 impl Worker {
-    /// Send `due`; `Err` when the target became unreachable (the rest of the
-    /// batch has been rescheduled).
-    pub(super) async fn send_dicom(&self, peer: &Peer, due: &[Due]) -> Result<(), Unreachable> {
+    /// Send `due` on `session` (opened, or opened again when it cannot carry
+    /// these objects); `Err` when the target became unreachable (the rest of
+    /// the claim has been rescheduled and the session dropped).
+    pub(super) async fn send_dicom(
+        &self,
+        peer: &Peer,
+        session: &mut Option<Session>,
+        due: &[Due],
+    ) -> Result<(), Unreachable> {
         let mut objects = Vec::with_capacity(due.len());
         for d in due {
             match self.outgoing(d) {
@@ -23,20 +66,36 @@ impl Worker {
         }
         let outgoing: Vec<Outgoing> = objects.iter().map(|(_, o)| o.clone()).collect();
         let contexts = scu::contexts_for(&outgoing);
-        let mut scu = match Scu::connect(peer, &contexts).await {
-            Ok(s) => s,
-            Err(e) if e.is_transient() => {
-                for (d, _) in &objects {
-                    self.retry(d, &e.to_string());
+        if let Some(s) = session.take_if(|s| !s.carries(&contexts)) {
+            s.release().await;
+        }
+        if session.is_none() {
+            match Scu::connect(peer, &contexts).await {
+                Ok(scu) => {
+                    *session = Some(Session {
+                        scu,
+                        proposed: contexts,
+                    })
                 }
-                return Err(e.into());
-            }
-            Err(e) => {
-                for (d, _) in &objects {
-                    self.refused(d, &e.to_string());
+                Err(e) if e.is_transient() => {
+                    if let Some(t) = trouble_of(&e) {
+                        self.limiter.trouble(t);
+                    }
+                    for (d, _) in &objects {
+                        self.retry(d, &e.to_string());
+                    }
+                    return Err(e.into());
                 }
-                return Ok(());
+                Err(e) => {
+                    for (d, _) in &objects {
+                        self.refused(d, &e.to_string());
+                    }
+                    return Ok(());
+                }
             }
+        }
+        let Some(Session { scu, .. }) = session.as_mut() else {
+            return Ok(());
         };
         for (i, (d, o)) in objects.iter().enumerate() {
             if let Some((_, next)) = objects.get(i + 1) {
@@ -62,9 +121,16 @@ impl Worker {
                         "{status}, for an object kept with findings (`pacs-mirror findings list`)"
                     ),
                 ),
-                Ok(status @ Status::OutOfResources(_)) => self.retry(d, &status.to_string()),
+                Ok(status @ Status::OutOfResources(_)) => {
+                    self.limiter.trouble(Trouble::Overload);
+                    self.retry(d, &status.to_string())
+                }
                 Ok(status) => self.refused(d, &status.to_string()),
                 Err(e) if e.is_transient() => {
+                    *session = None;
+                    if let Some(t) = trouble_of(&e) {
+                        self.limiter.trouble(t);
+                    }
                     if flagged() {
                         self.refused(
                             d,
@@ -81,6 +147,7 @@ impl Worker {
                 Err(e @ scu::ScuError::Corrupt { aborted: true, .. }) => {
                     // The association is gone; the rest stay due as they
                     // are (no attempt counted) for the next pass.
+                    *session = None;
                     tracing::error!(target = %self.target.name, error = %e, "a spool file no longer matches its address");
                     self.refused(d, &e.to_string());
                     return Ok(());
@@ -88,7 +155,6 @@ impl Worker {
                 Err(e) => self.refused(d, &e.to_string()),
             }
         }
-        scu.release().await;
         Ok(())
     }
 

@@ -2,12 +2,19 @@
 //! (`pacs_mirror_store::index::outbox`). One mechanism, two kinds of target: a DICOM
 //! peer (C-STORE, [`dicom`]) and an object store ([`bucket`]).
 //!
-//! A worker claims up to [`BATCH`] due objects (claims are in memory, so two
-//! workers of a target never send the same object at once), hands them to
-//! its target's sender, and moves each row by the outcome. Confirmed
-//! deliveries are collected during the batch and recorded in one index batch
-//! at its end, before the index flush and before the claims are released (a
-//! crash in between loses only the record: the object is sent again).
+//! A worker claims due objects (claims are in memory, so two workers of a
+//! target never send the same object at once), hands them to its target's
+//! sender, and moves each row by the outcome. Confirmed deliveries are
+//! collected during the claim and recorded in one index batch at its end,
+//! before the claims are released (a crash before the next index flush
+//! loses only the record: the object is sent again).
+//!
+//! A DICOM target's workers (`concurrency` of them) take turns by the
+//! permits of an [`adaptive::Limiter`], which adapts how many associations
+//! are open to what the link and the mirror deliver. A worker with a permit
+//! keeps its association open and claims [`dicom::CLAIM`] objects at a time
+//! while work is due, flushing the index at least every [`FLUSH_EVERY`]. An
+//! object-store worker claims up to [`BATCH`] objects per pass.
 //!
 //! Workers run under the agent's worker runner ([`crate::worker`]). An idle
 //! worker is woken by every index batch that writes into its queue
@@ -49,6 +56,7 @@ use pacs_mirror_store::index::outbox::{Backoff, Delivery, Due};
 use pacs_mirror_store::index::{Index, ObjectId, hash_hex};
 use pacs_mirror_store::spool::Spool;
 
+pub mod adaptive;
 mod bucket;
 mod dicom;
 pub mod status;
@@ -64,6 +72,9 @@ pub const BATCH: usize = 64;
 /// sleeps until the next row is due; this only bounds what a row written
 /// some other way could wait.
 const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+/// How often a DICOM worker sending claim after claim flushes the index
+/// (deliveries recorded but not flushed are sent again after a crash).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// Where a target's copies go.
 #[derive(Debug, Clone)]
@@ -99,6 +110,9 @@ pub struct TargetSpec {
     pub backoff: Backoff,
     /// Attempts before a refused object is dead-lettered.
     pub refused_attempts: u32,
+    /// The target's `max_bandwidth` (DICOM: also in the peer, which paces
+    /// each write; object stores: each upload).
+    pub pacer: Option<Arc<scu::pace::Pacer>>,
 }
 
 /// What the workers of a target report, for `/status` and `/metrics`.
@@ -118,6 +132,13 @@ pub struct TargetHealth {
     pub delivered_bytes: u64,
     /// How long the last delivered object waited from its arrival (ms).
     pub last_lag_ms: Option<u64>,
+    /// DICOM targets: associations open, the adaptive limit and the
+    /// configured maximum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub associations: Option<adaptive::Snapshot>,
+    /// The target's bandwidth cap (its rate now: `status`).
+    #[serde(skip)]
+    pub pacer: Option<Arc<scu::pace::Pacer>>,
 }
 
 /// Shared health of one target.
@@ -143,8 +164,12 @@ pub fn spawn(
     tracker: &tokio_util::task::TaskTracker,
 ) -> Health {
     let claimed: Arc<Mutex<HashSet<ObjectId>>> = Arc::default();
-    let health: Health = Arc::default();
+    let health: Health = Arc::new(Mutex::new(TargetHealth {
+        pacer: target.pacer.clone(),
+        ..TargetHealth::default()
+    }));
     let workers = target.workers.max(1);
+    let limiter = adaptive::Limiter::new(workers);
     // Each worker is woken by rows written into the queue, and by claims
     // another worker (or the publisher) gives up.
     let wakes: Arc<Vec<Arc<tokio::sync::Notify>>> = Arc::new(
@@ -162,6 +187,8 @@ pub fn spawn(
         publish,
         circuit: None,
         wakes: wakes.clone(),
+        limiter: limiter.clone(),
+        shutdown: shutdown.clone(),
     };
     let publish = match &target.destination {
         Destination::Bucket(bucket) => {
@@ -199,6 +226,10 @@ struct Worker {
     circuit: Option<(u32, Instant)>,
     /// The wake-ups of every worker of the target (released claims).
     wakes: Arc<Vec<Arc<tokio::sync::Notify>>>,
+    /// DICOM: the permits for associations (unused by object stores).
+    limiter: Arc<adaptive::Limiter>,
+    /// Ends a run of claims on an open association.
+    shutdown: CancellationToken,
 }
 
 enum Pass {
@@ -248,6 +279,10 @@ impl crate::worker::Worker for Worker {
 
     /// One batch, or one probe while the circuit is open.
     async fn work(&mut self) -> Next {
+        // Another worker of the target found it answering: resume too.
+        if self.circuit.is_some() && !self.health().circuit_open {
+            self.circuit = None;
+        }
         if let Some((n, at)) = self.circuit {
             // Circuit open: probe at the backoff's pace, do not hammer the
             // target with stores.
@@ -259,6 +294,12 @@ impl crate::worker::Worker for Worker {
                     tracing::info!(target = %self.target.name, "target answers again: resuming");
                     self.health().circuit_open = false;
                     self.circuit = None;
+                    // After an outage the backlog is measured afresh, and
+                    // every worker resumes now, not at its own next probe.
+                    self.limiter.restart();
+                    for w in self.wakes.iter() {
+                        w.notify_one();
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(target = %self.target.name, error = %e, "target still unreachable");
@@ -309,11 +350,89 @@ impl Worker {
         Instant::now() + wait
     }
 
-    /// Claim due objects and send them on one association.
+    /// DICOM: with a permit, claim after claim on one association while
+    /// work is due.
+    async fn pass_dicom(&self, peer: &Peer) -> Pass {
+        let name = &self.target.name;
+        match self.has_unclaimed_due(crate::unix_ms()) {
+            Ok(true) => {}
+            Ok(false) => return Pass::Done { idle: true },
+            Err(e) => {
+                tracing::error!(target = %name, error = %e, "reading the queue failed");
+                return Pass::Done { idle: true };
+            }
+        }
+        let permit = self.limiter.acquire().await;
+        self.health().associations = Some(self.limiter.snapshot());
+        let mut session = None;
+        let mut result = Ok(());
+        let mut sent = 0usize;
+        let mut flushed = Instant::now();
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let due = match self.claim(crate::unix_ms(), dicom::CLAIM) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(target = %name, error = %e, "reading the queue failed");
+                    break;
+                }
+            };
+            if due.is_empty() {
+                break;
+            }
+            sent += due.len();
+            result = self.send_dicom(peer, &mut session, &due).await;
+            self.record_deliveries();
+            if result.is_err() || flushed.elapsed() >= FLUSH_EVERY {
+                self.flush_index();
+                flushed = Instant::now();
+            }
+            self.release(due.iter());
+            if result.is_err() || permit.over_limit() {
+                break;
+            }
+        }
+        self.flush_index();
+        if let Some(s) = session {
+            s.release().await;
+        }
+        drop(permit);
+        self.health().associations = Some(self.limiter.snapshot());
+        tracing::debug!(target = %name, worker = self.worker, objects = sent, "association done");
+        match result {
+            Ok(()) => Pass::Done { idle: sent == 0 },
+            Err(e) => Pass::Unreachable(e),
+        }
+    }
+
+    fn flush_index(&self) {
+        if let Err(e) = self.r.index.flush() {
+            tracing::error!(error = %e, "index flush after delivery failed (rows are re-sent if lost)");
+        }
+    }
+
+    /// Whether a row is due that no worker has claimed.
+    fn has_unclaimed_due(&self, now: u64) -> Result<bool, pacs_mirror_store::index::IndexError> {
+        let claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(!self
+            .r
+            .index
+            .due_skipping(&self.target.name, now, 1, &|h| claimed.contains(h))?
+            .is_empty())
+    }
+
+    /// Claim due objects and send them: one association of a DICOM target
+    /// (claim after claim), one batch of uploads of an object store.
     async fn pass(&self) -> Pass {
+        let bucket = match &self.target.destination {
+            Destination::Dicom(peer) => return self.pass_dicom(peer).await,
+            Destination::Bucket(bucket) => bucket,
+        };
         let name = &self.target.name;
         let now = crate::unix_ms();
-        let due = match self.claim(now) {
+        let due = match self.claim(now, BATCH) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(target = %name, error = %e, "reading the queue failed");
@@ -324,15 +443,10 @@ impl Worker {
             return Pass::Done { idle: true };
         }
         let started = std::time::Instant::now();
-        let (result, handed_over) = match &self.target.destination {
-            Destination::Dicom(peer) => (self.send_dicom(peer, &due).await, HashSet::new()),
-            Destination::Bucket(bucket) => self.send_bucket(bucket, &due).await,
-        };
+        let (result, handed_over) = self.send_bucket(bucket, &due).await;
         let sent = started.elapsed();
         self.record_deliveries();
-        if let Err(e) = self.r.index.flush() {
-            tracing::error!(error = %e, "index flush after delivery failed (rows are re-sent if lost)");
-        }
+        self.flush_index();
         // The publisher releases what it was handed.
         self.release(due.iter().filter(|d| !handed_over.contains(&d.hash)));
         tracing::debug!(
@@ -367,12 +481,16 @@ impl Worker {
         h.last_error = Some(error.to_string());
     }
 
-    fn claim(&self, now: u64) -> Result<Vec<Due>, pacs_mirror_store::index::IndexError> {
+    fn claim(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Due>, pacs_mirror_store::index::IndexError> {
         let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
         let candidates = self
             .r
             .index
-            .due_skipping(&self.target.name, now, BATCH, &|h| claimed.contains(h))?;
+            .due_skipping(&self.target.name, now, limit, &|h| claimed.contains(h))?;
         let mut out = Vec::new();
         for d in candidates {
             if !claimed.insert(d.hash) {
@@ -422,6 +540,7 @@ impl Worker {
             h.delivered_bytes += d.record.file_bytes.unwrap_or(0);
             h.last_lag_ms = Some(now.saturating_sub(d.record.enqueued_at_ms));
         }
+        self.limiter.delivered(d.record.file_bytes.unwrap_or(0));
         tracing::debug!(
             target = %self.target.name,
             %sop_instance_uid,

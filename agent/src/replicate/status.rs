@@ -31,6 +31,14 @@ pub struct TargetStatus {
     pub last_error: Option<String>,
     /// Whether the target is unreachable (being probed with C-ECHO).
     pub circuit_open: bool,
+    /// The bandwidth cap in force now (`max_bandwidth`, or the schedule's
+    /// window), bytes per second; None: unlimited (or not running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth_bytes_per_sec: Option<u64>,
+    /// DICOM targets: associations open, the adaptive limit, the maximum;
+    /// running agent only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub associations: Option<super::adaptive::Snapshot>,
     /// How long the last delivered object waited between its arrival and
     /// its delivery (ms); running agent only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +84,8 @@ fn status_from(
         last_error: h.last_error,
         circuit_open: h.circuit_open,
         lag_ms: h.last_lag_ms,
+        associations: h.associations,
+        max_bandwidth_bytes_per_sec: h.pacer.as_ref().and_then(|p| p.rate()),
         delivered_per_min: None,
         bytes_per_sec: None,
     })

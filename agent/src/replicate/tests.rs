@@ -94,6 +94,7 @@ fn start(rig: &Rig) -> (CancellationToken, tokio_util::task::TaskTracker) {
                 max_ms: 100,
             },
             refused_attempts: 3,
+            pacer: None,
         },
         &crate::worker::Workers::default(),
         &shutdown,

@@ -275,13 +275,25 @@ fn target_row(h: &mut String, c: &Console, f: &Frame, name: &str, t: &TargetStat
         } else {
             "0".into()
         },
-        t.bytes_per_sec.map_or("—".into(), |b| format!(
+        format!(
             "{}{}",
-            bandwidth(b),
-            t.delivered_per_min
-                .map(|o| format!(", {o} objects/min"))
+            t.bytes_per_sec.map_or("—".into(), |b| format!(
+                "{}{}",
+                bandwidth(b),
+                t.delivered_per_min
+                    .map(|o| format!(", {o} objects/min"))
+                    .unwrap_or_default()
+            )),
+            t.max_bandwidth_bytes_per_sec
+                .map(|c| format!("<br><span class=\"muted cap\">cap now {}</span>", bandwidth(c)))
                 .unwrap_or_default()
-        )),
+                + &t.associations
+                .map(|a| format!(
+                    "<br><span class=\"muted associations\">{} of {} association(s) open (at most {})</span>",
+                    a.in_use, a.limit, a.max
+                ))
+                .unwrap_or_default()
+        ),
         t.last_success_at_ms
             .map_or("never".into(), |m| when(m, f.now_ms)),
         match (&t.last_error, t.last_error_at_ms) {

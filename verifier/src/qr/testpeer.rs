@@ -230,6 +230,7 @@ pub async fn start(script: Script) -> (Peer, tokio::task::JoinHandle<Seen>) {
         port,
         timeout: Duration::from_secs(5),
         tls: None,
+        pace: None,
     };
     (peer, handle)
 }

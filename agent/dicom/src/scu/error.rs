@@ -24,7 +24,13 @@ pub enum ScuError {
     Timeout { addr: String, secs: u64 },
     /// The peer rejected the association.
     #[error("association rejected by {addr}: {reason}")]
-    Rejected { addr: String, reason: String },
+    Rejected {
+        addr: String,
+        reason: String,
+        /// Rejected as busy (PS3.8 9.3.4: temporary congestion, local
+        /// limit exceeded): too many associations at once.
+        busy: bool,
+    },
     /// The peer accepted none of the proposed presentation contexts.
     #[error("{addr} accepted none of the proposed presentation contexts ({what})")]
     NoAcceptedContexts { addr: String, what: String },
@@ -88,6 +94,11 @@ impl ScuError {
                 | ScuError::Corrupt { .. }
         )
     }
+
+    /// Whether the peer said it has too many associations open.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ScuError::Rejected { busy: true, .. })
+    }
 }
 
 /// A data set that does not hash to [`Outgoing::dataset_blake3`] (carried
@@ -123,6 +134,9 @@ pub(super) fn explain_rejection(source: &AssociationRJSource) -> String {
         AssociationRJSource::ServiceUser(U::CallingAETitleNotRecognized) => {
             "calling AE title not recognized: the peer does not know our AE title (or not from this IP address); add it to the peer's allowed senders".into()
         }
+        AssociationRJSource::ServiceProviderPresentation(r) => {
+            format!("the peer is busy ({r}): too many associations at once")
+        }
         other => format!("{other:?}"),
     }
 }
@@ -134,6 +148,10 @@ pub(super) fn classify(addr: &str, e: dicom_ul::association::Error, timeout: Dur
         E::Rejected { association_rj, .. } => ScuError::Rejected {
             addr,
             reason: explain_rejection(&association_rj.source),
+            busy: matches!(
+                association_rj.source,
+                AssociationRJSource::ServiceProviderPresentation(_)
+            ),
         },
         E::NoAcceptedPresentationContexts { .. } => ScuError::NoAcceptedContexts {
             addr,

@@ -47,6 +47,7 @@ use crate::reassembly::{Message, Reassembler};
 mod echo;
 mod error;
 mod link;
+pub mod pace;
 mod store;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -83,6 +84,9 @@ pub struct Peer {
     pub timeout: Duration,
     /// DICOM TLS, when the peer's connection is a TLS one.
     pub tls: Option<ClientTls>,
+    /// Paces the data sets sent (the target's `max_bandwidth`); None:
+    /// as fast as the link takes them.
+    pub pace: Option<std::sync::Arc<pace::Pacer>>,
 }
 
 /// How to connect to a peer with TLS.

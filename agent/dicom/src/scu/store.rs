@@ -333,9 +333,14 @@ impl Scu {
     }
 
     /// Write whole PDUs straight to the socket (dicom-ul's own send buffer
-    /// is empty between its sends), within the peer timeout.
+    /// is empty between its sends), within the peer timeout, at the pace of
+    /// the peer's [`super::pace::Pacer`] if it has one (the wait is not
+    /// counted against the timeout).
     async fn write_pdus(&mut self, pdus: &[u8]) -> Result<(), ScuError> {
         use tokio::io::AsyncWriteExt;
+        if let Some(p) = &self.peer.pace {
+            p.take(pdus.len()).await;
+        }
         let addr = self.peer.addr();
         let timeout = self.peer.timeout;
         let stream = self.assoc.stream();
