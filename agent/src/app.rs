@@ -187,19 +187,19 @@ fn pacer(t: &Target) -> Option<Arc<pacs_mirror_dicom::scu::pace::Pacer>> {
     let (cap, schedule) = (cap.clone(), schedule.to_vec());
     Some(pacs_mirror_dicom::scu::pace::Pacer::new(Arc::new(
         move || {
-            let (weekday, minute) = local_weekday_minute();
-            pacs_mirror_config::bandwidth::cap_at(&cap, &schedule, weekday, minute)
+            let (weekday, second) = local_weekday_second();
+            pacs_mirror_config::bandwidth::cap_at(&cap, &schedule, weekday, second)
         },
     )))
 }
 
-/// The local weekday (0 = Monday) and minute of the day.
-pub fn local_weekday_minute() -> (u32, u32) {
+/// The local weekday (0 = Monday) and second of the day.
+pub fn local_weekday_second() -> (u32, u32) {
     use chrono::{Datelike, Timelike};
     let now = chrono::Local::now();
     (
         now.weekday().num_days_from_monday(),
-        now.hour() * 60 + now.minute(),
+        now.num_seconds_from_midnight(),
     )
 }
 

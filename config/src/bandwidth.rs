@@ -116,9 +116,9 @@ pub struct BandwidthWindow {
     /// Days it applies on: `mon` … `sun`. Default: every day.
     #[serde(default)]
     pub days: Vec<String>,
-    /// Start, `HH:MM`, local time of the agent's host.
+    /// Start, `HH:MM` (or `HH:MM:SS`), local time of the agent's host.
     pub from: String,
-    /// End, `HH:MM` (exclusive); before `from`: the window runs past
+    /// End, `HH:MM` or `HH:MM:SS` (exclusive); before `from`: the window runs past
     /// midnight (and belongs to the day it starts on).
     pub to: String,
     /// The cap inside the window.
@@ -128,11 +128,17 @@ pub struct BandwidthWindow {
 /// Day names, Monday first.
 pub const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
-/// Minutes since midnight of `HH:MM`.
-pub fn minutes(hhmm: &str) -> Option<u32> {
-    let (h, m) = hhmm.trim().split_once(':')?;
-    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-    (h < 24 && m < 60 && hhmm.trim().len() == 5).then_some(h * 60 + m)
+/// Seconds since midnight of `HH:MM` or `HH:MM:SS`.
+pub fn seconds(time: &str) -> Option<u32> {
+    let t = time.trim();
+    let mut parts = t.split(':');
+    let (h, m) = (parts.next()?, parts.next()?);
+    let s = parts.next().unwrap_or("00");
+    if parts.next().is_some() || [h, m, s].iter().any(|p| p.len() != 2) {
+        return None;
+    }
+    let (h, m, s): (u32, u32, u32) = (h.parse().ok()?, m.parse().ok()?, s.parse().ok()?);
+    (h < 24 && m < 60 && s < 60).then_some(h * 3600 + m * 60 + s)
 }
 
 impl BandwidthWindow {
@@ -145,20 +151,22 @@ impl BandwidthWindow {
             }
         }
         for (k, v) in [("from", &self.from), ("to", &self.to)] {
-            if minutes(v).is_none() {
-                out.push(format!("{k} = {v:?} is not a time HH:MM (00:00 to 23:59)"));
+            if seconds(v).is_none() {
+                out.push(format!(
+                    "{k} = {v:?} is not a time HH:MM or HH:MM:SS (00:00 to 23:59:59)"
+                ));
             }
         }
-        if minutes(&self.from).is_some() && self.from == self.to {
+        if seconds(&self.from).is_some() && self.from == self.to {
             out.push("from and to are the same time: the window is empty".into());
         }
         out
     }
 
-    /// Whether the window holds on `weekday` (0 = Monday) at `minute` of
+    /// Whether the window holds on `weekday` (0 = Monday) at `second` of
     /// the day.
-    pub fn holds(&self, weekday: u32, minute: u32) -> bool {
-        let (Some(from), Some(to)) = (minutes(&self.from), minutes(&self.to)) else {
+    pub fn holds(&self, weekday: u32, second: u32) -> bool {
+        let (Some(from), Some(to)) = (seconds(&self.from), seconds(&self.to)) else {
             return false;
         };
         let on = |day: u32| {
@@ -169,25 +177,25 @@ impl BandwidthWindow {
                     .any(|d| DAYS.get(day as usize % 7) == Some(&d.as_str()))
         };
         if from < to {
-            on(weekday) && (from..to).contains(&minute)
+            on(weekday) && (from..to).contains(&second)
         } else {
             // past midnight: the evening of its day, the morning after it
-            (on(weekday) && minute >= from) || (on((weekday + 6) % 7) && minute < to)
+            (on(weekday) && second >= from) || (on((weekday + 6) % 7) && second < to)
         }
     }
 }
 
-/// The cap at `weekday` (0 = Monday) and `minute` of the day, in bytes per
+/// The cap at `weekday` (0 = Monday) and `second` of the day, in bytes per
 /// second (None: unlimited).
 pub fn cap_at(
     max_bandwidth: &Bandwidth,
     schedule: &[BandwidthWindow],
     weekday: u32,
-    minute: u32,
+    second: u32,
 ) -> Option<u64> {
     schedule
         .iter()
-        .find(|w| w.holds(weekday, minute))
+        .find(|w| w.holds(weekday, second))
         .map_or(max_bandwidth, |w| &w.max_bandwidth)
         .bytes_per_sec()
 }
@@ -231,13 +239,23 @@ mod tests {
         };
         let all = bw("100 Mbit/s").unwrap();
         let s = [day.clone(), night];
-        assert_eq!(cap_at(&all, &s, 0, 7 * 60), Some(3_750_000)); // Monday 07:00
-        assert_eq!(cap_at(&all, &s, 0, 19 * 60), Some(12_500_000)); // 19:00 ends it
-        assert_eq!(cap_at(&all, &s, 5, 12 * 60), Some(12_500_000)); // Saturday noon
-        assert_eq!(cap_at(&all, &s, 4, 23 * 60), Some(1_000_000)); // Friday 23:00
-        assert_eq!(cap_at(&all, &s, 5, 60), Some(1_000_000)); // its Saturday 01:00
-        assert_eq!(cap_at(&all, &s, 5, 3 * 60), Some(12_500_000));
+        assert_eq!(cap_at(&all, &s, 0, 7 * 3600), Some(3_750_000)); // Monday 07:00
+        assert_eq!(cap_at(&all, &s, 0, 19 * 3600), Some(12_500_000)); // 19:00 ends it
+        assert_eq!(cap_at(&all, &s, 5, 12 * 3600), Some(12_500_000)); // Saturday noon
+        assert_eq!(cap_at(&all, &s, 4, 23 * 3600), Some(1_000_000)); // Friday 23:00
+        assert_eq!(cap_at(&all, &s, 5, 3600), Some(1_000_000)); // its Saturday 01:00
+        assert_eq!(cap_at(&all, &s, 5, 3 * 3600), Some(12_500_000));
         assert_eq!(cap_at(&Bandwidth::unlimited(), &[], 2, 0), None);
+        // to the second
+        let short = BandwidthWindow {
+            days: Vec::new(),
+            from: "10:00:00".into(),
+            to: "10:00:15".into(),
+            max_bandwidth: bw("1 MB/s").unwrap(),
+        };
+        let s = [short];
+        assert_eq!(cap_at(&all, &s, 3, 36_014), Some(1_000_000));
+        assert_eq!(cap_at(&all, &s, 3, 36_015), Some(12_500_000));
         assert!(day.problems().is_empty());
         let bad = BandwidthWindow {
             days: vec!["monday".into()],

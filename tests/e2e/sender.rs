@@ -143,3 +143,144 @@ fn a_backlog_spreads_over_associations_and_a_busy_mirror_is_respected() {
     assert!(!log.contains("dead-letter list"), "{log}");
     agent.stop();
 }
+
+/// Local time of day `offset_secs` from now, `HH:MM:SS` (as the agent
+/// reads its schedule).
+fn local_time(offset_secs: i64) -> String {
+    let out = Command::new("date")
+        .arg("-d")
+        .arg(format!("{offset_secs:+} seconds"))
+        .arg("+%H:%M:%S")
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Bytes of the files under `dir`.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Acceptance 2 of issue 17: with `max_bandwidth` and a schedule window
+/// that ends 30 s after the backlog starts to drain, DCMTK's storescp
+/// receives at the window's cap (±5 % over 25 s), then at the cap outside
+/// it from the boundary on.
+#[test]
+fn max_bandwidth_holds_the_rate_and_changes_at_the_schedule_boundary() {
+    let dir = tempdir();
+    let port = free_port();
+    let admin = free_port();
+    let files = synth(
+        &dir.path().join("in"),
+        &[
+            "--studies",
+            "1",
+            "--instances-per-series",
+            "220",
+            "--rows",
+            "512",
+            "--columns",
+            "512",
+        ],
+    );
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).expect("size").len())
+        .sum();
+    assert!(total > 110_000_000, "{total} bytes of input");
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.ae_extra = "association_initiator = true\n".into();
+    // The window is set to start a minute ago and to end 40 s from now:
+    // about 30 s after the mirror appears (ingest first, below).
+    let (from, to) = (local_time(-60), local_time(40));
+    cfg.extra_toml = format!(
+        "{}max_bandwidth = \"4 MB/s\"\n\
+         [[target.bandwidth_schedule]]\nfrom = \"{from}\"\nto = \"{to}\"\nmax_bandwidth = \"2 MB/s\"\n\
+         \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        mirror_target_toml(port, "")
+    );
+    let started = Instant::now();
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let s = status(admin);
+    assert_eq!(
+        s["targets"]["mirror"]["max_bandwidth_bytes_per_sec"], 2_000_000,
+        "the window's cap is in force: {s:#}"
+    );
+    let ingest = started.elapsed();
+    assert!(ingest < Duration::from_secs(30), "ingest took {ingest:?}");
+    let boundary = started + Duration::from_secs(40);
+
+    let received = dir.path().join("received");
+    std::fs::create_dir_all(&received).expect("mkdir");
+    let mut storescp = Command::new(tool("storescp"))
+        .args(["-aet", "MIRROR", "+B", "-od"])
+        .arg(&received)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("storescp");
+    // Received bytes over time, until everything arrived.
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let b = bytes_under(&received);
+        samples.push((started.elapsed().as_secs_f64(), b));
+        if b >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all received: {b} of {total}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = storescp.kill();
+    let _ = storescp.wait();
+    agent.stop();
+
+    let at = |t: f64| {
+        samples
+            .iter()
+            .rfind(|(s, _)| *s <= t)
+            .map_or(0, |(_, b)| *b) as f64
+    };
+    let first = samples
+        .iter()
+        .find(|(_, b)| *b > 0)
+        .map(|(t, _)| *t)
+        .expect("something arrived");
+    let b = boundary.duration_since(started).as_secs_f64();
+    assert!(
+        b - first > 27.0,
+        "the window had {:.1} s left when sending began",
+        b - first
+    );
+    // Inside the window, after a second of settling.
+    let (t1, t2) = (first + 1.0, b - 1.0);
+    let inside = (at(t2) - at(t1)) / (t2 - t1);
+    eprintln!("inside the window: {:.4} MB/s over {:.1} s", inside / 1e6, t2 - t1);
+    assert!(
+        (1.9e6..=2.1e6).contains(&inside),
+        "inside the window: {:.3} MB/s over {:.1} s, cap 2 MB/s",
+        inside / 1e6,
+        t2 - t1
+    );
+    // After the boundary: the cap outside it.
+    let end = samples.last().map_or(0.0, |(t, _)| *t);
+    let (t3, t4) = (b + 1.0, (b + 11.0).min(end - 0.5));
+    assert!(t4 - t3 > 5.0, "the backlog ran out too early: {end:.1} s");
+    let after = (at(t4) - at(t3)) / (t4 - t3);
+    eprintln!("after the boundary: {:.4} MB/s over {:.1} s", after / 1e6, t4 - t3);
+    assert!(
+        (3.8e6..=4.2e6).contains(&after),
+        "after the boundary: {:.3} MB/s over {:.1} s, cap 4 MB/s",
+        after / 1e6,
+        t4 - t3
+    );
+}
