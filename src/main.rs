@@ -1092,6 +1092,13 @@ fn print_status(s: &admin::Status) {
         );
     }
     for (name, t) in &s.targets {
+        if t.pending > 0 {
+            println!(
+                "  {name}: pending {} live (arrived in the last 5 min, sent first), {} backlog",
+                t.pending_live,
+                t.pending - t.pending_live.min(t.pending)
+            );
+        }
         if t.bytes_per_sec.is_none() && t.max_bandwidth_bytes_per_sec.is_none() {
             continue;
         }

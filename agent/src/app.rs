@@ -171,6 +171,7 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
                 max_ms: d.retry_max_secs.saturating_mul(1000),
             },
             refused_attempts: d.refused_attempts,
+            live_window_ms: t.live_window_secs().saturating_mul(1000),
             pacer,
         });
     }

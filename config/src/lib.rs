@@ -244,6 +244,7 @@ impl Config {
                 refused_attempts: 3,
                 max_bandwidth: Default::default(),
                 bandwidth_schedule: Vec::new(),
+                live_window_secs: 300,
             }],
             admin: Some(AdminConfig {
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], 11180)),

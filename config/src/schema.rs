@@ -162,6 +162,7 @@ pub(crate) const DICOM_TARGET_KEYS: &[&str] = &[
     "refused_attempts",
     "max_bandwidth",
     "bandwidth_schedule",
+    "live_window_secs",
 ];
 /// The keys of `[[target]]` with `type = "object_store"`
 /// ([`Target::ObjectStore`]).
@@ -177,6 +178,7 @@ pub(crate) const OBJECT_STORE_TARGET_KEYS: &[&str] = &[
     "refused_attempts",
     "max_bandwidth",
     "bandwidth_schedule",
+    "live_window_secs",
 ];
 static BANDWIDTH_WINDOW: TableSchema = table_of!(crate::bandwidth::BandwidthWindow, []);
 static TARGET: TableSchema = TableSchema {

@@ -61,6 +61,12 @@ pub enum Target {
         /// wins), e.g. 30 Mbit/s on weekdays 07:00–19:00.
         #[serde(default)]
         bandwidth_schedule: Vec<BandwidthWindow>,
+        /// Objects that arrived within this many seconds (and were never
+        /// attempted) are sent before older ones, so that today's studies
+        /// are not queued behind an outage's backlog; 1 to 86400.
+        /// Default: 300.
+        #[serde(default = "default_live_window_secs")]
+        live_window_secs: u64,
     },
     /// `type = "object_store"`: copy each object into an object store or a
     /// directory.
@@ -106,6 +112,12 @@ pub enum Target {
         /// wins), e.g. 30 Mbit/s on weekdays 07:00–19:00.
         #[serde(default)]
         bandwidth_schedule: Vec<BandwidthWindow>,
+        /// Objects that arrived within this many seconds (and were never
+        /// attempted) are sent before older ones, so that today's studies
+        /// are not queued behind an outage's backlog; 1 to 86400.
+        /// Default: 300.
+        #[serde(default = "default_live_window_secs")]
+        live_window_secs: u64,
     },
 }
 
@@ -127,6 +139,9 @@ pub struct Delivery {
 fn default_concurrency() -> u32 {
     16
 }
+fn default_live_window_secs() -> u64 {
+    300
+}
 fn default_timeout_secs() -> u64 {
     30
 }
@@ -147,6 +162,18 @@ fn default_refused_attempts() -> u32 {
 }
 
 impl Target {
+    /// How recent an arrival counts as live (sent before the backlog).
+    pub fn live_window_secs(&self) -> u64 {
+        match self {
+            Target::Dicom {
+                live_window_secs, ..
+            }
+            | Target::ObjectStore {
+                live_window_secs, ..
+            } => *live_window_secs,
+        }
+    }
+
     /// The bandwidth cap and its windows of the week.
     pub fn bandwidth(&self) -> (&Bandwidth, &[BandwidthWindow]) {
         match self {
@@ -322,6 +349,7 @@ mod tests {
             refused_attempts: 3,
             max_bandwidth: Default::default(),
             bandwidth_schedule: Vec::new(),
+            live_window_secs: 300,
         };
         assert_eq!(t.name(), "backup");
         let t = Target::Dicom {
@@ -335,6 +363,7 @@ mod tests {
             refused_attempts: 3,
             max_bandwidth: Default::default(),
             bandwidth_schedule: Vec::new(),
+            live_window_secs: 300,
         };
         assert_eq!(t.name(), "mirror");
     }

@@ -89,6 +89,7 @@ fn example_is_clean() {
             refused_attempts: 3,
             max_bandwidth: Default::default(),
             bandwidth_schedule: Vec::new(),
+            live_window_secs: 300,
         }
     );
     let (device, mirror) = config.remote_ae("MIRROR_PACS").expect("mirror AE");

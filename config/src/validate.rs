@@ -370,6 +370,12 @@ impl Config {
             } else {
                 names.insert(name, i);
             }
+            if !(1..=86_400).contains(&target.live_window_secs()) {
+                r.error(
+                    format!("{p}.live_window_secs"),
+                    format!("{} is out of range 1 to 86400", target.live_window_secs()),
+                );
+            }
             for (j, w) in target.bandwidth().1.iter().enumerate() {
                 for problem in w.problems() {
                     r.error(format!("{p}.bandwidth_schedule[{j}]"), problem);

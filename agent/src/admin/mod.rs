@@ -298,6 +298,12 @@ pub fn metrics(status: &Status) -> String {
         per_target(&|t| Some(t.pending)),
     );
     metric(
+        "pacs_mirror_replication_pending_live",
+        "Of the pending objects, those arrived in the last 5 minutes and not attempted yet (sent before the backlog).",
+        "gauge",
+        per_target(&|t| Some(t.pending_live)),
+    );
+    metric(
         "pacs_mirror_replication_pending_bytes",
         "Bytes not yet delivered to the target.",
         "gauge",

@@ -110,6 +110,8 @@ pub struct TargetSpec {
     pub backoff: Backoff,
     /// Attempts before a refused object is dead-lettered.
     pub refused_attempts: u32,
+    /// Arrivals this recent are sent before the backlog (ms).
+    pub live_window_ms: u64,
     /// The target's `max_bandwidth` (DICOM: also in the peer, which paces
     /// each write; object stores: each upload).
     pub pacer: Option<Arc<scu::pace::Pacer>>,
@@ -487,10 +489,13 @@ impl Worker {
         limit: usize,
     ) -> Result<Vec<Due>, pacs_mirror_store::index::IndexError> {
         let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
-        let candidates = self
-            .r
-            .index
-            .due_skipping(&self.target.name, now, limit, &|h| claimed.contains(h))?;
+        let candidates = self.r.index.due_live_first(
+            &self.target.name,
+            now,
+            self.target.live_window_ms,
+            limit,
+            &|h| claimed.contains(h),
+        )?;
         let mut out = Vec::new();
         for d in candidates {
             if !claimed.insert(d.hash) {

@@ -15,6 +15,10 @@ use super::{Health, TargetHealth};
 pub struct TargetStatus {
     /// Objects not yet delivered (dead letters excluded).
     pub pending: u64,
+    /// Of them, live: arrived within the last 5 minutes and not attempted
+    /// yet (sent before the backlog).
+    #[serde(default)]
+    pub pending_live: u64,
     /// Their bytes.
     pub pending_bytes: u64,
     /// Age of the oldest undelivered object, in seconds.
@@ -71,6 +75,7 @@ fn status_from(
     let h = health.cloned().unwrap_or_default();
     Ok(TargetStatus {
         pending: s.pending,
+        pending_live: s.pending_live,
         pending_bytes: s.pending_bytes,
         oldest_pending_age_secs: s
             .oldest_enqueued_at_ms

@@ -95,6 +95,7 @@ fn start(rig: &Rig) -> (CancellationToken, tokio_util::task::TaskTracker) {
             },
             refused_attempts: 3,
             pacer: None,
+            live_window_ms: 300_000,
         },
         &crate::worker::Workers::default(),
         &shutdown,

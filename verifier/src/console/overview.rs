@@ -258,10 +258,11 @@ fn target_row(h: &mut String, c: &Console, f: &Frame, name: &str, t: &TargetStat
     };
     let _ = write!(
         h,
-        "<tr class=\"target\" data-target=\"{n}\"><td>{n}</td><td>{}</td><td class=\"n pending\">{} <span class=\"muted\">({})</span></td><td class=\"n oldest\">{}</td><td class=\"n lag\">{}</td><td class=\"n delivered\">{}</td><td class=\"n dead{}\">{}</td>{circuit}<td class=\"n bandwidth\">{}</td><td class=\"last-success\">{}</td><td class=\"last-error\">{}</td></tr>",
+        "<tr class=\"target\" data-target=\"{n}\"><td>{n}</td><td>{}</td><td class=\"n pending\">{} <span class=\"muted\">({}; {} live)</span></td><td class=\"n oldest\">{}</td><td class=\"n lag\">{}</td><td class=\"n delivered\">{}</td><td class=\"n dead{}\">{}</td>{circuit}<td class=\"n bandwidth\">{}</td><td class=\"last-success\">{}</td><td class=\"last-error\">{}</td></tr>",
         destination(c, name),
         t.pending,
         size(t.pending_bytes),
+        t.pending_live,
         t.oldest_pending_age_secs.map_or("—".into(), span),
         t.lag_ms.map_or("—".into(), |l| span(l / 1000)),
         t.delivered,

@@ -10,6 +10,18 @@
 //! that stops at the first row in the future; a sender never scans the whole
 //! backlog.
 //!
+//! # Order: today's arrivals first
+//! A sender takes the **live** rows first ([`Index::due_live_first`]): rows
+//! never attempted whose object arrived within the target's live window
+//! (`live_window_secs`, default [`LIVE_WINDOW_MS`]), oldest
+//! first, found by a scan that starts at that window's first key (so it
+//! costs what arrived lately, not the backlog). The rest of a claim comes
+//! from the **backlog**, oldest first: rows queued before the window (an
+//! outage's backlog, a resync) and retries. So while a backlog of hours
+//! drains, what arrives now waits only for the claims in flight, and a
+//! backlog row still never waits behind more than the live window.
+//! `status` shows pending as live and backlog.
+//!
 //! # Invariants
 //! - An object is in exactly one of the three states for a target at any
 //!   moment a batch has been applied: every move (reschedule, delivered,
@@ -59,6 +71,11 @@ const COUNTS: &[u8] = b"m/";
 fn delivered_count_key(target: &str) -> Vec<u8> {
     key(&[COUNTS, b"delivered", target.as_bytes()])
 }
+
+/// How recent a row's arrival must be for it to count as live (and be sent
+/// before the backlog) unless the target says otherwise
+/// (`live_window_secs`); also the window of [`OutboxSummary::pending_live`].
+pub const LIVE_WINDOW_MS: u64 = 5 * 60 * 1000;
 
 fn last_delivered_key(target: &str) -> Vec<u8> {
     key(&[COUNTS, b"last_delivered", target.as_bytes()])
@@ -157,6 +174,21 @@ pub struct OutboxSummary {
     pub dead_letters: u64,
     /// The latest delivery recorded (Unix ms).
     pub last_delivered_at_ms: Option<u64>,
+    /// Of `pending`, the live rows (see the module header): arrived within
+    /// [`LIVE_WINDOW_MS`] of when the summary was made, never attempted.
+    pub pending_live: u64,
+}
+
+/// A live row: never attempted, its object arrived at or after `since_ms`.
+fn is_live(r: &OutboxRecord, since_ms: u64) -> bool {
+    r.attempts == 0 && r.enqueued_at_ms >= since_ms
+}
+
+/// The wall clock (Unix ms), for the live split of a summary.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn parse_outbox_key(prefix_len: usize, k: &[u8]) -> Option<(u64, ObjectId)> {
@@ -181,35 +213,84 @@ impl Index {
         limit: usize,
         skip: &dyn Fn(&ObjectId) -> bool,
     ) -> Result<Vec<Due>, IndexError> {
+        self.due_scan(target, None, now_ms, limit, skip, &|_| true)
+    }
+
+    /// Up to `limit` due rows of `target` not `skip`ped: the live ones
+    /// first, then the backlog's, each oldest first (see the module
+    /// header).
+    pub fn due_live_first(
+        &self,
+        target: &str,
+        now_ms: u64,
+        live_window_ms: u64,
+        limit: usize,
+        skip: &dyn Fn(&ObjectId) -> bool,
+    ) -> Result<Vec<Due>, IndexError> {
+        let since = now_ms.saturating_sub(live_window_ms);
+        let mut out = self.due_scan(target, Some(since), now_ms, limit, skip, &|r| {
+            is_live(r, since)
+        })?;
+        if out.len() < limit {
+            let taken: HashSet<ObjectId> = out.iter().map(|d| d.hash).collect();
+            let rest = self.due_scan(
+                target,
+                None,
+                now_ms,
+                limit - out.len(),
+                &|h| skip(h) || taken.contains(h),
+                &|_| true,
+            )?;
+            out.extend(rest);
+        }
+        Ok(out)
+    }
+
+    /// Due rows of `target` from attempt time `from_ms` on (all: None),
+    /// oldest first, those `keep` accepts and `skip` does not.
+    fn due_scan(
+        &self,
+        target: &str,
+        from_ms: Option<u64>,
+        now_ms: u64,
+        limit: usize,
+        skip: &dyn Fn(&ObjectId) -> bool,
+        keep: &dyn Fn(&OutboxRecord) -> bool,
+    ) -> Result<Vec<Due>, IndexError> {
         let prefix = target_prefix(OUTBOX, target);
+        let start = from_ms
+            .filter(|f| *f > 0)
+            .map(|f| outbox_key(target, f - 1, &ObjectId([0xff; 32])));
         let mut out = Vec::new();
         let mut err = None;
-        self.kv.for_each_prefix(&prefix, &mut |k, v| {
-            let Some((when, hash)) = parse_outbox_key(prefix.len(), k) else {
-                err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into()));
-                return false;
-            };
-            if when > now_ms || out.len() >= limit {
-                return false;
-            }
-            if skip(&hash) {
-                return true;
-            }
-            match decode_at(k, v) {
-                Ok(record) => {
-                    out.push(Due {
-                        hash,
-                        next_attempt_ms: when,
-                        record,
-                    });
-                    true
+        self.kv
+            .for_each_prefix_after(&prefix, start.as_deref(), &mut |k, v| {
+                let Some((when, hash)) = parse_outbox_key(prefix.len(), k) else {
+                    err = Some(IndexError::BadHash(String::from_utf8_lossy(k).into()));
+                    return false;
+                };
+                if when > now_ms || out.len() >= limit {
+                    return false;
                 }
-                Err(e) => {
-                    err = Some(e);
-                    false
+                if skip(&hash) {
+                    return true;
                 }
-            }
-        })?;
+                match decode_at::<OutboxRecord>(k, v) {
+                    Ok(record) if !keep(&record) => true,
+                    Ok(record) => {
+                        out.push(Due {
+                            hash,
+                            next_attempt_ms: when,
+                            record,
+                        });
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                }
+            })?;
         err.map_or(Ok(out), Err)
     }
 
@@ -663,6 +744,7 @@ impl Index {
     /// [`Index::outbox_summary`] but for `delivered` (left at 0).
     fn queue_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
         let mut s = OutboxSummary::default();
+        let live_since = now_ms().saturating_sub(LIVE_WINDOW_MS);
         let prefix = target_prefix(OUTBOX, target);
         // Summed as the rows go by: nothing is collected per pending object
         // (a long outage can leave millions), and the object row is read
@@ -682,11 +764,12 @@ impl Index {
                     Some(b) => b,
                     None => self.object(&hash)?.map_or(0, |o| o.file_bytes),
                 };
-                Ok((bytes, r.enqueued_at_ms))
+                Ok((bytes, r.enqueued_at_ms, is_live(&r, live_since)))
             });
             match bytes {
-                Ok((bytes, enqueued)) => {
+                Ok((bytes, enqueued, live)) => {
                     s.pending += 1;
+                    s.pending_live += u64::from(live);
                     s.pending_bytes += bytes;
                     s.oldest_enqueued_at_ms = Some(
                         s.oldest_enqueued_at_ms
@@ -842,6 +925,46 @@ mod tests {
         assert_eq!(idx.requeue("mirror", &[due[1].hash], 90).unwrap(), 1);
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.pending_bytes), (2, 101 + 102));
+    }
+
+    /// Live rows (arrived within the window, never attempted) come before
+    /// the backlog, each oldest first; a retried row is backlog.
+    #[test]
+    fn live_rows_first_then_the_backlog() {
+        let now = 10 * LIVE_WINDOW_MS;
+        let old = now - 2 * LIVE_WINDOW_MS;
+        let idx = index_with(&[
+            (1, old),
+            (2, old + 1),
+            (3, now - 1000),
+            (4, now - 2000),
+            (5, now - 500),
+        ]);
+        let order = |limit| {
+            idx.due_live_first("mirror", now, LIVE_WINDOW_MS, limit, &|_| false)
+                .unwrap()
+                .iter()
+                .map(|d| d.hash[0])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(10), vec![4, 3, 5, 1, 2]);
+        assert_eq!(order(2), vec![4, 3]);
+        // a retry of a live row is backlog (after its backoff)
+        let due = idx.due("mirror", now, 10).unwrap();
+        let four = due.iter().find(|d| d.hash[0] == 4).unwrap();
+        assert!(idx.reschedule("mirror", four, "A700", now - 100).unwrap());
+        assert_eq!(order(10), vec![3, 5, 1, 2, 4]);
+        let skip_three = idx
+            .due_live_first("mirror", now, LIVE_WINDOW_MS, 3, &|h| h[0] == 3)
+            .unwrap()
+            .iter()
+            .map(|d| d.hash[0])
+            .collect::<Vec<_>>();
+        assert_eq!(skip_three, vec![5, 1, 2]);
+        // counted apart in the summary (the summary's clock is the wall
+        // clock: these rows are far in the past, so none is live)
+        let s = idx.outbox_summary("mirror").unwrap();
+        assert_eq!((s.pending, s.pending_live), (5, 0));
     }
 
     /// "Last success" of a stopped agent: the latest delivery, kept in the
