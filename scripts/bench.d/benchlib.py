@@ -271,6 +271,88 @@ def sync_disks() -> None:
     os.sync()
 
 
+# ---------------------------------------------------------------- WAN link emulator
+
+class LinkEmu:
+    """scripts/bench.d/linkemu.py in its own process (its own GIL): a relay
+    from `port` (reserved at construction) to `target_port` over an emulated
+    link (one shared FIFO link per direction: RTT/2 one-way delay, `mbit`
+    Mbit/s serialization, `window` bytes in flight per connection). With
+    `hold`, connections are accepted but held unread until `release()`.
+    Counters (`stats()`): per direction `up` (toward the target) and `down`,
+    bytes_in/bytes_out, first_in/last_out (CLOCK_MONOTONIC = time.monotonic()),
+    connections, timer lateness, the process's CPU seconds."""
+
+    SCRIPT = Path(__file__).resolve().parent / "linkemu.py"
+
+    def __init__(self, workdir: Path, tag: str, target_port: int, *, rtt_ms: float, mbit: float,
+                 window: int | None = None, jitter_ms: float = 0.0, hold: bool = False,
+                 target_host: str = LOOPBACK):
+        self.port = free_port()
+        self.control = free_port()
+        self.log_path = workdir / f"linkemu-{tag}.log"
+        self.argv = [sys.executable, "-B", str(self.SCRIPT), "--listen", str(self.port),
+                     "--target", f"{target_host}:{target_port}", "--rtt-ms", str(rtt_ms), "--mbit", str(mbit),
+                     "--jitter-ms", str(jitter_ms), "--control", str(self.control)]
+        if window is not None:
+            self.argv += ["--window", str(window)]
+        if hold:
+            self.argv.append("--hold")
+        self.proc: subprocess.Popen | None = None
+        self.final: dict | None = None
+
+    def start(self) -> "LinkEmu":
+        self.proc = spawn(self.argv, log_path=self.log_path)
+        wait_until(self.stats, what=f"linkemu on {LOOPBACK}:{self.port}", timeout=30, proc=self.proc,
+                   log_path=self.log_path, interval=0.05)
+        return self
+
+    def cmd(self, command: str, timeout: float = 10.0) -> dict:
+        import json
+
+        with socket.create_connection((LOOPBACK, self.control), timeout=timeout) as s:
+            s.sendall(command.encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf.decode())
+
+    def stats(self) -> dict:
+        return self.cmd("stats")
+
+    def drop_held(self) -> int:
+        """Abort the connections held so far (their client died)."""
+        return int(self.cmd("drop")["dropped"])
+
+    def release(self) -> float:
+        """Let held connections proceed; returns the release time (time.monotonic() clock)."""
+        return float(self.cmd("release")["released_at"])
+
+    def stop(self) -> dict:
+        """Final counters, then stop the process."""
+        if self.proc is None:
+            return self.final or {}
+        if self.proc.poll() is not None:
+            raise BenchError(f"linkemu died (status {self.proc.returncode}); log {self.log_path}:\n"
+                             f"{tail(self.log_path)}")
+        self.final = self.stats()
+        try:
+            self.cmd("quit", timeout=5)
+        except OSError:
+            pass
+        stop(self.proc, signal.SIGTERM, 5.0)
+        self.proc = None
+        return self.final
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGKILL, 5.0)
+            self.proc = None
+
+
 # ---------------------------------------------------------------- pacs-mirror binary
 
 def pm_binary(explicit: str | None) -> Path:
