@@ -97,7 +97,7 @@ impl TryFrom<String> for Bandwidth {
             }
         };
         let bytes = (value * bits_per_unit / 8.0).round();
-        if !(bytes >= 1000.0 && bytes < 1e12) {
+        if !(1000.0..1e12).contains(&bytes) {
             return Err(format!(
                 "{text:?}: out of range (at least 8 kbit/s, below 8 Tbit/s)"
             ));
@@ -201,6 +201,7 @@ pub fn cap_at(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

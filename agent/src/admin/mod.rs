@@ -299,7 +299,7 @@ pub fn metrics(status: &Status) -> String {
     );
     metric(
         "pacs_mirror_replication_pending_live",
-        "Of the pending objects, those arrived in the last 5 minutes and not attempted yet (sent before the backlog).",
+        "Of the pending objects, those arrived in the last 5 minutes (sent before the backlog).",
         "gauge",
         per_target(&|t| Some(t.pending_live)),
     );

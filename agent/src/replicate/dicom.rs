@@ -14,6 +14,9 @@ use pacs_mirror_store::index::outbox::Due;
 
 /// Objects a DICOM worker claims at a time.
 pub const CLAIM: usize = 16;
+/// Bytes a DICOM claim holds at most (it ends at the object that crosses
+/// it): eight CT slices of 525 KB, or all 16 small objects.
+pub const CLAIM_BYTES: u64 = 4 * 1024 * 1024;
 
 /// An open association and the presentation contexts it was proposed with.
 pub(super) struct Session {

@@ -374,7 +374,7 @@ impl Worker {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let due = match self.claim(crate::unix_ms(), dicom::CLAIM) {
+            let due = match self.claim_bytes(crate::unix_ms(), dicom::CLAIM, self.claim_budget()) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(target = %name, error = %e, "reading the queue failed");
@@ -483,10 +483,35 @@ impl Worker {
         h.last_error = Some(error.to_string());
     }
 
+    /// The bytes one DICOM claim may hold: what an eighth of a second of the
+    /// target's bandwidth cap carries (at least one object), so that under a
+    /// cap the claims in flight finish soon and a new arrival is taken
+    /// within a second or two; without a cap, [`dicom::CLAIM_BYTES`].
+    fn claim_budget(&self) -> u64 {
+        self.target
+            .pacer
+            .as_ref()
+            .and_then(|p| p.rate())
+            .map_or(dicom::CLAIM_BYTES, |rate| {
+                (rate / 8).min(dicom::CLAIM_BYTES)
+            })
+    }
+
     fn claim(
         &self,
         now: u64,
         limit: usize,
+    ) -> Result<Vec<Due>, pacs_mirror_store::index::IndexError> {
+        self.claim_bytes(now, limit, u64::MAX)
+    }
+
+    /// Claim up to `limit` due objects, live ones first, stopping once
+    /// their bytes reach `budget` (always at least one).
+    fn claim_bytes(
+        &self,
+        now: u64,
+        limit: usize,
+        budget: u64,
     ) -> Result<Vec<Due>, pacs_mirror_store::index::IndexError> {
         let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
         let candidates = self.r.index.due_live_first(
@@ -497,10 +522,15 @@ impl Worker {
             &|h| claimed.contains(h),
         )?;
         let mut out = Vec::new();
+        let mut bytes = 0u64;
         for d in candidates {
+            if !out.is_empty() && bytes >= budget {
+                break;
+            }
             if !claimed.insert(d.hash) {
                 continue;
             }
+            bytes += d.record.file_bytes.unwrap_or(0);
             // Read before the claim: another worker may have moved the row
             // meanwhile. Now that we hold the claim nobody else can.
             if self.r.index.still_pending(&self.target.name, &d)? {

@@ -15,8 +15,8 @@ use super::{Health, TargetHealth};
 pub struct TargetStatus {
     /// Objects not yet delivered (dead letters excluded).
     pub pending: u64,
-    /// Of them, live: arrived within the last 5 minutes and not attempted
-    /// yet (sent before the backlog).
+    /// Of them, live: arrived within the last 5 minutes (sent before the
+    /// backlog).
     #[serde(default)]
     pub pending_live: u64,
     /// Their bytes.

@@ -256,6 +256,29 @@ fn target_row(h: &mut String, c: &Console, f: &Frame, name: &str, t: &TargetStat
     } else {
         "<td class=\"circuit ok\">closed</td>"
     };
+    let mut bandwidth_cell = t.bytes_per_sec.map_or("—".into(), |b| {
+        format!(
+            "{}{}",
+            bandwidth(b),
+            t.delivered_per_min
+                .map(|o| format!(", {o} objects/min"))
+                .unwrap_or_default()
+        )
+    });
+    if let Some(c) = t.max_bandwidth_bytes_per_sec {
+        let _ = write!(
+            bandwidth_cell,
+            "<br><span class=\"muted cap\">cap now {}</span>",
+            bandwidth(c)
+        );
+    }
+    if let Some(a) = t.associations {
+        let _ = write!(
+            bandwidth_cell,
+            "<br><span class=\"muted associations\">{} of {} association(s) open (at most {})</span>",
+            a.in_use, a.limit, a.max
+        );
+    }
     let _ = write!(
         h,
         "<tr class=\"target\" data-target=\"{n}\"><td>{n}</td><td>{}</td><td class=\"n pending\">{} <span class=\"muted\">({}; {} live)</span></td><td class=\"n oldest\">{}</td><td class=\"n lag\">{}</td><td class=\"n delivered\">{}</td><td class=\"n dead{}\">{}</td>{circuit}<td class=\"n bandwidth\">{}</td><td class=\"last-success\">{}</td><td class=\"last-error\">{}</td></tr>",
@@ -276,25 +299,7 @@ fn target_row(h: &mut String, c: &Console, f: &Frame, name: &str, t: &TargetStat
         } else {
             "0".into()
         },
-        format!(
-            "{}{}",
-            t.bytes_per_sec.map_or("—".into(), |b| format!(
-                "{}{}",
-                bandwidth(b),
-                t.delivered_per_min
-                    .map(|o| format!(", {o} objects/min"))
-                    .unwrap_or_default()
-            )),
-            t.max_bandwidth_bytes_per_sec
-                .map(|c| format!("<br><span class=\"muted cap\">cap now {}</span>", bandwidth(c)))
-                .unwrap_or_default()
-                + &t.associations
-                .map(|a| format!(
-                    "<br><span class=\"muted associations\">{} of {} association(s) open (at most {})</span>",
-                    a.in_use, a.limit, a.max
-                ))
-                .unwrap_or_default()
-        ),
+        bandwidth_cell,
         t.last_success_at_ms
             .map_or("never".into(), |m| when(m, f.now_ms)),
         match (&t.last_error, t.last_error_at_ms) {

@@ -11,13 +11,13 @@
 //! backlog.
 //!
 //! # Order: today's arrivals first
-//! A sender takes the **live** rows first ([`Index::due_live_first`]): rows
-//! never attempted whose object arrived within the target's live window
+//! A sender takes the **live** rows first ([`Index::due_live_first`]): due
+//! rows whose object arrived within the target's live window
 //! (`live_window_secs`, default [`LIVE_WINDOW_MS`]), oldest
 //! first, found by a scan that starts at that window's first key (so it
 //! costs what arrived lately, not the backlog). The rest of a claim comes
 //! from the **backlog**, oldest first: rows queued before the window (an
-//! outage's backlog, a resync) and retries. So while a backlog of hours
+//! outage's backlog, a resync). So while a backlog of hours
 //! drains, what arrives now waits only for the claims in flight, and a
 //! backlog row still never waits behind more than the live window.
 //! `status` shows pending as live and backlog.
@@ -175,13 +175,14 @@ pub struct OutboxSummary {
     /// The latest delivery recorded (Unix ms).
     pub last_delivered_at_ms: Option<u64>,
     /// Of `pending`, the live rows (see the module header): arrived within
-    /// [`LIVE_WINDOW_MS`] of when the summary was made, never attempted.
+    /// [`LIVE_WINDOW_MS`] of when the summary was made.
     pub pending_live: u64,
 }
 
-/// A live row: never attempted, its object arrived at or after `since_ms`.
+/// A live row: its object arrived at or after `since_ms` (a retry after a
+/// glitch stays live: it is not sent behind an outage's backlog).
 fn is_live(r: &OutboxRecord, since_ms: u64) -> bool {
-    r.attempts == 0 && r.enqueued_at_ms >= since_ms
+    r.enqueued_at_ms >= since_ms
 }
 
 /// The wall clock (Unix ms), for the live split of a summary.
@@ -927,8 +928,8 @@ mod tests {
         assert_eq!((s.pending, s.pending_bytes), (2, 101 + 102));
     }
 
-    /// Live rows (arrived within the window, never attempted) come before
-    /// the backlog, each oldest first; a retried row is backlog.
+    /// Live rows (arrived within the window) come before the backlog, each
+    /// oldest first (by when due); a retried live row stays live.
     #[test]
     fn live_rows_first_then_the_backlog() {
         let now = 10 * LIVE_WINDOW_MS;
@@ -949,18 +950,18 @@ mod tests {
         };
         assert_eq!(order(10), vec![4, 3, 5, 1, 2]);
         assert_eq!(order(2), vec![4, 3]);
-        // a retry of a live row is backlog (after its backoff)
+        // a retry of a live row stays live (due after its backoff)
         let due = idx.due("mirror", now, 10).unwrap();
         let four = due.iter().find(|d| d.hash[0] == 4).unwrap();
         assert!(idx.reschedule("mirror", four, "A700", now - 100).unwrap());
-        assert_eq!(order(10), vec![3, 5, 1, 2, 4]);
+        assert_eq!(order(10), vec![3, 5, 4, 1, 2]);
         let skip_three = idx
             .due_live_first("mirror", now, LIVE_WINDOW_MS, 3, &|h| h[0] == 3)
             .unwrap()
             .iter()
             .map(|d| d.hash[0])
             .collect::<Vec<_>>();
-        assert_eq!(skip_three, vec![5, 1, 2]);
+        assert_eq!(skip_three, vec![5, 4, 1]);
         // counted apart in the summary (the summary's clock is the wall
         // clock: these rows are far in the past, so none is live)
         let s = idx.outbox_summary("mirror").unwrap();
