@@ -252,17 +252,6 @@ fn print_report(r: &DrillReport) {
     }
 }
 
-/// Unix milliseconds as ISO 8601 UTC, to the second.
-pub(crate) fn iso_utc(ms: u64) -> String {
-    i64::try_from(ms)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map_or_else(
-            || ms.to_string(),
-            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        )
-}
-
 /// `pacs-mirror drills`.
 pub async fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCode> {
     let list: Vec<(u64, DrillReport)> = match running_agent(config).await {
@@ -295,7 +284,7 @@ pub async fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCod
             c(drill::Verdict::Mismatch) + c(drill::Verdict::Missing) + c(drill::Verdict::Coerced);
         println!(
             "{:<24} {:<16} {:>5} {:>7} {:>7} {:>9} {:>8.1}s {:>10.1}  {}",
-            iso_utc(*at),
+            pacs_mirror_agent::iso_utc(*at),
             r.target,
             r.number,
             r.studies.len(),
@@ -315,7 +304,10 @@ pub async fn drills(config: &Config, args: DrillsArgs) -> anyhow::Result<ExitCod
 mod tests {
     #[test]
     fn drill_times_are_iso_8601_utc() {
-        assert_eq!(super::iso_utc(1_796_636_167_908), "2026-12-07T09:36:07Z");
-        assert_eq!(super::iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            pacs_mirror_agent::iso_utc(1_796_636_167_908),
+            "2026-12-07T09:36:07Z"
+        );
+        assert_eq!(pacs_mirror_agent::iso_utc(0), "1970-01-01T00:00:00Z");
     }
 }

@@ -52,6 +52,13 @@ pub mod worker;
 /// Unix time in milliseconds.
 pub use pacs_mirror_store::unix_ms;
 
+/// A Unix time in ms as ISO 8601 UTC, to the second
+/// (`2026-12-07T09:36:07Z`).
+pub fn iso_utc(ms: u64) -> String {
+    let (y, mo, d, h, mi, s) = utc_datetime(ms);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
 /// The UTC calendar date and time of a Unix time in ms:
 /// (year, month, day, hour, minute, second). Civil-from-days (H. Hinnant).
 pub fn utc_datetime(ms: u64) -> (i64, u32, u32, u32, u32, u32) {

@@ -15,36 +15,6 @@ use serde_json::Value;
 use crate::browser::{Browser, screenshot_dir};
 use crate::harness::*;
 
-/// DCMTK storescp as the mirror: no JPEG 2000 accepted (`+B` bit-preserving).
-struct StoreScp(std::process::Child);
-
-impl StoreScp {
-    fn start(port: u16, out: &std::path::Path) -> StoreScp {
-        std::fs::create_dir_all(out).expect("mkdir");
-        let child = Command::new(tool("storescp"))
-            .args(["-aet", "MIRROR", "+B", "-od"])
-            .arg(out)
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting storescp");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "storescp never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        StoreScp(child)
-    }
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn status(admin: u16) -> Value {
     serde_json::from_str(&admin_get(admin, "/status")).unwrap_or(Value::Null)
 }
@@ -119,7 +89,9 @@ fn the_console_shows_a_dead_mirror_a_dead_letter_and_a_failed_drill() {
         mirror_target_toml(mirror_port, ""),
         bucket.display()
     );
-    let storescp = StoreScp::start(mirror_port, &dir.path().join("received"));
+    // DCMTK storescp as the mirror: no JPEG 2000 accepted (`+B`
+    // bit-preserving).
+    let storescp = StoreScp::start(mirror_port, "MIRROR", &dir.path().join("received"), &["+B"]);
     let agent = Agent::start(&cfg);
 
     // Two studies of three, a JPEG 2000 object the mirror has no context

@@ -1586,3 +1586,49 @@ pub fn peer_script(name: &str) -> PathBuf {
         .join("tests/peers")
         .join(name)
 }
+
+/// DCMTK storescp as a mirror: AE `ae` on 127.0.0.1:`port`, writing what it
+/// receives into `out`, with `extra` options (`+B` bit-preserving,
+/// `--fork`, its fault switches). Started when it listens; killed on drop.
+pub struct StoreScp(std::process::Child);
+
+impl StoreScp {
+    pub fn start(port: u16, ae: &str, out: &Path, extra: &[&str]) -> StoreScp {
+        std::fs::create_dir_all(out).expect("mkdir");
+        let mut scp = StoreScp(
+            Command::new(tool("storescp"))
+                .args(["-aet", ae, "-od"])
+                .arg(out)
+                .args(extra)
+                .arg(port.to_string())
+                .env("TCP_NODELAY", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting storescp"),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = scp.0.try_wait() {
+                panic!("storescp on port {port} exited at start: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "storescp never listened on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        scp
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -336,21 +336,6 @@ fn dead_letters(config_path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-struct StoreScp(std::process::Child);
-
-impl StoreScp {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// kill -9 of the agent during replication, 5 times at random moments:
 /// afterwards every instance is in Orthanc exactly once, with the bytes sent,
 /// and the queue is empty.
@@ -460,19 +445,7 @@ fn retention_removes_only_what_the_mirror_holds() {
 /// DCMTK storescp as `ae` on `port`, writing into `out`, with `extra`
 /// options (+B: bit-preserving; its fault switches).
 fn storescp(port: u16, ae: &str, out: &std::path::Path, extra: &[&str]) -> StoreScp {
-    std::fs::create_dir_all(out).expect("mkdir");
-    StoreScp(
-        std::process::Command::new(tool("storescp"))
-            .args(["-aet", ae, "-od"])
-            .arg(out)
-            .args(extra)
-            .arg(port.to_string())
-            .env("TCP_NODELAY", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting storescp"),
-    )
+    StoreScp::start(port, ae, out, extra)
 }
 
 /// T32: a mirror that receives the whole object and then aborts instead of

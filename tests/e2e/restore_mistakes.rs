@@ -234,15 +234,7 @@ fn a_correct_restore_still_exits_0_with_or_without_a_descriptor() {
         let received = f.dir.join(format!("restored-{name}"));
         std::fs::create_dir_all(&received).expect("mkdir");
         let port = free_port();
-        let mut storescp = Command::new(tool("storescp"))
-            .args(["+B", "-aet", "RESTORED", "-od"])
-            .arg(&received)
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("storescp");
-        std::thread::sleep(Duration::from_millis(500));
+        let mut storescp = StoreScp::start(port, "RESTORED", &received, &["+B"]);
         let out = run(
             Command::new(bin()).args([
                 "restore",
@@ -254,8 +246,7 @@ fn a_correct_restore_still_exits_0_with_or_without_a_descriptor() {
             ]),
             Duration::from_secs(120),
         );
-        let _ = storescp.kill();
-        let _ = storescp.wait();
+        storescp.stop();
         assert_eq!(out.status.code(), Some(0), "{name}: {}", out.all());
         assert!(
             out.stdout

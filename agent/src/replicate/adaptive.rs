@@ -58,7 +58,7 @@ enum Phase {
     Probing(usize),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct State {
     limit: usize,
     max: usize,
@@ -69,8 +69,6 @@ struct State {
     waited: bool,
     /// The rate of the last completed window and the limit it ran at.
     last: Option<(f64, usize)>,
-    /// The best limit seen to pay, for going back.
-    good_limit: usize,
     steady_windows: u32,
     cap: Option<(usize, Instant)>,
 }
@@ -133,7 +131,6 @@ impl Limiter {
                 units: 0,
                 waited: false,
                 last: None,
-                good_limit: start,
                 steady_windows: 0,
                 cap: None,
             }),
@@ -145,8 +142,8 @@ impl Limiter {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wait for a permit. `has_work`: whether the caller has work waiting
-    /// (only then does waiting count as demand for more associations).
+    /// Wait for a permit. Call it only with work waiting: a wait counts as
+    /// demand for more associations.
     pub async fn acquire(self: &Arc<Self>) -> Permit {
         loop {
             let freed = self.freed.notified();
@@ -193,7 +190,6 @@ impl Limiter {
             tracing::debug!(from = s.limit, to = halved, ?kind, "fewer associations");
         }
         s.limit = halved;
-        s.good_limit = s.good_limit.min(halved).max(1);
         s.phase = Phase::Steady;
         s.steady_windows = 0;
         s.last = None;
@@ -208,7 +204,6 @@ impl Limiter {
     pub fn restart(&self) {
         let mut s = self.lock();
         s.limit = START.min(s.max);
-        s.good_limit = s.limit;
         s.phase = Phase::SlowStart;
         s.last = None;
         s.units = 0;
@@ -259,7 +254,6 @@ impl State {
         match self.phase {
             Phase::SlowStart => {
                 if paid(self.last) {
-                    self.good_limit = limit;
                     if waited && limit < self.max {
                         self.limit = (limit * 2).min(self.max);
                     }
@@ -269,7 +263,6 @@ impl State {
                     if let Some((_, l)) = self.last {
                         self.limit = l;
                     }
-                    self.good_limit = self.limit;
                     self.phase = Phase::Steady;
                     self.steady_windows = 0;
                 }
@@ -284,7 +277,6 @@ impl State {
             }
             Phase::Probing(before) => {
                 if paid(self.last) {
-                    self.good_limit = limit;
                     self.phase = Phase::Steady;
                 } else {
                     self.limit = before;
@@ -304,7 +296,7 @@ mod tests {
     /// to `cap` in all: the limiter doubles to the first limit that fills
     /// it, then stays there.
     fn settle(max: usize, per_assoc: f64, cap: f64) -> usize {
-        let mut s = Limiter::new(max).lock_owned();
+        let mut s = Limiter::new(max).lock().clone();
         let mut now = Instant::now();
         for _ in 0..40 {
             s.units = (s.limit as f64 * per_assoc).min(cap) as u64;
@@ -313,25 +305,6 @@ mod tests {
             s.tick(now);
         }
         s.limit
-    }
-
-    impl Limiter {
-        fn lock_owned(self: Arc<Self>) -> State {
-            let s = self.lock();
-            State {
-                limit: s.limit,
-                max: s.max,
-                in_use: 0,
-                phase: s.phase,
-                window_start: s.window_start,
-                units: 0,
-                waited: false,
-                last: None,
-                good_limit: s.good_limit,
-                steady_windows: 0,
-                cap: None,
-            }
-        }
     }
 
     #[test]

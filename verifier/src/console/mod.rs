@@ -244,10 +244,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// ISO 8601, UTC, to the second.
-pub fn iso(ms: u64) -> String {
-    let (y, mo, d, h, mi, s) = pacs_mirror_agent::utc_datetime(ms);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-}
+pub use pacs_mirror_agent::iso_utc as iso;
 
 /// A span of seconds in words: "42 s", "7 min", "3.5 h", "2.0 d".
 pub fn span(secs: u64) -> String {

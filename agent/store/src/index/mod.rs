@@ -15,6 +15,7 @@
 //! m/<name>                                        -> counters and markers
 //! p/<blake3:32>                                   -> PendingRecord  (commit in flight, see [`pending`])
 //! m/delivered\0<target>                           -> u64 BE: how many d/<target> rows (see [`outbox`])
+//! m/last_delivered\0<target>                      -> u64 BE: the latest delivered_at_ms of them
 //! a/<calling AE title>                            -> last store time (see [`sources`])
 //! f/<kind>\0<subject>                              -> a firing alert (see [`sources`])
 //! ```

@@ -185,13 +185,6 @@ fn is_live(r: &OutboxRecord, since_ms: u64) -> bool {
     r.enqueued_at_ms >= since_ms
 }
 
-/// The wall clock (Unix ms), for the live split of a summary.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn parse_outbox_key(prefix_len: usize, k: &[u8]) -> Option<(u64, ObjectId)> {
     let rest = k.get(prefix_len..)?;
     let when = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
@@ -745,7 +738,7 @@ impl Index {
     /// [`Index::outbox_summary`] but for `delivered` (left at 0).
     fn queue_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
         let mut s = OutboxSummary::default();
-        let live_since = now_ms().saturating_sub(LIVE_WINDOW_MS);
+        let live_since = crate::unix_ms().saturating_sub(LIVE_WINDOW_MS);
         let prefix = target_prefix(OUTBOX, target);
         // Summed as the rows go by: nothing is collected per pending object
         // (a long outage can leave millions), and the object row is read
