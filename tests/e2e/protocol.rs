@@ -300,8 +300,13 @@ fn non_dicom_bytes_and_lying_pdu_lengths_are_dropped_at_once() {
 
     let grown = agent.vm_hwm_kib().saturating_sub(hwm_before);
     eprintln!("peak RSS grew by {grown} KiB over the hostile inputs");
+    // The lies above declare 2 GiB and 4 GiB: allocating by any of them
+    // grows the peak by gigabytes (or kills the agent). The peak also grows
+    // by 0.8-1.3 MiB with no allocation by length at all (threads and
+    // allocator arenas touched for the first time; seen with the binaries
+    // of d2113b3 and 5697ac8 alike), so the bound leaves room for that.
     assert!(
-        grown < 1024,
+        grown < 4096,
         "peak RSS grew by {grown} KiB over inputs of a few KiB each"
     );
     finish_with_a_valid_store(agent, &cfg, &valid);
