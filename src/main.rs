@@ -971,6 +971,15 @@ fn ago(ms: Option<u64>) -> String {
     )
 }
 
+/// A live window for `status`: "5 min", "90 s", "2 h".
+fn live_window(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 fn print_status(s: &admin::Status) {
     if s.running {
         println!(
@@ -1071,7 +1080,7 @@ fn print_status(s: &admin::Status) {
         "delivered",
         "dead",
         "circuit",
-        "assoc",
+        "slots",
         "last success"
     );
     for (name, t) in &s.targets {
@@ -1085,7 +1094,9 @@ fn print_status(s: &admin::Status) {
             t.delivered,
             t.dead_letters,
             if t.circuit_open { "OPEN" } else { "closed" },
+            // associations (DICOM) or uploads (object store): in use/limit
             t.associations
+                .or(t.uploads)
                 .map_or("-".into(), |a| format!("{}/{}", a.in_use, a.limit)),
             ago(t.last_success_at_ms),
             t.last_error.as_deref().unwrap_or("-"),
@@ -1094,8 +1105,9 @@ fn print_status(s: &admin::Status) {
     for (name, t) in &s.targets {
         if t.pending > 0 {
             println!(
-                "  {name}: pending {} live (arrived in the last 5 min, sent first), {} backlog",
+                "  {name}: pending {} live (arrived in the last {}, sent first), {} backlog",
                 t.pending_live,
+                live_window(t.live_window_secs),
                 t.pending - t.pending_live.min(t.pending)
             );
         }

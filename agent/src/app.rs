@@ -121,7 +121,7 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
     for t in &config.targets {
         let d = t.delivery();
         let pacer = pacer(t);
-        let (destination, workers, uploads_per_worker) = match t {
+        let (destination, workers) = match t {
             Target::Dicom {
                 remote_ae,
                 calling_ae,
@@ -143,7 +143,7 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
                     pace: pacer.clone(),
                     ..peer
                 };
-                (Destination::Dicom(peer), d.concurrency as usize, 1)
+                (Destination::Dicom(peer), d.concurrency as usize)
             }
             Target::ObjectStore { url, options, .. } => {
                 let bucket = crate::bucket::Bucket::open(&BucketSettings {
@@ -155,17 +155,17 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
                     timeout: Duration::from_secs(d.timeout_secs),
                 })?;
                 // Two workers, so one batch's manifest writes overlap the
-                // next batch's uploads; `concurrency` uploads in all.
+                // next batch's uploads; at most `concurrency` uploads in
+                // flight in all (the limiter's maximum).
                 let workers = (d.concurrency as usize).clamp(1, 2);
-                let per_worker = (d.concurrency as usize).div_ceil(workers);
-                (Destination::Bucket(Arc::new(bucket)), workers, per_worker)
+                (Destination::Bucket(Arc::new(bucket)), workers)
             }
         };
         out.push(TargetSpec {
             name: t.name().to_string(),
             destination,
             workers,
-            uploads_per_worker,
+            concurrency: d.concurrency as usize,
             backoff: pacs_mirror_store::index::outbox::Backoff {
                 initial_ms: d.retry_initial_secs.saturating_mul(1000),
                 max_ms: d.retry_max_secs.saturating_mul(1000),

@@ -237,7 +237,7 @@ impl Config {
                 name: "backup".to_string(),
                 url: "file://./pacs-mirror-data/backup".to_string(),
                 options: Default::default(),
-                concurrency: 8,
+                concurrency: 32,
                 timeout_secs: 60,
                 retry_initial_secs: 5,
                 retry_max_secs: 3600,

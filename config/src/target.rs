@@ -86,7 +86,10 @@ pub enum Target {
         /// `AZURE_STORAGE_ACCOUNT_KEY`…), which is always read.
         #[serde(default)]
         options: BTreeMap<String, String>,
-        /// Uploads in flight at once, 1 to 64. Default: 8.
+        /// The most uploads in flight at once, 1 to 64: the sender starts
+        /// at 8 and adapts between 1 and this to what the store delivers
+        /// (more over a long round trip, fewer on timeouts and 5xx).
+        /// Default: 32.
         #[serde(default = "default_object_store_concurrency")]
         concurrency: u32,
         /// Seconds allowed for each request, 1 to 3600. Default: 60.
@@ -146,7 +149,7 @@ fn default_timeout_secs() -> u64 {
     30
 }
 fn default_object_store_concurrency() -> u32 {
-    8
+    32
 }
 fn default_object_store_timeout_secs() -> u64 {
     60

@@ -82,7 +82,7 @@ fn example_is_clean() {
             name: "backup".into(),
             url: "s3://hospital-pacs-backup/site-a".into(),
             options: [("region".to_string(), "eu-west-1".to_string())].into(),
-            concurrency: 8,
+            concurrency: 32,
             timeout_secs: 60,
             retry_initial_secs: 5,
             retry_max_secs: 3600,

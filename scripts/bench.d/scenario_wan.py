@@ -77,6 +77,16 @@ pacs-mirror  the agent drains a backlog of N objects, timed exactly:
 orthanc      (--orthanc, default on when /usr/sbin/Orthanc exists) the same
              pacs-mirror run into a fresh Orthanc (SQLite, fsync) instead of
              storescp, at the RTTs of --orthanc-rtts (default 50).
+s3           (--s3 SERVER: localbucket, moto or s3s-fs; default off) the same
+             pacs-mirror run with an object-store target instead (S3 over
+             HTTP through the link to a fresh local S3 server), at the RTTs
+             of --s3-rtts (default 50,150): once with the target's default
+             concurrency (adaptive uploads in flight) and once with
+             `concurrency = --s3-fixed` (default 8: the limiter can then
+             neither grow nor start elsewhere: the fixed sender of before);
+             the bucket must then list every object. `ratio
+             wan_s3_<set>_<rtt>ms X` = adaptive objects/s / fixed objects/s.
+             --s3-only skips the DICOM runs.
 
 Per run: objects, data-set bytes, bytes the link delivered toward the mirror
 (DICOM PDUs, association set-up and release included) and back, seconds,
@@ -118,6 +128,13 @@ def add_args(p) -> None:
                    help="also pacs-mirror into Orthanc (default: on if Orthanc is installed)")
     g.add_argument("--orthanc-rtts", default="50", metavar="LIST",
                    help="RTTs (ms) of the Orthanc runs, among --rtts (default 50)")
+    g.add_argument("--s3", choices=sorted(receivers.S3_SERVERS), default=None, metavar="SERVER",
+                   help="also replicate to an object store behind the link: localbucket, moto or s3s-fs")
+    g.add_argument("--s3-rtts", default="50,150", metavar="LIST",
+                   help="RTTs (ms) of the object-store runs, among --rtts (default 50,150)")
+    g.add_argument("--s3-fixed", type=int, default=8, metavar="N",
+                   help="the fixed-concurrency object-store baseline (default 8)")
+    g.add_argument("--s3-only", action="store_true", help="only the object-store runs")
     g.add_argument("--window", type=int, default=4 * MIB, metavar="BYTES",
                    help="link emulator: bytes in flight per connection and direction (default 4 MiB)")
     g.add_argument("--jitter-ms", type=float, default=0.0, metavar="J",
@@ -145,13 +162,33 @@ def fmt_ms(v: float) -> str:
 
 # ---------------------------------------------------------------- the runs
 
+S3_OPTIONS = {"allow_http": "true", "region": "us-east-1", "access_key_id": "test",
+              "secret_access_key": "test", "virtual_hosted_style_request": "false"}
+
+
 def agent_for(binary: Path, workdir: Path, tag: str, link: LinkEmu, mirror: receivers.Receiver,
               concurrency: int | None) -> receivers.PacsMirror:
-    """An agent whose one DICOM target is `mirror`'s AE, reached at the link's port."""
+    """An agent whose one target ("mirror") is `mirror`'s AE, or its bucket
+    when it is an S3 server, reached at the link's port."""
     pm = receivers.PacsMirror(binary, workdir, tag)
     pm.admin_port = free_port()
-    pm.ae_extra = "association_initiator = true\n"
     conc = f"concurrency = {concurrency}\n" if concurrency is not None else ""
+    if isinstance(mirror, receivers.MotoS3):
+        opts = "".join(f'{k} = "{v}"\n' for k, v in
+                       {"endpoint": f"http://{benchlib.LOOPBACK}:{link.port}", **S3_OPTIONS}.items())
+        pm.extra_toml = f"""
+[[target]]
+type = "object_store"
+name = "mirror"
+url = "s3://{mirror.bucket}/wan"
+{conc}
+[target.options]
+{opts}
+[admin]
+listen = "{benchlib.LOOPBACK}:{pm.admin_port}"
+"""
+        return pm
+    pm.ae_extra = "association_initiator = true\n"
     pm.extra_toml = f"""
 [[remote_device]]
 name = "mirror"
@@ -215,7 +252,25 @@ def link_summary(st: dict) -> dict:
 
 
 def new_mirror(kind: str, workdir: Path, tag: str) -> receivers.Receiver:
-    return receivers.Orthanc(workdir, tag) if kind == "orthanc" else receivers.StoreScp(workdir, tag)
+    if kind == "orthanc":
+        return receivers.Orthanc(workdir, tag)
+    if kind in receivers.S3_SERVERS:
+        return receivers.S3_SERVERS[kind](workdir, tag, "pacs-mirror-wan")
+    return receivers.StoreScp(workdir, tag)
+
+
+def finish_mirror(o: receivers.Receiver, n: int, nbytes: int) -> dict:
+    """Stop the mirror and check it holds the n objects (a bucket: n objects
+    under the target's objects/ prefix, about nbytes in all)."""
+    if not isinstance(o, receivers.MotoS3):
+        return o.finish(n, nbytes)
+    objs = o.list_objects("wan/objects/")
+    total = sum(size for _, size in objs)
+    o.stop_server()
+    if len(objs) != n or total < nbytes - 4096 * n:
+        raise BenchError(f"{o.system}: the bucket lists {len(objs)} objects ({total} bytes) under wan/objects/, "
+                         f"expected {n} (about {nbytes} bytes)")
+    return {"stored": f"{len(objs)} objects, {total / 1e6:.1f} MB"}
 
 
 def run_direct(files, nbytes, rtt, args, ctx, tag: str) -> dict:
@@ -250,7 +305,8 @@ def run_direct(files, nbytes, rtt, args, ctx, tag: str) -> dict:
             o.remove()
 
 
-def run_agent(files, nbytes, rtt, args, ctx, binary, kind: str, tag: str) -> dict:
+def run_agent(files, nbytes, rtt, args, ctx, binary, kind: str, tag: str,
+              concurrency: int | None = None) -> dict:
     """Fill the agent over loopback with the link held, release it, time the
     drain through the link into a fresh mirror."""
     n = len(files)
@@ -258,7 +314,8 @@ def run_agent(files, nbytes, rtt, args, ctx, binary, kind: str, tag: str) -> dic
     o = new_mirror(kind, ctx.workdir, f"{kind}-{tag}")
     link = LinkEmu(ctx.workdir, f"pm-{kind}-{tag}", o.port, rtt_ms=rtt, mbit=args.mbit, window=args.window,
                    jitter_ms=args.jitter_ms, hold=True)
-    pm = agent_for(binary, ctx.workdir, f"{kind}-{tag}", link, o, args.concurrency)
+    pm = agent_for(binary, ctx.workdir, f"{kind}-{tag}", link, o,
+                   concurrency if concurrency is not None else args.concurrency)
     ok = False
     try:
         o.start()
@@ -318,7 +375,7 @@ def run_agent(files, nbytes, rtt, args, ctx, binary, kind: str, tag: str) -> dic
         if rc != 0:
             raise BenchError(f"pacs-mirror exited {rc} after SIGTERM; log {pm.log_path}")
         ls = link_summary(link.stop())
-        info = o.finish(n, nbytes)
+        info = finish_mirror(o, n, nbytes)
         log(f"pacs-mirror {kind} {tag}: {secs:.3f}s from the release to pending 0 (last byte back to the agent at "
             f"{(last_down - t0) if last_down else float('nan'):.3f}s), {n / secs:.1f} objects/s; link "
             f"{ls['up'] / 1e6:.1f} MB up ({ls['up'] * 8 / secs / 1e6:.1f} Mbit/s), {ls['down'] / 1e3:.0f} KB down, "
@@ -360,6 +417,15 @@ def run_wan(args, ctx) -> int:
     if orthanc is None:
         orthanc = Path(receivers.Orthanc.BINARY).exists() or shutil.which("Orthanc") is not None
     orthanc_rtts = [r for r in orthanc_rtts if r in rtts] if orthanc else []
+    s3_rtts = [r for r in parse_ms(args.s3_rtts, "--s3-rtts") if r in rtts] if args.s3 else []
+    if args.s3_only and not args.s3:
+        raise BenchError("--s3-only needs --s3 SERVER")
+    if args.s3_fixed < 1:
+        raise BenchError("--s3-fixed must be >= 1")
+    if args.s3_only:
+        orthanc_rtts = []
+    if args.s3:
+        receivers.S3_SERVERS[args.s3](ctx.workdir, "probe").prepare()
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             raise BenchError(f"{tool} (DCMTK) not found")
@@ -391,6 +457,10 @@ def run_wan(args, ctx) -> int:
         f"backlog (its connections held), then time from the link's release to /status pending 0 (polled every "
         f"{POLL * 1000:.0f} ms); {conc}; mirror storescp"
         + (f" (and Orthanc at {', '.join(fmt_ms(r) for r in orthanc_rtts)} ms)" if orthanc_rtts else ""))
+    if s3_rtts:
+        out(f"# object store: {args.s3} behind the link at {', '.join(fmt_ms(r) for r in s3_rtts)} ms, the same "
+            f"fill/restart/release/drain; adaptive = the target's default concurrency, fixed = concurrency "
+            f"{args.s3_fixed}")
     out(f"# utilisation = link bytes toward the mirror / (seconds x {args.mbit:g} Mbit/s)")
 
     rows: list[dict] = []
@@ -398,6 +468,14 @@ def run_wan(args, ctx) -> int:
         for s in sets:
             files, nb, _ = data[s]
             tag = f"{s}-{fmt_ms(rtt)}ms"
+            if rtt in s3_rtts:
+                for label, conc in (("adaptive", None), ("fixed", args.s3_fixed)):
+                    log(f"--- {tag}: pacs-mirror -> {args.s3} ({label})")
+                    a = run_agent(files, nb, rtt, args, ctx, binary, args.s3, f"{tag}-{label}", conc)
+                    rows.append({"system": "pacs-mirror", "mirror": f"s3-{label}", "set": s, "rtt": rtt,
+                                 "n": len(files), "bytes": nb, **a})
+            if args.s3_only:
+                continue
             log(f"--- {tag}: storescu direct")
             d = run_direct(files, nb, rtt, args, ctx, tag)
             rows.append({"system": "storescu", "mirror": "storescp", "set": s, "rtt": rtt, "n": len(files),
@@ -424,7 +502,7 @@ def run_wan(args, ctx) -> int:
     out(f"# pacs-mirror fills (untimed): {min(fills):.2f}-{max(fills):.2f}s; connections held at the release: "
         f"{', '.join(sorted({str(r['held']) for r in rows if 'held' in r}))}")
     out()
-    hdr = (f"{'system':<12} {'mirror':<9} {'set':<6} {'RTT ms':>6} {'objects':>7} {'data MB':>8} {'link MB':>8} "
+    hdr = (f"{'system':<12} {'mirror':<11} {'set':<6} {'RTT ms':>6} {'objects':>7} {'data MB':>8} {'link MB':>8} "
            f"{'back KB':>8} {'seconds':>8} {'obj/s':>7} {'util':>6}")
     out(hdr)
     out("-" * len(hdr))
@@ -432,7 +510,7 @@ def run_wan(args, ctx) -> int:
         util = r["link"]["up"] * 8 / (r["secs"] * rate)
         r["util"] = util
         r["rate"] = r["n"] / r["secs"]
-        out(f"{r['system']:<12} {r['mirror']:<9} {r['set']:<6} {fmt_ms(r['rtt']):>6} {r['n']:>7} "
+        out(f"{r['system']:<12} {r['mirror']:<11} {r['set']:<6} {fmt_ms(r['rtt']):>6} {r['n']:>7} "
             f"{r['bytes'] / 1e6:>8.1f} {r['link']['up'] / 1e6:>8.1f} {r['link']['down'] / 1e3:>8.0f} "
             f"{r['secs']:>8.3f} {r['rate']:>7.1f} {util * 100:>5.1f}%")
     out()
@@ -447,7 +525,11 @@ def run_wan(args, ctx) -> int:
     for rtt in rtts:
         for s in sets:
             d, a = find("storescu", "storescp", s, rtt), find("pacs-mirror", "storescp", s, rtt)
-            ratios.append((f"wan_{s}_{fmt_ms(rtt)}ms", a["rate"] / d["rate"]))
+            if d and a:
+                ratios.append((f"wan_{s}_{fmt_ms(rtt)}ms", a["rate"] / d["rate"]))
+            ad, fx = find("pacs-mirror", "s3-adaptive", s, rtt), find("pacs-mirror", "s3-fixed", s, rtt)
+            if ad and fx:
+                ratios.append((f"wan_s3_{s}_{fmt_ms(rtt)}ms", ad["rate"] / fx["rate"]))
     verdicts, missed = [], []
     for s, rtt, kind, thr in TARGETS:
         a = find("pacs-mirror", "storescp", s, float(rtt))

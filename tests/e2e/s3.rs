@@ -323,6 +323,13 @@ fn backs_up_1000_to_s3_and_restores_from_the_bucket_alone() {
         |t| t["pending"] == 0 && t["delivered"] == 1000,
     );
     assert_eq!(t["dead_letters"], 0, "{t}");
+    // The uploads took permits of the adaptive limiter: all given back,
+    // its limit between 1 and the default maximum (32).
+    assert_eq!(t["uploads"]["in_use"], 0, "{t}");
+    assert_eq!(t["uploads"]["max"], 32, "{t}");
+    let limit = t["uploads"]["limit"].as_u64().expect("upload limit");
+    assert!((1..=32).contains(&limit), "{t}");
+    assert!(t.get("associations").is_none(), "{t}");
     let config_path = agent.config_path.clone();
     agent.stop();
 

@@ -358,6 +358,18 @@ pub fn metrics(status: &Status) -> String {
         per_target(&|t| t.associations.map(|a| a.limit as u64)),
     );
     metric(
+        "pacs_mirror_replication_uploads_in_flight",
+        "Object-store targets: uploads in flight now.",
+        "gauge",
+        per_target(&|t| t.uploads.map(|a| a.in_use as u64)),
+    );
+    metric(
+        "pacs_mirror_replication_upload_limit",
+        "Object-store targets: uploads in flight the sender allows itself now (adapted between 1 and concurrency).",
+        "gauge",
+        per_target(&|t| t.uploads.map(|a| a.limit as u64)),
+    );
+    metric(
         "pacs_mirror_replication_last_success_timestamp_seconds",
         "Time of the last delivery.",
         "gauge",

@@ -1,13 +1,15 @@
-//! How many associations a DICOM target gets at once: adapted to what the
-//! link and the mirror deliver, between 1 and the target's `concurrency`.
+//! How much a target sends at once: for a DICOM target the associations
+//! open, for an object store the uploads in flight; adapted to what the
+//! link and the target deliver, between 1 and the target's `concurrency`.
 //!
-//! The workers of a target (as many as `concurrency`) each take a
-//! [`Permit`] before they claim work; the [`Limiter`] hands out as many as
-//! its current limit. It measures what the target's deliveries achieve per
+//! A DICOM target's workers (as many as `concurrency`) each take a
+//! [`Permit`] before they claim work; an object store's workers take one
+//! per upload. The [`Limiter`] hands out as many as its current limit. It measures what the target's deliveries achieve per
 //! window ([`WINDOW`]: objects and bytes, as work units of bytes plus a
 //! per-object cost, so that small objects, bound by round trips, count) and:
 //!
-//! - **starts** at [`START`] (or the maximum if lower) and **doubles** the
+//! - **starts** at [`START`] associations or [`START_UPLOADS`] uploads (or
+//!   the maximum if lower) and **doubles** the
 //!   limit after each window in which work waited for a permit and the rate
 //!   rose by at least [`GAIN`] over the window before (slow start);
 //! - **holds** once a doubling no longer pays (going back to the last limit
@@ -30,6 +32,9 @@ use tokio::sync::Notify;
 pub const WINDOW: Duration = Duration::from_millis(1000);
 /// Associations to start with.
 pub const START: usize = 4;
+/// Uploads in flight to start with (an object store takes many at once;
+/// each costs a request, not an association).
+pub const START_UPLOADS: usize = 8;
 /// The least rise of the rate that keeps a larger limit.
 pub const GAIN: f64 = 1.10;
 /// Windows between probes of one more association once steady.
@@ -61,6 +66,7 @@ enum Phase {
 #[derive(Debug, Clone)]
 struct State {
     limit: usize,
+    start: usize,
     max: usize,
     in_use: usize,
     phase: Phase,
@@ -117,13 +123,19 @@ impl Permit {
 }
 
 impl Limiter {
-    /// A limiter between 1 and `max` associations.
+    /// A limiter between 1 and `max` associations, starting at [`START`].
     pub fn new(max: usize) -> Arc<Self> {
+        Self::starting_at(START, max)
+    }
+
+    /// A limiter between 1 and `max`, starting at `start` (at most `max`).
+    pub fn starting_at(start: usize, max: usize) -> Arc<Self> {
         let max = max.max(1);
-        let start = START.min(max);
+        let start = start.clamp(1, max);
         Arc::new(Limiter {
             state: Mutex::new(State {
                 limit: start,
+                start,
                 max,
                 in_use: 0,
                 phase: Phase::SlowStart,
@@ -198,12 +210,12 @@ impl Limiter {
         s.window_start = now;
     }
 
-    /// Start again from [`START`] in slow start (the target answers again
-    /// after an outage: what held before says little now). A cap from a
-    /// busy rejection stays.
+    /// Start again from the start value in slow start (the target answers
+    /// again after an outage: what held before says little now). A cap from
+    /// a busy rejection stays.
     pub fn restart(&self) {
         let mut s = self.lock();
-        s.limit = START.min(s.max);
+        s.limit = s.start;
         s.phase = Phase::SlowStart;
         s.last = None;
         s.units = 0;

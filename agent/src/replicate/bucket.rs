@@ -1,13 +1,17 @@
-//! The object-storage sender: a worker uploads its batch with bounded
-//! concurrency (create-only, see [`crate::bucket`]) and hands what was
-//! stored to the target's publisher, which adds it to the study manifests
-//! and only then marks the rows delivered (see [`super`]).
+//! The object-storage sender: a worker uploads its batch (create-only, see
+//! [`crate::bucket`]), each upload holding a permit of the target's
+//! [`super::adaptive::Limiter`] (uploads in flight adapt to what the store
+//! delivers: more over a long round trip, fewer when it times out or
+//! answers 5xx), and hands what was stored to the target's publisher, which
+//! adds it to the study manifests and only then marks the rows delivered
+//! (see [`super`]).
 
 use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::adaptive::Trouble;
 use super::{Unreachable, Unsendable, Worker};
 use crate::bucket::manifest::ManifestEntry;
 use crate::bucket::{Bucket, BucketError, object_key};
@@ -74,19 +78,33 @@ impl Worker {
                         if unreachable.load(std::sync::atomic::Ordering::Relaxed) {
                             return (i, None);
                         }
+                        let permit = self.limiter.acquire().await;
+                        if unreachable.load(std::sync::atomic::Ordering::Relaxed) {
+                            return (i, None);
+                        }
+                        self.show_uploads();
                         // `max_bandwidth`: the whole object's bytes before
                         // its upload starts.
                         if let Some(p) = &self.target.pacer {
                             p.take(size as usize).await;
                         }
                         let r = bucket.upload(&path, &hash).await;
-                        if matches!(&r, Err(e) if e.is_transient()) {
-                            unreachable.store(true, std::sync::atomic::Ordering::Relaxed);
+                        match &r {
+                            Ok(_) => self.limiter.delivered(size),
+                            Err(e) if e.is_transient() => {
+                                self.limiter.trouble(Trouble::Overload);
+                                unreachable.store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(_) => {}
                         }
+                        drop(permit);
+                        self.show_uploads();
                         (i, Some(r))
                     }
                 })
-                .buffer_unordered(self.target.uploads_per_worker.max(1))
+                // The limiter bounds what is in flight; this only bounds
+                // the futures polled at once.
+                .buffer_unordered(self.target.concurrency.max(1))
                 .collect()
                 .await;
         let mut stored = Vec::new();
@@ -211,6 +229,11 @@ impl Worker {
                 "published"
             );
         }
+    }
+
+    /// Uploads in flight and the limit, for `status`.
+    fn show_uploads(&self) {
+        self.health().uploads = Some(self.limiter.snapshot());
     }
 
     /// What the manifest lists of an object: its index record (with the

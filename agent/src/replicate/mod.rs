@@ -14,7 +14,11 @@
 //! are open to what the link and the mirror deliver. A worker with a permit
 //! keeps its association open and claims [`dicom::CLAIM`] objects at a time
 //! while work is due, flushing the index at least every [`FLUSH_EVERY`]. An
-//! object-store worker claims up to [`BATCH`] objects per pass.
+//! object-store worker claims up to [`BATCH`] objects per pass and uploads
+//! them as the target's [`adaptive::Limiter`] allows: one permit per upload
+//! in flight, so the uploads of both workers together grow while the
+//! store's throughput grows with them (latency: a distant region) and halve
+//! on timeouts and server errors.
 //!
 //! Workers run under the agent's worker runner ([`crate::worker`]). An idle
 //! worker is woken by every index batch that writes into its queue
@@ -104,8 +108,9 @@ pub struct TargetSpec {
     pub destination: Destination,
     /// Workers (DICOM: associations in parallel).
     pub workers: usize,
-    /// Object stores: uploads in flight per worker.
-    pub uploads_per_worker: usize,
+    /// The target's `concurrency`: the most associations (DICOM, one per
+    /// worker) or uploads in flight (object store) the limiter allows.
+    pub concurrency: usize,
     /// Retry delays.
     pub backoff: Backoff,
     /// Attempts before a refused object is dead-lettered.
@@ -138,6 +143,13 @@ pub struct TargetHealth {
     /// configured maximum.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub associations: Option<adaptive::Snapshot>,
+    /// Object stores: uploads in flight, the adaptive limit and the
+    /// configured maximum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<adaptive::Snapshot>,
+    /// The target's live window (ms): arrivals this recent are sent first
+    /// and counted as live pending.
+    pub live_window_ms: u64,
     /// The target's bandwidth cap (its rate now: `status`).
     #[serde(skip)]
     pub pacer: Option<Arc<scu::pace::Pacer>>,
@@ -168,10 +180,16 @@ pub fn spawn(
     let claimed: Arc<Mutex<HashSet<ObjectId>>> = Arc::default();
     let health: Health = Arc::new(Mutex::new(TargetHealth {
         pacer: target.pacer.clone(),
+        live_window_ms: target.live_window_ms,
         ..TargetHealth::default()
     }));
     let workers = target.workers.max(1);
-    let limiter = adaptive::Limiter::new(workers);
+    let limiter = match &target.destination {
+        Destination::Dicom(_) => adaptive::Limiter::new(workers),
+        Destination::Bucket(_) => {
+            adaptive::Limiter::starting_at(adaptive::START_UPLOADS, target.concurrency)
+        }
+    };
     // Each worker is woken by rows written into the queue, and by claims
     // another worker (or the publisher) gives up.
     let wakes: Arc<Vec<Arc<tokio::sync::Notify>>> = Arc::new(
@@ -228,7 +246,7 @@ struct Worker {
     circuit: Option<(u32, Instant)>,
     /// The wake-ups of every worker of the target (released claims).
     wakes: Arc<Vec<Arc<tokio::sync::Notify>>>,
-    /// DICOM: the permits for associations (unused by object stores).
+    /// The permits: for associations (DICOM), for uploads (object store).
     limiter: Arc<adaptive::Limiter>,
     /// Ends a run of claims on an open association.
     shutdown: CancellationToken,
@@ -575,7 +593,11 @@ impl Worker {
             h.delivered_bytes += d.record.file_bytes.unwrap_or(0);
             h.last_lag_ms = Some(now.saturating_sub(d.record.enqueued_at_ms));
         }
-        self.limiter.delivered(d.record.file_bytes.unwrap_or(0));
+        // An object store's uploads are measured as they finish (the
+        // publisher's manifests come later, in bursts).
+        if matches!(self.target.destination, Destination::Dicom(_)) {
+            self.limiter.delivered(d.record.file_bytes.unwrap_or(0));
+        }
         tracing::debug!(
             target = %self.target.name,
             %sop_instance_uid,

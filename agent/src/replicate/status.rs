@@ -15,10 +15,14 @@ use super::{Health, TargetHealth};
 pub struct TargetStatus {
     /// Objects not yet delivered (dead letters excluded).
     pub pending: u64,
-    /// Of them, live: arrived within the last 5 minutes (sent before the
-    /// backlog).
+    /// Of them, live: arrived within the target's live window (sent before
+    /// the backlog).
     #[serde(default)]
     pub pending_live: u64,
+    /// That window, in seconds (`live_window_secs`; the default when the
+    /// agent is not running).
+    #[serde(default = "default_live_window_secs")]
+    pub live_window_secs: u64,
     /// Their bytes.
     pub pending_bytes: u64,
     /// Age of the oldest undelivered object, in seconds.
@@ -43,6 +47,10 @@ pub struct TargetStatus {
     /// running agent only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub associations: Option<super::adaptive::Snapshot>,
+    /// Object stores: uploads in flight, the adaptive limit, the maximum;
+    /// running agent only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<super::adaptive::Snapshot>,
     /// How long the last delivered object waited between its arrival and
     /// its delivery (ms); running agent only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,7 +72,27 @@ pub fn target_status(
     health: Option<&TargetHealth>,
     now_ms: u64,
 ) -> Result<TargetStatus, IndexError> {
-    status_from(index.outbox_summary(name)?, health, now_ms)
+    status_from(summary(index, name, health)?, health, now_ms)
+}
+
+fn default_live_window_secs() -> u64 {
+    pacs_mirror_store::index::outbox::LIVE_WINDOW_MS / 1000
+}
+
+/// The live window of a running target, or the default.
+fn live_window_ms(health: Option<&TargetHealth>) -> u64 {
+    health
+        .map(|h| h.live_window_ms)
+        .filter(|&w| w > 0)
+        .unwrap_or(pacs_mirror_store::index::outbox::LIVE_WINDOW_MS)
+}
+
+fn summary(
+    index: &Index,
+    name: &str,
+    health: Option<&TargetHealth>,
+) -> Result<pacs_mirror_store::index::outbox::OutboxSummary, IndexError> {
+    index.outbox_summary_within(name, live_window_ms(health))
 }
 
 fn status_from(
@@ -72,10 +100,12 @@ fn status_from(
     health: Option<&TargetHealth>,
     now_ms: u64,
 ) -> Result<TargetStatus, IndexError> {
+    let live_window_secs = live_window_ms(health) / 1000;
     let h = health.cloned().unwrap_or_default();
     Ok(TargetStatus {
         pending: s.pending,
         pending_live: s.pending_live,
+        live_window_secs,
         pending_bytes: s.pending_bytes,
         oldest_pending_age_secs: s
             .oldest_enqueued_at_ms
@@ -90,6 +120,7 @@ fn status_from(
         circuit_open: h.circuit_open,
         lag_ms: h.last_lag_ms,
         associations: h.associations,
+        uploads: h.uploads,
         max_bandwidth_bytes_per_sec: h.pacer.as_ref().and_then(|p| p.rate()),
         delivered_per_min: None,
         bytes_per_sec: None,
@@ -107,7 +138,7 @@ pub fn targets_status(
         let h = health
             .as_ref()
             .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone());
-        let summary = index.outbox_summary(name)?;
+        let summary = summary(index, name, h.as_ref())?;
         out.insert(name.clone(), status_from(summary, h.as_ref(), now_ms)?);
     }
     Ok(out)

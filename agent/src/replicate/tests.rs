@@ -80,15 +80,20 @@ fn rig() -> Rig {
 }
 
 fn start(rig: &Rig) -> (CancellationToken, tokio_util::task::TaskTracker) {
+    let (shutdown, tracker, _) = start_with_health(rig);
+    (shutdown, tracker)
+}
+
+fn start_with_health(rig: &Rig) -> (CancellationToken, tokio_util::task::TaskTracker, Health) {
     let shutdown = CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
-    spawn(
+    let health = spawn(
         &rig.replication,
         TargetSpec {
             name: "backup".into(),
             destination: Destination::Bucket(rig.bucket.clone()),
             workers: 2,
-            uploads_per_worker: 3,
+            concurrency: 6,
             backoff: Backoff {
                 initial_ms: 20,
                 max_ms: 100,
@@ -101,7 +106,7 @@ fn start(rig: &Rig) -> (CancellationToken, tokio_util::task::TaskTracker) {
         &shutdown,
         &tracker,
     );
-    (shutdown, tracker)
+    (shutdown, tracker, health)
 }
 
 async fn stop(shutdown: CancellationToken, tracker: tokio_util::task::TaskTracker) {
@@ -162,9 +167,14 @@ async fn every_object_is_uploaded_once_listed_in_its_study_and_then_delivered() 
     let rig = rig();
     // more than two batches per worker, so batches wait for the publisher
     let objects = seed(&rig.replication.spool, &rig.replication.index, 300, 3);
-    let (shutdown, tracker) = start(&rig);
+    let (shutdown, tracker, health) = start_with_health(&rig);
     let index = rig.replication.index.clone();
     drained(&index, shutdown, tracker).await;
+    // Uploads took permits of the target's limiter (concurrency 6: it
+    // starts at 6, never above), all given back; `status` shows them.
+    let uploads = health.lock().unwrap().uploads.expect("uploads shown");
+    assert_eq!((uploads.in_use, uploads.max), (0, 6));
+    assert!((1..=6).contains(&uploads.limit), "{uploads:?}");
 
     let summary = index.outbox_summary("backup").unwrap();
     assert_eq!((summary.delivered, summary.dead_letters), (300, 0));

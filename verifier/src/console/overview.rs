@@ -279,6 +279,13 @@ fn target_row(h: &mut String, c: &Console, f: &Frame, name: &str, t: &TargetStat
             a.in_use, a.limit, a.max
         );
     }
+    if let Some(a) = t.uploads {
+        let _ = write!(
+            bandwidth_cell,
+            "<br><span class=\"muted uploads\">{} of {} upload(s) in flight (at most {})</span>",
+            a.in_use, a.limit, a.max
+        );
+    }
     let _ = write!(
         h,
         "<tr class=\"target\" data-target=\"{n}\"><td>{n}</td><td>{}</td><td class=\"n pending\">{} <span class=\"muted\">({}; {} live)</span></td><td class=\"n oldest\">{}</td><td class=\"n lag\">{}</td><td class=\"n delivered\">{}</td><td class=\"n dead{}\">{}</td>{circuit}<td class=\"n bandwidth\">{}</td><td class=\"last-success\">{}</td><td class=\"last-error\">{}</td></tr>",

@@ -175,7 +175,8 @@ pub struct OutboxSummary {
     /// The latest delivery recorded (Unix ms).
     pub last_delivered_at_ms: Option<u64>,
     /// Of `pending`, the live rows (see the module header): arrived within
-    /// [`LIVE_WINDOW_MS`] of when the summary was made.
+    /// the target's live window ([`LIVE_WINDOW_MS`] by default) of when the
+    /// summary was made.
     pub pending_live: u64,
 }
 
@@ -728,7 +729,17 @@ impl Index {
     /// row (both bounded by what is not delivered), the delivered objects
     /// from their maintained count.
     pub fn outbox_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
-        let mut s = self.queue_summary(target)?;
+        self.outbox_summary_within(target, LIVE_WINDOW_MS)
+    }
+
+    /// [`Index::outbox_summary`] with the target's own live window
+    /// (`live_window_secs`) for [`OutboxSummary::pending_live`].
+    pub fn outbox_summary_within(
+        &self,
+        target: &str,
+        live_window_ms: u64,
+    ) -> Result<OutboxSummary, IndexError> {
+        let mut s = self.queue_summary(target, live_window_ms)?;
         let _rows = self.lock_delivered_rows();
         s.delivered = self.delivered_count_locked(target)?;
         s.last_delivered_at_ms = self.last_delivered_stored(target)?;
@@ -736,9 +747,13 @@ impl Index {
     }
 
     /// [`Index::outbox_summary`] but for `delivered` (left at 0).
-    fn queue_summary(&self, target: &str) -> Result<OutboxSummary, IndexError> {
+    fn queue_summary(
+        &self,
+        target: &str,
+        live_window_ms: u64,
+    ) -> Result<OutboxSummary, IndexError> {
         let mut s = OutboxSummary::default();
-        let live_since = crate::unix_ms().saturating_sub(LIVE_WINDOW_MS);
+        let live_since = crate::unix_ms().saturating_sub(live_window_ms);
         let prefix = target_prefix(OUTBOX, target);
         // Summed as the rows go by: nothing is collected per pending object
         // (a long outage can leave millions), and the object row is read
@@ -959,6 +974,22 @@ mod tests {
         // clock: these rows are far in the past, so none is live)
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.pending_live), (5, 0));
+        // the target's own window counts what arrived within it
+        let wall = crate::unix_ms();
+        let idx = index_with(&[
+            (1, wall - 10_000),
+            (2, wall - 100_000),
+            (3, wall - 1_000_000),
+        ]);
+        let live = |window_ms| {
+            idx.outbox_summary_within("mirror", window_ms)
+                .unwrap()
+                .pending_live
+        };
+        assert_eq!(
+            (live(30_000), live(LIVE_WINDOW_MS), live(2_000_000)),
+            (1, 2, 3)
+        );
     }
 
     /// "Last success" of a stopped agent: the latest delivery, kept in the
@@ -1137,7 +1168,7 @@ mod tests {
         let s = idx.outbox_summary("mirror").unwrap();
         assert_eq!((s.pending, s.delivered, s.dead_letters), (1, 1, 1));
         // The queue-only summary: the same but for the delivered figures.
-        let q = idx.queue_summary("mirror").unwrap();
+        let q = idx.queue_summary("mirror", LIVE_WINDOW_MS).unwrap();
         assert_eq!(s.last_delivered_at_ms, Some(150));
         assert_eq!(
             q,
