@@ -28,6 +28,9 @@ use pacs_mirror_store::spool::{Spool, SpoolError, SpoolLimits};
 
 /// How long shutdown waits for in-flight stores before giving up.
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+/// Seconds allowed for each step of a storage commitment report sent on a
+/// new association.
+const COMMITMENT_REPORT_TIMEOUT_SECS: u64 = 30;
 
 /// Errors starting or running the agent.
 #[derive(Debug, thiserror::Error)]
@@ -412,6 +415,7 @@ pub async fn serve_drill_receivers(
             Services {
                 ingest: None,
                 drill_inbox: Some(inbox.clone()),
+                commitment: None,
             },
         )
         .await?;
@@ -504,6 +508,28 @@ pub async fn run_with(
     });
     let started_at_ms = crate::unix_ms();
     let tracker = TaskTracker::new();
+    let commitment = {
+        let cfg = config.clone();
+        // A report on a new association goes to the requester's AE as a
+        // configured remote AE, from the AE the request was addressed to.
+        let resolve: crate::scp::commitment::Resolver = Box::new(move |their, ours| {
+            remote_peer(
+                &cfg,
+                their,
+                Some(ours),
+                ours,
+                COMMITMENT_REPORT_TIMEOUT_SECS,
+            )
+            .ok()
+        });
+        Arc::new(crate::scp::commitment::CommitmentScp::new(
+            index.clone(),
+            ingest.clone(),
+            resolve,
+            tracker.clone(),
+            shutdown.clone(),
+        ))
+    };
     let mut listening = Vec::new();
     let drill_inbox = config
         .acceptor_aes()
@@ -518,6 +544,7 @@ pub async fn run_with(
         let services = Services {
             ingest: Some(ingest.clone()),
             drill_inbox: drill_inbox.clone(),
+            commitment: Some(commitment.clone()),
         };
         let scp = Scp::on(listener, settings, services);
         let addr = scp

@@ -18,6 +18,9 @@ pub const MAX_COMMAND_SET_BYTES: usize = 64 * 1024;
 
 /// Command Data Set Type value meaning "no data set follows".
 pub const NO_DATA_SET: u16 = 0x0101;
+/// Command Data Set Type of a message with a data set (any other value
+/// than [`NO_DATA_SET`] says the same).
+pub const DATA_SET_PRESENT: u16 = 0x0000;
 
 /// Command Field values (PS3.7 Annex E).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +36,13 @@ pub enum CommandField {
     CEchoRq,
     CEchoRsp,
     CCancelRq,
-    /// Any other value (N-services, unknown).
+    /// N-EVENT-REPORT (storage commitment reports).
+    NEventReportRq,
+    NEventReportRsp,
+    /// N-ACTION (storage commitment requests).
+    NActionRq,
+    NActionRsp,
+    /// Any other value (other N-services, unknown).
     Other(u16),
 }
 
@@ -52,6 +61,10 @@ impl CommandField {
             CommandField::CEchoRq => 0x0030,
             CommandField::CEchoRsp => 0x8030,
             CommandField::CCancelRq => 0x0FFF,
+            CommandField::NEventReportRq => 0x0100,
+            CommandField::NEventReportRsp => 0x8100,
+            CommandField::NActionRq => 0x0130,
+            CommandField::NActionRsp => 0x8130,
             CommandField::Other(v) => v,
         }
     }
@@ -70,6 +83,10 @@ impl CommandField {
             0x0030 => CommandField::CEchoRq,
             0x8030 => CommandField::CEchoRsp,
             0x0FFF => CommandField::CCancelRq,
+            0x0100 => CommandField::NEventReportRq,
+            0x8100 => CommandField::NEventReportRsp,
+            0x0130 => CommandField::NActionRq,
+            0x8130 => CommandField::NActionRsp,
             v => CommandField::Other(v),
         }
     }

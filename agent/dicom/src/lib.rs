@@ -10,7 +10,8 @@
 //! - [`identity`]: which attributes identify an object, read by the walker;
 //! - [`query`]: Query/Retrieve identifiers: typed queries and matches, their
 //!   codec;
-//! - [`sop_classes`]: the Storage SOP class table.
+//! - [`sop_classes`]: the Storage SOP class table;
+//! - [`commitment`]: Storage Commitment Push Model messages and data sets.
 //!
 //! This crate knows nothing of the spool, the index, targets or the
 //! configuration: the store (`pacs-mirror-store`), the agent and the
@@ -18,6 +19,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod commitment;
 pub mod dimse;
 pub mod identity;
 pub mod part10;

@@ -201,7 +201,17 @@ pub fn encode(
 
 /// Decode an identifier received in `transfer_syntax_uid`.
 pub fn decode(bytes: &[u8], transfer_syntax_uid: &str) -> Result<InMemDicomObject, QueryError> {
-    if bytes.len() > MAX_IDENTIFIER_BYTES {
+    decode_bounded(bytes, transfer_syntax_uid, MAX_IDENTIFIER_BYTES)
+}
+
+/// [`decode`] with another bound than [`MAX_IDENTIFIER_BYTES`] (the
+/// storage commitment data sets, which list many references).
+pub fn decode_bounded(
+    bytes: &[u8],
+    transfer_syntax_uid: &str,
+    max_bytes: usize,
+) -> Result<InMemDicomObject, QueryError> {
+    if bytes.len() > max_bytes {
         return Err(QueryError::TooLarge { len: bytes.len() });
     }
     let ts = transfer_syntax(transfer_syntax_uid)?;

@@ -57,6 +57,24 @@ pub struct IngestStatus {
     /// Bytes received per second, over the last minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_per_sec: Option<u64>,
+    /// Storage commitment asked of the agent (SCP role) since start.
+    #[serde(default)]
+    pub commitment: CommitmentStatus,
+}
+
+/// Storage commitment requests the agent answered (SCP role) since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitmentStatus {
+    /// Requests (N-ACTION) answered.
+    pub requests: u64,
+    /// Objects reported committed.
+    pub committed: u64,
+    /// Objects reported failed.
+    pub failed: u64,
+    /// Reports delivered on a new association.
+    pub reports_sent: u64,
+    /// Reports that could not be delivered.
+    pub reports_undelivered: u64,
 }
 
 /// Non-conformant objects held: what the index records of them.
@@ -203,6 +221,13 @@ impl Source {
                 received_bytes: c.received_bytes.load(Ordering::Relaxed),
                 objects_per_min,
                 bytes_per_sec,
+                commitment: CommitmentStatus {
+                    requests: c.commitment_requests.load(Ordering::Relaxed),
+                    committed: c.commitment_committed.load(Ordering::Relaxed),
+                    failed: c.commitment_failed.load(Ordering::Relaxed),
+                    reports_sent: c.commitment_reports_sent.load(Ordering::Relaxed),
+                    reports_undelivered: c.commitment_reports_undelivered.load(Ordering::Relaxed),
+                },
             },
             findings: FindingsStatus::from_index(&self.index)?,
             spool_bytes: self.ingest.spool.used_bytes(),
@@ -256,6 +281,26 @@ pub fn metrics(status: &Status) -> String {
             "pacs_mirror_ingest_kept_with_findings_total",
             "New objects kept although not conformant, since start.",
             i.kept_with_findings,
+        ),
+        (
+            "pacs_mirror_commitment_requests_total",
+            "Storage commitment requests answered (SCP role) since start.",
+            i.commitment.requests,
+        ),
+        (
+            "pacs_mirror_commitment_committed_total",
+            "Objects reported committed to senders since start.",
+            i.commitment.committed,
+        ),
+        (
+            "pacs_mirror_commitment_failed_total",
+            "Objects reported failed (not held) to senders since start.",
+            i.commitment.failed,
+        ),
+        (
+            "pacs_mirror_commitment_reports_undelivered_total",
+            "Storage commitment reports that could not be delivered since start.",
+            i.commitment.reports_undelivered,
         ),
     ] {
         metric(name, help, "counter", vec![(String::new(), v)]);

@@ -30,9 +30,11 @@ use dicom_ul::association::AsyncServerAssociation;
 use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType};
 use tokio_util::sync::CancellationToken;
 
+use super::commitment::{CommitmentScp, Pending, SAME_ASSOCIATION_WAIT};
 use super::inbox::DrillInbox;
 use super::receive::{Failure, Incoming, Origin, context_refusal};
 use super::store::Ingest;
+use pacs_mirror_dicom::commitment::{self, Report, Request};
 use pacs_mirror_dicom::dimse::{self, CStoreRq, CommandField, CommandSet, Status};
 use pacs_mirror_dicom::presentation;
 use pacs_mirror_dicom::reassembly::{Message, Reassembler, ReassemblyError};
@@ -56,6 +58,9 @@ pub struct AssociationContext {
     pub accepted_classes: std::collections::HashMap<String, Option<HashSet<String>>>,
     /// Idle timeout.
     pub idle_timeout: Duration,
+    /// The storage commitment SCP (None: commitment requests are refused,
+    /// e.g. on a listener that stores nothing).
+    pub commitment: Option<Arc<CommitmentScp>>,
 }
 
 /// Why the association is aborted by us: the peer broke the protocol, or a
@@ -103,6 +108,42 @@ enum Inbound {
     },
     /// Draining the data set of a request we refused (not a C-STORE).
     Discard { pc_id: u8 },
+    /// Receiving a storage commitment request's data set (N-ACTION), at
+    /// most [`commitment::MAX_DATA_SET_BYTES`]; answered at its last
+    /// fragment (with `refusal` if it is not one we take).
+    Commitment {
+        rq: CommandSet,
+        pc_id: u8,
+        transfer_syntax: String,
+        bytes: Vec<u8>,
+        too_large: bool,
+        refusal: Option<Status>,
+    },
+}
+
+/// Storage commitment reports owed on this association.
+#[derive(Default)]
+struct Reports {
+    /// Answered, to report once the sender has not released for
+    /// [`SAME_ASSOCIATION_WAIT`] (at that instant).
+    waiting: Option<(Pending, u8, String, tokio::time::Instant)>,
+    /// Sent here, its N-EVENT-REPORT-RSP not received yet: (message ID,
+    /// the report).
+    sent: Option<(u16, Pending)>,
+    /// Our Message IDs on this association.
+    next_id: u16,
+}
+
+impl Reports {
+    /// What is still owed when the association ends: delivered on a new
+    /// association.
+    fn owed(self) -> Vec<Pending> {
+        self.waiting
+            .map(|(p, ..)| p)
+            .into_iter()
+            .chain(self.sent.map(|(_, p)| p))
+            .collect()
+    }
 }
 
 /// Serve one association until release, abort, idle timeout or shutdown.
@@ -129,14 +170,22 @@ pub async fn serve<S: Stream>(
     };
     let mut inbound = Inbound::Idle;
     let mut reassembly = Reassembler::new();
+    let mut reports = Reports::default();
     let end = loop {
         let idle = matches!(inbound, Inbound::Idle) && !reassembly.in_command();
+        let report_at = reports.waiting.as_ref().map(|w| w.3);
         let pdu = tokio::select! {
             biased;
             _ = shutdown.cancelled(), if idle => break End::Abort(
                 AbortRQServiceProviderReason::ReasonNotSpecified,
                 "agent shutting down".into(),
             ),
+            _ = sleep_until_opt(report_at), if idle && report_at.is_some() => {
+                if let Err(e) = report_here(&mut assoc, &mut reports).await {
+                    break End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, e.to_string());
+                }
+                continue;
+            }
             r = tokio::time::timeout(ctx.idle_timeout, assoc.receive()) => r,
         };
         let pdu = match pdu {
@@ -174,6 +223,7 @@ pub async fn serve<S: Stream>(
                         &called_ae,
                         &mut inbound,
                         &mut reassembly,
+                        &mut reports,
                         pdv,
                     )
                     .await
@@ -236,6 +286,14 @@ pub async fn serve<S: Stream>(
         }
         _ => {}
     }
+    // Storage commitment reports not delivered here go on a new
+    // association to the requester.
+    if let Some(scp) = &ctx.commitment {
+        for p in reports.owed() {
+            tracing::debug!(transaction_uid = %p.report.transaction_uid.escape_debug(), "storage commitment report goes on a new association");
+            scp.deliver_later(p);
+        }
+    }
     match end {
         End::Done => tracing::debug!("association ended"),
         End::Abort(reason, why) => {
@@ -269,6 +327,7 @@ fn context_accepted<S: Stream>(assoc: &AsyncServerAssociation<S>, pc_id: u8) -> 
 }
 
 /// Handle one PDV. `Err` is a protocol violation (abort).
+#[allow(clippy::too_many_arguments)]
 async fn on_pdv<S: Stream>(
     assoc: &mut AsyncServerAssociation<S>,
     ctx: &AssociationContext,
@@ -276,6 +335,7 @@ async fn on_pdv<S: Stream>(
     called_ae: &str,
     inbound: &mut Inbound,
     reassembly: &mut Reassembler,
+    reports: &mut Reports,
     pdv: PDataValue,
 ) -> Result<(), Violation> {
     let pc_id = pdv.presentation_context_id;
@@ -293,7 +353,7 @@ async fn on_pdv<S: Stream>(
                 store.abandon();
                 return Err(Violation::CommandInDataSet);
             }
-            Inbound::Discard { .. } | Inbound::Refused { .. } => {
+            Inbound::Discard { .. } | Inbound::Refused { .. } | Inbound::Commitment { .. } => {
                 return Err(Violation::CommandInDataSet);
             }
         }
@@ -312,6 +372,7 @@ async fn on_pdv<S: Stream>(
                 &abstract_syntax,
                 &transfer_syntax,
                 &command,
+                reports,
             )
             .await?;
             Ok(())
@@ -350,6 +411,40 @@ async fn on_pdv<S: Stream>(
                 }
                 Ok(())
             }
+            Inbound::Commitment {
+                pc_id: id,
+                bytes: collected,
+                too_large,
+                ..
+            } if *id == pc_id => {
+                if collected.len() + bytes.len() > commitment::MAX_DATA_SET_BYTES {
+                    *too_large = true;
+                    *collected = Vec::new();
+                } else if !*too_large {
+                    collected.extend_from_slice(&bytes);
+                }
+                if last
+                    && let Inbound::Commitment {
+                        rq,
+                        pc_id,
+                        transfer_syntax,
+                        bytes,
+                        too_large,
+                        refusal,
+                    } = std::mem::replace(inbound, Inbound::Idle)
+                {
+                    let asked = Asked {
+                        rq,
+                        pc_id,
+                        transfer_syntax,
+                        bytes,
+                        too_large,
+                        refusal,
+                    };
+                    answer_commitment(assoc, ctx, origin, called_ae, reports, asked).await?;
+                }
+                Ok(())
+            }
             _ => Err(Violation::DataWithoutCommand),
         },
     }
@@ -365,10 +460,49 @@ async fn on_command<S: Stream>(
     abstract_syntax: &str,
     transfer_syntax: &str,
     cmd: &CommandSet,
+    reports: &mut Reports,
 ) -> Result<Inbound, Violation> {
     let field = cmd.command_field()?;
     let has_data = cmd.has_data_set()?;
     match field {
+        CommandField::NActionRq
+            if ctx.commitment.is_some() && has_data && !ctx.drill_aes.contains(called_ae) =>
+        {
+            let refusal = if abstract_syntax != commitment::SOP_CLASS {
+                Some(Status::SopClassNotSupported)
+            } else {
+                commitment::check_n_action(cmd)?
+            };
+            Ok(Inbound::Commitment {
+                rq: cmd.clone(),
+                pc_id,
+                transfer_syntax: transfer_syntax.to_string(),
+                bytes: Vec::new(),
+                too_large: false,
+                refusal,
+            })
+        }
+        CommandField::NEventReportRsp => {
+            let answered = cmd.u16(dimse::tag::MESSAGE_ID_BEING_RESPONDED_TO)?;
+            match reports.sent.take() {
+                Some((id, p)) if Some(id) == answered => {
+                    let status = cmd.status()?;
+                    if status.is_failure() {
+                        tracing::warn!(calling_ae = %origin.calling_ae.escape_debug(), transaction_uid = %p.report.transaction_uid.escape_debug(), %status, "the requester refused the storage commitment report");
+                    } else {
+                        tracing::info!(calling_ae = %origin.calling_ae.escape_debug(), transaction_uid = %p.report.transaction_uid.escape_debug(), committed = p.report.committed.len(), failed = p.report.failed.len(), "storage commitment reported on the request's association");
+                    }
+                }
+                other => {
+                    tracing::warn!(
+                        ?answered,
+                        "N-EVENT-REPORT-RSP to no report of ours: ignored"
+                    );
+                    reports.sent = other;
+                }
+            }
+            Ok(Inbound::Idle)
+        }
         CommandField::CEchoRq => {
             let rsp = dimse::response_to(cmd, Status::Success)?;
             send_command(assoc, pc_id, &rsp).await?;
@@ -528,6 +662,148 @@ async fn respond_drill_store<S: Stream>(
         }
     };
     send_command(assoc, pc_id, &rsp).await
+}
+
+/// A storage commitment request, received whole.
+struct Asked {
+    rq: CommandSet,
+    pc_id: u8,
+    transfer_syntax: String,
+    bytes: Vec<u8>,
+    too_large: bool,
+    refusal: Option<Status>,
+}
+
+/// Answer an N-ACTION: refused, unreadable, or taken (Success, and the
+/// report is owed: here after [`SAME_ASSOCIATION_WAIT`] unless the sender
+/// releases first).
+async fn answer_commitment<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
+    ctx: &AssociationContext,
+    origin: &Origin,
+    called_ae: &str,
+    reports: &mut Reports,
+    a: Asked,
+) -> Result<(), Violation> {
+    let Some(scp) = &ctx.commitment else {
+        return Ok(());
+    };
+    let parsed = match (a.refusal, a.too_large) {
+        (Some(status), _) => Err((status, "not a storage commitment request".to_string())),
+        (None, true) => Err((
+            commitment::status::PROCESSING_FAILURE,
+            format!(
+                "request data set over {} bytes",
+                commitment::MAX_DATA_SET_BYTES
+            ),
+        )),
+        (None, false) => Request::decode(&a.bytes, &a.transfer_syntax).map_err(|e| {
+            let status = if matches!(e, commitment::CommitmentError::Missing(_)) {
+                commitment::status::MISSING_ATTRIBUTE
+            } else {
+                commitment::status::PROCESSING_FAILURE
+            };
+            (status, e.to_string())
+        }),
+    };
+    let request = match parsed {
+        Ok(r) => r,
+        Err((status, why)) => {
+            tracing::warn!(calling_ae = %origin.calling_ae.escape_debug(), peer = %origin.peer, %status, reason = %why.escape_debug(), "storage commitment request refused");
+            let mut rsp = commitment::n_action_rsp(&a.rq, status)?;
+            let comment: String = why.chars().filter(|c| *c != '\\').take(64).collect();
+            rsp.set_text(dimse::tag::ERROR_COMMENT, &comment);
+            return send_command(assoc, a.pc_id, &rsp).await;
+        }
+    };
+    tracing::info!(calling_ae = %origin.calling_ae.escape_debug(), peer = %origin.peer, transaction_uid = %request.transaction_uid.escape_debug(), objects = request.references.len(), "storage commitment requested");
+    let report: Report = scp.answer_async(request).await;
+    send_command(
+        assoc,
+        a.pc_id,
+        &commitment::n_action_rsp(&a.rq, Status::Success)?,
+    )
+    .await?;
+    let pending = Pending {
+        their_ae: origin.calling_ae.clone(),
+        our_ae: called_ae.to_string(),
+        report,
+    };
+    if let Some(earlier) = reports.waiting.take() {
+        // A second request before the first was reported: the first goes
+        // now on a new association.
+        scp.deliver_later(earlier.0);
+    }
+    reports.waiting = Some((
+        pending,
+        a.pc_id,
+        a.transfer_syntax,
+        tokio::time::Instant::now() + SAME_ASSOCIATION_WAIT,
+    ));
+    Ok(())
+}
+
+/// Sleep until `at` (never returns when None; the branch is disabled then).
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The sender kept the association open: send the owed report on it.
+async fn report_here<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
+    reports: &mut Reports,
+) -> Result<(), Violation> {
+    let Some((pending, pc_id, ts, _)) = reports.waiting.take() else {
+        return Ok(());
+    };
+    let data = match pending.report.encode(&ts) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "storage commitment report cannot be encoded");
+            return Ok(());
+        }
+    };
+    reports.next_id = reports.next_id.wrapping_add(1).max(1);
+    let id = reports.next_id;
+    send_command(
+        assoc,
+        pc_id,
+        &commitment::n_event_report_rq(id, pending.report.event_type()),
+    )
+    .await?;
+    send_data(assoc, pc_id, &data).await?;
+    reports.sent = Some((id, pending));
+    Ok(())
+}
+
+/// A data set as PDVs within the peer's PDU limit, the last one flagged.
+async fn send_data<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
+    pc_id: u8,
+    bytes: &[u8],
+) -> Result<(), Violation> {
+    let chunk = (assoc.requestor_max_pdu_length() as usize)
+        .saturating_sub(dicom_ul::pdu::PDV_HEADER_SIZE as usize)
+        .clamp(1012, pacs_mirror_dicom::scu::MAX_SEND_CHUNK);
+    let count = bytes.len().div_ceil(chunk).max(1);
+    for i in 0..count {
+        let piece = bytes
+            .get(i * chunk..((i + 1) * chunk).min(bytes.len()))
+            .unwrap_or(&[]);
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc_id,
+                value_type: PDataValueType::Data,
+                is_last: i + 1 == count,
+                data: piece.to_vec(),
+            }],
+        };
+        assoc.send(&pdu).await.map_err(Violation::Send)?;
+    }
+    Ok(())
 }
 
 async fn send_command<S: Stream>(

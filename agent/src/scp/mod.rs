@@ -36,6 +36,7 @@
 
 pub mod access;
 pub mod association;
+pub mod commitment;
 pub mod inbox;
 pub mod receive;
 pub mod store;
@@ -87,6 +88,8 @@ pub struct Services {
     pub ingest: Option<Arc<Ingest>>,
     /// The drill receivers' inbox.
     pub drill_inbox: Option<Arc<DrillInbox>>,
+    /// Storage commitment (SCP role); None: requests are refused.
+    pub commitment: Option<Arc<commitment::CommitmentScp>>,
 }
 
 /// One listening socket and the AEs on it.
@@ -188,6 +191,9 @@ impl Scp {
             .max_pdu_length(settings.max_pdu_bytes)
             .strict(true)
             .with_abstract_syntax(pacs_mirror_dicom::dimse::VERIFICATION_SOP_CLASS);
+        if services.commitment.is_some() {
+            options = options.with_abstract_syntax(pacs_mirror_dicom::commitment::SOP_CLASS);
+        }
         let mut classes: Vec<String> = Vec::new();
         let mut any_ts = false;
         let mut tss: Vec<String> = Vec::new();
@@ -232,6 +238,7 @@ impl Scp {
                 .map(|a| (a.policy.ae_title.clone(), a.sop_classes.clone()))
                 .collect::<HashMap<_, _>>(),
             idle_timeout: settings.idle_timeout,
+            commitment: services.commitment,
         });
         Scp {
             listener,

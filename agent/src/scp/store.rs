@@ -53,6 +53,18 @@ pub struct IngestCounters {
     /// Bytes of every object answered Success (re-sends included): what
     /// the senders sent, for the ingest rate.
     pub received_bytes: AtomicU64,
+    /// Storage commitment requests answered.
+    pub commitment_requests: AtomicU64,
+    /// Objects reported committed.
+    pub commitment_committed: AtomicU64,
+    /// Objects reported failed.
+    pub commitment_failed: AtomicU64,
+    /// Reports delivered on a new association (those on the request's own
+    /// association are not counted here).
+    pub commitment_reports_sent: AtomicU64,
+    /// Reports that could not be delivered (no configured remote AE, or
+    /// every attempt failed).
+    pub commitment_reports_undelivered: AtomicU64,
 }
 
 /// What the store path shares across associations: the spool's

@@ -463,7 +463,7 @@ impl Scu {
 
     /// Read until a complete command set arrives that answers `id` (data
     /// fragments and responses to other messages are skipped).
-    async fn read_response(&mut self, id: u16) -> Result<CommandSet, ScuError> {
+    pub async fn read_response(&mut self, id: u16) -> Result<CommandSet, ScuError> {
         loop {
             let Inbound::Command { command, .. } = self.receive_pdv().await? else {
                 continue;
