@@ -1103,6 +1103,18 @@ fn print_status(s: &admin::Status) {
         );
     }
     for (name, t) in &s.targets {
+        if let Some(c) = &t.commitment
+            && (c.awaiting > 0 || c.open_requests > 0)
+        {
+            println!(
+                "  {name}: {} stored by the mirror, awaiting its storage commitment (oldest {}; {} request(s) open, asked up to {} time(s)); counted delivered once committed",
+                c.awaiting,
+                c.oldest_awaiting_age_secs
+                    .map_or("-".into(), |a| format!("{a} s")),
+                c.open_requests,
+                c.most_requests
+            );
+        }
         if t.pending > 0 {
             println!(
                 "  {name}: pending {} live (arrived in the last {}, sent first), {} backlog",

@@ -175,6 +175,7 @@ pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {
             },
             refused_attempts: d.refused_attempts,
             live_window_ms: t.live_window_secs().saturating_mul(1000),
+            commitment: t.commitment_timeout_secs().map(Duration::from_secs),
             pacer,
         });
     }
@@ -416,6 +417,7 @@ pub async fn serve_drill_receivers(
                 ingest: None,
                 drill_inbox: Some(inbox.clone()),
                 commitment: None,
+                reports: None,
             },
         )
         .await?;
@@ -530,6 +532,26 @@ pub async fn run_with(
             shutdown.clone(),
         ))
     };
+    let specs = targets(&config)?;
+    // Targets with storage commitment: their mirrors' reports may come on
+    // associations the mirrors open to the listeners.
+    let commitments = crate::replicate::commit::Commitments::new(
+        index.clone(),
+        specs
+            .iter()
+            .filter_map(|t| match (&t.destination, t.commitment) {
+                (Destination::Dicom(peer), Some(timeout)) => {
+                    Some(crate::replicate::commit::CommitTarget {
+                        name: t.name.clone(),
+                        peer: peer.clone(),
+                        timeout,
+                        refused_attempts: t.refused_attempts,
+                    })
+                }
+                _ => None,
+            })
+            .collect(),
+    );
     let mut listening = Vec::new();
     let drill_inbox = config
         .acceptor_aes()
@@ -545,6 +567,8 @@ pub async fn run_with(
             ingest: Some(ingest.clone()),
             drill_inbox: drill_inbox.clone(),
             commitment: Some(commitment.clone()),
+            reports: (!commitments.is_empty())
+                .then(|| commitments.clone() as Arc<dyn crate::scp::commitment::ReportSink>),
         };
         let scp = Scp::on(listener, settings, services);
         let addr = scp
@@ -560,7 +584,27 @@ pub async fn run_with(
     };
     let workers = crate::worker::Workers::default();
     let mut health = std::collections::HashMap::new();
-    for target in targets(&config)? {
+    for target in specs {
+        if target.commitment.is_none() {
+            // Storage commitment turned off: what the mirror stored is
+            // delivered, as for any target without it.
+            match index.settle_stored(&target.name, crate::unix_ms()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(target = %target.name, objects = n, "storage commitment is off: objects the mirror stored now count as delivered")
+                }
+                Err(e) => {
+                    tracing::error!(target = %target.name, error = %e, "settling stored objects failed")
+                }
+            }
+        }
+        if target.commitment.is_some() {
+            tracker.spawn(crate::replicate::commit::run(
+                commitments.clone(),
+                target.name.clone(),
+                shutdown.clone(),
+            ));
+        }
         tracing::info!(
             target = %target.name,
             destination = %target.destination.describe(),

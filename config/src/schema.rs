@@ -163,6 +163,8 @@ pub(crate) const DICOM_TARGET_KEYS: &[&str] = &[
     "max_bandwidth",
     "bandwidth_schedule",
     "live_window_secs",
+    "storage_commitment",
+    "commitment_timeout_secs",
 ];
 /// The keys of `[[target]]` with `type = "object_store"`
 /// ([`Target::ObjectStore`]).

@@ -67,6 +67,20 @@ pub enum Target {
         /// Default: 300.
         #[serde(default = "default_live_window_secs")]
         live_window_secs: u64,
+        /// Ask the mirror for storage commitment (PS3.4 Annex J) after it
+        /// stored the objects, and count an object delivered (retention,
+        /// `failover check`, drills, the delivered figures) only once the
+        /// mirror reports it committed. The mirror may report on a new
+        /// association: it must know this agent's calling AE, and that AE
+        /// must accept it (`association_initiator` on its remote AE).
+        /// Default: false.
+        #[serde(default)]
+        storage_commitment: bool,
+        /// Seconds to wait for a commitment report before asking again,
+        /// 1 to 86400; the alert fires once a request has gone unanswered
+        /// three times. Default: 600.
+        #[serde(default = "default_commitment_timeout_secs")]
+        commitment_timeout_secs: u64,
     },
     /// `type = "object_store"`: copy each object into an object store or a
     /// directory.
@@ -145,6 +159,9 @@ fn default_concurrency() -> u32 {
 fn default_live_window_secs() -> u64 {
     300
 }
+fn default_commitment_timeout_secs() -> u64 {
+    600
+}
 fn default_timeout_secs() -> u64 {
     30
 }
@@ -174,6 +191,19 @@ impl Target {
             | Target::ObjectStore {
                 live_window_secs, ..
             } => *live_window_secs,
+        }
+    }
+
+    /// DICOM targets with `storage_commitment`: how long a request waits
+    /// for its report, in seconds; None: no storage commitment.
+    pub fn commitment_timeout_secs(&self) -> Option<u64> {
+        match self {
+            Target::Dicom {
+                storage_commitment: true,
+                commitment_timeout_secs,
+                ..
+            } => Some(*commitment_timeout_secs),
+            _ => None,
         }
     }
 
@@ -367,6 +397,8 @@ mod tests {
             max_bandwidth: Default::default(),
             bandwidth_schedule: Vec::new(),
             live_window_secs: 300,
+            storage_commitment: false,
+            commitment_timeout_secs: 600,
         };
         assert_eq!(t.name(), "mirror");
     }

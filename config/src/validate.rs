@@ -385,9 +385,15 @@ impl Config {
                 Target::Dicom {
                     remote_ae,
                     calling_ae,
+                    commitment_timeout_secs,
                     ..
                 } => {
                     self.check_dicom_target(&p, remote_ae, r, index);
+                    r.range(
+                        format!("{p}.commitment_timeout_secs"),
+                        *commitment_timeout_secs,
+                        &(1..=86_400),
+                    );
                     if let Some(ae) = calling_ae {
                         match index.find(ae) {
                             Some(AeRef::Local(_)) => {}

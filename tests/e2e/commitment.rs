@@ -233,3 +233,163 @@ fn a_requester_that_waits_gets_the_report_on_its_own_association() {
     assert_eq!(c["reports_undelivered"], 0, "{c}");
     agent.stop();
 }
+
+// ---------------------------------------------------------------------------
+// SCU role: the agent asks its mirror (Orthanc) for commitment
+// ---------------------------------------------------------------------------
+
+/// The agent's `/status` (admin endpoint).
+fn admin_status(admin: u16) -> Value {
+    serde_json::from_str(&admin_get(admin, "/status")).unwrap_or(Value::Null)
+}
+
+fn wait_status(admin: u16, what: &str, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = admin_status(admin);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never seen; last status: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Orthanc `ORTHANC_M` on fixed ports with storage under `dir`, knowing the
+/// agent (or not: then it cannot report).
+fn mirror_orthanc(dir: &Path, dicom: u16, http: u16, agent_port: Option<u16>) -> Orthanc {
+    Orthanc::start_with(
+        dir,
+        "ORTHANC_M",
+        dicom,
+        http,
+        &OrthancOptions {
+            modalities: agent_port
+                .map(|p| vec![OrthancModality::local("agent", AGENT_AE, p)])
+                .unwrap_or_default(),
+            ..OrthancOptions::default()
+        },
+    )
+}
+
+/// Delete the instance with this SOP Instance UID from Orthanc (REST).
+fn orthanc_delete(o: &Orthanc, sop_instance_uid: &str) {
+    let (code, body) = o.post("/tools/lookup", sop_instance_uid);
+    assert_eq!(code, 200);
+    let found: Value = serde_json::from_slice(&body).expect("lookup JSON");
+    let id = found[0]["ID"].as_str().expect("instance found").to_string();
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "10", "-X", "DELETE"])
+        .arg(format!("http://127.0.0.1:{}/instances/{id}", o.http_port))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "DELETE /instances/{id} failed");
+}
+
+fn orthanc_instances(o: &Orthanc) -> usize {
+    serde_json::from_slice::<Vec<Value>>(&o.get("/instances"))
+        .expect("instances JSON")
+        .len()
+}
+
+#[test]
+fn delivered_means_orthanc_committed_it_through_refusal_kill_9_and_failures() {
+    let dir = tempdir();
+    let files = synth_small(&dir.path().join("in"), 1, 6, 64);
+    let sent = refs(&files);
+    let n = files.len() as u64;
+    let (dicom, http, admin) = (free_port(), free_port(), free_port());
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    cfg.extra_toml = format!(
+        "\n[[remote_device]]\nname = \"mirror\"\n[[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {dicom}\n\
+         [[remote_device.network_ae]]\nae_title = \"ORTHANC_M\"\nassociation_acceptor = true\nassociation_initiator = true\nnetwork_connections = [\"dicom\"]\n\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"ORTHANC_M\"\nstorage_commitment = true\ncommitment_timeout_secs = 2\nrefused_attempts = 5\nretry_initial_secs = 1\nretry_max_secs = 2\n\
+         \n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         \n[alerts]\ncheck_interval_secs = 1\n"
+    );
+    let orthanc_dir = dir.path().join("orthanc");
+
+    // 1. Orthanc does not know the agent: it stores, but no report ever
+    //    comes. Nothing is delivered; after three requests the alert fires.
+    let orthanc = mirror_orthanc(&orthanc_dir, dicom, http, None);
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let s = wait_status(
+        admin,
+        "commitment_overdue alert",
+        Duration::from_secs(90),
+        |s| {
+            s["alerts"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x["kind"] == "commitment_overdue" && x["subject"] == "mirror")
+            })
+        },
+    );
+    let t = &s["targets"]["mirror"];
+    assert_eq!(
+        orthanc_instances(&orthanc),
+        files.len(),
+        "Orthanc stored them"
+    );
+    assert_eq!(t["delivered"], 0, "stored is not delivered: {t}");
+    assert_eq!(t["pending"], 0, "{t}");
+    assert_eq!(t["commitment"]["awaiting"], n, "{t}");
+    assert!(
+        t["commitment"]["most_requests"].as_u64().unwrap_or(0) >= 3,
+        "{t}"
+    );
+
+    // 2. Orthanc loses two instances; the agent is killed while its
+    //    request is open; Orthanc now knows the agent.
+    orthanc_delete(&orthanc, &sent[0].1);
+    orthanc_delete(&orthanc, &sent[1].1);
+    assert_eq!(orthanc_instances(&orthanc), files.len() - 2);
+    agent.crash();
+    drop(orthanc);
+    let orthanc = mirror_orthanc(&orthanc_dir, dicom, http, Some(cfg.port));
+    let agent = Agent::start(&cfg);
+
+    // 3. The open request is asked again after the restart; Orthanc
+    //    reports the two it lacks failed; the agent sends them again and
+    //    asks again; everything ends committed and delivered.
+    let s = wait_status(
+        admin,
+        "every object committed",
+        Duration::from_secs(120),
+        |s| {
+            let t = &s["targets"]["mirror"];
+            t["delivered"] == n && t["commitment"]["awaiting"] == 0 && t["pending"] == 0
+        },
+    );
+    let t = &s["targets"]["mirror"];
+    assert_eq!(t["dead_letters"], 0, "{t}");
+    assert_eq!(t["commitment"]["open_requests"], 0, "{t}");
+    assert_eq!(
+        orthanc_instances(&orthanc),
+        files.len(),
+        "the two Orthanc lost were sent again"
+    );
+    // Orthanc reported on associations of its own: four committed and the
+    // two it lacked failed, then those two committed once sent again.
+    let log = agent.log();
+    assert!(
+        log.contains("committed=4 resent=2 dead=0"),
+        "{}",
+        agent.log_tail()
+    );
+    assert!(
+        log.contains("committed=2 resent=0 dead=0"),
+        "{}",
+        agent.log_tail()
+    );
+    // the alert resolved once nothing is overdue
+    wait_status(admin, "alert resolved", Duration::from_secs(30), |s| {
+        s["alerts"]
+            .as_array()
+            .is_some_and(|a| !a.iter().any(|x| x["kind"] == "commitment_overdue"))
+    });
+    agent.stop();
+}

@@ -403,6 +403,22 @@ pub fn metrics(status: &Status) -> String {
         per_target(&|t| t.associations.map(|a| a.limit as u64)),
     );
     metric(
+        "pacs_mirror_replication_awaiting_commitment",
+        "Targets with storage commitment: objects the mirror stored and has not committed yet.",
+        "gauge",
+        per_target(&|t| t.commitment.as_ref().map(|c| c.awaiting)),
+    );
+    metric(
+        "pacs_mirror_replication_oldest_awaiting_commitment_age_seconds",
+        "Targets with storage commitment: how long the oldest object awaiting commitment has waited.",
+        "gauge",
+        per_target(&|t| {
+            t.commitment
+                .as_ref()
+                .and_then(|c| c.oldest_awaiting_age_secs)
+        }),
+    );
+    metric(
         "pacs_mirror_replication_uploads_in_flight",
         "Object-store targets: uploads in flight now.",
         "gauge",

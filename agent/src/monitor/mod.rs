@@ -318,6 +318,20 @@ where
                 ),
             });
         }
+        if let Some(c) = &t.commitment
+            && c.most_requests >= crate::replicate::commit::ALERT_AFTER_REQUESTS
+        {
+            out.push(Condition {
+                kind: "commitment_overdue",
+                subject: name.clone(),
+                text: format!(
+                    "target {name} has not answered a storage commitment request asked {} times; {} object(s) it stored are not counted delivered (oldest waiting {}): check that the mirror knows this agent's AE and can open associations to it",
+                    c.most_requests,
+                    c.awaiting,
+                    c.oldest_awaiting_age_secs.map_or("-".into(), duration_text),
+                ),
+            });
+        }
         if t.circuit_open {
             out.push(Condition {
                 kind: "circuit_open",

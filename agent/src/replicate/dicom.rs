@@ -117,7 +117,7 @@ impl Worker {
                     .unwrap_or(false)
             };
             match scu.store(o).await {
-                Ok(status) if status.is_stored() => self.delivered(d, &o.sop_instance_uid, None),
+                Ok(status) if status.is_stored() => self.accepted(d, o),
                 Ok(status @ Status::OutOfResources(_)) if flagged() => self.refused(
                     d,
                     &format!(

@@ -62,6 +62,7 @@ use pacs_mirror_store::spool::Spool;
 
 pub mod adaptive;
 mod bucket;
+pub mod commit;
 mod dicom;
 pub mod status;
 #[cfg(test)]
@@ -120,6 +121,10 @@ pub struct TargetSpec {
     /// The target's `max_bandwidth` (DICOM: also in the peer, which paces
     /// each write; object stores: each upload).
     pub pacer: Option<Arc<scu::pace::Pacer>>,
+    /// DICOM targets with `storage_commitment`: how long a request waits
+    /// for its report. An object the mirror stored is then *stored*, not
+    /// delivered, until the mirror commits it ([`commit`]).
+    pub commitment: Option<Duration>,
 }
 
 /// What the workers of a target report, for `/status` and `/metrics`.
@@ -139,6 +144,11 @@ pub struct TargetHealth {
     pub delivered_bytes: u64,
     /// How long the last delivered object waited from its arrival (ms).
     pub last_lag_ms: Option<u64>,
+    /// Targets with storage commitment: objects the mirror stored since
+    /// start (delivered once committed).
+    pub stored_objects: u64,
+    /// Whether the target asks for storage commitment.
+    pub commitment: bool,
     /// DICOM targets: associations open, the adaptive limit and the
     /// configured maximum.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,6 +191,7 @@ pub fn spawn(
     let health: Health = Arc::new(Mutex::new(TargetHealth {
         pacer: target.pacer.clone(),
         live_window_ms: target.live_window_ms,
+        commitment: target.commitment.is_some(),
         ..TargetHealth::default()
     }));
     let workers = target.workers.max(1);
@@ -204,6 +215,7 @@ pub fn spawn(
         health: health.clone(),
         worker,
         confirmed: Mutex::default(),
+        stored: Mutex::default(),
         publish,
         circuit: None,
         wakes: wakes.clone(),
@@ -239,6 +251,9 @@ struct Worker {
     worker: usize,
     /// Deliveries confirmed in the current batch, not recorded yet.
     confirmed: Mutex<Vec<Delivery>>,
+    /// Targets with storage commitment: objects stored in the current
+    /// batch, not recorded yet.
+    stored: Mutex<Vec<pacs_mirror_store::index::commitment::Stored>>,
     /// Object stores: where finished uploads go (the publisher).
     publish: Option<mpsc::Sender<bucket::Stored>>,
     /// The target is unreachable: probes made so far, and when the next is
@@ -610,9 +625,42 @@ impl Worker {
         self.confirmed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The mirror answered `d`'s C-STORE with Success: delivered, or for a
+    /// target with storage commitment, stored until it is committed.
+    fn accepted(&self, d: &Due, o: &scu::Outgoing) {
+        if self.target.commitment.is_none() {
+            return self.delivered(d, &o.sop_instance_uid, None);
+        }
+        let now = crate::unix_ms();
+        self.stored.lock().unwrap_or_else(|p| p.into_inner()).push(
+            pacs_mirror_store::index::commitment::Stored {
+                delivery: Delivery {
+                    due: d.clone(),
+                    delivered_at_ms: now,
+                    stored_blake3: None,
+                },
+                sop_class_uid: o.sop_class_uid.clone(),
+                sop_instance_uid: o.sop_instance_uid.clone(),
+            },
+        );
+        {
+            let mut h = self.health();
+            h.stored_objects += 1;
+            h.delivered_bytes += d.record.file_bytes.unwrap_or(0);
+        }
+        self.limiter.delivered(d.record.file_bytes.unwrap_or(0));
+    }
+
     /// Record the deliveries confirmed since the last call: pending →
-    /// delivered, one atomic index batch for all of them.
+    /// delivered (or stored, awaiting commitment), one atomic index batch
+    /// for all of them.
     fn record_deliveries(&self) {
+        let stored = std::mem::take(&mut *self.stored.lock().unwrap_or_else(|p| p.into_inner()));
+        if !stored.is_empty()
+            && let Err(e) = self.r.index.mark_stored_many(&self.target.name, &stored)
+        {
+            tracing::error!(error = %e, objects = stored.len(), "recording stored objects failed (they will be sent again)");
+        }
         let confirmed = std::mem::take(&mut *self.confirmed_list());
         if confirmed.is_empty() {
             return;

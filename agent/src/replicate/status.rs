@@ -51,6 +51,10 @@ pub struct TargetStatus {
     /// running agent only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploads: Option<super::adaptive::Snapshot>,
+    /// Targets with storage commitment: what the mirror stored and has not
+    /// committed yet (not counted in `pending` nor in `delivered`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commitment: Option<CommitmentState>,
     /// How long the last delivered object waited between its arrival and
     /// its delivery (ms); running agent only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +69,50 @@ pub struct TargetStatus {
     pub bytes_per_sec: Option<u64>,
 }
 
+/// Storage commitment of one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitmentState {
+    /// Objects stored by the mirror, awaiting its commitment.
+    pub awaiting: u64,
+    /// How long the oldest of them has waited, in seconds.
+    pub oldest_awaiting_age_secs: Option<u64>,
+    /// Requests sent without a report yet.
+    pub open_requests: u64,
+    /// The most times one of them was asked (the alert fires at
+    /// [`super::commit::ALERT_AFTER_REQUESTS`]).
+    pub most_requests: u32,
+}
+
+impl CommitmentState {
+    fn from_summary(
+        s: &pacs_mirror_store::index::commitment::CommitmentSummary,
+        now_ms: u64,
+    ) -> Self {
+        CommitmentState {
+            awaiting: s.awaiting,
+            oldest_awaiting_age_secs: s
+                .oldest_stored_at_ms
+                .map(|t| now_ms.saturating_sub(t) / 1000),
+            open_requests: s.transactions,
+            most_requests: s.most_requests,
+        }
+    }
+}
+
+/// The commitment state of `name`, when it asks for commitment (or the
+/// index holds some of it: a stopped agent).
+fn commitment_state(
+    index: &Index,
+    name: &str,
+    health: Option<&TargetHealth>,
+    now_ms: u64,
+) -> Result<Option<CommitmentState>, IndexError> {
+    let s = index.commitment_summary(name)?;
+    let asks = health.is_some_and(|h| h.commitment);
+    Ok((asks || s.awaiting > 0 || s.transactions > 0)
+        .then(|| CommitmentState::from_summary(&s, now_ms)))
+}
+
 /// Per-target figures from the index, merged with live health if any.
 pub fn target_status(
     index: &Index,
@@ -72,7 +120,9 @@ pub fn target_status(
     health: Option<&TargetHealth>,
     now_ms: u64,
 ) -> Result<TargetStatus, IndexError> {
-    status_from(summary(index, name, health)?, health, now_ms)
+    let mut s = status_from(summary(index, name, health)?, health, now_ms)?;
+    s.commitment = commitment_state(index, name, health, now_ms)?;
+    Ok(s)
 }
 
 fn default_live_window_secs() -> u64 {
@@ -121,6 +171,7 @@ fn status_from(
         lag_ms: h.last_lag_ms,
         associations: h.associations,
         uploads: h.uploads,
+        commitment: None,
         max_bandwidth_bytes_per_sec: h.pacer.as_ref().and_then(|p| p.rate()),
         delivered_per_min: None,
         bytes_per_sec: None,
@@ -139,7 +190,9 @@ pub fn targets_status(
             .as_ref()
             .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone());
         let summary = summary(index, name, h.as_ref())?;
-        out.insert(name.clone(), status_from(summary, h.as_ref(), now_ms)?);
+        let mut s = status_from(summary, h.as_ref(), now_ms)?;
+        s.commitment = commitment_state(index, name, h.as_ref(), now_ms)?;
+        out.insert(name.clone(), s);
     }
     Ok(out)
 }

@@ -101,6 +101,7 @@ fn start_with_health(rig: &Rig) -> (CancellationToken, tokio_util::task::TaskTra
             refused_attempts: 3,
             pacer: None,
             live_window_ms: 300_000,
+            commitment: None,
         },
         &crate::worker::Workers::default(),
         &shutdown,

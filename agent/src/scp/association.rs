@@ -61,6 +61,9 @@ pub struct AssociationContext {
     /// The storage commitment SCP (None: commitment requests are refused,
     /// e.g. on a listener that stores nothing).
     pub commitment: Option<Arc<CommitmentScp>>,
+    /// Reports from the mirrors the agent asked (SCU role); None: an
+    /// N-EVENT-REPORT is refused.
+    pub reports: Option<Arc<dyn super::commitment::ReportSink>>,
 }
 
 /// Why the association is aborted by us: the peer broke the protocol, or a
@@ -118,6 +121,8 @@ enum Inbound {
         bytes: Vec<u8>,
         too_large: bool,
         refusal: Option<Status>,
+        /// An N-EVENT-REPORT from a mirror (SCU role), not an N-ACTION.
+        is_report: bool,
     },
 }
 
@@ -431,6 +436,7 @@ async fn on_pdv<S: Stream>(
                         bytes,
                         too_large,
                         refusal,
+                        is_report,
                     } = std::mem::replace(inbound, Inbound::Idle)
                 {
                     let asked = Asked {
@@ -441,7 +447,11 @@ async fn on_pdv<S: Stream>(
                         too_large,
                         refusal,
                     };
-                    answer_commitment(assoc, ctx, origin, called_ae, reports, asked).await?;
+                    if is_report {
+                        take_report(assoc, ctx, origin, asked).await?;
+                    } else {
+                        answer_commitment(assoc, ctx, origin, called_ae, reports, asked).await?;
+                    }
                 }
                 Ok(())
             }
@@ -480,6 +490,20 @@ async fn on_command<S: Stream>(
                 bytes: Vec::new(),
                 too_large: false,
                 refusal,
+                is_report: false,
+            })
+        }
+        CommandField::NEventReportRq if ctx.reports.is_some() && has_data => {
+            let refusal =
+                (abstract_syntax != commitment::SOP_CLASS).then_some(Status::SopClassNotSupported);
+            Ok(Inbound::Commitment {
+                rq: cmd.clone(),
+                pc_id,
+                transfer_syntax: transfer_syntax.to_string(),
+                bytes: Vec::new(),
+                too_large: false,
+                refusal,
+                is_report: true,
             })
         }
         CommandField::NEventReportRsp => {
@@ -741,6 +765,41 @@ async fn answer_commitment<S: Stream>(
         tokio::time::Instant::now() + SAME_ASSOCIATION_WAIT,
     ));
     Ok(())
+}
+
+/// A mirror's report on an association it opened: applied if it answers
+/// a request of ours to that AE, then answered.
+async fn take_report<S: Stream>(
+    assoc: &mut AsyncServerAssociation<S>,
+    ctx: &AssociationContext,
+    origin: &Origin,
+    a: Asked,
+) -> Result<(), Violation> {
+    let Some(sink) = &ctx.reports else {
+        return Ok(());
+    };
+    let outcome = match (a.refusal, a.too_large) {
+        (Some(status), _) => Err((status, "not a storage commitment report".to_string())),
+        (None, true) => Err((
+            commitment::status::PROCESSING_FAILURE,
+            "report data set too large".to_string(),
+        )),
+        (None, false) => match commitment::Report::decode(&a.bytes, &a.transfer_syntax) {
+            Err(e) => Err((commitment::status::PROCESSING_FAILURE, e.to_string())),
+            Ok(report) => sink
+                .on_report(&origin.calling_ae, &report)
+                .map_err(|why| (commitment::status::PROCESSING_FAILURE, why)),
+        },
+    };
+    let status = match outcome {
+        Ok(()) => Status::Success,
+        Err((status, why)) => {
+            tracing::warn!(calling_ae = %origin.calling_ae.escape_debug(), peer = %origin.peer, %status, reason = %why.escape_debug(), "storage commitment report refused");
+            status
+        }
+    };
+    let rsp = commitment::n_event_report_rsp(&a.rq, status)?;
+    send_command(assoc, a.pc_id, &rsp).await
 }
 
 /// Sleep until `at` (never returns when None; the branch is disabled then).

@@ -49,6 +49,14 @@ pub const REPORT_ATTEMPTS: u32 = 4;
 /// The wait before the second attempt (doubled for each later one).
 pub const REPORT_RETRY: Duration = Duration::from_secs(5);
 
+/// Where the reports of the mirrors the agent asked for commitment go (the
+/// SCU role, `crate::replicate::commit`): a mirror that reports on a new
+/// association reaches the listener, which hands the report over.
+pub trait ReportSink: Send + Sync {
+    /// Apply a report from `calling_ae`; Err says why it is refused.
+    fn on_report(&self, calling_ae: &str, report: &Report) -> Result<(), String>;
+}
+
 /// How to reach a sender's AE for a report: (their AE title, our AE title)
 /// → the peer, if it is a configured remote AE.
 pub type Resolver = Box<dyn Fn(&str, &str) -> Option<Peer> + Send + Sync>;

@@ -90,6 +90,9 @@ pub struct Services {
     pub drill_inbox: Option<Arc<DrillInbox>>,
     /// Storage commitment (SCP role); None: requests are refused.
     pub commitment: Option<Arc<commitment::CommitmentScp>>,
+    /// Reports of the mirrors asked for commitment (SCU role); None: an
+    /// N-EVENT-REPORT is refused.
+    pub reports: Option<Arc<dyn commitment::ReportSink>>,
 }
 
 /// One listening socket and the AEs on it.
@@ -191,7 +194,7 @@ impl Scp {
             .max_pdu_length(settings.max_pdu_bytes)
             .strict(true)
             .with_abstract_syntax(pacs_mirror_dicom::dimse::VERIFICATION_SOP_CLASS);
-        if services.commitment.is_some() {
+        if services.commitment.is_some() || services.reports.is_some() {
             options = options.with_abstract_syntax(pacs_mirror_dicom::commitment::SOP_CLASS);
         }
         let mut classes: Vec<String> = Vec::new();
@@ -239,6 +242,7 @@ impl Scp {
                 .collect::<HashMap<_, _>>(),
             idle_timeout: settings.idle_timeout,
             commitment: services.commitment,
+            reports: services.reports,
         });
         Scp {
             listener,

@@ -405,7 +405,7 @@ fn target_keys_are_serde_s() {
         (
             "dicom",
             DICOM_TARGET_KEYS,
-            "type = \"dicom\"\nname = \"m\"\nremote_ae = \"M\"\ncalling_ae = \"L\"\nconcurrency = 1\ntimeout_secs = 1\nretry_initial_secs = 1\nretry_max_secs = 1\nrefused_attempts = 1\nmax_bandwidth = \"30 Mbit/s\"\nbandwidth_schedule = [{ days = [\"mon\"], from = \"07:00\", to = \"19:00\", max_bandwidth = \"1 MB/s\" }]\nlive_window_secs = 60\n",
+            "type = \"dicom\"\nname = \"m\"\nremote_ae = \"M\"\ncalling_ae = \"L\"\nconcurrency = 1\ntimeout_secs = 1\nretry_initial_secs = 1\nretry_max_secs = 1\nrefused_attempts = 1\nmax_bandwidth = \"30 Mbit/s\"\nbandwidth_schedule = [{ days = [\"mon\"], from = \"07:00\", to = \"19:00\", max_bandwidth = \"1 MB/s\" }]\nlive_window_secs = 60\nstorage_commitment = true\ncommitment_timeout_secs = 60\n",
         ),
         (
             "object_store",

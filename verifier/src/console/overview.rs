@@ -288,7 +288,7 @@ fn target_row(h: &mut String, c: &Console, f: &Frame, name: &str, t: &TargetStat
     }
     let _ = write!(
         h,
-        "<tr class=\"target\" data-target=\"{n}\"><td>{n}</td><td>{}</td><td class=\"n pending\">{} <span class=\"muted\">({}; {} live)</span></td><td class=\"n oldest\">{}</td><td class=\"n lag\">{}</td><td class=\"n delivered\">{}</td><td class=\"n dead{}\">{}</td>{circuit}<td class=\"n bandwidth\">{}</td><td class=\"last-success\">{}</td><td class=\"last-error\">{}</td></tr>",
+        "<tr class=\"target\" data-target=\"{n}\"><td>{n}</td><td>{}</td><td class=\"n pending\">{} <span class=\"muted\">({}; {} live)</span></td><td class=\"n oldest\">{}</td><td class=\"n lag\">{}</td><td class=\"n delivered\">{}{}</td><td class=\"n dead{}\">{}</td>{circuit}<td class=\"n bandwidth\">{}</td><td class=\"last-success\">{}</td><td class=\"last-error\">{}</td></tr>",
         destination(c, name),
         t.pending,
         size(t.pending_bytes),
@@ -296,6 +296,12 @@ fn target_row(h: &mut String, c: &Console, f: &Frame, name: &str, t: &TargetStat
         t.oldest_pending_age_secs.map_or("—".into(), span),
         t.lag_ms.map_or("—".into(), |l| span(l / 1000)),
         t.delivered,
+        t.commitment.as_ref().map_or(String::new(), |cm| format!(
+            "<br><span class=\"muted awaiting-commitment\">{} stored, awaiting commitment{}</span>",
+            cm.awaiting,
+            cm.oldest_awaiting_age_secs
+                .map_or(String::new(), |a| format!(" (oldest {})", span(a)))
+        )),
         if t.dead_letters > 0 { " bad" } else { "" },
         if t.dead_letters > 0 {
             format!(

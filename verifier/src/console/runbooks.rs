@@ -54,7 +54,7 @@ pub const RUNBOOKS: &[(&str, &str)] = &[
 pub fn for_alert(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "source_silent" => "link-diagnosis",
-        "circuit_open" | "queue_stuck" | "dead_letters" => "stuck-queue",
+        "circuit_open" | "queue_stuck" | "dead_letters" | "commitment_overdue" => "stuck-queue",
         "spool_low_space" => "disk-full",
         "duplicate_ae_title" => "duplicate-ae-title",
         "drill_failed" | "drill_over_objective" => "drill-failed",

@@ -11,6 +11,8 @@
 //! q/<target>\0<next attempt ms:u64 BE>\0<blake3>  -> OutboxRecord   (per-target queue, see [`outbox`])
 //! d/<target>\0<blake3:32>                          -> DeliveryRecord (delivered to that target)
 //! x/<target>\0<blake3:32>                          -> DeadLetter     (refused by that target for good)
+//! s/<target>\0<blake3:32>                          -> StoredRecord   (stored, awaiting commitment, see [`commitment`])
+//! t/<transaction uid>                              -> Transaction    (storage commitment asked, see [`commitment`])
 //! r/<target>\0<started ms:u64 BE>                 -> drill result (see [`studies`])
 //! m/<name>                                        -> counters and markers
 //! p/<blake3:32>                                   -> PendingRecord  (commit in flight, see [`pending`])
@@ -50,6 +52,7 @@
 //! (`pacs-mirror reindex`), because each spool file carries its UIDs, the
 //! calling AE, source address and receive time.
 
+pub mod commitment;
 pub mod kv;
 pub mod outbox;
 pub mod pending;

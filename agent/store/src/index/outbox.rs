@@ -81,7 +81,13 @@ fn last_delivered_key(target: &str) -> Vec<u8> {
     key(&[COUNTS, b"last_delivered", target.as_bytes()])
 }
 
-fn delivered_key(target: &str, hash: &ObjectId) -> Vec<u8> {
+pub(super) fn dead_key(target: &str, hash: &ObjectId) -> Vec<u8> {
+    let mut k = target_prefix(DEAD, target);
+    k.extend_from_slice(hash);
+    k
+}
+
+pub(super) fn delivered_key(target: &str, hash: &ObjectId) -> Vec<u8> {
     let mut k = target_prefix(DELIVERED, target);
     k.extend_from_slice(hash);
     k
@@ -363,7 +369,11 @@ impl Index {
 
     /// The write that moves `target`'s latest delivery to `at_ms`, if later
     /// than the one stored. Call with the delivered-rows lock held.
-    fn last_delivered_op(&self, target: &str, at_ms: u64) -> Result<Option<Op>, IndexError> {
+    pub(super) fn last_delivered_op(
+        &self,
+        target: &str,
+        at_ms: u64,
+    ) -> Result<Option<Op>, IndexError> {
         Ok(match self.last_delivered_stored(target)? {
             Some(t) if t >= at_ms => None,
             _ => Some(Op::Put(
@@ -387,7 +397,7 @@ impl Index {
     /// batch that adds or removes that many delivered rows (a missing count
     /// is counted first, and written by that same batch). Call with the
     /// delivered-rows lock held.
-    fn delivered_count_op(&self, target: &str, delta: i64) -> Result<Op, IndexError> {
+    pub(super) fn delivered_count_op(&self, target: &str, delta: i64) -> Result<Op, IndexError> {
         let n = match self.delivered_count_stored(target)? {
             Some(n) => n,
             None => self.delivered_rows_scanned(target)?,
@@ -645,10 +655,13 @@ impl Index {
             // The lock per object, not for the whole (possibly long) resync:
             // senders record deliveries in between.
             let _rows = self.lock_delivered_rows();
-            let mut ops = Vec::with_capacity(4);
+            let mut ops = Vec::with_capacity(5);
             if self.kv.get(&dkey)?.is_some() {
                 ops.push(self.delivered_count_op(target, -1)?);
             }
+            // Stored, awaiting commitment (`super::commitment`): the
+            // target lost it, so it is pending again, not stored.
+            ops.extend(self.stored_removal(target, hash)?);
             ops.extend([
                 Op::Put(outbox_key(target, now_ms, hash), records::encode(&record)),
                 Op::Delete(dkey),
