@@ -524,10 +524,31 @@ pub async fn run_with(
             )
             .ok()
         });
+        // Senders whose commitment waits for the remote copy.
+        let policies = config
+            .remote_devices
+            .iter()
+            .flat_map(|d| &d.network_aes)
+            .filter(|ae| !ae.commit_after_delivery_to.is_empty())
+            .map(|ae| {
+                (
+                    ae.ae_title.trim().to_string(),
+                    crate::scp::commitment::SenderPolicy {
+                        after_delivery_to: ae
+                            .commit_after_delivery_to
+                            .iter()
+                            .map(|t| t.trim().to_string())
+                            .collect(),
+                        wait: Duration::from_secs(ae.commit_wait_secs),
+                    },
+                )
+            })
+            .collect();
         Arc::new(crate::scp::commitment::CommitmentScp::new(
             index.clone(),
             ingest.clone(),
             resolve,
+            policies,
             tracker.clone(),
             shutdown.clone(),
         ))

@@ -72,4 +72,21 @@ pub struct RemoteAe {
     /// self-signed); any other certificate is refused. Default: unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_sha256: Option<String>,
+    /// Storage commitment this AE asks of us (it sends to us): report an
+    /// object committed only once it is also delivered to these targets
+    /// (their names; for a target with `storage_commitment`, once its
+    /// mirror committed it), so that a modality deletes its copy only when
+    /// the remote copy exists. Default: empty (committed once durable in
+    /// the spool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commit_after_delivery_to: Vec<String>,
+    /// How long such a report waits for those deliveries, in seconds, 1 to
+    /// 86400; what is not delivered by then is reported failed (0110H).
+    /// Default: 3600.
+    #[serde(default = "default_commit_wait_secs")]
+    pub commit_wait_secs: u64,
+}
+
+fn default_commit_wait_secs() -> u64 {
+    3600
 }

@@ -394,3 +394,48 @@ fn ops_examples_validate() {
         "ops/config/default.toml differs from config/src/default.toml: copy it again"
     );
 }
+
+#[test]
+fn storage_commitment_settings_are_checked() {
+    let text = format!(
+        "{MINIMAL}\n[[remote_device]]\nname = \"ct\"\n[[remote_device.network_ae]]\nae_title = \"CT1\"\nassociation_initiator = true\ncommit_after_delivery_to = [\"nowhere\"]\ncommit_wait_secs = 0\n\
+         \n[[remote_device]]\nname = \"m\"\n[[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = 104\n\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\nstorage_commitment = true\ncommitment_timeout_secs = 0\n"
+    );
+    let config = parse(&text).unwrap();
+    let errors: Vec<String> = config
+        .validate()
+        .iter()
+        .filter(|f| f.is_error())
+        .map(ToString::to_string)
+        .collect();
+    for expected in [
+        "remote_device[0].network_ae[0].commit_after_delivery_to[0]: \"nowhere\" is not the name of a [[target]]",
+        "remote_device[0].network_ae[0].commit_wait_secs: 0 is out of range",
+        "target[0].commitment_timeout_secs: 0 is out of range",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{expected} not in {errors:#?}"
+        );
+    }
+    assert_eq!(config.targets[0].commitment_timeout_secs(), Some(0));
+    let ok = text
+        .replace("\"nowhere\"", "\"mirror\"")
+        .replace("commit_wait_secs = 0", "commit_wait_secs = 60")
+        .replace(
+            "commitment_timeout_secs = 0",
+            "commitment_timeout_secs = 600",
+        );
+    let config = parse(&ok).unwrap();
+    assert!(
+        config.validate().iter().all(|f| !f.is_error()),
+        "{:#?}",
+        config.validate()
+    );
+    assert_eq!(
+        config.remote_devices[0].network_aes[0].commit_after_delivery_to,
+        ["mirror"]
+    );
+}

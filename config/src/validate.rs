@@ -349,7 +349,21 @@ impl Config {
                 );
             }
             for (a, ae) in device.network_aes.iter().enumerate() {
-                check_remote_ae(&format!("{p}.network_ae[{a}]"), device, ae, r);
+                let pa = format!("{p}.network_ae[{a}]");
+                check_remote_ae(&pa, device, ae, r);
+                for (k, t) in ae.commit_after_delivery_to.iter().enumerate() {
+                    if !self.targets.iter().any(|x| x.name().trim() == t.trim()) {
+                        r.error(
+                            format!("{pa}.commit_after_delivery_to[{k}]"),
+                            format!("{t:?} is not the name of a [[target]]"),
+                        );
+                    }
+                }
+                r.range(
+                    format!("{pa}.commit_wait_secs"),
+                    ae.commit_wait_secs,
+                    &(1..=86_400),
+                );
             }
         }
     }

@@ -393,3 +393,112 @@ fn delivered_means_orthanc_committed_it_through_refusal_kill_9_and_failures() {
     });
     agent.stop();
 }
+
+/// Orthanc's report of `transaction`, once it is no longer pending.
+fn orthanc_report(o: &Orthanc, transaction: &str, limit: Duration, agent: &Agent) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r: Value =
+            serde_json::from_slice(&o.get(&format!("/storage-commitment/{transaction}")))
+                .expect("report JSON");
+        if r["Status"] != "Pending" {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no storage commitment report reached Orthanc: {r}\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_sender_that_wants_the_remote_copy_first_hears_committed_only_once_the_mirror_has_it() {
+    let dir = tempdir();
+    let files = synth_small(&dir.path().join("in"), 1, 4, 64);
+    let stored = refs(&files);
+    let (orthanc_port, mirror_port) = (free_port(), free_port());
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    // Orthanc (the sender) wants its objects on the mirror before it hears
+    // "committed"; the mirror (DCMTK storescp) is down at first.
+    cfg.extra_toml = format!(
+        "\n[[remote_device]]\nname = \"orthanc\"\n[[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {orthanc_port}\n\
+         [[remote_device.network_ae]]\nae_title = \"ORTHANC_SC\"\nassociation_acceptor = true\nassociation_initiator = true\nnetwork_connections = [\"dicom\"]\ncommit_after_delivery_to = [\"mirror\"]\ncommit_wait_secs = 120\n\
+         \n[[remote_device]]\nname = \"mirror\"\n[[remote_device.network_connection]]\nname = \"dicom\"\nhostname = \"127.0.0.1\"\nport = {mirror_port}\n\
+         [[remote_device.network_ae]]\nae_title = \"MIRROR\"\nassociation_acceptor = true\nnetwork_connections = [\"dicom\"]\n\
+         \n[[target]]\ntype = \"dicom\"\nname = \"mirror\"\nremote_ae = \"MIRROR\"\nretry_initial_secs = 1\nretry_max_secs = 1\ntimeout_secs = 5\n\
+         \n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let orthanc = Orthanc::start_with(
+        &dir.path().join("orthanc"),
+        "ORTHANC_SC",
+        orthanc_port,
+        free_port(),
+        &OrthancOptions {
+            modalities: vec![OrthancModality::local("agent", AGENT_AE, cfg.port)],
+            ..OrthancOptions::default()
+        },
+    );
+    let mut asked = stored.clone();
+    asked.push((CT.to_string(), NEVER_SENT.to_string()));
+    let body = serde_json::json!({
+        "DicomInstances": asked.iter().map(|(c, i)| serde_json::json!([c, i])).collect::<Vec<_>>(),
+        "Timeout": 120,
+    });
+    let (code, answer) = orthanc.post("/modalities/agent/storage-commitment", &body.to_string());
+    let answer: Value = serde_json::from_slice(&answer).expect("Orthanc's answer");
+    assert_eq!(code, 200, "{answer}");
+    let transaction = answer["ID"].as_str().expect("transaction UID").to_string();
+
+    // The mirror is down: no report while the objects are only here.
+    std::thread::sleep(Duration::from_secs(3));
+    let r: Value =
+        serde_json::from_slice(&orthanc.get(&format!("/storage-commitment/{transaction}")))
+            .expect("report JSON");
+    assert_eq!(
+        r["Status"], "Pending",
+        "reported before the mirror has them: {r}"
+    );
+
+    // The mirror comes up; the agent delivers; then Orthanc hears.
+    let mirror_dir = dir.path().join("mirror");
+    let _mirror = StoreScp::start(mirror_port, "MIRROR", &mirror_dir, &[]);
+    let report = orthanc_report(&orthanc, &transaction, Duration::from_secs(60), &agent);
+    assert_eq!(
+        files_under(&mirror_dir).len(),
+        files.len(),
+        "every committed object is on the mirror"
+    );
+    assert_eq!(report["Status"], "Failure", "{report}");
+    let committed: BTreeSet<(String, String)> = report["Success"]
+        .as_array()
+        .expect("Success list")
+        .iter()
+        .map(|s| {
+            (
+                s["SOPClassUID"].as_str().unwrap_or_default().to_string(),
+                s["SOPInstanceUID"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        committed,
+        stored.iter().cloned().collect::<BTreeSet<_>>(),
+        "{report}"
+    );
+    assert_eq!(
+        report["Failures"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        report["Failures"][0]["SOPInstanceUID"], NEVER_SENT,
+        "{report}"
+    );
+    assert_eq!(report["Failures"][0]["FailureReason"], 0x0112, "{report}");
+    agent.stop();
+}

@@ -741,17 +741,35 @@ async fn answer_commitment<S: Stream>(
         }
     };
     tracing::info!(calling_ae = %origin.calling_ae.escape_debug(), peer = %origin.peer, transaction_uid = %request.transaction_uid.escape_debug(), objects = request.references.len(), "storage commitment requested");
-    let report: Report = scp.answer_async(request).await;
+    let policy = scp.policy(&origin.calling_ae);
+    let answer = scp
+        .answer_async(request.clone(), policy.clone(), false)
+        .await;
     send_command(
         assoc,
         a.pc_id,
         &commitment::n_action_rsp(&a.rq, Status::Success)?,
     )
     .await?;
+    let report: Report = answer.report;
+    if answer.waiting > 0 {
+        // The sender wants the remote copy first: reported once it exists
+        // (or at the deadline), on a new association.
+        tracing::info!(calling_ae = %origin.calling_ae.escape_debug(), transaction_uid = %request.transaction_uid.escape_debug(), waiting = answer.waiting, targets = ?policy.after_delivery_to, "storage commitment: the report waits for the objects to reach the targets");
+        scp.deliver_later(Pending {
+            their_ae: origin.calling_ae.clone(),
+            our_ae: called_ae.to_string(),
+            report,
+            waiting: Some((request, tokio::time::Instant::now() + policy.wait)),
+        });
+        return Ok(());
+    }
+    scp.final_report(&report);
     let pending = Pending {
         their_ae: origin.calling_ae.clone(),
         our_ae: called_ae.to_string(),
         report,
+        waiting: None,
     };
     if let Some(earlier) = reports.waiting.take() {
         // A second request before the first was reported: the first goes

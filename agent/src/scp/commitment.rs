@@ -23,6 +23,16 @@
 //! [`REPORT_ATTEMPTS`] times ([`REPORT_RETRY`] apart, doubled each time);
 //! the sender can always ask again with the same Transaction UID.
 //!
+//! # A sender that wants the remote copy first
+//! A sender's `commit_after_delivery_to` (its remote AE) names targets: an
+//! object is then reported committed only once it is also delivered to
+//! each of them (for a target with storage commitment: committed by its
+//! mirror), so a modality deletes its copy only when the remote copy
+//! exists. Such a report waits (looked at every second, in memory) until
+//! nothing it names is still on its way, at most `commit_wait_secs`; what
+//! is still not delivered then is reported failed (0110H), and always on a
+//! new association.
+//!
 //! # Crash behaviour
 //! Nothing is written: a report not delivered before a crash is lost, and
 //! the sender's request times out (its own timeout); asking again gives the
@@ -48,6 +58,8 @@ pub const SAME_ASSOCIATION_WAIT: Duration = Duration::from_millis(500);
 pub const REPORT_ATTEMPTS: u32 = 4;
 /// The wait before the second attempt (doubled for each later one).
 pub const REPORT_RETRY: Duration = Duration::from_secs(5);
+/// How often a report that waits for deliveries looks again.
+const WAITING_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the reports of the mirrors the agent asked for commitment go (the
 /// SCU role, `crate::replicate::commit`): a mirror that reports on a new
@@ -61,11 +73,23 @@ pub trait ReportSink: Send + Sync {
 /// → the peer, if it is a configured remote AE.
 pub type Resolver = Box<dyn Fn(&str, &str) -> Option<Peer> + Send + Sync>;
 
+/// What a sender's commitment waits for beyond the spool: delivery to
+/// these targets (`commit_after_delivery_to`), for at most this long.
+#[derive(Debug, Clone, Default)]
+pub struct SenderPolicy {
+    /// Targets the objects must be delivered to (committed, for a target
+    /// with storage commitment).
+    pub after_delivery_to: Vec<String>,
+    /// How long a report waits for them.
+    pub wait: Duration,
+}
+
 /// The storage commitment SCP shared by the listeners.
 pub struct CommitmentScp {
     index: Index,
     counters: Arc<super::Ingest>,
     resolve: Resolver,
+    policies: std::collections::HashMap<String, SenderPolicy>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -79,6 +103,27 @@ pub struct Pending {
     pub our_ae: String,
     /// The report.
     pub report: Report,
+    /// When the sender's policy makes the report wait for deliveries: the
+    /// request (evaluated again until every object is delivered) and the
+    /// deadline.
+    pub waiting: Option<(Request, tokio::time::Instant)>,
+}
+
+/// What a request's objects are, now.
+pub struct Answer {
+    /// The report as it stands (objects still waiting for a delivery are
+    /// in neither list).
+    pub report: Report,
+    /// Objects held here but not delivered yet to the targets the sender's
+    /// policy names.
+    pub waiting: usize,
+}
+
+/// How one referenced object stands.
+enum Standing {
+    Committed,
+    Waiting,
+    Failed(u16),
 }
 
 impl CommitmentScp {
@@ -88,6 +133,7 @@ impl CommitmentScp {
         index: Index,
         ingest: Arc<super::Ingest>,
         resolve: Resolver,
+        policies: std::collections::HashMap<String, SenderPolicy>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -95,68 +141,106 @@ impl CommitmentScp {
             index,
             counters: ingest,
             resolve,
+            policies,
             tracker,
             shutdown,
         }
+    }
+
+    /// The policy of a sender (by calling AE title).
+    pub fn policy(&self, calling_ae: &str) -> SenderPolicy {
+        self.policies
+            .get(calling_ae.trim())
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn counters(&self) -> &IngestCounters {
         &self.counters.counters
     }
 
-    /// The report for `request`, from the index (blocking reads: call it
-    /// off the async threads, [`CommitmentScp::answer_async`]).
-    pub fn answer(&self, request: &Request) -> Report {
+    /// How `request` stands now, from the index, for a sender with
+    /// `policy` (blocking reads: call it off the async threads,
+    /// [`CommitmentScp::answer_async`]). `last`: the deadline passed, so
+    /// what still waits is reported failed.
+    pub fn answer(&self, request: &Request, policy: &SenderPolicy, last: bool) -> Answer {
         let mut committed = Vec::new();
         let mut failed = Vec::new();
+        let mut waiting = 0;
         for r in &request.references {
-            match self.holds(r) {
-                Ok(None) => committed.push(r.clone()),
-                Ok(Some(why)) => failed.push((r.clone(), why)),
+            match self.standing(r, policy) {
+                Ok(Standing::Committed) => committed.push(r.clone()),
+                Ok(Standing::Waiting) if last => {
+                    failed.push((r.clone(), reason::PROCESSING_FAILURE));
+                }
+                Ok(Standing::Waiting) => waiting += 1,
+                Ok(Standing::Failed(why)) => failed.push((r.clone(), why)),
                 Err(e) => {
                     tracing::error!(sop_instance_uid = %r.instance_uid.escape_debug(), error = %e, "storage commitment: the index cannot be read");
                     failed.push((r.clone(), reason::PROCESSING_FAILURE));
                 }
             }
         }
-        let c = self.counters();
-        c.commitment_requests.fetch_add(1, Ordering::Relaxed);
-        c.commitment_committed
-            .fetch_add(committed.len() as u64, Ordering::Relaxed);
-        c.commitment_failed
-            .fetch_add(failed.len() as u64, Ordering::Relaxed);
-        Report {
-            transaction_uid: request.transaction_uid.clone(),
-            committed,
-            failed,
+        Answer {
+            report: Report {
+                transaction_uid: request.transaction_uid.clone(),
+                committed,
+                failed,
+            },
+            waiting,
         }
     }
 
+    /// A report is final: count it.
+    fn count(&self, report: &Report) {
+        let c = self.counters();
+        c.commitment_requests.fetch_add(1, Ordering::Relaxed);
+        c.commitment_committed
+            .fetch_add(report.committed.len() as u64, Ordering::Relaxed);
+        c.commitment_failed
+            .fetch_add(report.failed.len() as u64, Ordering::Relaxed);
+    }
+
     /// [`CommitmentScp::answer`] on the blocking pool.
-    pub async fn answer_async(self: &Arc<Self>, request: Request) -> Report {
+    pub async fn answer_async(
+        self: &Arc<Self>,
+        request: Request,
+        policy: SenderPolicy,
+        last: bool,
+    ) -> Answer {
         let me = self.clone();
         let uid = request.transaction_uid.clone();
         let refs = request.references.clone();
-        match tokio::task::spawn_blocking(move || me.answer(&request)).await {
-            Ok(report) => report,
+        match tokio::task::spawn_blocking(move || me.answer(&request, &policy, last)).await {
+            Ok(answer) => answer,
             Err(e) => {
                 tracing::error!(error = %e, "storage commitment: answering failed");
-                Report {
-                    transaction_uid: uid,
-                    committed: Vec::new(),
-                    failed: refs
-                        .into_iter()
-                        .map(|r| (r, reason::PROCESSING_FAILURE))
-                        .collect(),
+                Answer {
+                    report: Report {
+                        transaction_uid: uid,
+                        committed: Vec::new(),
+                        failed: refs
+                            .into_iter()
+                            .map(|r| (r, reason::PROCESSING_FAILURE))
+                            .collect(),
+                    },
+                    waiting: 0,
                 }
             }
         }
     }
 
-    /// None: committed; else the Failure Reason.
-    fn holds(&self, r: &SopRef) -> Result<Option<u16>, pacs_mirror_store::index::IndexError> {
+    /// How `r` stands: committed (held with its class, and delivered where
+    /// the policy says), waiting (held, not delivered there yet), or failed
+    /// with its reason.
+    fn standing(
+        &self,
+        r: &SopRef,
+        policy: &SenderPolicy,
+    ) -> Result<Standing, pacs_mirror_store::index::IndexError> {
         let versions = self.index.versions(&r.instance_uid)?;
         let mut other_class = false;
+        let mut held_here = false;
         for v in &versions {
             let Ok(hash) = parse_hash(&v.blake3) else {
                 continue;
@@ -168,16 +252,34 @@ impl CommitmentScp {
             if !held {
                 continue;
             }
-            if v.sop_class_uid == r.class_uid {
-                return Ok(None);
+            if v.sop_class_uid != r.class_uid {
+                other_class = true;
+                continue;
             }
-            other_class = true;
+            held_here = true;
+            let mut everywhere = true;
+            for t in &policy.after_delivery_to {
+                if !self.index.is_delivered(t, &hash)? {
+                    everywhere = false;
+                    break;
+                }
+            }
+            if everywhere {
+                return Ok(Standing::Committed);
+            }
         }
-        Ok(Some(if other_class {
-            reason::CLASS_INSTANCE_CONFLICT
+        Ok(if held_here {
+            Standing::Waiting
+        } else if other_class {
+            Standing::Failed(reason::CLASS_INSTANCE_CONFLICT)
         } else {
-            reason::NO_SUCH_OBJECT_INSTANCE
-        }))
+            Standing::Failed(reason::NO_SUCH_OBJECT_INSTANCE)
+        })
+    }
+
+    /// The report is final as it stands: counted.
+    pub fn final_report(&self, report: &Report) {
+        self.count(report);
     }
 
     /// Deliver `pending` on a new association, in the background.
@@ -186,7 +288,25 @@ impl CommitmentScp {
         self.tracker.spawn(async move { me.deliver(pending).await });
     }
 
-    async fn deliver(&self, p: Pending) {
+    async fn deliver(&self, mut p: Pending) {
+        if let Some((request, deadline)) = p.waiting.take() {
+            // The sender's policy: wait until every object it holds here is
+            // delivered where the policy says, or the deadline.
+            let policy = self.policy(&p.their_ae);
+            loop {
+                let last = tokio::time::Instant::now() >= deadline;
+                let answer = self.answer(&request, &policy, last);
+                if answer.waiting == 0 {
+                    p.report = answer.report;
+                    break;
+                }
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(WAITING_LOOK_EVERY) => {}
+                }
+            }
+            self.count(&p.report);
+        }
         let uid = p.report.transaction_uid.clone();
         let Some(peer) = (self.resolve)(&p.their_ae, &p.our_ae) else {
             self.counters()

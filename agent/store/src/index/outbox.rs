@@ -306,6 +306,12 @@ impl Index {
         Ok(when)
     }
 
+    /// Whether `target` has `hash` as delivered (for a target with storage
+    /// commitment: committed).
+    pub fn is_delivered(&self, target: &str, hash: &ObjectId) -> Result<bool, IndexError> {
+        Ok(self.kv.get(&delivered_key(target, hash))?.is_some())
+    }
+
     /// Whether `due`'s row is still where it was read (not moved since).
     pub fn still_pending(&self, target: &str, due: &Due) -> Result<bool, IndexError> {
         Ok(self
