@@ -32,6 +32,21 @@ pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 /// new association.
 const COMMITMENT_REPORT_TIMEOUT_SECS: u64 = 30;
 
+/// The listener's seam for mirrors' commitment reports, implemented by
+/// the replication's commitment state (wired here, so that neither module
+/// depends on the other for it).
+impl crate::scp::commitment::ReportSink for crate::replicate::commit::Commitments {
+    fn on_report(
+        &self,
+        calling_ae: &str,
+        report: &pacs_mirror_dicom::commitment::Report,
+    ) -> Result<(), String> {
+        crate::replicate::commit::Commitments::on_report(self, Some(calling_ae), report)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Errors starting or running the agent.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -157,14 +157,6 @@ impl Commitments {
     }
 }
 
-impl crate::scp::commitment::ReportSink for Commitments {
-    fn on_report(&self, calling_ae: &str, report: &Report) -> Result<(), String> {
-        Commitments::on_report(self, Some(calling_ae), report)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// The commitment worker of `target`: ask, re-ask, until `shutdown`.
 pub async fn run(commitments: Arc<Commitments>, target: String, shutdown: CancellationToken) {
     let Some(t) = commitments.targets.get(&target).cloned() else {
