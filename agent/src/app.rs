@@ -28,6 +28,11 @@ use pacs_mirror_store::spool::{Spool, SpoolError, SpoolLimits};
 
 /// How long shutdown waits for in-flight stores before giving up.
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the running agent records its clock in the index.
+const CLOCK_MARK_EVERY: Duration = Duration::from_secs(5);
+/// A wall clock this far from the agent's is reported (a jump, not drift).
+const CLOCK_DRIFT_WARN_MS: u64 = 60_000;
+
 /// Seconds allowed for each step of a storage commitment report sent on a
 /// new association.
 const COMMITMENT_REPORT_TIMEOUT_SECS: u64 = 30;
@@ -126,6 +131,17 @@ pub fn open_store(
     let dirs = DataDirs::new(&config.device.data_dir);
     let spool = Arc::new(Spool::open(&dirs.spool, spool_limits(config))?);
     let index = Index::open(&dirs.index)?;
+    // Due times are on the agent's clock: never before what the index last
+    // recorded, even if the wall clock was set back while it was stopped.
+    let mark = index.clock_high_water()?.unwrap_or(0);
+    let now = pacs_mirror_store::clock::rebase(mark);
+    let behind = mark.saturating_sub(pacs_mirror_store::clock::wall_ms());
+    if behind > CLOCK_DRIFT_WARN_MS {
+        tracing::warn!(
+            behind_secs = behind / 1000,
+            "the wall clock is behind the time this agent last recorded: it keeps its own clock from {now} (Unix ms); due times and retries are not postponed"
+        );
+    }
     let report = recovery::recover(&spool, &index, &target_names(config), verify_all)?;
     spool.set_used_bytes(index.spool_bytes()?);
     Ok((spool, index, report))
@@ -568,6 +584,33 @@ pub async fn run_with(
             shutdown.clone(),
         ))
     };
+    {
+        // The clock's high-water mark, and a word when the wall clock jumps.
+        let index = index.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let mut reported = 0i64;
+            loop {
+                if let Err(e) = index.put_clock_high_water(crate::unix_ms()) {
+                    tracing::debug!(error = %e, "recording the clock failed (retried)");
+                }
+                let drift = pacs_mirror_store::clock::drift_ms();
+                if drift.unsigned_abs() > CLOCK_DRIFT_WARN_MS
+                    && (drift - reported).unsigned_abs() > CLOCK_DRIFT_WARN_MS
+                {
+                    reported = drift;
+                    tracing::warn!(
+                        drift_secs = drift / 1000,
+                        "the wall clock jumped: retries, timers and the times this agent shows keep its own clock (monotonic since start) until it restarts"
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(CLOCK_MARK_EVERY) => {}
+                }
+            }
+        });
+    }
     let specs = targets(&config)?;
     // Targets with storage commitment: their mirrors' reports may come on
     // associations the mirrors open to the listeners.

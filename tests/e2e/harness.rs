@@ -224,15 +224,22 @@ impl Agent {
     /// `--log-format json`).
     pub fn start_with_args(config: &AgentConfig, args: &[&str]) -> Agent {
         let parent = config.data_dir.parent().expect("data_dir has a parent");
-        Agent::spawn(config, parent, args)
+        Agent::spawn(config, parent, args, &[])
+    }
+
+    /// As [`Agent::start`], with more environment variables (e.g.
+    /// libfaketime's).
+    pub fn start_with_env(config: &AgentConfig, env: &[(&str, &str)]) -> Agent {
+        let parent = config.data_dir.parent().expect("data_dir has a parent");
+        Agent::spawn(config, parent, &[], env)
     }
 
     /// As [`Agent::start`], with the config file and log in `parent`.
     pub fn start_with_config_dir(config: &AgentConfig, parent: &Path) -> Agent {
-        Agent::spawn(config, parent, &[])
+        Agent::spawn(config, parent, &[], &[])
     }
 
-    fn spawn(config: &AgentConfig, parent: &Path, args: &[&str]) -> Agent {
+    fn spawn(config: &AgentConfig, parent: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let parent = parent.to_path_buf();
         std::fs::create_dir_all(&parent).expect("creating the config dir");
         let config_path = parent.join(format!("pacs-mirror-{}.toml", config.port));
@@ -249,6 +256,7 @@ impl Agent {
                 std::env::var("E2E_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

@@ -17,6 +17,7 @@ mod alerts;
 mod backfill;
 mod bad_input;
 mod cli_mistakes;
+mod clock;
 mod commitment;
 mod console;
 mod content;

@@ -16,6 +16,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod clock;
 pub mod commit;
 pub mod identify;
 pub mod index;
@@ -23,9 +24,9 @@ pub mod recovery;
 pub mod retention;
 pub mod spool;
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
+/// Milliseconds since the Unix epoch on the agent's clock ([`clock`]):
+/// anchored on the wall clock, then monotonic while the process runs, so
+/// that due times and retries survive the wall clock jumping.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    clock::now_ms()
 }

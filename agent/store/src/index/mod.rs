@@ -18,6 +18,7 @@
 //! p/<blake3:32>                                   -> PendingRecord  (commit in flight, see [`pending`])
 //! m/delivered\0<target>                           -> u64 BE: how many d/<target> rows (see [`outbox`])
 //! m/last_delivered\0<target>                      -> u64 BE: the latest delivered_at_ms of them
+//! m/clock                                         -> u64 BE: the agent clock's high-water mark (see [`crate::clock`])
 //! a/<calling AE title>                            -> last store time (see [`sources`])
 //! f/<kind>\0<subject>                              -> a firing alert (see [`sources`])
 //! ```
@@ -211,6 +212,8 @@ pub struct Stats {
 }
 
 const OBJ: &[u8] = b"o/";
+/// The agent clock's high-water mark (u64 BE).
+const CLOCK_MARK: &[u8] = b"m/clock";
 const INST: &[u8] = b"i/";
 const HIER: &[u8] = b"h/";
 const CONFLICT: &[u8] = b"c/";
@@ -343,6 +346,24 @@ impl Index {
     /// Open the sled index in `dir`.
     pub fn open(dir: &std::path::Path) -> Result<Self, IndexError> {
         Ok(Index::new(Arc::new(SledKv::open(dir)?)))
+    }
+
+    /// The latest time of the agent's clock the index recorded (Unix ms):
+    /// the clock never starts before it ([`crate::clock::rebase`]).
+    pub fn clock_high_water(&self) -> Result<Option<u64>, IndexError> {
+        Ok(self
+            .kv
+            .get(CLOCK_MARK)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Record the agent's clock (the running agent, every few seconds).
+    pub fn put_clock_high_water(&self, ms: u64) -> Result<(), IndexError> {
+        Ok(self.apply(vec![Op::Put(
+            CLOCK_MARK.to_vec(),
+            ms.to_be_bytes().to_vec(),
+        )])?)
     }
 
     /// Make all applied batches durable.
