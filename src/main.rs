@@ -947,6 +947,7 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
         findings: admin::FindingsStatus::from_index(&index)?,
         workers: Default::default(),
         tls: None,
+        storage_unhealthy: None,
     })
 }
 
@@ -995,6 +996,12 @@ fn print_status(s: &admin::Status) {
             "  ingest since start: {} stored ({} not conformant, kept), {} identical re-sends, {} new versions, {} refused",
             i.stored, i.kept_with_findings, i.duplicates, i.conflicts, i.failed
         );
+        if let Some(l) = &s.storage_unhealthy {
+            println!(
+                "  STORAGE UNHEALTHY since {}: {l}; check the disk, then restart the agent (ops/runbooks/disk-full.md)",
+                pacs_mirror_agent::iso_utc(l.at_ms)
+            );
+        }
     } else {
         println!(
             "pacs-mirror {}: not running (figures from the index)",

@@ -735,7 +735,8 @@ pub async fn run_with(
             ingest.activity.clone(),
             started_at_ms,
         )
-        .with_tls(crate::tls::device_tls(&config)?),
+        .with_tls(crate::tls::device_tls(&config)?)
+        .with_storage(ingest.committer.health()),
     );
     workers.spawn(
         crate::monitor::Checker::new(

@@ -135,6 +135,10 @@ pub struct Status {
     /// (running agent with TLS only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsStatus>,
+    /// A failed flush latched the store: every store is refused until a
+    /// restart re-verifies (running agent only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_unhealthy: Option<pacs_mirror_store::commit::Latched>,
 }
 
 /// Extra Prometheus text for `/metrics`.
@@ -231,6 +235,7 @@ impl Source {
             },
             findings: FindingsStatus::from_index(&self.index)?,
             spool_bytes: self.ingest.spool.used_bytes(),
+            storage_unhealthy: self.ingest.committer.unhealthy(),
             targets,
             alerts: self
                 .monitor

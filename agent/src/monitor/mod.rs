@@ -182,6 +182,8 @@ pub struct Inputs<'a> {
     /// This device's TLS certificate: described, and its end of validity
     /// (Unix s); None without TLS.
     pub certificate: Option<(String, i64)>,
+    /// Why the store refuses every object (a failed flush), if it does.
+    pub unhealthy: Option<pacs_mirror_store::commit::Latched>,
 }
 
 /// A condition that holds.
@@ -344,6 +346,16 @@ where
             });
         }
     }
+    if let Some(l) = &i.unhealthy {
+        out.push(Condition {
+            kind: "storage_unhealthy",
+            subject: "spool".into(),
+            text: format!(
+                "{l} (since {}): every store is answered A700; check the disk (dmesg, smartctl), then restart the agent: start-up recovery re-verifies the spool and the index (runbook: ops/runbooks/disk-full.md)",
+                local_time(tz, l.at_ms)
+            ),
+        });
+    }
     if let Some((described, not_after)) = &i.certificate {
         let left = not_after.saturating_sub((i.now_ms / 1000) as i64);
         g.certificate_expiry_s = Some(left);
@@ -436,6 +448,8 @@ pub struct Monitor {
     pub activity: Arc<Activity>,
     started_ms: u64,
     state: Mutex<State>,
+    /// The store's latch (a failed flush).
+    storage: pacs_mirror_store::commit::StorageHealth,
 }
 
 impl Monitor {
@@ -447,7 +461,14 @@ impl Monitor {
             activity,
             started_ms,
             state: Mutex::default(),
+            storage: Default::default(),
         }
+    }
+
+    /// Watch the store's latch (a failed flush refuses every store).
+    pub fn with_storage(mut self, storage: pacs_mirror_store::commit::StorageHealth) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// Watch this TLS material's certificate for expiry.
@@ -673,6 +694,7 @@ impl Monitor {
                 .as_ref()
                 .and_then(|t| t.certificate())
                 .map(|c| (c.describe(), c.not_after)),
+            unhealthy: self.storage.unhealthy(),
         };
         let (mut conditions, gauges) = evaluate(&self.settings, &inputs, &chrono::Local);
         let spool_unknown = room.is_none();

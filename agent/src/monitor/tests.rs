@@ -59,6 +59,7 @@ fn eval(
         targets,
         room,
         certificate: None,
+        unhealthy: None,
     };
     evaluate(s, &i, &Utc)
 }
@@ -101,6 +102,7 @@ fn silence_counts_from_the_last_store_or_the_start() {
         targets: &BTreeMap::new(),
         room: None,
         certificate: None,
+        unhealthy: None,
     };
     let (quiet, g) = evaluate(&s, &i, &Utc);
     assert!(quiet.is_empty(), "{quiet:?}");
@@ -379,6 +381,7 @@ fn an_expiring_certificate_raises_its_alert_and_an_expired_one_says_so() {
             targets: &targets,
             room: None,
             certificate: Some(("subject \"CN=agent\"".into(), not_after_s)),
+            unhealthy: None,
         };
         evaluate(&s, &i, &Utc)
     };
@@ -394,4 +397,29 @@ fn an_expiring_certificate_raises_its_alert_and_an_expired_one_says_so() {
     assert_eq!(kinds(&gone), [("certificate_expiring", "tls")]);
     assert!(gone[0].text.contains("EXPIRED"), "{}", gone[0].text);
     assert_eq!(g.certificate_expiry_s, Some(-60));
+}
+
+#[test]
+fn a_latched_store_raises_storage_unhealthy_with_what_to_do() {
+    let s = settings();
+    let sources = BTreeMap::new();
+    let targets = BTreeMap::new();
+    let i = Inputs {
+        now_ms: NOW,
+        started_ms: NOW - H,
+        sources: &sources,
+        targets: &targets,
+        room: None,
+        certificate: None,
+        unhealthy: Some(pacs_mirror_store::commit::Latched {
+            what: "spool file fdatasync".into(),
+            error: "objects/ab/x.dcm: Input/output error (os error 5)".into(),
+            at_ms: NOW - 60_000,
+        }),
+    };
+    let (c, _) = evaluate(&s, &i, &Utc);
+    assert_eq!(kinds(&c), [("storage_unhealthy", "spool")]);
+    assert!(c[0].text.contains("A700"), "{}", c[0].text);
+    assert!(c[0].text.contains("restart"), "{}", c[0].text);
+    assert!(c[0].text.contains("os error 5"), "{}", c[0].text);
 }

@@ -57,6 +57,19 @@
 //!   are durable are finalized anyway (as before: harmless, nothing
 //!   acknowledged, and a re-send finds them).
 //!
+//! # A failed flush latches the store unhealthy
+//! A file `fdatasync` or directory `fsync` that fails with anything but
+//! ENOSPC, or an index flush that fails, is never retried and trusted:
+//! after an EIO Linux may have dropped the dirty pages, and a second fsync
+//! then "succeeds" on data that is gone (PostgreSQL's "fsyncgate"). The
+//! jobs it concerns fail (A700) as above, and the committer **latches**
+//! ([`Latched`]): every later job is refused at once ([`CommitError::Unhealthy`],
+//! A700), until the process restarts and start-up recovery re-verifies the
+//! spool and the index. `status`, `/status` and the `storage_unhealthy`
+//! alert say what failed and what to do. ENOSPC from a flush (delayed
+//! allocation on a full disk) fails its jobs without latching: the data is
+//! still in the page cache, and freeing space is the fix.
+//!
 //! # Crash behaviour
 //! During step 1: temp files (removed at start-up) and names under
 //! `objects/` whose data may not be durable, without index rows (the
@@ -147,6 +160,51 @@ pub enum CommitError {
     /// The committer is gone.
     #[error("index committer stopped")]
     Stopped,
+    /// A flush failed earlier: nothing is stored until a restart
+    /// re-verifies (see the module header).
+    #[error("{0}")]
+    Unhealthy(Latched),
+}
+
+/// Why the store refuses every object: a flush that failed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Latched {
+    /// What failed: `spool file fdatasync`, `spool directory fsync` or
+    /// `index flush`.
+    pub what: String,
+    /// The error, as the system gave it.
+    pub error: String,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
+impl std::fmt::Display for Latched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "storage unhealthy: a {} failed ({}); nothing is stored until the agent restarts and re-verifies the spool",
+            self.what, self.error
+        )
+    }
+}
+
+/// The latch shared by the committer thread and its handles.
+type Latch = Arc<Mutex<Option<Latched>>>;
+
+fn latch_once(latch: &Latch, what: &str, error: &str) {
+    let mut l = latch.lock().unwrap_or_else(|p| p.into_inner());
+    if l.is_none() {
+        tracing::error!(
+            what,
+            error,
+            "storage latched unhealthy: every store is refused (A700) until the agent restarts and re-verifies the spool and the index"
+        );
+        *l = Some(Latched {
+            what: what.to_string(),
+            error: error.to_string(),
+            at_ms: crate::unix_ms(),
+        });
+    }
 }
 
 struct Job {
@@ -160,6 +218,7 @@ struct Job {
 pub struct Committer {
     tx: mpsc::Sender<Job>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    latch: Latch,
 }
 
 impl Committer {
@@ -167,9 +226,11 @@ impl Committer {
     /// `targets`.
     pub fn start(spool: Arc<Spool>, index: Index, targets: Vec<String>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
+        let latch: Latch = Arc::default();
+        let thread_latch = latch.clone();
         let spawned = std::thread::Builder::new()
             .name("pacs-mirror-commit".into())
-            .spawn(move || run(&spool, &index, &targets, &rx));
+            .spawn(move || run(&spool, &index, &targets, &rx, &thread_latch));
         let thread = match spawned {
             Ok(handle) => Some(handle),
             Err(e) => {
@@ -182,7 +243,19 @@ impl Committer {
         Committer {
             tx,
             thread: Arc::new(std::sync::Mutex::new(thread)),
+            latch,
         }
+    }
+
+    /// Whether a failed flush latched the store unhealthy, and why.
+    pub fn unhealthy(&self) -> Option<Latched> {
+        self.health().unhealthy()
+    }
+
+    /// A handle on the latch alone (it does not keep the committer running,
+    /// as a `Committer` clone would).
+    pub fn health(&self) -> StorageHealth {
+        StorageHealth(self.latch.clone())
     }
 
     /// Drop this handle and, if it is the last one, wait for the committer
@@ -190,7 +263,7 @@ impl Committer {
     /// handle is closed when this returns. Every submitted job has had its
     /// answer by then.
     pub fn finish(self) {
-        let Committer { tx, thread } = self;
+        let Committer { tx, thread, .. } = self;
         drop(tx);
         if Arc::strong_count(&thread) == 1
             && let Ok(mut slot) = thread.lock()
@@ -219,6 +292,17 @@ impl Committer {
     }
 }
 
+/// Reads the committer's latch ([`Committer::health`]).
+#[derive(Clone, Default)]
+pub struct StorageHealth(Latch);
+
+impl StorageHealth {
+    /// Whether a failed flush latched the store unhealthy, and why.
+    pub fn unhealthy(&self) -> Option<Latched> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// The outcome of a submitted object, to come.
 #[derive(Debug)]
 pub struct Ticket {
@@ -242,7 +326,7 @@ impl Ticket {
 /// before they are applied on their own.
 const FINALIZE_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
 
-fn run(spool: &Spool, index: &Index, targets: &[String], rx: &mpsc::Receiver<Job>) {
+fn run(spool: &Spool, index: &Index, targets: &[String], rx: &mpsc::Receiver<Job>, latch: &Latch) {
     // Finalize operations of the last batch (step 5), applied with the next
     // batch's first index write, or alone after FINALIZE_IDLE.
     let mut carry: Vec<Op> = Vec::new();
@@ -270,7 +354,7 @@ fn run(spool: &Spool, index: &Index, targets: &[String], rx: &mpsc::Receiver<Job
             }
         }
         let n = jobs.len();
-        commit_batch(spool, index, targets, jobs, &mut carry);
+        commit_batch(spool, index, targets, jobs, &mut carry, latch);
         tracing::trace!(objects = n, "group commit");
     }
     // Every handle is gone: make the last batch's finalize and undo durable,
@@ -414,7 +498,17 @@ fn commit_batch(
     targets: &[String],
     jobs: Vec<Job>,
     carry: &mut Vec<Op>,
+    latch: &Latch,
 ) {
+    // Latched: refuse at once (each temp file goes with its job).
+    let latched = latch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(l) = latched {
+        for Job { reply, .. } in jobs {
+            let _ = reply.send(Err(CommitError::Unhealthy(l.clone())));
+        }
+        apply_carry(index, carry);
+        return;
+    }
     // Step 1, per object: identify and name (not yet durable).
     let mut placed = Vec::with_capacity(jobs.len());
     for Job { pending, reply } in jobs {
@@ -503,6 +597,18 @@ fn commit_batch(
     }
     if let Some(e) = &index_failed {
         tracing::error!(error = %e, "index flush failed");
+        latch_once(latch, "index flush", &e.to_string());
+    }
+    for (what, failed) in [
+        ("spool file fdatasync", &failed_files),
+        ("spool directory fsync", &failed_dirs),
+    ] {
+        if let Some((path, e)) = failed
+            .iter()
+            .find(|(_, e)| e.0 != std::io::ErrorKind::StorageFull)
+        {
+            latch_once(latch, what, &format!("{}: {}", path.display(), e.1));
+        }
     }
     // Step 4: answer.
     let mut fate: BTreeMap<ObjectId, (bool, Option<PathBuf>)> = BTreeMap::new();
@@ -744,6 +850,19 @@ mod tests {
             matches!(&r, Err(CommitError::IndexFlush(e)) if e.to_string().contains("device gone")),
             "{r:?}"
         );
+        // Latched: the next store is refused at once, its temp file gone,
+        // nothing indexed, and the handle says why.
+        let latched = c.unhealthy().expect("latched after a failed flush");
+        assert_eq!(latched.what, "index flush");
+        assert!(latched.error.contains("device gone"), "{latched:?}");
+        let other = dataset("1.2.3.10", "P");
+        let r = c.commit(pending(&spool, "1.2.3.10", &other)).await;
+        assert!(
+            matches!(&r, Err(CommitError::Unhealthy(l)) if *l == latched),
+            "{r:?}"
+        );
+        assert!(r.unwrap_err().to_string().contains("restarts"));
+        assert!(index.versions("1.2.3.10").unwrap().is_empty());
         tokio::task::spawn_blocking(move || c.finish())
             .await
             .unwrap();

@@ -55,6 +55,7 @@ pub fn for_alert(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "source_silent" => "link-diagnosis",
         "circuit_open" | "queue_stuck" | "dead_letters" | "commitment_overdue" => "stuck-queue",
+        "storage_unhealthy" => "disk-full",
         "spool_low_space" => "disk-full",
         "duplicate_ae_title" => "duplicate-ae-title",
         "drill_failed" | "drill_over_objective" => "drill-failed",
