@@ -22,6 +22,7 @@ from benchlib import (BenchError, LinkEmu, Scenario, check_send, free_port, http
                       print_context, ratio_line, send, stop, sync_disks, warm)
 from datasets import ct_dataset
 from scenario_ingest import prepare_binary
+from scenario_s3 import S3_OPTIONS
 
 WAN_DOC = """\
 Replication over an emulated WAN link: DCMTK storescu sending straight
@@ -161,10 +162,6 @@ def fmt_ms(v: float) -> str:
 
 
 # ---------------------------------------------------------------- the runs
-
-S3_OPTIONS = {"allow_http": "true", "region": "us-east-1", "access_key_id": "test",
-              "secret_access_key": "test", "virtual_hosted_style_request": "false"}
-
 
 def agent_for(binary: Path, workdir: Path, tag: str, link: LinkEmu, mirror: receivers.Receiver,
               concurrency: int | None) -> receivers.PacsMirror:

@@ -78,7 +78,6 @@ fn retries_keep_their_backoff_when_the_wall_clock_is_set_back_two_hours() {
     // hours later.
     let out = dir.path().join("mirror");
     let _mirror = StoreScp::start(mirror_port, "MIRROR", &out, &[]);
-    let back = Instant::now();
     wait(
         "every object delivered",
         Duration::from_secs(30),
@@ -88,7 +87,6 @@ fn retries_keep_their_backoff_when_the_wall_clock_is_set_back_two_hours() {
             t["delivered"] == files.len() as u64 && t["pending"] == 0
         },
     );
-    assert!(back.elapsed() < Duration::from_secs(30));
     assert_eq!(files_under(&out).len(), files.len());
     agent.stop();
 }

@@ -1504,6 +1504,21 @@ pub fn admin_get(port: u16, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `pacs-mirror status --json` of the running agent (fails the test if the
+/// answer does not come from it).
+pub fn running_status(config_path: &Path) -> Value {
+    let out = run(
+        Command::new(bin())
+            .args(["status", "--json", "--config"])
+            .arg(config_path),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "status failed: {}", out.all());
+    let v: Value = serde_json::from_str(&out.stdout).expect("status JSON");
+    assert_eq!(v["running"], true, "status not from the running agent: {v}");
+    v
+}
+
 /// The remote device `MIRROR` (an acceptor on 127.0.0.1:`mirror_port`, plus
 /// `remote_ae_extra` lines) and a DICOM target `mirror` to it that retries
 /// quickly, as TOML to append to an agent's configuration.

@@ -254,16 +254,7 @@ pub fn check_bucket(reader: &S3Reader, prefix: &str) -> Held {
 
 /// `status --json` of the running agent: the target `name`.
 pub fn target_status(config_path: &Path, name: &str) -> Value {
-    let out = run(
-        Command::new(bin())
-            .args(["status", "--json", "--config"])
-            .arg(config_path),
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success(), "status failed: {}", out.all());
-    let v: Value = serde_json::from_str(&out.stdout).expect("status JSON");
-    assert_eq!(v["running"], true, "status not from the running agent: {v}");
-    v["targets"][name].clone()
+    running_status(config_path)["targets"][name].clone()
 }
 
 pub fn wait_target(

@@ -298,6 +298,18 @@ fn items(obj: &InMemDicomObject, tag: Tag) -> Result<Vec<(SopRef, Option<u16>)>,
     Ok(out)
 }
 
+/// The presentation context both roles propose: this SOP class in
+/// Explicit or Implicit VR Little Endian.
+pub fn presentation_context() -> (String, Vec<String>) {
+    (
+        SOP_CLASS.to_string(),
+        vec![
+            crate::scu::EXPLICIT_VR_LE.to_string(),
+            crate::scu::IMPLICIT_VR_LE.to_string(),
+        ],
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Command sets
 // ---------------------------------------------------------------------------

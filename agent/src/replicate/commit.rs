@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use pacs_mirror_dicom::commitment::{self, Report, Request, SopRef};
 use pacs_mirror_dicom::dimse::{CommandField, Status};
-use pacs_mirror_dicom::scu::{self, AssociationRequest, Inbound, Peer, Scu, ScuError};
+use pacs_mirror_dicom::scu::{AssociationRequest, Inbound, Peer, Scu, ScuError};
 use pacs_mirror_store::index::commitment::Applied;
 use pacs_mirror_store::index::{Index, IndexError, ObjectId};
 use tokio_util::sync::CancellationToken;
@@ -255,13 +255,7 @@ async fn request(
     references: Vec<SopRef>,
 ) -> Result<(), PassError> {
     let rq = AssociationRequest {
-        contexts: vec![(
-            commitment::SOP_CLASS.to_string(),
-            vec![
-                scu::EXPLICIT_VR_LE.to_string(),
-                scu::IMPLICIT_VR_LE.to_string(),
-            ],
-        )],
+        contexts: vec![commitment::presentation_context()],
         ..AssociationRequest::default()
     };
     let mut assoc = Scu::associate(&t.peer, &rq).await?;

@@ -36,7 +36,7 @@
 //!
 //! | outcome | row |
 //! |---|---|
-//! | DICOM Success or a warning (Bxxx); object stored (or found, verified) with its manifest entry | delivered |
+//! | DICOM Success or a warning (Bxxx); object stored (or found, verified) with its manifest entry | delivered (a target with `storage_commitment`: stored, delivered once the mirror reports it committed, [`commit`]) |
 //! | A7xx (out of resources) | retried after the backoff, without limit; for an object kept with findings (not conformant), counted as a refusal |
 //! | A9xx, Cxxx, 0122, any other failure status, no accepted context for its transfer syntax; the bucket holds other bytes under the key | retried, then dead-lettered after `refused_attempts` |
 //! | refused connection, timeout, abort, rejected association; store or network error | retried without limit (but counted as a refusal of an object kept with findings that was being sent); the circuit opens when the whole batch failed so |

@@ -698,6 +698,38 @@ struct Asked {
     refusal: Option<Status>,
 }
 
+impl Asked {
+    /// Its data set read with `decode`, or the status to answer and why
+    /// (refused at its command, too large, unreadable; a missing attribute
+    /// is 0120H, anything else 0110H).
+    fn read<T>(
+        &self,
+        what: &str,
+        decode: fn(&[u8], &str) -> Result<T, commitment::CommitmentError>,
+    ) -> Result<T, (Status, String)> {
+        if let Some(status) = self.refusal {
+            return Err((status, format!("not a storage commitment {what}")));
+        }
+        if self.too_large {
+            return Err((
+                commitment::status::PROCESSING_FAILURE,
+                format!(
+                    "{what} data set over {} bytes",
+                    commitment::MAX_DATA_SET_BYTES
+                ),
+            ));
+        }
+        decode(&self.bytes, &self.transfer_syntax).map_err(|e| {
+            let status = if matches!(e, commitment::CommitmentError::Missing(_)) {
+                commitment::status::MISSING_ATTRIBUTE
+            } else {
+                commitment::status::PROCESSING_FAILURE
+            };
+            (status, e.to_string())
+        })
+    }
+}
+
 /// Answer an N-ACTION: refused, unreadable, or taken (Success, and the
 /// report is owed: here after [`SAME_ASSOCIATION_WAIT`] unless the sender
 /// releases first).
@@ -712,25 +744,7 @@ async fn answer_commitment<S: Stream>(
     let Some(scp) = &ctx.commitment else {
         return Ok(());
     };
-    let parsed = match (a.refusal, a.too_large) {
-        (Some(status), _) => Err((status, "not a storage commitment request".to_string())),
-        (None, true) => Err((
-            commitment::status::PROCESSING_FAILURE,
-            format!(
-                "request data set over {} bytes",
-                commitment::MAX_DATA_SET_BYTES
-            ),
-        )),
-        (None, false) => Request::decode(&a.bytes, &a.transfer_syntax).map_err(|e| {
-            let status = if matches!(e, commitment::CommitmentError::Missing(_)) {
-                commitment::status::MISSING_ATTRIBUTE
-            } else {
-                commitment::status::PROCESSING_FAILURE
-            };
-            (status, e.to_string())
-        }),
-    };
-    let request = match parsed {
+    let request = match a.read("request", Request::decode) {
         Ok(r) => r,
         Err((status, why)) => {
             tracing::warn!(calling_ae = %origin.calling_ae.escape_debug(), peer = %origin.peer, %status, reason = %why.escape_debug(), "storage commitment request refused");
@@ -796,19 +810,12 @@ async fn take_report<S: Stream>(
     let Some(sink) = &ctx.reports else {
         return Ok(());
     };
-    let outcome = match (a.refusal, a.too_large) {
-        (Some(status), _) => Err((status, "not a storage commitment report".to_string())),
-        (None, true) => Err((
-            commitment::status::PROCESSING_FAILURE,
-            "report data set too large".to_string(),
-        )),
-        (None, false) => match commitment::Report::decode(&a.bytes, &a.transfer_syntax) {
-            Err(e) => Err((commitment::status::PROCESSING_FAILURE, e.to_string())),
-            Ok(report) => sink
-                .on_report(&origin.calling_ae, &report)
-                .map_err(|why| (commitment::status::PROCESSING_FAILURE, why)),
-        },
-    };
+    let outcome = a
+        .read("report", commitment::Report::decode)
+        .and_then(|report| {
+            sink.on_report(&origin.calling_ae, &report)
+                .map_err(|why| (commitment::status::PROCESSING_FAILURE, why))
+        });
     let status = match outcome {
         Ok(()) => Status::Success,
         Err((status, why)) => {

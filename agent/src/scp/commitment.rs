@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use pacs_mirror_dicom::commitment::{self, Report, Request, SopRef, reason};
 use pacs_mirror_dicom::dimse::Status;
-use pacs_mirror_dicom::scu::{self, AssociationRequest, Peer, Scu, ScuError};
+use pacs_mirror_dicom::scu::{AssociationRequest, Peer, Scu, ScuError};
 use pacs_mirror_store::index::{Index, parse_hash};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -191,8 +191,8 @@ impl CommitmentScp {
         }
     }
 
-    /// A report is final: count it.
-    fn count(&self, report: &Report) {
+    /// The report is final as it stands: counted.
+    pub fn final_report(&self, report: &Report) {
         let c = self.counters();
         c.commitment_requests.fetch_add(1, Ordering::Relaxed);
         c.commitment_committed
@@ -277,11 +277,6 @@ impl CommitmentScp {
         })
     }
 
-    /// The report is final as it stands: counted.
-    pub fn final_report(&self, report: &Report) {
-        self.count(report);
-    }
-
     /// Deliver `pending` on a new association, in the background.
     pub fn deliver_later(self: &Arc<Self>, pending: Pending) {
         let me = self.clone();
@@ -305,7 +300,7 @@ impl CommitmentScp {
                     _ = tokio::time::sleep(WAITING_LOOK_EVERY) => {}
                 }
             }
-            self.count(&p.report);
+            self.final_report(&p.report);
         }
         let uid = p.report.transaction_uid.clone();
         let Some(peer) = (self.resolve)(&p.their_ae, &p.our_ae) else {
@@ -377,13 +372,7 @@ pub enum ReportError {
 /// read the N-EVENT-REPORT-RSP, release.
 pub async fn send_report(peer: &Peer, report: &Report) -> Result<(), ReportError> {
     let request = AssociationRequest {
-        contexts: vec![(
-            commitment::SOP_CLASS.to_string(),
-            vec![
-                scu::EXPLICIT_VR_LE.to_string(),
-                scu::IMPLICIT_VR_LE.to_string(),
-            ],
-        )],
+        contexts: vec![commitment::presentation_context()],
         scp_roles: vec![commitment::SOP_CLASS.to_string()],
         max_pdu: None,
     };

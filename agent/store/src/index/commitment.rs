@@ -524,7 +524,8 @@ impl Index {
         Ok(rows.len())
     }
 
-    /// The stored row of `hash` for `target` (tests, `requeue`).
+    /// The stored row of `hash` for `target`.
+    #[cfg(test)]
     pub fn stored_row(
         &self,
         target: &str,

@@ -23,8 +23,9 @@
 //! `status` shows pending as live and backlog.
 //!
 //! # Invariants
-//! - An object is in exactly one of the three states for a target at any
-//!   moment a batch has been applied: every move (reschedule, delivered,
+//! - An object is in exactly one state for a target (pending, delivered,
+//!   dead letter, or for a target with storage commitment stored,
+//!   `super::commitment`) at any moment a batch has been applied: every move (reschedule, delivered,
 //!   dead-letter, retry of a dead letter) writes the new row and removes the
 //!   old one in **one atomic batch**. Were the engine not atomic, the new row
 //!   would have to be written before the old one is removed: a crash between
