@@ -14,41 +14,6 @@ use crate::harness::*;
 
 const ITERATIONS: usize = 10;
 
-struct Expect {
-    uid: String,
-    blake3: String,
-    dataset: Vec<u8>,
-}
-
-/// Every acknowledged instance is indexed with its hash and its spool file
-/// is intact.
-fn check_acked(cfg: &AgentConfig, rows: &[Row], acked: &[&Expect], when: &str) {
-    let mut by_uid: HashMap<&str, Vec<&Row>> = HashMap::new();
-    for r in rows {
-        by_uid
-            .entry(r.sop_instance_uid.as_str())
-            .or_default()
-            .push(r);
-    }
-    for e in acked {
-        let rs = by_uid.get(e.uid.as_str()).unwrap_or_else(|| {
-            panic!(
-                "{when}: acknowledged instance {} is not in the index",
-                e.uid
-            )
-        });
-        assert_eq!(
-            rs.len(),
-            1,
-            "{when}: {} has {} index rows (re-sends are identical)",
-            e.uid,
-            rs.len()
-        );
-        assert_eq!(rs[0].blake3, e.blake3, "{when}: blake3 of {}", e.uid);
-        check_spool_file(cfg, rs[0], Some(&e.dataset));
-    }
-}
-
 #[test]
 fn kill_9_during_ingest_loses_no_acknowledged_instance() {
     let seed: u64 = std::env::var("E2E_CRASH_SEED")

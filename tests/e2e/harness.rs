@@ -1655,3 +1655,40 @@ impl Drop for StoreScp {
         self.stop();
     }
 }
+
+/// What a test sent: the instance, the blake3 of its data set and the
+/// data set bytes.
+pub struct Expect {
+    pub uid: String,
+    pub blake3: String,
+    pub dataset: Vec<u8>,
+}
+
+/// Every acknowledged instance is indexed once with its hash and its spool
+/// file is intact (the crash and power-cut tests).
+pub fn check_acked(cfg: &AgentConfig, rows: &[Row], acked: &[&Expect], when: &str) {
+    let mut by_uid: HashMap<&str, Vec<&Row>> = HashMap::new();
+    for r in rows {
+        by_uid
+            .entry(r.sop_instance_uid.as_str())
+            .or_default()
+            .push(r);
+    }
+    for e in acked {
+        let rs = by_uid.get(e.uid.as_str()).unwrap_or_else(|| {
+            panic!(
+                "{when}: acknowledged instance {} is not in the index",
+                e.uid
+            )
+        });
+        assert_eq!(
+            rs.len(),
+            1,
+            "{when}: {} has {} index rows (re-sends are identical)",
+            e.uid,
+            rs.len()
+        );
+        assert_eq!(rs[0].blake3, e.blake3, "{when}: blake3 of {}", e.uid);
+        check_spool_file(cfg, rs[0], Some(&e.dataset));
+    }
+}

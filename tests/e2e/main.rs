@@ -36,6 +36,7 @@ mod limits;
 mod logs;
 mod mirror;
 mod ops;
+mod powercut;
 pub(crate) mod protocol;
 mod quickstart;
 pub(crate) mod resources;

@@ -18,6 +18,7 @@
 
 pub mod clock;
 pub mod commit;
+pub mod durable_dir;
 pub mod identify;
 pub mod index;
 pub mod recovery;

@@ -327,7 +327,16 @@ impl Filesystem for PowerCutFs {
         let free = blocks.saturating_sub(used);
         let files = 1 << 24;
         let ffree = files - m.inode_count().min(files);
-        reply.statfs(blocks, free, free, files, ffree, BLOCK as u32, 255, BLOCK as u32);
+        reply.statfs(
+            blocks,
+            free,
+            free,
+            files,
+            ffree,
+            BLOCK as u32,
+            255,
+            BLOCK as u32,
+        );
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

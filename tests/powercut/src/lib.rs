@@ -81,6 +81,22 @@ impl Mounted {
         self.model().power_cut(rng)
     }
 
+    /// Cut the power just before changing operation number `after + 1`
+    /// (see [`Model::arm_cut`]); poll [`Mounted::is_frozen`], then take
+    /// the state with [`Mounted::power_cut`].
+    pub fn arm_cut(&self, after: u64) {
+        self.model().arm_cut(after)
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.model().is_frozen()
+    }
+
+    /// Changing operations so far.
+    pub fn ops(&self) -> u64 {
+        self.model().ops()
+    }
+
     /// Inject a fault; returns its id for [`Mounted::fired`].
     pub fn inject(&self, fault: Fault) -> usize {
         self.model().add_fault(fault)

@@ -29,8 +29,9 @@
 //! - Each surviving file has its durable content with the unsynced
 //!   writes replayed by a chosen fate: none of them, all of them, a prefix
 //!   and the next one torn, or each one independently absent, applied,
-//!   torn (only its first bytes) or zero-filled (its extent written, its
-//!   data not: a size update that outran the data).
+//!   torn (only its first bytes) or zero-filled (a size update that outran
+//!   the data: what it appended reads back as zeros; what it overwrote
+//!   keeps its old bytes, as allocated blocks never read back as zeros).
 //!
 //! The state after the cut is clean: everything in it is durable.
 
@@ -180,6 +181,9 @@ pub struct Model {
     inodes: HashMap<Ino, Inode>,
     next_ino: Ino,
     frozen: bool,
+    /// Changing operations so far, and the armed cut point.
+    ops: u64,
+    cut_at: Option<u64>,
     faults: Vec<ActiveFault>,
     counters: Counters,
 }
@@ -239,6 +243,8 @@ impl Model {
             inodes,
             next_ino: ROOT + 1,
             frozen: false,
+            ops: 0,
+            cut_at: None,
             faults: Vec::new(),
             counters: Counters::default(),
         }
@@ -269,6 +275,35 @@ impl Model {
         for f in &mut self.faults {
             f.fault.times = Some(0);
         }
+    }
+
+    /// Count one changing operation; past the armed cut point, the power
+    /// goes off before it happens.
+    fn tick(&mut self) -> Result<(), FsError> {
+        self.live()?;
+        self.ops += 1;
+        if self.cut_at.is_some_and(|at| self.ops > at) {
+            self.frozen = true;
+            return Err(FsError::Io);
+        }
+        Ok(())
+    }
+
+    /// Changing operations so far (creations, removals, renames, writes,
+    /// truncations, syncs).
+    pub fn ops(&self) -> u64 {
+        self.ops
+    }
+
+    /// Cut the power just before changing operation number `after + 1`:
+    /// that one and everything later fail with EIO ([`Model::is_frozen`]
+    /// then says so; [`Model::power_cut`] gives what the disk holds).
+    pub fn arm_cut(&mut self, after: u64) {
+        self.cut_at = Some(after);
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
     }
 
     fn live(&self) -> Result<(), FsError> {
@@ -305,9 +340,7 @@ impl Model {
         for f in &mut self.faults {
             let under = f.fault.under.trim_end_matches('/');
             let matches = f.fault.on == on
-                && (under.is_empty()
-                    || path == under
-                    || path.starts_with(&format!("{under}/")));
+                && (under.is_empty() || path == under || path.starts_with(&format!("{under}/")));
             if !matches || f.fault.times == Some(0) {
                 continue;
             }
@@ -388,7 +421,7 @@ impl Model {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, FsError> {
-        self.live()?;
+        self.tick()?;
         if self.dir(parent)?.entries.contains_key(name) {
             return Err(FsError::Exists);
         }
@@ -419,7 +452,7 @@ impl Model {
 
     /// Remove the entry `name` (a file, or an empty directory when `dir`).
     pub fn remove(&mut self, parent: Ino, name: &OsStr, dir: bool) -> Result<(), FsError> {
-        self.live()?;
+        self.tick()?;
         let ino = *self
             .dir(parent)?
             .entries
@@ -446,7 +479,7 @@ impl Model {
         new_name: &OsStr,
         noreplace: bool,
     ) -> Result<(), FsError> {
-        self.live()?;
+        self.tick()?;
         let ino = *self
             .dir(parent)?
             .entries
@@ -482,8 +515,7 @@ impl Model {
             d.unsynced.push(DirOp::Remove(name.to_os_string()));
             let d = self.dir_mut(new_parent)?;
             d.entries.insert(new_name.to_os_string(), ino);
-            d.unsynced
-                .push(DirOp::Insert(new_name.to_os_string(), ino));
+            d.unsynced.push(DirOp::Insert(new_name.to_os_string(), ino));
         }
         let n = self.node_mut(ino)?;
         n.parent = new_parent;
@@ -498,10 +530,7 @@ impl Model {
         Ok(d.entries
             .iter()
             .map(|(n, i)| {
-                let is_dir = matches!(
-                    self.inodes.get(i).map(|x| &x.body),
-                    Some(Body::Dir(_))
-                );
+                let is_dir = matches!(self.inodes.get(i).map(|x| &x.body), Some(Body::Dir(_)));
                 (n.clone(), *i, is_dir)
             })
             .collect())
@@ -520,7 +549,7 @@ impl Model {
     }
 
     pub fn write(&mut self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize, FsError> {
-        self.live()?;
+        self.tick()?;
         if offset.saturating_add(data.len() as u64) > MAX_FILE {
             return Err(FsError::TooBig);
         }
@@ -538,7 +567,7 @@ impl Model {
     }
 
     pub fn set_len(&mut self, ino: Ino, len: u64) -> Result<(), FsError> {
-        self.live()?;
+        self.tick()?;
         if len > MAX_FILE {
             return Err(FsError::TooBig);
         }
@@ -566,7 +595,7 @@ impl Model {
     /// fsync/fdatasync of a file or fsync of a directory. A failure (an
     /// injected fault) drops what it would have made durable.
     pub fn sync(&mut self, ino: Ino) -> Result<(), FsError> {
-        self.live()?;
+        self.tick()?;
         let is_dir = matches!(self.node(ino)?.body, Body::Dir(_));
         let on = if is_dir {
             FaultOn::DirSync
@@ -720,11 +749,28 @@ impl Model {
                 inodes,
                 next_ino: self.next_ino,
                 frozen: false,
+                ops: 0,
+                cut_at: None,
                 faults: Vec::new(),
                 counters: Counters::default(),
             },
             report,
         )
+    }
+}
+
+/// A write whose size update outran its data: the part beyond the file's
+/// length reads back as zeros, the part over existing bytes keeps them (an
+/// overwrite of allocated blocks never reads back as zeros).
+fn zero_filled(buf: &mut Vec<u8>, op: &WriteOp) {
+    match op {
+        WriteOp::Write { offset, data } => {
+            let end = *offset as usize + data.len();
+            if buf.len() < end {
+                buf.resize(end, 0);
+            }
+        }
+        other => apply(buf, other),
     }
 }
 
@@ -783,14 +829,7 @@ fn survive(f: &FileState, rng: &mut impl Rng, report: &mut CutReport) -> Vec<u8>
                         report.writes_damaged += 1;
                     }
                     _ => {
-                        let z = match op {
-                            WriteOp::Write { offset, data } => WriteOp::Write {
-                                offset: *offset,
-                                data: vec![0; data.len()],
-                            },
-                            other => other.clone(),
-                        };
-                        apply(&mut data, &z);
+                        zero_filled(&mut data, op);
                         report.writes_damaged += 1;
                     }
                 }
@@ -810,7 +849,9 @@ mod tests {
     }
 
     fn file(m: &mut Model, parent: Ino, name: &str, data: &[u8]) -> Ino {
-        let a = m.create(parent, os(name), false, 0o644, 0, 0).expect("create");
+        let a = m
+            .create(parent, os(name), false, 0o644, 0, 0)
+            .expect("create");
         m.write(a.ino, 0, data).expect("write");
         a.ino
     }
@@ -826,7 +867,10 @@ mod tests {
         for seed in 0..200 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut m = Model::new();
-            let d = m.create(ROOT, os("d"), true, 0o755, 0, 0).expect("mkdir").ino;
+            let d = m
+                .create(ROOT, os("d"), true, 0o755, 0, 0)
+                .expect("mkdir")
+                .ino;
             m.sync(ROOT).expect("sync root");
             let f = file(&mut m, d, "a", b"hello world");
             m.sync(f).expect("sync file");
@@ -870,7 +914,31 @@ mod tests {
             }
         }
         assert!(lost_name > 50 && kept_name > 50, "{lost_name} {kept_name}");
-        assert!(torn > 10 && zeros > 5 && whole > 10, "{torn} {zeros} {whole}");
+        assert!(
+            torn > 10 && zeros > 5 && whole > 10,
+            "{torn} {zeros} {whole}"
+        );
+    }
+
+    /// Rewriting synced bytes in place (sled rewrites its `conf` file so on
+    /// every open) never leaves zeros or a shorter file, whatever the fate.
+    #[test]
+    fn an_unsynced_overwrite_of_synced_bytes_leaves_old_or_new_bytes() {
+        for seed in 0..300 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut m = Model::new();
+            let f = file(&mut m, ROOT, "conf", b"AAAAAAAA");
+            m.sync(f).expect("sync");
+            m.sync(ROOT).expect("sync root");
+            m.write(f, 0, b"BBBBBBBB").expect("overwrite");
+            let (after, _) = m.power_cut(&mut rng);
+            let c = content(&after, ROOT, "conf").expect("kept");
+            assert_eq!(c.len(), 8, "seed {seed}");
+            assert!(
+                c.iter().all(|b| *b == b'A' || *b == b'B'),
+                "seed {seed}: {c:?}"
+            );
+        }
     }
 
     /// A synced file whose directory entry was never synced can vanish; a
@@ -881,7 +949,10 @@ mod tests {
         for seed in 0..100 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut m = Model::new();
-            let d = m.create(ROOT, os("d"), true, 0o755, 0, 0).expect("mkdir").ino;
+            let d = m
+                .create(ROOT, os("d"), true, 0o755, 0, 0)
+                .expect("mkdir")
+                .ino;
             let f = file(&mut m, d, "a", b"x");
             m.sync(f).expect("sync");
             m.sync(d).expect("sync d, not root");
@@ -943,7 +1014,10 @@ mod tests {
     #[test]
     fn faults_match_by_path_and_count_down() {
         let mut m = Model::new();
-        let d = m.create(ROOT, os("index"), true, 0o755, 0, 0).expect("mkdir").ino;
+        let d = m
+            .create(ROOT, os("index"), true, 0o755, 0, 0)
+            .expect("mkdir")
+            .ino;
         let a = file(&mut m, d, "db", b"");
         let b = file(&mut m, ROOT, "indexer", b"");
         let id = m.add_fault(Fault {
@@ -957,6 +1031,19 @@ mod tests {
         assert_eq!(m.set_len(a, 10), Err(FsError::NoSpace));
         assert_eq!(m.write(a, 0, b"x"), Ok(1), "spent");
         assert_eq!(m.fired(id), 2);
+    }
+
+    #[test]
+    fn an_armed_cut_stops_before_the_next_changing_operation() {
+        let mut m = Model::new();
+        let f = file(&mut m, ROOT, "f", b"x"); // create + write: 2 ops
+        assert_eq!(m.ops(), 2);
+        m.arm_cut(3);
+        m.write(f, 1, b"y").expect("op 3 happens");
+        assert!(!m.is_frozen());
+        assert_eq!(m.sync(f), Err(FsError::Io), "op 4 does not");
+        assert!(m.is_frozen());
+        assert_eq!(m.read(f, 0, 2), Err(FsError::Io));
     }
 
     #[test]

@@ -15,15 +15,24 @@ fn synced_files_survive_a_cut_through_the_kernel_and_faults_reach_the_caller() {
     let fs = Mounted::mount_new(&mnt).expect("mount (needs /dev/fuse and root)");
 
     fs::create_dir(mnt.join("d")).expect("mkdir");
-    File::open(&mnt).expect("root").sync_all().expect("fsync root");
+    File::open(&mnt)
+        .expect("root")
+        .sync_all()
+        .expect("fsync root");
     let mut f = File::create(mnt.join("d/kept")).expect("create");
     f.write_all(&[1u8; 100_000]).expect("write");
     f.sync_data().expect("fdatasync");
-    File::open(mnt.join("d")).expect("d").sync_all().expect("fsync d");
+    File::open(mnt.join("d"))
+        .expect("d")
+        .sync_all()
+        .expect("fsync d");
     fs::rename(mnt.join("d/kept"), mnt.join("d/renamed-unsynced")).expect("rename");
     let mut g = File::create(mnt.join("d/unsynced")).expect("create");
     g.write_all(b"never synced").expect("write");
-    assert_eq!(fs::read(mnt.join("d/unsynced")).expect("read"), b"never synced");
+    assert_eq!(
+        fs::read(mnt.join("d/unsynced")).expect("read"),
+        b"never synced"
+    );
 
     // An injected EIO on a directory sync reaches the caller.
     let id = fs.inject(Fault {
@@ -65,7 +74,10 @@ fn synced_files_survive_a_cut_through_the_kernel_and_faults_reach_the_caller() {
     // The failed directory sync dropped the rename and the new file's
     // name for good: the synced file is back under its synced name, whole,
     // and the unsynced file is gone.
-    assert_eq!(fs::read(mnt.join("d/kept")).expect("synced name"), vec![1u8; 100_000]);
+    assert_eq!(
+        fs::read(mnt.join("d/kept")).expect("synced name"),
+        vec![1u8; 100_000]
+    );
     assert!(!mnt.join("d/renamed-unsynced").exists());
     assert!(!mnt.join("d/unsynced").exists());
     assert_eq!(report.files_lost, 1, "{report:?}");

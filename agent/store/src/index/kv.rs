@@ -103,6 +103,11 @@ pub struct SledKv {
 impl SledKv {
     /// Open (or create) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, KvError> {
+        // The directory and, once sled made them, its files' names are
+        // made durable here: sled syncs its log, never its directory.
+        let durable =
+            |e: std::io::Error| KvError::Engine(format!("making {} durable: {e}", dir.display()));
+        crate::durable_dir::create_all(dir).map_err(durable)?;
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
@@ -126,6 +131,13 @@ impl SledKv {
         let log = std::fs::File::open(&log_path).map_err(|e| {
             KvError::Engine(format!("opening the index log {}: {e}", log_path.display()))
         })?;
+        // sled rewrites `conf` in place on every open and never syncs it:
+        // a cut after the first open would leave it empty or torn, and
+        // sled would refuse the index.
+        std::fs::File::open(dir.join("conf"))
+            .and_then(|f| f.sync_all())
+            .map_err(durable)?;
+        crate::durable_dir::sync(dir).map_err(durable)?;
         Ok(SledKv { db, log })
     }
 }

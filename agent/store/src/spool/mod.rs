@@ -50,6 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::durable_dir;
 use crate::index::{ObjectId, hash_hex};
 
 /// Spool errors.
@@ -137,7 +138,7 @@ impl Spool {
             root.join("quarantine"),
             objects.clone(),
         ] {
-            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            durable_dir::create_all(&dir).map_err(io_err("create", &dir))?;
         }
         for b in 0..=255u8 {
             let d = objects.join(format!("{b:02x}"));
@@ -146,11 +147,6 @@ impl Spool {
             }
         }
         sync_dir(&objects)?;
-        sync_dir(root)?;
-        if let Some(parent) = root.parent() {
-            // best effort: the data dir itself may be the mount point
-            let _ = sync_dir(parent);
-        }
         Ok(Spool {
             root: root.to_path_buf(),
             limits,
@@ -362,9 +358,7 @@ impl Spool {
 
 /// fsync a directory so that the names in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync dir", dir))
+    durable_dir::sync(dir).map_err(io_err("fsync dir", dir))
 }
 
 /// Room held in the spool for one object being received; released on
