@@ -948,6 +948,7 @@ async fn status(config: &Config) -> anyhow::Result<admin::Status> {
         workers: Default::default(),
         tls: None,
         storage_unhealthy: None,
+        index_unreadable: None,
     })
 }
 
@@ -1000,6 +1001,11 @@ fn print_status(s: &admin::Status) {
             println!(
                 "  STORAGE UNHEALTHY since {}: {l}; check the disk, then restart the agent (ops/runbooks/disk-full.md)",
                 pacs_mirror_agent::iso_utc(l.at_ms)
+            );
+        }
+        if let Some(e) = &s.index_unreadable {
+            println!(
+                "  INDEX UNREADABLE: {e}; targets and findings are not shown; restart the agent (ops/runbooks/disk-full.md)"
             );
         }
     } else {

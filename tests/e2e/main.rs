@@ -23,6 +23,7 @@ mod console;
 mod content;
 mod corpus;
 mod crash;
+mod disk_faults;
 mod drill;
 mod drill_qrscp;
 mod duplicates;

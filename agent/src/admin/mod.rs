@@ -139,6 +139,11 @@ pub struct Status {
     /// restart re-verifies (running agent only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_unhealthy: Option<pacs_mirror_store::commit::Latched>,
+    /// The index could not be read for this answer (the figures that come
+    /// from it, targets and findings, are missing); the rest still answers,
+    /// so an operator sees a failed index instead of an HTTP error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_unreadable: Option<String>,
 }
 
 /// Extra Prometheus text for `/metrics`.
@@ -203,7 +208,11 @@ impl Source {
         let now = crate::unix_ms();
         self.sample(now);
         let c = &self.ingest.counters;
-        let mut targets = targets_status(&self.index, &self.targets, now)?;
+        let mut index_unreadable = None;
+        let mut targets = targets_status(&self.index, &self.targets, now).unwrap_or_else(|e| {
+            index_unreadable = Some(e.to_string());
+            BTreeMap::new()
+        });
         for (name, t) in targets.iter_mut() {
             if let Some(m) = self.rates.targets.get(name) {
                 (t.delivered_per_min, t.bytes_per_sec) = m.rates();
@@ -233,7 +242,10 @@ impl Source {
                     reports_undelivered: c.commitment_reports_undelivered.load(Ordering::Relaxed),
                 },
             },
-            findings: FindingsStatus::from_index(&self.index)?,
+            findings: FindingsStatus::from_index(&self.index).unwrap_or_else(|e| {
+                index_unreadable.get_or_insert(e.to_string());
+                FindingsStatus::default()
+            }),
             spool_bytes: self.ingest.spool.used_bytes(),
             storage_unhealthy: self.ingest.committer.unhealthy(),
             targets,
@@ -247,6 +259,7 @@ impl Source {
                 .tls
                 .as_ref()
                 .map(|t| crate::tls::TlsStatus::of(t, crate::tls::handshake_failures())),
+            index_unreadable,
         })
     }
 }

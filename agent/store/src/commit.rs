@@ -59,7 +59,10 @@
 //!
 //! # A failed flush latches the store unhealthy
 //! A file `fdatasync` or directory `fsync` that fails with anything but
-//! ENOSPC, or an index flush that fails, is never retried and trusted:
+//! ENOSPC, or an index flush or index write that fails in the engine (sled
+//! keeps an I/O error and returns it for every later operation: ENOSPC or
+//! EIO under the index, whichever operation met it first), is never
+//! retried and trusted:
 //! after an EIO Linux may have dropped the dirty pages, and a second fsync
 //! then "succeeds" on data that is gone (PostgreSQL's "fsyncgate"). The
 //! jobs it concerns fail (A700) as above, and the committer **latches**
@@ -550,6 +553,15 @@ fn commit_batch(
                 .map_err(CommitError::Index)
         })
         .collect();
+    // An engine failure writing rows (sled's I/O error, which it then
+    // returns for every later operation) latches as a failed flush does.
+    if let Some(Err(CommitError::Index(e))) = results
+        .iter()
+        .find(|r| matches!(r, Err(CommitError::Index(IndexError::Kv(_)))))
+    {
+        tracing::error!(error = %e, "index write failed");
+        latch_once(latch, "index write", &e.to_string());
+    }
     // Step 3: the flushes, index first (see the module doc for why). A
     // file is flushed by the descriptor that wrote it if a job of this
     // batch placed it (whether or not that job's rows could be written),
@@ -811,13 +823,17 @@ mod tests {
         assert_eq!(index.stats().unwrap().outbox.get("t"), Some(&2));
     }
 
-    /// An index whose flush fails.
+    /// An index whose flush fails, and its writes too when `writes_fail`
+    /// (as sled's do once it met an I/O error).
     #[derive(Default)]
-    struct FlushFails(MemKv);
+    struct FlushFails {
+        kv: MemKv,
+        writes_fail: bool,
+    }
 
     impl crate::index::Kv for FlushFails {
         fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::index::KvError> {
-            self.0.get(key)
+            self.kv.get(key)
         }
         fn for_each_prefix_after(
             &self,
@@ -825,14 +841,45 @@ mod tests {
             after: Option<&[u8]>,
             f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
         ) -> Result<(), crate::index::KvError> {
-            self.0.for_each_prefix_after(prefix, after, f)
+            self.kv.for_each_prefix_after(prefix, after, f)
         }
         fn apply(&self, ops: Vec<crate::index::Op>) -> Result<(), crate::index::KvError> {
-            self.0.apply(ops)
+            if self.writes_fail {
+                return Err(crate::index::KvError::Engine("no space left".into()));
+            }
+            self.kv.apply(ops)
         }
         fn flush(&self) -> Result<(), crate::index::KvError> {
             Err(crate::index::KvError::Engine("device gone".into()))
         }
+    }
+
+    /// A row write that fails in the engine latches too: the store is
+    /// refused and so is the next, nothing indexed, no temp file left.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_index_write_latches_the_store() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&d.path().join("spool"), SpoolLimits::default()).unwrap());
+        let kv = FlushFails {
+            writes_fail: true,
+            ..Default::default()
+        };
+        let index = Index::new(Arc::new(kv));
+        let c = Committer::start(spool.clone(), index.clone(), vec!["t".into()]);
+        let body = dataset("1.2.3.9", "P");
+        let r = c.commit(pending(&spool, "1.2.3.9", &body)).await;
+        assert!(matches!(&r, Err(CommitError::Index(_))), "{r:?}");
+        let latched = c.unhealthy().expect("latched after a failed write");
+        assert_eq!(latched.what, "index write");
+        assert!(latched.error.contains("no space left"), "{latched:?}");
+        let other = dataset("1.2.3.10", "P");
+        let r = c.commit(pending(&spool, "1.2.3.10", &other)).await;
+        assert!(matches!(&r, Err(CommitError::Unhealthy(_))), "{r:?}");
+        assert!(index.versions("1.2.3.10").unwrap().is_empty());
+        tokio::task::spawn_blocking(move || c.finish())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
     }
 
     /// No Success without the index flush: every job of the batch fails.
