@@ -1,5 +1,6 @@
 """A Storage Commitment Push Model SCU (pynetdicom) that waits for the
-report on its own association.
+report on its own association, and releases only after its answer to the
+report was sent.
 
     python commit_scu.py HOST PORT CALLED_AE CALLING_AE TRANSACTION_UID WAIT_S CLASS:INSTANCE...
 
@@ -41,12 +42,19 @@ def main() -> int:
                             for i in data.get("ReferencedSOPSequence", [])]
         got["failed"] = [[str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID), int(i.FailureReason)]
                          for i in data.get("FailedSOPSequence", [])]
-        done.set()
         return 0x0000, None
+
+    def on_sent(event):
+        # Release only once our N-EVENT-REPORT-RSP is on the wire: the
+        # handler's return sends it from another thread, and a release
+        # that overtakes it leaves the reporter without its answer.
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            done.set()
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(host, int(port), ae_title=called, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    assoc = ae.associate(host, int(port), ae_title=called, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report),
+                                                                    (evt.EVT_DIMSE_SENT, on_sent)])
     if not assoc.is_established:
         print(json.dumps({"error": "association not established"}))
         return 1
