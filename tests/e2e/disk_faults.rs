@@ -13,7 +13,7 @@
 //! after a restart (start-up recovery re-verifies) the agent is healthy and
 //! stores again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pacs_mirror_powercut::{Fault, FaultOn, FsError, Mounted};
@@ -21,6 +21,55 @@ use rand::SeedableRng;
 use serde_json::Value;
 
 use crate::harness::*;
+
+/// An agent whose data directory is on the power-cut filesystem, with its
+/// admin endpoint and alerts to a webhook receiver; 12 small files to send.
+struct Rig {
+    dir: tempfile::TempDir,
+    mnt: PathBuf,
+    conf: PathBuf,
+    fs: Mounted,
+    hooks: Hooks,
+    cfg: AgentConfig,
+    agent: Agent,
+    config_path: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let dir = tempdir();
+        let mnt = dir.path().join("mnt");
+        let conf = dir.path().join("conf");
+        for d in [&mnt, &conf] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let fs = Mounted::mount_new(&mnt)
+            .expect("mount the power-cut filesystem (needs /dev/fuse and root)");
+        let hooks = Hooks::start();
+        let admin = free_port();
+        let mut cfg = AgentConfig::new(&mnt.join("data"));
+        cfg.extra_toml = format!(
+            "\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             \n[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nattempts = 3\ncheck_interval_secs = 1\n",
+            hooks.port
+        );
+        let files = synth_small(&dir.path().join("in"), 1, 12, 32);
+        let agent = Agent::start_with_config_dir(&cfg, &conf);
+        let config_path = agent.config_path.clone();
+        Rig {
+            dir,
+            mnt,
+            conf,
+            fs,
+            hooks,
+            cfg,
+            agent,
+            config_path,
+            files,
+        }
+    }
+}
 
 /// The unhealthy-store scenario for one injected fault; `what` is the
 /// latch's name of the failed flush, `error` a word of its error text.
@@ -31,25 +80,17 @@ fn a_failed_flush_latches_the_store(
     what: &[&str],
     error: &str,
 ) {
-    let dir = tempdir();
-    let mnt = dir.path().join("mnt");
-    let conf = dir.path().join("conf");
-    for d in [&mnt, &conf] {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    let fs = Mounted::mount_new(&mnt)
-        .expect("mount the power-cut filesystem (needs /dev/fuse and root)");
-    let hooks = Hooks::start();
-    let admin = free_port();
-    let mut cfg = AgentConfig::new(&mnt.join("data"));
-    cfg.extra_toml = format!(
-        "\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-         \n[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nattempts = 3\ncheck_interval_secs = 1\n",
-        hooks.port
-    );
-    let files = synth_small(&dir.path().join("in"), 1, 12, 32);
-    let agent = Agent::start_with_config_dir(&cfg, &conf);
-    let config_path = agent.config_path.clone();
+    let Rig {
+        dir: _dir,
+        mnt,
+        conf,
+        fs,
+        hooks,
+        cfg,
+        agent,
+        config_path,
+        files,
+    } = Rig::start();
 
     // Four acknowledged before the disk fails.
     store_all_ok(cfg.port, SENDER_AE, &[], &files[..4]);
@@ -228,4 +269,34 @@ fn enospc_in_the_index_latches_the_store() {
         &["index flush", "index write"],
         "No space left on device",
     );
+}
+
+/// ENOSPC from a spool file's fdatasync (delayed allocation on a full disk)
+/// fails that store (A700) but does not latch: the data is still in the
+/// page cache, freeing space is the fix, and the very next store, the
+/// refused one re-sent included, succeeds.
+#[test]
+fn enospc_at_a_spool_file_fdatasync_fails_that_store_without_latching() {
+    let rig = Rig::start();
+    let (cfg, files) = (&rig.cfg, &rig.files);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files[..4]);
+    let id = rig.fs.inject(Fault {
+        on: FaultOn::FileSync,
+        under: "data/spool/objects".into(),
+        error: FsError::NoSpace,
+        times: Some(1),
+    });
+    let hit = storescu(cfg.port, SENDER_AE, &[], &files[4..5]);
+    assert_eq!(hit.responses.len(), 1, "{}", hit.log());
+    assert_eq!(hit.responses[0].1, A700, "the store ENOSPC hit\n{}", hit.log());
+    assert_eq!(rig.fs.fired(id), 1);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files[4..]);
+    let s = running_status(&rig.config_path);
+    assert!(s["storage_unhealthy"].is_null(), "not latched: {s}");
+    assert_eq!(s["ingest"]["failed"], 1, "{s}");
+    assert_eq!(s["ingest"]["stored"], 12, "{s}");
+    rig.agent.stop();
+    let rows = index_dump(&rig.config_path);
+    let want: Vec<Expect> = files.iter().map(|f| expect_of(f)).collect();
+    check_acked(cfg, &rows, &want.iter().collect::<Vec<_>>(), "after the stop");
 }
