@@ -288,7 +288,12 @@ fn enospc_at_a_spool_file_fdatasync_fails_that_store_without_latching() {
     });
     let hit = storescu(cfg.port, SENDER_AE, &[], &files[4..5]);
     assert_eq!(hit.responses.len(), 1, "{}", hit.log());
-    assert_eq!(hit.responses[0].1, A700, "the store ENOSPC hit\n{}", hit.log());
+    assert_eq!(
+        hit.responses[0].1,
+        A700,
+        "the store ENOSPC hit\n{}",
+        hit.log()
+    );
     assert_eq!(rig.fs.fired(id), 1);
     store_all_ok(cfg.port, SENDER_AE, &[], &files[4..]);
     let s = running_status(&rig.config_path);
@@ -298,5 +303,10 @@ fn enospc_at_a_spool_file_fdatasync_fails_that_store_without_latching() {
     rig.agent.stop();
     let rows = index_dump(&rig.config_path);
     let want: Vec<Expect> = files.iter().map(|f| expect_of(f)).collect();
-    check_acked(cfg, &rows, &want.iter().collect::<Vec<_>>(), "after the stop");
+    check_acked(
+        cfg,
+        &rows,
+        &want.iter().collect::<Vec<_>>(),
+        "after the stop",
+    );
 }
