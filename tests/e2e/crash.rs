@@ -4,7 +4,6 @@
 //! blake3 and its spool file is intact, and after every restart spool/tmp
 //! is empty.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -24,20 +23,7 @@ fn kill_9_during_ingest_loses_no_acknowledged_instance() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let files: Vec<PathBuf> = corpus_1000()[..500].to_vec();
-    let expect: HashMap<PathBuf, Expect> = files
-        .iter()
-        .map(|f| {
-            let (meta, ds) = raw_info(f);
-            (
-                f.clone(),
-                Expect {
-                    uid: meta.sop_instance_uid,
-                    blake3: blake3_hex(&ds),
-                    dataset: ds,
-                },
-            )
-        })
-        .collect();
+    let expect = expectations(&files);
 
     let dir = tempdir();
     let cfg = AgentConfig::new(&dir.path().join("data"));

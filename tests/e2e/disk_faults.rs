@@ -25,7 +25,8 @@ use crate::harness::*;
 /// An agent whose data directory is on the power-cut filesystem, with its
 /// admin endpoint and alerts to a webhook receiver; 12 small files to send.
 struct Rig {
-    dir: tempfile::TempDir,
+    /// Removed (with the mount point under it) when the rig goes.
+    _dir: tempfile::TempDir,
     mnt: PathBuf,
     conf: PathBuf,
     fs: Mounted,
@@ -58,7 +59,7 @@ impl Rig {
         let agent = Agent::start_with_config_dir(&cfg, &conf);
         let config_path = agent.config_path.clone();
         Rig {
-            dir,
+            _dir: dir,
             mnt,
             conf,
             fs,
@@ -71,6 +72,25 @@ impl Rig {
     }
 }
 
+/// Inject one fault and send `file`: the store it hits is answered A700.
+fn refused_once(fs: &Mounted, port: u16, file: &Path, on: FaultOn, under: &str, error: FsError) {
+    let id = fs.inject(Fault {
+        on,
+        under: under.into(),
+        error,
+        times: Some(1),
+    });
+    let hit = storescu(port, SENDER_AE, &[], &[file.to_path_buf()]);
+    assert_eq!(hit.responses.len(), 1, "{}", hit.log());
+    assert_eq!(
+        hit.responses[0].1,
+        A700,
+        "the store {on:?} {error:?} hit\n{}",
+        hit.log()
+    );
+    assert_eq!(fs.fired(id), 1, "the fault fired once");
+}
+
 /// The unhealthy-store scenario for one injected fault; `what` is the
 /// latch's name of the failed flush, `error` a word of its error text.
 fn a_failed_flush_latches_the_store(
@@ -80,35 +100,14 @@ fn a_failed_flush_latches_the_store(
     what: &[&str],
     error: &str,
 ) {
-    let Rig {
-        dir: _dir,
-        mnt,
-        conf,
-        fs,
-        hooks,
-        cfg,
-        agent,
-        config_path,
-        files,
-    } = Rig::start();
+    let rig = Rig::start();
+    let (mnt, conf, hooks) = (&rig.mnt, &rig.conf, &rig.hooks);
+    let (cfg, config_path, files) = (&rig.cfg, &rig.config_path, &rig.files);
+    let (fs, agent) = (rig.fs, rig.agent);
 
     // Four acknowledged before the disk fails.
     store_all_ok(cfg.port, SENDER_AE, &[], &files[..4]);
-    let id = fs.inject(Fault {
-        on,
-        under: under.into(),
-        error: fs_error,
-        times: Some(1),
-    });
-    let hit = storescu(cfg.port, SENDER_AE, &[], &files[4..5]);
-    assert_eq!(hit.responses.len(), 1, "{}", hit.log());
-    assert_eq!(
-        hit.responses[0].1,
-        A700,
-        "the store the failed flush hit\n{}",
-        hit.log()
-    );
-    assert_eq!(fs.fired(id), 1, "the fault fired once");
+    refused_once(&fs, cfg.port, &files[4], on, under, fs_error);
 
     // The disk works again, the store stays latched: refused at once, the
     // association kept, nothing written.
@@ -132,7 +131,7 @@ fn a_failed_flush_latches_the_store(
     );
 
     // What the operator sees: status, /status, the alert.
-    let s = running_status(&config_path);
+    let s = running_status(config_path);
     let latched = &s["storage_unhealthy"];
     let latched_what = latched["what"].as_str().unwrap_or("");
     assert!(what.contains(&latched_what), "latched for {what:?}: {s}");
@@ -143,7 +142,7 @@ fn a_failed_flush_latches_the_store(
     let text = run(
         std::process::Command::new(bin())
             .args(["status", "--config"])
-            .arg(&config_path),
+            .arg(config_path),
         Duration::from_secs(30),
     );
     assert!(
@@ -162,7 +161,7 @@ fn a_failed_flush_latches_the_store(
     }
     let alert = alert.expect("the storage_unhealthy alert reached the webhook");
     let alert_text = alert.to_string();
-    let s = running_status(&config_path);
+    let s = running_status(config_path);
     assert!(
         s["alerts"]
             .as_array()
@@ -182,49 +181,40 @@ fn a_failed_flush_latches_the_store(
     let (survivor, _) = fs.power_cut(&mut rng);
     agent.crash();
     fs.unmount();
-    let fs = Mounted::mount(survivor, &mnt).expect("remount what the cut left");
-    let rows = index_dump(&config_path);
-    let want: Vec<Expect> = files.iter().map(|f| expect_of(f)).collect();
+    let fs = Mounted::mount(survivor, mnt).expect("remount what the cut left");
+    let rows = index_dump(config_path);
+    let want: Vec<Expect> = files.iter().map(|f| Expect::of(f)).collect();
     let acked: Vec<&Expect> = want[..4].iter().collect();
-    check_acked(&cfg, &rows, &acked, "after the cut");
+    check_acked(cfg, &rows, &acked, "after the cut");
 
     // A restart re-verifies: nothing half-written is indexed (the refused
     // instance is gone, or kept only with its whole file), the acknowledged
     // ones are all there, the store is healthy again and stores work.
-    let agent = Agent::start_with_config_dir(&cfg, &conf);
-    let s = running_status(&config_path);
+    let agent = Agent::start_with_config_dir(cfg, conf);
+    let s = running_status(config_path);
     assert!(
         s["storage_unhealthy"].is_null(),
         "healthy after the restart: {s}"
     );
     agent.stop();
-    let rows = index_dump(&config_path);
-    check_acked(&cfg, &rows, &acked, "after recovery");
+    let rows = index_dump(config_path);
+    check_acked(cfg, &rows, &acked, "after recovery");
     for e in &want[4..8] {
         if let Some(r) = rows.iter().find(|r| r.sop_instance_uid == e.uid) {
-            check_spool_file(&cfg, r, Some(&e.dataset));
+            check_spool_file(cfg, r, Some(&e.dataset));
         }
     }
-    let agent = Agent::start_with_config_dir(&cfg, &conf);
+    let agent = Agent::start_with_config_dir(cfg, conf);
     store_all_ok(cfg.port, SENDER_AE, &[], &files[4..]);
     agent.stop();
-    let rows = index_dump(&config_path);
+    let rows = index_dump(config_path);
     check_acked(
-        &cfg,
+        cfg,
         &rows,
         &want.iter().collect::<Vec<_>>(),
         "after the restart",
     );
     fs.unmount();
-}
-
-fn expect_of(f: &Path) -> Expect {
-    let (meta, ds) = raw_info(f);
-    Expect {
-        uid: meta.sop_instance_uid,
-        blake3: blake3_hex(&ds),
-        dataset: ds,
-    }
 }
 
 #[test]
@@ -280,21 +270,14 @@ fn enospc_at_a_spool_file_fdatasync_fails_that_store_without_latching() {
     let rig = Rig::start();
     let (cfg, files) = (&rig.cfg, &rig.files);
     store_all_ok(cfg.port, SENDER_AE, &[], &files[..4]);
-    let id = rig.fs.inject(Fault {
-        on: FaultOn::FileSync,
-        under: "data/spool/objects".into(),
-        error: FsError::NoSpace,
-        times: Some(1),
-    });
-    let hit = storescu(cfg.port, SENDER_AE, &[], &files[4..5]);
-    assert_eq!(hit.responses.len(), 1, "{}", hit.log());
-    assert_eq!(
-        hit.responses[0].1,
-        A700,
-        "the store ENOSPC hit\n{}",
-        hit.log()
+    refused_once(
+        &rig.fs,
+        cfg.port,
+        &files[4],
+        FaultOn::FileSync,
+        "data/spool/objects",
+        FsError::NoSpace,
     );
-    assert_eq!(rig.fs.fired(id), 1);
     store_all_ok(cfg.port, SENDER_AE, &[], &files[4..]);
     let s = running_status(&rig.config_path);
     assert!(s["storage_unhealthy"].is_null(), "not latched: {s}");
@@ -302,7 +285,7 @@ fn enospc_at_a_spool_file_fdatasync_fails_that_store_without_latching() {
     assert_eq!(s["ingest"]["stored"], 12, "{s}");
     rig.agent.stop();
     let rows = index_dump(&rig.config_path);
-    let want: Vec<Expect> = files.iter().map(|f| expect_of(f)).collect();
+    let want: Vec<Expect> = files.iter().map(|f| Expect::of(f)).collect();
     check_acked(
         cfg,
         &rows,

@@ -1656,6 +1656,23 @@ impl Drop for StoreScp {
     }
 }
 
+/// What a test sent, read from each file.
+pub fn expectations(files: &[PathBuf]) -> HashMap<PathBuf, Expect> {
+    files.iter().map(|f| (f.clone(), Expect::of(f))).collect()
+}
+
+impl Expect {
+    /// A file's instance, data set hash and bytes.
+    pub fn of(file: &Path) -> Expect {
+        let (meta, ds) = raw_info(file);
+        Expect {
+            uid: meta.sop_instance_uid,
+            blake3: blake3_hex(&ds),
+            dataset: ds,
+        }
+    }
+}
+
 /// What a test sent: the instance, the blake3 of its data set and the
 /// data set bytes.
 pub struct Expect {

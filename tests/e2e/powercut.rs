@@ -108,20 +108,7 @@ fn power_cuts_during_ingest_and_replication_lose_nothing_acknowledged() {
 
     let dir = tempdir();
     let files = synth_small(&dir.path().join("in"), 40, 60, 64);
-    let expect: HashMap<PathBuf, Expect> = files
-        .iter()
-        .map(|f| {
-            let (meta, ds) = raw_info(f);
-            (
-                f.clone(),
-                Expect {
-                    uid: meta.sop_instance_uid,
-                    blake3: blake3_hex(&ds),
-                    dataset: ds,
-                },
-            )
-        })
-        .collect();
+    let expect = expectations(&files);
     // Epochs of at most EPOCH cuts, each on a new filesystem, agent and
     // bucket, so that every cut interrupts the ingest of new objects and
     // a round costs the same in the thousandth cut as in the first.

@@ -30,6 +30,42 @@ impl PowerCutFs {
         // consistent enough to report errors from.
         self.model.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// mkdir and create: a new entry with the caller's mode less its umask.
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        dir: bool,
+        mode: u32,
+        umask: u32,
+    ) -> Result<Attr, FsError> {
+        let perm = (mode & !umask & 0o7777) as u16;
+        self.model()
+            .create(parent.0, name, dir, perm, req.uid(), req.gid())
+    }
+}
+
+fn answer_attr(r: Result<Attr, FsError>, reply: ReplyAttr) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn answer_entry(r: Result<Attr, FsError>, reply: ReplyEntry) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn answer_empty(r: Result<(), FsError>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
 }
 
 fn errno(e: FsError) -> Errno {
@@ -72,17 +108,11 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 impl Filesystem for PowerCutFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.model().lookup(parent.0, name) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer_entry(self.model().lookup(parent.0, name), reply)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.model().attr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer_attr(self.model().attr(ino.0), reply)
     }
 
     fn setattr(
@@ -113,10 +143,7 @@ impl Filesystem for PowerCutFs {
             }
             m.attr(ino.0)
         })();
-        match result {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer_attr(result, reply)
     }
 
     fn mkdir(
@@ -128,28 +155,15 @@ impl Filesystem for PowerCutFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let perm = (mode & !umask & 0o7777) as u16;
-        match self
-            .model()
-            .create(parent.0, name, true, perm, req.uid(), req.gid())
-        {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer_entry(self.make(req, parent, name, true, mode, umask), reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.model().remove(parent.0, name, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer_empty(self.model().remove(parent.0, name, false), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.model().remove(parent.0, name, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer_empty(self.model().remove(parent.0, name, true), reply)
     }
 
     fn rename(
@@ -167,13 +181,11 @@ impl Filesystem for PowerCutFs {
             return;
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self
-            .model()
-            .rename(parent.0, name, newparent.0, newname, noreplace)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer_empty(
+            self.model()
+                .rename(parent.0, name, newparent.0, newname, noreplace),
+            reply,
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -193,11 +205,7 @@ impl Filesystem for PowerCutFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let perm = (mode & !umask & 0o7777) as u16;
-        match self
-            .model()
-            .create(parent.0, name, false, perm, req.uid(), req.gid())
-        {
+        match self.make(req, parent, name, false, mode, umask) {
             Ok(a) => reply.created(
                 &TTL,
                 &file_attr(&a),
@@ -263,10 +271,7 @@ impl Filesystem for PowerCutFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.model().sync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer_empty(self.model().sync(ino.0), reply)
     }
 
     fn readdir(
@@ -308,16 +313,14 @@ impl Filesystem for PowerCutFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.model().sync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        // The model knows a directory from a file.
+        self.fsync(req, ino, fh, datasync, reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -401,13 +401,18 @@ impl Model {
         })
     }
 
-    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, FsError> {
-        self.live()?;
-        let ino = *self
-            .dir(parent)?
+    /// The inode `name` in `parent` names.
+    fn entry(&self, parent: Ino, name: &OsStr) -> Result<Ino, FsError> {
+        self.dir(parent)?
             .entries
             .get(name)
-            .ok_or(FsError::NotFound)?;
+            .copied()
+            .ok_or(FsError::NotFound)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, FsError> {
+        self.live()?;
+        let ino = self.entry(parent, name)?;
         self.attr(ino)
     }
 
@@ -453,11 +458,7 @@ impl Model {
     /// Remove the entry `name` (a file, or an empty directory when `dir`).
     pub fn remove(&mut self, parent: Ino, name: &OsStr, dir: bool) -> Result<(), FsError> {
         self.tick()?;
-        let ino = *self
-            .dir(parent)?
-            .entries
-            .get(name)
-            .ok_or(FsError::NotFound)?;
+        let ino = self.entry(parent, name)?;
         match (&self.node(ino)?.body, dir) {
             (Body::Dir(d), true) if !d.entries.is_empty() => return Err(FsError::NotEmpty),
             (Body::Dir(_), false) => return Err(FsError::IsDir),
@@ -480,11 +481,7 @@ impl Model {
         noreplace: bool,
     ) -> Result<(), FsError> {
         self.tick()?;
-        let ino = *self
-            .dir(parent)?
-            .entries
-            .get(name)
-            .ok_or(FsError::NotFound)?;
+        let ino = self.entry(parent, name)?;
         let moving_dir = matches!(self.node(ino)?.body, Body::Dir(_));
         if let Some(&existing) = self.dir(new_parent)?.entries.get(new_name) {
             if noreplace {
@@ -856,6 +853,20 @@ mod tests {
         a.ino
     }
 
+    /// A filesystem holding `name` in the root, its data and name synced.
+    fn synced_file(name: &str, data: &[u8]) -> (Model, Ino) {
+        let mut m = Model::new();
+        let f = file(&mut m, ROOT, name, data);
+        m.sync(f).expect("sync");
+        m.sync(ROOT).expect("sync root");
+        (m, f)
+    }
+
+    /// What the cut of schedule `seed` leaves.
+    fn cut(m: &mut Model, seed: u64) -> Model {
+        m.power_cut(&mut rand::rngs::StdRng::seed_from_u64(seed)).0
+    }
+
     fn content(m: &Model, parent: Ino, name: &str) -> Option<Vec<u8>> {
         let a = m.lookup(parent, os(name)).ok()?;
         Some(m.read(a.ino, 0, u32::MAX).expect("read"))
@@ -865,7 +876,6 @@ mod tests {
     #[test]
     fn synced_data_and_names_always_survive() {
         for seed in 0..200 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut m = Model::new();
             let d = m
                 .create(ROOT, os("d"), true, 0o755, 0, 0)
@@ -878,7 +888,7 @@ mod tests {
             // Unsynced afterwards: more data, a new file, a removal.
             m.write(f, 5, b" THERE").expect("write");
             file(&mut m, d, "b", b"unsynced");
-            let (after, _) = m.power_cut(&mut rng);
+            let after = cut(&mut m, seed);
             let got = content(&after, d, "a").expect("a survives");
             assert!(got.starts_with(b"hello"), "seed {seed}: {got:?}");
             assert!(got.len() >= 11, "seed {seed}: synced length kept");
@@ -891,12 +901,11 @@ mod tests {
     fn unsynced_data_and_names_are_lost_torn_or_kept() {
         let (mut lost_name, mut kept_name, mut torn, mut zeros, mut whole) = (0, 0, 0, 0, 0);
         for seed in 0..400 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut m = Model::new();
             let f = file(&mut m, ROOT, "f", &[7u8; 64]);
             m.sync(f).expect("file synced, its name not");
             m.write(f, 64, &[9u8; 64]).expect("write");
-            let (after, _) = m.power_cut(&mut rng);
+            let after = cut(&mut m, seed);
             match content(&after, ROOT, "f") {
                 None => lost_name += 1,
                 Some(c) => {
@@ -925,13 +934,9 @@ mod tests {
     #[test]
     fn an_unsynced_overwrite_of_synced_bytes_leaves_old_or_new_bytes() {
         for seed in 0..300 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let mut m = Model::new();
-            let f = file(&mut m, ROOT, "conf", b"AAAAAAAA");
-            m.sync(f).expect("sync");
-            m.sync(ROOT).expect("sync root");
+            let (mut m, f) = synced_file("conf", b"AAAAAAAA");
             m.write(f, 0, b"BBBBBBBB").expect("overwrite");
-            let (after, _) = m.power_cut(&mut rng);
+            let after = cut(&mut m, seed);
             let c = content(&after, ROOT, "conf").expect("kept");
             assert_eq!(c.len(), 8, "seed {seed}");
             assert!(
@@ -947,7 +952,6 @@ mod tests {
     fn names_need_their_directory_synced() {
         let mut gone_dir = 0;
         for seed in 0..100 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut m = Model::new();
             let d = m
                 .create(ROOT, os("d"), true, 0o755, 0, 0)
@@ -956,7 +960,7 @@ mod tests {
             let f = file(&mut m, d, "a", b"x");
             m.sync(f).expect("sync");
             m.sync(d).expect("sync d, not root");
-            let (after, _) = m.power_cut(&mut rng);
+            let after = cut(&mut m, seed);
             if after.lookup(ROOT, os("d")).is_err() {
                 gone_dir += 1;
                 assert!(after.attr(f).is_err(), "seed {seed}: unreachable file kept");
@@ -970,14 +974,10 @@ mod tests {
     #[test]
     fn a_rename_in_one_directory_is_atomic() {
         for seed in 0..200 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let mut m = Model::new();
-            let f = file(&mut m, ROOT, "tmp", b"data");
-            m.sync(f).expect("sync");
-            m.sync(ROOT).expect("sync root");
+            let (mut m, _) = synced_file("tmp", b"data");
             m.rename(ROOT, os("tmp"), ROOT, os("final"), true)
                 .expect("rename");
-            let (after, _) = m.power_cut(&mut rng);
+            let after = cut(&mut m, seed);
             let old = content(&after, ROOT, "tmp");
             let new = content(&after, ROOT, "final");
             assert!(old.is_some() != new.is_some(), "seed {seed}");
@@ -990,11 +990,7 @@ mod tests {
     #[test]
     fn a_failed_sync_loses_its_data_for_good() {
         for seed in 0..50 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let mut m = Model::new();
-            let f = file(&mut m, ROOT, "f", b"old!");
-            m.sync(f).expect("sync");
-            m.sync(ROOT).expect("sync root");
+            let (mut m, f) = synced_file("f", b"old!");
             let id = m.add_fault(Fault {
                 on: FaultOn::FileSync,
                 under: "f".into(),
@@ -1006,7 +1002,7 @@ mod tests {
             assert_eq!(m.fired(id), 1);
             assert_eq!(m.read(f, 0, 4).expect("read"), b"new!");
             m.sync(f).expect("the second sync succeeds");
-            let (after, _) = m.power_cut(&mut rng);
+            let after = cut(&mut m, seed);
             assert_eq!(content(&after, ROOT, "f").expect("kept"), b"old!");
         }
     }
