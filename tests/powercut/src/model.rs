@@ -679,20 +679,8 @@ impl Model {
         }
 
         // 2. What the root still reaches.
-        let mut reached: Vec<(Ino, Ino, OsString)> = vec![(ROOT, ROOT, OsString::new())];
-        let mut seen: HashSet<Ino> = HashSet::from([ROOT]);
-        let mut i = 0;
-        while i < reached.len() {
-            let (ino, _, _) = reached[i].clone();
-            if let Some(entries) = dirs.get(&ino) {
-                for (name, child) in entries {
-                    if self.inodes.contains_key(child) && seen.insert(*child) {
-                        reached.push((*child, ino, name.clone()));
-                    }
-                }
-            }
-            i += 1;
-        }
+        let reached = self.reachable(|ino| dirs.get(&ino));
+        let seen: HashSet<Ino> = reached.iter().map(|(i, _, _)| *i).collect();
 
         // 3. Each surviving file: durable content and a fate for the rest.
         let mut inodes = HashMap::new();
@@ -736,10 +724,18 @@ impl Model {
                 },
             );
         }
+        // Files the running system could reach (removed ones are not
+        // counted) that the cut took.
         report.files_lost = self
-            .inodes
+            .reachable(|ino| match self.inodes.get(&ino).map(|n| &n.body) {
+                Some(Body::Dir(d)) => Some(&d.entries),
+                _ => None,
+            })
             .iter()
-            .filter(|(i, n)| matches!(n.body, Body::File(_)) && !inodes.contains_key(*i))
+            .filter(|(i, _, _)| {
+                matches!(self.inodes.get(i).map(|n| &n.body), Some(Body::File(_)))
+                    && !inodes.contains_key(i)
+            })
             .count();
         (
             Model {
@@ -768,6 +764,32 @@ fn zero_filled(buf: &mut Vec<u8>, op: &WriteOp) {
             }
         }
         other => apply(buf, other),
+    }
+}
+
+impl Model {
+    /// Every inode the root reaches through `entries` (each directory's
+    /// entries, current or surviving), with the parent and name it was
+    /// first reached by; the root first.
+    fn reachable<'a>(
+        &self,
+        entries: impl Fn(Ino) -> Option<&'a BTreeMap<OsString, Ino>>,
+    ) -> Vec<(Ino, Ino, OsString)> {
+        let mut reached: Vec<(Ino, Ino, OsString)> = vec![(ROOT, ROOT, OsString::new())];
+        let mut seen: HashSet<Ino> = HashSet::from([ROOT]);
+        let mut i = 0;
+        while i < reached.len() {
+            let ino = reached[i].0;
+            if let Some(children) = entries(ino) {
+                for (name, child) in children {
+                    if self.inodes.contains_key(child) && seen.insert(*child) {
+                        reached.push((*child, ino, name.clone()));
+                    }
+                }
+            }
+            i += 1;
+        }
+        reached
     }
 }
 
