@@ -361,6 +361,9 @@ impl Plan {
 /// found).
 pub async fn plan(bucket: &Bucket, selection: &Selection) -> Result<Plan, RestoreError> {
     let layout = check_bucket(bucket).await?;
+    if let Some(plan) = plan_studies(bucket, selection, layout.clone()).await? {
+        return Ok(plan);
+    }
     let manifests = bucket.manifests().await?;
     let blobs: HashMap<ObjectId, u64> = bucket.objects().await?.into_iter().collect();
     let mut listed: HashSet<ObjectId> = HashSet::new();
@@ -374,41 +377,8 @@ pub async fn plan(bucket: &Bucket, selection: &Selection) -> Result<Plan, Restor
                 listed.insert(h);
             }
         }
-        if !selection.wants(m) {
-            continue;
-        }
-        plan.studies += 1;
-        // Newest version of each SOP instance unless all are wanted.
-        let mut newest: HashMap<&str, &ManifestEntry> = HashMap::new();
-        for e in &m.instances {
-            let slot = newest
-                .entry(e.record.sop_instance_uid.as_str())
-                .or_insert(e);
-            if e.record.received_at_ms > slot.record.received_at_ms {
-                *slot = e;
-            }
-        }
-        for e in &m.instances {
-            let keep = selection.all_versions
-                || newest
-                    .get(e.record.sop_instance_uid.as_str())
-                    .is_some_and(|n| n.record.blake3 == e.record.blake3);
-            if !keep {
-                plan.older_versions_skipped += 1;
-                continue;
-            }
-            let Ok(hash) = parse_hash(&e.record.blake3) else {
-                plan.missing_blobs.push(e.key.clone());
-                continue;
-            };
-            match blobs.get(&hash) {
-                Some(bytes) => plan.objects.push(Planned {
-                    hash,
-                    entry: Some(e.clone()),
-                    bytes: *bytes,
-                }),
-                None => plan.missing_blobs.push(e.key.clone()),
-            }
+        if selection.wants(m) {
+            add_study(&mut plan, m, selection, &blobs);
         }
     }
     let mut unlisted: Vec<(&ObjectId, &u64)> =
@@ -441,6 +411,93 @@ pub async fn plan(bucket: &Bucket, selection: &Selection) -> Result<Plan, Restor
         }));
     }
     Ok(plan)
+}
+
+/// Add what `selection` keeps of study `m` to `plan`: the newest version of
+/// each SOP instance unless all are wanted; entries whose blob `blobs`
+/// does not hold are listed missing.
+fn add_study(
+    plan: &mut Plan,
+    m: &StudyManifest,
+    selection: &Selection,
+    blobs: &HashMap<ObjectId, u64>,
+) {
+    plan.studies += 1;
+    let mut newest: HashMap<&str, &ManifestEntry> = HashMap::new();
+    for e in &m.instances {
+        let slot = newest
+            .entry(e.record.sop_instance_uid.as_str())
+            .or_insert(e);
+        if e.record.received_at_ms > slot.record.received_at_ms {
+            *slot = e;
+        }
+    }
+    for e in &m.instances {
+        let keep = selection.all_versions
+            || newest
+                .get(e.record.sop_instance_uid.as_str())
+                .is_some_and(|n| n.record.blake3 == e.record.blake3);
+        if !keep {
+            plan.older_versions_skipped += 1;
+            continue;
+        }
+        let Ok(hash) = parse_hash(&e.record.blake3) else {
+            plan.missing_blobs.push(e.key.clone());
+            continue;
+        };
+        match blobs.get(&hash) {
+            Some(bytes) => plan.objects.push(Planned {
+                hash,
+                entry: Some(e.clone()),
+                bytes: *bytes,
+            }),
+            None => plan.missing_blobs.push(e.key.clone()),
+        }
+    }
+}
+
+/// A selection of studies only, each of which has a manifest: read those
+/// manifests and ask for their objects by key, never listing the bucket,
+/// so restoring one study costs that study. `None` for any other
+/// selection, or when a study has no manifest (the full plan says why).
+/// Blobs named by no manifest are not looked for (`unlisted_blobs` 0).
+async fn plan_studies(
+    bucket: &Bucket,
+    selection: &Selection,
+    layout: Layout,
+) -> Result<Option<Plan>, RestoreError> {
+    if selection.studies.is_empty() || selection.patient_id.is_some() || selection.since.is_some() {
+        return Ok(None);
+    }
+    let mut manifests = Vec::with_capacity(selection.studies.len());
+    for uid in &selection.studies {
+        match bucket.study_manifest(uid).await? {
+            Some(m) if m.study_instance_uid == *uid => manifests.push(m),
+            _ => return Ok(None),
+        }
+    }
+    let hashes: HashSet<ObjectId> = manifests
+        .iter()
+        .flat_map(|m| &m.instances)
+        .filter_map(|e| parse_hash(&e.record.blake3).ok())
+        .collect();
+    let mut blobs = HashMap::new();
+    let mut sizes = futures::stream::iter(hashes)
+        .map(|h| async move { (h, bucket.object_size(&h).await) })
+        .buffer_unordered(16);
+    while let Some((h, size)) = sizes.next().await {
+        if let Some(bytes) = size? {
+            blobs.insert(h, bytes);
+        }
+    }
+    let mut plan = Plan {
+        layout: Some(layout),
+        ..Plan::default()
+    };
+    for m in &manifests {
+        add_study(&mut plan, m, selection, &blobs);
+    }
+    Ok(Some(plan))
 }
 
 /// What happened to one object.
@@ -1024,6 +1081,54 @@ mod tests {
     fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         v.sort();
         v
+    }
+
+    /// A selection of studies reads their manifests and asks for their
+    /// blobs by key: it never lists the bucket (a blob no manifest names is
+    /// not counted), and a blob gone from the bucket is reported missing.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_study_selection_reads_that_study_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bucket, bodies) = bucket_with(dir.path(), 3, false).await;
+        let blob = |b: &[u8]| {
+            let h = hash_hex(&ObjectId::of(b));
+            dir.path()
+                .join("bucket")
+                .join(pacs_mirror_agent::bucket::object_key(
+                    &parse_hash(&h).unwrap(),
+                ))
+        };
+        // A blob no manifest names.
+        let stray = pacs_mirror_dicom::testing::dataset(SC, "1.2.3.4.5", "OTHER");
+        let stray_key = blob(&stray);
+        std::fs::create_dir_all(stray_key.parent().unwrap()).unwrap();
+        std::fs::write(&stray_key, &stray).unwrap();
+        let only = |uid: &str| Selection {
+            studies: vec![uid.into()],
+            ..Selection::default()
+        };
+        let everything = plan(&bucket, &Selection::default()).await.unwrap();
+        assert_eq!(
+            everything.unlisted_blobs, 1,
+            "the full plan lists the bucket"
+        );
+        let one = plan(&bucket, &only(STUDY)).await.unwrap();
+        assert_eq!(
+            (one.studies, one.objects.len(), one.unlisted_blobs),
+            (1, 3, 0)
+        );
+        std::fs::remove_file(blob(&bodies[1])).unwrap();
+        let one = plan(&bucket, &only(STUDY)).await.unwrap();
+        assert_eq!(one.objects.len(), 2);
+        assert_eq!(
+            one.missing_blobs,
+            vec![pacs_mirror_agent::bucket::object_key(&ObjectId::of(
+                &bodies[1]
+            ))]
+        );
+        // A study the bucket does not hold: the full plan explains.
+        let e = plan(&bucket, &only("1.2.3")).await.unwrap_err();
+        assert!(e.to_string().contains("1.2.3"), "{e}");
     }
 
     /// Small objects go through memory, one larger than [`MAX_IN_MEMORY`]

@@ -886,6 +886,15 @@ impl Bucket {
         Ok(out)
     }
 
+    /// The size of one object, asked by its key (`None`: not held).
+    pub async fn object_size(&self, hash: &ObjectId) -> Result<Option<u64>, BucketError> {
+        match self.store.head(&Path::from(object_key(hash))).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The addresses of every object in the bucket, with their sizes.
     pub async fn objects(&self) -> Result<Vec<(ObjectId, u64)>, BucketError> {
         let mut out = Vec::new();
