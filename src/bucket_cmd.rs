@@ -160,12 +160,15 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitC
         );
     }
     eprintln!(
-        "{} object(s), {} in {} study(ies); {} older version(s) not sent; {} blob(s) listed in no manifest; {} manifest entr(ies) without a blob",
+        "{} object(s), {} in {} study(ies); {} older version(s) not sent; {}; {} manifest entr(ies) without a blob",
         plan.objects.len(),
         crate::progress::human_bytes(plan.bytes()),
         plan.studies,
         plan.older_versions_skipped,
-        plan.unlisted_blobs,
+        plan.unlisted_blobs.map_or_else(
+            || "blobs listed in no manifest not looked for (studies chosen)".to_string(),
+            |n| format!("{n} blob(s) listed in no manifest")
+        ),
         plan.missing_blobs.len()
     );
     if args.dry_run {

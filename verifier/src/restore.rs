@@ -5,7 +5,9 @@
 //! Neither needs the agent's local index or spool: the agent machine may be
 //! gone. What is in the bucket is found from the study manifests, plus a
 //! listing of `objects/` for blobs no manifest names (an upload cut off
-//! between its blob and its manifest entry).
+//! between its blob and its manifest entry). A selection of studies only
+//! reads those studies' manifests and asks for their objects by key: it
+//! costs those studies, not the bucket.
 //!
 //! A mistake never passes as success: a location that is not a
 //! pacs-mirror bucket ([`RestoreError::NotABucket`]), a selection that
@@ -341,8 +343,10 @@ pub struct Plan {
     pub studies: usize,
     /// Older versions of SOP instances not sent (`all_versions` off).
     pub older_versions_skipped: usize,
-    /// Blobs named by no manifest (included when everything is restored).
-    pub unlisted_blobs: usize,
+    /// Blobs named by no manifest (included when everything is restored);
+    /// `None` when not looked for (a selection of studies reads only those
+    /// studies, never listing the bucket).
+    pub unlisted_blobs: Option<usize>,
     /// Manifest entries whose blob is missing from the bucket.
     pub missing_blobs: Vec<String>,
 }
@@ -384,7 +388,7 @@ pub async fn plan(bucket: &Bucket, selection: &Selection) -> Result<Plan, Restor
     let mut unlisted: Vec<(&ObjectId, &u64)> =
         blobs.iter().filter(|(h, _)| !listed.contains(*h)).collect();
     unlisted.sort();
-    plan.unlisted_blobs = unlisted.len();
+    plan.unlisted_blobs = Some(unlisted.len());
     if selection.is_everything() {
         for (h, bytes) in unlisted {
             plan.objects.push(Planned {
@@ -460,7 +464,7 @@ fn add_study(
 /// manifests and ask for their objects by key, never listing the bucket,
 /// so restoring one study costs that study. `None` for any other
 /// selection, or when a study has no manifest (the full plan says why).
-/// Blobs named by no manifest are not looked for (`unlisted_blobs` 0).
+/// Blobs named by no manifest are not looked for (`unlisted_blobs` None).
 async fn plan_studies(
     bucket: &Bucket,
     selection: &Selection,
@@ -547,8 +551,9 @@ pub struct Report {
     pub missing_blobs: Vec<String>,
     /// Older versions not sent.
     pub older_versions_skipped: usize,
-    /// Blobs named by no manifest (restored when everything is).
-    pub unlisted_blobs: usize,
+    /// Blobs named by no manifest (restored when everything is); `None`:
+    /// not looked for ([`Plan::unlisted_blobs`]).
+    pub unlisted_blobs: Option<usize>,
 }
 
 impl Report {
@@ -1109,13 +1114,14 @@ mod tests {
         };
         let everything = plan(&bucket, &Selection::default()).await.unwrap();
         assert_eq!(
-            everything.unlisted_blobs, 1,
+            everything.unlisted_blobs,
+            Some(1),
             "the full plan lists the bucket"
         );
         let one = plan(&bucket, &only(STUDY)).await.unwrap();
         assert_eq!(
             (one.studies, one.objects.len(), one.unlisted_blobs),
-            (1, 3, 0)
+            (1, 3, None)
         );
         std::fs::remove_file(blob(&bodies[1])).unwrap();
         let one = plan(&bucket, &only(STUDY)).await.unwrap();

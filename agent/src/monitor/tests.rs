@@ -46,6 +46,23 @@ fn kinds(c: &[Condition]) -> Vec<(&str, &str)> {
     c.iter().map(|c| (c.kind, c.subject.as_str())).collect()
 }
 
+/// Inputs with nothing to say but `sources` and `targets`, started an
+/// hour before NOW.
+fn inputs<'a>(
+    sources: &'a BTreeMap<String, Seen>,
+    targets: &'a BTreeMap<String, TargetStatus>,
+) -> Inputs<'a> {
+    Inputs {
+        now_ms: NOW,
+        started_ms: NOW - H,
+        sources,
+        targets,
+        room: None,
+        certificate: None,
+        unhealthy: None,
+    }
+}
+
 fn eval(
     s: &Settings,
     sources: &BTreeMap<String, Seen>,
@@ -53,13 +70,9 @@ fn eval(
     room: Option<SpoolRoom>,
 ) -> (Vec<Condition>, Gauges) {
     let i = Inputs {
-        now_ms: NOW,
         started_ms: NOW - 10 * H,
-        sources,
-        targets,
         room,
-        certificate: None,
-        unhealthy: None,
+        ..inputs(sources, targets)
     };
     evaluate(s, &i, &Utc)
 }
@@ -95,14 +108,10 @@ fn silence_counts_from_the_last_store_or_the_start() {
     // Last object 12 h ago, but the agent started (after downtime) 2 h
     // ago: the agent's downtime is not the source's silence.
     let long_ago = BTreeMap::from([("CT1".to_string(), seen(Some(NOW - 12 * H), &[]))]);
+    let no_targets = BTreeMap::new();
     let i = Inputs {
-        now_ms: NOW,
         started_ms: NOW - 2 * H,
-        sources: &long_ago,
-        targets: &BTreeMap::new(),
-        room: None,
-        certificate: None,
-        unhealthy: None,
+        ..inputs(&long_ago, &no_targets)
     };
     let (quiet, g) = evaluate(&s, &i, &Utc);
     assert!(quiet.is_empty(), "{quiet:?}");
@@ -375,13 +384,8 @@ fn an_expiring_certificate_raises_its_alert_and_an_expired_one_says_so() {
     let targets = BTreeMap::new();
     let at = |not_after_s: i64| {
         let i = Inputs {
-            now_ms: NOW,
-            started_ms: NOW - H,
-            sources: &sources,
-            targets: &targets,
-            room: None,
             certificate: Some(("subject \"CN=agent\"".into(), not_after_s)),
-            unhealthy: None,
+            ..inputs(&sources, &targets)
         };
         evaluate(&s, &i, &Utc)
     };
@@ -405,17 +409,12 @@ fn a_latched_store_raises_storage_unhealthy_with_what_to_do() {
     let sources = BTreeMap::new();
     let targets = BTreeMap::new();
     let i = Inputs {
-        now_ms: NOW,
-        started_ms: NOW - H,
-        sources: &sources,
-        targets: &targets,
-        room: None,
-        certificate: None,
         unhealthy: Some(pacs_mirror_store::commit::Latched {
             what: "spool file fdatasync".into(),
             error: "objects/ab/x.dcm: Input/output error (os error 5)".into(),
             at_ms: NOW - 60_000,
         }),
+        ..inputs(&sources, &targets)
     };
     let (c, _) = evaluate(&s, &i, &Utc);
     assert_eq!(kinds(&c), [("storage_unhealthy", "spool")]);

@@ -172,8 +172,8 @@ pub enum CommitError {
 /// Why the store refuses every object: a flush that failed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Latched {
-    /// What failed: `spool file fdatasync`, `spool directory fsync` or
-    /// `index flush`.
+    /// What failed: `spool file fdatasync`, `spool directory fsync`,
+    /// `index flush` or `index write`.
     pub what: String,
     /// The error, as the system gave it.
     pub error: String,

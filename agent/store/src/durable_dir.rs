@@ -21,10 +21,10 @@ pub fn sync(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// `mkdir -p dir`, durably (see the module header). The parent of every
-/// directory that was missing is synced, existing or not, so a directory
-/// left by an earlier run that crashed before its name was synced is made
-/// durable too.
+/// `mkdir -p dir`, durably (see the module header): `dir` itself is
+/// synced, and the parent of every level that was missing. The parent of a
+/// directory that already existed is not touched (it may be a mount point,
+/// or not ours to open).
 pub fn create_all(dir: &Path) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut at = Some(dir);
