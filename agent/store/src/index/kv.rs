@@ -93,6 +93,9 @@ fn scan_start(prefix: &[u8], after: Option<&[u8]>) -> Bound<Vec<u8>> {
     }
 }
 
+/// How long [`SledKv::open`] waits for a lock to be let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The production engine: one sled tree.
 pub struct SledKv {
     db: sled::Db,
@@ -108,25 +111,41 @@ impl SledKv {
         let durable =
             |e: std::io::Error| KvError::Engine(format!("making {} durable: {e}", dir.display()));
         crate::durable_dir::create_all(dir).map_err(durable)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            // Durability comes from explicit flushes (the group committer,
-            // recovery, shutdown); the background flusher only competes with
-            // them for the disk.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    KvError::Locked {
-                        path: dir.display().to_string(),
+        let open = || {
+            sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                // Durability comes from explicit flushes (the group committer,
+                // recovery, shutdown); the background flusher only competes
+                // with them for the disk.
+                .flush_every_ms(None)
+                .open()
+                .map_err(|e| match e {
+                    sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                        KvError::Locked {
+                            path: dir.display().to_string(),
+                        }
                     }
+                    sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                        KvError::Locked {
+                            path: dir.display().to_string(),
+                        }
+                    }
+                    e => KvError::Engine(e.to_string()),
+                })
+        };
+        // A handle just dropped in this process releases its lock only when
+        // sled's I/O pool lets go of the file, a moment later: a lock held
+        // past LOCK_WAIT is another process's (a second agent, a CLI).
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match open() {
+                Err(KvError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
                 }
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => KvError::Locked {
-                    path: dir.display().to_string(),
-                },
-                e => KvError::Engine(e.to_string()),
-            })?;
+                r => break r?,
+            }
+        };
         let log_path = dir.join("db");
         let log = std::fs::File::open(&log_path).map_err(|e| {
             KvError::Engine(format!("opening the index log {}: {e}", log_path.display()))
