@@ -40,7 +40,9 @@ use futures::StreamExt;
 use pacs_mirror_agent::bucket::Bucket;
 use pacs_mirror_agent::scp::inbox::{DrillInbox, Expectation};
 use pacs_mirror_dicom::scu::Peer;
-use pacs_mirror_store::index::{Index, IndexError, InstanceRecord, ObjectId, hash_hex, parse_hash};
+use pacs_mirror_store::index::{
+    Index, IndexError, InstanceRecord, ObjectId, hash_hex, parse_hash, tally,
+};
 use pacs_mirror_store::spool::Spool;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -304,17 +306,21 @@ impl DrillReport {
     }
 }
 
-/// Pick the studies of drill number `number` (1-based).
+/// Pick the studies of drill number `number` (1-based). Costs what it
+/// picks, never a listing of the archive: a requested study is looked up, a
+/// random one is the first study at or after a random point of the index's
+/// hashed study order ([`tally::study_key`]; the next one when it was picked
+/// already), a rotation slice is one range of that order, the newest is one
+/// row kept at ingest.
 pub fn pick_studies(
     index: &Index,
     settings: &DrillSettings,
     number: u64,
 ) -> Result<Vec<(String, Vec<String>)>, DrillError> {
-    let studies = index.studies()?;
     let mut picked: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if !settings.studies.is_empty() {
         for s in &settings.studies {
-            if !studies.iter().any(|x| &x.study_instance_uid == s) {
+            if !index.has_study(s)? {
                 return Err(DrillError::UnknownStudy(s.clone()));
             }
             picked
@@ -324,60 +330,74 @@ pub fn pick_studies(
         }
         return Ok(picked.into_iter().collect());
     }
-    if studies.is_empty() {
-        return Ok(Vec::new());
-    }
     let seed = settings
         .seed
         .map_or_else(pacs_mirror_agent::unix_ms, |s| s.wrapping_add(number));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut pool: Vec<usize> = (0..studies.len()).collect();
-    for _ in 0..settings.random_studies.min(studies.len() as u32) {
-        let i = rng.random_range(0..pool.len());
-        let s = pool.swap_remove(i);
-        picked
-            .entry(studies[s].study_instance_uid.clone())
-            .or_default()
-            .push("random".into());
+    for _ in 0..settings.random_studies {
+        let from: u64 = rng.random();
+        // As many as were picked, plus one: one of them is new, if the
+        // archive holds that many.
+        let candidates = index.studies_from(from, picked.len() + 1)?;
+        let mut found = None;
+        for (_, uid) in candidates {
+            if !picked.contains_key(&uid) && index.has_study(&uid)? {
+                found = Some(uid);
+                break;
+            }
+        }
+        match found {
+            Some(uid) => picked.entry(uid).or_default().push("random".into()),
+            None => break,
+        }
     }
     if settings.rotation > 0 {
         let m = u64::from(settings.rotation);
         let slice = (number.saturating_sub(1)) % m;
-        for s in &studies {
-            if rotation_slice(&s.study_instance_uid, m) == slice {
+        let (start, end) = rotation_range(slice, m);
+        let mut err = None;
+        index.studies_in(start, end, &mut |uid| match index.has_study(&uid) {
+            Ok(true) => {
                 picked
-                    .entry(s.study_instance_uid.clone())
+                    .entry(uid)
                     .or_default()
                     .push(format!("rotation {}/{m}", slice + 1));
+                true
             }
+            Ok(false) => true,
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e.into());
         }
     }
-    if settings.newest_study {
-        let mut newest: Option<(u64, String)> = None;
-        for s in &studies {
-            let t = index
-                .study_instances(&s.study_instance_uid)?
-                .iter()
-                .map(|r| r.received_at_ms)
-                .max()
-                .unwrap_or(0);
-            if newest.as_ref().is_none_or(|(n, _)| t > *n) {
-                newest = Some((t, s.study_instance_uid.clone()));
-            }
-        }
-        if let Some((_, uid)) = newest {
-            picked.entry(uid).or_default().push("newest".into());
-        }
+    if settings.newest_study
+        && let Some((_, uid)) = index.newest_study()?
+        && index.has_study(&uid)?
+    {
+        picked.entry(uid).or_default().push("newest".into());
     }
     Ok(picked.into_iter().collect())
 }
 
-/// Which rotation slice a study is in.
+/// Which rotation slice (of `m`) a study is in: slice `i` holds the studies
+/// whose [`tally::study_key`] is in the `i`-th of `m` equal ranges of `u64`.
 pub fn rotation_slice(study_instance_uid: &str, m: u64) -> u64 {
-    let h = blake3::hash(study_instance_uid.as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(b) % m.max(1)
+    ((u128::from(tally::study_key(study_instance_uid)) * u128::from(m.max(1))) >> 64) as u64
+}
+
+/// The [`tally::study_key`] range of rotation slice `slice` of `m`: from
+/// its first key to the next slice's (`None`: to the end).
+fn rotation_range(slice: u64, m: u64) -> (u64, Option<u64>) {
+    let m = u128::from(m.max(1));
+    let first = |i: u128| u64::try_from((i << 64).div_ceil(m)).ok();
+    (
+        first(u128::from(slice)).unwrap_or(u64::MAX),
+        first(u128::from(slice) + 1),
+    )
 }
 
 /// What came back of one instance.

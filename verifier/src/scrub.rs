@@ -135,7 +135,7 @@ mod tests {
             bytes.extend_from_slice(&body);
             let (mut f, tmp) = spool.begin().unwrap();
             f.write_all(&bytes).unwrap();
-            let placed = spool.place(&tmp, &hash).unwrap();
+            let placed = spool.place(&tmp, &hash, &mut |_| true).unwrap();
             let rec = InstanceRecord {
                 sop_instance_uid: uid,
                 sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),

@@ -45,7 +45,7 @@ fn seed(
         out.push((hash, sop, study, file));
     }
     let report =
-        pacs_mirror_store::recovery::recover(spool, index, &["backup".into()], false).unwrap();
+        pacs_mirror_store::recovery::recover(spool, index, &["backup".into()], true).unwrap();
     assert_eq!(report.reindexed, n);
     out
 }

@@ -512,16 +512,25 @@ fn commit_batch(
         apply_carry(index, carry);
         return;
     }
-    // Step 1, per object: identify and name (not yet durable).
+    // Step 1, per object: identify and name (not yet durable). A name that
+    // exists is an object the index holds, or one this batch placed;
+    // otherwise it is a crash's leftover, and replaced.
     let mut placed = Vec::with_capacity(jobs.len());
+    let mut named: BTreeSet<ObjectId> = BTreeSet::new();
     for Job { pending, reply } in jobs {
-        match durable_file(spool, pending) {
-            Ok((record, hash, installed, file)) => placed.push(Placed {
-                record,
-                hash,
-                installed,
-                file,
-                reply,
+        // Unsure (the index failed): the name is kept, as before.
+        let mut vouched_for =
+            |hash: &ObjectId| named.contains(hash) || !matches!(index.object(hash), Ok(None));
+        match durable_file(spool, pending, &mut vouched_for) {
+            Ok((record, hash, installed, file)) => placed.push({
+                named.insert(hash);
+                Placed {
+                    record,
+                    hash,
+                    installed,
+                    file,
+                    reply,
+                }
             }),
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -685,6 +694,7 @@ fn commit_batch(
 fn durable_file(
     spool: &Spool,
     p: Pending,
+    vouched_for: &mut dyn FnMut(&ObjectId) -> bool,
 ) -> Result<
     (
         InstanceRecord,
@@ -696,7 +706,7 @@ fn durable_file(
 > {
     let id = identify::identify(&p.command_sop_class, &p.command_sop_instance, &p.observed)?;
     let (written, file) = p.writer.finish_unsynced()?;
-    let installed = spool.place(written.temp.path(), &written.hash)?;
+    let installed = spool.place(written.temp.path(), &written.hash, vouched_for)?;
     let record = InstanceRecord {
         sop_instance_uid: id.sop_instance_uid,
         sop_class_uid: id.sop_class_uid,
@@ -798,6 +808,32 @@ mod tests {
         let stored = std::fs::read(&objects[0].1).unwrap();
         assert!(stored.ends_with(&body));
         assert_eq!(std::fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
+    }
+
+    /// A name a crash left without rows (its data torn) is not taken for
+    /// the object: the object received again replaces it, and the file
+    /// acknowledged is whole.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_crash_leftover_under_the_name_is_replaced() {
+        let (_d, spool, index, c) = setup();
+        let body = dataset("1.2.3.7", "P");
+        let hash = ObjectId::of(&body);
+        let path = spool.object_path(&hash);
+        std::fs::write(&path, b"torn: the power went off").unwrap();
+        let r = c.commit(pending(&spool, "1.2.3.7", &body)).await.unwrap();
+        assert!(r.created, "placed as a new name");
+        assert_eq!(r.outcome, CommitOutcome::New);
+        let stored = std::fs::read(&path).unwrap();
+        assert!(stored.ends_with(&body));
+        assert_eq!(ObjectId::of(&stored[stored.len() - body.len()..]), hash);
+        // Indexed now: a second copy leaves the file as it is.
+        let again = c.commit(pending(&spool, "1.2.3.7", &body)).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.outcome, CommitOutcome::Duplicate);
+        assert_eq!(
+            index.object(&hash).unwrap().unwrap().file_bytes,
+            stored.len() as u64
+        );
     }
 
     /// Outbox rows wait in the pending marker until the object is durable;

@@ -11,10 +11,23 @@
 //!    quarantined). Such an object was never acknowledged unless its file
 //!    was durable and good. This costs as many re-hashes as objects were in
 //!    flight (at most a few batches), whatever the size of the archive;
-//! 3. indexes object files the index does not know (crash between the
-//!    rename and the index flush).
 //!
-//! `reindex` does the same for every file, into an empty index, and
+//! That is all a start costs: what a crash can have left half-done is
+//! exactly the objects with a marker (a marker lives from the first write
+//! of an object's rows until its finalize is flushed, about two batches).
+//! The last clean point is the last index flush: every row it made durable
+//! either is final or carries its marker.
+//!
+//! Object files the index does not know (a crash between the rename into
+//! `objects/` and the first durable write of their rows: never
+//! acknowledged) are not looked for here: that would cost a listing of the
+//! whole spool at every start. They are harmless meanwhile: the committer
+//! replaces such a name when the object is received again
+//! ([`crate::spool::Spool::place`]), and the rolling scrub, which walks the
+//! spool in the background, adopts them (indexed if good, quarantined if
+//! torn).
+//!
+//! `reindex` (`verify_all`) indexes every file, into an empty index, and
 //! verifies each file's hash on the way. A file whose contents do not match
 //! its name, or that cannot be parsed, is moved to `quarantine/` and
 //! reported, never deleted.
@@ -99,6 +112,10 @@ pub fn recover(
             }
         }
     }
+    if !verify_all {
+        index.flush()?;
+        return Ok(report);
+    }
     let (objects, odd) = spool.list_objects()?;
     for p in odd {
         let q = spool.quarantine(&p)?;
@@ -108,13 +125,6 @@ pub fn recover(
     }
     report.objects_seen = objects.len();
     for (hash, path) in objects {
-        if !verify_all && let Some(obj) = index.object(&hash)? {
-            if obj.evicted_at_ms.is_some() {
-                // Retention marked it but crashed before removing the file.
-                index.unevict(&hash)?;
-            }
-            continue;
-        }
         match record_from_file(&path, &hash) {
             Ok(rec) => {
                 index.commit_instance(&rec, &hash, targets, crate::unix_ms())?;
@@ -287,9 +297,19 @@ mod tests {
         // 4. a stray file that is not an object address
         std::fs::write(spool.root().join("objects/00/stray.dcm"), b"?").unwrap();
 
-        let report = recover(&spool, &index, &["backup".into()], false).unwrap();
-        assert_eq!(report.temp_files_removed, 1);
+        // A start removes the temp file and lists nothing else: unindexed
+        // names are the rolling scrub's (and a re-send replaces them).
+        let start = recover(&spool, &index, &["backup".into()], false).unwrap();
+        assert_eq!(start.temp_files_removed, 1);
         assert!(!temp.exists());
+        assert_eq!((start.objects_seen, start.reindexed), (0, 0));
+        assert!(start.quarantined.is_empty());
+        assert!(spool.object_path(&torn_hash).exists());
+        assert_eq!(index.stats().unwrap().instances, 0);
+
+        // `reindex` (every file) adopts the good one, quarantines the others.
+        let report = recover(&spool, &index, &["backup".into()], true).unwrap();
+        assert_eq!(report.objects_seen, 2);
         assert_eq!(report.reindexed, 1);
         assert_eq!(report.quarantined.len(), 2, "{:?}", report.quarantined);
         assert!(!spool.object_path(&torn_hash).exists());

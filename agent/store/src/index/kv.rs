@@ -126,11 +126,9 @@ impl SledKv {
                             path: dir.display().to_string(),
                         }
                     }
-                    sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                        KvError::Locked {
-                            path: dir.display().to_string(),
-                        }
-                    }
+                    sled::Error::Io(ref io) if io.to_string().contains("lock") => KvError::Locked {
+                        path: dir.display().to_string(),
+                    },
                     e => KvError::Engine(e.to_string()),
                 })
         };

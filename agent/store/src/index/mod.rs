@@ -19,6 +19,7 @@
 //! m/delivered\0<target>                           -> u64 BE: how many d/<target> rows (see [`outbox`])
 //! m/last_delivered\0<target>                      -> u64 BE: the latest delivered_at_ms of them
 //! m/clock                                         -> u64 BE: the agent clock's high-water mark (see [`crate::clock`])
+//! m/tally\0…, e/…, z/…, m/newest_study             -> tallies kept by every batch (see [`tally`])
 //! a/<calling AE title>                            -> last store time (see [`sources`])
 //! f/<kind>\0<subject>                              -> a firing alert (see [`sources`])
 //! ```
@@ -60,6 +61,7 @@ pub mod pending;
 pub mod records;
 pub mod sources;
 pub mod studies;
+pub mod tally;
 
 use std::sync::Arc;
 
@@ -243,6 +245,9 @@ pub struct Index {
     /// per-target count of them (`m/delivered`), a read-modify-write that
     /// must see every other one. Shared by the clones.
     delivered_rows: Arc<std::sync::Mutex<()>>,
+    /// Held by every batch that writes a tallied row while its tallies are
+    /// derived and applied with it ([`tally`]). Shared by the clones.
+    tallies: Arc<std::sync::Mutex<()>>,
     /// Who waits for rows in a target's queue. Shared by the clones.
     watchers: Arc<QueueWatchers>,
 }
@@ -293,6 +298,7 @@ impl Index {
             kv,
             queue_moves: Arc::default(),
             delivered_rows: Arc::default(),
+            tallies: Arc::default(),
             watchers: Arc::default(),
         }
     }
@@ -312,14 +318,22 @@ impl Index {
         n
     }
 
-    /// Apply one atomic batch, then wake the readers of any queue it wrote
-    /// into. Every write of the index goes through here.
-    fn apply(&self, ops: Vec<Op>) -> Result<(), KvError> {
+    /// Apply one atomic batch, with the tallies it changes ([`tally`]), then
+    /// wake the readers of any queue it wrote into. Every write of the index
+    /// goes through here.
+    fn apply(&self, mut ops: Vec<Op>) -> Result<(), KvError> {
         if ops.is_empty() {
             return Ok(());
         }
         let queues = queues_written(&ops);
-        self.kv.apply(ops)?;
+        if tally::batch_is_tallied(&ops) {
+            let _tally = self.lock_tallies();
+            let tallies = tally::derive(&*self.kv, &ops)?;
+            ops.extend(tallies);
+            self.kv.apply(ops)?;
+        } else {
+            self.kv.apply(ops)?;
+        }
         if !queues.is_empty() {
             let targets: Vec<&[u8]> = queues.iter().map(Vec::as_slice).collect();
             self.watchers.wake(&targets);
@@ -335,6 +349,13 @@ impl Index {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Take the tally lock (poisoning as in [`Index::lock_queue_moves`]).
+    fn lock_tallies(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.tallies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Take the delivered-rows lock (poisoning as in
     /// [`Index::lock_queue_moves`]).
     fn lock_delivered_rows(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -344,8 +365,14 @@ impl Index {
     }
 
     /// Open the sled index in `dir`.
+    /// An index without tallies (written by an older build) has them
+    /// rebuilt first ([`Index::ensure_tallies`]).
     pub fn open(dir: &std::path::Path) -> Result<Self, IndexError> {
-        Ok(Index::new(Arc::new(SledKv::open(dir)?)))
+        let index = Index::new(Arc::new(SledKv::open(dir)?));
+        if index.ensure_tallies()? {
+            tracing::info!(index = %dir.display(), "index tallies rebuilt (first open by this version)");
+        }
+        Ok(index)
     }
 
     /// The latest time of the agent's clock the index recorded (Unix ms):
@@ -702,13 +729,7 @@ impl Index {
 
     /// Total bytes of the spool files the index knows (evicted ones excluded).
     pub fn spool_bytes(&self) -> Result<u64, IndexError> {
-        let mut total = 0;
-        self.for_each_object(&mut |_, r| {
-            if r.evicted_at_ms.is_none() {
-                total += r.file_bytes;
-            }
-        })?;
-        Ok(total)
+        Ok(self.spool_tally()?.bytes)
     }
 
     /// Record that retention is removing an object's spool file (flush

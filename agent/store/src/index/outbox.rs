@@ -766,61 +766,23 @@ impl Index {
         Ok(s)
     }
 
-    /// [`Index::outbox_summary`] but for `delivered` (left at 0).
+    /// [`Index::outbox_summary`] but for `delivered` (left at 0): a few
+    /// rows of tallies ([`super::tally`]), whatever the backlog.
     fn queue_summary(
         &self,
         target: &str,
         live_window_ms: u64,
     ) -> Result<OutboxSummary, IndexError> {
-        let mut s = OutboxSummary::default();
         let live_since = crate::unix_ms().saturating_sub(live_window_ms);
-        let prefix = target_prefix(OUTBOX, target);
-        // Summed as the rows go by: nothing is collected per pending object
-        // (a long outage can leave millions), and the object row is read
-        // only for rows written before they carried their size.
-        let mut err = None;
-        self.kv.for_each_prefix(&prefix, &mut |k, v| {
-            let row = match (
-                parse_outbox_key(prefix.len(), k),
-                decode_at::<OutboxRecord>(k, v),
-            ) {
-                (Some((_, hash)), Ok(r)) => Ok((hash, r)),
-                (_, Err(e)) => Err(e),
-                (None, _) => Err(IndexError::BadHash(String::from_utf8_lossy(k).into())),
-            };
-            let bytes = row.and_then(|(hash, r)| {
-                let bytes = match r.file_bytes {
-                    Some(b) => b,
-                    None => self.object(&hash)?.map_or(0, |o| o.file_bytes),
-                };
-                Ok((bytes, r.enqueued_at_ms, is_live(&r, live_since)))
-            });
-            match bytes {
-                Ok((bytes, enqueued, live)) => {
-                    s.pending += 1;
-                    s.pending_live += u64::from(live);
-                    s.pending_bytes += bytes;
-                    s.oldest_enqueued_at_ms = Some(
-                        s.oldest_enqueued_at_ms
-                            .map_or(enqueued, |o| o.min(enqueued)),
-                    );
-                    true
-                }
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            }
-        })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
-        self.kv
-            .for_each_prefix(&target_prefix(DEAD, target), &mut |_, _| {
-                s.dead_letters += 1;
-                true
-            })?;
-        Ok(s)
+        let t = self.queue_tally(target, live_since)?;
+        Ok(OutboxSummary {
+            pending: t.rows,
+            pending_bytes: t.bytes,
+            oldest_enqueued_at_ms: t.oldest_queued_ms,
+            dead_letters: t.dead,
+            pending_live: t.since,
+            ..OutboxSummary::default()
+        })
     }
 }
 

@@ -52,6 +52,18 @@ impl Index {
         Ok(out)
     }
 
+    /// Whether the index holds an instance of the study (one key read).
+    pub fn has_study(&self, study_instance_uid: &str) -> Result<bool, IndexError> {
+        let mut prefix = key(&[HIER, study_instance_uid.as_bytes()]);
+        prefix.push(0);
+        let mut found = false;
+        self.kv.for_each_prefix(&prefix, &mut |_, _| {
+            found = true;
+            false
+        })?;
+        Ok(found)
+    }
+
     /// Every instance version of a study.
     pub fn study_instances(
         &self,

@@ -274,7 +274,18 @@ impl Spool {
     /// Success the caller flushes the file's data, [`Installed::dir`] and the
     /// index, in both cases (the existing name may be an instant old, its
     /// flushes not yet done).
-    pub fn place(&self, temp: &Path, hash: &ObjectId) -> Result<Installed, SpoolError> {
+    ///
+    /// Unless `vouched_for(hash)` says the existing name is an object the
+    /// index holds (or one placed an instant ago): then a name nobody
+    /// vouches for — a file a crash left without rows, whose data may not
+    /// have survived — is replaced by the temp file (an atomic rename), and
+    /// the result is `created` as for a new name.
+    pub fn place(
+        &self,
+        temp: &Path,
+        hash: &ObjectId,
+        vouched_for: &mut dyn FnMut(&ObjectId) -> bool,
+    ) -> Result<Installed, SpoolError> {
         let path = self.object_path(hash);
         let dir = path
             .parent()
@@ -288,6 +299,14 @@ impl Spool {
             rustix::fs::RenameFlags::NOREPLACE,
         ) {
             Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) if !vouched_for(hash) => {
+                fs::rename(temp, &path).map_err(io_err("rename", &path))?;
+                tracing::warn!(
+                    object = %hash_hex(hash),
+                    "an unindexed spool file (left by a crash) was replaced by the object received again"
+                );
+                true
+            }
             Err(rustix::io::Errno::EXIST) => {
                 fs::remove_file(temp).map_err(io_err("remove", temp))?;
                 false
@@ -427,7 +446,7 @@ mod tests {
         let hash = ObjectId([7u8; 32]);
         let (mut f, p) = s.begin().unwrap();
         f.write_all(b"first").unwrap();
-        let first = s.place(&p, &hash).unwrap();
+        let first = s.place(&p, &hash, &mut |_| true).unwrap();
         assert!(first.created);
         assert!(
             first
@@ -436,13 +455,27 @@ mod tests {
         );
         let (mut f, p2) = s.begin().unwrap();
         f.write_all(b"second").unwrap();
-        let second = s.place(&p2, &hash).unwrap();
+        let second = s.place(&p2, &hash, &mut |_| true).unwrap();
         assert!(!second.created);
         assert_eq!(fs::read(&first.path).unwrap(), b"first");
         assert!(!p.exists() && !p2.exists());
         let (objs, odd) = s.list_objects().unwrap();
-        assert_eq!(objs, vec![(hash, first.path)]);
+        assert_eq!(objs, vec![(hash, first.path.clone())]);
         assert!(odd.is_empty());
+        // A name nobody vouches for (a crash's leftover) is replaced.
+        let (mut f, p3) = s.begin().unwrap();
+        f.write_all(b"third").unwrap();
+        let mut asked = Vec::new();
+        let third = s
+            .place(&p3, &hash, &mut |h| {
+                asked.push(*h);
+                false
+            })
+            .unwrap();
+        assert!(third.created);
+        assert_eq!(asked, [hash]);
+        assert_eq!(fs::read(&first.path).unwrap(), b"third");
+        assert!(!p3.exists());
     }
 
     #[test]
