@@ -639,37 +639,14 @@ impl Index {
     pub fn finding_counts(
         &self,
     ) -> Result<std::collections::BTreeMap<FindingClass, u64>, IndexError> {
-        let mut out = std::collections::BTreeMap::new();
-        let mut err = None;
-        self.kv.for_each_prefix(
-            FINDINGS,
-            &mut |k, v| match decode_at::<Vec<FindingClass>>(k, v) {
-                Ok(mut classes) => {
-                    classes.dedup();
-                    for c in classes {
-                        *out.entry(c).or_insert(0) += 1;
-                    }
-                    true
-                }
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            },
-        )?;
-        err.map_or(Ok(out), Err)
+        self.finding_tallies()
     }
 
     /// How many instance versions have no (usable) Study Instance UID: no
     /// study lists them, so study-level checks (drills, `failover check`)
     /// cannot reach them and report them apart.
     pub fn without_study(&self) -> Result<u64, IndexError> {
-        let mut n = 0u64;
-        self.kv.for_each_prefix(&key(&[HIER, b"\0"]), &mut |_, _| {
-            n += 1;
-            true
-        })?;
-        Ok(n)
+        self.without_study_tally()
     }
 
     /// Visit every instance record (ascending by SOP Instance UID).

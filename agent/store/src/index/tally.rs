@@ -8,6 +8,8 @@
 //! m/tally\0spool                             -> objects, bytes held (not evicted), evicted (3 × u64 BE) of o/
 //! m/tally\0queue\0<target>                   -> rows, bytes (2 × u64 BE) of q/<target>
 //! m/tally\0dead\0<target>                    -> rows (u64 BE) of x/<target>
+//! m/tally\0findings\0<class>                  -> instance versions kept with that finding class (n/)
+//! m/tally\0without_study                      -> instance versions with no usable Study Instance UID (h/\0…)
 //! m/tally\0arrived\0<target>\0<slot:u64 BE>  -> rows (u64 BE) of q/<target> whose object was queued in that
 //!                                               SLOT_MS slot of time (the live/backlog split)
 //! e/<target>\0<queued ms:u64 BE>\0<blake3>   -> rows (u32 BE) of q/<target> of that object queued then
@@ -43,7 +45,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::records::{self, InstanceRecord, ObjectRecord, OutboxRecord};
+use super::records::{self, FindingClass, InstanceRecord, ObjectRecord, OutboxRecord};
 use super::{Index, IndexError, KvError, Op, key};
 use crate::index::kv::Kv;
 
@@ -68,6 +70,14 @@ fn queue_key(target: &[u8]) -> Vec<u8> {
 }
 fn dead_key(target: &[u8]) -> Vec<u8> {
     key(&[M, b"tally", b"dead", target])
+}
+fn findings_prefix() -> Vec<u8> {
+    let mut k = key(&[M, b"tally", b"findings"]);
+    k.push(0);
+    k
+}
+fn without_study_key() -> Vec<u8> {
+    key(&[M, b"tally", b"without_study"])
 }
 fn arrived_prefix(target: &[u8]) -> Vec<u8> {
     let mut k = key(&[M, b"tally", b"arrived", target]);
@@ -112,7 +122,7 @@ fn study_row(study: &[u8]) -> Vec<u8> {
 
 /// The tables whose rows are tallied.
 fn tallied(k: &[u8]) -> bool {
-    [b"q/", b"x/", b"o/", b"h/", b"i/"]
+    [b"q/", b"x/", b"o/", b"h/", b"i/", b"n/"]
         .iter()
         .any(|t| k.starts_with(*t))
 }
@@ -224,10 +234,22 @@ impl Changes {
                 };
                 self.add(spool_key(), [sign, sign * held, sign * evicted]);
             }
-        } else if k.starts_with(b"h/") && sign > 0 {
+        } else if k.starts_with(b"h/") {
             let study = k[2..].split(|b| *b == 0).next().unwrap_or_default();
-            if !study.is_empty() {
+            if study.is_empty() {
+                self.add(without_study_key(), [sign, 0, 0]);
+            } else if sign > 0 {
                 self.studies.insert(study_row(study), ());
+            }
+        } else if k.starts_with(b"n/") {
+            if let Ok(mut classes) = records::decode::<Vec<FindingClass>>(v) {
+                classes.sort();
+                classes.dedup();
+                for c in classes {
+                    let mut k = findings_prefix();
+                    k.extend_from_slice(c.name().as_bytes());
+                    self.add(k, [sign, 0, 0]);
+                }
             }
         } else if k.starts_with(b"i/")
             && sign > 0
@@ -439,6 +461,31 @@ impl Index {
         })
     }
 
+    /// Instance versions kept with each finding class (those with none
+    /// left out).
+    pub fn finding_tallies(
+        &self,
+    ) -> Result<std::collections::BTreeMap<FindingClass, u64>, IndexError> {
+        let prefix = findings_prefix();
+        let mut out = std::collections::BTreeMap::new();
+        self.kv.for_each_prefix(&prefix, &mut |k, v| {
+            let name = &k[prefix.len()..];
+            if let Some(c) = FindingClass::ALL
+                .iter()
+                .find(|c| c.name().as_bytes() == name)
+            {
+                out.insert(*c, u64s::<1>(Some(v))[0]);
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Instance versions with no usable Study Instance UID.
+    pub fn without_study_tally(&self) -> Result<u64, IndexError> {
+        Ok(u64s::<1>(self.kv.get(&without_study_key())?.as_deref())[0])
+    }
+
     /// The study whose instance was received last (by its receive time), if
     /// any was.
     pub fn newest_study(&self) -> Result<Option<(u64, String)>, IndexError> {
@@ -543,7 +590,7 @@ impl Index {
         }
         // Derive the tallies of every tallied row, a page at a time; each
         // page's tally changes are applied on top of the previous ones.
-        for table in [&b"o/"[..], b"q/", b"x/", b"h/", b"i/"] {
+        for table in [&b"o/"[..], b"q/", b"x/", b"h/", b"i/", b"n/"] {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let mut page: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -609,14 +656,24 @@ mod tests {
             dataset_bytes: 100,
             file_bytes: 400 + u64::from(i),
             patient_id: "P".into(),
-            study_instance_uid: format!("1.2.9.{}", i % 7),
+            // Some without a study, some with findings.
+            study_instance_uid: if i % 11 == 5 {
+                String::new()
+            } else {
+                format!("1.2.9.{}", i % 7)
+            },
             series_instance_uid: "1.2.9.1".into(),
             calling_ae: "SCU".into(),
             source_ip: "127.0.0.1".into(),
             received_at_ms: at,
             study_date: String::new(),
             modality: String::new(),
-            findings: Vec::new(),
+            findings: (0..i % 3)
+                .map(|k| records::Finding {
+                    class: FindingClass::ALL[(i as usize + k as usize) % 7],
+                    detail: "test".into(),
+                })
+                .collect(),
         }
     }
 
@@ -725,6 +782,20 @@ mod tests {
                     }
                 }
                 assert_eq!(idx.spool_tally().unwrap(), spool, "seed {seed} step {step}");
+                let mut findings = std::collections::BTreeMap::new();
+                for (_, v) in idx.kv.scan_prefix(b"n/").unwrap() {
+                    let mut classes: Vec<FindingClass> = records::decode(&v).unwrap();
+                    classes.sort();
+                    classes.dedup();
+                    for c in classes {
+                        *findings.entry(c).or_insert(0u64) += 1;
+                    }
+                }
+                assert_eq!(idx.finding_tallies().unwrap(), findings);
+                assert_eq!(
+                    idx.without_study_tally().unwrap(),
+                    idx.kv.scan_prefix(b"h/\0").unwrap().len() as u64
+                );
             }
             let (_, newest) = idx.newest_study().unwrap().unwrap();
             let before = tally_rows(&idx);
@@ -751,7 +822,8 @@ mod tests {
     fn studies_from_a_point_and_in_a_range() {
         let idx = Index::new(Arc::new(MemKv::default()));
         let targets = vec!["backup".to_string()];
-        for i in 0..7u32 {
+        // Seven studies (1.2.9.0 to 1.2.9.6), each with an instance.
+        for i in [0u32, 1, 2, 3, 4, 12, 6] {
             let hash = ObjectId([i as u8 + 1; 32]);
             idx.commit_instance(&rec(i, &hash, 5), &hash, &targets, 5)
                 .unwrap();
