@@ -270,6 +270,14 @@ enum IndexCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Rebuild the tallies that status, metrics and drills read (queue
+    /// counts and bytes, spool bytes, findings, the study order) from the
+    /// rows, by one scan. Needed only after an older pacs-mirror wrote to
+    /// this index; the agent must be stopped.
+    Retally {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -594,6 +602,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = load(config.as_deref())?;
             let index = open_index(&config)?;
             println!("{}", serde_json::to_string_pretty(&index.stats()?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Index(IndexCommand::Retally { config }) => {
+            let config = load(config.as_deref())?;
+            let index = open_index(&config)?;
+            let started = std::time::Instant::now();
+            index.retally()?;
+            let spool = index.spool_tally()?;
+            println!(
+                "tallies rebuilt in {:.1} s: {} objects, {} bytes held, {} evicted",
+                started.elapsed().as_secs_f64(),
+                spool.objects,
+                spool.bytes,
+                spool.evicted
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

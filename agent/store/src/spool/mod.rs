@@ -21,8 +21,10 @@
 //!    flushed, after the rename, the file's data, the `objects/<hh>`
 //!    directory and the index, all three at the same time, once per batch.
 //!    Until then its data may not be durable under a durable name: such a
-//!    file is either unindexed or covered by a pending marker in the index,
-//!    and start-up recovery re-hashes both kinds (`crate::recovery`).
+//!    file is either covered by a pending marker in the index (start-up
+//!    recovery re-hashes it, `crate::recovery`) or unindexed (never
+//!    acknowledged; [`Spool::place`] replaces it when the object arrives
+//!    again, the rolling scrub adopts or quarantines it).
 //! 3. Files under `objects/` are never modified. The ingest path removes
 //!    only a file it has just placed whose data or directory flush failed
 //!    (never acknowledged; its rows are undone). Otherwise only retention
@@ -34,9 +36,10 @@
 //!
 //! # Crash behaviour
 //! A crash can leave: temp files (removed at start-up; never acknowledged),
-//! objects linked into `objects/` but not indexed (re-hashed at start-up by
-//! recovery: indexed if good, keeping them loses nothing; quarantined if their
-//! data did not survive), and objects of a commit in flight, indexed with a
+//! objects linked into `objects/` but not indexed (replaced by a re-send,
+//! adopted by the rolling scrub: indexed if good, keeping them loses
+//! nothing; quarantined if their data did not survive), and objects of a
+//! commit in flight, indexed with a
 //! pending marker (re-hashed: kept if good, rows undone if missing or torn).
 //! None of these was acknowledged, except pending objects whose file is good.
 
