@@ -72,13 +72,18 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
     },
-    /// Rebuild the index from the spool (agent stopped). The old index is
-    /// kept beside it as index.old-<time>. With --from, add to the index
-    /// what an object-storage target holds, from its manifests.
+    /// Rebuild the index from the spool (agent stopped), every file
+    /// re-hashed; each object keeps the deliveries the old index recorded
+    /// (nothing a target holds is sent again), and the new index replaces
+    /// the old in one atomic step. With --from, add to the index what an
+    /// object-storage target holds, from its manifests.
     Reindex {
         /// Configuration file; default: the embedded default.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Keep the replaced index beside the new one, as index.old-<time>.
+        #[arg(long, conflicts_with = "from")]
+        keep_old: bool,
         /// An object-storage target of the configuration to read instead of
         /// the spool (e.g. on a new machine after the old one was lost).
         #[arg(long, value_name = "TARGET")]
@@ -444,11 +449,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = config.as_deref().map(|c| load(Some(c))).transpose()?;
             run_echo(config.as_ref(), &target, &calling_ae, timeout_secs).await
         }
-        Command::Reindex { config, from } => {
+        Command::Reindex {
+            config,
+            from,
+            keep_old,
+        } => {
             let config = load(config.as_deref())?;
             match from {
                 Some(from) => bucket_cmd::reindex_from(&config, &from).await,
-                None => reindex(&config),
+                None => reindex(&config, keep_old),
             }
         }
         Command::Drill(args) => {
@@ -848,25 +857,31 @@ fn index_dump(config: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn reindex(config: &Config) -> anyhow::Result<ExitCode> {
-    let dirs = app::DataDirs::new(&config.device.data_dir);
-    if dirs.index.exists() {
-        let aside = dirs
-            .index
-            .with_file_name(format!("index.old-{}", pacs_mirror_agent::unix_ms()));
-        std::fs::rename(&dirs.index, &aside).with_context(|| {
-            format!(
-                "moving the old index aside (is the agent running?) {}",
-                dirs.index.display()
+fn reindex(config: &Config, keep_old: bool) -> anyhow::Result<ExitCode> {
+    let outcome = app::reindex(config, keep_old).context("reindex (is the agent running?)")?;
+    match &outcome.old_index {
+        app::OldIndex::None => {}
+        app::OldIndex::Replaced { kept_at: None } => {
+            eprintln!(
+                "old index replaced ({} deliveries carried over)",
+                outcome.recovery.deliveries_kept
             )
-        })?;
-        eprintln!("old index kept at {}", aside.display());
+        }
+        app::OldIndex::Replaced { kept_at: Some(p) } => eprintln!(
+            "old index replaced ({} deliveries carried over), kept at {}",
+            outcome.recovery.deliveries_kept,
+            p.display()
+        ),
+        app::OldIndex::Unreadable { error, kept_at } => eprintln!(
+            "old index unreadable ({error}): every object is queued for every target; old index kept at {}",
+            kept_at.display()
+        ),
     }
-    let (_spool, index, report) = app::open_store(config, true)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    println!("{}", serde_json::to_string_pretty(&outcome.recovery)?);
+    let index = open_index(config)?;
     let stats = index.stats()?;
     println!("{}", serde_json::to_string_pretty(&stats)?);
-    Ok(if report.quarantined.is_empty() {
+    Ok(if outcome.recovery.quarantined.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

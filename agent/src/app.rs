@@ -147,6 +147,116 @@ pub fn open_store(
     Ok((spool, index, report))
 }
 
+/// What became of the index `reindex` replaced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum OldIndex {
+    /// There was none.
+    None,
+    /// Read: its deliveries were carried over; then removed, or kept there.
+    Replaced {
+        /// Where it was kept (`--keep-old`), if it was.
+        kept_at: Option<PathBuf>,
+    },
+    /// It could not be opened: every object is queued for every target
+    /// (targets take a re-send as a duplicate); kept there for inspection.
+    Unreadable {
+        /// Why.
+        error: String,
+        /// Where it is.
+        kept_at: PathBuf,
+    },
+}
+
+/// What `reindex` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReindexOutcome {
+    /// Recovery of every spool file into the new index.
+    pub recovery: RecoveryReport,
+    /// The index replaced.
+    pub old_index: OldIndex,
+}
+
+/// `pacs-mirror reindex` (agent stopped): rebuild the index from the spool
+/// into `index.new-<ms>` beside it, every file re-hashed; carry over each
+/// object's deliveries from the old index when it can be read (so targets
+/// are not sent again what they hold); then put the new index in place in
+/// one atomic step ([`pacs_mirror_store::durable_dir::replace`]) and remove
+/// the old one, or keep it as `index.old-<ms>` with `keep_old`. Until that
+/// step the old index is the live one: an interrupted reindex changes
+/// nothing (its `index.new-*` is removed by the next one).
+pub fn reindex(config: &Config, keep_old: bool) -> Result<ReindexOutcome, AppError> {
+    let dirs = DataDirs::new(&config.device.data_dir);
+    let now = crate::unix_ms();
+    let parent = dirs
+        .index
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        AppError::Internal(format!("reindex: {what} {}: {e}", p.display()))
+    };
+    if let Ok(entries) = std::fs::read_dir(&parent) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("index.new-") {
+                tracing::warn!(path = %e.path().display(), "removing what an interrupted reindex left");
+                std::fs::remove_dir_all(e.path()).map_err(|err| io("removing", &e.path(), err))?;
+            }
+        }
+    }
+    // Opening the old index also takes its lock: no agent runs meanwhile.
+    let (old, unreadable) = if dirs.index.exists() {
+        match Index::open(&dirs.index) {
+            Ok(i) => (Some(i), None),
+            Err(IndexError::Kv(e @ pacs_mirror_store::index::KvError::Locked { .. })) => {
+                return Err(AppError::Index(IndexError::Kv(e)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the old index cannot be read: every object is queued for every target");
+                (None, Some(e.to_string()))
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let building = dirs.index.with_file_name(format!("index.new-{now}"));
+    let spool = Spool::open(&dirs.spool, spool_limits(config))?;
+    let index = Index::open(&building)?;
+    let report = recovery::reindex(&spool, &index, &target_names(config), old.as_ref())?;
+    drop(index);
+    let had_old = old.is_some() || unreadable.is_some();
+    drop(old);
+    let replaced = pacs_mirror_store::durable_dir::replace(&building, &dirs.index)
+        .map_err(|e| io("putting in place", &building, e))?;
+    let old_index = match (replaced, unreadable) {
+        (None, _) => OldIndex::None,
+        (Some(aside), error) => {
+            let kept = dirs.index.with_file_name(format!("index.old-{now}"));
+            if keep_old || error.is_some() {
+                std::fs::rename(&aside, &kept).map_err(|e| io("keeping", &aside, e))?;
+                pacs_mirror_store::durable_dir::sync(&parent)
+                    .map_err(|e| io("syncing", &parent, e))?;
+            } else {
+                std::fs::remove_dir_all(&aside).map_err(|e| io("removing", &aside, e))?;
+            }
+            match error {
+                Some(error) => OldIndex::Unreadable {
+                    error,
+                    kept_at: kept,
+                },
+                None => OldIndex::Replaced {
+                    kept_at: keep_old.then_some(kept),
+                },
+            }
+        }
+    };
+    debug_assert!(had_old || old_index == OldIndex::None);
+    Ok(ReindexOutcome {
+        recovery: report,
+        old_index,
+    })
+}
+
 /// The targets, resolved: DICOM targets' remote AE to a host and port,
 /// object stores opened (no network access yet).
 pub fn targets(config: &Config) -> Result<Vec<TargetSpec>, AppError> {

@@ -354,3 +354,144 @@ fn a_damaged_index_is_refused_then_rebuilt_from_the_spool() {
     assert_eq!(stat_u64(&stats, "conflicts"), 0, "{stats}");
     assert_no_tmp(&cfg, "after a clean stop");
 }
+
+/// `reindex` does not send again what a target holds: the deliveries the
+/// old index recorded are carried over (a delivered row, not a queue row),
+/// a target the old index never delivered to gets every object queued, and
+/// the new index replaces the old one (no copy left behind unless
+/// `--keep-old`). Started again, the agent uploads nothing twice: the
+/// bucket's files keep their inode and modification time.
+#[test]
+fn reindex_keeps_what_targets_hold() {
+    let dir = tempdir();
+    let files = synth_small(&dir.path().join("src"), 2, 6, 64);
+    let mut cfg = AgentConfig::new(&dir.path().join("data"));
+    let bucket = dir.path().join("bucket");
+    let second = dir.path().join("second");
+    let target = |name: &str, at: &std::path::Path| {
+        format!(
+            "\n[[target]]\ntype = \"object_store\"\nname = \"{name}\"\nurl = \"file://{}\"\n",
+            at.display()
+        )
+    };
+    cfg.extra_toml = target("backup", &bucket);
+    let agent = Agent::start(&cfg);
+    store_all_ok(cfg.port, SENDER_AE, &[], &files);
+    let config_path = agent.config_path.clone();
+    let status = |config: &std::path::Path| -> serde_json::Value {
+        let out = run_ok(
+            Command::new(bin())
+                .args(["status", "--json", "--config"])
+                .arg(config),
+            Duration::from_secs(30),
+        );
+        serde_json::from_str(&out.stdout).expect("status JSON")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&config_path)["targets"]["backup"]["delivered"] != 12 {
+        assert!(
+            Instant::now() < deadline,
+            "never delivered: {}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+    let blobs = |root: &std::path::Path| -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut v: Vec<_> = files_under(&root.join("objects"))
+            .into_iter()
+            .map(|p| {
+                let m = std::fs::metadata(&p).expect("blob");
+                let modified = m.modified().expect("mtime");
+                (p, m.ino(), modified)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let uploaded = blobs(&bucket);
+    assert_eq!(uploaded.len(), 12);
+
+    // A second target is configured; then the index is rebuilt.
+    cfg.extra_toml = target("backup", &bucket) + &target("second", &second);
+    std::fs::write(&config_path, cfg.to_toml()).expect("config");
+    let before = row_keys(&index_dump(&config_path), true);
+    let out = run(
+        Command::new(bin())
+            .args(["reindex", "--config"])
+            .arg(&config_path),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "reindex: {}", out.all());
+    assert!(
+        out.stderr
+            .contains("old index replaced (12 deliveries carried over)"),
+        "{}",
+        out.all()
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        out.stdout
+            .split("\n}\n")
+            .next()
+            .map(|s| format!("{s}\n}}"))
+            .as_deref()
+            .unwrap_or_default(),
+    )
+    .expect("recovery report");
+    assert_eq!(report["reindexed"], 12, "{report}");
+    assert_eq!(report["deliveries_kept"], 12, "{report}");
+    let names: Vec<String> = std::fs::read_dir(&cfg.data_dir)
+        .expect("data dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("index"))
+        .collect();
+    assert_eq!(names, ["index"], "the old index is replaced, not kept");
+    assert_eq!(row_keys(&index_dump(&config_path), true), before);
+    let s = status(&config_path);
+    assert_eq!(s["targets"]["backup"]["pending"], 0, "{s}");
+    assert_eq!(s["targets"]["backup"]["delivered"], 12, "{s}");
+    assert_eq!(s["targets"]["second"]["pending"], 12, "{s}");
+    assert_eq!(s["targets"]["second"]["delivered"], 0, "{s}");
+
+    // The agent sends the second target everything, the first nothing.
+    let agent = Agent::start(&cfg);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&config_path)["targets"]["second"]["delivered"] != 12 {
+        assert!(
+            Instant::now() < deadline,
+            "second never filled: {}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+    assert_eq!(
+        blobs(&bucket),
+        uploaded,
+        "the first bucket was written again"
+    );
+    assert_eq!(blobs(&second).len(), 12);
+
+    // --keep-old keeps the replaced index beside the new one.
+    let out = run(
+        Command::new(bin())
+            .args(["reindex", "--keep-old", "--config"])
+            .arg(&config_path),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "reindex --keep-old: {}", out.all());
+    assert!(
+        out.stderr
+            .contains("old index replaced (24 deliveries carried over), kept at"),
+        "{}",
+        out.all()
+    );
+    let kept = std::fs::read_dir(&cfg.data_dir)
+        .expect("data dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("index.old-"))
+        .count();
+    assert_eq!(kept, 1);
+}

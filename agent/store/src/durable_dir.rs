@@ -10,7 +10,9 @@
 //!
 //! # Crash behaviour
 //! A crash inside [`create_all`] leaves some of the directories, each
-//! empty; calling it again finishes the job.
+//! empty; calling it again finishes the job. A crash inside [`replace`]
+//! leaves either name pointing at a whole directory: the exchange is one
+//! step.
 
 use std::fs::{self, File};
 use std::io;
@@ -48,6 +50,35 @@ pub fn create_all(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Put the directory `new` in the place of `live`, in one atomic step, and
+/// make it durable: with `live` present the two names are exchanged
+/// (`RENAME_EXCHANGE`: at every instant `live` names a whole directory, the
+/// old one or the new) and `new` then names the old directory, returned for
+/// the caller to remove or keep; without `live`, `new` is renamed to it.
+/// Both must be in the same directory, which is fsynced.
+pub fn replace(new: &Path, live: &Path) -> io::Result<Option<std::path::PathBuf>> {
+    let parent = match live.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let old = if live.exists() {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            new,
+            rustix::fs::CWD,
+            live,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(io::Error::from)?;
+        Some(new.to_path_buf())
+    } else {
+        fs::rename(new, live)?;
+        None
+    };
+    sync(parent)?;
+    Ok(old)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +93,24 @@ mod tests {
         let f = t.path().join("file");
         fs::write(&f, b"x").unwrap();
         assert!(create_all(&f.join("under")).is_err(), "a file in the way");
+    }
+
+    #[test]
+    fn replace_exchanges_whole_directories() {
+        let t = tempfile::tempdir().unwrap();
+        let (live, new) = (t.path().join("index"), t.path().join("index.new"));
+        create_all(&new).unwrap();
+        fs::write(new.join("v"), b"1").unwrap();
+        assert_eq!(replace(&new, &live).unwrap(), None, "nothing to exchange");
+        assert_eq!(fs::read(live.join("v")).unwrap(), b"1");
+        create_all(&new).unwrap();
+        fs::write(new.join("v"), b"2").unwrap();
+        let old = replace(&new, &live).unwrap().unwrap();
+        assert_eq!(fs::read(live.join("v")).unwrap(), b"2");
+        assert_eq!(
+            fs::read(old.join("v")).unwrap(),
+            b"1",
+            "the old one, for the caller"
+        );
     }
 }

@@ -54,6 +54,9 @@ pub struct RecoveryReport {
     /// Objects of commits in flight whose file was missing or torn: rows
     /// undone (never acknowledged).
     pub pending_undone: usize,
+    /// `reindex` with the old index: deliveries carried over from it (a
+    /// delivered row instead of a queue row).
+    pub deliveries_kept: usize,
     /// Files moved to quarantine (path after the move, reason).
     pub quarantined: Vec<(PathBuf, String)>,
 }
@@ -112,10 +115,37 @@ pub fn recover(
             }
         }
     }
-    if !verify_all {
-        index.flush()?;
-        return Ok(report);
+    if verify_all {
+        index_every_file(spool, index, targets, None, &mut report)?;
     }
+    index.flush()?;
+    Ok(report)
+}
+
+/// `reindex`: [`recover`] into an empty `index`, every file re-hashed and
+/// indexed; with `old` (the index being replaced, when it can be read), each
+/// object keeps the deliveries `old` recorded: a target that had it gets a
+/// delivered row (as it was), not a queue row, so nothing a target holds is
+/// sent again.
+pub fn reindex(
+    spool: &Spool,
+    index: &Index,
+    targets: &[String],
+    old: Option<&Index>,
+) -> Result<RecoveryReport, RecoveryError> {
+    let mut report = recover(spool, index, targets, false)?;
+    index_every_file(spool, index, targets, old, &mut report)?;
+    index.flush()?;
+    Ok(report)
+}
+
+fn index_every_file(
+    spool: &Spool,
+    index: &Index,
+    targets: &[String],
+    old: Option<&Index>,
+    report: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
     let (objects, odd) = spool.list_objects()?;
     for p in odd {
         let q = spool.quarantine(&p)?;
@@ -127,7 +157,19 @@ pub fn recover(
     for (hash, path) in objects {
         match record_from_file(&path, &hash) {
             Ok(rec) => {
-                index.commit_instance(&rec, &hash, targets, crate::unix_ms())?;
+                let mut queued = Vec::with_capacity(targets.len());
+                let mut delivered = Vec::new();
+                for t in targets {
+                    match old.map(|o| o.delivery(t, &hash)).transpose()?.flatten() {
+                        Some(d) => delivered.push((t, d)),
+                        None => queued.push(t.clone()),
+                    }
+                }
+                index.commit_instance(&rec, &hash, &queued, crate::unix_ms())?;
+                for (t, d) in delivered {
+                    index.record_delivered(t, &hash, &d)?;
+                    report.deliveries_kept += 1;
+                }
                 report.reindexed += 1;
             }
             Err(reason) => {
@@ -137,8 +179,7 @@ pub fn recover(
             }
         }
     }
-    index.flush()?;
-    Ok(report)
+    Ok(())
 }
 
 /// Why a spool file cannot be accounted for (it is quarantined, or the
