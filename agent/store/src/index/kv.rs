@@ -103,9 +103,34 @@ pub struct SledKv {
     log: std::fs::File,
 }
 
+/// Default bound on sled's page cache (64 MiB): what the index keeps in
+/// memory, whatever the size of the archive.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// How [`SledKv::open_with`] opens sled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SledOptions {
+    /// Bound on sled's page cache, in bytes (sled's own default is 1 GiB).
+    pub cache_bytes: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
 impl SledKv {
-    /// Open (or create) the database in `dir`.
+    /// Open (or create) the database in `dir`, with the default
+    /// [`SledOptions`].
     pub fn open(dir: &Path) -> Result<Self, KvError> {
+        SledKv::open_with(dir, &SledOptions::default())
+    }
+
+    /// Open (or create) the database in `dir`.
+    pub fn open_with(dir: &Path, options: &SledOptions) -> Result<Self, KvError> {
         // The directory and, once sled made them, its files' names are
         // made durable here: sled syncs its log, never its directory.
         let durable =
@@ -115,6 +140,7 @@ impl SledKv {
             sled::Config::new()
                 .path(dir)
                 .mode(sled::Mode::HighThroughput)
+                .cache_capacity(options.cache_bytes)
                 // Durability comes from explicit flushes (the group committer,
                 // recovery, shutdown); the background flusher only competes
                 // with them for the disk.
@@ -156,6 +182,14 @@ impl SledKv {
             .map_err(durable)?;
         crate::durable_dir::sync(dir).map_err(durable)?;
         Ok(SledKv { db, log })
+    }
+}
+
+impl SledKv {
+    /// What sled's files take on disk, in bytes (its own figure: the log
+    /// and any blobs).
+    pub fn size_on_disk(&self) -> Result<u64, KvError> {
+        self.db.size_on_disk().map_err(engine)
     }
 }
 
