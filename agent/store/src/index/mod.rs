@@ -787,7 +787,10 @@ impl Index {
     }
 }
 
-fn decode_at<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, IndexError> {
+fn decode_at<T: serde::de::DeserializeOwned + std::any::Any>(
+    k: &[u8],
+    v: &[u8],
+) -> Result<T, IndexError> {
     records::decode(v).map_err(|source| IndexError::Record {
         key: String::from_utf8_lossy(k).into_owned(),
         source,
