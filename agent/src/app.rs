@@ -118,6 +118,7 @@ pub fn spool_limits(config: &Config) -> SpoolLimits {
 pub fn index_options(config: &Config) -> SledOptions {
     SledOptions {
         cache_bytes: config.index.cache_bytes,
+        ..SledOptions::default()
     }
 }
 

@@ -46,6 +46,16 @@ fn main() {
     if let Some(mib) = args.get(3) {
         options.cache_bytes = mib.parse::<u64>().expect("cache MiB") << 20;
     }
+    // The storage parameters of a new index, to compare them.
+    if let Ok(v) = std::env::var("INDEX_COMPRESSION") {
+        options.compression = v == "1";
+    }
+    if let Ok(v) = std::env::var("INDEX_COMPRESSION_LEVEL") {
+        options.compression_level = v.parse().expect("INDEX_COMPRESSION_LEVEL");
+    }
+    if let Ok(v) = std::env::var("INDEX_SEGMENT_SIZE") {
+        options.segment_size = v.parse().expect("INDEX_SEGMENT_SIZE");
+    }
     println!(
         "{n} instances, 2 targets, index in {}, {options:?}",
         dir.display()
@@ -118,6 +128,24 @@ fn main() {
     drop(kv);
     let kv = Arc::new(SledKv::open_with(&dir, &options).expect("reopen"));
     report("reopened", n, &dir, &kv, started);
+    if std::env::var("INDEX_REWRITE").is_ok() {
+        // Every row copied in key order into a fresh index (what an
+        // export and import would leave): the floor of what sled needs.
+        let copy_dir = dir.with_extension("rewritten");
+        let copy = Arc::new(SledKv::open_with(&copy_dir, &options).expect("open copy"));
+        let mut batch = Vec::new();
+        kv.for_each_prefix(b"", &mut |k, v| {
+            batch.push(pacs_mirror_store::index::Op::Put(k.to_vec(), v.to_vec()));
+            if batch.len() == 1000 {
+                copy.apply(std::mem::take(&mut batch)).expect("apply");
+            }
+            true
+        })
+        .expect("scan");
+        copy.apply(batch).expect("apply");
+        copy.flush().expect("flush");
+        report("rewritten in key order", n, &copy_dir, &copy, started);
+    }
     // What a restart reads: every object row (the stats of `status`).
     let index = Index::new(kv.clone());
     let t = std::time::Instant::now();
