@@ -19,6 +19,16 @@
 //! guarantees that the data will be available after a crash"; the only
 //! `fsync` sled does on the log is in the background flusher turned off
 //! above. So [`SledKv::flush`] also fdatasyncs sled's log file (`db`).
+//!
+//! What sled keeps in memory is bounded by its page cache
+//! ([`SledOptions::cache_bytes`], `[index] cache_bytes`), not by the
+//! archive. A new index writes its log zstd-compressed, in 8 MiB segments:
+//! sled is log-structured and rewrites a leaf (at most 16 rows) every few
+//! writes to it, so most of its log is dead until its segment is cleaned,
+//! and compression and larger segments cut what an instance costs on disk
+//! about fivefold (`examples/index_size`). sled records both parameters
+//! in `<dir>/conf` and refuses to open an index with others, so an
+//! existing index is opened with its own ([`SledKv::open_with`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -168,7 +178,9 @@ impl SledKv {
         SledKv::open_with(dir, &SledOptions::default())
     }
 
-    /// Open (or create) the database in `dir`.
+    /// Open (or create) the database in `dir`: with `options`' cache
+    /// bound, and, for an index created by this call, its compression and
+    /// segment size (an existing index keeps those it was created with).
     pub fn open_with(dir: &Path, options: &SledOptions) -> Result<Self, KvError> {
         // The directory and, once sled made them, its files' names are
         // made durable here: sled syncs its log, never its directory.
