@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use pacs_mirror_agent::app;
 use pacs_mirror_agent::bucket::{Bucket, BucketSettings, DESCRIPTOR_KEY, Layout};
 use pacs_mirror_config::{Config, Target};
-use pacs_mirror_store::{index::Index, spool::Spool};
+use pacs_mirror_store::spool::Spool;
 use pacs_mirror_verifier::restore::{self, Done, Outcome, Selection, SendSettings};
 
 /// Arguments of `restore`.
@@ -256,7 +256,7 @@ pub async fn reindex_from(config: &Config, from: &str) -> anyhow::Result<ExitCod
         .map_err(|e| bucket_error(e, &bucket))?;
     let dirs = app::DataDirs::new(&config.device.data_dir);
     let spool = Spool::open(&dirs.spool, app::spool_limits(config))?;
-    let index = Index::open(&dirs.index).with_context(|| {
+    let index = app::open_index(config).with_context(|| {
         format!(
             "opening the index at {} (is the agent running?)",
             dirs.index.display()

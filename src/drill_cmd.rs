@@ -51,7 +51,7 @@ pub struct DrillsArgs {
 
 fn open_index(config: &Config) -> anyhow::Result<Index> {
     let dirs = app::DataDirs::new(&config.device.data_dir);
-    Index::open(&dirs.index).with_context(|| {
+    app::open_index(config).with_context(|| {
         format!(
             "opening the index at {}: drills read it, so the agent must be stopped (is it running?)",
             dirs.index.display()

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pacs_mirror_agent::app;
-use pacs_mirror_store::{index::Index, spool::Spool};
+use pacs_mirror_store::spool::Spool;
 use pacs_mirror_verifier::failback::{self, FailbackReport, FailbackSettings, Outcome, Plan};
 use pacs_mirror_verifier::failover::{self, CheckRequest, FailoverReport, QueueState};
 use pacs_mirror_verifier::restore;
@@ -155,7 +155,7 @@ async fn check_report(args: &CheckArgs) -> anyhow::Result<FailoverReport> {
             dirs.index.display()
         );
     }
-    let index = Index::open(&dirs.index).with_context(|| {
+    let index = app::open_index(&config).with_context(|| {
         format!(
             "opening the index at {}: no agent answered on [admin], so the check reads the index itself (an agent without [admin] may be running)",
             dirs.index.display()

@@ -819,7 +819,7 @@ fn open_index(config: &Config) -> anyhow::Result<Index> {
             dirs.index.display()
         );
     }
-    Index::open(&dirs.index)
+    app::open_index(config)
         .with_context(|| format!("opening the index at {}", dirs.index.display()))
 }
 

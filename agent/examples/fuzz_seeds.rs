@@ -504,6 +504,26 @@ fn bucket(out: &Out) -> Result<(), Box<dyn Error>> {
         key: pacs_mirror_agent::bucket::object_key(&pacs_mirror_store::index::ObjectId::from(hash)),
         file_blake3: hex.clone(),
     }]);
+    // The index's records in both encodings: JSON (version 1, rows of
+    // earlier releases, still read) and compact (version 2, written now).
+    fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        let body = serde_json::to_vec(v).unwrap_or_default();
+        [&[records::RECORD_V1][..], &body].concat()
+    }
+    let object = ObjectRecord {
+        sop_instance_uid: "1.2.3.4".into(),
+        dataset_bytes: 10,
+        file_bytes: 300,
+        sop_class_uid: CT.into(),
+        transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+        evicted_at_ms: Some(9),
+    };
+    let outbox = OutboxRecord {
+        enqueued_at_ms: 5,
+        attempts: 2,
+        last_error: Some("A700".into()),
+        file_bytes: Some(300),
+    };
     let seeds: Vec<(&str, u8, Vec<u8>)> = vec![
         ("manifest", 0, serde_json::to_vec_pretty(&manifest)?),
         (
@@ -511,29 +531,12 @@ fn bucket(out: &Out) -> Result<(), Box<dyn Error>> {
             1,
             serde_json::to_vec(&Descriptor::new("pacs-mirror", 1))?,
         ),
-        ("instance-record", 2, records::encode(&record)),
-        (
-            "object-record",
-            3,
-            records::encode(&ObjectRecord {
-                sop_instance_uid: "1.2.3.4".into(),
-                dataset_bytes: 10,
-                file_bytes: 300,
-                sop_class_uid: CT.into(),
-                transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
-                evicted_at_ms: Some(9),
-            }),
-        ),
-        (
-            "outbox-record",
-            4,
-            records::encode(&OutboxRecord {
-                enqueued_at_ms: 5,
-                attempts: 2,
-                last_error: Some("A700".into()),
-                file_bytes: Some(300),
-            }),
-        ),
+        ("instance-record", 2, json(&record)),
+        ("instance-record-v2", 2, records::encode(&record)),
+        ("object-record", 3, json(&object)),
+        ("object-record-v2", 3, records::encode(&object)),
+        ("outbox-record", 4, json(&outbox)),
+        ("outbox-record-v2", 4, records::encode(&outbox)),
         ("hash", 6, hex.clone().into_bytes()),
         (
             "object-key",

@@ -22,7 +22,7 @@ use crate::scp::store::{Ingest, IngestCounters};
 use crate::scp::{AeSettings, ListenerSettings, ListenerTls, Scp, ScpError, Services};
 use pacs_mirror_dicom::scu::Peer;
 use pacs_mirror_store::commit::Committer;
-use pacs_mirror_store::index::{Index, IndexError};
+use pacs_mirror_store::index::{Index, IndexError, SledOptions};
 use pacs_mirror_store::recovery::{self, RecoveryError, RecoveryReport};
 use pacs_mirror_store::spool::{Spool, SpoolError, SpoolLimits};
 
@@ -114,6 +114,22 @@ pub fn spool_limits(config: &Config) -> SpoolLimits {
     }
 }
 
+/// How the index is opened (`[index]`).
+pub fn index_options(config: &Config) -> SledOptions {
+    SledOptions {
+        cache_bytes: config.index.cache_bytes,
+        ..SledOptions::default()
+    }
+}
+
+/// Open the index of `config`'s data directory (`[index]` applied).
+pub fn open_index(config: &Config) -> Result<Index, IndexError> {
+    Index::open_with(
+        &DataDirs::new(&config.device.data_dir).index,
+        &index_options(config),
+    )
+}
+
 /// Names of the configured targets (each gets outbox rows).
 pub fn target_names(config: &Config) -> Vec<String> {
     config
@@ -130,7 +146,7 @@ pub fn open_store(
 ) -> Result<(Arc<Spool>, Index, RecoveryReport), AppError> {
     let dirs = DataDirs::new(&config.device.data_dir);
     let spool = Arc::new(Spool::open(&dirs.spool, spool_limits(config))?);
-    let index = Index::open(&dirs.index)?;
+    let index = Index::open_with(&dirs.index, &index_options(config))?;
     // Due times are on the agent's clock: never before what the index last
     // recorded, even if the wall clock was set back while it was stopped.
     let mark = index.clock_high_water()?.unwrap_or(0);

@@ -515,7 +515,11 @@ pub fn bucket_json(data: &[u8]) {
 
     fn record_round_trip<T>(doc: &[u8])
     where
-        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+        T: serde::Serialize
+            + serde::de::DeserializeOwned
+            + PartialEq
+            + std::fmt::Debug
+            + std::any::Any,
     {
         if let Ok(v) = records::decode::<T>(doc) {
             let back = records::decode::<T>(&records::encode(&v));

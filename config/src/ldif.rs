@@ -36,8 +36,8 @@
 //!   class and Verification) has no `dicomTransferCapability` children; a
 //!   comment says so.
 //! - What Annex H has no attribute for (data directory, calling-AE
-//!   allow-lists, association limits, spool, targets, admin endpoint) is not
-//!   exported.
+//!   allow-lists, association limits, spool, index, targets, admin
+//!   endpoint) is not exported.
 //!
 //! # Encoding
 //! Attribute values and DNs that are not RFC 2849 SAFE-STRINGs (non-ASCII,

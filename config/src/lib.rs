@@ -46,6 +46,7 @@
 //! | `….remote_device.network_ae.source_addresses` | — (pacs-mirror: where a sender may connect from) |
 //! | `….remote_device.network_ae.certificate_name`, `certificate_sha256` | — (pacs-mirror: the TLS certificate identity an AE must present) |
 //! | `[spool]` | — (pacs-mirror: spool limits) |
+//! | `[index]` | — (pacs-mirror: the index's memory) |
 //! | `[[target]]` | — (pacs-mirror: replication targets) |
 //!
 //! `pacs-mirror config ldif` writes the same model as LDIF in the Annex H
@@ -78,6 +79,7 @@ mod dicom;
 mod drill;
 mod error;
 mod host;
+mod index;
 pub mod ldif;
 mod remote;
 mod schema;
@@ -100,6 +102,7 @@ pub use dicom::{
 pub use drill::{DrillConfig, Retrieve};
 pub use error::{ConfigError, Finding, Severity};
 pub use host::{SourceAddressError, is_loopback_host, parse_source_address};
+pub use index::{DEFAULT_INDEX_CACHE_BYTES, IndexConfig, MIN_INDEX_CACHE_BYTES};
 pub use remote::{RemoteAe, RemoteDevice};
 pub use spool::{DEFAULT_MIN_FREE_BYTES, MIN_MAX_OBJECT_BYTES, MIN_SPOOL_MAX_BYTES, SpoolConfig};
 pub use target::{Delivery, OBJECT_STORE_SCHEMES, Target};
@@ -114,6 +117,9 @@ pub struct Config {
     /// Spool limits (`[spool]`); every key has a default.
     #[serde(default)]
     pub spool: SpoolConfig,
+    /// The index (`[index]`); every key has a default.
+    #[serde(default)]
+    pub index: IndexConfig,
     /// The peers pacs-mirror talks to, one `[[remote_device]]` table each.
     #[serde(default, rename = "remote_device")]
     pub remote_devices: Vec<RemoteDevice>,
@@ -232,6 +238,7 @@ impl Config {
                 tls: None,
             },
             spool: SpoolConfig::default(),
+            index: IndexConfig::default(),
             remote_devices: Vec::new(),
             targets: vec![Target::ObjectStore {
                 name: "backup".to_string(),

@@ -29,8 +29,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::{
-    AdminConfig, AlertsConfig, Config, Device, DeviceTls, DrillConfig, Finding, NetworkAe,
-    NetworkConnection, RemoteAe, RemoteDevice, SilenceRule, SpoolConfig, Target,
+    AdminConfig, AlertsConfig, Config, Device, DeviceTls, DrillConfig, Finding, IndexConfig,
+    NetworkAe, NetworkConnection, RemoteAe, RemoteDevice, SilenceRule, SpoolConfig, Target,
     TransferCapability,
 };
 
@@ -140,6 +140,7 @@ static DEVICE: TableSchema = table_of!(
     ]
 );
 static SPOOL: TableSchema = table_of!(SpoolConfig, []);
+static INDEX: TableSchema = table_of!(IndexConfig, []);
 static REMOTE_AE: TableSchema = table_of!(RemoteAe, []);
 static REMOTE_DEVICE: TableSchema = table_of!(
     RemoteDevice,
@@ -206,6 +207,7 @@ static CONFIG: TableSchema = table_of!(
     [
         ("device", Child::Table(&DEVICE)),
         ("spool", Child::Table(&SPOOL)),
+        ("index", Child::Table(&INDEX)),
         ("remote_device", Child::Array(&REMOTE_DEVICE)),
         ("target", Child::Array(&TARGET)),
         ("admin", Child::Table(&ADMIN)),

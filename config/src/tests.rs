@@ -74,6 +74,7 @@ fn example_is_clean() {
     assert_eq!(config.device.network_connections[0].hostname, "0.0.0.0");
     assert_eq!(config.device.network_connections[0].port, 11112);
     assert!(config.spool.max_bytes.is_some());
+    assert_eq!(config.index.cache_bytes, 256 << 20);
     let names: Vec<&str> = config.targets.iter().map(Target::name).collect();
     assert_eq!(names, ["mirror", "backup"]);
     assert_eq!(
@@ -113,6 +114,8 @@ fn defaults_are_applied() {
     assert_eq!(config.device.data_dir, Path::new(DEFAULT_DATA_DIR));
     assert_eq!(config.spool, SpoolConfig::default());
     assert_eq!(config.spool.min_free_bytes, 268_435_456);
+    assert_eq!(config.index, IndexConfig::default());
+    assert_eq!(config.index.cache_bytes, 64 << 20);
     let c = &config.device.network_connections[0];
     assert!(c.installed);
     let ae = &config.device.network_aes[0];

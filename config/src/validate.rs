@@ -13,6 +13,7 @@ use crate::dicom::{validate_ae_title, validate_uid};
 use crate::drill::{DrillConfig, Retrieve};
 use crate::error::Finding;
 use crate::host::{check_hostname, is_loopback_host, is_wildcard_host, listener_display};
+use crate::index::{IndexConfig, MIN_INDEX_CACHE_BYTES};
 use crate::remote::RemoteAe;
 use crate::spool::{MIN_MAX_OBJECT_BYTES, MIN_SPOOL_MAX_BYTES, SpoolConfig};
 use crate::target::{Target, check_object_store_url};
@@ -81,6 +82,7 @@ impl Config {
         let index = AeIndex::new(self);
         self.check_device(&mut r, &index);
         check_spool(&self.spool, &mut r);
+        check_index(&self.index, &mut r);
         check_admin(self.admin.as_ref(), &mut r);
         self.check_remote_devices(&mut r);
         check_unique_ae_titles(&index, &mut r);
@@ -943,6 +945,18 @@ fn check_spool(spool: &SpoolConfig, r: &mut Report) {
                 );
             }
         }
+    }
+}
+
+fn check_index(index: &IndexConfig, r: &mut Report) {
+    if index.cache_bytes < MIN_INDEX_CACHE_BYTES {
+        r.error(
+            "index.cache_bytes",
+            format!(
+                "{} is too small; at least {MIN_INDEX_CACHE_BYTES} (1 MiB)",
+                index.cache_bytes
+            ),
+        );
     }
 }
 

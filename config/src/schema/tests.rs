@@ -361,6 +361,7 @@ fn fields_are_serde_s() {
         [
             "device",
             "spool",
+            "index",
             "remote_device",
             "target",
             "admin",
@@ -377,6 +378,7 @@ fn fields_are_serde_s() {
         &DEVICE_TLS,
         &DEVICE,
         &SPOOL,
+        &INDEX,
         &REMOTE_AE,
         &REMOTE_DEVICE,
         &ADMIN,

@@ -638,6 +638,25 @@ fn spool_limits() {
 }
 
 #[test]
+fn index_cache_bounds() {
+    let f = findings(&format!("{MINIMAL}[index]\ncache_bytes = 1048575\n"));
+    only(&f, &[(Error, "index.cache_bytes")]);
+    only(
+        &findings(&format!("{MINIMAL}[index]\ncache_bytes = 1048576\n")),
+        &[],
+    );
+    // A wrong type and an unknown key are findings too (the schema's).
+    let config = Config::from_toml_str(
+        &format!("{MINIMAL}[index]\ncache_byte = 1\n"),
+        Path::new("t"),
+    );
+    assert!(
+        format!("{config:?}").contains("did you mean `cache_bytes`"),
+        "{config:?}"
+    );
+}
+
+#[test]
 fn empty_data_dir() {
     let f = findings(&edit(
         MINIMAL,

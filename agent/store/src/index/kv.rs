@@ -19,6 +19,16 @@
 //! guarantees that the data will be available after a crash"; the only
 //! `fsync` sled does on the log is in the background flusher turned off
 //! above. So [`SledKv::flush`] also fdatasyncs sled's log file (`db`).
+//!
+//! What sled keeps in memory is bounded by its page cache
+//! ([`SledOptions::cache_bytes`], `[index] cache_bytes`), not by the
+//! archive. A new index writes its log zstd-compressed, in 8 MiB segments:
+//! sled is log-structured and rewrites a leaf (at most 16 rows) every few
+//! writes to it, so most of its log is dead until its segment is cleaned,
+//! and compression and larger segments cut what an instance costs on disk
+//! about fivefold (`examples/index_size`). sled records both parameters
+//! in `<dir>/conf` and refuses to open an index with others, so an
+//! existing index is opened with its own ([`SledKv::open_with`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -103,18 +113,90 @@ pub struct SledKv {
     log: std::fs::File,
 }
 
+/// Default bound on sled's page cache (64 MiB): what the index keeps in
+/// memory, whatever the size of the archive.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// Default segment size of a new index's log (8 MiB; sled's own is
+/// 512 KiB): sled reclaims a segment only once half of it is dead, and
+/// larger segments left less of it behind (`examples/index_size`).
+pub const DEFAULT_SEGMENT_SIZE: usize = 8 << 20;
+
+/// Default zstd level of a compressed index (sled's own is 5, no smaller
+/// on the index's rows and slower to write).
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
+
+/// How [`SledKv::open_with`] opens sled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SledOptions {
+    /// Bound on sled's page cache, in bytes (sled's own default is 1 GiB).
+    pub cache_bytes: u64,
+    /// Whether an index created by this open compresses its log (zstd).
+    /// An existing index keeps what it was created with (sled refuses to
+    /// open it otherwise).
+    pub compression: bool,
+    /// The log segment size of an index created by this open (a power of
+    /// two); an existing index keeps its own.
+    pub segment_size: usize,
+    /// zstd's level (1 to 22) for what a compressed index writes.
+    pub compression_level: i32,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            compression: true,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+        }
+    }
+}
+
+/// The storage parameters sled recorded in `<dir>/conf` when it created the
+/// index (compression, segment size), if it did: sled refuses to open an
+/// index with others, so an existing index is opened with its own.
+fn created_with(dir: &Path) -> Option<(bool, usize)> {
+    // Text lines, then a 4-byte checksum.
+    let conf = std::fs::read(dir.join("conf")).ok()?;
+    let conf = String::from_utf8_lossy(&conf);
+    let value = |name: &str| {
+        conf.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    Some((
+        value("use_compression")?.parse().ok()?,
+        value("segment_size")?.parse().ok()?,
+    ))
+}
+
 impl SledKv {
-    /// Open (or create) the database in `dir`.
+    /// Open (or create) the database in `dir`, with the default
+    /// [`SledOptions`].
     pub fn open(dir: &Path) -> Result<Self, KvError> {
+        SledKv::open_with(dir, &SledOptions::default())
+    }
+
+    /// Open (or create) the database in `dir`: with `options`' cache
+    /// bound, and, for an index created by this call, its compression and
+    /// segment size (an existing index keeps those it was created with).
+    pub fn open_with(dir: &Path, options: &SledOptions) -> Result<Self, KvError> {
         // The directory and, once sled made them, its files' names are
         // made durable here: sled syncs its log, never its directory.
         let durable =
             |e: std::io::Error| KvError::Engine(format!("making {} durable: {e}", dir.display()));
         crate::durable_dir::create_all(dir).map_err(durable)?;
+        let (compression, segment_size) =
+            created_with(dir).unwrap_or((options.compression, options.segment_size));
         let open = || {
             sled::Config::new()
                 .path(dir)
                 .mode(sled::Mode::HighThroughput)
+                .cache_capacity(options.cache_bytes)
+                .use_compression(compression)
+                .compression_factor(options.compression_level)
+                .segment_size(segment_size)
                 // Durability comes from explicit flushes (the group committer,
                 // recovery, shutdown); the background flusher only competes
                 // with them for the disk.
@@ -156,6 +238,14 @@ impl SledKv {
             .map_err(durable)?;
         crate::durable_dir::sync(dir).map_err(durable)?;
         Ok(SledKv { db, log })
+    }
+}
+
+impl SledKv {
+    /// What sled's files take on disk, in bytes (its own figure: the log
+    /// and any blobs).
+    pub fn size_on_disk(&self) -> Result<u64, KvError> {
+        self.db.size_on_disk().map_err(engine)
     }
 }
 
@@ -342,5 +432,33 @@ mod tests {
         }
         let kv = SledKv::open(dir.path()).unwrap();
         assert_eq!(kv.get(b"a/2").unwrap().as_deref(), Some(&b"TWO"[..]));
+        assert_eq!(
+            created_with(dir.path()),
+            Some((true, DEFAULT_SEGMENT_SIZE)),
+            "a new index is compressed"
+        );
+    }
+
+    /// An index created with other storage parameters (an index of an
+    /// earlier release: not compressed) opens with its own: sled would
+    /// refuse any change.
+    #[test]
+    fn an_index_keeps_the_parameters_it_was_created_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SledOptions {
+            compression: false,
+            segment_size: 1 << 20,
+            ..SledOptions::default()
+        };
+        {
+            let kv = SledKv::open_with(dir.path(), &old).unwrap();
+            kv.apply(vec![Op::Put(b"k".to_vec(), b"v".to_vec())])
+                .unwrap();
+            kv.flush().unwrap();
+        }
+        let kv = SledKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        drop(kv);
+        assert_eq!(created_with(dir.path()), Some((false, 1 << 20)));
     }
 }

@@ -67,7 +67,7 @@ use std::sync::Arc;
 
 use outbox::{OUTBOX, outbox_key};
 
-pub use kv::{Kv, KvError, MemKv, Op, SledKv};
+pub use kv::{DEFAULT_CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, SledOptions};
 pub use pending::PendingRecord;
 pub use records::{
     ConflictRecord, Finding, FindingClass, InstanceRecord, ObjectRecord, OutboxRecord, RecordError,
@@ -364,11 +364,17 @@ impl Index {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Open the sled index in `dir`.
+    /// Open the sled index in `dir` (with the default [`SledOptions`]).
+    pub fn open(dir: &std::path::Path) -> Result<Self, IndexError> {
+        Index::open_with(dir, &SledOptions::default())
+    }
+
+    /// Open the sled index in `dir` with `options` (the page cache bound
+    /// of `[index] cache_bytes`).
     /// An index without tallies (written by an older build) has them
     /// rebuilt first ([`Index::ensure_tallies`]).
-    pub fn open(dir: &std::path::Path) -> Result<Self, IndexError> {
-        let index = Index::new(Arc::new(SledKv::open(dir)?));
+    pub fn open_with(dir: &std::path::Path, options: &SledOptions) -> Result<Self, IndexError> {
+        let index = Index::new(Arc::new(SledKv::open_with(dir, options)?));
         if index.ensure_tallies()? {
             tracing::info!(index = %dir.display(), "index tallies rebuilt (first open by this version)");
         }
@@ -781,7 +787,10 @@ impl Index {
     }
 }
 
-fn decode_at<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, IndexError> {
+fn decode_at<T: serde::de::DeserializeOwned + std::any::Any>(
+    k: &[u8],
+    v: &[u8],
+) -> Result<T, IndexError> {
     records::decode(v).map_err(|source| IndexError::Record {
         key: String::from_utf8_lossy(k).into_owned(),
         source,

@@ -1,15 +1,43 @@
 //! Versioned encodings of the index records.
 //!
-//! Every value starts with a one-byte version marker, followed by the JSON
-//! encoding of the record of that version. A reader that meets a marker it
-//! does not know refuses the record (it never guesses); when a record changes,
-//! the old struct stays here as `...V1` with a `From<V1>` migration and its
-//! decoding is kept under test.
+//! Every value starts with a one-byte version marker:
+//! - `1`: the JSON encoding of the record follows (every row written before
+//!   the compact encoding, and every record that has no compact encoding:
+//!   conflicts, dead letters, pending markers, drill results…);
+//! - `2`: the compact binary encoding of [`InstanceRecord`],
+//!   [`ObjectRecord`], [`OutboxRecord`] and
+//!   [`DeliveryRecord`](super::outbox::DeliveryRecord), the rows kept per
+//!   instance: a kind byte, then its fields ([`compact`]'s header has the
+//!   layout). A third of the JSON's size or less: no field names, integers
+//!   as LEB128, digests as their 32 bytes, UIDs two digits a byte.
+//!
+//! Neither marker can start a JSON document (`{`, `[`, `"`, a digit…), and
+//! no row was ever written without one.
+//!
+//! # Migration rule
+//! - [`encode`] writes the newest encoding of its type: version 2 for the
+//!   four above, version 1 for the rest. [`decode`] reads every version
+//!   ever written: a row stays as it was written until its record is
+//!   written again (an index is never rewritten to migrate it), so version
+//!   1 rows of the four are read for as long as an index may hold them.
+//! - A reader that meets a marker (or a compact kind) it does not know
+//!   refuses the record (it never guesses): a build older than the rows
+//!   cannot read them, and says to upgrade.
+//! - When a record changes, its JSON form keeps decoding through
+//!   `#[serde(default)]` fields (or the old struct stays here as `...V1`
+//!   with a `From<V1>` migration); its compact form gets a new kind and the
+//!   old kind's reader stays. Decoding of each old form is kept under test.
+
+use std::any::Any;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-/// Version marker of the current record encodings.
+mod compact;
+
+/// Version marker of the JSON record encoding.
 pub const RECORD_V1: u8 = 1;
+/// Version marker of the compact binary record encoding ([`compact`]).
+pub const RECORD_V2: u8 = 2;
 
 /// A record that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -19,28 +47,36 @@ pub enum RecordError {
     #[error("empty index record")]
     Empty,
     /// A version marker this build does not know.
-    #[error("index record version {0} is newer than this build knows (1); upgrade pacs-mirror")]
+    #[error("index record version {0} is newer than this build knows (1, 2); upgrade pacs-mirror")]
     UnknownVersion(u8),
-    /// The JSON body did not decode.
+    /// A compact record of a kind this build does not know.
+    #[error("compact index record of kind {0}, newer than this build knows; upgrade pacs-mirror")]
+    UnknownKind(u8),
+    /// The body did not decode.
     #[error("index record does not decode: {0}")]
     Body(String),
 }
 
-/// Encode a record with the current version marker.
-pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+/// Encode a record in the newest encoding of its type (see the module
+/// header).
+pub fn encode<T: Serialize + Any>(record: &T) -> Vec<u8> {
+    if let Some(out) = compact::encode_any(record) {
+        return out;
+    }
     let mut out = vec![RECORD_V1];
     // Serializing these plain structs into a Vec cannot fail.
     serde_json::to_writer(&mut out, record).unwrap_or_default();
     out
 }
 
-/// Decode a record, checking its version marker.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+/// Decode a record of any version, checking its version marker.
+pub fn decode<T: DeserializeOwned + Any>(bytes: &[u8]) -> Result<T, RecordError> {
     match bytes.split_first() {
         None => Err(RecordError::Empty),
         Some((&RECORD_V1, body)) => {
             serde_json::from_slice(body).map_err(|e| RecordError::Body(e.to_string()))
         }
+        Some((&RECORD_V2, body)) => compact::decode_any(body),
         Some((&v, _)) => Err(RecordError::UnknownVersion(v)),
     }
 }
@@ -212,6 +248,7 @@ pub struct ConflictRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::outbox::DeliveryRecord;
 
     #[test]
     fn round_trip_and_version_marker() {
@@ -235,7 +272,7 @@ mod tests {
             }
         );
         let bytes = encode(&r);
-        assert_eq!(bytes[0], RECORD_V1);
+        assert_eq!(bytes[0], RECORD_V2);
         assert_eq!(decode::<OutboxRecord>(&bytes).unwrap(), r);
         let mut future = bytes.clone();
         future[0] = 9;
@@ -257,5 +294,224 @@ mod tests {
         let r: ObjectRecord = decode(fixture).unwrap();
         assert_eq!(r.sop_instance_uid, "1.2.3");
         assert_eq!(r.file_bytes, 300);
+    }
+
+    fn instance() -> InstanceRecord {
+        InstanceRecord {
+            sop_instance_uid: "1.2.840.113619.2.55.3.604688119.969.1268071029.320.7.1234".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.4.90".into(),
+            blake3: "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262".into(),
+            dataset_bytes: 524_288,
+            file_bytes: 524_620,
+            patient_id: "PID00012345".into(),
+            study_instance_uid: "1.2.840.113619.2.55.3.604688119.969.1268071029".into(),
+            series_instance_uid: "1.2.840.113619.2.55.3.604688119.969.1268071029.320".into(),
+            calling_ae: "CT_SCANNER_01".into(),
+            source_ip: "10.20.30.40".into(),
+            received_at_ms: 1_765_000_000_123,
+            study_date: "20261207".into(),
+            modality: "CT".into(),
+            findings: Vec::new(),
+        }
+    }
+
+    /// Every value of the four compact kinds decodes to itself, whatever
+    /// its text holds (empty, odd lengths, hex that is not lowercase,
+    /// UIDs with letters, non-ASCII, the largest integers).
+    #[test]
+    fn compact_round_trips() {
+        fn back<T: Serialize + DeserializeOwned + Any + PartialEq + std::fmt::Debug>(
+            v: T,
+        ) -> usize {
+            let bytes = encode(&v);
+            assert_eq!(bytes[0], RECORD_V2, "{v:?}");
+            assert_eq!(decode::<T>(&bytes).unwrap(), v);
+            bytes.len()
+        }
+        let json = |v: &InstanceRecord| serde_json::to_vec(v).unwrap().len();
+        let full = instance();
+        let compact = back(full.clone());
+        assert!(compact * 3 < json(&full), "{compact} vs {}", json(&full));
+        back(InstanceRecord {
+            sop_instance_uid: "1.2.3a".into(),
+            sop_class_uid: String::new(),
+            transfer_syntax_uid: ".".into(),
+            blake3: "AF13".into(),
+            dataset_bytes: u64::MAX,
+            file_bytes: 0,
+            patient_id: "Müller^Jürgen".into(),
+            study_instance_uid: "1.2.9".into(),
+            series_instance_uid: "12".into(),
+            calling_ae: " ".into(),
+            source_ip: "2001:db8::1".into(),
+            received_at_ms: 1 << 63,
+            study_date: String::new(),
+            modality: "0".into(),
+            findings: vec![
+                Finding {
+                    class: FindingClass::NonconformantUid,
+                    detail: "letters".into(),
+                },
+                Finding {
+                    class: FindingClass::Other,
+                    detail: String::new(),
+                },
+            ],
+        });
+        back(InstanceRecord {
+            blake3: "abc".into(),
+            ..instance()
+        });
+        for class in FindingClass::ALL {
+            back(InstanceRecord {
+                findings: vec![Finding {
+                    class,
+                    detail: "x".into(),
+                }],
+                ..instance()
+            });
+        }
+        back(ObjectRecord {
+            sop_instance_uid: full.sop_instance_uid.clone(),
+            dataset_bytes: 1,
+            file_bytes: 2,
+            sop_class_uid: String::new(),
+            transfer_syntax_uid: "1.2.840.10008.1.2".into(),
+            evicted_at_ms: Some(u64::MAX),
+        });
+        back(OutboxRecord {
+            enqueued_at_ms: 0,
+            attempts: u32::MAX,
+            last_error: Some("A700: out of resources".into()),
+            file_bytes: None,
+        });
+        let delivered = DeliveryRecord {
+            delivered_at_ms: 1_765_000_000_000,
+            attempts: 1,
+            enqueued_at_ms: 1_764_999_999_000,
+            stored_blake3: Some(full.blake3.clone()),
+        };
+        assert!(back(delivered.clone()) <= 48);
+        // delivered before it was queued (a clock set back): still exact
+        back(DeliveryRecord {
+            enqueued_at_ms: u64::MAX,
+            delivered_at_ms: 0,
+            stored_blake3: None,
+            ..delivered.clone()
+        });
+        back(DeliveryRecord {
+            enqueued_at_ms: 0,
+            delivered_at_ms: u64::MAX,
+            ..delivered
+        });
+    }
+
+    /// Rows of each compact kind as this release writes them: their bytes
+    /// must stay readable by every later one.
+    #[test]
+    fn compact_fixtures_decode() {
+        let object = [
+            2, 2, // v2, ObjectRecord
+            11, 0x1a, 0x2a, 0x30, // "1.2.3" packed
+            10,   // dataset_bytes
+            0xac, 0x02, // file_bytes 300
+            0,    // sop class ""
+            0,    // transfer syntax ""
+            1, 0x05, // evicted at 5
+        ];
+        assert_eq!(
+            decode::<ObjectRecord>(&object).unwrap(),
+            ObjectRecord {
+                sop_instance_uid: "1.2.3".into(),
+                dataset_bytes: 10,
+                file_bytes: 300,
+                sop_class_uid: String::new(),
+                transfer_syntax_uid: String::new(),
+                evicted_at_ms: Some(5),
+            }
+        );
+        let delivery = [
+            2, 4,   // v2, DeliveryRecord
+            100, // delivered at 100
+            1,   // 1 attempt
+            39,  // enqueued 20 before (zigzag -20)
+            1, 5, 0xab, 0xcd, // stored blake3 "abcd"
+        ];
+        assert_eq!(
+            decode::<DeliveryRecord>(&delivery).unwrap(),
+            DeliveryRecord {
+                delivered_at_ms: 100,
+                attempts: 1,
+                enqueued_at_ms: 80,
+                stored_blake3: Some("abcd".into()),
+            }
+        );
+        assert_eq!(
+            encode(&decode::<DeliveryRecord>(&delivery).unwrap()),
+            delivery
+        );
+        assert_eq!(encode(&decode::<ObjectRecord>(&object).unwrap()), object);
+    }
+
+    /// Old JSON rows of each compact kind still decode, as they did.
+    #[test]
+    fn json_rows_of_compact_kinds_decode() {
+        let rec = instance();
+        let v1 = [&[RECORD_V1][..], &serde_json::to_vec(&rec).unwrap()].concat();
+        assert_eq!(decode::<InstanceRecord>(&v1).unwrap(), rec);
+        let delivered = [
+            &[RECORD_V1][..],
+            br#"{"delivered_at_ms":9,"attempts":2,"enqueued_at_ms":7}"#,
+        ]
+        .concat();
+        assert_eq!(
+            decode::<DeliveryRecord>(&delivered).unwrap(),
+            DeliveryRecord {
+                delivered_at_ms: 9,
+                attempts: 2,
+                enqueued_at_ms: 7,
+                stored_blake3: None,
+            }
+        );
+        // re-written, it is compact
+        let again = encode(&decode::<InstanceRecord>(&v1).unwrap());
+        assert_eq!(again[0], RECORD_V2);
+        assert!(again.len() * 3 < v1.len());
+    }
+
+    /// A compact body that is cut, padded, of another kind or of a kind
+    /// not known is refused, never guessed at.
+    #[test]
+    fn bad_compact_bodies_are_refused() {
+        let good = encode(&instance());
+        for cut in 1..good.len() {
+            assert!(
+                decode::<InstanceRecord>(&good[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode::<InstanceRecord>(&longer).is_err());
+        assert!(matches!(
+            decode::<ObjectRecord>(&good),
+            Err(RecordError::Body(_))
+        ));
+        assert!(matches!(
+            decode::<InstanceRecord>(&[RECORD_V2, 99]),
+            Err(RecordError::UnknownKind(99))
+        ));
+        // an integer of 11 bytes, a packed nibble over 10, text not UTF-8
+        let mut long_int = vec![RECORD_V2, 3];
+        long_int.extend([0xff; 10]);
+        long_int.push(1);
+        assert!(decode::<OutboxRecord>(&long_int).is_err());
+        assert!(decode::<ObjectRecord>(&[2, 2, 3, 0xb0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode::<ObjectRecord>(&[2, 2, 2, 0xff, 0, 0, 0, 0, 0]).is_err());
+        // a huge declared length allocates nothing: it is cut short
+        let mut huge = vec![RECORD_V2, 2];
+        huge.extend([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert!(decode::<ObjectRecord>(&huge).is_err());
     }
 }

@@ -111,7 +111,7 @@ impl Index {
     }
 
     /// Keep a drill result.
-    pub fn put_drill<T: Serialize>(
+    pub fn put_drill<T: Serialize + std::any::Any>(
         &self,
         target: &str,
         started_ms: u64,
@@ -125,7 +125,7 @@ impl Index {
     }
 
     /// Drill results, newest first: of `target`, or of every target.
-    pub fn drills<T: DeserializeOwned>(
+    pub fn drills<T: DeserializeOwned + std::any::Any>(
         &self,
         target: Option<&str>,
         limit: usize,
