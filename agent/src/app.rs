@@ -222,7 +222,7 @@ pub fn reindex(config: &Config, keep_old: bool) -> Result<ReindexOutcome, AppErr
     }
     // Opening the old index also takes its lock: no agent runs meanwhile.
     let (old, unreadable) = if dirs.index.exists() {
-        match Index::open(&dirs.index) {
+        match Index::open_with(&dirs.index, &index_options(config)) {
             Ok(i) => (Some(i), None),
             Err(IndexError::Kv(e @ pacs_mirror_store::index::KvError::Locked { .. })) => {
                 return Err(AppError::Index(IndexError::Kv(e)));
@@ -237,7 +237,7 @@ pub fn reindex(config: &Config, keep_old: bool) -> Result<ReindexOutcome, AppErr
     };
     let building = dirs.index.with_file_name(format!("index.new-{now}"));
     let spool = Spool::open(&dirs.spool, spool_limits(config))?;
-    let index = Index::open(&building)?;
+    let index = Index::open_with(&building, &index_options(config))?;
     let report = recovery::reindex(&spool, &index, &target_names(config), old.as_ref())?;
     drop(index);
     let had_old = old.is_some() || unreadable.is_some();
