@@ -374,7 +374,9 @@ fn reindex_keeps_what_targets_hold() {
             at.display()
         )
     };
-    cfg.extra_toml = target("backup", &bucket);
+    // `status` asks the running agent on its admin endpoint.
+    let admin = format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", free_port());
+    cfg.extra_toml = target("backup", &bucket) + &admin;
     let agent = Agent::start(&cfg);
     store_all_ok(cfg.port, SENDER_AE, &[], &files);
     let config_path = agent.config_path.clone();
@@ -414,7 +416,7 @@ fn reindex_keeps_what_targets_hold() {
     assert_eq!(uploaded.len(), 12);
 
     // A second target is configured; then the index is rebuilt.
-    cfg.extra_toml = target("backup", &bucket) + &target("second", &second);
+    cfg.extra_toml = target("backup", &bucket) + &target("second", &second) + &admin;
     std::fs::write(&config_path, cfg.to_toml()).expect("config");
     let before = row_keys(&index_dump(&config_path), true);
     let out = run(
