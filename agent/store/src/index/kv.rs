@@ -20,13 +20,15 @@
 //! `fsync` sled does on the log is in the background flusher turned off
 //! above. So [`SledKv::flush`] also fdatasyncs sled's log file (`db`).
 //!
-//! What sled keeps in memory is bounded by its page cache
-//! ([`SledOptions::cache_bytes`], `[index] cache_bytes`), not by the
-//! archive. A new index writes its log zstd-compressed, in 8 MiB segments:
-//! sled is log-structured and rewrites a leaf (at most 16 rows) every few
-//! writes to it, so most of its log is dead until its segment is cleaned,
-//! and compression and larger segments cut what an instance costs on disk
-//! about fivefold (`examples/index_size`). sled records both parameters
+//! sled's page cache is bounded by [`SledOptions::cache_bytes`] (`[index]
+//! cache_bytes`); sled 0.34 keeps per-page state outside it, which still
+//! grows with the archive. A new index writes its log zstd-compressed, in
+//! sled's own 512 KiB segments: sled is log-structured and rewrites a leaf
+//! (at most 16 rows) every few writes to it, so most of its log is dead
+//! until its segment is cleaned, and compression cuts what an instance
+//! costs on disk (`examples/index_size`; 8 MiB segments cut it further, but
+//! sled then needs a whole segment of free space to open the index, which
+//! a full disk does not have). sled records both parameters
 //! in `<dir>/conf` and refuses to open an index with others, so an
 //! existing index is opened with its own ([`SledKv::open_with`]).
 
@@ -117,10 +119,10 @@ pub struct SledKv {
 /// memory, whatever the size of the archive.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
-/// Default segment size of a new index's log (8 MiB; sled's own is
-/// 512 KiB): sled reclaims a segment only once half of it is dead, and
-/// larger segments left less of it behind (`examples/index_size`).
-pub const DEFAULT_SEGMENT_SIZE: usize = 8 << 20;
+/// Default segment size of a new index's log: sled's own 512 KiB (larger
+/// segments leave less dead space behind, but an open then needs a whole
+/// segment free: on a full disk the index could not be opened).
+pub const DEFAULT_SEGMENT_SIZE: usize = 512 << 10;
 
 /// Default zstd level of a compressed index (sled's own is 5, no smaller
 /// on the index's rows and slower to write).
