@@ -23,9 +23,9 @@
 //! acknowledged) are not looked for here: that would cost a listing of the
 //! whole spool at every start. They are harmless meanwhile: the committer
 //! replaces such a name when the object is received again
-//! ([`crate::spool::Spool::place`]), and the rolling scrub, which walks the
-//! spool in the background, adopts them (indexed if good, quarantined if
-//! torn).
+//! ([`crate::spool::Spool::place`]), and `reindex` (every file) adopts
+//! them (indexed if good, quarantined if torn). A background scrub that
+//! adopts them without a reindex is not in this build yet.
 //!
 //! `reindex` (`verify_all`) indexes every file, into an empty index, and
 //! verifies each file's hash on the way. A file whose contents do not match
@@ -339,7 +339,7 @@ mod tests {
         std::fs::write(spool.root().join("objects/00/stray.dcm"), b"?").unwrap();
 
         // A start removes the temp file and lists nothing else: unindexed
-        // names are the rolling scrub's (and a re-send replaces them).
+        // names are `reindex`'s (and a re-send replaces them).
         let start = recover(&spool, &index, &["backup".into()], false).unwrap();
         assert_eq!(start.temp_files_removed, 1);
         assert!(!temp.exists());

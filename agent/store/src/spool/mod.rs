@@ -24,7 +24,7 @@
 //!    file is either covered by a pending marker in the index (start-up
 //!    recovery re-hashes it, `crate::recovery`) or unindexed (never
 //!    acknowledged; [`Spool::place`] replaces it when the object arrives
-//!    again, the rolling scrub adopts or quarantines it).
+//!    again, `reindex` adopts or quarantines it).
 //! 3. Files under `objects/` are never modified. The ingest path removes
 //!    only a file it has just placed whose data or directory flush failed
 //!    (never acknowledged; its rows are undone). Otherwise only retention
@@ -37,7 +37,7 @@
 //! # Crash behaviour
 //! A crash can leave: temp files (removed at start-up; never acknowledged),
 //! objects linked into `objects/` but not indexed (replaced by a re-send,
-//! adopted by the rolling scrub: indexed if good, keeping them loses
+//! adopted by `reindex`: indexed if good, keeping them loses
 //! nothing; quarantined if their data did not survive), and objects of a
 //! commit in flight, indexed with a
 //! pending marker (re-hashed: kept if good, rows undone if missing or torn).
